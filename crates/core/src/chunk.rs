@@ -1,0 +1,247 @@
+//! [`ChatChunk`] (one stream event) and [`ChatCompletion`] (a whole answer).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// One parsed `data:` event of a chat completion stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatChunk {
+    /// The generation id (`gen-…`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// `chat.completion.chunk`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub object: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created: u64,
+    /// The model that served.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model: String,
+    /// The upstream provider's display name (`"OpenAI"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Deltas, one per choice index; empty on the final usage chunk.
+    #[serde(default)]
+    pub choices: Vec<ChunkChoice>,
+    /// Token usage, sent once in the last chunk before `[DONE]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// A mid-stream error (the stream ends after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+    /// `system_fingerprint`, when sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_fingerprint: Option<String>,
+}
+
+impl ChatChunk {
+    /// Whether this chunk is the commit point: a delta with non-empty content, reasoning or
+    /// tool calls, or a finish reason. Role-only and empty deltas are not.
+    pub fn is_token(&self) -> bool {
+        self.choices.iter().any(|c| {
+            c.finish_reason.is_some()
+                || c.delta.content.as_deref().is_some_and(|s| !s.is_empty())
+                || c.delta.reasoning.as_deref().is_some_and(|s| !s.is_empty())
+                || c.delta.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
+        })
+    }
+
+    /// The content text of choice 0, if any.
+    pub fn content(&self) -> Option<&str> {
+        self.choices.first()?.delta.content.as_deref()
+    }
+
+    /// The finish reason of choice 0, if any.
+    pub fn finish_reason(&self) -> Option<&str> {
+        self.choices.first()?.finish_reason.as_deref()
+    }
+}
+
+/// One choice of a [`ChatChunk`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    /// The choice index.
+    #[serde(default)]
+    pub index: u32,
+    /// What this chunk adds.
+    #[serde(default)]
+    pub delta: Delta,
+    /// `stop`, `length`, `tool_calls`, `content_filter` or `error`.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    /// The provider's raw finish reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_finish_reason: Option<String>,
+    /// Log probabilities, passed through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Value>,
+    /// A per-choice error (`finish_reason: "error"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+}
+
+/// The incremental part of a streamed message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// `assistant` on the first chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Text to append.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// Reasoning text to append.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    /// Tool call fragments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+    /// Every other field (`reasoning_details`, `annotations`, `refusal`, ...).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A fragment of a tool call; fragments with the same `index` are concatenated.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallDelta {
+    /// Which tool call this continues.
+    #[serde(default)]
+    pub index: u32,
+    /// The call id, on the first fragment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `function`, on the first fragment.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Name and argument fragments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionDelta>,
+}
+
+/// The function part of a [`ToolCallDelta`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FunctionDelta {
+    /// The function name, on the first fragment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A fragment of the JSON arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+}
+
+/// Token usage of one call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Input tokens.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Output tokens.
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// Both.
+    #[serde(default)]
+    pub total_tokens: u64,
+    /// Everything else (`cost`, `prompt_tokens_details`, ...), passed through.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A whole (non-streaming) chat completion.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletion {
+    /// The generation id.
+    #[serde(default)]
+    pub id: String,
+    /// `chat.completion`.
+    #[serde(default)]
+    pub object: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created: u64,
+    /// The model that served.
+    #[serde(default)]
+    pub model: String,
+    /// The provider's display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The answers.
+    #[serde(default)]
+    pub choices: Vec<Choice>,
+    /// Token usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// `system_fingerprint`, when sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_fingerprint: Option<String>,
+    /// A top-level error carried by a 200 (a failure, not an answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+}
+
+/// One answer of a [`ChatCompletion`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    /// The choice index.
+    #[serde(default)]
+    pub index: u32,
+    /// The assistant message.
+    #[serde(default)]
+    pub message: AssistantMessage,
+    /// Why generation stopped.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    /// The provider's raw finish reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_finish_reason: Option<String>,
+    /// Log probabilities, passed through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Value>,
+    /// A per-choice error (`finish_reason: "error"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+}
+
+/// The message of a [`Choice`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AssistantMessage {
+    /// `assistant`.
+    #[serde(default)]
+    pub role: String,
+    /// The text; `null` when the answer is only tool calls.
+    #[serde(default)]
+    pub content: Option<String>,
+    /// Reasoning text, when the model reasons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    /// Complete tool calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// Every other field, passed through.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A complete tool call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The call id.
+    #[serde(default)]
+    pub id: String,
+    /// `function`.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// Name and JSON arguments.
+    #[serde(default)]
+    pub function: FunctionCall,
+}
+
+/// The function part of a [`ToolCall`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    /// The function name.
+    #[serde(default)]
+    pub name: String,
+    /// The arguments, as a JSON string.
+    #[serde(default)]
+    pub arguments: String,
+}

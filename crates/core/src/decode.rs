@@ -1,0 +1,167 @@
+//! [`SseChatDecoder`]: an HTTP body of server-sent events in, [`ChatChunk`]s out.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use futures_core::Stream;
+use http_body::Body;
+use tokio::time::Instant;
+
+use crate::chunk::ChatChunk;
+use crate::error::{ApiError, BoxError, ErrorKind, LlmError, ProtocolKind};
+use crate::sse::SseParser;
+use crate::stream::choice_error;
+
+pin_project_lite::pin_project! {
+    /// Decodes an OpenRouter (OpenAI-compatible) event stream into chunks.
+    ///
+    /// - keep-alive comments (`: OPENROUTER PROCESSING`) yield nothing, but mark the first
+    ///   byte;
+    /// - `data: [DONE]` ends the stream cleanly;
+    /// - a `data` event with a top-level `error`, or a choice with `finish_reason: "error"`,
+    ///   is an `Err` item ([`ErrorKind::Upstream`]) and ends the stream;
+    /// - a body that ends (or breaks) without `[DONE]` yields `Err` ([`ErrorKind::Truncated`]);
+    /// - an oversize event, invalid UTF-8 or JSON that is not a chunk is an `Err`
+    ///   ([`ErrorKind::Protocol`]) and ends the stream.
+    ///
+    /// After its first `Err` or its clean end it yields `None` forever.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use llm_layers_core::{ChatStream, ResponseMeta, decode::SseChatDecoder};
+    /// let body = Full::new(Bytes::from_static(
+    ///     b": OPENROUTER PROCESSING\n\n\
+    ///       data: {\"id\":\"gen-1\",\"provider\":\"OpenAI\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\n\
+    ///       data: [DONE]\n\n",
+    /// ));
+    /// let stream = ChatStream::commit(SseChatDecoder::new(body), ResponseMeta::default()).await.unwrap();
+    /// assert_eq!(stream.meta().provider.as_deref(), Some("OpenAI"));
+    /// let done = stream.collect().await.unwrap();
+    /// assert_eq!(done.choices[0].message.content.as_deref(), Some("Hi"));
+    /// # });
+    /// ```
+    pub struct SseChatDecoder<B> {
+        #[pin]
+        body: B,
+        parser: SseParser,
+        done: bool,
+        first_byte: Option<Instant>,
+    }
+}
+
+impl<B> std::fmt::Debug for SseChatDecoder<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseChatDecoder")
+            .field("done", &self.done)
+            .field("first_byte", &self.first_byte)
+            .finish()
+    }
+}
+
+impl<B> SseChatDecoder<B> {
+    /// A decoder with the default maximum event size (4 MiB).
+    pub fn new(body: B) -> Self {
+        SseChatDecoder::with_parser(body, SseParser::new())
+    }
+
+    /// A decoder using `parser` (e.g. with another maximum event size).
+    pub fn with_parser(body: B, parser: SseParser) -> Self {
+        SseChatDecoder {
+            body,
+            parser,
+            done: false,
+            first_byte: None,
+        }
+    }
+
+    /// When the first body bytes arrived.
+    pub fn first_byte(&self) -> Option<Instant> {
+        self.first_byte
+    }
+}
+
+/// Parses the data of one event into a chunk, or the error it carries.
+/// `Ok(None)` is the `[DONE]` sentinel.
+pub fn decode_event(data: &[u8]) -> Result<Option<ChatChunk>, LlmError> {
+    if data.starts_with(b"[DONE]") {
+        return Ok(None);
+    }
+    let chunk: ChatChunk = serde_json::from_slice(data).map_err(|e| {
+        LlmError::protocol(ProtocolKind::Json, format!("bad chunk JSON: {e}")).with_source(e)
+    })?;
+    if let Some(e) = &chunk.error {
+        let mut err = LlmError::upstream(ApiError::from_value(e).unwrap_or_default());
+        if err.provider().is_none() {
+            if let Some(p) = &chunk.provider {
+                err = err.with_provider(p.clone());
+            }
+        }
+        return Err(err);
+    }
+    if let Some(c) = chunk
+        .choices
+        .iter()
+        .find(|c| c.finish_reason.as_deref() == Some("error"))
+    {
+        return Err(choice_error(c.error.as_ref(), chunk.provider.as_deref()));
+    }
+    Ok(Some(chunk))
+}
+
+impl<B> Stream for SseChatDecoder<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Item = Result<ChatChunk, LlmError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut this = self.project();
+        loop {
+            if *this.done {
+                return Poll::Ready(None);
+            }
+            if let Some(ev) = this.parser.next_event() {
+                let out = ev
+                    .map_err(LlmError::from)
+                    .and_then(|ev| decode_event(ev.data_bytes()));
+                match out {
+                    Ok(Some(chunk)) => return Poll::Ready(Some(Ok(chunk))),
+                    Ok(None) => {
+                        *this.done = true;
+                        return Poll::Ready(None);
+                    }
+                    Err(e) => {
+                        *this.done = true;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+            }
+            match ready!(this.body.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if this.first_byte.is_none() {
+                            *this.first_byte = Some(Instant::now());
+                        }
+                        this.parser.push(data);
+                    }
+                }
+                Some(Err(e)) => {
+                    *this.done = true;
+                    let e = LlmError::new(ErrorKind::Truncated)
+                        .with_message("connection broken mid-stream")
+                        .with_source(e.into());
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => {
+                    *this.done = true;
+                    this.parser.finish();
+                    return Poll::Ready(Some(Err(LlmError::truncated())));
+                }
+            }
+        }
+    }
+}

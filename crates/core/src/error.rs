@@ -1,0 +1,527 @@
+//! The one error type of the stack: [`LlmError`], opaque, with kind predicates.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+use serde_json::{Map, Value};
+
+/// A type-erased error, as used between tower layers.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Which deadline ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TimeoutKind {
+    /// Establishing the TCP/TLS connection took too long.
+    Connect,
+    /// The first token (the commit point) did not arrive in time.
+    FirstToken,
+    /// The gap between two chunks of a committed stream was too long.
+    Idle,
+    /// The whole call, from request to end of stream, took too long.
+    Total,
+}
+
+impl TimeoutKind {
+    /// A short, stable, low-cardinality name (`"first_token"`, ...), fit for a metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TimeoutKind::Connect => "connect",
+            TimeoutKind::FirstToken => "first_token",
+            TimeoutKind::Idle => "idle",
+            TimeoutKind::Total => "total",
+        }
+    }
+}
+
+/// What was wrong with what the upstream sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProtocolKind {
+    /// The body was not a valid event stream.
+    Sse,
+    /// An event or body was not the JSON we expect.
+    Json,
+    /// One event was larger than the configured maximum.
+    Oversize,
+    /// An event was not valid UTF-8.
+    Utf8,
+    /// The response had an unexpected `Content-Type`.
+    ContentType,
+}
+
+/// The category of an [`LlmError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The connection could not be established (DNS, refused, reset before headers).
+    Connect,
+    /// The TLS handshake failed.
+    Tls,
+    /// The connection failed after it was established (reset, broken pipe) before the
+    /// response headers arrived.
+    Transport,
+    /// The upstream answered with a non-success HTTP status (or a 200 carrying an error).
+    Status,
+    /// A deadline ran out.
+    Timeout(TimeoutKind),
+    /// A local rate limit refused or would not wait.
+    RateLimited,
+    /// Every candidate provider's circuit is open.
+    CircuitOpen,
+    /// The upstream sent something that is not the protocol.
+    Protocol(ProtocolKind),
+    /// The upstream reported an error in the middle of a stream.
+    Upstream,
+    /// The stream ended without its terminator (`data: [DONE]`).
+    Truncated,
+    /// The call was cancelled (the caller went away, or a hedge lost).
+    Cancelled,
+    /// The request was rejected locally before any upstream call.
+    BadRequest,
+    /// A service or layer was configured with invalid values.
+    Config,
+}
+
+impl ErrorKind {
+    /// A short, stable, low-cardinality name, fit for a metric label (`error.type`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Transport => "transport",
+            ErrorKind::Status => "status",
+            ErrorKind::Timeout(TimeoutKind::Connect) => "timeout_connect",
+            ErrorKind::Timeout(TimeoutKind::FirstToken) => "timeout_first_token",
+            ErrorKind::Timeout(TimeoutKind::Idle) => "timeout_idle",
+            ErrorKind::Timeout(TimeoutKind::Total) => "timeout_total",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::Protocol(ProtocolKind::Sse) => "protocol_sse",
+            ErrorKind::Protocol(ProtocolKind::Json) => "protocol_json",
+            ErrorKind::Protocol(ProtocolKind::Oversize) => "protocol_oversize",
+            ErrorKind::Protocol(ProtocolKind::Utf8) => "protocol_utf8",
+            ErrorKind::Protocol(ProtocolKind::ContentType) => "protocol_content_type",
+            ErrorKind::Upstream => "upstream",
+            ErrorKind::Truncated => "truncated",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::Config => "config",
+        }
+    }
+}
+
+/// The `code` of an OpenRouter error body: a number in current docs, a string in older ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// `"code": 429`
+    Number(i64),
+    /// `"code": "server_error"`
+    Text(String),
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorCode::Number(n) => write!(f, "{n}"),
+            ErrorCode::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The parsed OpenRouter error object (`{"error": {...}}`), pre-stream or mid-stream.
+///
+/// Every field is optional and unknown fields are kept in [`ApiError::metadata`] or ignored:
+/// upstreams differ and the docs changed shape over time.
+///
+/// ```
+/// use llm_layers_core::ApiError;
+/// let body = br#"{"error":{"code":429,"message":"Rate limit exceeded",
+///   "metadata":{"error_type":"rate_limit_exceeded","provider_name":"OpenAI"}}}"#;
+/// let e = ApiError::from_body(body).unwrap();
+/// assert_eq!(e.message.as_deref(), Some("Rate limit exceeded"));
+/// assert_eq!(e.error_type.as_deref(), Some("rate_limit_exceeded"));
+/// assert_eq!(e.provider_name.as_deref(), Some("OpenAI"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApiError {
+    /// `error.code`, a number or a string.
+    pub code: Option<ErrorCode>,
+    /// `error.message`.
+    pub message: Option<String>,
+    /// `error.metadata.error_type` (or `error.error_type`).
+    pub error_type: Option<String>,
+    /// `error.metadata.provider_name` (or `error.provider_name`).
+    pub provider_name: Option<String>,
+    /// `error.availability.retryable`, when present: overrides the status table.
+    pub retryable: Option<bool>,
+    /// `error.availability.code` (`capacity_exhausted`, `model_not_found`, ...).
+    pub availability_code: Option<String>,
+    /// `error.metadata` as sent, a loose map.
+    pub metadata: Option<Map<String, Value>>,
+}
+
+impl ApiError {
+    /// Parses a whole body of the form `{"error": {...}}`; `None` if it is not one.
+    pub fn from_body(body: &[u8]) -> Option<ApiError> {
+        let v: Value = serde_json::from_slice(body).ok()?;
+        ApiError::from_value(v.get("error")?)
+    }
+
+    /// Parses the inner error object (the value of the `error` key).
+    pub fn from_value(v: &Value) -> Option<ApiError> {
+        let obj = match v {
+            Value::Object(o) => o,
+            Value::String(s) => {
+                return Some(ApiError {
+                    message: Some(s.clone()),
+                    ..ApiError::default()
+                });
+            }
+            _ => return None,
+        };
+        let code = match obj.get("code") {
+            Some(Value::Number(n)) => n.as_i64().map(ErrorCode::Number),
+            Some(Value::String(s)) => Some(ErrorCode::Text(s.clone())),
+            _ => None,
+        };
+        let metadata = obj.get("metadata").and_then(Value::as_object).cloned();
+        let str_field = |key: &str| -> Option<String> {
+            metadata
+                .as_ref()
+                .and_then(|m| m.get(key))
+                .or_else(|| obj.get(key))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let availability = obj.get("availability").and_then(Value::as_object);
+        Some(ApiError {
+            code,
+            message: obj
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            error_type: str_field("error_type"),
+            provider_name: str_field("provider_name"),
+            retryable: availability
+                .and_then(|a| a.get("retryable"))
+                .and_then(Value::as_bool),
+            availability_code: availability
+                .and_then(|a| a.get("code"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            metadata,
+        })
+    }
+
+    /// `error.code` as an HTTP status, when it is a number in the status range.
+    pub fn status_code(&self) -> Option<StatusCode> {
+        match &self.code {
+            Some(ErrorCode::Number(n)) => u16::try_from(*n)
+                .ok()
+                .and_then(|n| StatusCode::from_u16(n).ok()),
+            _ => None,
+        }
+    }
+}
+
+/// The error of every service in the stack.
+///
+/// Opaque, in the style of hyper-util's client error: ask it what it is with
+/// [`kind`](LlmError::kind) and the predicates. It never contains the API key.
+///
+/// ```
+/// use llm_layers_core::{LlmError, ErrorKind, TimeoutKind};
+/// let e = LlmError::timeout(TimeoutKind::FirstToken);
+/// assert!(e.is_timeout());
+/// assert_eq!(e.kind(), ErrorKind::Timeout(TimeoutKind::FirstToken));
+/// assert!(e.is_retriable());
+/// ```
+#[derive(Clone)]
+pub struct LlmError {
+    inner: Box<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    kind: ErrorKind,
+    message: Option<String>,
+    status: Option<StatusCode>,
+    api: Option<ApiError>,
+    retry_after: Option<Duration>,
+    provider: Option<String>,
+    providers: Vec<String>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl LlmError {
+    /// A new error of `kind`.
+    pub fn new(kind: ErrorKind) -> LlmError {
+        LlmError {
+            inner: Box::new(Inner {
+                kind,
+                message: None,
+                status: None,
+                api: None,
+                retry_after: None,
+                provider: None,
+                providers: Vec::new(),
+                source: None,
+            }),
+        }
+    }
+
+    /// An HTTP status error from the upstream, with its parsed body.
+    pub fn status(status: StatusCode, api: Option<ApiError>) -> LlmError {
+        let mut e = LlmError::new(ErrorKind::Status);
+        e.inner.status = Some(status);
+        if let Some(p) = api.as_ref().and_then(|a| a.provider_name.clone()) {
+            e.inner.provider = Some(p);
+        }
+        e.inner.api = api;
+        e
+    }
+
+    /// A deadline ran out.
+    pub fn timeout(which: TimeoutKind) -> LlmError {
+        LlmError::new(ErrorKind::Timeout(which))
+    }
+
+    /// A protocol violation by the upstream.
+    pub fn protocol(which: ProtocolKind, message: impl Into<String>) -> LlmError {
+        LlmError::new(ErrorKind::Protocol(which)).with_message(message)
+    }
+
+    /// An error event in the middle of a stream (`{"error": ...}` on a `data` line).
+    pub fn upstream(api: ApiError) -> LlmError {
+        let mut e = LlmError::new(ErrorKind::Upstream);
+        e.inner.status = api.status_code();
+        e.inner.provider = api.provider_name.clone();
+        e.inner.api = Some(api);
+        e
+    }
+
+    /// The stream ended without `data: [DONE]`.
+    pub fn truncated() -> LlmError {
+        LlmError::new(ErrorKind::Truncated).with_message("stream ended without [DONE]")
+    }
+
+    /// A request rejected locally.
+    pub fn bad_request(message: impl Into<String>) -> LlmError {
+        LlmError::new(ErrorKind::BadRequest).with_message(message)
+    }
+
+    /// Invalid configuration, rejected at build time.
+    pub fn config(message: impl Into<String>) -> LlmError {
+        LlmError::new(ErrorKind::Config).with_message(message)
+    }
+
+    /// A local rate limit refused; `wait` is how long until it would admit.
+    pub fn rate_limited(wait: Duration) -> LlmError {
+        LlmError::new(ErrorKind::RateLimited).with_retry_after(wait)
+    }
+
+    /// Every candidate provider is open; `retry_after` is when the first one half-opens.
+    pub fn circuit_open(providers: Vec<String>, retry_after: Option<Duration>) -> LlmError {
+        let mut e = LlmError::new(ErrorKind::CircuitOpen);
+        e.inner.providers = providers;
+        e.inner.retry_after = retry_after;
+        e
+    }
+
+    /// Sets a human-readable message.
+    pub fn with_message(mut self, message: impl Into<String>) -> LlmError {
+        self.inner.message = Some(message.into());
+        self
+    }
+
+    /// Sets the `Retry-After` hint.
+    pub fn with_retry_after(mut self, after: Duration) -> LlmError {
+        self.inner.retry_after = Some(after);
+        self
+    }
+
+    /// Sets the provider (display name) that served or failed.
+    pub fn with_provider(mut self, provider: impl Into<String>) -> LlmError {
+        self.inner.provider = Some(provider.into());
+        self
+    }
+
+    /// Sets the underlying cause.
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> LlmError {
+        self.inner.source = Some(Arc::from(source.into()));
+        self
+    }
+
+    /// What kind of error this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// The upstream HTTP status, when there was one.
+    pub fn status_code(&self) -> Option<StatusCode> {
+        self.inner.status
+    }
+
+    /// The parsed upstream error body, when there was one.
+    pub fn api_error(&self) -> Option<&ApiError> {
+        self.inner.api.as_ref()
+    }
+
+    /// How long the upstream (or a local limit) asked us to wait.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+
+    /// The provider that failed, when known.
+    pub fn provider(&self) -> Option<&str> {
+        self.inner.provider.as_deref()
+    }
+
+    /// For [`ErrorKind::CircuitOpen`]: the providers that are open.
+    pub fn open_providers(&self) -> &[String] {
+        &self.inner.providers
+    }
+
+    /// The message: ours, or the upstream's.
+    pub fn message(&self) -> Option<&str> {
+        self.inner
+            .message
+            .as_deref()
+            .or_else(|| self.inner.api.as_ref()?.message.as_deref())
+    }
+
+    /// Whether the default classification ([`DefaultClassify`](crate::DefaultClassify))
+    /// calls this error worth retrying before the commit point.
+    pub fn is_retriable(&self) -> bool {
+        crate::classify::DefaultClassify.classify(self).retriable
+    }
+
+    /// A deadline ran out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.inner.kind, ErrorKind::Timeout(_))
+    }
+
+    /// Connecting (or the TLS handshake) failed.
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self.inner.kind,
+            ErrorKind::Connect | ErrorKind::Tls | ErrorKind::Timeout(TimeoutKind::Connect)
+        )
+    }
+
+    /// The upstream answered with an error status.
+    pub fn is_status(&self) -> bool {
+        self.inner.kind == ErrorKind::Status
+    }
+
+    /// The upstream sent something that is not the protocol.
+    pub fn is_protocol(&self) -> bool {
+        matches!(self.inner.kind, ErrorKind::Protocol(_))
+    }
+
+    /// The call was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.kind == ErrorKind::Cancelled
+    }
+}
+
+use crate::classify::Classify as _;
+
+impl fmt::Debug for LlmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("LlmError");
+        d.field("kind", &self.inner.kind);
+        if let Some(m) = &self.inner.message {
+            d.field("message", m);
+        }
+        if let Some(s) = &self.inner.status {
+            d.field("status", s);
+        }
+        if let Some(a) = &self.inner.api {
+            d.field("api", a);
+        }
+        if let Some(r) = &self.inner.retry_after {
+            d.field("retry_after", r);
+        }
+        if let Some(p) = &self.inner.provider {
+            d.field("provider", p);
+        }
+        if !self.inner.providers.is_empty() {
+            d.field("providers", &self.inner.providers);
+        }
+        if let Some(s) = &self.inner.source {
+            d.field("source", s);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for LlmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.inner.kind {
+            ErrorKind::Connect => f.write_str("connection failed")?,
+            ErrorKind::Tls => f.write_str("TLS handshake failed")?,
+            ErrorKind::Transport => f.write_str("connection broken before the response")?,
+            ErrorKind::Status => match self.inner.status {
+                Some(s) => write!(f, "upstream returned {s}")?,
+                None => f.write_str("upstream returned an error")?,
+            },
+            ErrorKind::Timeout(k) => write!(f, "{} timeout", k.as_str())?,
+            ErrorKind::RateLimited => f.write_str("rate limited")?,
+            ErrorKind::CircuitOpen => {
+                write!(f, "circuit open for {}", self.inner.providers.join(", "))?
+            }
+            ErrorKind::Protocol(_) => f.write_str("protocol error")?,
+            ErrorKind::Upstream => f.write_str("upstream error mid-stream")?,
+            ErrorKind::Truncated => f.write_str("truncated stream")?,
+            ErrorKind::Cancelled => f.write_str("cancelled")?,
+            ErrorKind::BadRequest => f.write_str("bad request")?,
+            ErrorKind::Config => f.write_str("invalid configuration")?,
+        }
+        if let Some(m) = self.message() {
+            write!(f, ": {m}")?;
+        }
+        if let Some(p) = &self.inner.provider {
+            write!(f, " (provider {p})")?;
+        }
+        if let Some(r) = self.inner.retry_after {
+            write!(f, " (retry after {:.3}s)", r.as_secs_f64())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LlmError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_ref()
+            .map(|s| &**s as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Parses a `Retry-After` value: delay-seconds (`"30"`, or `"1.5"` leniently) or an
+/// HTTP date, relative to `now`. A date in the past gives zero; garbage gives `None`.
+///
+/// ```
+/// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+/// use llm_layers_core::parse_retry_after;
+/// let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+/// assert_eq!(parse_retry_after("30", now), Some(Duration::from_secs(30)));
+/// assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now), Some(Duration::from_secs(30)));
+/// assert_eq!(parse_retry_after("soon", now), None);
+/// ```
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = value.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).ok();
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}

@@ -1,0 +1,52 @@
+//! Shared types of [llm-layers]: the request, the committed stream, the error, the
+//! classification trait and a bounded SSE parser.
+//!
+//! Every service in an llm-layers stack is a
+//! `Service<ChatRequest, Response = ChatStream, Error = LlmError>` whose response future
+//! resolves at the **commit point**: when the first token has arrived. Before it, any layer
+//! may time out, retry, hedge or reroute; after it, the caller owns the stream.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use llm_layers_core::{ChatRequest, ChatStream, Message};
+//! use std::convert::Infallible;
+//! // The smallest service honouring the contract: an echo.
+//! let svc = tower_service_fn(|req: ChatRequest| async move {
+//!     let text = format!("you said {} messages", req.body().messages.len());
+//!     Ok::<_, llm_layers_core::LlmError>(ChatStream::from_chunks(vec![
+//!         serde_json::from_value(serde_json::json!({
+//!             "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": "stop"}]
+//!         })).unwrap(),
+//!     ]))
+//! });
+//! let answer = svc(ChatRequest::new("m", vec![Message::user("hi")])).await.unwrap();
+//! let done = answer.collect().await.unwrap();
+//! assert_eq!(done.choices[0].message.content.as_deref(), Some("you said 1 messages"));
+//! # fn tower_service_fn<F>(f: F) -> F { f }
+//! # });
+//! ```
+//!
+//! [llm-layers]: https://github.com/llm-layers/llm-layers
+
+pub mod chunk;
+pub mod classify;
+pub mod decode;
+pub mod error;
+pub mod request;
+pub mod sse;
+pub mod stream;
+
+pub use chunk::{
+    AssistantMessage, ChatChunk, ChatCompletion, Choice, ChunkChoice, Delta, FunctionCall,
+    FunctionDelta, ToolCall, ToolCallDelta, Usage,
+};
+pub use classify::{Classify, DefaultClassify, ErrorClass};
+pub use error::{
+    ApiError, BoxError, ErrorCode, ErrorKind, LlmError, ProtocolKind, TimeoutKind,
+    parse_retry_after,
+};
+pub use request::{
+    ChatBody, ChatRequest, Content, Deadline, Message, Priority, ProviderPreferences, ProviderSort,
+    Tenant, slug_matches,
+};
+pub use stream::{BoxChunkStream, ChatStream, Commit, ResponseMeta, Timings};

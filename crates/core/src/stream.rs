@@ -1,0 +1,565 @@
+//! [`ChatStream`]: a committed answer (its first token already here) and the rest to come.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use futures_core::Stream;
+use tokio::time::Instant;
+
+use crate::chunk::{
+    AssistantMessage, ChatChunk, ChatCompletion, Choice, ChunkChoice, Delta, FunctionDelta,
+    ToolCall, ToolCallDelta,
+};
+use crate::error::{ApiError, LlmError};
+
+/// A boxed stream of chunks: what [`ChatStream`] erases its source to.
+pub type BoxChunkStream = Pin<Box<dyn Stream<Item = Result<ChatChunk, LlmError>> + Send>>;
+
+/// What is known about a response besides its chunks.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ResponseMeta {
+    /// The model that served (from the first chunk).
+    pub model: String,
+    /// The provider that served (display name, from the stream's `provider` field).
+    pub provider: Option<String>,
+    /// The generation id (`X-Generation-Id`, or the chunks' `id`).
+    pub generation_id: Option<String>,
+    /// Which attempt served, counting from 1 (set by retry and hedge).
+    pub attempt: u32,
+    /// How many attempts were started in all for this call (retries plus hedges plus 1).
+    pub attempts: u32,
+    /// The index of the hedge attempt that won (0 = the original), when hedging ran.
+    pub hedge_winner: Option<u32>,
+    /// When things happened.
+    pub timings: Timings,
+}
+
+/// Instants of one call, from `tokio::time` (so they follow paused time in tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// When the attempt that served was sent.
+    pub started: Option<Instant>,
+    /// When its first body byte arrived (a keep-alive comment counts).
+    pub first_byte: Option<Instant>,
+    /// When its first token arrived: the commit point.
+    pub first_token: Option<Instant>,
+}
+
+impl Timings {
+    /// Time to first token, when both ends are known.
+    pub fn ttft(&self) -> Option<std::time::Duration> {
+        Some(self.first_token?.saturating_duration_since(self.started?))
+    }
+}
+
+/// A committed chat completion stream.
+///
+/// A service's response future resolves to a `ChatStream` at the **commit point**, when the
+/// first token has arrived. The stream holds that chunk (and any role-only chunks before it)
+/// and yields the rest. A failure after the commit point is an `Err` item; the stream ends
+/// after it. A truncated upstream is an `Err` item too, never a clean end.
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use llm_layers_core::{ChatChunk, ChatStream, ChunkChoice, Delta};
+/// fn chunk(text: &str, finish: Option<&str>) -> ChatChunk {
+///     ChatChunk {
+///         choices: vec![ChunkChoice {
+///             delta: Delta { content: Some(text.into()), ..Default::default() },
+///             finish_reason: finish.map(Into::into),
+///             ..Default::default()
+///         }],
+///         ..Default::default()
+///     }
+/// }
+/// let stream = ChatStream::from_chunks(vec![chunk("Hel", None), chunk("lo", Some("stop"))]);
+/// let done = stream.collect().await.unwrap();
+/// assert_eq!(done.choices[0].message.content.as_deref(), Some("Hello"));
+/// assert_eq!(done.choices[0].finish_reason.as_deref(), Some("stop"));
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+pub struct ChatStream {
+    pending: VecDeque<ChatChunk>,
+    inner: Option<BoxChunkStream>,
+    meta: ResponseMeta,
+}
+
+impl fmt::Debug for ChatStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatStream")
+            .field("pending", &self.pending.len())
+            .field("ended", &self.inner.is_none())
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+impl ChatStream {
+    /// A stream from already-received chunks `pending` and the source of the rest.
+    pub fn from_parts<S>(pending: VecDeque<ChatChunk>, rest: S, meta: ResponseMeta) -> ChatStream
+    where
+        S: Stream<Item = Result<ChatChunk, LlmError>> + Send + 'static,
+    {
+        ChatStream {
+            pending,
+            inner: Some(Box::pin(rest)),
+            meta,
+        }
+    }
+
+    /// A finished stream of exactly these chunks (useful in tests and for cached answers).
+    pub fn from_chunks(chunks: Vec<ChatChunk>) -> ChatStream {
+        let mut meta = ResponseMeta::default();
+        if let Some(c) = chunks.first() {
+            meta.model.clone_from(&c.model);
+            meta.provider.clone_from(&c.provider);
+            if !c.id.is_empty() {
+                meta.generation_id = Some(c.id.clone());
+            }
+        }
+        ChatStream {
+            pending: chunks.into(),
+            inner: None,
+            meta,
+        }
+    }
+
+    /// A stream that replays a whole (non-streamed) completion as chunks: one per choice
+    /// with the whole message as its delta, then one with the usage.
+    ///
+    /// A completion carrying an `error` (a 200 with an error body, or a choice with
+    /// `finish_reason: "error"`) is an error, not a stream.
+    pub fn from_completion(c: ChatCompletion) -> Result<ChatStream, LlmError> {
+        if let Some(err) = completion_error(&c) {
+            return Err(err);
+        }
+        let mut chunks = Vec::with_capacity(c.choices.len() + 1);
+        for choice in c.choices {
+            let tool_calls = choice.message.tool_calls.map(|calls| {
+                calls
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, t)| ToolCallDelta {
+                        index: i as u32,
+                        id: Some(t.id),
+                        kind: Some(t.kind),
+                        function: Some(FunctionDelta {
+                            name: Some(t.function.name),
+                            arguments: Some(t.function.arguments),
+                        }),
+                    })
+                    .collect()
+            });
+            chunks.push(ChatChunk {
+                id: c.id.clone(),
+                object: "chat.completion.chunk".into(),
+                created: c.created,
+                model: c.model.clone(),
+                provider: c.provider.clone(),
+                choices: vec![ChunkChoice {
+                    index: choice.index,
+                    delta: Delta {
+                        role: Some(choice.message.role),
+                        content: choice.message.content,
+                        reasoning: choice.message.reasoning,
+                        tool_calls,
+                        extra: choice.message.extra,
+                    },
+                    finish_reason: choice.finish_reason,
+                    native_finish_reason: choice.native_finish_reason,
+                    logprobs: choice.logprobs,
+                    error: None,
+                }],
+                system_fingerprint: c.system_fingerprint.clone(),
+                ..ChatChunk::default()
+            });
+        }
+        if c.usage.is_some() {
+            chunks.push(ChatChunk {
+                id: c.id.clone(),
+                object: "chat.completion.chunk".into(),
+                created: c.created,
+                model: c.model.clone(),
+                provider: c.provider.clone(),
+                usage: c.usage,
+                ..ChatChunk::default()
+            });
+        }
+        Ok(ChatStream::from_chunks(chunks))
+    }
+
+    /// Waits for the commit point of `source`: resolves with a `ChatStream` once the first
+    /// token (see [`ChatChunk::is_token`]) has arrived, or with the error that came first.
+    /// A source that ends cleanly before any token commits an empty answer.
+    pub fn commit<S>(source: S, meta: ResponseMeta) -> Commit<S>
+    where
+        S: Stream<Item = Result<ChatChunk, LlmError>> + Send + Unpin + 'static,
+    {
+        Commit {
+            source: Some(source),
+            pending: VecDeque::new(),
+            meta: Some(meta),
+        }
+    }
+
+    /// What is known about the response.
+    pub fn meta(&self) -> &ResponseMeta {
+        &self.meta
+    }
+
+    /// What is known about the response, mutably (layers fill in attempts and timings).
+    pub fn meta_mut(&mut self) -> &mut ResponseMeta {
+        &mut self.meta
+    }
+
+    /// The chunks already received and not yet yielded (the commit chunk among them).
+    pub fn pending(&self) -> impl Iterator<Item = &ChatChunk> {
+        self.pending.iter()
+    }
+
+    /// Wraps this stream, keeping its meta: `f` gets the stream and returns the new source.
+    /// Layers that watch or cut the stream (timeouts, latency) use it.
+    pub fn wrap<S, F>(mut self, f: F) -> ChatStream
+    where
+        F: FnOnce(ChatStream) -> S,
+        S: Stream<Item = Result<ChatChunk, LlmError>> + Send + 'static,
+    {
+        let meta = std::mem::take(&mut self.meta);
+        ChatStream {
+            pending: VecDeque::new(),
+            inner: Some(Box::pin(f(self))),
+            meta,
+        }
+    }
+
+    /// Reads the whole stream into one [`ChatCompletion`]: content, reasoning and tool-call
+    /// arguments concatenated per choice, the finish reason, the usage.
+    ///
+    /// Any `Err` item fails the whole call: a partial answer is never returned as complete.
+    pub async fn collect(mut self) -> Result<ChatCompletion, LlmError> {
+        let mut acc = Collector::default();
+        while let Some(item) = std::future::poll_fn(|cx| Pin::new(&mut self).poll_next(cx)).await {
+            acc.push(item?)?;
+        }
+        Ok(acc.finish())
+    }
+}
+
+impl Stream for ChatStream {
+    type Item = Result<ChatChunk, LlmError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(c) = self.pending.pop_front() {
+            return Poll::Ready(Some(Ok(c)));
+        }
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let item = ready!(inner.as_mut().poll_next(cx));
+        match &item {
+            Some(Ok(_)) => {}
+            // An error ends the stream; dropping the source cancels the upstream at once.
+            Some(Err(_)) | None => self.inner = None,
+        }
+        Poll::Ready(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.pending.len();
+        match &self.inner {
+            Some(s) => (n + s.size_hint().0, None),
+            None => (n, Some(n)),
+        }
+    }
+}
+
+/// The future of [`ChatStream::commit`]: resolves at the first token.
+pub struct Commit<S> {
+    source: Option<S>,
+    pending: VecDeque<ChatChunk>,
+    meta: Option<ResponseMeta>,
+}
+
+impl<S> fmt::Debug for Commit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Commit")
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+impl<S> Commit<S> {
+    /// The source, for reading its state (e.g. when the first byte arrived).
+    pub fn source(&self) -> Option<&S> {
+        self.source.as_ref()
+    }
+
+    /// The meta being built, to fill in before commit (e.g. the first byte instant).
+    pub fn meta_mut(&mut self) -> Option<&mut ResponseMeta> {
+        self.meta.as_mut()
+    }
+}
+
+impl<S> Future for Commit<S>
+where
+    S: Stream<Item = Result<ChatChunk, LlmError>> + Send + Unpin + 'static,
+{
+    type Output = Result<ChatStream, LlmError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let source = this
+            .source
+            .as_mut()
+            .expect("Commit polled after completion");
+        loop {
+            match ready!(Pin::new(&mut *source).poll_next(cx)) {
+                Some(Ok(chunk)) => {
+                    let token = chunk.is_token();
+                    if this.pending.is_empty() {
+                        note_first_chunk(this.meta.as_mut(), &chunk);
+                    }
+                    this.pending.push_back(chunk);
+                    if token {
+                        return Poll::Ready(Ok(this.finish(true)));
+                    }
+                }
+                Some(Err(e)) => {
+                    this.source = None;
+                    return Poll::Ready(Err(e));
+                }
+                None => return Poll::Ready(Ok(this.finish(false))),
+            }
+        }
+    }
+}
+
+impl<S> Commit<S>
+where
+    S: Stream<Item = Result<ChatChunk, LlmError>> + Send + Unpin + 'static,
+{
+    fn finish(&mut self, more: bool) -> ChatStream {
+        let now = Instant::now();
+        let mut meta = self.meta.take().unwrap_or_default();
+        meta.timings.first_token = Some(now);
+        meta.timings.first_byte.get_or_insert(now);
+        let source = self.source.take();
+        ChatStream {
+            pending: std::mem::take(&mut self.pending),
+            inner: if more {
+                source.map(|s| Box::pin(s) as BoxChunkStream)
+            } else {
+                None
+            },
+            meta,
+        }
+    }
+}
+
+fn note_first_chunk(meta: Option<&mut ResponseMeta>, chunk: &ChatChunk) {
+    let Some(meta) = meta else { return };
+    if meta.model.is_empty() {
+        meta.model.clone_from(&chunk.model);
+    }
+    if meta.provider.is_none() {
+        meta.provider.clone_from(&chunk.provider);
+    }
+    if meta.generation_id.is_none() && !chunk.id.is_empty() {
+        meta.generation_id = Some(chunk.id.clone());
+    }
+}
+
+/// The error a completion carries instead of (or with) its answer, if any.
+pub(crate) fn completion_error(c: &ChatCompletion) -> Option<LlmError> {
+    if let Some(e) = &c.error {
+        let api = ApiError::from_value(e).unwrap_or_default();
+        let mut err = LlmError::upstream(api);
+        if err.provider().is_none() {
+            if let Some(p) = &c.provider {
+                err = err.with_provider(p.clone());
+            }
+        }
+        return Some(err);
+    }
+    c.choices
+        .iter()
+        .find(|ch| ch.finish_reason.as_deref() == Some("error"))
+        .map(|ch| choice_error(ch.error.as_ref(), c.provider.as_deref()))
+}
+
+/// The error for a choice that finished with `finish_reason: "error"`.
+pub(crate) fn choice_error(error: Option<&serde_json::Value>, provider: Option<&str>) -> LlmError {
+    let api = error
+        .and_then(ApiError::from_value)
+        .unwrap_or_else(|| ApiError {
+            message: Some("the provider ended the answer with finish_reason \"error\"".into()),
+            ..ApiError::default()
+        });
+    let mut err = LlmError::upstream(api);
+    if err.provider().is_none() {
+        if let Some(p) = provider {
+            err = err.with_provider(p);
+        }
+    }
+    err
+}
+
+#[derive(Default)]
+struct Collector {
+    head: ChatChunk,
+    seen_head: bool,
+    choices: Vec<ChoiceAcc>,
+    usage: Option<crate::chunk::Usage>,
+}
+
+#[derive(Default)]
+struct ChoiceAcc {
+    index: u32,
+    role: Option<String>,
+    content: Option<String>,
+    reasoning: Option<String>,
+    tools: Vec<ToolCall>,
+    finish_reason: Option<String>,
+    native_finish_reason: Option<String>,
+    extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Collector {
+    fn push(&mut self, chunk: ChatChunk) -> Result<(), LlmError> {
+        if let Some(e) = &chunk.error {
+            let mut err = LlmError::upstream(ApiError::from_value(e).unwrap_or_default());
+            if err.provider().is_none() {
+                if let Some(p) = &chunk.provider {
+                    err = err.with_provider(p.clone());
+                }
+            }
+            return Err(err);
+        }
+        if !self.seen_head && !chunk.id.is_empty() {
+            self.seen_head = true;
+            self.head.id.clone_from(&chunk.id);
+            self.head.created = chunk.created;
+            self.head.model.clone_from(&chunk.model);
+            self.head.provider.clone_from(&chunk.provider);
+            self.head
+                .system_fingerprint
+                .clone_from(&chunk.system_fingerprint);
+        }
+        if chunk.usage.is_some() {
+            self.usage = chunk.usage;
+        }
+        for c in chunk.choices {
+            if c.finish_reason.as_deref() == Some("error") {
+                return Err(choice_error(c.error.as_ref(), chunk.provider.as_deref()));
+            }
+            let acc = match self.choices.iter_mut().position(|a| a.index == c.index) {
+                Some(i) => &mut self.choices[i],
+                None => {
+                    self.choices.push(ChoiceAcc {
+                        index: c.index,
+                        ..ChoiceAcc::default()
+                    });
+                    self.choices.last_mut().expect("just pushed")
+                }
+            };
+            let d = c.delta;
+            if d.role.is_some() {
+                acc.role = d.role;
+            }
+            if let Some(t) = d.content {
+                acc.content.get_or_insert_with(String::new).push_str(&t);
+            }
+            if let Some(t) = d.reasoning {
+                acc.reasoning.get_or_insert_with(String::new).push_str(&t);
+            }
+            for (k, v) in d.extra {
+                acc.extra.insert(k, v);
+            }
+            for t in d.tool_calls.unwrap_or_default() {
+                let i = t.index as usize;
+                if acc.tools.len() <= i {
+                    acc.tools.resize_with(i + 1, ToolCall::default);
+                }
+                let call = &mut acc.tools[i];
+                if let Some(id) = t.id {
+                    call.id = id;
+                }
+                if let Some(kind) = t.kind {
+                    call.kind = kind;
+                }
+                if let Some(f) = t.function {
+                    if let Some(n) = f.name {
+                        call.function.name.push_str(&n);
+                    }
+                    if let Some(a) = f.arguments {
+                        call.function.arguments.push_str(&a);
+                    }
+                }
+            }
+            if c.finish_reason.is_some() {
+                acc.finish_reason = c.finish_reason;
+            }
+            if c.native_finish_reason.is_some() {
+                acc.native_finish_reason = c.native_finish_reason;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> ChatCompletion {
+        let mut choices: Vec<Choice> = self
+            .choices
+            .into_iter()
+            .map(|a| {
+                let has_tools = !a.tools.is_empty();
+                Choice {
+                    index: a.index,
+                    message: AssistantMessage {
+                        role: a.role.unwrap_or_else(|| "assistant".into()),
+                        content: match a.content {
+                            Some(c) => Some(c),
+                            None if has_tools => None,
+                            None => Some(String::new()),
+                        },
+                        reasoning: a.reasoning,
+                        tool_calls: has_tools.then(|| {
+                            a.tools
+                                .into_iter()
+                                .map(|mut t| {
+                                    if t.kind.is_empty() {
+                                        t.kind = "function".into();
+                                    }
+                                    t
+                                })
+                                .collect()
+                        }),
+                        extra: a.extra,
+                    },
+                    finish_reason: a.finish_reason,
+                    native_finish_reason: a.native_finish_reason,
+                    logprobs: None,
+                    error: None,
+                }
+            })
+            .collect();
+        choices.sort_by_key(|c| c.index);
+        ChatCompletion {
+            id: self.head.id,
+            object: "chat.completion".into(),
+            created: self.head.created,
+            model: self.head.model,
+            provider: self.head.provider,
+            choices,
+            usage: self.usage,
+            system_fingerprint: self.head.system_fingerprint,
+            error: None,
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The chunk decoder and the commit point, on the OpenRouter stream of `openrouter-wire.md` §1.5.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body::Frame;
+use http_body_util::StreamBody;
+use llm_layers_core::decode::SseChatDecoder;
+use llm_layers_core::{ChatStream, ErrorCode, ErrorKind, ProtocolKind, ResponseMeta};
+
+fn body(
+    chunks: Vec<&'static [u8]>,
+) -> StreamBody<impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>>> {
+    StreamBody::new(futures_util::stream::iter(
+        chunks
+            .into_iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c)))),
+    ))
+}
+
+const ENVELOPE: &str = r#""id":"gen-1700000000-AbCd","provider":"OpenAI","model":"openai/gpt-4o","object":"chat.completion.chunk","created":1700000000"#;
+
+fn openrouter_stream() -> Vec<u8> {
+    format!(
+        ": OPENROUTER PROCESSING\n\n\
+         data: {{{ENVELOPE},\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"finish_reason\":null,\"native_finish_reason\":null}}]}}\n\n\
+         data: {{{ENVELOPE},\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"Hel\"}},\"finish_reason\":null,\"native_finish_reason\":null}}]}}\n\n\
+         data: {{{ENVELOPE},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"lo\"}},\"finish_reason\":null,\"native_finish_reason\":null}}]}}\n\n\
+         data: {{{ENVELOPE},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"\"}},\"finish_reason\":\"stop\",\"native_finish_reason\":\"stop\"}}]}}\n\n\
+         data: {{{ENVELOPE},\"choices\":[],\"usage\":{{\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15,\"cost\":0.0000675}}}}\n\n\
+         data: [DONE]\n\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn commits_at_first_content_and_collects_with_usage() {
+    let bytes: &'static [u8] = Box::leak(openrouter_stream().into_boxed_slice());
+    // Split at every 7 bytes to cross event boundaries.
+    let chunks: Vec<&'static [u8]> = bytes.chunks(7).collect();
+    let stream = ChatStream::commit(SseChatDecoder::new(body(chunks)), ResponseMeta::default())
+        .await
+        .unwrap();
+    let pending: Vec<_> = stream.pending().collect();
+    assert_eq!(pending.len(), 2, "role-only chunk + first content chunk");
+    assert!(!pending[0].is_token());
+    assert_eq!(pending[1].content(), Some("Hel"));
+    let meta = stream.meta().clone();
+    assert_eq!(meta.provider.as_deref(), Some("OpenAI"));
+    assert_eq!(meta.model, "openai/gpt-4o");
+    assert_eq!(meta.generation_id.as_deref(), Some("gen-1700000000-AbCd"));
+    assert!(meta.timings.first_token.is_some());
+
+    let done = stream.collect().await.unwrap();
+    assert_eq!(done.choices[0].message.content.as_deref(), Some("Hello"));
+    assert_eq!(done.choices[0].finish_reason.as_deref(), Some("stop"));
+    let usage = done.usage.unwrap();
+    assert_eq!(
+        (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens
+        ),
+        (12, 3, 15)
+    );
+    assert!(usage.extra.contains_key("cost"));
+    assert_eq!(done.provider.as_deref(), Some("OpenAI"));
+}
+
+#[tokio::test]
+async fn mid_stream_error_event_is_an_err_item_with_code_and_provider() {
+    let s: &'static [u8] = b"data: {\"id\":\"g\",\"provider\":\"OpenAI\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n\
+        data: {\"id\":\"g\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"openai/gpt-4o\",\"provider\":\"OpenAI\",\"error\":{\"code\":502,\"message\":\"Provider disconnected\",\"metadata\":{\"error_type\":\"provider_unavailable\"}},\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"},\"finish_reason\":\"error\"}]}\n\n\
+        data: [DONE]\n\n";
+    let mut stream =
+        ChatStream::commit(SseChatDecoder::new(body(vec![s])), ResponseMeta::default())
+            .await
+            .unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap().content(), Some("a"));
+    let err = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Upstream);
+    assert_eq!(err.provider(), Some("OpenAI"));
+    let api = err.api_error().unwrap();
+    assert_eq!(api.code, Some(ErrorCode::Number(502)));
+    assert_eq!(api.error_type.as_deref(), Some("provider_unavailable"));
+    assert_eq!(err.status_code().map(|s| s.as_u16()), Some(502));
+    assert!(
+        stream.next().await.is_none(),
+        "the stream ends after the error"
+    );
+}
+
+#[tokio::test]
+async fn eof_without_done_is_truncated_never_a_clean_end() {
+    let s: &'static [u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"b\"}}]}\n\n";
+    let stream = ChatStream::commit(SseChatDecoder::new(body(vec![s])), ResponseMeta::default())
+        .await
+        .unwrap();
+    let items: Vec<_> = stream.collect_items().await;
+    assert_eq!(items.len(), 3);
+    assert_eq!(items[1].as_ref().unwrap().content(), Some("b"));
+    assert_eq!(items[2].as_ref().unwrap_err().kind(), ErrorKind::Truncated);
+
+    // collect() refuses the partial answer.
+    let stream = ChatStream::commit(SseChatDecoder::new(body(vec![s])), ResponseMeta::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.collect().await.unwrap_err().kind(),
+        ErrorKind::Truncated
+    );
+}
+
+#[tokio::test]
+async fn error_before_first_token_fails_the_commit() {
+    let s: &'static [u8] = b": OPENROUTER PROCESSING\n\ndata: {\"error\":{\"code\":\"server_error\",\"message\":\"boom\"}}\n\n";
+    let err = ChatStream::commit(SseChatDecoder::new(body(vec![s])), ResponseMeta::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Upstream);
+    assert_eq!(
+        err.api_error().unwrap().code,
+        Some(ErrorCode::Text("server_error".into()))
+    );
+}
+
+#[tokio::test]
+async fn bad_json_and_oversize_are_protocol_errors() {
+    let s: &'static [u8] = b"data: {not json\n\n";
+    let err = ChatStream::commit(SseChatDecoder::new(body(vec![s])), ResponseMeta::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol(ProtocolKind::Json));
+
+    let big: &'static [u8] = Box::leak(
+        format!("data: {}\n\n", "x".repeat(100))
+            .into_bytes()
+            .into_boxed_slice(),
+    );
+    let dec = SseChatDecoder::with_parser(
+        body(vec![big]),
+        llm_layers_core::sse::SseParser::with_max_event_size(50),
+    );
+    let err = ChatStream::commit(dec, ResponseMeta::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol(ProtocolKind::Oversize));
+
+    let bad: &'static [u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"\xff\"}}]}\n\n";
+    let err = ChatStream::commit(
+        SseChatDecoder::new(body(vec![bad])),
+        ResponseMeta::default(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol(ProtocolKind::Utf8));
+}
+
+#[tokio::test]
+async fn tool_calls_are_joined_by_index() {
+    let s: &'static [u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"get\",\"arguments\":\"{\\\"ci\"}}]}}]}\n\n\
+        data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"ty\\\":1}\"}}]}}]}\n\n\
+        data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n\
+        data: [DONE]\n\n";
+    let stream = ChatStream::commit(SseChatDecoder::new(body(vec![s])), ResponseMeta::default())
+        .await
+        .unwrap();
+    let done = stream.collect().await.unwrap();
+    let msg = &done.choices[0].message;
+    assert_eq!(msg.content, None);
+    let call = &msg.tool_calls.as_ref().unwrap()[0];
+    assert_eq!(call.id, "call_1");
+    assert_eq!(call.function.name, "get");
+    assert_eq!(call.function.arguments, "{\"city\":1}");
+    assert_eq!(done.choices[0].finish_reason.as_deref(), Some("tool_calls"));
+}
+
+trait CollectItems {
+    async fn collect_items(
+        self,
+    ) -> Vec<Result<llm_layers_core::ChatChunk, llm_layers_core::LlmError>>;
+}
+
+impl CollectItems for ChatStream {
+    async fn collect_items(
+        self,
+    ) -> Vec<Result<llm_layers_core::ChatChunk, llm_layers_core::LlmError>> {
+        StreamExt::collect(self).await
+    }
+}

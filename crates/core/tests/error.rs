@@ -1,0 +1,152 @@
+//! `LlmError` and the default classification, one case per status of `openrouter-wire.md` §1.6.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use http::StatusCode;
+use llm_layers_core::{
+    ApiError, Classify, DefaultClassify, ErrorClass, ErrorCode, ErrorKind, LlmError, TimeoutKind,
+    parse_retry_after,
+};
+
+fn status(code: u16) -> LlmError {
+    LlmError::status(StatusCode::from_u16(code).unwrap(), None)
+}
+
+#[test]
+fn status_table() {
+    let cases: &[(u16, bool, bool)] = &[
+        (400, false, false),
+        (401, false, false),
+        (402, false, false),
+        (403, false, false),
+        (404, false, false),
+        (408, true, true),
+        (413, false, false),
+        (422, false, false),
+        (429, true, true),
+        (500, true, true),
+        (502, true, true),
+        (503, true, true),
+        (524, true, true),
+        (529, true, true),
+    ];
+    for &(code, retriable, provider_failure) in cases {
+        let e = status(code);
+        assert_eq!(
+            DefaultClassify.classify(&e),
+            ErrorClass {
+                retriable,
+                provider_failure
+            },
+            "status {code}"
+        );
+        assert_eq!(e.is_retriable(), retriable, "status {code}");
+        assert_eq!(e.status_code().unwrap().as_u16(), code);
+    }
+}
+
+#[test]
+fn payment_required_is_retriable_only_with_retry_after() {
+    assert!(!status(402).is_retriable());
+    assert!(
+        status(402)
+            .with_retry_after(Duration::from_secs(3))
+            .is_retriable()
+    );
+}
+
+#[test]
+fn availability_retryable_overrides_the_table() {
+    let body = br#"{"error":{"code":503,"message":"no","availability":{"code":"model_not_found","retryable":false}}}"#;
+    let e = LlmError::status(StatusCode::SERVICE_UNAVAILABLE, ApiError::from_body(body));
+    assert!(!e.is_retriable());
+    assert_eq!(
+        e.api_error().unwrap().availability_code.as_deref(),
+        Some("model_not_found")
+    );
+}
+
+#[test]
+fn other_kinds() {
+    for k in [TimeoutKind::FirstToken, TimeoutKind::Connect] {
+        assert!(LlmError::timeout(k).is_retriable());
+    }
+    for k in [TimeoutKind::Idle, TimeoutKind::Total] {
+        assert!(!LlmError::timeout(k).is_retriable());
+    }
+    assert!(LlmError::new(ErrorKind::Connect).is_retriable());
+    assert!(LlmError::truncated().is_retriable());
+    assert!(!LlmError::bad_request("x").is_retriable());
+    assert!(!LlmError::circuit_open(vec!["a".into()], None).is_retriable());
+    assert!(!LlmError::new(ErrorKind::Cancelled).is_retriable());
+    let rl = LlmError::rate_limited(Duration::from_millis(250));
+    assert!(rl.is_retriable());
+    assert_eq!(rl.retry_after(), Some(Duration::from_millis(250)));
+}
+
+#[test]
+fn error_body_shapes() {
+    let e = ApiError::from_body(
+        br#"{"error":{"code":"server_error","message":"m","metadata":{"provider_name":"Groq","raw":"x"}},"user_id":"u"}"#,
+    )
+    .unwrap();
+    assert_eq!(e.code, Some(ErrorCode::Text("server_error".into())));
+    assert_eq!(e.provider_name.as_deref(), Some("Groq"));
+    // error_type directly in error (the availability example) is accepted too.
+    let e = ApiError::from_body(
+        br#"{"error":{"code":429,"message":"m","error_type":"rate_limit_exceeded"}}"#,
+    )
+    .unwrap();
+    assert_eq!(e.error_type.as_deref(), Some("rate_limit_exceeded"));
+    assert_eq!(e.status_code(), Some(StatusCode::TOO_MANY_REQUESTS));
+    assert!(ApiError::from_body(b"not json").is_none());
+    assert!(ApiError::from_body(br#"{"choices":[]}"#).is_none());
+    // The provider is lifted onto the error.
+    let err = LlmError::status(
+        StatusCode::BAD_GATEWAY,
+        Some(ApiError {
+            provider_name: Some("Groq".into()),
+            ..Default::default()
+        }),
+    );
+    assert_eq!(err.provider(), Some("Groq"));
+}
+
+#[test]
+fn retry_after_seconds_and_http_date() {
+    let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+    assert_eq!(parse_retry_after("30", now), Some(Duration::from_secs(30)));
+    assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+    assert_eq!(
+        parse_retry_after("0.5", now),
+        Some(Duration::from_millis(500))
+    );
+    assert_eq!(
+        parse_retry_after("Sun, 06 Nov 1994 08:49:44 GMT", now),
+        Some(Duration::from_secs(7))
+    );
+    assert_eq!(
+        parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+        Some(Duration::ZERO)
+    );
+    assert_eq!(parse_retry_after("-1", now), None);
+    assert_eq!(parse_retry_after("NaN", now), None);
+    assert_eq!(parse_retry_after("", now), None);
+}
+
+#[test]
+fn display_and_debug_name_the_kind() {
+    let e = status(429)
+        .with_retry_after(Duration::from_secs(2))
+        .with_message("slow down");
+    let s = e.to_string();
+    assert!(
+        s.contains("429") && s.contains("slow down") && s.contains("retry after 2.000s"),
+        "{s}"
+    );
+    assert!(format!("{e:?}").contains("Status"));
+    assert_eq!(
+        ErrorKind::Timeout(TimeoutKind::Idle).as_str(),
+        "timeout_idle"
+    );
+}
