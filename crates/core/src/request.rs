@@ -192,11 +192,97 @@ impl ChatBody {
         self.max_completion_tokens.or(self.max_tokens)
     }
 
+    /// Serializes the body to JSON, with `stream` and a default output limit overridden,
+    /// without copying the body (the leaf sends a shared body this way).
+    ///
+    /// `default_max_tokens` applies only when the caller set neither `max_tokens` nor
+    /// `max_completion_tokens`.
+    ///
+    /// ```
+    /// use llm_layers_core::{ChatBody, Message};
+    /// let body = ChatBody { model: Some("m".into()), messages: vec![Message::user("hi")], ..Default::default() };
+    /// let json = body.to_json_with(Some(true), Some(512)).unwrap();
+    /// let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    /// assert_eq!(v["stream"], true);
+    /// assert_eq!(v["max_tokens"], 512);
+    /// ```
+    pub fn to_json_with(
+        &self,
+        stream: Option<bool>,
+        default_max_tokens: Option<u32>,
+    ) -> serde_json::Result<Vec<u8>> {
+        let max_tokens = match (self.max_tokens, self.max_completion_tokens) {
+            (None, None) => default_max_tokens,
+            (m, _) => m,
+        };
+        let wire = WireBody {
+            model: &self.model,
+            messages: &self.messages,
+            stream: stream.or(self.stream),
+            max_tokens,
+            max_completion_tokens: self.max_completion_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            stop: &self.stop,
+            seed: self.seed,
+            tools: &self.tools,
+            tool_choice: &self.tool_choice,
+            response_format: &self.response_format,
+            user: &self.user,
+            stream_options: &self.stream_options,
+            provider: &self.provider,
+            models: &self.models,
+            extra: &self.extra,
+        };
+        let mut out =
+            Vec::with_capacity(256 + self.messages.iter().map(Message::text_len).sum::<usize>());
+        serde_json::to_writer(&mut out, &wire)?;
+        Ok(out)
+    }
+
     /// The provider preferences, created empty if absent.
     pub fn provider_mut(&mut self) -> &mut ProviderPreferences {
         self.provider
             .get_or_insert_with(ProviderPreferences::default)
     }
+}
+
+/// [`ChatBody`] borrowed, with per-call overrides: what [`ChatBody::to_json_with`] writes.
+#[derive(Serialize)]
+struct WireBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: &'a Option<String>,
+    messages: &'a [Message],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: &'a Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: &'a Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: &'a Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: &'a Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: &'a Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider: &'a Option<ProviderPreferences>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    models: &'a Option<Vec<String>>,
+    #[serde(flatten)]
+    extra: &'a Map<String, Value>,
 }
 
 /// One message of the conversation.

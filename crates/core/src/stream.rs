@@ -206,6 +206,7 @@ impl ChatStream {
             source: Some(source),
             pending: VecDeque::new(),
             meta: Some(meta),
+            first_byte: None,
         }
     }
 
@@ -285,6 +286,7 @@ pub struct Commit<S> {
     source: Option<S>,
     pending: VecDeque<ChatChunk>,
     meta: Option<ResponseMeta>,
+    first_byte: Option<fn(&S) -> Option<Instant>>,
 }
 
 impl<S> fmt::Debug for Commit<S> {
@@ -296,14 +298,12 @@ impl<S> fmt::Debug for Commit<S> {
 }
 
 impl<S> Commit<S> {
-    /// The source, for reading its state (e.g. when the first byte arrived).
-    pub fn source(&self) -> Option<&S> {
-        self.source.as_ref()
-    }
-
-    /// The meta being built, to fill in before commit (e.g. the first byte instant).
-    pub fn meta_mut(&mut self) -> Option<&mut ResponseMeta> {
-        self.meta.as_mut()
+    /// Reads the first-byte instant from the source at commit (e.g.
+    /// [`SseChatDecoder::first_byte`](crate::decode::SseChatDecoder::first_byte)), so that
+    /// keep-alive comments before the first token count as first byte, not first token.
+    pub fn first_byte_from(mut self, f: fn(&S) -> Option<Instant>) -> Self {
+        self.first_byte = Some(f);
+        self
     }
 }
 
@@ -349,8 +349,11 @@ where
         let now = Instant::now();
         let mut meta = self.meta.take().unwrap_or_default();
         meta.timings.first_token = Some(now);
-        meta.timings.first_byte.get_or_insert(now);
         let source = self.source.take();
+        if let (Some(f), Some(s)) = (self.first_byte, source.as_ref()) {
+            meta.timings.first_byte = f(s);
+        }
+        meta.timings.first_byte.get_or_insert(now);
         ChatStream {
             pending: std::mem::take(&mut self.pending),
             inner: if more {

@@ -1,0 +1,547 @@
+//! [`Scenario`]: what the mock server does, as data (JSON or TOML), with built-in presets.
+
+use std::fmt;
+use std::time::Duration;
+
+use rand::Rng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+/// A mock OpenRouter's behaviour: its providers, their latency and faults, and the wire
+/// quirks it plays.
+///
+/// ```
+/// use llm_layers_mock::Scenario;
+/// let s = Scenario::from_json(r#"{
+///     "seed": 7,
+///     "time_scale": 0.01,
+///     "providers": [
+///         {"name": "Fast", "slug": "fast", "weight": 3, "ttft": {"kind": "fixed", "ms": 100}},
+///         {"name": "Flaky", "slug": "flaky", "weight": 1,
+///          "faults": {"status": [{"code": 429, "rate": 0.5, "retry_after_s": 2}]}}
+///     ]
+/// }"#).unwrap();
+/// assert_eq!(s.providers.len(), 2);
+/// let err = Scenario::from_json(r#"{"providers": [{"name": "A", "slug": "a", "weight": -1}]}"#).unwrap_err();
+/// assert_eq!(err.field(), "providers[0].weight");
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Seed of every random choice (with the request's body and repeat count).
+    #[serde(default)]
+    pub seed: u64,
+    /// Multiplies every delay: 0.01 runs a real-world scenario 100 times faster; 0 removes
+    /// all delays.
+    #[serde(default = "one")]
+    pub time_scale: f64,
+    /// Model ids listed by `GET /models` (any model id is served).
+    #[serde(default = "default_models")]
+    pub models: Vec<String>,
+    /// The upstream providers, drawn by weight per request.
+    pub providers: Vec<ProviderSpec>,
+    /// Send `: OPENROUTER PROCESSING` this often (ms, before scaling) while waiting for the
+    /// first token; 0 sends none.
+    #[serde(default)]
+    pub keepalive_ms: f64,
+    /// End lines with CRLF instead of LF.
+    #[serde(default)]
+    pub crlf: bool,
+    /// Cut each event across two writes at a random byte.
+    #[serde(default)]
+    pub split_writes: bool,
+    /// Write events that are due at the same time in one write.
+    #[serde(default = "yes")]
+    pub coalesce_writes: bool,
+    /// Tokens per answer when the request sets no `max_tokens`.
+    #[serde(default = "default_tokens")]
+    pub default_tokens: u32,
+    /// The most tokens per answer, whatever `max_tokens` says.
+    #[serde(default = "max_tokens_cap")]
+    pub max_tokens: u32,
+    /// Require `Authorization: Bearer …` (401 without).
+    #[serde(default = "yes")]
+    pub require_auth: bool,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn yes() -> bool {
+    true
+}
+fn default_tokens() -> u32 {
+    8
+}
+fn max_tokens_cap() -> u32 {
+    64
+}
+fn default_models() -> Vec<String> {
+    vec!["mock/echo".into(), "mock/fast".into(), "mock/slow".into()]
+}
+
+/// One upstream provider behind the mock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    /// Display name, as in the stream's `provider` field (`"OpenAI"`).
+    pub name: String,
+    /// Routing slug, as in `provider.order/only/ignore` (`"openai"`).
+    pub slug: String,
+    /// Relative share of traffic when the request names no order.
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// Time to first token.
+    #[serde(default = "default_ttft")]
+    pub ttft: Dist,
+    /// Gap between tokens.
+    #[serde(default = "default_gap")]
+    pub gap: Dist,
+    /// Faults and their rates.
+    #[serde(default)]
+    pub faults: Faults,
+}
+
+fn default_ttft() -> Dist {
+    Dist::Fixed { ms: 50.0 }
+}
+fn default_gap() -> Dist {
+    Dist::Fixed { ms: 5.0 }
+}
+
+/// A delay distribution, in milliseconds before scaling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Dist {
+    /// Always `ms`.
+    Fixed {
+        /// Milliseconds.
+        ms: f64,
+    },
+    /// Uniform in `[min_ms, max_ms]`.
+    Uniform {
+        /// Lower bound.
+        min_ms: f64,
+        /// Upper bound.
+        max_ms: f64,
+    },
+    /// Lognormal with the given median and 99th percentile, capped.
+    Lognormal {
+        /// Median.
+        p50_ms: f64,
+        /// 99th percentile.
+        p99_ms: f64,
+        /// No draw above this.
+        #[serde(default = "default_cap")]
+        cap_ms: f64,
+    },
+}
+
+fn default_cap() -> f64 {
+    120_000.0
+}
+
+/// The z-score of the 99th percentile of a standard normal.
+const Z99: f64 = 2.326_347_874;
+
+impl Dist {
+    /// Draws one delay in milliseconds (before scaling).
+    pub fn sample_ms<R: Rng + ?Sized>(&self, rng: &mut R) -> f64 {
+        match *self {
+            Dist::Fixed { ms } => ms,
+            Dist::Uniform { min_ms, max_ms } => {
+                if max_ms > min_ms {
+                    rng.random_range(min_ms..=max_ms)
+                } else {
+                    min_ms
+                }
+            }
+            Dist::Lognormal {
+                p50_ms,
+                p99_ms,
+                cap_ms,
+            } => {
+                let mu = p50_ms.ln();
+                let sigma = (p99_ms.ln() - mu) / Z99;
+                let z: f64 = StandardNormal.sample(rng);
+                (mu + sigma * z).exp().min(cap_ms)
+            }
+        }
+    }
+
+    fn validate(&self, field: &str) -> Result<(), ScenarioError> {
+        let bad = |f: &str, m: &str| Err(ScenarioError::new(format!("{field}.{f}"), m));
+        let pos = |x: f64| x > 0.0 && x.is_finite();
+        let non_neg = |x: f64| x >= 0.0 && x.is_finite();
+        match *self {
+            Dist::Fixed { ms } if !non_neg(ms) => bad("ms", "must be >= 0"),
+            Dist::Uniform { min_ms, max_ms } if !non_neg(min_ms) || !non_neg(max_ms - min_ms) => {
+                bad("max_ms", "need 0 <= min_ms <= max_ms")
+            }
+            Dist::Lognormal { p50_ms, .. } if !pos(p50_ms) => bad("p50_ms", "must be > 0"),
+            Dist::Lognormal { p50_ms, p99_ms, .. } if !non_neg(p99_ms - p50_ms) => {
+                bad("p99_ms", "must be >= p50_ms")
+            }
+            Dist::Lognormal { cap_ms, .. } if !pos(cap_ms) => bad("cap_ms", "must be > 0"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Faults of one provider, each a rate in `[0, 1]` per request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// Error statuses (429, 500, 502, 503, 524, 529, ...) before the stream.
+    #[serde(default)]
+    pub status: Vec<StatusFault>,
+    /// Close the connection before sending headers.
+    #[serde(default)]
+    pub reset_before_headers: f64,
+    /// Send 200 and event-stream headers, then nothing, ever.
+    #[serde(default)]
+    pub hang_after_headers: f64,
+    /// After some tokens, an error event, then `data: [DONE]`.
+    #[serde(default)]
+    pub midstream_error: f64,
+    /// After some tokens, an error event, then a bare end of body.
+    #[serde(default)]
+    pub midstream_error_eof: f64,
+    /// After some tokens, reset the connection (no `[DONE]`).
+    #[serde(default)]
+    pub truncate: f64,
+    /// Answer 200 with an `{"error": ...}` body instead of an answer.
+    #[serde(default)]
+    pub error_200: f64,
+}
+
+/// An error status returned at some rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusFault {
+    /// The HTTP status.
+    pub code: u16,
+    /// Rate in `[0, 1]`.
+    pub rate: f64,
+    /// `Retry-After` seconds to send, if any.
+    #[serde(default)]
+    pub retry_after_s: Option<u64>,
+}
+
+/// A scenario that could not be loaded, naming the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScenarioError {
+    field: String,
+    message: String,
+}
+
+impl ScenarioError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ScenarioError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The path of the field at fault (`providers[0].weight`), or `""` for the document.
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "bad scenario: {}", self.message)
+        } else {
+            write!(f, "bad scenario field `{}`: {}", self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+fn rate_ok(r: f64) -> bool {
+    (0.0..=1.0).contains(&r)
+}
+
+impl Scenario {
+    /// Parses and validates a JSON scenario.
+    pub fn from_json(s: &str) -> Result<Scenario, ScenarioError> {
+        let de = &mut serde_json::Deserializer::from_str(s);
+        let scenario: Scenario = serde_path_to_error::deserialize(de)
+            .map_err(|e| ScenarioError::new(path_of(e.path()), e.inner().to_string()))?;
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    /// Parses and validates a TOML scenario.
+    pub fn from_toml(s: &str) -> Result<Scenario, ScenarioError> {
+        let de = toml::Deserializer::parse(s).map_err(|e| ScenarioError::new("", e.to_string()))?;
+        let scenario: Scenario = serde_path_to_error::deserialize(de)
+            .map_err(|e| ScenarioError::new(path_of(e.path()), e.inner().to_string()))?;
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    /// Loads a file: TOML if its name ends in `.toml`, JSON otherwise.
+    pub fn from_file(path: &std::path::Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ScenarioError::new("", format!("cannot read {}: {e}", path.display())))?;
+        if path.extension().is_some_and(|e| e == "toml") {
+            Scenario::from_toml(&text)
+        } else {
+            Scenario::from_json(&text)
+        }
+    }
+
+    /// A built-in preset by name: `healthy`, `fat_tail`, `outage`, `rate_limited`, `chaos`.
+    pub fn preset(name: &str) -> Option<Scenario> {
+        Some(match name {
+            "healthy" => Scenario::healthy(),
+            "fat_tail" => Scenario::fat_tail(),
+            "outage" => Scenario::outage(),
+            "rate_limited" => Scenario::rate_limited(),
+            "chaos" => Scenario::chaos(),
+            _ => return None,
+        })
+    }
+
+    /// The names of the presets.
+    pub const PRESETS: [&'static str; 5] =
+        ["healthy", "fat_tail", "outage", "rate_limited", "chaos"];
+
+    fn base(providers: Vec<ProviderSpec>) -> Scenario {
+        Scenario {
+            seed: 0,
+            time_scale: 1.0,
+            models: default_models(),
+            providers,
+            keepalive_ms: 0.0,
+            crlf: false,
+            split_writes: false,
+            coalesce_writes: true,
+            default_tokens: default_tokens(),
+            max_tokens: max_tokens_cap(),
+            require_auth: true,
+        }
+    }
+
+    fn provider(name: &str, weight: f64, ttft: Dist) -> ProviderSpec {
+        ProviderSpec {
+            name: name.into(),
+            slug: name.to_ascii_lowercase(),
+            weight,
+            ttft,
+            gap: Dist::Uniform {
+                min_ms: 10.0,
+                max_ms: 30.0,
+            },
+            faults: Faults::default(),
+        }
+    }
+
+    /// Three quick providers: TTFT lognormal p50 200 ms, p99 800 ms.
+    pub fn healthy() -> Scenario {
+        let ttft = Dist::Lognormal {
+            p50_ms: 200.0,
+            p99_ms: 800.0,
+            cap_ms: 5_000.0,
+        };
+        Scenario::base(vec![
+            Scenario::provider("Alpha", 1.0, ttft.clone()),
+            Scenario::provider("Beta", 1.0, ttft.clone()),
+            Scenario::provider("Gamma", 1.0, ttft),
+        ])
+    }
+
+    /// OpenRouter's jitter: three providers with TTFT p50 1.1 s / p99 5 s and one in ten
+    /// requests to a slow provider (p50 8 s / p99 45 s), so the mixture has p50 ≈ 1.2 s,
+    /// p95 ≈ 8 s, p99 ≈ 20 s. Keep-alive comments every 2 s while waiting.
+    pub fn fat_tail() -> Scenario {
+        let fast = Dist::Lognormal {
+            p50_ms: 1_100.0,
+            p99_ms: 5_000.0,
+            cap_ms: 90_000.0,
+        };
+        let slow = Dist::Lognormal {
+            p50_ms: 8_000.0,
+            p99_ms: 45_000.0,
+            cap_ms: 90_000.0,
+        };
+        let mut s = Scenario::base(vec![
+            Scenario::provider("Alpha", 0.3, fast.clone()),
+            Scenario::provider("Beta", 0.3, fast.clone()),
+            Scenario::provider("Gamma", 0.3, fast),
+            Scenario::provider("Sloth", 0.1, slow),
+        ]);
+        s.keepalive_ms = 2_000.0;
+        s
+    }
+
+    /// Like `healthy`, but one provider of three answers every request with 502.
+    pub fn outage() -> Scenario {
+        let mut s = Scenario::healthy();
+        s.providers[2].name = "Down".into();
+        s.providers[2].slug = "down".into();
+        s.providers[2].faults.status.push(StatusFault {
+            code: 502,
+            rate: 1.0,
+            retry_after_s: None,
+        });
+        s
+    }
+
+    /// Like `healthy`, but 30 % of requests get 429 with `Retry-After: 1`.
+    pub fn rate_limited() -> Scenario {
+        let mut s = Scenario::healthy();
+        for p in &mut s.providers {
+            p.faults.status.push(StatusFault {
+                code: 429,
+                rate: 0.3,
+                retry_after_s: Some(1),
+            });
+        }
+        s
+    }
+
+    /// Every fault at a few percent, keep-alives, split writes and CRLF.
+    pub fn chaos() -> Scenario {
+        let mut s = Scenario::healthy();
+        s.keepalive_ms = 50.0;
+        s.crlf = true;
+        s.split_writes = true;
+        for p in &mut s.providers {
+            p.faults = Faults {
+                status: [429, 500, 502, 503, 524, 529]
+                    .into_iter()
+                    .map(|code| StatusFault {
+                        code,
+                        rate: 0.01,
+                        retry_after_s: (code == 429 || code == 503).then_some(1),
+                    })
+                    .collect(),
+                reset_before_headers: 0.02,
+                hang_after_headers: 0.01,
+                midstream_error: 0.02,
+                midstream_error_eof: 0.02,
+                truncate: 0.02,
+                error_200: 0.02,
+            };
+        }
+        s
+    }
+
+    /// Sets the time scale (builder style).
+    pub fn with_time_scale(mut self, scale: f64) -> Self {
+        self.time_scale = scale;
+        self
+    }
+
+    /// Sets the seed (builder style).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Checks values serde cannot: rates, weights, distributions.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        if !(self.time_scale >= 0.0 && self.time_scale.is_finite()) {
+            return Err(ScenarioError::new(
+                "time_scale",
+                "must be a finite number >= 0",
+            ));
+        }
+        if !(self.keepalive_ms >= 0.0 && self.keepalive_ms.is_finite()) {
+            return Err(ScenarioError::new("keepalive_ms", "must be >= 0"));
+        }
+        if self.providers.is_empty() {
+            return Err(ScenarioError::new(
+                "providers",
+                "at least one provider is needed",
+            ));
+        }
+        if self.max_tokens == 0 {
+            return Err(ScenarioError::new("max_tokens", "must be > 0"));
+        }
+        if self.default_tokens == 0 {
+            return Err(ScenarioError::new("default_tokens", "must be > 0"));
+        }
+        for (i, p) in self.providers.iter().enumerate() {
+            let f = |name: &str| format!("providers[{i}].{name}");
+            if p.name.is_empty() {
+                return Err(ScenarioError::new(f("name"), "must not be empty"));
+            }
+            if p.slug.is_empty() || p.slug.chars().any(|c| c.is_ascii_uppercase()) {
+                return Err(ScenarioError::new(
+                    f("slug"),
+                    "must be non-empty and lowercase",
+                ));
+            }
+            if !(p.weight > 0.0 && p.weight.is_finite()) {
+                return Err(ScenarioError::new(
+                    f("weight"),
+                    "must be a finite number > 0",
+                ));
+            }
+            p.ttft.validate(&f("ttft"))?;
+            p.gap.validate(&f("gap"))?;
+            let fl = &p.faults;
+            for (name, r) in [
+                ("reset_before_headers", fl.reset_before_headers),
+                ("hang_after_headers", fl.hang_after_headers),
+                ("midstream_error", fl.midstream_error),
+                ("midstream_error_eof", fl.midstream_error_eof),
+                ("truncate", fl.truncate),
+                ("error_200", fl.error_200),
+            ] {
+                if !rate_ok(r) {
+                    return Err(ScenarioError::new(
+                        f(&format!("faults.{name}")),
+                        "must be in 0..=1",
+                    ));
+                }
+            }
+            let mut total = 0.0;
+            for (j, s) in fl.status.iter().enumerate() {
+                if !rate_ok(s.rate) {
+                    return Err(ScenarioError::new(
+                        f(&format!("faults.status[{j}].rate")),
+                        "must be in 0..=1",
+                    ));
+                }
+                if !(400..=599).contains(&s.code) {
+                    return Err(ScenarioError::new(
+                        f(&format!("faults.status[{j}].code")),
+                        "must be an error status (400..=599)",
+                    ));
+                }
+                total += s.rate;
+            }
+            total += fl.reset_before_headers
+                + fl.hang_after_headers
+                + fl.midstream_error
+                + fl.midstream_error_eof
+                + fl.truncate
+                + fl.error_200;
+            if total > 1.0 + 1e-9 {
+                return Err(ScenarioError::new(
+                    f("faults"),
+                    "the rates add up to more than 1",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Scales a delay in milliseconds into a duration.
+    pub fn scaled(&self, ms: f64) -> Duration {
+        Duration::try_from_secs_f64((ms * self.time_scale / 1000.0).max(0.0))
+            .unwrap_or(Duration::MAX)
+    }
+}
+
+fn path_of(p: &serde_path_to_error::Path) -> String {
+    let s = p.to_string();
+    if s == "." { String::new() } else { s }
+}

@@ -1,0 +1,778 @@
+//! [`MockServer`]: a mock OpenRouter HTTP server on an ephemeral loopback port.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, Response, StatusCode, header};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use llm_layers_core::{ChatChunk, ChatRequest, ChunkChoice, Delta, Usage};
+use rand::Rng;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::answer::{answer_tag, answer_token};
+use crate::plan::{self, Cut, Outcome, Plan};
+use crate::scenario::Scenario;
+
+/// A running mock OpenRouter. Its base URL ends in `/api/v1`, like the real one's.
+///
+/// Serves `POST /api/v1/chat/completions` (SSE and JSON), `GET /api/v1/models`,
+/// `GET /api/v1/providers`, and `HEAD` of them; HTTP/1.1 and h2c (prior knowledge) on the
+/// same port. Dropping it stops accepting connections.
+///
+/// ```
+/// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+/// use llm_layers_mock::{MockServer, Scenario};
+/// let server = MockServer::start(Scenario::healthy().with_time_scale(0.0)).await.unwrap();
+/// assert!(server.base_url().starts_with("http://127.0.0.1:"));
+/// assert_eq!(server.counters().requests(), 0);
+/// # });
+/// ```
+pub struct MockServer {
+    addr: SocketAddr,
+    base_url: String,
+    state: Arc<ServerState>,
+    accept: JoinHandle<()>,
+}
+
+impl fmt::Debug for MockServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockServer")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+struct ServerState {
+    scenario: Scenario,
+    counters: Arc<Counters>,
+    seen: Mutex<HashMap<u64, u64>>,
+}
+
+/// Live counters of a [`MockServer`], for tests to assert on.
+#[derive(Default)]
+pub struct Counters {
+    accepted: AtomicU64,
+    requests: AtomicU64,
+    open_streams: AtomicU64,
+    max_open_streams: AtomicU64,
+    cancelled_streams: AtomicU64,
+    completed_streams: AtomicU64,
+    catalog_requests: AtomicU64,
+    outcomes: Mutex<HashMap<(String, String), u64>>,
+    changed: Notify,
+}
+
+impl fmt::Debug for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Counters")
+            .field("accepted", &self.accepted_connections())
+            .field("requests", &self.requests())
+            .field("open_streams", &self.open_streams())
+            .field("cancelled_streams", &self.cancelled_streams())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Counters {
+    /// TCP connections accepted.
+    pub fn accepted_connections(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+    /// Chat completion requests received.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+    /// Answers being written now (streams and delayed JSON answers).
+    pub fn open_streams(&self) -> u64 {
+        self.open_streams.load(Ordering::SeqCst)
+    }
+    /// The most answers open at once.
+    pub fn max_open_streams(&self) -> u64 {
+        self.max_open_streams.load(Ordering::SeqCst)
+    }
+    /// Answers the client went away from before they finished.
+    pub fn cancelled_streams(&self) -> u64 {
+        self.cancelled_streams.load(Ordering::SeqCst)
+    }
+    /// Answers written to their end.
+    pub fn completed_streams(&self) -> u64 {
+        self.completed_streams.load(Ordering::SeqCst)
+    }
+    /// `GET`/`HEAD` requests to `/models` and `/providers`.
+    pub fn catalog_requests(&self) -> u64 {
+        self.catalog_requests.load(Ordering::SeqCst)
+    }
+    /// Requests by (provider slug, outcome label); the provider is `""` when none was chosen.
+    pub fn outcomes(&self) -> HashMap<(String, String), u64> {
+        self.outcomes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    /// Requests served by provider `slug` (any outcome).
+    pub fn requests_to(&self, slug: &str) -> u64 {
+        self.outcomes()
+            .iter()
+            .filter(|((p, _), _)| p == slug)
+            .map(|(_, n)| n)
+            .sum()
+    }
+    /// Waits until `pred` holds, up to `timeout`; returns whether it did. Wakes on every
+    /// counter change, so it costs no polling loop.
+    pub async fn wait_until(&self, timeout: Duration, pred: impl Fn(&Counters) -> bool) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.changed.notified();
+                if pred(self) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+
+    fn record(&self, provider: &str, outcome: &str) {
+        *self
+            .outcomes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((provider.to_owned(), outcome.to_owned()))
+            .or_default() += 1;
+        self.changed.notify_waiters();
+    }
+
+    fn open(&self) {
+        let n = self.open_streams.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_open_streams.fetch_max(n, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    fn close(&self, cancelled: bool) {
+        if cancelled {
+            self.cancelled_streams.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.completed_streams.fetch_add(1, Ordering::SeqCst);
+        }
+        self.open_streams.fetch_sub(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+}
+
+impl MockServer {
+    /// Binds `127.0.0.1:0` and serves `scenario`.
+    pub async fn start(scenario: Scenario) -> std::io::Result<MockServer> {
+        MockServer::bind("127.0.0.1:0".parse().expect("valid address"), scenario).await
+    }
+
+    /// Binds `addr` and serves `scenario` (the binary uses this).
+    pub async fn bind(addr: SocketAddr, scenario: Scenario) -> std::io::Result<MockServer> {
+        scenario
+            .validate()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(ServerState {
+            scenario,
+            counters: Arc::new(Counters::default()),
+            seen: Mutex::new(HashMap::new()),
+        });
+        let accept = tokio::spawn(accept_loop(listener, state.clone()));
+        Ok(MockServer {
+            addr,
+            base_url: format!("http://{addr}/api/v1"),
+            state,
+            accept,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT/api/v1`.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The live counters.
+    pub fn counters(&self) -> &Counters {
+        &self.state.counters
+    }
+
+    /// The scenario served.
+    pub fn scenario(&self) -> &Scenario {
+        &self.state.scenario
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        state.counters.accepted.fetch_add(1, Ordering::SeqCst);
+        state.counters.changed.notify_waiters();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// The response body of the mock: fed by a channel, so a writer task can pace it and learn
+/// when the client went away.
+pub struct MockBody {
+    kind: BodyKind,
+}
+
+enum BodyKind {
+    Full(Option<Bytes>),
+    Channel(mpsc::Receiver<Result<Bytes, std::io::Error>>),
+}
+
+impl Body for MockBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        match &mut self.kind {
+            BodyKind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            BodyKind::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
+        }
+    }
+}
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<MockBody> {
+    let mut r = Response::new(MockBody {
+        kind: BodyKind::Full(Some(body.into())),
+    });
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        content_type.parse().expect("valid header"),
+    );
+    r
+}
+
+fn error_json(status: StatusCode, message: &str, extra: serde_json::Value) -> Response<MockBody> {
+    let mut err = json!({"code": status.as_u16(), "message": message});
+    if let (Some(e), serde_json::Value::Object(x)) = (err.as_object_mut(), extra) {
+        e.extend(x);
+    }
+    full(
+        status,
+        "application/json",
+        json!({ "error": err }).to_string(),
+    )
+}
+
+/// The error a handler returns to make hyper drop the connection before any response.
+#[derive(Debug)]
+struct Reset;
+
+impl fmt::Display for Reset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("mock reset before headers")
+    }
+}
+
+impl std::error::Error for Reset {}
+
+async fn handle(
+    state: Arc<ServerState>,
+    req: Request<Incoming>,
+) -> Result<Response<MockBody>, Reset> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let method = req.method().clone();
+    if state.scenario.require_auth {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Bearer ") && v.len() > 7);
+        if !ok {
+            return Ok(error_json(
+                StatusCode::UNAUTHORIZED,
+                "No auth credentials found",
+                json!({}),
+            ));
+        }
+    }
+    let head = method == Method::HEAD;
+    if path.ends_with("/models") || path.ends_with("/providers") {
+        state
+            .counters
+            .catalog_requests
+            .fetch_add(1, Ordering::SeqCst);
+    }
+    match (method, path.as_str()) {
+        (Method::GET | Method::HEAD, "/api/v1/models") => {
+            let data: Vec<_> = state
+                .scenario
+                .models
+                .iter()
+                .map(|id| json!({"id": id, "name": id, "created": 1_700_000_000u64, "context_length": 128_000}))
+                .collect();
+            let body = if head {
+                String::new()
+            } else {
+                json!({ "data": data }).to_string()
+            };
+            Ok(full(StatusCode::OK, "application/json", body))
+        }
+        (Method::GET | Method::HEAD, "/api/v1/providers") => {
+            let data: Vec<_> = state
+                .scenario
+                .providers
+                .iter()
+                .map(|p| json!({"name": p.name, "slug": p.slug}))
+                .collect();
+            let body = if head {
+                String::new()
+            } else {
+                json!({ "data": data }).to_string()
+            };
+            Ok(full(StatusCode::OK, "application/json", body))
+        }
+        (Method::POST, "/api/v1/chat/completions") => chat(state, req).await,
+        _ => Ok(error_json(StatusCode::NOT_FOUND, "Not Found", json!({}))),
+    }
+}
+
+async fn chat(
+    state: Arc<ServerState>,
+    req: Request<Incoming>,
+) -> Result<Response<MockBody>, Reset> {
+    state.counters.requests.fetch_add(1, Ordering::SeqCst);
+    let bytes = match Limited::new(req.into_body(), 16 * 1024 * 1024)
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(_) => return Err(Reset),
+    };
+    let request: ChatRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            state.counters.record("", "bad_request");
+            return Ok(error_json(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid request body: {e}"),
+                json!({"metadata": {"error_type": "invalid_request"}}),
+            ));
+        }
+    };
+    let body = request.body();
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    let body_hash = h.finish();
+    let repeat = {
+        let mut seen = state.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() > 100_000 {
+            seen.clear();
+        }
+        let n = seen.entry(body_hash).or_default();
+        *n += 1;
+        *n - 1
+    };
+    let mut rng = plan::request_rng(state.scenario.seed, body_hash, repeat);
+    let plan = plan::draw(&state.scenario, body, &mut rng);
+    let provider = plan.provider.map(|i| &state.scenario.providers[i]);
+    let slug = provider.map_or("", |p| p.slug.as_str());
+    state.counters.record(slug, &plan.label());
+    let provider_name = provider.map(|p| p.name.clone());
+    let split_seed: u64 = rng.random();
+
+    match plan.outcome {
+        Outcome::NoEndpoints => Ok(error_json(
+            StatusCode::NOT_FOUND,
+            "No endpoints found that can handle the requested parameters.",
+            json!({"availability": {"code": "no_endpoints", "retryable": false}}),
+        )),
+        Outcome::Status { code, retry_after_s } => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let error_type = match code {
+                429 => "rate_limit_exceeded",
+                502 => "provider_unavailable",
+                503 | 529 => "provider_overloaded",
+                524 | 408 => "timeout",
+                _ => "server",
+            };
+            let mut r = error_json(
+                status,
+                &format!("mock provider error {code}"),
+                json!({"metadata": {"error_type": error_type, "provider_name": provider_name}}),
+            );
+            if let Some(s) = retry_after_s {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, s.to_string().parse().expect("digits"));
+            }
+            Ok(r)
+        }
+        Outcome::Reset => Err(Reset),
+        Outcome::Error200 => Ok(full(
+            StatusCode::OK,
+            "application/json",
+            json!({"error": {"code": 502, "message": "mock provider returned an error",
+                "metadata": {"error_type": "provider_unavailable", "provider_name": provider_name}}})
+            .to_string(),
+        )),
+        Outcome::Hang | Outcome::Answer { .. } => {
+            let meta = AnswerMeta {
+                id: format!("gen-mock-{body_hash:016x}-{repeat}"),
+                model: body.model.clone().unwrap_or_else(|| "mock/echo".into()),
+                provider: provider_name.unwrap_or_default(),
+                created: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                tag: answer_tag(body),
+                prompt_tokens: body.messages.iter().map(|m| m.text_len() as u64).sum::<u64>() / 4 + 1,
+            };
+            let (tx, rx) = mpsc::channel(16);
+            let stream = request.is_stream();
+            let scenario = state.scenario.clone();
+            let counters = state.counters.clone();
+            counters.open();
+            tokio::spawn(write_answer(scenario, counters, plan, meta, stream, split_seed, tx));
+            let mut r = Response::new(MockBody {
+                kind: BodyKind::Channel(rx),
+            });
+            let ct = if stream { "text/event-stream" } else { "application/json" };
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, ct.parse().expect("valid header"));
+            Ok(r)
+        }
+    }
+}
+
+struct AnswerMeta {
+    id: String,
+    model: String,
+    provider: String,
+    created: u64,
+    tag: String,
+    prompt_tokens: u64,
+}
+
+impl AnswerMeta {
+    fn chunk(&self, delta: Delta, finish: Option<&str>) -> ChatChunk {
+        ChatChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            provider: Some(self.provider.clone()),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason: finish.map(Into::into),
+                native_finish_reason: finish.map(Into::into),
+                ..ChunkChoice::default()
+            }],
+            ..ChatChunk::default()
+        }
+    }
+
+    fn usage(&self, completion: u64) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: completion,
+            total_tokens: self.prompt_tokens + completion,
+            ..Usage::default()
+        }
+    }
+}
+
+/// Writes into the channel; returns false when the client went away.
+struct Writer {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: BytesMut,
+    crlf: bool,
+    split: bool,
+    coalesce: bool,
+    rng: rand::rngs::SmallRng,
+}
+
+impl Writer {
+    fn event(&mut self, data: &[u8]) {
+        let eol: &[u8] = if self.crlf { b"\r\n" } else { b"\n" };
+        self.buf.extend_from_slice(b"data: ");
+        self.buf.extend_from_slice(data);
+        self.buf.extend_from_slice(eol);
+        self.buf.extend_from_slice(eol);
+    }
+
+    fn comment(&mut self) {
+        let eol: &[u8] = if self.crlf { b"\r\n" } else { b"\n" };
+        self.buf.extend_from_slice(b": OPENROUTER PROCESSING");
+        self.buf.extend_from_slice(eol);
+        self.buf.extend_from_slice(eol);
+    }
+
+    fn chunk(&mut self, c: &ChatChunk) {
+        let json = serde_json::to_vec(c).unwrap_or_default();
+        self.event(&json);
+    }
+
+    /// Sends what is buffered: split in two writes at a random byte when asked.
+    async fn flush(&mut self) -> bool {
+        if self.buf.is_empty() {
+            return true;
+        }
+        let mut out = self.buf.split().freeze();
+        if self.split && out.len() > 1 {
+            let at = self.rng.random_range(1..out.len());
+            let head = out.split_to(at);
+            if self.tx.send(Ok(head)).await.is_err() {
+                return false;
+            }
+            tokio::task::yield_now().await;
+        }
+        self.tx.send(Ok(out)).await.is_ok()
+    }
+
+    /// Waits `d`, sending keep-alive comments every `keepalive` meanwhile; false if the
+    /// client went away.
+    async fn wait(&mut self, d: Duration, keepalive: Option<Duration>) -> bool {
+        if d.is_zero() && self.coalesce {
+            return true;
+        }
+        if !self.flush().await {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            let next = match keepalive {
+                Some(k) => (tokio::time::Instant::now() + k).min(deadline),
+                None => deadline,
+            };
+            tokio::select! {
+                _ = self.tx.closed() => return false,
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            if next >= deadline {
+                return true;
+            }
+            self.comment();
+            if !self.flush().await {
+                return false;
+            }
+        }
+    }
+}
+
+async fn write_answer(
+    scenario: Scenario,
+    counters: Arc<Counters>,
+    plan: Plan,
+    meta: AnswerMeta,
+    stream: bool,
+    split_seed: u64,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    let keepalive = (scenario.keepalive_ms > 0.0).then(|| scenario.scaled(scenario.keepalive_ms));
+    let keepalive = keepalive.filter(|k| !k.is_zero());
+    let mut w = Writer {
+        tx,
+        buf: BytesMut::new(),
+        crlf: scenario.crlf,
+        split: scenario.split_writes,
+        coalesce: scenario.coalesce_writes,
+        rng: rand::SeedableRng::seed_from_u64(split_seed),
+    };
+    let finished = if stream {
+        stream_answer(&mut w, &plan, &meta, keepalive).await
+    } else {
+        json_answer(&mut w, &plan, &meta).await
+    };
+    counters.close(!finished);
+}
+
+async fn stream_answer(
+    w: &mut Writer,
+    plan: &Plan,
+    meta: &AnswerMeta,
+    keepalive: Option<Duration>,
+) -> bool {
+    if keepalive.is_some() {
+        // OpenRouter often sends a comment at once, before the provider answers.
+        w.comment();
+    }
+    if plan.outcome == Outcome::Hang {
+        if !w.flush().await {
+            return false;
+        }
+        w.tx.closed().await;
+        return false;
+    }
+    let cut = match plan.outcome {
+        Outcome::Answer { cut } => cut,
+        _ => None,
+    };
+    if !w.wait(plan.ttft, keepalive).await {
+        return false;
+    }
+    w.chunk(&meta.chunk(
+        Delta {
+            role: Some("assistant".into()),
+            content: Some(String::new()),
+            ..Delta::default()
+        },
+        None,
+    ));
+    for i in 0..plan.tokens {
+        if i > 0 && !w.wait(plan.gaps[i as usize], None).await {
+            return false;
+        }
+        w.chunk(&meta.chunk(
+            Delta {
+                role: Some("assistant".into()),
+                content: Some(answer_token(&meta.tag, i)),
+                ..Delta::default()
+            },
+            None,
+        ));
+        if let Some((how, after)) = cut {
+            if i + 1 == after {
+                return cut_stream(w, how, meta).await;
+            }
+        }
+    }
+    w.chunk(&meta.chunk(
+        Delta {
+            content: Some(String::new()),
+            ..Delta::default()
+        },
+        Some("stop"),
+    ));
+    let mut usage_chunk = meta.chunk(Delta::default(), None);
+    usage_chunk.choices.clear();
+    usage_chunk.usage = Some(meta.usage(u64::from(plan.tokens)));
+    w.chunk(&usage_chunk);
+    w.event(b"[DONE]");
+    w.flush().await
+}
+
+async fn cut_stream(w: &mut Writer, how: Cut, meta: &AnswerMeta) -> bool {
+    match how {
+        Cut::ErrorEvent | Cut::ErrorEventEof => {
+            let mut c = meta.chunk(
+                Delta {
+                    content: Some(String::new()),
+                    ..Delta::default()
+                },
+                Some("error"),
+            );
+            c.error = Some(json!({"code": 502, "message": "Provider disconnected",
+                "metadata": {"error_type": "provider_unavailable", "provider_name": meta.provider}}));
+            w.chunk(&c);
+            if how == Cut::ErrorEvent {
+                w.event(b"[DONE]");
+            }
+            w.flush().await
+        }
+        Cut::Reset => {
+            if !w.flush().await {
+                return false;
+            }
+            // An error item makes hyper abort the connection: no terminator, no clean end.
+            w.tx.send(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "mock truncation",
+            )))
+            .await
+            .is_ok()
+        }
+    }
+}
+
+async fn json_answer(w: &mut Writer, plan: &Plan, meta: &AnswerMeta) -> bool {
+    let total = plan.ttft + plan.gaps.iter().skip(1).sum::<Duration>();
+    let send = |w: &mut Writer, body: serde_json::Value| {
+        w.buf.extend_from_slice(body.to_string().as_bytes());
+    };
+    if plan.outcome == Outcome::Hang {
+        w.tx.closed().await;
+        return false;
+    }
+    tokio::select! {
+        _ = w.tx.closed() => return false,
+        _ = tokio::time::sleep(total) => {}
+    }
+    let cut = match plan.outcome {
+        Outcome::Answer { cut } => cut,
+        _ => None,
+    };
+    match cut {
+        Some((Cut::Reset, _)) => {
+            let _ =
+                w.tx.send(Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "mock truncation",
+                )))
+                .await;
+            return true;
+        }
+        Some((Cut::ErrorEvent | Cut::ErrorEventEof, after)) => {
+            let partial: String = (0..after).map(|i| answer_token(&meta.tag, i)).collect();
+            send(
+                w,
+                json!({
+                    "id": meta.id, "object": "chat.completion", "created": meta.created,
+                    "model": meta.model, "provider": meta.provider,
+                    "choices": [{"index": 0, "finish_reason": "error", "native_finish_reason": "error",
+                        "message": {"role": "assistant", "content": partial},
+                        "error": {"code": 502, "message": "Provider disconnected",
+                            "metadata": {"error_type": "provider_unavailable", "provider_name": meta.provider}}}],
+                    "usage": meta.usage(u64::from(after)),
+                }),
+            );
+        }
+        None => {
+            let text: String = (0..plan.tokens)
+                .map(|i| answer_token(&meta.tag, i))
+                .collect();
+            send(
+                w,
+                json!({
+                    "id": meta.id, "object": "chat.completion", "created": meta.created,
+                    "model": meta.model, "provider": meta.provider,
+                    "choices": [{"index": 0, "finish_reason": "stop", "native_finish_reason": "stop",
+                        "message": {"role": "assistant", "content": text}}],
+                    "usage": meta.usage(u64::from(plan.tokens)),
+                }),
+            );
+        }
+    }
+    w.flush().await
+}

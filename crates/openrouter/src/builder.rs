@@ -1,0 +1,266 @@
+//! [`Builder`]: validated configuration of the leaf.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use llm_layers_core::LlmError;
+
+use crate::catalog::Catalog;
+use crate::service::{OpenRouter, Shared};
+
+/// The public OpenRouter API base URL.
+pub const DEFAULT_BASE_URL: &str = "https://openrouter.ai/api/v1";
+
+/// Builds an [`OpenRouter`] service. Every setter has a sensible default; `build` rejects
+/// bad values with an [`ErrorKind::Config`](llm_layers_core::ErrorKind::Config) error.
+///
+/// ```
+/// use std::time::Duration;
+/// use llm_layers_openrouter::OpenRouter;
+/// let leaf = OpenRouter::builder()
+///     .api_key("sk-or-v1-example")
+///     .base_url("http://127.0.0.1:9/api/v1")
+///     .connect_timeout(Duration::from_secs(2))
+///     .default_max_tokens(Some(1024))
+///     .build()
+///     .unwrap();
+/// assert!(!format!("{leaf:?}").contains("sk-or-v1-example"));
+///
+/// let err = OpenRouter::builder().api_key("").build().unwrap_err();
+/// assert!(err.to_string().contains("API key"));
+/// ```
+#[derive(Clone)]
+pub struct Builder {
+    api_key: String,
+    base_url: String,
+    referer: Option<String>,
+    title: Option<String>,
+    connect_timeout: Duration,
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_host: usize,
+    http2_prior_knowledge: bool,
+    default_max_tokens: Option<u32>,
+    stream_upstream: bool,
+    max_event_size: usize,
+    max_body_size: usize,
+    catalog_ttl: Duration,
+    validate_models: bool,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("api_key", &"<redacted>")
+            .field("base_url", &self.base_url)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("http2_prior_knowledge", &self.http2_prior_knowledge)
+            .field("default_max_tokens", &self.default_max_tokens)
+            .field("stream_upstream", &self.stream_upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            api_key: String::new(),
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            referer: None,
+            title: None,
+            connect_timeout: Duration::from_secs(10),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 64,
+            http2_prior_knowledge: false,
+            default_max_tokens: Some(4096),
+            stream_upstream: true,
+            max_event_size: llm_layers_core::sse::DEFAULT_MAX_EVENT_SIZE,
+            max_body_size: 32 * 1024 * 1024,
+            catalog_ttl: Duration::from_secs(3600),
+            validate_models: false,
+        }
+    }
+}
+
+impl Builder {
+    /// The OpenRouter API key (`sk-or-v1-…`). Required.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = key.into();
+        self
+    }
+
+    /// The API base URL, `http` or `https` (default [`DEFAULT_BASE_URL`]). Any
+    /// OpenAI-compatible endpoint works.
+    pub fn base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = url.into();
+        self
+    }
+
+    /// The `HTTP-Referer` attribution header (your app's URL).
+    pub fn http_referer(mut self, url: impl Into<String>) -> Self {
+        self.referer = Some(url.into());
+        self
+    }
+
+    /// The `X-OpenRouter-Title` attribution header (your app's name).
+    pub fn title(mut self, title: impl Into<String>) -> Self {
+        self.title = Some(title.into());
+        self
+    }
+
+    /// Time allowed for TCP connect (default 10 s). The TLS handshake follows it.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// How long an idle pooled connection is kept (default 90 s).
+    pub fn pool_idle_timeout(mut self, t: Duration) -> Self {
+        self.pool_idle_timeout = t;
+        self
+    }
+
+    /// How many idle connections are kept per host (default 64).
+    pub fn pool_max_idle_per_host(mut self, n: usize) -> Self {
+        self.pool_max_idle_per_host = n;
+        self
+    }
+
+    /// Speak HTTP/2 without negotiation (h2c on `http://`; default off). Over `https://`,
+    /// HTTP/2 is negotiated by ALPN either way.
+    pub fn http2_prior_knowledge(mut self, on: bool) -> Self {
+        self.http2_prior_knowledge = on;
+        self
+    }
+
+    /// `max_tokens` to send when the caller set no output limit (default `Some(4096)`;
+    /// `None` sends none, and a provider may then reserve the model's whole context).
+    pub fn default_max_tokens(mut self, n: Option<u32>) -> Self {
+        self.default_max_tokens = n;
+        self
+    }
+
+    /// Ask the upstream for a stream even when the caller wants one JSON body (default
+    /// on): the response then commits at the first token, so first-token timeouts, hedging
+    /// and the breaker work for non-streaming callers too.
+    pub fn stream_upstream(mut self, on: bool) -> Self {
+        self.stream_upstream = on;
+        self
+    }
+
+    /// The largest SSE event accepted (default 4 MiB).
+    pub fn max_event_size(mut self, n: usize) -> Self {
+        self.max_event_size = n;
+        self
+    }
+
+    /// The largest non-streamed JSON body accepted (default 32 MiB).
+    pub fn max_body_size(mut self, n: usize) -> Self {
+        self.max_body_size = n;
+        self
+    }
+
+    /// How long the model and provider catalog is cached (default 1 h).
+    pub fn catalog_ttl(mut self, t: Duration) -> Self {
+        self.catalog_ttl = t;
+        self
+    }
+
+    /// Reject a model id the catalog does not list, locally, with a
+    /// [`BadRequest`](llm_layers_core::ErrorKind::BadRequest) and no upstream call (default
+    /// off). The first call fetches the catalog.
+    pub fn validate_models(mut self, on: bool) -> Self {
+        self.validate_models = on;
+        self
+    }
+
+    /// Validates the configuration and builds the service with its connection pool.
+    pub fn build(self) -> Result<OpenRouter, LlmError> {
+        if self.api_key.trim().is_empty() {
+            return Err(LlmError::config("the API key is empty"));
+        }
+        let mut auth = HeaderValue::try_from(format!("Bearer {}", self.api_key.trim()))
+            .map_err(|_| LlmError::config("the API key has characters not allowed in a header"))?;
+        auth.set_sensitive(true);
+        let base = self.base_url.trim_end_matches('/');
+        let uri: Uri = base
+            .parse()
+            .map_err(|_| LlmError::config(format!("base URL {base:?} is not a URL")))?;
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            _ => {
+                return Err(LlmError::config(format!(
+                    "base URL {base:?} must start with http:// or https://"
+                )));
+            }
+        }
+        if uri.authority().is_none() {
+            return Err(LlmError::config(format!("base URL {base:?} has no host")));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(LlmError::config("connect timeout must be above zero"));
+        }
+        if self.pool_idle_timeout.is_zero() {
+            return Err(LlmError::config("pool idle timeout must be above zero"));
+        }
+        if self.max_event_size == 0 || self.max_body_size == 0 {
+            return Err(LlmError::config("size limits must be above zero"));
+        }
+        if self.default_max_tokens == Some(0) {
+            return Err(LlmError::config("default max_tokens must be above zero"));
+        }
+        if self.catalog_ttl.is_zero() {
+            return Err(LlmError::config("catalog TTL must be above zero"));
+        }
+        let endpoint = |path: &str| -> Result<Uri, LlmError> {
+            format!("{base}{path}")
+                .parse()
+                .map_err(|_| LlmError::config(format!("base URL {base:?} is not a URL")))
+        };
+        let header = |v: &Option<String>, name: &str| -> Result<Option<HeaderValue>, LlmError> {
+            v.as_deref()
+                .map(HeaderValue::try_from)
+                .transpose()
+                .map_err(|_| LlmError::config(format!("{name} is not a valid header value")))
+        };
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(self.connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(|e| LlmError::config(format!("TLS configuration: {e}")))?
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(self.http2_prior_knowledge)
+            .build(connector);
+
+        Ok(OpenRouter::from_shared(Arc::new(Shared {
+            client,
+            chat_url: endpoint("/chat/completions")?,
+            models_url: endpoint("/models")?,
+            providers_url: endpoint("/providers")?,
+            base_url: base.to_owned(),
+            auth,
+            referer: header(&self.referer, "HTTP-Referer")?,
+            title: header(&self.title, "title")?,
+            default_max_tokens: self.default_max_tokens,
+            stream_upstream: self.stream_upstream,
+            max_event_size: self.max_event_size,
+            max_body_size: self.max_body_size,
+            validate_models: self.validate_models,
+            catalog: Catalog::new(self.catalog_ttl),
+        })))
+    }
+}

@@ -1,0 +1,357 @@
+//! [`OpenRouter`]: the leaf service.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Method, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use llm_layers_core::decode::SseChatDecoder;
+use llm_layers_core::sse::SseParser;
+use llm_layers_core::{
+    ApiError, ChatCompletion, ChatRequest, ChatStream, ErrorKind, LlmError, ProtocolKind,
+    ResponseMeta, parse_retry_after,
+};
+use tokio::time::Instant;
+
+use crate::builder::Builder;
+use crate::catalog::{Catalog, ModelInfo, ProviderInfo};
+use crate::error::from_client;
+use crate::future::ResponseFuture;
+
+pub(crate) type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The most of an error body that is read (64 KiB).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The OpenRouter chat completions service. Cheap to clone: every clone shares one
+/// connection pool, one configuration and one catalog cache.
+///
+/// See the [crate docs](crate) for an example.
+#[derive(Clone)]
+pub struct OpenRouter {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) client: HttpClient,
+    pub(crate) chat_url: Uri,
+    pub(crate) models_url: Uri,
+    pub(crate) providers_url: Uri,
+    pub(crate) base_url: String,
+    pub(crate) auth: HeaderValue,
+    pub(crate) referer: Option<HeaderValue>,
+    pub(crate) title: Option<HeaderValue>,
+    pub(crate) default_max_tokens: Option<u32>,
+    pub(crate) stream_upstream: bool,
+    pub(crate) max_event_size: usize,
+    pub(crate) max_body_size: usize,
+    pub(crate) validate_models: bool,
+    pub(crate) catalog: Catalog,
+}
+
+impl fmt::Debug for OpenRouter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenRouter")
+            .field("base_url", &self.shared.base_url)
+            .field("api_key", &"<redacted>")
+            .field("stream_upstream", &self.shared.stream_upstream)
+            .field("default_max_tokens", &self.shared.default_max_tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenRouter {
+    /// A builder with the defaults.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> OpenRouter {
+        OpenRouter { shared }
+    }
+
+    /// The base URL requests go to.
+    pub fn base_url(&self) -> &str {
+        &self.shared.base_url
+    }
+
+    /// The model catalog (`GET /models`), cached for the configured TTL; concurrent callers
+    /// share one fetch.
+    pub async fn models(&self) -> Result<Arc<Vec<ModelInfo>>, LlmError> {
+        let shared = self.shared.clone();
+        self.shared
+            .catalog
+            .models(|| async move { get_data(&shared, &shared.models_url).await })
+            .await
+    }
+
+    /// The provider list (`GET /providers`), cached like [`models`](Self::models).
+    pub async fn providers(&self) -> Result<Arc<Vec<ProviderInfo>>, LlmError> {
+        let shared = self.shared.clone();
+        self.shared
+            .catalog
+            .providers(|| async move { get_data(&shared, &shared.providers_url).await })
+            .await
+    }
+
+    /// The routing slug (`"openai"`) of a provider display name (`"OpenAI"`), from the
+    /// provider list; `None` if it is not listed.
+    pub async fn provider_slug(&self, display_name: &str) -> Result<Option<String>, LlmError> {
+        let providers = self.providers().await?;
+        Ok(providers
+            .iter()
+            .find(|p| p.name.eq_ignore_ascii_case(display_name))
+            .map(|p| p.slug.clone()))
+    }
+
+    /// A health probe that costs no tokens: `GET /models` must answer 2xx.
+    pub async fn health(&self) -> Result<(), LlmError> {
+        let req = self.shared.get(Method::GET, &self.shared.models_url)?;
+        let resp = self.shared.client.request(req).await.map_err(from_client)?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            let (parts, body) = resp.into_parts();
+            Err(read_error(parts, body).await)
+        }
+    }
+
+    /// Opens up to `n` pooled connections ahead of traffic (concurrent `HEAD /models`
+    /// requests; with HTTP/2 one connection carries them all). Returns how many answered.
+    pub async fn warm_up(&self, n: usize) -> Result<usize, LlmError> {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let shared = self.shared.clone();
+            set.spawn(async move {
+                let req = shared.get(Method::HEAD, &shared.models_url)?;
+                let resp = shared.client.request(req).await.map_err(from_client)?;
+                // Read the (empty) body to the end so the connection returns to the pool.
+                let _ = resp.into_body().collect().await;
+                Ok::<(), LlmError>(())
+            });
+        }
+        let mut ok = 0;
+        let mut last_err = None;
+        while let Some(res) = set.join_next().await {
+            match res {
+                Ok(Ok(())) => ok += 1,
+                Ok(Err(e)) => last_err = Some(e),
+                Err(_) => {}
+            }
+        }
+        match (ok, last_err) {
+            (0, Some(e)) if n > 0 => Err(e),
+            _ => Ok(ok),
+        }
+    }
+}
+
+impl tower_service::Service<ChatRequest> for OpenRouter {
+    type Response = ChatStream;
+    type Error = LlmError;
+    type Future = ResponseFuture;
+
+    /// Always ready: the pool does not signal backpressure through readiness.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: ChatRequest) -> ResponseFuture {
+        ResponseFuture::new(Box::pin(send(self.shared.clone(), req)))
+    }
+}
+
+impl Shared {
+    fn get(&self, method: Method, url: &Uri) -> Result<http::Request<Full<Bytes>>, LlmError> {
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(url.clone())
+            .header(AUTHORIZATION, self.auth.clone())
+            .header(ACCEPT, "application/json");
+        if let Some(r) = &self.referer {
+            b = b.header("http-referer", r.clone());
+        }
+        if let Some(t) = &self.title {
+            b = b.header("x-openrouter-title", t.clone());
+        }
+        b.body(Full::new(Bytes::new()))
+            .map_err(|e| LlmError::bad_request("could not build the request").with_source(e))
+    }
+
+    async fn check_model(&self, this: &OpenRouter, model: &str) -> Result<(), LlmError> {
+        if model.is_empty() {
+            return Ok(());
+        }
+        // A variant suffix (`:nitro`, `:free`) names the same model.
+        let base = model.split(':').next().unwrap_or(model);
+        let models = this.models().await?;
+        if models.iter().any(|m| m.id == model || m.id == base) {
+            Ok(())
+        } else {
+            Err(LlmError::bad_request(format!(
+                "unknown model {model:?}: it is not in the upstream's model list"
+            )))
+        }
+    }
+}
+
+async fn send(shared: Arc<Shared>, req: ChatRequest) -> Result<ChatStream, LlmError> {
+    if shared.validate_models {
+        let this = OpenRouter {
+            shared: shared.clone(),
+        };
+        shared.check_model(&this, req.model()).await?;
+    }
+    let upstream_stream = req.is_stream() || shared.stream_upstream;
+    let body = req
+        .body()
+        .to_json_with(upstream_stream.then_some(true), shared.default_max_tokens)
+        .map_err(|e| LlmError::bad_request("the request could not be serialized").with_source(e))?;
+    let mut b = http::Request::builder()
+        .method(Method::POST)
+        .uri(shared.chat_url.clone())
+        .header(AUTHORIZATION, shared.auth.clone())
+        .header(CONTENT_TYPE, "application/json")
+        .header(
+            ACCEPT,
+            if upstream_stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            },
+        );
+    if let Some(r) = &shared.referer {
+        b = b.header("http-referer", r.clone());
+    }
+    if let Some(t) = &shared.title {
+        b = b.header("x-openrouter-title", t.clone());
+    }
+    let request = b
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| LlmError::bad_request("could not build the request").with_source(e))?;
+
+    let started = Instant::now();
+    let resp = shared.client.request(request).await.map_err(from_client)?;
+    let (parts, body) = resp.into_parts();
+    if !parts.status.is_success() {
+        return Err(read_error(parts, body).await);
+    }
+    let mut meta = ResponseMeta::default();
+    meta.attempt = 1;
+    meta.attempts = 1;
+    meta.timings.started = Some(started);
+    meta.generation_id = parts
+        .headers
+        .get("x-generation-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let content_type = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.starts_with("text/event-stream") {
+        let decoder = SseChatDecoder::with_parser(
+            body,
+            SseParser::with_max_event_size(shared.max_event_size),
+        );
+        return ChatStream::commit(decoder, meta)
+            .first_byte_from(SseChatDecoder::<Incoming>::first_byte)
+            .await;
+    }
+    if content_type.contains("json") {
+        let bytes = Limited::new(body, shared.max_body_size)
+            .collect()
+            .await
+            .map_err(|e| body_error(e, shared.max_body_size))?
+            .to_bytes();
+        meta.timings.first_byte = Some(Instant::now());
+        if let Some(api) = ApiError::from_body(&bytes) {
+            // A 200 carrying an error is a failure, not an answer.
+            let status = api.status_code().unwrap_or(StatusCode::BAD_GATEWAY);
+            return Err(LlmError::status(status, Some(api)));
+        }
+        let completion: ChatCompletion = serde_json::from_slice(&bytes).map_err(|e| {
+            LlmError::protocol(ProtocolKind::Json, format!("bad completion JSON: {e}"))
+        })?;
+        let mut stream = ChatStream::from_completion(completion)?;
+        let generation_id = meta.generation_id.take();
+        let m = stream.meta_mut();
+        m.attempt = 1;
+        m.attempts = 1;
+        m.timings = meta.timings;
+        m.timings.first_token = m.timings.first_byte;
+        if generation_id.is_some() {
+            m.generation_id = generation_id;
+        }
+        return Ok(stream);
+    }
+    Err(LlmError::protocol(
+        ProtocolKind::ContentType,
+        format!("unexpected content type {content_type:?} on a 2xx response"),
+    ))
+}
+
+fn body_error(e: Box<dyn std::error::Error + Send + Sync>, limit: usize) -> LlmError {
+    if e.is::<http_body_util::LengthLimitError>() {
+        LlmError::protocol(
+            ProtocolKind::Oversize,
+            format!("response body larger than {limit} bytes"),
+        )
+    } else {
+        LlmError::new(ErrorKind::Truncated)
+            .with_message("connection broken while reading the body")
+            .with_source(e)
+    }
+}
+
+/// Turns a non-2xx response into an error: at most 64 KiB of the body is read and parsed as
+/// the OpenRouter error shape; `Retry-After` is honoured as seconds or an HTTP date.
+pub(crate) async fn read_error(parts: http::response::Parts, body: Incoming) -> LlmError {
+    let retry_after = parts
+        .headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let api = match Limited::new(body, MAX_ERROR_BODY).collect().await {
+        Ok(c) => ApiError::from_body(&c.to_bytes()),
+        Err(_) => None,
+    };
+    let mut err = LlmError::status(parts.status, api);
+    if let Some(r) = retry_after {
+        err = err.with_retry_after(r);
+    }
+    err
+}
+
+/// `GET` a `{"data": [...]}` endpoint.
+async fn get_data<T: serde::de::DeserializeOwned>(
+    shared: &Shared,
+    url: &Uri,
+) -> Result<Vec<T>, LlmError> {
+    #[derive(serde::Deserialize)]
+    struct Data<T> {
+        data: Vec<T>,
+    }
+    let req = shared.get(Method::GET, url)?;
+    let resp = shared.client.request(req).await.map_err(from_client)?;
+    let (parts, body) = resp.into_parts();
+    if !parts.status.is_success() {
+        return Err(read_error(parts, body).await);
+    }
+    let bytes = Limited::new(body, shared.max_body_size)
+        .collect()
+        .await
+        .map_err(|e| body_error(e, shared.max_body_size))?
+        .to_bytes();
+    let data: Data<T> = serde_json::from_slice(&bytes)
+        .map_err(|e| LlmError::protocol(ProtocolKind::Json, format!("bad catalog JSON: {e}")))?;
+    Ok(data.data)
+}
