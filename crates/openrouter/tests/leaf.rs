@@ -517,3 +517,82 @@ async fn catalog_is_cached_single_flight_and_validates_models() {
     leaf.health().await.unwrap();
     assert_eq!(leaf.warm_up(4).await.unwrap(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hang_after_headers_never_commits_and_is_cancelled_on_drop() {
+    let server = MockServer::start(one_provider(Faults {
+        hang_after_headers: 1.0,
+        ..Faults::default()
+    }))
+    .await
+    .unwrap();
+    let fut = leaf(&server).oneshot(req("hang"));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), fut)
+            .await
+            .is_err()
+    );
+    assert!(
+        server
+            .counters()
+            .wait_until(Duration::from_secs(10), |c| c.cancelled_streams() == 1
+                && c.open_streams() == 0)
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mock_is_reproducible_over_http_and_honours_only() {
+    async fn run(seed: u64) -> Vec<(String, String)> {
+        let server = MockServer::start(Scenario::chaos().with_time_scale(0.0).with_seed(seed))
+            .await
+            .unwrap();
+        let leaf = leaf(&server);
+        let mut out = Vec::new();
+        for i in 0..60 {
+            let r = req(&format!("repro {}", i % 20));
+            let res = tokio::time::timeout(Duration::from_millis(500), async {
+                match leaf.clone().oneshot(r).await {
+                    Ok(s) => s.collect().await.map(|c| c.provider.unwrap_or_default()),
+                    Err(e) => Err(e),
+                }
+            })
+            .await;
+            out.push(match res {
+                Ok(Ok(p)) => (p, "ok".into()),
+                Ok(Err(e)) => (
+                    e.provider().unwrap_or("").to_owned(),
+                    e.kind().as_str().to_owned(),
+                ),
+                Err(_) => (String::new(), "hang".into()),
+            });
+        }
+        out
+    }
+    let a = run(9).await;
+    assert_eq!(a, run(9).await);
+
+    let server = MockServer::start(Scenario::healthy().with_time_scale(0.0))
+        .await
+        .unwrap();
+    let leaf = leaf(&server);
+    for i in 0..50 {
+        let mut r = req(&format!("only {i}"));
+        r.body_mut().provider_mut().only = Some(vec!["beta".into()]);
+        let done = leaf
+            .clone()
+            .oneshot(r)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(done.provider.as_deref(), Some("Beta"));
+    }
+    assert_eq!(server.counters().requests_to("beta"), 50);
+    let mut r = req("nobody");
+    r.body_mut().provider_mut().only = Some(vec!["nobody".into()]);
+    let e = leaf.clone().oneshot(r).await.unwrap_err();
+    assert_eq!(e.status_code().unwrap().as_u16(), 404);
+    assert!(!e.is_retriable());
+}
