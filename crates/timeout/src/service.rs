@@ -1,0 +1,65 @@
+use std::task::{Context, Poll};
+
+use llm_layers_core::{ChatRequest, ChatStream, LlmError};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::future::ResponseFuture;
+use crate::layer::Timeouts;
+
+/// Enforces first-token, idle and total limits on an inner chat service.
+#[derive(Debug, Clone)]
+pub struct Timeout<S> {
+    inner: S,
+    limits: Timeouts,
+}
+
+impl<S> Timeout<S> {
+    /// Wraps `inner` with `limits` (unchecked; prefer the layer's builder).
+    pub fn new(inner: S, limits: Timeouts) -> Self {
+        Timeout { inner, limits }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> Service<ChatRequest> for Timeout<S>
+where
+    S: Service<ChatRequest, Response = ChatStream, Error = LlmError>,
+{
+    type Response = ChatStream;
+    type Error = LlmError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: ChatRequest) -> Self::Future {
+        let limits = match req.extensions().get::<Timeouts>() {
+            Some(o) => self.limits.overridden_by(o),
+            None => self.limits,
+        };
+        let now = Instant::now();
+        if let Some(total) = limits.total {
+            req.tighten_deadline(now + total);
+        }
+        // A caller's deadline (or ours) bounds the whole call.
+        let total_at = req.deadline();
+        let first_token_at = limits.first_token.map(|d| now + d);
+        ResponseFuture::new(self.inner.call(req), first_token_at, total_at, limits.idle)
+    }
+}

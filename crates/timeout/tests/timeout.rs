@@ -1,0 +1,186 @@
+//! The three limits under paused time, against the scripted mock.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use llm_layers_core::{
+    ChatRequest, ChatStream, Deadline, ErrorKind, LlmError, Message, TimeoutKind,
+};
+use llm_layers_mock::{MockChat, Script};
+use llm_layers_timeout::{TimeoutLayer, Timeouts};
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn req() -> ChatRequest {
+    ChatRequest::new("m", vec![Message::user("hi")])
+}
+
+fn layer(first: Option<u64>, idle: Option<u64>, total: Option<u64>) -> TimeoutLayer {
+    TimeoutLayer::builder()
+        .limits(Timeouts {
+            first_token: first.map(Duration::from_secs),
+            idle: idle.map(Duration::from_secs),
+            total: total.map(Duration::from_secs),
+        })
+        .build()
+        .unwrap()
+}
+
+async fn drain(mut s: ChatStream) -> (Vec<String>, Option<LlmError>) {
+    let mut text = Vec::new();
+    while let Some(item) = s.next().await {
+        match item {
+            Ok(c) => text.extend(c.content().map(str::to_owned)),
+            Err(e) => return (text, Some(e)),
+        }
+    }
+    (text, None)
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_token_fires_at_its_deadline_and_not_a_tick_before() {
+    let mock = MockChat::new();
+    let svc = layer(Some(5), None, None).layer(mock.clone());
+    // Just in time: the first token at 5 s - 1 ms commits.
+    mock.push(Script::tokens(
+        Duration::from_secs(5) - MS,
+        1,
+        Duration::ZERO,
+    ));
+    let (text, err) = drain(svc.clone().oneshot(req()).await.unwrap()).await;
+    assert_eq!((text.len(), err.is_none()), (1, true));
+    // One tick late: the error comes at exactly 5 s.
+    mock.push(Script::tokens(
+        Duration::from_secs(5) + MS,
+        1,
+        Duration::ZERO,
+    ));
+    let start = Instant::now();
+    let e = svc.clone().oneshot(req()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout(TimeoutKind::FirstToken));
+    assert_eq!(Instant::now() - start, Duration::from_secs(5));
+    assert_eq!(mock.cancelled(), 1, "the late attempt is dropped upstream");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_is_reset_by_chunks_and_fires_after_a_long_gap() {
+    let mock = MockChat::new();
+    let svc = layer(None, Some(3), None).layer(mock.clone());
+    // Slow but alive: a chunk every 2.9 s for 10 chunks (29 s in all) completes.
+    mock.push(Script::tokens(
+        Duration::ZERO,
+        10,
+        Duration::from_millis(2900),
+    ));
+    let (text, err) = drain(svc.clone().oneshot(req()).await.unwrap()).await;
+    assert_eq!(text.len(), 10);
+    assert!(err.is_none());
+    // A 3 s + 1 ms gap after the second chunk: cut at exactly 3 s after it.
+    mock.push(
+        Script::new()
+            .token("a")
+            .wait(Duration::from_secs(1))
+            .token("b")
+            .wait(Duration::from_secs(3) + MS)
+            .token("c"),
+    );
+    let start = Instant::now();
+    let (text, err) = drain(svc.clone().oneshot(req()).await.unwrap()).await;
+    assert_eq!(text, ["a", "b"], "what was delivered is intact");
+    assert_eq!(err.unwrap().kind(), ErrorKind::Timeout(TimeoutKind::Idle));
+    assert_eq!(Instant::now() - start, Duration::from_secs(4));
+    assert_eq!(mock.cancelled(), 1);
+    // Exactly at the limit is still in time.
+    mock.push(
+        Script::new()
+            .token("a")
+            .wait(Duration::from_secs(3) - MS)
+            .token("b")
+            .finish("stop"),
+    );
+    let (text, err) = drain(svc.clone().oneshot(req()).await.unwrap()).await;
+    assert_eq!((text.len(), err.is_none()), (2, true));
+}
+
+#[tokio::test(start_paused = true)]
+async fn total_cuts_a_long_stream_after_intact_chunks() {
+    let mock = MockChat::new();
+    let svc = layer(None, Some(60), Some(10)).layer(mock.clone());
+    mock.push(Script::tokens(
+        Duration::from_secs(1),
+        100,
+        Duration::from_secs(1),
+    ));
+    let start = Instant::now();
+    let (text, err) = drain(svc.oneshot(req()).await.unwrap()).await;
+    assert_eq!(err.unwrap().kind(), ErrorKind::Timeout(TimeoutKind::Total));
+    assert_eq!(Instant::now() - start, Duration::from_secs(10));
+    let expected: Vec<String> = (0..text.len()).map(|i| format!("t{i} ")).collect();
+    assert_eq!(text, expected);
+    // Tokens at 1..=10 s arrived: one landing exactly at the deadline is still in time.
+    assert_eq!(text.len(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn total_also_bounds_the_first_token_and_sets_the_deadline() {
+    let mock = MockChat::with_default(Script::tokens(Duration::from_secs(30), 1, Duration::ZERO));
+    let svc = layer(Some(20), None, Some(7)).layer(mock.clone());
+    let start = Instant::now();
+    let e = svc.oneshot(req()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout(TimeoutKind::Total));
+    assert_eq!(Instant::now() - start, Duration::from_secs(7));
+    let seen = mock.requests();
+    assert_eq!(
+        seen[0].deadline(),
+        Some(start + Duration::from_secs(7)),
+        "inner layers see the deadline"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn overrides_and_the_deadline_extension_win() {
+    let mock = MockChat::with_default(Script::tokens(Duration::from_secs(8), 1, Duration::ZERO));
+    let svc = layer(Some(5), None, None).layer(mock.clone());
+    // A per-request override lifts the first-token limit to 10 s.
+    let mut r = req();
+    r.extensions_mut().insert(Timeouts {
+        first_token: Some(Duration::from_secs(10)),
+        ..Timeouts::default()
+    });
+    assert!(svc.clone().oneshot(r).await.is_ok());
+    // A caller's deadline 2 s away beats the layer's 5 s first-token limit.
+    let mut r = req();
+    let start = Instant::now();
+    r.extensions_mut()
+        .insert(Deadline(start + Duration::from_secs(2)));
+    let e = svc.clone().oneshot(r).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout(TimeoutKind::Total));
+    assert_eq!(Instant::now() - start, Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_stream_cancels_timers_and_upstream() {
+    let mock = MockChat::with_default(Script::tokens(Duration::ZERO, 5, Duration::from_secs(1)));
+    let svc = layer(Some(5), Some(5), Some(50)).layer(mock.clone());
+    let mut s = svc.oneshot(req()).await.unwrap();
+    assert!(s.next().await.unwrap().is_ok());
+    drop(s);
+    assert_eq!(mock.cancelled(), 1);
+    assert_eq!(mock.open_streams(), 0);
+    // No timer is left to fire into anything.
+    tokio::time::advance(Duration::from_secs(100)).await;
+}
+
+#[test]
+fn zero_durations_are_rejected() {
+    for b in [
+        TimeoutLayer::builder().first_token(Duration::ZERO),
+        TimeoutLayer::builder().idle(Duration::ZERO),
+        TimeoutLayer::builder().total(Duration::ZERO),
+    ] {
+        assert_eq!(b.build().unwrap_err().kind(), ErrorKind::Config);
+    }
+    assert!(TimeoutLayer::builder().build().is_ok(), "all off is valid");
+}

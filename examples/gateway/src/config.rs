@@ -1,0 +1,212 @@
+//! Gateway configuration from flags and environment, with defaults printed at start.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything the gateway can be told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen (`--listen`, `LISTEN_ADDR`; default `127.0.0.1:8080`).
+    pub listen: SocketAddr,
+    /// `OPENROUTER_API_KEY`; none starts the built-in mock upstream.
+    pub api_key: Option<String>,
+    /// `OPENROUTER_BASE_URL` (default `https://openrouter.ai/api/v1`).
+    pub base_url: String,
+    /// The mock's preset when there is no key (`--mock-preset`, `MOCK_PRESET`; `fat_tail`).
+    pub mock_preset: String,
+    /// The mock's time scale (`--mock-time-scale`, `MOCK_TIME_SCALE`; 1.0 = real time).
+    pub mock_time_scale: f64,
+    /// Largest request body (`--max-body-bytes`; 4 MiB): larger gets 413.
+    pub max_body_bytes: usize,
+    /// Time allowed to read a request body (`--body-read-timeout-ms`; 30 s): then 408.
+    pub body_read_timeout: Duration,
+    /// On SIGINT/SIGTERM, how long in-flight streams may run on before they are cut with an
+    /// error event (`--shutdown-grace-ms`; 10 s).
+    pub shutdown_grace: Duration,
+    /// `max_tokens` added when a request has none (`--default-max-tokens`; none: requests
+    /// pass through unchanged).
+    pub default_max_tokens: Option<u32>,
+    /// Time to first token (`--first-token-timeout-ms`, `FIRST_TOKEN_TIMEOUT_MS`; 30 s; 0 off).
+    pub first_token_timeout: Option<Duration>,
+    /// Longest gap between chunks once streaming (`--idle-timeout-ms`; 30 s; 0 off).
+    pub idle_timeout: Option<Duration>,
+    /// Whole-call limit (`--total-timeout-ms`; 300 s; 0 off).
+    pub total_timeout: Option<Duration>,
+    /// Retries per call before the first token (`--max-retries`; 2; 0 off).
+    pub max_retries: u32,
+    /// Connect timeout of the upstream connector (`--connect-timeout-ms`; 5 s).
+    pub connect_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_key: None,
+            base_url: llm_layers_openrouter::DEFAULT_BASE_URL.to_owned(),
+            mock_preset: "fat_tail".into(),
+            mock_time_scale: 1.0,
+            max_body_bytes: 4 * 1024 * 1024,
+            body_read_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+            default_max_tokens: None,
+            first_token_timeout: Some(Duration::from_secs(30)),
+            idle_timeout: Some(Duration::from_secs(30)),
+            total_timeout: Some(Duration::from_secs(300)),
+            max_retries: 2,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The usage text.
+pub const USAGE: &str = "\
+usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
+               [--max-body-bytes N] [--body-read-timeout-ms MS] [--shutdown-grace-ms MS]
+               [--default-max-tokens N] [--first-token-timeout-ms MS] [--idle-timeout-ms MS]
+               [--total-timeout-ms MS] [--max-retries N] [--connect-timeout-ms MS]
+environment: OPENROUTER_API_KEY, OPENROUTER_BASE_URL, LISTEN_ADDR, MOCK_PRESET, MOCK_TIME_SCALE,
+             FIRST_TOKEN_TIMEOUT_MS, IDLE_TIMEOUT_MS, TOTAL_TIMEOUT_MS, MAX_RETRIES (flags win)";
+
+fn ms(v: &str, name: &str) -> Result<Option<Duration>, String> {
+    let n: u64 = v
+        .parse()
+        .map_err(|_| format!("{name}: {v:?} is not a whole number of milliseconds"))?;
+    Ok((n > 0).then(|| Duration::from_millis(n)))
+}
+
+fn ms_required(v: &str, name: &str) -> Result<Duration, String> {
+    ms(v, name)?.ok_or_else(|| format!("{name} must be above zero"))
+}
+
+impl Config {
+    /// Reads the environment (through `env`) and then the flags (which win).
+    pub fn from_args_env(
+        args: impl IntoIterator<Item = String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, String> {
+        let mut c = Config::default();
+        let non_empty = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        c.api_key = non_empty("OPENROUTER_API_KEY");
+        if let Some(u) = non_empty("OPENROUTER_BASE_URL") {
+            c.base_url = u;
+        }
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for (k, flag) in [
+            ("LISTEN_ADDR", "--listen"),
+            ("MOCK_PRESET", "--mock-preset"),
+            ("MOCK_TIME_SCALE", "--mock-time-scale"),
+            ("FIRST_TOKEN_TIMEOUT_MS", "--first-token-timeout-ms"),
+            ("IDLE_TIMEOUT_MS", "--idle-timeout-ms"),
+            ("TOTAL_TIMEOUT_MS", "--total-timeout-ms"),
+            ("MAX_RETRIES", "--max-retries"),
+        ] {
+            if let Some(v) = non_empty(k) {
+                pairs.push((flag.to_owned(), v));
+            }
+        }
+        let mut args = args.into_iter();
+        while let Some(a) = args.next() {
+            if a == "-h" || a == "--help" {
+                return Err(String::new());
+            }
+            let (flag, value) = match a.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f.to_owned(), v.to_owned()),
+                _ => {
+                    let v = args.next().ok_or_else(|| format!("{a} needs a value"))?;
+                    (a, v)
+                }
+            };
+            pairs.push((flag, value));
+        }
+        for (flag, v) in pairs {
+            match flag.as_str() {
+                "--listen" => {
+                    c.listen = v.parse().map_err(|_| {
+                        format!("--listen: {v:?} is not an address like 127.0.0.1:8080")
+                    })?
+                }
+                "--mock-preset" => {
+                    if llm_layers_mock::Scenario::preset(&v).is_none() {
+                        return Err(format!(
+                            "--mock-preset: unknown preset {v:?}; known: {:?}",
+                            llm_layers_mock::Scenario::PRESETS
+                        ));
+                    }
+                    c.mock_preset = v;
+                }
+                "--mock-time-scale" => {
+                    c.mock_time_scale = v
+                        .parse()
+                        .ok()
+                        .filter(|x: &f64| *x >= 0.0 && x.is_finite())
+                        .ok_or_else(|| format!("--mock-time-scale: {v:?} is not a number >= 0"))?
+                }
+                "--max-body-bytes" => {
+                    c.max_body_bytes = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        format!("--max-body-bytes: {v:?} is not a size above zero")
+                    })?
+                }
+                "--body-read-timeout-ms" => c.body_read_timeout = ms_required(&v, &flag)?,
+                "--shutdown-grace-ms" => c.shutdown_grace = ms(&v, &flag)?.unwrap_or_default(),
+                "--default-max-tokens" => {
+                    let n: u32 = v
+                        .parse()
+                        .map_err(|_| format!("{flag}: {v:?} is not a number"))?;
+                    c.default_max_tokens = (n > 0).then_some(n);
+                }
+                "--first-token-timeout-ms" => c.first_token_timeout = ms(&v, &flag)?,
+                "--idle-timeout-ms" => c.idle_timeout = ms(&v, &flag)?,
+                "--total-timeout-ms" => c.total_timeout = ms(&v, &flag)?,
+                "--max-retries" => {
+                    c.max_retries = v
+                        .parse()
+                        .map_err(|_| format!("{flag}: {v:?} is not a number"))?
+                }
+                "--connect-timeout-ms" => c.connect_timeout = ms_required(&v, &flag)?,
+                other => return Err(format!("unknown flag {other:?}")),
+            }
+        }
+        Ok(c)
+    }
+
+    /// A few lines saying what is in force (never the key).
+    pub fn describe(&self) -> String {
+        let d =
+            |x: Option<Duration>| x.map_or("off".to_owned(), |d| format!("{}ms", d.as_millis()));
+        let mut s = String::new();
+        let _ = writeln!(s, "listen              {}", self.listen);
+        let _ = writeln!(
+            s,
+            "upstream            {}",
+            if self.api_key.is_some() {
+                self.base_url.as_str()
+            } else {
+                "built-in mock"
+            }
+        );
+        let _ = writeln!(s, "first-token timeout {}", d(self.first_token_timeout));
+        let _ = writeln!(s, "idle timeout        {}", d(self.idle_timeout));
+        let _ = writeln!(s, "total timeout       {}", d(self.total_timeout));
+        let _ = writeln!(
+            s,
+            "connect timeout     {}ms",
+            self.connect_timeout.as_millis()
+        );
+        let _ = writeln!(s, "max retries         {}", self.max_retries);
+        let _ = writeln!(
+            s,
+            "default max_tokens  {}",
+            self.default_max_tokens
+                .map_or("none (pass through)".to_owned(), |n| n.to_string())
+        );
+        let _ = writeln!(s, "max body            {} bytes", self.max_body_bytes);
+        let _ = write!(
+            s,
+            "shutdown grace      {}ms",
+            self.shutdown_grace.as_millis()
+        );
+        s
+    }
+}

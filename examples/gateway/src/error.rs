@@ -1,0 +1,105 @@
+//! `LlmError` to an OpenAI-shaped error: `{"error": {"message", "type", "code"}}` with the
+//! right HTTP status and `Retry-After`.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use llm_layers_core::{ErrorKind, LlmError};
+use serde_json::{Value, json};
+
+/// An error as the gateway answers it.
+#[derive(Debug, Clone)]
+pub struct ApiFailure {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The OpenAI error `type`.
+    pub kind: &'static str,
+    /// The OpenAI error `code`.
+    pub code: String,
+    /// A human-readable message; never holds a secret.
+    pub message: String,
+    /// Seconds for `Retry-After`.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiFailure {
+    /// A failure of the caller's request.
+    pub fn invalid(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        ApiFailure {
+            status,
+            kind: "invalid_request_error",
+            code: code.to_owned(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The `{"error": ...}` body.
+    pub fn body(&self) -> Value {
+        json!({"error": {"message": self.message, "type": self.kind, "code": self.code, "param": null}})
+    }
+}
+
+fn openai_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+impl From<&LlmError> for ApiFailure {
+    fn from(e: &LlmError) -> Self {
+        let upstream = e.status_code().map(|s| s.as_u16());
+        let status = match e.kind() {
+            ErrorKind::Status | ErrorKind::Upstream => match upstream {
+                // Our key was refused: the caller can do nothing about it.
+                Some(401) => StatusCode::BAD_GATEWAY,
+                Some(408 | 524) => StatusCode::GATEWAY_TIMEOUT,
+                Some(429) => StatusCode::TOO_MANY_REQUESTS,
+                Some(503 | 529) => StatusCode::SERVICE_UNAVAILABLE,
+                Some(s @ 400..=499) => StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY),
+                _ => StatusCode::BAD_GATEWAY,
+            },
+            ErrorKind::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::Config => StatusCode::INTERNAL_SERVER_ERROR,
+            // 499: the client closed the request (nginx's code); nobody reads it.
+            ErrorKind::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        let code = e
+            .api_error()
+            .and_then(|a| a.error_type.clone())
+            .unwrap_or_else(|| e.kind().as_str().to_owned());
+        let message = match e.kind() {
+            ErrorKind::Status if upstream == Some(401) => {
+                "the upstream refused the gateway's API key".to_owned()
+            }
+            _ => e.to_string(),
+        };
+        ApiFailure {
+            status,
+            kind: openai_type(status),
+            code,
+            message,
+            retry_after: e.retry_after().map(|d| d.as_secs_f64().ceil() as u64),
+        }
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, axum::Json(self.body())).into_response();
+        if let Some(s) = self.retry_after {
+            if let Ok(v) = HeaderValue::try_from(s.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        r
+    }
+}

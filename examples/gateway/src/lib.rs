@@ -1,0 +1,332 @@
+//! An OpenAI-compatible gateway in front of OpenRouter, built on llm-layers.
+//!
+//! `POST /v1/chat/completions` (streaming and not), `GET /v1/models`, `GET /healthz`,
+//! `GET /metrics`. With no `OPENROUTER_API_KEY` it starts the mock OpenRouter in process.
+//! Run it with `cargo run -p example-gateway`; see `src/main.rs`.
+
+pub mod config;
+pub mod error;
+mod sse;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{StatusCode, header};
+use llm_layers_core::{ChatCompletion, ChatRequest, ChatStream, LlmError};
+use llm_layers_mock::{MockServer, Scenario};
+use llm_layers_openrouter::OpenRouter;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
+
+pub use config::Config;
+use error::ApiFailure;
+
+/// The stack behind the gateway, erased once at the boundary.
+pub type Stack = BoxCloneSyncService<ChatRequest, ChatStream, LlmError>;
+
+/// Where a shutdown is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Serving.
+    Running,
+    /// No new connections; in-flight streams run on for the grace period.
+    Draining,
+    /// The grace period is over: streams still open are cut with an error event.
+    Cut,
+}
+
+#[derive(Clone)]
+struct AppState {
+    stack: Stack,
+    leaf: OpenRouter,
+    metrics: Option<PrometheusHandle>,
+    config: Arc<Config>,
+    phase: watch::Receiver<Phase>,
+}
+
+/// The leaf for a configuration (the mock's URL and a placeholder key when there is no key).
+pub fn build_leaf(config: &Config, base_url: &str, api_key: &str) -> Result<OpenRouter, LlmError> {
+    OpenRouter::builder()
+        .api_key(api_key)
+        .base_url(base_url)
+        .connect_timeout(config.connect_timeout)
+        .default_max_tokens(config.default_max_tokens)
+        .title("llm-layers gateway")
+        .build()
+}
+
+/// The full stack over `leaf`.
+pub fn build_stack(_config: &Config, leaf: OpenRouter) -> Result<Stack, LlmError> {
+    Ok(BoxCloneSyncService::new(leaf))
+}
+
+/// The router, for embedding the gateway in another axum app.
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/models", get(models))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// A running gateway.
+pub struct Gateway {
+    addr: std::net::SocketAddr,
+    mock: Option<MockServer>,
+    phase: watch::Sender<Phase>,
+    grace: std::time::Duration,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Gateway {
+    /// The address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// The embedded mock, when it runs on one.
+    pub fn mock(&self) -> Option<&MockServer> {
+        self.mock.as_ref()
+    }
+
+    /// Graceful shutdown: stop accepting, let in-flight streams run for the grace period,
+    /// then cut those still open with an error event, and wait for the server to end.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        let _ = self.phase.send(Phase::Draining);
+        let server = self.server;
+        tokio::pin!(server);
+        tokio::select! {
+            r = &mut server => return r.unwrap_or(Ok(())),
+            _ = tokio::time::sleep(self.grace) => {}
+        }
+        let _ = self.phase.send(Phase::Cut);
+        server.await.unwrap_or(Ok(()))
+    }
+}
+
+/// Starts the gateway (and the mock upstream when there is no key). `metrics` is the
+/// Prometheus handle to render on `/metrics`, if a recorder was installed.
+pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> Result<Gateway, String> {
+    let (mock, base_url, key) = match &config.api_key {
+        Some(k) => (None, config.base_url.clone(), k.clone()),
+        None => {
+            let scenario = Scenario::preset(&config.mock_preset)
+                .ok_or_else(|| format!("unknown mock preset {:?}", config.mock_preset))?
+                .with_time_scale(config.mock_time_scale);
+            let server = MockServer::start(scenario)
+                .await
+                .map_err(|e| format!("cannot start the mock upstream: {e}"))?;
+            let url = server.base_url().to_owned();
+            (Some(server), url, "sk-or-v1-mock".to_owned())
+        }
+    };
+    let leaf = build_leaf(&config, &base_url, &key).map_err(|e| e.to_string())?;
+    let stack = build_stack(&config, leaf.clone()).map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let grace = config.shutdown_grace;
+    let state = AppState {
+        stack,
+        leaf,
+        metrics,
+        config: Arc::new(config),
+        phase: phase_rx.clone(),
+    };
+    let app = router(state);
+    let mut draining = phase_rx;
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = draining.wait_for(|p| *p >= Phase::Draining).await;
+            })
+            .await
+    });
+    Ok(Gateway {
+        addr,
+        mock,
+        phase: phase_tx,
+        grace,
+        server,
+    })
+}
+
+async fn read_body(state: &AppState, req: Request) -> Result<bytes::Bytes, ApiFailure> {
+    let limit = state.config.max_body_bytes;
+    let read = axum::body::to_bytes(req.into_body(), limit);
+    match tokio::time::timeout(state.config.body_read_timeout, read).await {
+        Err(_) => Err(ApiFailure::invalid(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body was not received in time",
+        )),
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let too_large =
+                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                    e.source()
+                })
+                .any(|e| e.is::<http_body_util_limit::LengthLimitError>());
+            if too_large {
+                Err(ApiFailure::invalid(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_too_large",
+                    format!("the request body is larger than {limit} bytes"),
+                ))
+            } else {
+                Err(ApiFailure::invalid(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    "the request body could not be read",
+                ))
+            }
+        }
+    }
+}
+
+mod http_body_util_limit {
+    pub(crate) use http_body_util::LengthLimitError;
+}
+
+fn parse_request(bytes: &[u8]) -> Result<ChatRequest, ApiFailure> {
+    let req: ChatRequest = serde_json::from_slice(bytes).map_err(|e| {
+        ApiFailure::invalid(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("invalid JSON body: {e}"),
+        )
+    })?;
+    if req.body().messages.is_empty() {
+        return Err(ApiFailure::invalid(
+            StatusCode::BAD_REQUEST,
+            "invalid_value",
+            "'messages' is required and must not be empty",
+        ));
+    }
+    Ok(req)
+}
+
+async fn chat(State(state): State<AppState>, req: Request) -> Response {
+    let bytes = match read_body(&state, req).await {
+        Ok(b) => b,
+        Err(f) => return f.into_response(),
+    };
+    let req = match parse_request(&bytes) {
+        Ok(r) => r,
+        Err(f) => return f.into_response(),
+    };
+    let streaming = req.is_stream();
+    let include_usage = req
+        .body()
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.get("include_usage"))
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let stream = match state.stack.clone().oneshot(req).await {
+        Ok(s) => s,
+        Err(e) => return ApiFailure::from(&e).into_response(),
+    };
+    if streaming {
+        return sse::response(stream, include_usage, state.phase.clone());
+    }
+    match stream.collect().await {
+        Ok(c) => axum::Json(normalize(c)).into_response(),
+        Err(e) => ApiFailure::from(&e).into_response(),
+    }
+}
+
+/// Fills the fields OpenAI clients rely on when an upstream left them out.
+fn normalize(mut c: ChatCompletion) -> ChatCompletion {
+    c.object = "chat.completion".into();
+    if c.id.is_empty() {
+        c.id = format!("chatcmpl-{:x}", now_secs());
+    }
+    if c.created == 0 {
+        c.created = now_secs();
+    }
+    c
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn models(State(state): State<AppState>) -> Response {
+    match state.leaf.models().await {
+        Ok(models) => {
+            let data: Vec<_> = models
+                .iter()
+                .map(|m| {
+                    json!({
+                        "id": m.id,
+                        "object": "model",
+                        "created": m.created.unwrap_or(0),
+                        "owned_by": m.id.split('/').next().unwrap_or("openrouter"),
+                    })
+                })
+                .collect();
+            axum::Json(json!({"object": "list", "data": data})).into_response()
+        }
+        Err(e) => ApiFailure::from(&e).into_response(),
+    }
+}
+
+async fn healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(h) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            h.render(),
+        )
+            .into_response(),
+        None => ApiFailure::invalid(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "metrics are not enabled",
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found(req: Request<Body>) -> Response {
+    ApiFailure::invalid(
+        StatusCode::NOT_FOUND,
+        "unknown_url",
+        format!("no route for {} {}", req.method(), req.uri().path()),
+    )
+    .into_response()
+}
+
+async fn method_not_allowed(req: Request<Body>) -> Response {
+    ApiFailure::invalid(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+    .into_response()
+}
