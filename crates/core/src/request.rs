@@ -120,6 +120,13 @@ impl<'de> Deserialize<'de> for ChatRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Deadline(pub Instant);
 
+/// A request extension: the caller wants one whole answer (a non-streaming call), so nothing
+/// reaches it before the end of the stream. Layers may then treat the end of the stream as
+/// the commit point: the retry layer, for one, retries a mid-stream failure of such a call
+/// as it would a failure before the first token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WholeAnswer;
+
 /// A request extension: who the call is for (rate limits and metrics key on it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Tenant(pub Arc<str>);

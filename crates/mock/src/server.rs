@@ -705,6 +705,16 @@ async fn cut_stream(w: &mut Writer, how: Cut, meta: &AnswerMeta) -> bool {
             if !w.flush().await {
                 return false;
             }
+            // Let hyper take every frame and write it out first: it aborts the connection
+            // on a body error without flushing what it holds, which would turn this
+            // mid-stream cut into a reset before the first token.
+            while w.tx.capacity() < w.tx.max_capacity() {
+                if w.tx.is_closed() {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
             // An error item makes hyper abort the connection: no terminator, no clean end.
             w.tx.send(Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionReset,

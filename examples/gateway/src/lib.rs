@@ -17,16 +17,18 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{StatusCode, header};
-use llm_layers_core::{ChatCompletion, ChatRequest, ChatStream, LlmError};
+use llm_layers_core::{ChatCompletion, ChatRequest, ChatStream, LlmError, WholeAnswer};
 use llm_layers_mock::{MockServer, Scenario};
 use llm_layers_openrouter::OpenRouter;
+use llm_layers_retry::{DefaultPolicy, RetryLayer};
+use llm_layers_timeout::{TimeoutLayer, Timeouts};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
 
 pub use config::Config;
 use error::ApiFailure;
@@ -65,9 +67,32 @@ pub fn build_leaf(config: &Config, base_url: &str, api_key: &str) -> Result<Open
         .build()
 }
 
-/// The full stack over `leaf`.
-pub fn build_stack(_config: &Config, leaf: OpenRouter) -> Result<Stack, LlmError> {
-    Ok(BoxCloneSyncService::new(leaf))
+/// The full stack over `leaf`, outermost first:
+/// total timeout (sets the deadline) → retry → per-attempt first-token and idle timeouts →
+/// the leaf.
+pub fn build_stack(config: &Config, leaf: OpenRouter) -> Result<Stack, LlmError> {
+    let overall = TimeoutLayer::builder()
+        .limits(Timeouts {
+            total: config.total_timeout,
+            ..Timeouts::default()
+        })
+        .build()?;
+    let per_attempt = TimeoutLayer::builder()
+        .limits(Timeouts {
+            first_token: config.first_token_timeout,
+            idle: config.idle_timeout,
+            total: None,
+        })
+        .build()?;
+    let retry = RetryLayer::builder()
+        .policy(DefaultPolicy::new(config.max_retries))
+        .build()?;
+    let stack = ServiceBuilder::new()
+        .layer(overall)
+        .layer(retry)
+        .layer(per_attempt)
+        .service(leaf);
+    Ok(BoxCloneSyncService::new(stack))
 }
 
 /// The router, for embedding the gateway in another axum app.
@@ -227,11 +252,15 @@ async fn chat(State(state): State<AppState>, req: Request) -> Response {
         Ok(b) => b,
         Err(f) => return f.into_response(),
     };
-    let req = match parse_request(&bytes) {
+    let mut req = match parse_request(&bytes) {
         Ok(r) => r,
         Err(f) => return f.into_response(),
     };
     let streaming = req.is_stream();
+    if !streaming {
+        // Nothing reaches this caller before the end: retry may treat the end as the commit.
+        req.extensions_mut().insert(WholeAnswer);
+    }
     let include_usage = req
         .body()
         .stream_options

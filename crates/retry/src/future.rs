@@ -1,0 +1,183 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures_core::Stream;
+use llm_layers_core::{ChatChunk, ChatRequest, ChatStream, LlmError};
+use rand::rngs::SmallRng;
+use tokio::time::{Instant, Sleep, sleep};
+use tower::retry::budget::Budget;
+use tower_service::Service;
+
+use crate::layer::Shared;
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Calling { #[pin] fut: F },
+        Draining { stream: ChatStream, chunks: Vec<ChatChunk> },
+        Waiting { #[pin] sleep: Sleep },
+        Readying,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Retry`](crate::Retry).
+    pub struct ResponseFuture<S>
+    where
+        S: Service<ChatRequest>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        service: S,
+        request: ChatRequest,
+        shared: Arc<Shared>,
+        rng: SmallRng,
+        attempt: u32,
+        previous: Duration,
+        whole: bool,
+    }
+}
+
+impl<S: Service<ChatRequest>> std::fmt::Debug for ResponseFuture<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> ResponseFuture<S>
+where
+    S: Service<ChatRequest, Response = ChatStream, Error = LlmError>,
+{
+    pub(crate) fn new(
+        first: S::Future,
+        service: S,
+        request: ChatRequest,
+        shared: Arc<Shared>,
+        rng: SmallRng,
+        whole: bool,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Calling { fut: first },
+            service,
+            request,
+            shared,
+            rng,
+            attempt: 1,
+            previous: Duration::ZERO,
+            whole,
+        }
+    }
+}
+
+/// What to do after a failed attempt: wait this long and retry, or give up.
+fn plan_retry(
+    shared: &Shared,
+    request: &mut ChatRequest,
+    error: &LlmError,
+    attempt: u32,
+    previous: Duration,
+    rng: &mut SmallRng,
+) -> Option<Duration> {
+    if !shared.policy.retry(request, error, attempt) {
+        return None;
+    }
+    let wait = match error.retry_after() {
+        // Never earlier than the upstream asked; longer than we accept: give up.
+        Some(after) if after > shared.max_retry_after => {
+            metrics::counter!("llm_retry_gave_up_total", "reason" => "retry_after_too_long")
+                .increment(1);
+            return None;
+        }
+        Some(after) => after,
+        None => shared.backoff.delay(attempt, previous, rng),
+    };
+    if let Some(deadline) = request.deadline() {
+        if Instant::now() + wait >= deadline {
+            metrics::counter!("llm_retry_gave_up_total", "reason" => "deadline").increment(1);
+            return None;
+        }
+    }
+    if !shared.budget.withdraw() {
+        metrics::counter!("llm_retry_budget_exhausted_total").increment(1);
+        return None;
+    }
+    metrics::counter!("llm_retries_total", "reason" => error.kind().as_str()).increment(1);
+    Some(wait)
+}
+
+impl<S> Future for ResponseFuture<S>
+where
+    S: Service<ChatRequest, Response = ChatStream, Error = LlmError>,
+{
+    type Output = Result<ChatStream, LlmError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let error = match this.state.as_mut().project() {
+                StateProj::Calling { fut } => match ready!(fut.poll(cx)) {
+                    Ok(mut stream) => {
+                        let meta = stream.meta_mut();
+                        meta.attempts = meta.attempts.max(1) + (*this.attempt - 1);
+                        meta.attempt = *this.attempt;
+                        if !*this.whole {
+                            return Poll::Ready(Ok(stream));
+                        }
+                        this.state.set(State::Draining {
+                            stream,
+                            chunks: Vec::new(),
+                        });
+                        continue;
+                    }
+                    Err(e) => e,
+                },
+                StateProj::Draining { stream, chunks } => {
+                    match ready!(Pin::new(&mut *stream).poll_next(cx)) {
+                        Some(Ok(c)) => {
+                            chunks.push(c);
+                            continue;
+                        }
+                        None => {
+                            let meta = stream.meta().clone();
+                            let mut done = ChatStream::from_chunks(std::mem::take(chunks));
+                            *done.meta_mut() = meta;
+                            return Poll::Ready(Ok(done));
+                        }
+                        // Nothing reached the caller yet: a mid-stream failure of a
+                        // whole-answer call is retried like one before the first token.
+                        Some(Err(e)) => e,
+                    }
+                }
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Readying);
+                    continue;
+                }
+                StateProj::Readying => {
+                    ready!(this.service.poll_ready(cx))?;
+                    let fut = this.service.call(this.request.clone());
+                    this.state.set(State::Calling { fut });
+                    continue;
+                }
+            };
+            let Some(wait) = plan_retry(
+                this.shared,
+                this.request,
+                &error,
+                *this.attempt,
+                *this.previous,
+                this.rng,
+            ) else {
+                return Poll::Ready(Err(error));
+            };
+            *this.attempt += 1;
+            *this.previous = wait;
+            this.state.set(State::Waiting { sleep: sleep(wait) });
+        }
+    }
+}

@@ -1,0 +1,155 @@
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use llm_layers_core::LlmError;
+use tower::retry::budget::TpsBudget;
+use tower_layer::Layer;
+
+use crate::backoff::{Backoff, ExponentialBackoff};
+use crate::policy::{DefaultPolicy, Policy};
+use crate::service::Retry;
+
+pub(crate) struct Shared {
+    pub(crate) policy: Box<dyn Policy>,
+    pub(crate) backoff: Box<dyn Backoff>,
+    pub(crate) budget: TpsBudget,
+    pub(crate) max_retry_after: Duration,
+    pub(crate) seed: u64,
+    pub(crate) calls: AtomicU64,
+}
+
+/// Applies [`Retry`]. Every service built from one layer (and from its clones) shares one
+/// policy, one backoff and **one retry budget**.
+#[derive(Clone)]
+pub struct RetryLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RetryLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("max_retry_after", &self.shared.max_retry_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RetryLayer {
+    /// A builder with the defaults: [`DefaultPolicy`] with 2 retries, full-jitter
+    /// exponential backoff from 250 ms to 10 s, a budget of 20 % of requests plus 10 per
+    /// second over 10 s, Retry-After honoured up to 30 s.
+    pub fn builder() -> RetryLayerBuilder {
+        RetryLayerBuilder::default()
+    }
+
+    /// The layer with every default.
+    pub fn with_defaults() -> RetryLayer {
+        RetryLayerBuilder::default()
+            .build()
+            .unwrap_or_else(|_| unreachable!("the defaults are valid"))
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry::new(inner, self.shared.clone())
+    }
+}
+
+/// Builds a [`RetryLayer`], validating every value.
+pub struct RetryLayerBuilder {
+    policy: Box<dyn Policy>,
+    backoff: Box<dyn Backoff>,
+    budget: (Duration, u32, f32),
+    max_retry_after: Duration,
+    seed: Option<u64>,
+}
+
+impl std::fmt::Debug for RetryLayerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryLayerBuilder")
+            .field("budget", &self.budget)
+            .field("max_retry_after", &self.max_retry_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RetryLayerBuilder {
+    fn default() -> Self {
+        RetryLayerBuilder {
+            policy: Box::new(DefaultPolicy::new(2)),
+            backoff: Box::new(ExponentialBackoff::default()),
+            budget: (Duration::from_secs(10), 10, 0.2),
+            max_retry_after: Duration::from_secs(30),
+            seed: None,
+        }
+    }
+}
+
+impl RetryLayerBuilder {
+    /// Whether to retry and what to send next.
+    pub fn policy(mut self, p: impl Policy) -> Self {
+        self.policy = Box::new(p);
+        self
+    }
+
+    /// The wait between attempts when the error names none.
+    pub fn backoff(mut self, b: impl Backoff) -> Self {
+        self.backoff = Box::new(b);
+        self
+    }
+
+    /// The retry budget: retries may be at most `ratio` of requests (0 to 1000; 0.2 = one
+    /// retry per five requests) plus `min_per_sec`, counted over a window of `ttl` (1 to
+    /// 60 s). When it is empty the last error is returned and counted.
+    pub fn budget(mut self, ttl: Duration, min_per_sec: u32, ratio: f32) -> Self {
+        self.budget = (ttl, min_per_sec, ratio);
+        self
+    }
+
+    /// The longest `Retry-After` honoured (default 30 s). An error asking for longer is
+    /// returned rather than retried early.
+    pub fn max_retry_after(mut self, d: Duration) -> Self {
+        self.max_retry_after = d;
+        self
+    }
+
+    /// Seeds the jitter, for reproducible runs (default: from the clock).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Validates and builds.
+    pub fn build(self) -> Result<RetryLayer, LlmError> {
+        let (ttl, min_per_sec, ratio) = self.budget;
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&ttl) {
+            return Err(LlmError::config(
+                "retry budget window must be 1 to 60 seconds",
+            ));
+        }
+        if !(ratio.is_finite() && (0.0..=1000.0).contains(&ratio)) {
+            return Err(LlmError::config("retry budget ratio must be in 0..=1000"));
+        }
+        if min_per_sec >= i32::MAX as u32 {
+            return Err(LlmError::config("retry budget min_per_sec is too large"));
+        }
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        Ok(RetryLayer {
+            shared: Arc::new(Shared {
+                policy: self.policy,
+                backoff: self.backoff,
+                budget: TpsBudget::new(ttl, min_per_sec, ratio),
+                max_retry_after: self.max_retry_after,
+                seed,
+                calls: AtomicU64::new(0),
+            }),
+        })
+    }
+}

@@ -1,0 +1,121 @@
+//! Whether to retry, and what to send next.
+
+use std::sync::Arc;
+
+use llm_layers_core::{ChatRequest, Classify, DefaultClassify, LlmError};
+
+/// Decides, after a failed attempt, whether to try again, and may rewrite the request for
+/// the next attempt. Shared by every call (`&self`); keep per-call state in the request.
+///
+/// Implemented for closures `Fn(&mut ChatRequest, &LlmError, u32) -> bool`.
+pub trait Policy: Send + Sync + 'static {
+    /// `attempt` is the number of the attempt that just failed (1 for the first).
+    fn retry(&self, req: &mut ChatRequest, error: &LlmError, attempt: u32) -> bool;
+}
+
+impl<F> Policy for F
+where
+    F: Fn(&mut ChatRequest, &LlmError, u32) -> bool + Send + Sync + 'static,
+{
+    fn retry(&self, req: &mut ChatRequest, error: &LlmError, attempt: u32) -> bool {
+        self(req, error, attempt)
+    }
+}
+
+/// The default policy: retry what the [`Classify`] calls retriable, up to `max_retries`, and
+/// (on by default) keep the provider that failed out of the next attempt by adding it to
+/// `provider.ignore`, unless that would leave the request's `only` list empty.
+///
+/// ```
+/// use llm_layers_core::{ChatRequest, LlmError, Message};
+/// use llm_layers_retry::{DefaultPolicy, Policy};
+/// let p = DefaultPolicy::new(2);
+/// let mut req = ChatRequest::new("m", vec![Message::user("hi")]);
+/// let e = LlmError::status(http::StatusCode::BAD_GATEWAY, None).with_provider("DeepInfra");
+/// assert!(p.retry(&mut req, &e, 1));
+/// assert_eq!(req.body().provider.as_ref().unwrap().ignore.as_deref(), Some(&["deepinfra".to_owned()][..]));
+/// assert!(!p.retry(&mut req, &e, 3), "two retries at most");
+/// ```
+#[derive(Clone)]
+pub struct DefaultPolicy {
+    classify: Arc<dyn Classify>,
+    max_retries: u32,
+    avoid_failed_provider: bool,
+    slug: fn(&str) -> String,
+}
+
+impl std::fmt::Debug for DefaultPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DefaultPolicy")
+            .field("max_retries", &self.max_retries)
+            .field("avoid_failed_provider", &self.avoid_failed_provider)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A provider display name to its routing slug, as OpenRouter forms most of them:
+/// lowercase, spaces to dashes (`"Google Vertex"` → `"google-vertex"`). Use
+/// [`DefaultPolicy::slug_with`] with a catalog lookup for exact mapping.
+pub fn default_slug(display: &str) -> String {
+    display.trim().to_ascii_lowercase().replace(' ', "-")
+}
+
+impl DefaultPolicy {
+    /// Up to `max_retries` retries of what [`DefaultClassify`] calls retriable.
+    pub fn new(max_retries: u32) -> Self {
+        DefaultPolicy {
+            classify: Arc::new(DefaultClassify),
+            max_retries,
+            avoid_failed_provider: true,
+            slug: default_slug,
+        }
+    }
+
+    /// Uses another classification.
+    pub fn classify(mut self, c: impl Classify) -> Self {
+        self.classify = Arc::new(c);
+        self
+    }
+
+    /// Whether to add the failed provider to `provider.ignore` (default on).
+    pub fn avoid_failed_provider(mut self, on: bool) -> Self {
+        self.avoid_failed_provider = on;
+        self
+    }
+
+    /// How provider display names become slugs.
+    pub fn slug_with(mut self, f: fn(&str) -> String) -> Self {
+        self.slug = f;
+        self
+    }
+}
+
+impl Policy for DefaultPolicy {
+    fn retry(&self, req: &mut ChatRequest, error: &LlmError, attempt: u32) -> bool {
+        if attempt > self.max_retries {
+            return false;
+        }
+        let class = self.classify.classify(error);
+        if !class.retriable {
+            return false;
+        }
+        if self.avoid_failed_provider && class.provider_failure {
+            if let Some(p) = error.provider() {
+                let slug = (self.slug)(p);
+                let leaves_some = req
+                    .body()
+                    .provider
+                    .as_ref()
+                    .and_then(|pr| pr.only.as_ref())
+                    .is_none_or(|only| {
+                        only.iter()
+                            .any(|o| !llm_layers_core::slug_matches(&slug, o))
+                    });
+                if leaves_some {
+                    req.body_mut().provider_mut().add_ignore(&slug);
+                }
+            }
+        }
+        true
+    }
+}

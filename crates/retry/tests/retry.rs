@@ -1,0 +1,328 @@
+//! Retry under paused time with the scripted mock, and on the mock server's outage preset.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http::StatusCode;
+use llm_layers_core::{
+    ChatRequest, Deadline, ErrorKind, LlmError, Message, TimeoutKind, WholeAnswer,
+};
+use llm_layers_mock::{MockChat, Script};
+use llm_layers_retry::{Backoff, DefaultPolicy, ExponentialBackoff, RetryLayer};
+use rand::SeedableRng;
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+
+fn req() -> ChatRequest {
+    ChatRequest::new("m", vec![Message::user("hi")])
+}
+
+fn ok() -> Script {
+    Script::tokens(Duration::ZERO, 2, Duration::ZERO).provider("Good")
+}
+
+fn fixed(ms: u64) -> ExponentialBackoff {
+    let d = Duration::from_millis(ms);
+    ExponentialBackoff::new(d, 1.0, d).unwrap().without_jitter()
+}
+
+fn layer(retries: u32) -> RetryLayer {
+    RetryLayer::builder()
+        .policy(DefaultPolicy::new(retries))
+        .backoff(fixed(100))
+        .budget(Duration::from_secs(10), 1000, 1000.0)
+        .seed(1)
+        .build()
+        .unwrap()
+}
+
+fn status(code: u16) -> LlmError {
+    LlmError::status(StatusCode::from_u16(code).unwrap(), None)
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_every_retriable_kind_once() {
+    let retriable = [
+        status(408),
+        status(429),
+        status(500),
+        status(502),
+        status(503),
+        status(524),
+        status(529),
+        status(402).with_retry_after(Duration::from_secs(1)),
+        LlmError::new(ErrorKind::Connect),
+        LlmError::new(ErrorKind::Transport),
+        LlmError::truncated(),
+        LlmError::timeout(TimeoutKind::FirstToken),
+    ];
+    for e in retriable {
+        let mock = MockChat::new();
+        mock.push(Script::error(e.clone()));
+        mock.push(ok());
+        let s = layer(2).layer(mock.clone()).oneshot(req()).await.unwrap();
+        assert_eq!(mock.calls(), 2, "{e:?} is retried");
+        assert_eq!(s.meta().attempt, 2);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_retries_what_is_not_retriable() {
+    for code in [400u16, 401, 402, 403, 404, 413, 422] {
+        let mock = MockChat::with_default(Script::error(status(code)));
+        let e = layer(3)
+            .layer(mock.clone())
+            .oneshot(req())
+            .await
+            .unwrap_err();
+        assert_eq!(e.status_code().unwrap().as_u16(), code);
+        assert_eq!(mock.calls(), 1, "{code} is not retried");
+    }
+    for e in [
+        LlmError::bad_request("x"),
+        LlmError::circuit_open(vec![], None),
+    ] {
+        let mock = MockChat::with_default(Script::error(e));
+        assert!(layer(3).layer(mock.clone()).oneshot(req()).await.is_err());
+        assert_eq!(mock.calls(), 1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_retries_after_commit() {
+    let mock = MockChat::with_default(Script::new().token("a").fail(status(502)));
+    let mut s = layer(3).layer(mock.clone()).oneshot(req()).await.unwrap();
+    assert_eq!(s.next().await.unwrap().unwrap().content(), Some("a"));
+    assert_eq!(
+        s.next()
+            .await
+            .unwrap()
+            .unwrap_err()
+            .status_code()
+            .unwrap()
+            .as_u16(),
+        502
+    );
+    assert!(s.next().await.is_none());
+    assert_eq!(mock.calls(), 1, "the mock saw exactly one request");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_whole_answer_call_is_retried_after_a_mid_stream_failure() {
+    let mock = MockChat::new();
+    mock.push(Script::new().token("partial ").fail(LlmError::truncated()));
+    mock.push(ok());
+    let mut r = req();
+    r.extensions_mut().insert(WholeAnswer);
+    let done = layer(2)
+        .layer(mock.clone())
+        .oneshot(r)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        done.choices[0].message.content.as_deref(),
+        Some("t0 t1 "),
+        "no partial text"
+    );
+    assert_eq!(mock.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_failing_provider_is_ignored_next_time_and_max_retries_holds() {
+    let mock = MockChat::with_default(Script::error(status(502).with_provider("Bad Host")));
+    let e = layer(2)
+        .layer(mock.clone())
+        .oneshot(req())
+        .await
+        .unwrap_err();
+    assert_eq!(e.status_code().unwrap().as_u16(), 502);
+    let seen = mock.requests();
+    assert_eq!(seen.len(), 3, "one call and two retries");
+    assert!(seen[0].body().provider.is_none());
+    assert_eq!(
+        seen[1].body().provider.as_ref().unwrap().ignore.as_deref(),
+        Some(&["bad-host".to_owned()][..])
+    );
+    // A caller's `only` with just that provider is left alone.
+    let mock = MockChat::new();
+    mock.push(Script::error(status(502).with_provider("Solo")));
+    mock.push(ok());
+    let mut r = req();
+    r.body_mut().provider_mut().only = Some(vec!["solo".into()]);
+    layer(2).layer(mock.clone()).oneshot(r).await.unwrap();
+    assert!(
+        mock.requests()[1]
+            .body()
+            .provider
+            .as_ref()
+            .unwrap()
+            .ignore
+            .is_none()
+    );
+}
+
+#[test]
+fn full_jitter_stays_in_bounds_and_varies() {
+    let b =
+        ExponentialBackoff::new(Duration::from_millis(100), 2.0, Duration::from_secs(5)).unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
+    for retry in 1..=8u32 {
+        let ceiling = b.ceiling(retry);
+        assert_eq!(
+            ceiling,
+            Duration::from_millis(100 * 2u64.pow(retry - 1)).min(Duration::from_secs(5))
+        );
+        let draws: Vec<Duration> = (0..10_000)
+            .map(|_| b.delay(retry, Duration::ZERO, &mut rng))
+            .collect();
+        assert!(draws.iter().all(|d| *d <= ceiling), "retry {retry}");
+        let mean = draws.iter().map(Duration::as_secs_f64).sum::<f64>() / 10_000.0;
+        assert!(
+            (mean / (ceiling.as_secs_f64() / 2.0) - 1.0).abs() < 0.05,
+            "uniform: mean {mean}"
+        );
+        let distinct: std::collections::HashSet<_> = draws.iter().collect();
+        assert!(distinct.len() > 9_000, "not constant");
+    }
+    // Same seed, same draws.
+    let mut a = rand::rngs::SmallRng::seed_from_u64(7);
+    let mut c = rand::rngs::SmallRng::seed_from_u64(7);
+    assert_eq!(
+        b.delay(3, Duration::ZERO, &mut a),
+        b.delay(3, Duration::ZERO, &mut c)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_waited_exactly() {
+    let mock = MockChat::new();
+    mock.push(Script::error(
+        status(429).with_retry_after(Duration::from_secs(7)),
+    ));
+    mock.push(ok());
+    let start = Instant::now();
+    layer(2).layer(mock.clone()).oneshot(req()).await.unwrap();
+    assert_eq!(
+        Instant::now() - start,
+        Duration::from_secs(7),
+        "not the 100 ms backoff, not earlier"
+    );
+    // Longer than the maximum: returned, not retried early.
+    let mock = MockChat::with_default(Script::error(
+        status(429).with_retry_after(Duration::from_secs(120)),
+    ));
+    let start = Instant::now();
+    assert!(layer(2).layer(mock.clone()).oneshot(req()).await.is_err());
+    assert_eq!((mock.calls(), Instant::now() - start), (1, Duration::ZERO));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_is_shared_by_clones() {
+    let mock = MockChat::with_default(Script::error(status(500)));
+    let layer = RetryLayer::builder()
+        .policy(DefaultPolicy::new(3))
+        .backoff(fixed(1))
+        .budget(Duration::from_secs(10), 0, 0.2)
+        .seed(3)
+        .build()
+        .unwrap();
+    let svc = layer.layer(mock.clone());
+    for _ in 0..1000 {
+        // A fresh clone per request: per-clone state would allow 3 retries each.
+        assert!(svc.clone().oneshot(req()).await.is_err());
+    }
+    let retries = mock.calls() - 1000;
+    assert!(
+        retries <= 200,
+        "{retries} retries for 1000 requests at 20 %"
+    );
+    assert!(retries >= 150, "the budget does allow retries: {retries}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_backoff_past_the_deadline() {
+    let mock = MockChat::with_default(Script::error(status(503)));
+    let svc = RetryLayer::builder()
+        .policy(DefaultPolicy::new(3))
+        .backoff(fixed(2000))
+        .seed(1)
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let mut r = req();
+    let start = Instant::now();
+    r.extensions_mut()
+        .insert(Deadline(start + Duration::from_secs(1)));
+    let e = svc.oneshot(r).await.unwrap_err();
+    assert_eq!(e.status_code().unwrap().as_u16(), 503, "the last error");
+    assert_eq!(Instant::now() - start, Duration::ZERO, "at once");
+    assert_eq!(mock.calls(), 1);
+}
+
+#[test]
+fn bad_configuration_is_rejected() {
+    assert!(ExponentialBackoff::new(Duration::ZERO, 2.0, Duration::from_secs(1)).is_err());
+    assert!(ExponentialBackoff::new(Duration::from_secs(1), 0.5, Duration::from_secs(2)).is_err());
+    assert!(ExponentialBackoff::new(Duration::from_secs(2), 2.0, Duration::from_secs(1)).is_err());
+    assert!(
+        ExponentialBackoff::new(Duration::from_secs(1), f64::NAN, Duration::from_secs(2)).is_err()
+    );
+    for b in [
+        RetryLayer::builder().budget(Duration::ZERO, 1, 0.2),
+        RetryLayer::builder().budget(Duration::from_secs(61), 1, 0.2),
+        RetryLayer::builder().budget(Duration::from_secs(10), 1, -0.1),
+        RetryLayer::builder().budget(Duration::from_secs(10), 1, f32::NAN),
+    ] {
+        assert_eq!(b.build().unwrap_err().kind(), ErrorKind::Config);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_preset_through_the_leaf_succeeds() {
+    use llm_layers_mock::{MockServer, Scenario};
+    let server = MockServer::start(Scenario::outage().with_time_scale(0.0))
+        .await
+        .unwrap();
+    let leaf = llm_layers_openrouter::OpenRouter::builder()
+        .api_key("sk-or-v1-test")
+        .base_url(server.base_url())
+        .build()
+        .unwrap();
+    let svc = RetryLayer::builder()
+        .policy(DefaultPolicy::new(2))
+        .backoff(fixed(1))
+        // A third of first attempts fail here, more than the default 20 % budget covers.
+        .budget(Duration::from_secs(10), 10, 1.0)
+        .seed(5)
+        .build()
+        .unwrap()
+        .layer(leaf);
+    let total = 2000usize;
+    let mut ok = 0usize;
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in 0..8 {
+        let svc = svc.clone();
+        tasks.spawn(async move {
+            let mut ok = 0;
+            for i in 0..total / 8 {
+                let r = ChatRequest::new("mock/echo", vec![Message::user(format!("o{chunk}-{i}"))]);
+                if let Ok(s) = svc.clone().oneshot(r).await {
+                    ok += usize::from(s.collect().await.is_ok());
+                }
+            }
+            ok
+        });
+    }
+    while let Some(n) = tasks.join_next().await {
+        ok += n.unwrap();
+    }
+    assert!(ok as f64 / total as f64 >= 0.999, "{ok}/{total}");
+    let down = server.counters().requests_to("down");
+    assert!(
+        down > 0 && down < 1000,
+        "the dead provider was tried first by some, never twice: {down}"
+    );
+}

@@ -1,0 +1,585 @@
+//! The gateway end to end over real HTTP: OpenAI request shapes in, the mock upstream behind.
+
+use std::io::{Read, Write};
+use std::net::TcpListener as StdListener;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use example_gateway::{Config, Gateway, start};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use llm_layers_core::{ChatBody, Message};
+use llm_layers_mock::{
+    Dist, Faults, MockServer, Scenario, StatusFault, answer_tag, answer_token, expected_answer,
+};
+use serde_json::{Value, json};
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        mock_time_scale: 0.0,
+        first_token_timeout: Some(Duration::from_millis(500)),
+        shutdown_grace: Duration::from_millis(200),
+        ..Config::default()
+    }
+}
+
+/// A gateway in front of `scenario` served by a mock we hold.
+async fn gateway_on(scenario: Scenario, mut cfg: Config) -> (Gateway, MockServer) {
+    let mock = MockServer::start(scenario).await.unwrap();
+    cfg.api_key = Some("sk-or-v1-test".into());
+    cfg.base_url = mock.base_url().to_owned();
+    (start(cfg, None).await.unwrap(), mock)
+}
+
+async fn post(c: &HttpClient, gw: &Gateway, body: impl Into<Bytes>) -> hyper::Response<Incoming> {
+    let req = hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr()))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-anything")
+        .body(Full::new(body.into()))
+        .unwrap();
+    c.request(req).await.unwrap()
+}
+
+async fn json_of(r: hyper::Response<Incoming>) -> (u16, Value, Option<String>) {
+    let status = r.status().as_u16();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+        retry,
+    )
+}
+
+/// Splits an SSE body into its data payloads.
+fn events(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: ").map(str::to_owned))
+        .collect()
+}
+
+fn body_of(v: &Value) -> ChatBody {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+fn assert_openai_error(v: &Value) {
+    let e = &v["error"];
+    assert!(e["message"].is_string(), "{v}");
+    assert!(e["type"].is_string(), "{v}");
+    assert!(e.get("code").is_some(), "{v}");
+    assert!(!v.to_string().contains("sk-or-v1"), "no key in errors: {v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_shapes_stream_and_not_with_tools_and_unknown_fields() {
+    let gw = start(
+        Config {
+            mock_preset: "healthy".into(),
+            ..config()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client();
+    let request = json!({
+        "model": "openai/gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": [{"type": "text", "text": "What is the weather?"}]}
+        ],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+        "tool_choice": "auto",
+        "temperature": 0.2,
+        "max_tokens": 6,
+        "logit_bias": {"50256": -100},
+        "metadata": {"trace": "abc"},
+        "stream": true,
+        "stream_options": {"include_usage": true}
+    });
+    let expected = expected_answer(&body_of(&request), 6);
+
+    // Streaming: OpenAI chunks, token by token, usage (asked for), then [DONE].
+    let r = post(&c, &gw, request.to_string()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    let evs = events(&body);
+    assert_eq!(evs.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = evs[..evs.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let tag = answer_tag(&body_of(&request));
+    let tokens: Vec<String> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let want: Vec<String> = (0..6).map(|i| answer_token(&tag, i)).collect();
+    assert_eq!(tokens, want, "every token once, in order");
+    for ch in &chunks {
+        assert_eq!(ch["object"], "chat.completion.chunk");
+        assert!(ch["id"].as_str().is_some_and(|s| !s.is_empty()));
+        assert!(ch["created"].as_u64().unwrap() > 0);
+    }
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let usage = chunks
+        .iter()
+        .find(|c| c["usage"].is_object())
+        .expect("usage chunk");
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 6);
+
+    // Without include_usage, no empty-choices chunk (clients index choices[0]).
+    let mut no_usage = request.clone();
+    no_usage.as_object_mut().unwrap().remove("stream_options");
+    let body = post(&c, &gw, no_usage.to_string())
+        .await
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    for e in events(&body).iter().filter(|e| *e != "[DONE]") {
+        let v: Value = serde_json::from_str(e).unwrap();
+        assert!(!v["choices"].as_array().unwrap().is_empty(), "{e}");
+    }
+
+    // Non-streaming: one chat.completion body.
+    let mut plain = request.clone();
+    plain["stream"] = json!(false);
+    let (status, v, _) = json_of(post(&c, &gw, plain.to_string()).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["message"]["content"], expected);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["completion_tokens"], 6);
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_reach_the_upstream_unchanged() {
+    // A one-shot upstream that records the body it got.
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 65536];
+        loop {
+            let n = s.read(&mut tmp).unwrap();
+            buf.extend_from_slice(&tmp[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
+                if buf.len() >= i + 4 + len {
+                    tx.send(buf[i + 4..i + 4 + len].to_vec()).unwrap();
+                    break;
+                }
+            }
+        }
+        let body = b"data: {\"id\":\"g\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ok\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+    });
+    let cfg = Config {
+        api_key: Some("sk-or-v1-test".into()),
+        base_url: format!("http://{addr}/api/v1"),
+        ..config()
+    };
+    let gw = start(cfg, None).await.unwrap();
+    let request = json!({
+        "model": "x/y",
+        "messages": [{"role": "user", "content": "hi", "name": "ann", "x_custom": [1]}],
+        "logit_bias": {"1": 2}, "parallel_tool_calls": false, "reasoning": {"effort": "low"},
+        "provider": {"order": ["a"], "new_knob": true}, "stream": true
+    });
+    let (status, _, _) = (
+        post(&client(), &gw, request.to_string())
+            .await
+            .status()
+            .as_u16(),
+        (),
+        (),
+    );
+    assert_eq!(status, 200);
+    let sent: Value =
+        serde_json::from_slice(&rx.recv_timeout(Duration::from_secs(5)).unwrap()).unwrap();
+    assert_eq!(
+        sent, request,
+        "the upstream got exactly what the client sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_path_is_openai_shaped_with_the_right_status() {
+    let gw = start(
+        Config {
+            mock_preset: "healthy".into(),
+            max_body_bytes: 1024,
+            ..config()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client();
+    let (status, v, _) = json_of(post(&c, &gw, "{\"model\": \"m\", \"messages\": [").await).await;
+    assert_eq!(status, 400);
+    assert_openai_error(&v);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 1 column"),
+        "{v}"
+    );
+    let (status, v, _) = json_of(post(&c, &gw, "{\"model\": \"m\"}").await).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid_value"))
+    );
+    let big = json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(4096)}]});
+    let (status, v, _) = json_of(post(&c, &gw, big.to_string()).await).await;
+    assert_eq!(status, 413);
+    assert_openai_error(&v);
+    let r = c
+        .request(
+            hyper::Request::get(format!("http://{}/nope", gw.addr()))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (status, v, _) = json_of(r).await;
+    assert_eq!(status, 404);
+    assert_openai_error(&v);
+    let r = c
+        .request(
+            hyper::Request::delete(format!("http://{}/v1/chat/completions", gw.addr()))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    gw.shutdown().await.unwrap();
+
+    let msg =
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3});
+    let cases: &[(Faults, u16, Option<&str>)] = &[
+        (
+            Faults {
+                status: vec![StatusFault {
+                    code: 429,
+                    rate: 1.0,
+                    retry_after_s: Some(1),
+                }],
+                ..Faults::default()
+            },
+            429,
+            Some("1"),
+        ),
+        (
+            Faults {
+                status: vec![StatusFault {
+                    code: 502,
+                    rate: 1.0,
+                    retry_after_s: None,
+                }],
+                ..Faults::default()
+            },
+            502,
+            None,
+        ),
+        (
+            Faults {
+                status: vec![StatusFault {
+                    code: 503,
+                    rate: 1.0,
+                    retry_after_s: Some(2),
+                }],
+                ..Faults::default()
+            },
+            503,
+            Some("2"),
+        ),
+        (
+            Faults {
+                status: vec![StatusFault {
+                    code: 524,
+                    rate: 1.0,
+                    retry_after_s: None,
+                }],
+                ..Faults::default()
+            },
+            504,
+            None,
+        ),
+        (
+            Faults {
+                status: vec![StatusFault {
+                    code: 400,
+                    rate: 1.0,
+                    retry_after_s: None,
+                }],
+                ..Faults::default()
+            },
+            400,
+            None,
+        ),
+        (
+            Faults {
+                status: vec![StatusFault {
+                    code: 401,
+                    rate: 1.0,
+                    retry_after_s: None,
+                }],
+                ..Faults::default()
+            },
+            502,
+            None,
+        ),
+        (
+            Faults {
+                hang_after_headers: 1.0,
+                ..Faults::default()
+            },
+            504,
+            None,
+        ),
+        (
+            Faults {
+                reset_before_headers: 1.0,
+                ..Faults::default()
+            },
+            502,
+            None,
+        ),
+        (
+            Faults {
+                error_200: 1.0,
+                ..Faults::default()
+            },
+            502,
+            None,
+        ),
+    ];
+    for (faults, want, retry_after) in cases {
+        let mut s = Scenario::healthy().with_time_scale(0.0);
+        s.providers.truncate(1);
+        s.providers[0].faults = faults.clone();
+        let (gw, mock) = gateway_on(
+            s,
+            Config {
+                max_retries: 0,
+                ..config()
+            },
+        )
+        .await;
+        for stream in [false, true] {
+            let mut m = msg.clone();
+            m["stream"] = json!(stream);
+            let (status, v, ra) = json_of(post(&c, &gw, m.to_string()).await).await;
+            assert_eq!(status, *want, "{faults:?} stream={stream}: {v}");
+            assert_openai_error(&v);
+            assert_eq!(ra.as_deref(), *retry_after);
+        }
+        drop(mock);
+        gw.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_after_the_first_token_ends_with_an_error_event_not_done() {
+    let mut s = Scenario::healthy().with_time_scale(0.0);
+    s.providers.truncate(1);
+    s.providers[0].faults = Faults {
+        truncate: 1.0,
+        ..Faults::default()
+    };
+    let (gw, _mock) = gateway_on(s, config()).await;
+    let m = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": true});
+    let r = post(&client(), &gw, m.to_string()).await;
+    assert_eq!(r.status(), 200);
+    let evs = events(&r.into_body().collect().await.unwrap().to_bytes());
+    assert!(!evs.contains(&"[DONE]".to_owned()), "{evs:?}");
+    let last: Value = serde_json::from_str(evs.last().unwrap()).unwrap();
+    assert_openai_error(&last);
+    // The non-streaming call is retried whole (WholeAnswer) and still fails: an error body.
+    let mut plain = m.clone();
+    plain["stream"] = json!(false);
+    let (status, v, _) = json_of(post(&client(), &gw, plain.to_string()).await).await;
+    assert_eq!(status, 502);
+    assert_openai_error(&v);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_cancels_the_upstream_stream() {
+    let mut s = Scenario::healthy();
+    s.providers.truncate(1);
+    s.providers[0].ttft = Dist::Fixed { ms: 0.0 };
+    s.providers[0].gap = Dist::Fixed { ms: 2_000.0 };
+    let (gw, mock) = gateway_on(
+        s,
+        Config {
+            idle_timeout: None,
+            ..config()
+        },
+    )
+    .await;
+    let m = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50, "stream": true});
+    let r = post(&client(), &gw, m.to_string()).await;
+    let mut body = r.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.data_ref().is_some());
+    assert_eq!(mock.counters().open_streams(), 1);
+    drop(body);
+    assert!(
+        mock.counters()
+            .wait_until(Duration::from_secs(10), |c| c.cancelled_streams() == 1
+                && c.open_streams() == 0)
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_streams_on_chaos_are_never_corrupted() {
+    let (gw, _mock) = gateway_on(
+        Scenario::chaos().with_time_scale(0.01).with_seed(11),
+        Config {
+            first_token_timeout: Some(Duration::from_millis(300)),
+            ..config()
+        },
+    )
+    .await;
+    let c = client();
+    let addr = gw.addr();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let c = c.clone();
+        tasks.spawn(async move {
+            let m = json!({"model": "m", "messages": [{"role": "user", "content": format!("chaos {i}")}], "max_tokens": 12, "stream": true});
+            let body = ChatBody { messages: vec![Message::user(format!("chaos {i}"))], ..ChatBody::default() };
+            let tag = answer_tag(&body);
+            let req = hyper::Request::post(format!("http://{addr}/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(m.to_string())))
+                .unwrap();
+            let r = c.request(req).await.unwrap();
+            let status = r.status().as_u16();
+            let bytes = r.into_body().collect().await.unwrap().to_bytes();
+            if status != 200 {
+                let v: Value = serde_json::from_slice(&bytes).unwrap();
+                assert_openai_error(&v);
+                return "error";
+            }
+            let evs = events(&bytes);
+            let mut tokens = Vec::new();
+            let mut outcome = "truncated";
+            for e in &evs {
+                if e == "[DONE]" {
+                    outcome = "ok";
+                    break;
+                }
+                let v: Value = serde_json::from_str(e).unwrap();
+                if v.get("error").is_some() {
+                    assert_openai_error(&v);
+                    outcome = "error_event";
+                    break;
+                }
+                if let Some(t) = v["choices"][0]["delta"]["content"].as_str().filter(|t| !t.is_empty()) {
+                    tokens.push(t.to_owned());
+                }
+            }
+            let want: Vec<String> = (0..tokens.len() as u32).map(|k| answer_token(&tag, k)).collect();
+            assert_eq!(tokens, want, "request {i}: a prefix of its own answer, in order, no repeats");
+            if outcome == "ok" {
+                assert_eq!(tokens.len(), 12, "request {i}: a clean end has every token");
+            }
+            assert_ne!(outcome, "truncated", "request {i}: never a silent truncation");
+            outcome
+        });
+    }
+    let mut counts = std::collections::HashMap::new();
+    while let Some(r) = tasks.join_next().await {
+        *counts.entry(r.unwrap()).or_insert(0) += 1;
+    }
+    assert!(counts.get("ok").copied().unwrap_or(0) >= 150, "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_health_and_graceful_shutdown_cut() {
+    let mut s = Scenario::healthy();
+    s.providers.truncate(1);
+    s.providers[0].ttft = Dist::Fixed { ms: 0.0 };
+    s.providers[0].gap = Dist::Fixed { ms: 60_000.0 };
+    let (gw, _mock) = gateway_on(
+        s,
+        Config {
+            idle_timeout: None,
+            ..config()
+        },
+    )
+    .await;
+    let c = client();
+    let r = c
+        .request(
+            hyper::Request::get(format!("http://{}/v1/models", gw.addr()))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (status, v, _) = json_of(r).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"][0]["object"], "model");
+    let r = c
+        .request(
+            hyper::Request::get(format!("http://{}/healthz", gw.addr()))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A stream in flight when shutdown starts is cut with an error event after the grace.
+    let m = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": true});
+    let r = post(&c, &gw, m.to_string()).await;
+    let reader = tokio::spawn(async move { r.into_body().collect().await.unwrap().to_bytes() });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gw.shutdown().await.unwrap();
+    let evs = events(&reader.await.unwrap());
+    let last: Value = serde_json::from_str(evs.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "server_shutting_down");
+}
