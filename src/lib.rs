@@ -1,5 +1,51 @@
-//! llm-layers: composable Tower middleware for calling LLM providers.
+//! llm-layers: composable Tower middleware for calling LLM providers, around a leaf service
+//! that streams chat completions from OpenRouter.
 //!
-//! This umbrella crate re-exports the workspace crates, one Cargo feature per crate.
+//! This umbrella crate re-exports the workspace crates, one Cargo feature per crate:
+//!
+//! | feature | crate | what |
+//! |---|---|---|
+//! | (always) | [`core`] | `ChatRequest`, `ChatStream`, `LlmError`, `Classify`, the SSE parser |
+//! | `openrouter` | `openrouter` | the leaf service: pooled hyper + rustls, HTTP/2, SSE |
+//! | `timeout` | `timeout` | first-token, idle and total deadlines |
+//! | `retry` | `retry` | retries before the first token: jitter, Retry-After, budget |
+//! | `mock` | `mock` | a scripted service and a mock OpenRouter server |
+//! | `full` | all of the above | |
+//!
+//! Every service is a `Service<ChatRequest, Response = ChatStream, Error = LlmError>` whose
+//! future resolves **at the first token**; see [`core`].
+//!
+//! ```
+//! # #[cfg(all(feature = "mock", feature = "timeout", feature = "retry"))]
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! use std::time::Duration;
+//! use llm_layers::core::{ChatRequest, Message};
+//! use llm_layers::mock::{MockChat, Script};
+//! use llm_layers::retry::RetryLayer;
+//! use llm_layers::timeout::TimeoutLayer;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! // In production the innermost service is `llm_layers::openrouter::OpenRouter`.
+//! let upstream = MockChat::new();
+//! upstream.push(Script::tokens(Duration::from_secs(60), 1, Duration::ZERO)); // stuck provider
+//! upstream.push(Script::tokens(Duration::from_millis(800), 3, Duration::from_millis(20)));
+//! let svc = ServiceBuilder::new()
+//!     .layer(RetryLayer::builder().seed(1).build().unwrap())
+//!     .layer(TimeoutLayer::builder().first_token(Duration::from_secs(5)).build().unwrap())
+//!     .service(upstream);
+//! let answer = svc.oneshot(ChatRequest::new("openai/gpt-4o-mini", vec![Message::user("hi")]))
+//!     .await.unwrap()
+//!     .collect().await.unwrap();
+//! assert_eq!(answer.choices[0].message.content.as_deref(), Some("t0 t1 t2 "));
+//! # });
+//! ```
 
 pub use llm_layers_core as core;
+#[cfg(feature = "mock")]
+pub use llm_layers_mock as mock;
+#[cfg(feature = "openrouter")]
+pub use llm_layers_openrouter as openrouter;
+#[cfg(feature = "retry")]
+pub use llm_layers_retry as retry;
+#[cfg(feature = "timeout")]
+pub use llm_layers_timeout as timeout;

@@ -360,6 +360,9 @@ impl Stream for ScriptStream {
                     this.end();
                     return Poll::Ready(None);
                 }
+                // A zero wait is no wait: a zero sleep would still round up to the timer's
+                // next millisecond tick on a real-time runtime.
+                Some(Step::Wait(d)) if d.is_zero() => {}
                 Some(Step::Wait(d)) => {
                     this.sleep = Some(Box::pin(tokio::time::sleep(d)));
                 }

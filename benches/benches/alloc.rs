@@ -1,0 +1,101 @@
+//! Allocations per streamed chunk, counted by a global allocator, printed as a table.
+//!
+//! `cargo bench -p llm-layers-bench --bench alloc`
+//!
+//! Path measured: the leaf's hot path after the commit (an SSE body decoded into
+//! `ChatChunk`s by `SseChatDecoder`, the parser slicing the input), bare and under the
+//! timeout layer's stream wrapper.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::StreamBody;
+use hyper::body::Frame;
+use llm_layers_bench::sse_body;
+use llm_layers_core::decode::SseChatDecoder;
+use llm_layers_core::{ChatStream, ResponseMeta};
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+#[allow(unsafe_code)]
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// The body cut into network-sized frames.
+fn frames(body: &Bytes, size: usize) -> Vec<Result<Frame<Bytes>, Infallible>> {
+    (0..body.len())
+        .step_by(size)
+        .map(|i| Ok(Frame::data(body.slice(i..(i + size).min(body.len())))))
+        .collect()
+}
+
+async fn run(n: usize, frame: usize, timeout: bool) -> f64 {
+    let body = sse_body(n);
+    let fr = frames(&body, frame);
+    let decoder = SseChatDecoder::new(StreamBody::new(futures_util::stream::iter(fr)));
+    let mut stream = ChatStream::commit(decoder, ResponseMeta::default())
+        .await
+        .unwrap();
+    if timeout {
+        let now = tokio::time::Instant::now();
+        stream = stream.wrap(|s| {
+            llm_layers_timeout::TimeoutStream::new(
+                s,
+                Some(std::time::Duration::from_secs(30)),
+                Some(now + std::time::Duration::from_secs(300)),
+            )
+        });
+    }
+    // Count only the steady state: after the commit.
+    let before = ALLOCS.load(Ordering::Relaxed);
+    let mut chunks = 0u64;
+    while let Some(c) = stream.next().await {
+        drop(c.unwrap());
+        chunks += 1;
+    }
+    let after = ALLOCS.load(Ordering::Relaxed);
+    (after - before) as f64 / chunks as f64
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` runs this once, quickly.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let n = if quick { 200 } else { 20_000 };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!("allocations per streamed chunk ({n} chunks of ~290 B)");
+    println!("{:<34} {:>10} {:>10}", "path", "1460 B", "16 KiB");
+    for (name, timeout) in [
+        ("decoder (leaf hot path)", false),
+        ("decoder + timeout stream", true),
+    ] {
+        let a = rt.block_on(run(n, 1460, timeout));
+        let b = rt.block_on(run(n, 16 * 1024, timeout));
+        println!("{name:<34} {a:>10.2} {b:>10.2}");
+    }
+}
