@@ -90,10 +90,30 @@ impl DefaultPolicy {
     }
 }
 
+/// A request extension: the slugs this policy added to `provider.ignore`, so it can take
+/// them back when they left no provider at all.
+#[derive(Debug, Clone, Default)]
+struct Avoided(Vec<String>);
+
 impl Policy for DefaultPolicy {
     fn retry(&self, req: &mut ChatRequest, error: &LlmError, attempt: u32) -> bool {
         if attempt > self.max_retries {
             return false;
+        }
+        // A 404 right after we avoided providers means we left the model none ("no
+        // endpoints"): give them back and retry rather than surface an error we caused.
+        if error.status_code().map(|s| s.as_u16()) == Some(404) {
+            if let Some(Avoided(added)) = req.extensions_mut().remove::<Avoided>() {
+                if let Some(ignore) = req
+                    .body_mut()
+                    .provider
+                    .as_mut()
+                    .and_then(|p| p.ignore.as_mut())
+                {
+                    ignore.retain(|s| !added.contains(s));
+                }
+                return true;
+            }
         }
         let class = self.classify.classify(error);
         if !class.retriable {
@@ -111,8 +131,20 @@ impl Policy for DefaultPolicy {
                         only.iter()
                             .any(|o| !llm_layers_core::slug_matches(&slug, o))
                     });
-                if leaves_some {
+                let already = req
+                    .body()
+                    .provider
+                    .as_ref()
+                    .and_then(|pr| pr.ignore.as_ref())
+                    .is_some_and(|i| i.iter().any(|s| s.eq_ignore_ascii_case(&slug)));
+                if leaves_some && !already {
                     req.body_mut().provider_mut().add_ignore(&slug);
+                    match req.extensions_mut().get_mut::<Avoided>() {
+                        Some(a) => a.0.push(slug),
+                        None => {
+                            req.extensions_mut().insert(Avoided(vec![slug]));
+                        }
+                    }
                 }
             }
         }

@@ -326,3 +326,31 @@ async fn outage_preset_through_the_leaf_succeeds() {
         "the dead provider was tried first by some, never twice: {down}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn avoiding_the_only_provider_is_taken_back_on_no_endpoints() {
+    let mock = MockChat::new();
+    mock.push(Script::error(status(429).with_provider("Solo")));
+    mock.push(Script::error(status(404)));
+    mock.push(ok());
+    let mut r = req();
+    r.body_mut().provider_mut().ignore = Some(vec!["mine".into()]);
+    layer(3).layer(mock.clone()).oneshot(r).await.unwrap();
+    let seen = mock.requests();
+    let ignore = |i: usize| {
+        seen[i]
+            .body()
+            .provider
+            .as_ref()
+            .unwrap()
+            .ignore
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(ignore(1), ["mine", "solo"]);
+    assert_eq!(ignore(2), ["mine"], "ours taken back, the caller's kept");
+    // A 404 we did not cause is not retried.
+    let mock = MockChat::with_default(Script::error(status(404)));
+    assert!(layer(3).layer(mock.clone()).oneshot(req()).await.is_err());
+    assert_eq!(mock.calls(), 1);
+}
