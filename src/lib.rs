@@ -51,6 +51,11 @@ pub use llm_layers_retry as retry;
 pub use llm_layers_timeout as timeout;
 
 /// The README's examples, compiled as doctests so they stay true.
-#[cfg(all(doctest, feature = "openrouter", feature = "timeout", feature = "retry"))]
+#[cfg(all(
+    doctest,
+    feature = "openrouter",
+    feature = "timeout",
+    feature = "retry"
+))]
 #[doc = include_str!("../README.md")]
 mod readme {}
