@@ -39,9 +39,14 @@ impl ChatChunk {
     /// Whether this chunk is the commit point: a delta with non-empty content, reasoning or
     /// tool calls, or a finish reason. Role-only and empty deltas are not.
     pub fn is_token(&self) -> bool {
+        self.has_output() || self.choices.iter().any(|c| c.finish_reason.is_some())
+    }
+
+    /// Whether this chunk carries output: non-empty content, reasoning or tool calls (a
+    /// finish-only or role-only chunk does not). Latency counts these as output chunks.
+    pub fn has_output(&self) -> bool {
         self.choices.iter().any(|c| {
-            c.finish_reason.is_some()
-                || c.delta.content.as_deref().is_some_and(|s| !s.is_empty())
+            c.delta.content.as_deref().is_some_and(|s| !s.is_empty())
                 || c.delta.reasoning.as_deref().is_some_and(|s| !s.is_empty())
                 || c.delta.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
         })

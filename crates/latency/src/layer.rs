@@ -1,0 +1,131 @@
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, Once};
+
+use llm_layers_core::LlmError;
+use tower_layer::Layer;
+
+use crate::service::Latency;
+use crate::store::{LatencyStore, OTHER};
+
+static DESCRIBE: Once = Once::new();
+
+/// Where in the stack a [`LatencyLayer`] sits: it becomes the `llm.scope` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Outside retry and hedge: one record per call, as the caller sees it.
+    Call,
+    /// Next to the leaf: one record per attempt, per provider. Feeds the store.
+    Attempt,
+}
+
+impl Scope {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Scope::Call => "call",
+            Scope::Attempt => "attempt",
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Option<LatencyStore>,
+    pub(crate) scope: Scope,
+    pub(crate) max_models: usize,
+    pub(crate) models: Mutex<HashSet<Arc<str>>>,
+}
+
+impl Shared {
+    /// The model label, with cardinality capped: models past the cap fold into `_OTHER`.
+    pub(crate) fn model_label(&self, model: &str) -> Arc<str> {
+        let mut seen = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = seen.get(model) {
+            return m.clone();
+        }
+        if seen.len() >= self.max_models {
+            return Arc::from(OTHER);
+        }
+        let m: Arc<str> = Arc::from(model);
+        seen.insert(m.clone());
+        m
+    }
+}
+
+/// Records TTFT, chunk gaps, duration, tokens and outcome of every call (or attempt) to the
+/// `metrics` facade and, when given one, to a [`LatencyStore`].
+#[derive(Clone)]
+pub struct LatencyLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for LatencyLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LatencyLayer")
+            .field("scope", &self.shared.scope)
+            .field("max_models", &self.shared.max_models)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LatencyLayer {
+    /// A builder: scope [`Scope::Attempt`], no store, 64 model labels.
+    pub fn builder() -> LatencyLayerBuilder {
+        LatencyLayerBuilder {
+            store: None,
+            scope: Scope::Attempt,
+            max_models: 64,
+        }
+    }
+}
+
+impl<S> Layer<S> for LatencyLayer {
+    type Service = Latency<S>;
+
+    fn layer(&self, inner: S) -> Latency<S> {
+        Latency::new(inner, self.shared.clone())
+    }
+}
+
+/// Builds a [`LatencyLayer`].
+#[derive(Debug, Clone)]
+pub struct LatencyLayerBuilder {
+    store: Option<LatencyStore>,
+    scope: Scope,
+    max_models: usize,
+}
+
+impl LatencyLayerBuilder {
+    /// Also records into `store` (only what the layer sees: place it per attempt to learn
+    /// per provider).
+    pub fn store(mut self, store: LatencyStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The `llm.scope` label.
+    pub fn scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// The most distinct model label values; more fold into `_OTHER` (default 64).
+    pub fn max_models(mut self, n: usize) -> Self {
+        self.max_models = n;
+        self
+    }
+
+    /// Validates and builds; describes the metrics to the recorder once per process.
+    pub fn build(self) -> Result<LatencyLayer, LlmError> {
+        if self.max_models == 0 {
+            return Err(LlmError::config("max_models must be at least 1"));
+        }
+        DESCRIBE.call_once(crate::names::describe);
+        Ok(LatencyLayer {
+            shared: Arc::new(Shared {
+                store: self.store,
+                scope: self.scope,
+                max_models: self.max_models,
+                models: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+}

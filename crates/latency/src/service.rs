@@ -1,0 +1,89 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use llm_layers_core::{ChatRequest, ChatStream, LlmError};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::future::ResponseFuture;
+use crate::layer::Shared;
+
+/// Records latency of an inner chat service. See the [crate docs](crate).
+#[derive(Clone)]
+pub struct Latency<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Latency<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Latency")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Latency<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Latency { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+/// The prompt-size bucket of a request: its message text in bytes / 4 (≈ tokens), rounded
+/// up to a power of 4, capped at 65536 (`"64"`, `"256"`, ..., `"65536+"`).
+pub fn prompt_bucket(req: &ChatRequest) -> &'static str {
+    const BUCKETS: [&str; 8] = ["4", "16", "64", "256", "1024", "4096", "16384", "65536"];
+    let tokens = req
+        .body()
+        .messages
+        .iter()
+        .map(|m| m.text_len())
+        .sum::<usize>()
+        / 4;
+    let mut limit = 4usize;
+    for b in BUCKETS {
+        if tokens <= limit {
+            return b;
+        }
+        limit *= 4;
+    }
+    "65536+"
+}
+
+impl<S> Service<ChatRequest> for Latency<S>
+where
+    S: Service<ChatRequest, Response = ChatStream, Error = LlmError>,
+{
+    type Response = ChatStream;
+    type Error = LlmError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: ChatRequest) -> Self::Future {
+        let model = self.shared.model_label(req.model());
+        let bucket = prompt_bucket(&req);
+        let span = tracing::debug_span!(
+            "llm.chat",
+            scope = self.shared.scope.as_str(),
+            model = %model,
+            provider = tracing::field::Empty,
+            ttft_ms = tracing::field::Empty,
+        );
+        ResponseFuture::new(
+            self.inner.call(req),
+            Instant::now(),
+            model,
+            bucket,
+            self.shared.clone(),
+            span,
+        )
+    }
+}

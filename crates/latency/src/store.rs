@@ -1,0 +1,478 @@
+//! [`LatencyStore`]: recent latency per (model, provider) and per model, shared and windowed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use llm_layers_core::LlmError;
+use tokio::time::Instant;
+
+/// The model key that unknown models fold into once the store is full.
+pub const OTHER: &str = "_OTHER";
+
+/// Quantiles and rates of one key over the recent window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stats {
+    /// Calls that reached an outcome in the window.
+    pub calls: u64,
+    /// TTFT samples in the window.
+    pub ttft_samples: u64,
+    /// Time to first token, median.
+    pub ttft_p50: Duration,
+    /// Time to first token, 90th percentile.
+    pub ttft_p90: Duration,
+    /// Time to first token, 95th percentile.
+    pub ttft_p95: Duration,
+    /// Time to first token, 99th percentile.
+    pub ttft_p99: Duration,
+    /// Output tokens per second, median (0 when unknown).
+    pub tokens_per_sec_p50: f64,
+    /// Share of calls that failed (any error, timeouts included).
+    pub error_rate: f64,
+    /// Share of calls that timed out.
+    pub timeout_rate: f64,
+}
+
+impl Stats {
+    /// The TTFT quantile `q` in `[0, 1]`, read from the sketch's cached points (p50, p90,
+    /// p95, p99), interpolating linearly between them.
+    pub fn ttft_quantile(&self, q: f64) -> Duration {
+        let pts = [
+            (0.0, Duration::ZERO),
+            (0.5, self.ttft_p50),
+            (0.9, self.ttft_p90),
+            (0.95, self.ttft_p95),
+            (0.99, self.ttft_p99),
+            (1.0, self.ttft_p99),
+        ];
+        let q = q.clamp(0.0, 1.0);
+        for w in pts.windows(2) {
+            let ((q0, v0), (q1, v1)) = (w[0], w[1]);
+            if q <= q1 {
+                let t = if q1 > q0 { (q - q0) / (q1 - q0) } else { 1.0 };
+                return v0 + (v1.saturating_sub(v0)).mul_f64(t);
+            }
+        }
+        self.ttft_p99
+    }
+}
+
+/// How a call ended, for the store's rates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The stream ended cleanly.
+    Ok,
+    /// It failed with a timeout.
+    Timeout,
+    /// It failed otherwise.
+    Error,
+    /// The caller went away: says nothing about the provider (TTFT is still recorded).
+    Cancelled,
+}
+
+impl Outcome {
+    /// The outcome of an error.
+    pub fn of(e: &LlmError) -> Outcome {
+        if e.is_timeout() {
+            Outcome::Timeout
+        } else {
+            Outcome::Error
+        }
+    }
+}
+
+const TTFT_UNIT_US: f64 = 100.0; // 0.1 ms resolution
+const TTFT_MAX: u64 = 6_000_000; // 600 s in 0.1 ms
+const TPS_MAX: u64 = 10_000_000; // 100,000 tokens/s in 0.01 tok/s
+
+fn hist(max: u64) -> Histogram<u32> {
+    Histogram::new_with_bounds(1, max, 2).unwrap_or_else(|_| unreachable!("valid bounds"))
+}
+
+struct Half {
+    ttft: Histogram<u32>,
+    tps: Histogram<u32>,
+    ok: u64,
+    errors: u64,
+    timeouts: u64,
+}
+
+impl Half {
+    fn new() -> Half {
+        Half {
+            ttft: hist(TTFT_MAX),
+            tps: hist(TPS_MAX),
+            ok: 0,
+            errors: 0,
+            timeouts: 0,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.ttft.reset();
+        self.tps.reset();
+        self.ok = 0;
+        self.errors = 0;
+        self.timeouts = 0;
+    }
+}
+
+struct Windows {
+    current: Half,
+    previous: Half,
+    rotated_at: Instant,
+}
+
+struct Entry {
+    windows: Mutex<Windows>,
+    cache: RwLock<(Instant, Stats)>,
+}
+
+impl Entry {
+    fn new(now: Instant) -> Entry {
+        Entry {
+            windows: Mutex::new(Windows {
+                current: Half::new(),
+                previous: Half::new(),
+                rotated_at: now,
+            }),
+            cache: RwLock::new((now, Stats::default())),
+        }
+    }
+}
+
+struct ModelEntries {
+    all: Arc<Entry>,
+    providers: HashMap<Arc<str>, Arc<Entry>>,
+}
+
+struct Inner {
+    half: Duration,
+    max_keys: usize,
+    min_samples: u64,
+    refresh: Duration,
+    /// model -> its entry and its providers' entries.
+    entries: RwLock<HashMap<Arc<str>, ModelEntries>>,
+}
+
+fn count_keys(map: &HashMap<Arc<str>, ModelEntries>) -> usize {
+    map.values().map(|m| 1 + m.providers.len()).sum()
+}
+
+/// Recent latency and outcomes per (model, provider) and per model, over a sliding window
+/// (two halves: a sample counts for between one half and one whole window), shared by every
+/// clone. The hedge reads its delay here, the router and breaker their rankings.
+///
+/// Recording takes one short lock per key; reading takes a read lock on a cached snapshot
+/// that is recomputed at most every 250 ms.
+///
+/// Memory: about 20 KiB per key (four HDR histograms of 2 significant digits); keys are
+/// capped (default 256), past which unknown models fold into `_OTHER`.
+///
+/// ```
+/// use std::time::Duration;
+/// use llm_layers_latency::{LatencyStore, Outcome};
+/// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+/// let store = LatencyStore::builder().min_samples(3).build().unwrap();
+/// for ms in [100, 200, 300, 400] {
+///     store.record(("m", Some("Alpha")), Some(Duration::from_millis(ms)), None, Outcome::Ok);
+/// }
+/// let p50 = store.ttft_quantile("m", None, 0.5).unwrap();
+/// assert!(p50 >= Duration::from_millis(195) && p50 <= Duration::from_millis(205));
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct LatencyStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LatencyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LatencyStore")
+            .field("window", &(self.inner.half * 2))
+            .field("keys", &self.keys())
+            .finish()
+    }
+}
+
+impl Default for LatencyStore {
+    fn default() -> Self {
+        LatencyStore::builder()
+            .build()
+            .unwrap_or_else(|_| unreachable!("defaults are valid"))
+    }
+}
+
+/// Builds a [`LatencyStore`].
+#[derive(Debug, Clone)]
+pub struct LatencyStoreBuilder {
+    window: Duration,
+    max_keys: usize,
+    min_samples: u64,
+}
+
+impl LatencyStoreBuilder {
+    /// The window samples count in (default 60 s, at least 2 ms).
+    pub fn window(mut self, w: Duration) -> Self {
+        self.window = w;
+        self
+    }
+
+    /// The most keys (default 256; at least 1).
+    pub fn max_keys(mut self, n: usize) -> Self {
+        self.max_keys = n;
+        self
+    }
+
+    /// Fewer TTFT samples than this and quantile reads say `None` (default 20).
+    pub fn min_samples(mut self, n: u64) -> Self {
+        self.min_samples = n;
+        self
+    }
+
+    /// Validates and builds.
+    pub fn build(self) -> Result<LatencyStore, LlmError> {
+        if self.window < Duration::from_millis(2) {
+            return Err(LlmError::config("latency window must be at least 2 ms"));
+        }
+        if self.max_keys == 0 {
+            return Err(LlmError::config(
+                "latency store needs room for at least one key",
+            ));
+        }
+        let half = self.window / 2;
+        Ok(LatencyStore {
+            inner: Arc::new(Inner {
+                half,
+                max_keys: self.max_keys,
+                min_samples: self.min_samples,
+                refresh: Duration::from_millis(250).min(half),
+                entries: RwLock::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+impl LatencyStore {
+    /// A store with the defaults (60 s window, 256 keys, 20 samples minimum).
+    pub fn new() -> LatencyStore {
+        LatencyStore::default()
+    }
+
+    /// A builder.
+    pub fn builder() -> LatencyStoreBuilder {
+        LatencyStoreBuilder {
+            window: Duration::from_secs(60),
+            max_keys: 256,
+            min_samples: 20,
+        }
+    }
+
+    /// How many keys (models and (model, provider) pairs) it holds.
+    pub fn keys(&self) -> usize {
+        count_keys(&self.inner.entries.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn lookup(
+        map: &HashMap<Arc<str>, ModelEntries>,
+        model: &str,
+        provider: Option<&str>,
+    ) -> Option<Arc<Entry>> {
+        let m = map.get(model)?;
+        match provider {
+            None => Some(m.all.clone()),
+            Some(p) => m.providers.get(p).cloned(),
+        }
+    }
+
+    fn entry(&self, model: &str, provider: Option<&str>, create: bool) -> Option<Arc<Entry>> {
+        {
+            let map = self.inner.entries.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(e) = Self::lookup(&map, model, provider) {
+                return Some(e);
+            }
+        }
+        if !create {
+            return None;
+        }
+        let mut map = self
+            .inner
+            .entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = Self::lookup(&map, model, provider) {
+            return Some(e);
+        }
+        let now = Instant::now();
+        let new_keys = if map.contains_key(model) {
+            1
+        } else {
+            1 + usize::from(provider.is_some())
+        };
+        // Room is kept for the `_OTHER` key itself.
+        let room = self.inner.max_keys - usize::from(!map.contains_key(OTHER));
+        let full = count_keys(&map) + new_keys > room;
+        let (model, provider) = if full {
+            (OTHER, None)
+        } else {
+            (model, provider)
+        };
+        let m = map.entry(Arc::from(model)).or_insert_with(|| ModelEntries {
+            all: Arc::new(Entry::new(now)),
+            providers: HashMap::new(),
+        });
+        Some(match provider {
+            None => m.all.clone(),
+            Some(p) => m
+                .providers
+                .entry(Arc::from(p))
+                .or_insert_with(|| Arc::new(Entry::new(now)))
+                .clone(),
+        })
+    }
+
+    /// Records one call for `(model, provider)` and for the model as a whole: its TTFT (if
+    /// it committed), its output tokens per second (if known), and its outcome.
+    pub fn record(
+        &self,
+        (model, provider): (&str, Option<&str>),
+        ttft: Option<Duration>,
+        tokens_per_sec: Option<f64>,
+        outcome: Outcome,
+    ) {
+        let now = Instant::now();
+        let keys: [Option<&str>; 2] = [provider, None];
+        let n = if provider.is_some() { 2 } else { 1 };
+        for p in &keys[2 - n..] {
+            let Some(entry) = self.entry(model, *p, true) else {
+                continue;
+            };
+            let mut w = entry.windows.lock().unwrap_or_else(|e| e.into_inner());
+            self.rotate(&mut w, now);
+            if let Some(t) = ttft {
+                let v = ((t.as_secs_f64() * 1e6 / TTFT_UNIT_US) as u64).clamp(1, TTFT_MAX);
+                w.current.ttft.saturating_record(v);
+            }
+            if let Some(tps) = tokens_per_sec.filter(|x| x.is_finite() && *x > 0.0) {
+                w.current
+                    .tps
+                    .saturating_record(((tps * 100.0) as u64).clamp(1, TPS_MAX));
+            }
+            match outcome {
+                Outcome::Ok => w.current.ok += 1,
+                Outcome::Error => w.current.errors += 1,
+                Outcome::Timeout => {
+                    w.current.errors += 1;
+                    w.current.timeouts += 1;
+                }
+                Outcome::Cancelled => {}
+            }
+        }
+    }
+
+    fn rotate(&self, w: &mut Windows, now: Instant) {
+        let half = self.inner.half;
+        let mut turns = 0;
+        while now.saturating_duration_since(w.rotated_at) >= half {
+            std::mem::swap(&mut w.previous, &mut w.current);
+            w.current.reset();
+            w.rotated_at += half;
+            turns += 1;
+            if turns == 2 {
+                // Idle for a whole window or more: both halves are empty now.
+                w.rotated_at = now;
+                break;
+            }
+        }
+    }
+
+    /// The stats of `(model, provider)`, or of the model as a whole with `provider: None`;
+    /// `None` when the store never saw it.
+    pub fn stats(&self, model: &str, provider: Option<&str>) -> Option<Stats> {
+        let entry = self.entry(model, provider, false)?;
+        let now = Instant::now();
+        {
+            let c = entry.cache.read().unwrap_or_else(|e| e.into_inner());
+            if now.saturating_duration_since(c.0) < self.inner.refresh
+                && c.1.calls + c.1.ttft_samples > 0
+            {
+                return Some(c.1);
+            }
+        }
+        let mut w = entry.windows.lock().unwrap_or_else(|e| e.into_inner());
+        self.rotate(&mut w, now);
+        let stats = compute(&w);
+        *entry.cache.write().unwrap_or_else(|e| e.into_inner()) = (now, stats);
+        Some(stats)
+    }
+
+    /// The TTFT quantile `q` of `(model, provider)` (or of the model with `None`), when at
+    /// least `min_samples` were seen in the window.
+    pub fn ttft_quantile(&self, model: &str, provider: Option<&str>, q: f64) -> Option<Duration> {
+        let s = self.stats(model, provider)?;
+        (s.ttft_samples >= self.inner.min_samples.max(1)).then(|| s.ttft_quantile(q))
+    }
+
+    /// Every provider seen for `model`, with its stats.
+    pub fn providers(&self, model: &str) -> Vec<(String, Stats)> {
+        let names: Vec<Arc<str>> = self
+            .inner
+            .entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+            .map(|m| m.providers.keys().cloned().collect())
+            .unwrap_or_default();
+        names
+            .into_iter()
+            .filter_map(|p| Some((p.to_string(), self.stats(model, Some(&p))?)))
+            .collect()
+    }
+
+    /// The minimum sample count for quantile reads.
+    pub fn min_samples(&self) -> u64 {
+        self.inner.min_samples
+    }
+}
+
+fn compute(w: &Windows) -> Stats {
+    let mut ttft = w.previous.ttft.clone();
+    let _ = ttft.add(&w.current.ttft);
+    let mut tps = w.previous.tps.clone();
+    let _ = tps.add(&w.current.tps);
+    let ok = w.previous.ok + w.current.ok;
+    let errors = w.previous.errors + w.current.errors;
+    let timeouts = w.previous.timeouts + w.current.timeouts;
+    let calls = ok + errors;
+    let q = |h: &Histogram<u32>, q: f64| {
+        if h.is_empty() {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(h.value_at_quantile(q) as f64 * TTFT_UNIT_US / 1e6)
+        }
+    };
+    Stats {
+        calls,
+        ttft_samples: ttft.len(),
+        ttft_p50: q(&ttft, 0.5),
+        ttft_p90: q(&ttft, 0.9),
+        ttft_p95: q(&ttft, 0.95),
+        ttft_p99: q(&ttft, 0.99),
+        tokens_per_sec_p50: if tps.is_empty() {
+            0.0
+        } else {
+            tps.value_at_quantile(0.5) as f64 / 100.0
+        },
+        error_rate: if calls == 0 {
+            0.0
+        } else {
+            errors as f64 / calls as f64
+        },
+        timeout_rate: if calls == 0 {
+            0.0
+        } else {
+            timeouts as f64 / calls as f64
+        },
+    }
+}

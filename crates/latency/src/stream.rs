@@ -1,0 +1,223 @@
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::Stream;
+use llm_layers_core::{ChatChunk, ChatStream, ErrorKind, LlmError, Usage};
+use metrics::{Histogram, Label, counter, histogram};
+use tokio::time::Instant;
+
+use crate::layer::Shared;
+use crate::names::*;
+use crate::store::Outcome;
+
+/// The labels of one call, built once per call.
+pub(crate) struct Labels {
+    model: Arc<str>,
+    bucket: &'static str,
+    shared: Arc<Shared>,
+    span: tracing::Span,
+}
+
+impl Labels {
+    pub(crate) fn new(
+        model: Arc<str>,
+        bucket: &'static str,
+        shared: Arc<Shared>,
+        span: tracing::Span,
+    ) -> Self {
+        Labels {
+            model,
+            bucket,
+            shared,
+            span,
+        }
+    }
+
+    fn base(&self, provider: Option<&str>, response_model: Option<&str>) -> Vec<Label> {
+        let mut v = vec![
+            Label::from_static_parts("gen_ai.operation.name", "chat"),
+            Label::from_static_parts("gen_ai.provider.name", "openrouter"),
+            Label::new("gen_ai.request.model", self.model.to_string()),
+            Label::from_static_parts("llm.prompt_size_bucket", self.bucket),
+            Label::from_static_parts("llm.scope", self.shared.scope.as_str()),
+        ];
+        if let Some(p) = provider {
+            // Provider names come from the upstream; fold unknown long ones.
+            let p = if p.len() <= 64 {
+                p.to_owned()
+            } else {
+                crate::store::OTHER.to_owned()
+            };
+            v.push(Label::new("openrouter.provider", p));
+        }
+        if let Some(m) = response_model {
+            let m = if &*self.model == crate::store::OTHER {
+                crate::store::OTHER.to_owned()
+            } else {
+                m.to_owned()
+            };
+            v.push(Label::new("gen_ai.response.model", m));
+        }
+        v
+    }
+
+    /// A call that failed before the commit point.
+    pub(crate) fn failed(&self, e: &LlmError, start: Instant, now: Instant) {
+        let provider = e.provider();
+        let mut labels = self.base(provider, None);
+        let error_type = error_type(e);
+        labels.push(Label::from_static_parts("error.type", error_type));
+        histogram!(OPERATION_DURATION, labels.clone()).record(now.saturating_duration_since(start));
+        labels.push(Label::from_static_parts("outcome", error_type));
+        counter!(CALLS, labels).increment(1);
+        if let Some(store) = &self.shared.store {
+            store.record((&self.model, provider), None, None, Outcome::of(e));
+        }
+        tracing::debug!(parent: &self.span, error = %e, "llm call failed before the first token");
+    }
+}
+
+/// The `error.type` of an error: its kind, or for a status error the status code.
+fn error_type(e: &LlmError) -> &'static str {
+    match (e.kind(), e.status_code().map(|s| s.as_u16())) {
+        (ErrorKind::Status, Some(429)) => "429",
+        (ErrorKind::Status, Some(s)) if s >= 500 => "5xx",
+        (ErrorKind::Status, Some(_)) => "4xx",
+        (k, _) => k.as_str(),
+    }
+}
+
+/// A committed stream being recorded: chunk gaps as they come, the rest at the end (or at
+/// drop, as `cancelled`).
+pub(crate) struct RecordingStream {
+    inner: ChatStream,
+    labels: Labels,
+    per_chunk: Histogram,
+    start: Instant,
+    first_token: Instant,
+    last: Instant,
+    chunks: u64,
+    usage: Option<Usage>,
+    provider: Option<String>,
+    done: bool,
+}
+
+impl RecordingStream {
+    pub(crate) fn committed(
+        stream: ChatStream,
+        labels: Labels,
+        start: Instant,
+        now: Instant,
+    ) -> ChatStream {
+        let provider = stream.meta().provider.clone();
+        let response_model = stream.meta().model.clone();
+        let ttft = now.saturating_duration_since(start);
+        let base = labels.base(provider.as_deref(), Some(&response_model));
+        histogram!(TIME_TO_FIRST_CHUNK, base.clone()).record(ttft);
+        let per_chunk = histogram!(TIME_PER_OUTPUT_CHUNK, base);
+        labels
+            .span
+            .record("provider", provider.as_deref().unwrap_or(""));
+        labels.span.record("ttft_ms", ttft.as_millis() as u64);
+        stream.wrap(move |s| RecordingStream {
+            inner: s,
+            labels,
+            per_chunk,
+            start,
+            first_token: now,
+            last: now,
+            chunks: 0,
+            usage: None,
+            provider,
+            done: false,
+        })
+    }
+
+    fn finish(&mut self, outcome: &str, error: Option<&LlmError>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let now = Instant::now();
+        let ttft = self.first_token.saturating_duration_since(self.start);
+        let mut labels = self.labels.base(self.provider.as_deref(), None);
+        if let Some(e) = error {
+            labels.push(Label::from_static_parts("error.type", error_type(e)));
+        }
+        histogram!(OPERATION_DURATION, labels.clone())
+            .record(now.saturating_duration_since(self.start));
+        let generation = now.saturating_duration_since(self.first_token);
+        let output = self
+            .usage
+            .as_ref()
+            .map_or(self.chunks, |u| u.completion_tokens);
+        let tps = (generation > Duration::from_millis(1) && output > 1)
+            .then(|| output as f64 / generation.as_secs_f64());
+        if let Some(tps) = tps {
+            histogram!(OUTPUT_TOKENS_PER_SECOND, labels.clone()).record(tps);
+        }
+        if let Some(u) = &self.usage {
+            let mut l = labels.clone();
+            l.push(Label::from_static_parts("gen_ai.token.type", "input"));
+            histogram!(TOKEN_USAGE, l).record(u.prompt_tokens as f64);
+            let mut l = labels.clone();
+            l.push(Label::from_static_parts("gen_ai.token.type", "output"));
+            histogram!(TOKEN_USAGE, l).record(u.completion_tokens as f64);
+        }
+        labels.push(Label::new("outcome", outcome.to_owned()));
+        counter!(CALLS, labels).increment(1);
+        if let Some(store) = &self.labels.shared.store {
+            let o = match (outcome, error) {
+                ("cancelled", _) => Outcome::Cancelled,
+                (_, Some(e)) => Outcome::of(e),
+                ("ok", None) => Outcome::Ok,
+                _ => Outcome::Error,
+            };
+            let tps = tps.filter(|_| o == Outcome::Ok);
+            store.record(
+                (&self.labels.model, self.provider.as_deref()),
+                Some(ttft),
+                tps,
+                o,
+            );
+        }
+    }
+}
+
+impl Drop for RecordingStream {
+    fn drop(&mut self) {
+        self.finish("cancelled", None);
+    }
+}
+
+impl Stream for RecordingStream {
+    type Item = Result<ChatChunk, LlmError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(item) => item,
+        };
+        let this = &mut *self;
+        match &item {
+            Some(Ok(c)) => {
+                if c.has_output() {
+                    let now = Instant::now();
+                    if this.chunks > 0 {
+                        this.per_chunk
+                            .record(now.saturating_duration_since(this.last));
+                    }
+                    this.last = now;
+                    this.chunks += 1;
+                }
+                if c.usage.is_some() {
+                    this.usage.clone_from(&c.usage);
+                }
+            }
+            Some(Err(e)) => this.finish(error_type(e), Some(e)),
+            None => this.finish("ok", None),
+        }
+        Poll::Ready(item)
+    }
+}

@@ -1,0 +1,317 @@
+//! Latency recording: what is measured, under which names and labels, and the store.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use llm_layers_core::{ChatRequest, LlmError, Message, TimeoutKind};
+use llm_layers_latency::names::*;
+use llm_layers_latency::{LatencyLayer, LatencyStore, Outcome, Scope};
+use llm_layers_mock::{MockChat, Script};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use tower::{Layer, ServiceExt};
+
+fn req(model: &str) -> ChatRequest {
+    ChatRequest::new(model, vec![Message::user("hello there")])
+}
+
+type Row = (String, HashMap<String, String>, DebugValue);
+
+fn rows(snap: &Snapshotter) -> Vec<Row> {
+    snap.snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(ck, _, _, v)| {
+            let key = ck.key();
+            let labels = key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            (key.name().to_owned(), labels, v)
+        })
+        .collect()
+}
+
+fn histogram_values(rows: &[Row], name: &str) -> Vec<f64> {
+    rows.iter()
+        .filter(|(n, _, _)| n == name)
+        .flat_map(|(_, _, v)| match v {
+            DebugValue::Histogram(h) => h.iter().map(|x| x.into_inner()).collect::<Vec<_>>(),
+            _ => vec![],
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttft_is_measured_at_the_first_token_with_every_name_and_label() {
+    let rec = DebuggingRecorder::new();
+    let snap = rec.snapshotter();
+    let _g = metrics::set_default_local_recorder(&rec);
+    // A role-only chunk (like a keep-alive) at 1 s, the first token at 3 s.
+    let mock = MockChat::with_default(
+        Script::new()
+            .provider("Alpha")
+            .wait(Duration::from_secs(1))
+            .role()
+            .wait(Duration::from_secs(2))
+            .token("a")
+            .wait(Duration::from_millis(500))
+            .token("b")
+            .finish("stop")
+            .usage(12, 2),
+    );
+    let svc = LatencyLayer::builder()
+        .scope(Scope::Call)
+        .build()
+        .unwrap()
+        .layer(mock);
+    svc.oneshot(req("openai/gpt-4o"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let rows = rows(&snap);
+    assert_eq!(histogram_values(&rows, TIME_TO_FIRST_CHUNK), [3.0]);
+    assert_eq!(histogram_values(&rows, OPERATION_DURATION), [3.5]);
+    assert_eq!(
+        histogram_values(&rows, TIME_PER_OUTPUT_CHUNK),
+        [0.5],
+        "one gap, between the two tokens"
+    );
+    let mut usage = histogram_values(&rows, TOKEN_USAGE);
+    usage.sort_by(f64::total_cmp);
+    assert_eq!(usage, [2.0, 12.0]);
+    assert_eq!(
+        histogram_values(&rows, OUTPUT_TOKENS_PER_SECOND),
+        [4.0],
+        "2 tokens in 0.5 s"
+    );
+    let (_, labels, _) = rows
+        .iter()
+        .find(|(n, _, _)| n == TIME_TO_FIRST_CHUNK)
+        .unwrap();
+    for (k, v) in [
+        ("gen_ai.operation.name", "chat"),
+        ("gen_ai.provider.name", "openrouter"),
+        ("gen_ai.request.model", "openai/gpt-4o"),
+        ("gen_ai.response.model", "openai/gpt-4o"),
+        ("openrouter.provider", "Alpha"),
+        ("llm.prompt_size_bucket", "4"),
+        ("llm.scope", "call"),
+    ] {
+        assert_eq!(labels.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    let calls = rows.iter().find(|(n, _, _)| n == CALLS).unwrap();
+    assert_eq!(calls.1["outcome"], "ok");
+    assert_eq!(calls.2, DebugValue::Counter(1));
+    let types: HashSet<_> = rows
+        .iter()
+        .filter(|(n, _, _)| n == TOKEN_USAGE)
+        .map(|(_, l, _)| l["gen_ai.token.type"].clone())
+        .collect();
+    assert_eq!(
+        types,
+        HashSet::from(["input".to_owned(), "output".to_owned()])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn outcomes_and_timeout_kinds_are_labelled_and_cancellation_counts() {
+    let rec = DebuggingRecorder::new();
+    let snap = rec.snapshotter();
+    let _g = metrics::set_default_local_recorder(&rec);
+    let mock = MockChat::new();
+    mock.push(Script::error(LlmError::timeout(TimeoutKind::FirstToken)));
+    mock.push(
+        Script::new()
+            .token("a")
+            .fail(LlmError::timeout(TimeoutKind::Idle)),
+    );
+    mock.push(Script::tokens(Duration::ZERO, 3, Duration::from_secs(1)));
+    let svc = LatencyLayer::builder().build().unwrap().layer(mock);
+    assert!(svc.clone().oneshot(req("m")).await.is_err());
+    let mut s = svc.clone().oneshot(req("m")).await.unwrap();
+    while s.next().await.is_some() {}
+    let mut s = svc.clone().oneshot(req("m")).await.unwrap();
+    s.next().await.unwrap().unwrap();
+    drop(s);
+    let outcomes: HashSet<String> = rows(&snap)
+        .into_iter()
+        .filter(|(n, _, _)| n == CALLS)
+        .map(|(_, l, _)| l["outcome"].clone())
+        .collect();
+    assert_eq!(
+        outcomes,
+        HashSet::from([
+            "timeout_first_token".into(),
+            "timeout_idle".into(),
+            "cancelled".into()
+        ])
+    );
+    let error_types: HashSet<String> = rows(&snap)
+        .into_iter()
+        .filter(|(n, _, _)| n == OPERATION_DURATION)
+        .filter_map(|(_, l, _)| l.get("error.type").cloned())
+        .collect();
+    assert_eq!(
+        error_types,
+        HashSet::from(["timeout_first_token".into(), "timeout_idle".into()])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn model_label_cardinality_is_capped() {
+    let rec = DebuggingRecorder::new();
+    let snap = rec.snapshotter();
+    let _g = metrics::set_default_local_recorder(&rec);
+    let mock = MockChat::with_default(Script::tokens(Duration::ZERO, 1, Duration::ZERO));
+    let svc = LatencyLayer::builder()
+        .max_models(3)
+        .build()
+        .unwrap()
+        .layer(mock);
+    for i in 0..20 {
+        svc.clone()
+            .oneshot(req(&format!("vendor/model-{i}")))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+    }
+    let models: HashSet<String> = rows(&snap)
+        .into_iter()
+        .map(|(_, l, _)| l["gen_ai.request.model"].clone())
+        .collect();
+    assert_eq!(models.len(), 4, "{models:?}");
+    assert!(models.contains("_OTHER"));
+}
+
+#[test]
+fn prometheus_rendering_has_the_documented_buckets() {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let mut b = PrometheusBuilder::new();
+    for (name, buckets) in HISTOGRAM_BUCKETS {
+        b = b
+            .set_buckets_for_metric(Matcher::Full((*name).into()), buckets)
+            .unwrap();
+    }
+    let recorder = b.build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        describe();
+        metrics::histogram!(OPERATION_DURATION, "gen_ai.request.model" => "m").record(0.3);
+        metrics::histogram!(TOKEN_USAGE, "gen_ai.token.type" => "output").record(10.0);
+    });
+    let text = handle.render();
+    for le in ["0.01", "0.32", "81.92", "+Inf"] {
+        assert!(text.contains(&format!("gen_ai_client_operation_duration_seconds_bucket{{gen_ai_request_model=\"m\",le=\"{le}\"}}")), "{le}\n{text}");
+    }
+    assert!(
+        text.contains(
+            "gen_ai_client_token_usage_bucket{gen_ai_token_type=\"output\",le=\"67108864\"}"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("# HELP gen_ai_client_operation_duration_seconds"),
+        "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn store_quantiles_are_within_two_percent_rank_error() {
+    let store = LatencyStore::builder().min_samples(100).build().unwrap();
+    assert_eq!(store.ttft_quantile("m", None, 0.5), None, "no samples yet");
+    // 10,000 TTFTs uniform over 1..=10000 ms, in a scrambled order.
+    for i in 0..10_000u64 {
+        let ms = (i * 7919) % 10_000 + 1;
+        store.record(
+            ("m", Some("A")),
+            Some(Duration::from_millis(ms)),
+            Some(50.0),
+            Outcome::Ok,
+        );
+    }
+    for q in [0.5, 0.9, 0.95, 0.99] {
+        for provider in [None, Some("A")] {
+            let v = store.ttft_quantile("m", provider, q).unwrap();
+            let rank = v.as_secs_f64() / 10.0;
+            assert!((rank - q).abs() <= 0.02, "q{q}: {v:?} is rank {rank}");
+        }
+    }
+    let s = store.stats("m", Some("A")).unwrap();
+    assert_eq!((s.calls, s.error_rate), (10_000, 0.0));
+    assert!((s.tokens_per_sec_p50 - 50.0).abs() < 1.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn old_samples_decay_and_rates_follow() {
+    let store = LatencyStore::builder()
+        .window(Duration::from_secs(60))
+        .min_samples(10)
+        .build()
+        .unwrap();
+    for _ in 0..100 {
+        store.record(
+            ("m", Some("A")),
+            Some(Duration::from_secs(8)),
+            None,
+            Outcome::Timeout,
+        );
+    }
+    assert_eq!(store.stats("m", Some("A")).unwrap().timeout_rate, 1.0);
+    // The provider heals: a minute of fast, good calls replaces the slow past.
+    for _ in 0..60 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..5 {
+            store.record(
+                ("m", Some("A")),
+                Some(Duration::from_millis(500)),
+                None,
+                Outcome::Ok,
+            );
+        }
+    }
+    let p95 = store.ttft_quantile("m", Some("A"), 0.95).unwrap();
+    assert!(p95 <= Duration::from_millis(510), "{p95:?}");
+    let s = store.stats("m", Some("A")).unwrap();
+    assert_eq!(s.timeout_rate, 0.0);
+    // Nothing for two windows: nothing left.
+    tokio::time::advance(Duration::from_secs(121)).await;
+    assert_eq!(store.ttft_quantile("m", Some("A"), 0.5), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_store_is_bounded_and_shared() {
+    let store = LatencyStore::builder()
+        .max_keys(8)
+        .min_samples(1)
+        .build()
+        .unwrap();
+    let clone = store.clone();
+    for i in 0..1000 {
+        clone.record(
+            (&format!("m{i}"), Some("P")),
+            Some(Duration::from_millis(5)),
+            None,
+            Outcome::Ok,
+        );
+    }
+    assert!(store.keys() <= 8, "{}", store.keys());
+    assert!(store.stats("_OTHER", None).unwrap().calls > 900);
+    assert_eq!(store.providers("m0").len(), 1);
+}
+
+#[test]
+fn bad_configuration_is_rejected() {
+    assert!(
+        LatencyStore::builder()
+            .window(Duration::ZERO)
+            .build()
+            .is_err()
+    );
+    assert!(LatencyStore::builder().max_keys(0).build().is_err());
+    assert!(LatencyLayer::builder().max_models(0).build().is_err());
+}
