@@ -1,0 +1,187 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use llm_layers_core::{ChatRequest, ChatStream, ErrorKind, LlmError};
+use tokio::time::{Instant, Sleep, sleep};
+use tower::retry::budget::Budget;
+use tower_service::Service;
+
+use crate::layer::Shared;
+
+type Attempt<F> = (u32, Pin<Box<F>>);
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Hedge`](crate::Hedge): races the attempts to the first
+    /// token; the first to commit wins and the others are dropped (cancelled upstream).
+    pub struct ResponseFuture<S>
+    where
+        S: Service<ChatRequest>,
+    {
+        attempts: Vec<Attempt<S::Future>>,
+        #[pin]
+        sleep: Sleep,
+        service: S,
+        request: ChatRequest,
+        shared: Arc<Shared>,
+        delay: Duration,
+        started: u32,
+        hedging: bool,
+        pending_hedge: Option<ChatRequest>,
+        error: Option<LlmError>,
+    }
+}
+
+impl<S: Service<ChatRequest>> std::fmt::Debug for ResponseFuture<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("started", &self.started)
+            .field("running", &self.attempts.len())
+            .field("delay", &self.delay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> ResponseFuture<S>
+where
+    S: Service<ChatRequest, Response = ChatStream, Error = LlmError>,
+{
+    pub(crate) fn new(
+        first: S::Future,
+        service: S,
+        request: ChatRequest,
+        shared: Arc<Shared>,
+        delay: Duration,
+    ) -> Self {
+        ResponseFuture {
+            attempts: vec![(0, Box::pin(first))],
+            sleep: sleep(delay),
+            service,
+            request,
+            shared,
+            delay,
+            started: 1,
+            hedging: true,
+            pending_hedge: None,
+            error: None,
+        }
+    }
+}
+
+/// How much an error says: an upstream answer beats a transport failure beats a timeout
+/// beats a cancellation.
+fn weight(e: &LlmError) -> u8 {
+    match e.kind() {
+        ErrorKind::Status | ErrorKind::Upstream => 4,
+        ErrorKind::Cancelled => 0,
+        ErrorKind::Timeout(_) => 1,
+        ErrorKind::CircuitOpen | ErrorKind::RateLimited | ErrorKind::BadRequest => 3,
+        _ => 2,
+    }
+}
+
+fn keep_best(slot: &mut Option<LlmError>, e: LlmError) {
+    match slot {
+        Some(best) if weight(best) > weight(&e) => {}
+        _ => *slot = Some(e),
+    }
+}
+
+impl<S> Future for ResponseFuture<S>
+where
+    S: Service<ChatRequest, Response = ChatStream, Error = LlmError>,
+{
+    type Output = Result<ChatStream, LlmError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            // The race: the first attempt to commit wins.
+            let mut i = 0;
+            while i < this.attempts.len() {
+                match this.attempts[i].1.as_mut().poll(cx) {
+                    Poll::Pending => i += 1,
+                    Poll::Ready(Ok(mut stream)) => {
+                        let winner = this.attempts[i].0;
+                        // Dropping the losers cancels them upstream, now.
+                        this.attempts.clear();
+                        let started = *this.started;
+                        if started > 1 {
+                            metrics::counter!("llm_hedge_wasted_total")
+                                .increment(u64::from(started - 1));
+                            if winner > 0 {
+                                metrics::counter!("llm_hedge_won_total").increment(1);
+                            }
+                        }
+                        let meta = stream.meta_mut();
+                        meta.hedge_winner = (started > 1).then_some(winner);
+                        meta.attempts = meta.attempts.max(1) + (started - 1);
+                        return Poll::Ready(Ok(stream));
+                    }
+                    Poll::Ready(Err(e)) => {
+                        keep_best(this.error, e);
+                        drop(this.attempts.swap_remove(i));
+                    }
+                }
+            }
+            let mut fired = false;
+            if *this.hedging
+                && this.pending_hedge.is_none()
+                && this.sleep.as_mut().poll(cx).is_ready()
+            {
+                *this.hedging = false;
+                let past_deadline = this.request.deadline().is_some_and(|d| Instant::now() >= d);
+                if !this.attempts.is_empty()
+                    && *this.started < this.shared.max_attempts
+                    && !past_deadline
+                {
+                    if let Some(req) = this.shared.policy.hedge(this.request, *this.started) {
+                        if this.shared.budget.withdraw() {
+                            *this.pending_hedge = Some(req);
+                        } else {
+                            metrics::counter!("llm_hedge_budget_exhausted_total").increment(1);
+                        }
+                    }
+                }
+            }
+            if this.pending_hedge.is_some() {
+                // Made ready only now, right before the call (never long before it).
+                match this.service.poll_ready(cx) {
+                    Poll::Pending => {}
+                    Poll::Ready(Err(e)) => {
+                        keep_best(this.error, e);
+                        *this.pending_hedge = None;
+                    }
+                    Poll::Ready(Ok(())) => {
+                        let req = this
+                            .pending_hedge
+                            .take()
+                            .unwrap_or_else(|| this.request.clone());
+                        let fut = this.service.call(req);
+                        this.attempts.push((*this.started, Box::pin(fut)));
+                        *this.started += 1;
+                        metrics::counter!("llm_hedge_sent_total").increment(1);
+                        if *this.started < this.shared.max_attempts {
+                            *this.hedging = true;
+                            this.sleep.as_mut().reset(Instant::now() + *this.delay);
+                        }
+                        fired = true;
+                    }
+                }
+            }
+            if fired {
+                continue;
+            }
+            if this.attempts.is_empty() && this.pending_hedge.is_none() {
+                // Every attempt failed before committing: the most informative error.
+                let e = this.error.take().unwrap_or_else(|| {
+                    LlmError::new(ErrorKind::Cancelled).with_message("no attempt left")
+                });
+                return Poll::Ready(Err(e));
+            }
+            return Poll::Pending;
+        }
+    }
+}

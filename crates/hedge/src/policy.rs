@@ -1,0 +1,114 @@
+//! What a hedge sends, and when.
+
+use std::time::Duration;
+
+use llm_layers_core::{ChatRequest, ProviderSort};
+use llm_layers_latency::LatencyStore;
+
+/// Builds the request of hedge number `hedge` (1 for the first hedge) from the original.
+/// `None` sends no hedge. Implemented for closures.
+pub trait HedgePolicy: Send + Sync + 'static {
+    /// The request for hedge `hedge`, or `None`.
+    fn hedge(&self, original: &ChatRequest, hedge: u32) -> Option<ChatRequest>;
+}
+
+impl<F> HedgePolicy for F
+where
+    F: Fn(&ChatRequest, u32) -> Option<ChatRequest> + Send + Sync + 'static,
+{
+    fn hedge(&self, original: &ChatRequest, hedge: u32) -> Option<ChatRequest> {
+        self(original, hedge)
+    }
+}
+
+/// Sends the same request again: OpenRouter's load balancing will likely pick another
+/// provider or queue. The default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SameRequest;
+
+impl HedgePolicy for SameRequest {
+    fn hedge(&self, original: &ChatRequest, _hedge: u32) -> Option<ChatRequest> {
+        Some(original.clone())
+    }
+}
+
+/// The same request with `provider.sort = "latency"` (unless the caller set an order or a
+/// sort): OpenRouter routes the hedge to the endpoint it measures fastest.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SortByLatency;
+
+impl HedgePolicy for SortByLatency {
+    fn hedge(&self, original: &ChatRequest, _hedge: u32) -> Option<ChatRequest> {
+        let mut r = original.clone();
+        let p = r.body().provider.as_ref();
+        if p.is_some_and(|p| p.sort.is_some() || p.order.is_some()) {
+            return Some(r);
+        }
+        r.body_mut().provider_mut().sort = Some(ProviderSort::Simple("latency".into()));
+        Some(r)
+    }
+}
+
+/// Races other models: hedge `n` asks for `models[n - 1]` (seed 000's "race a fast model
+/// against a slow one"); past the list, no hedge.
+#[derive(Debug, Clone, Default)]
+pub struct OtherModels {
+    models: Vec<String>,
+}
+
+impl OtherModels {
+    /// Hedges go to these models, in order.
+    pub fn new(models: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        OtherModels {
+            models: models.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl HedgePolicy for OtherModels {
+    fn hedge(&self, original: &ChatRequest, hedge: u32) -> Option<ChatRequest> {
+        let model = self.models.get(hedge.checked_sub(1)? as usize)?;
+        let mut r = original.clone();
+        r.body_mut().model = Some(model.clone());
+        Some(r)
+    }
+}
+
+/// When to hedge.
+#[derive(Debug, Clone)]
+pub enum HedgeDelay {
+    /// Always after this long without a first token.
+    Fixed(Duration),
+    /// A quantile of the model's recent TTFT from the store, clamped to `[min, max]`; the
+    /// `cold` delay until the store has enough samples.
+    Quantile {
+        /// Where TTFTs are recorded (by a per-attempt `LatencyLayer`).
+        store: LatencyStore,
+        /// The quantile, e.g. 0.9 or 0.95.
+        quantile: f64,
+        /// The shortest delay.
+        min: Duration,
+        /// The longest delay.
+        max: Duration,
+        /// The delay while the store knows too little.
+        cold: Duration,
+    },
+}
+
+impl HedgeDelay {
+    /// The delay for a request to `model`.
+    pub fn for_model(&self, model: &str) -> Duration {
+        match self {
+            HedgeDelay::Fixed(d) => *d,
+            HedgeDelay::Quantile {
+                store,
+                quantile,
+                min,
+                max,
+                cold,
+            } => store
+                .ttft_quantile(model, None, *quantile)
+                .map_or(*cold, |d| d.clamp(*min, *max)),
+        }
+    }
+}

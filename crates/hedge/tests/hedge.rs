@@ -1,0 +1,260 @@
+//! Hedging under paused time with the scripted mock.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http::StatusCode;
+use llm_layers_core::{ChatRequest, Deadline, ErrorKind, LlmError, Message, TimeoutKind};
+use llm_layers_hedge::{HedgeDelay, HedgeLayer, OtherModels};
+use llm_layers_latency::{LatencyStore, Outcome};
+use llm_layers_mock::{MockChat, Script};
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+
+fn req() -> ChatRequest {
+    ChatRequest::new("m", vec![Message::user("hi")])
+}
+
+fn layer(delay: Duration) -> HedgeLayer {
+    HedgeLayer::builder()
+        .delay(HedgeDelay::Fixed(delay))
+        .budget(S(10), 1000, 1.0)
+        .build()
+        .unwrap()
+}
+
+fn answer(provider: &str, ttft: Duration, words: &[&str]) -> Script {
+    let mut s = Script::new().provider(provider).wait(ttft);
+    for w in words {
+        s = s.token(*w).wait(Duration::from_millis(10));
+    }
+    s.finish("stop")
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_to_commit_wins_and_the_loser_is_dropped_at_that_instant() {
+    let mock = MockChat::new();
+    mock.push(answer("Slow", S(10), &["slow-a", "slow-b"]));
+    mock.push(answer("Fast", S(1), &["fast-a", "fast-b", "fast-c"]));
+    let svc = layer(S(2)).layer(mock.clone());
+    let start = Instant::now();
+    let stream = svc.oneshot(req()).await.unwrap();
+    assert_eq!(
+        Instant::now() - start,
+        S(3),
+        "hedge at 2 s, its first token 1 s later"
+    );
+    assert_eq!(
+        mock.cancelled(),
+        1,
+        "the loser is dropped when the winner commits"
+    );
+    assert_eq!(stream.meta().hedge_winner, Some(1));
+    assert_eq!(stream.meta().attempts, 2);
+    assert_eq!(stream.meta().provider.as_deref(), Some("Fast"));
+    // The winner's tokens, exactly once, in order, nothing from the loser.
+    let texts: Vec<String> = stream
+        .filter_map(|c| async move { c.unwrap().content().map(str::to_owned) })
+        .collect()
+        .await;
+    assert_eq!(texts, ["fast-a", "fast-b", "fast-c"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_hedge_when_the_first_token_comes_before_the_delay() {
+    let mock = MockChat::with_default(answer("A", Duration::from_millis(1999), &["a"]));
+    let svc = layer(S(2)).layer(mock.clone());
+    let s = svc.oneshot(req()).await.unwrap();
+    assert_eq!(s.meta().hedge_winner, None);
+    assert_eq!(mock.calls(), 1);
+    // And the original can still win after a hedge was sent.
+    let mock = MockChat::new();
+    mock.push(answer("First", Duration::from_millis(2500), &["1"]));
+    mock.push(answer("Second", S(5), &["2"]));
+    let s = layer(S(2))
+        .layer(mock.clone())
+        .oneshot(req())
+        .await
+        .unwrap();
+    assert_eq!(s.meta().hedge_winner, Some(0));
+    assert_eq!((mock.calls(), mock.cancelled()), (2, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_delay_follows_the_recorded_quantile() {
+    let store = LatencyStore::builder().min_samples(10).build().unwrap();
+    let delay = HedgeDelay::Quantile {
+        store: store.clone(),
+        quantile: 0.9,
+        min: Duration::from_millis(100),
+        max: S(30),
+        cold: S(5),
+    };
+    assert_eq!(delay.for_model("m"), S(5), "cold start");
+    for i in 1..=100u64 {
+        store.record(
+            ("m", Some("A")),
+            Some(Duration::from_millis(i * 40)),
+            None,
+            Outcome::Ok,
+        );
+    }
+    let d = delay.for_model("m");
+    assert!(
+        d >= Duration::from_millis(3550) && d <= Duration::from_millis(3650),
+        "p90 of 40..4000 ms: {d:?}"
+    );
+    // In use: a first token at 3.7 s is hedged at the ~3.6 s p90.
+    let mock = MockChat::new();
+    mock.push(answer("A", Duration::from_millis(3700), &["a"]));
+    mock.push(answer("B", Duration::from_millis(10), &["b"]));
+    let svc = HedgeLayer::builder()
+        .delay(delay)
+        .budget(S(10), 100, 1.0)
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let start = Instant::now();
+    let s = svc.oneshot(req()).await.unwrap();
+    assert_eq!(s.meta().hedge_winner, Some(1));
+    // tokio's timer has 1 ms resolution: the delay fires within a tick of the quantile.
+    let took = Instant::now() - start;
+    let expected = d + Duration::from_millis(10);
+    assert!(
+        took >= expected && took <= expected + Duration::from_millis(1),
+        "{took:?} vs {expected:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_attempt_lets_the_other_win_and_all_failing_gives_the_best_error() {
+    let mock = MockChat::new();
+    mock.push(answer("A", S(5), &["a"]));
+    mock.push(
+        Script::new()
+            .wait(Duration::from_millis(100))
+            .fail(LlmError::timeout(TimeoutKind::FirstToken)),
+    );
+    let s = layer(S(1))
+        .layer(mock.clone())
+        .oneshot(req())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.meta().hedge_winner,
+        Some(0),
+        "the hedge failed, the original still won"
+    );
+
+    let mock = MockChat::new();
+    mock.push(
+        Script::new()
+            .wait(S(3))
+            .fail(LlmError::timeout(TimeoutKind::FirstToken)),
+    );
+    mock.push(
+        Script::new()
+            .wait(S(1))
+            .fail(LlmError::status(StatusCode::BAD_GATEWAY, None)),
+    );
+    let e = layer(S(1))
+        .layer(mock.clone())
+        .oneshot(req())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.status_code(),
+        Some(StatusCode::BAD_GATEWAY),
+        "the upstream's answer beats a timeout"
+    );
+
+    // Failing alone before the delay: no hedge is started to replace it (retry's job).
+    let mock = MockChat::with_default(Script::error(LlmError::new(ErrorKind::Connect)));
+    let e = layer(S(1))
+        .layer(mock.clone())
+        .oneshot(req())
+        .await
+        .unwrap_err();
+    assert_eq!((e.kind(), mock.calls()), (ErrorKind::Connect, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_caps_hedges_across_clones_and_the_deadline_stops_them() {
+    let mock = MockChat::with_default(answer("Slow", S(3), &["x"]));
+    let svc = HedgeLayer::builder()
+        .delay(HedgeDelay::Fixed(S(1)))
+        .budget(S(10), 0, 0.1)
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        tasks.push(tokio::spawn(svc.clone().oneshot(req())));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let hedges = mock.calls() - 200;
+    assert!(hedges <= 20, "{hedges} hedges for 200 requests at 10 %");
+    assert!(hedges >= 10, "the budget does allow hedges: {hedges}");
+
+    let mock = MockChat::with_default(answer("Slow", S(3), &["x"]));
+    let mut r = req();
+    r.extensions_mut()
+        .insert(Deadline(Instant::now() + Duration::from_millis(500)));
+    layer(S(1)).layer(mock.clone()).oneshot(r).await.unwrap();
+    assert_eq!(mock.calls(), 1, "no hedge past the deadline");
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedges_can_race_another_model_up_to_max_attempts() {
+    let mock = MockChat::new();
+    mock.push(answer("A", S(30), &["a"]));
+    mock.push(answer("B", S(30), &["b"]));
+    mock.push(answer("C", S(1), &["c"]));
+    let svc = HedgeLayer::builder()
+        .delay(HedgeDelay::Fixed(S(2)))
+        .policy(OtherModels::new(["fast/one", "fast/two"]))
+        .max_attempts(3)
+        .budget(S(10), 100, 1.0)
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let start = Instant::now();
+    let s = svc.oneshot(req()).await.unwrap();
+    assert_eq!(
+        Instant::now() - start,
+        S(5),
+        "hedges at 2 s and 4 s; the second answers at 5 s"
+    );
+    assert_eq!(s.meta().hedge_winner, Some(2));
+    let models: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|r| r.model().to_owned())
+        .collect();
+    assert_eq!(models, ["m", "fast/one", "fast/two"]);
+    assert_eq!(mock.cancelled(), 2);
+}
+
+#[test]
+fn bad_configuration_is_rejected() {
+    for b in [
+        HedgeLayer::builder().delay(HedgeDelay::Fixed(Duration::ZERO)),
+        HedgeLayer::builder().max_attempts(1),
+        HedgeLayer::builder().max_attempts(9),
+        HedgeLayer::builder().budget(S(10), 1, 1.5),
+        HedgeLayer::builder().budget(Duration::ZERO, 1, 0.1),
+        HedgeLayer::builder().delay(HedgeDelay::Quantile {
+            store: LatencyStore::new(),
+            quantile: 1.5,
+            min: S(1),
+            max: S(2),
+            cold: S(1),
+        }),
+    ] {
+        assert_eq!(b.build().unwrap_err().kind(), ErrorKind::Config);
+    }
+}
