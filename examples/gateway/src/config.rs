@@ -37,6 +37,11 @@ pub struct Config {
     pub max_retries: u32,
     /// Connect timeout of the upstream connector (`--connect-timeout-ms`; 5 s).
     pub connect_timeout: Duration,
+    /// Hedge when no first token came by this quantile of the model's recent TTFT
+    /// (`--hedge-quantile`, `HEDGE_QUANTILE`; 0.95; 0 turns hedging off).
+    pub hedge_quantile: f64,
+    /// Hedges at most this share of requests (`--hedge-budget`; 0.05).
+    pub hedge_budget: f64,
 }
 
 impl Default for Config {
@@ -56,6 +61,8 @@ impl Default for Config {
             total_timeout: Some(Duration::from_secs(300)),
             max_retries: 2,
             connect_timeout: Duration::from_secs(5),
+            hedge_quantile: 0.95,
+            hedge_budget: 0.05,
         }
     }
 }
@@ -66,8 +73,10 @@ usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
                [--max-body-bytes N] [--body-read-timeout-ms MS] [--shutdown-grace-ms MS]
                [--default-max-tokens N] [--first-token-timeout-ms MS] [--idle-timeout-ms MS]
                [--total-timeout-ms MS] [--max-retries N] [--connect-timeout-ms MS]
+               [--hedge-quantile Q] [--hedge-budget SHARE]
 environment: OPENROUTER_API_KEY, OPENROUTER_BASE_URL, LISTEN_ADDR, MOCK_PRESET, MOCK_TIME_SCALE,
-             FIRST_TOKEN_TIMEOUT_MS, IDLE_TIMEOUT_MS, TOTAL_TIMEOUT_MS, MAX_RETRIES (flags win)";
+             FIRST_TOKEN_TIMEOUT_MS, IDLE_TIMEOUT_MS, TOTAL_TIMEOUT_MS, MAX_RETRIES,
+             HEDGE_QUANTILE (flags win)";
 
 fn ms(v: &str, name: &str) -> Result<Option<Duration>, String> {
     let n: u64 = v
@@ -101,6 +110,7 @@ impl Config {
             ("IDLE_TIMEOUT_MS", "--idle-timeout-ms"),
             ("TOTAL_TIMEOUT_MS", "--total-timeout-ms"),
             ("MAX_RETRIES", "--max-retries"),
+            ("HEDGE_QUANTILE", "--hedge-quantile"),
         ] {
             if let Some(v) = non_empty(k) {
                 pairs.push((flag.to_owned(), v));
@@ -165,6 +175,20 @@ impl Config {
                         .map_err(|_| format!("{flag}: {v:?} is not a number"))?
                 }
                 "--connect-timeout-ms" => c.connect_timeout = ms_required(&v, &flag)?,
+                "--hedge-quantile" => {
+                    c.hedge_quantile = v
+                        .parse()
+                        .ok()
+                        .filter(|q: &f64| (0.0..1.0).contains(q))
+                        .ok_or_else(|| format!("{flag}: {v:?} is not in 0..1 (0 = off)"))?
+                }
+                "--hedge-budget" => {
+                    c.hedge_budget = v
+                        .parse()
+                        .ok()
+                        .filter(|q: &f64| (0.0..=1.0).contains(q))
+                        .ok_or_else(|| format!("{flag}: {v:?} is not a share in 0..=1"))?
+                }
                 other => return Err(format!("unknown flag {other:?}")),
             }
         }
@@ -195,6 +219,19 @@ impl Config {
             self.connect_timeout.as_millis()
         );
         let _ = writeln!(s, "max retries         {}", self.max_retries);
+        let _ = writeln!(
+            s,
+            "hedge               {}",
+            if self.hedge_quantile > 0.0 {
+                format!(
+                    "at p{} of recent TTFT (2 s until learned), at most {}% of requests",
+                    self.hedge_quantile * 100.0,
+                    self.hedge_budget * 100.0
+                )
+            } else {
+                "off".to_owned()
+            }
+        );
         let _ = writeln!(
             s,
             "default max_tokens  {}",

@@ -20,6 +20,10 @@ use http::{StatusCode, header};
 use llm_layers_core::{ChatCompletion, ChatRequest, ChatStream, LlmError, WholeAnswer};
 use llm_layers_mock::{MockServer, Scenario};
 use llm_layers_openrouter::OpenRouter;
+use std::time::Duration;
+
+use llm_layers_hedge::{HedgeDelay, HedgeLayer};
+use llm_layers_latency::{LatencyLayer, LatencyStore, Scope};
 use llm_layers_retry::{DefaultPolicy, RetryLayer};
 use llm_layers_timeout::{TimeoutLayer, Timeouts};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -27,6 +31,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tower::Layer;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -67,10 +72,11 @@ pub fn build_leaf(config: &Config, base_url: &str, api_key: &str) -> Result<Open
         .build()
 }
 
-/// The full stack over `leaf`, outermost first:
-/// total timeout (sets the deadline) → retry → per-attempt first-token and idle timeouts →
-/// the leaf.
+/// The full stack over `leaf`, outermost first: latency per call → total timeout (sets the
+/// deadline) → retry → hedge (at a quantile of recent TTFT) → per-attempt first-token and
+/// idle timeouts → latency per attempt (feeds the store the hedge reads) → the leaf.
 pub fn build_stack(config: &Config, leaf: OpenRouter) -> Result<Stack, LlmError> {
+    let store = LatencyStore::new();
     let overall = TimeoutLayer::builder()
         .limits(Timeouts {
             total: config.total_timeout,
@@ -87,11 +93,39 @@ pub fn build_stack(config: &Config, leaf: OpenRouter) -> Result<Stack, LlmError>
     let retry = RetryLayer::builder()
         .policy(DefaultPolicy::new(config.max_retries))
         .build()?;
+    let hedge = (config.hedge_quantile > 0.0)
+        .then(|| {
+            HedgeLayer::builder()
+                .delay(HedgeDelay::Quantile {
+                    store: store.clone(),
+                    quantile: config.hedge_quantile,
+                    min: Duration::from_millis(100),
+                    max: Duration::from_secs(30),
+                    cold: Duration::from_secs(2),
+                })
+                .budget(Duration::from_secs(10), 1, config.hedge_budget as f32)
+                .build()
+        })
+        .transpose()?;
+    let per_call = LatencyLayer::builder().scope(Scope::Call).build()?;
+    let per_attempt_latency = LatencyLayer::builder()
+        .scope(Scope::Attempt)
+        .store(store)
+        .build()?;
+    let inner = ServiceBuilder::new()
+        .layer(per_attempt)
+        .layer(per_attempt_latency)
+        .service(leaf);
+    // Hedging is optional: erase the inner type once so both shapes fit one stack.
+    let inner: Stack = match hedge {
+        Some(h) => BoxCloneSyncService::new(h.layer(inner)),
+        None => BoxCloneSyncService::new(inner),
+    };
     let stack = ServiceBuilder::new()
+        .layer(per_call)
         .layer(overall)
         .layer(retry)
-        .layer(per_attempt)
-        .service(leaf);
+        .service(inner);
     Ok(BoxCloneSyncService::new(stack))
 }
 

@@ -10,16 +10,6 @@ use std::process::ExitCode;
 use example_gateway::{Config, config::USAGE, start};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
-/// Buckets of `gen_ai.client.operation.duration` and friends (OTel GenAI semconv).
-const DURATION_BUCKETS: &[f64] = &[
-    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
-];
-/// Buckets of `gen_ai.client.token.usage`.
-const TOKEN_BUCKETS: &[f64] = &[
-    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
-    16777216.0, 67108864.0,
-];
-
 fn main() -> ExitCode {
     let config = match Config::from_args_env(std::env::args().skip(1), |k| std::env::var(k).ok()) {
         Ok(c) => c,
@@ -58,15 +48,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), String> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full("gen_ai_client_token_usage".into()),
-                TOKEN_BUCKETS,
-            )
-        })
-        .map_err(|e| e.to_string())?
+    let mut builder = PrometheusBuilder::new();
+    for (name, buckets) in llm_layers_latency::names::HISTOGRAM_BUCKETS {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full((*name).into()), buckets)
+            .map_err(|e| e.to_string())?;
+    }
+    let handle = builder
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     let upkeep = handle.clone();

@@ -583,3 +583,52 @@ async fn models_health_and_graceful_shutdown_cut() {
     let last: Value = serde_json::from_str(evs.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "server_shutting_down");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_renders_the_genai_histograms() {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let mut builder = PrometheusBuilder::new();
+    for (name, buckets) in llm_layers_latency::names::HISTOGRAM_BUCKETS {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full((*name).into()), buckets)
+            .unwrap();
+    }
+    // The one test of this binary that installs the process-wide recorder.
+    let handle = builder.install_recorder().unwrap();
+    let mut cfg = config();
+    cfg.mock_preset = "healthy".into();
+    let gw = start(cfg, Some(handle)).await.unwrap();
+    let c = client();
+    let m = json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": true});
+    post(&c, &gw, m.to_string())
+        .await
+        .into_body()
+        .collect()
+        .await
+        .unwrap();
+    let r = c
+        .request(
+            hyper::Request::get(format!("http://{}/metrics", gw.addr()))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text =
+        String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    for needle in [
+        "gen_ai_client_operation_time_to_first_chunk_seconds_bucket{",
+        "gen_ai_client_operation_duration_seconds_bucket{",
+        "le=\"20.48\"",
+        "gen_ai_request_model=\"openai/gpt-4o-mini\"",
+        "llm_scope=\"attempt\"",
+        "llm_scope=\"call\"",
+        "openrouter_provider=\"",
+        "llm_client_calls_total{",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    assert!(!text.contains("sk-or-v1"), "no key in metrics");
+    gw.shutdown().await.unwrap();
+}
