@@ -1,0 +1,178 @@
+//! Tail latency on the mock's `fat_tail` preset: the plain leaf against the stack (latency
+//! store + adaptive hedge), same seed, same requests, side by side in one run, plus the
+//! oracle bound computed from the preset's own distributions.
+//!
+//! `cargo bench -p llm-layers-bench --bench tail`
+//!
+//! The preset runs 100× faster (time scale 0.01): divide nothing, the ratios are the point;
+//! multiply milliseconds by 100 for real-world seconds × 1000.
+
+use std::time::Duration;
+
+use llm_layers_core::{ChatRequest, ChatStream, LlmError, Message};
+use llm_layers_hedge::{HedgeDelay, HedgeLayer};
+use llm_layers_latency::{LatencyLayer, LatencyStore, Scope};
+use llm_layers_mock::{Dist, MockServer, Scenario};
+use llm_layers_openrouter::OpenRouter;
+use llm_layers_timeout::TimeoutLayer;
+use rand::SeedableRng;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceBuilder, ServiceExt};
+
+type Svc = BoxCloneSyncService<ChatRequest, ChatStream, LlmError>;
+
+const SCALE: f64 = 0.01;
+
+fn quantile(xs: &mut [f64], q: f64) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[((xs.len() as f64 * q) as usize).min(xs.len() - 1)]
+}
+
+struct Row {
+    name: String,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    ok: f64,
+    upstream_per_call: f64,
+}
+
+async fn run(name: &str, svc: Svc, server: &MockServer, n: usize, seed: u64) -> Row {
+    let before = server.counters().requests();
+    let mut tasks = tokio::task::JoinSet::new();
+    let workers = 64;
+    for w in 0..workers {
+        let svc = svc.clone();
+        tasks.spawn(async move {
+            let mut ttfts = Vec::new();
+            let mut ok = 0usize;
+            for i in (w..n).step_by(workers) {
+                let mut r =
+                    ChatRequest::new("mock/echo", vec![Message::user(format!("tail {seed} {i}"))]);
+                r.body_mut().stream = Some(true);
+                r.body_mut().max_tokens = Some(4);
+                let start = tokio::time::Instant::now();
+                if let Ok(s) = svc.clone().oneshot(r).await {
+                    ttfts.push((tokio::time::Instant::now() - start).as_secs_f64() * 1000.0);
+                    ok += usize::from(s.collect().await.is_ok());
+                }
+            }
+            (ttfts, ok)
+        });
+    }
+    let mut ttfts = Vec::new();
+    let mut ok = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (t, o) = r.unwrap();
+        ttfts.extend(t);
+        ok += o;
+    }
+    let upstream = server.counters().requests() - before;
+    Row {
+        name: name.into(),
+        p50: quantile(&mut ttfts, 0.5),
+        p95: quantile(&mut ttfts, 0.95),
+        p99: quantile(&mut ttfts, 0.99),
+        ok: ok as f64 / n as f64,
+        upstream_per_call: upstream as f64 / n as f64,
+    }
+}
+
+/// The oracle: every call to the fastest provider, hedged (to the fastest too) at the
+/// delay a 5 % budget allows (its own p95), from the preset's distributions.
+fn oracle(s: &Scenario, n: usize) -> Row {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let fastest = s
+        .providers
+        .iter()
+        .min_by(|a, b| median(&a.ttft).total_cmp(&median(&b.ttft)))
+        .unwrap();
+    let draw = |rng: &mut rand::rngs::SmallRng| fastest.ttft.sample_ms(rng) * SCALE;
+    let mut alone: Vec<f64> = (0..200_000).map(|_| draw(&mut rng)).collect();
+    let d = quantile(&mut alone, 0.95);
+    let mut xs: Vec<f64> = (0..n * 50)
+        .map(|_| {
+            let first = draw(&mut rng);
+            if first > d {
+                first.min(d + draw(&mut rng))
+            } else {
+                first
+            }
+        })
+        .collect();
+    Row {
+        name: "oracle (fastest provider + hedge at its p95)".into(),
+        p50: quantile(&mut xs, 0.5),
+        p95: quantile(&mut xs, 0.95),
+        p99: quantile(&mut xs, 0.99),
+        ok: 1.0,
+        upstream_per_call: 1.05,
+    }
+}
+
+fn median(d: &Dist) -> f64 {
+    match d {
+        Dist::Fixed { ms } => *ms,
+        Dist::Uniform { min_ms, max_ms } => (min_ms + max_ms) / 2.0,
+        Dist::Lognormal { p50_ms, .. } => *p50_ms,
+    }
+}
+
+fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let n = if quick { 200 } else { 4000 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let scenario = Scenario::fat_tail().with_time_scale(SCALE).with_seed(42);
+        let server = MockServer::start(scenario.clone()).await.unwrap();
+        let leaf = OpenRouter::builder()
+            .api_key("sk-or-v1-bench")
+            .base_url(server.base_url())
+            .build()
+            .unwrap();
+        let plain: Svc = BoxCloneSyncService::new(leaf.clone());
+        let store = LatencyStore::new();
+        let hedge = HedgeLayer::builder()
+            .delay(HedgeDelay::Quantile {
+                store: store.clone(),
+                quantile: 0.95,
+                min: Duration::from_millis(5),
+                max: Duration::from_secs(30),
+                cold: Duration::from_millis(50),
+            })
+            .budget(Duration::from_secs(10), 1, 0.05)
+            .build()
+            .unwrap();
+        let attempt = ServiceBuilder::new()
+            .layer(TimeoutLayer::builder().idle(Duration::from_secs(5)).build().unwrap())
+            .layer(LatencyLayer::builder().scope(Scope::Attempt).store(store).build().unwrap())
+            .service(leaf);
+        let stack: Svc = BoxCloneSyncService::new(hedge.layer(attempt));
+        // Warm the store (and the pool) so the hedge delay is learned, not cold.
+        let _ = run("warm-up", stack.clone(), &server, n / 4, 1).await;
+        let rows = [
+            run("plain leaf", plain, &server, n, 2).await,
+            run("leaf + latency store + hedge (p95, 5 % budget)", stack, &server, n, 2).await,
+            oracle(&scenario, n),
+        ];
+        println!("fat_tail preset at time scale {SCALE}, {n} streaming calls, 64 concurrent, seed 42");
+        println!("{:<50} {:>9} {:>9} {:>9} {:>8} {:>10}", "arm", "TTFT p50", "p95", "p99", "ok", "upstream/call");
+        for r in &rows {
+            println!(
+                "{:<50} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>7.1}% {:>10.3}",
+                r.name, r.p50, r.p95, r.p99, r.ok * 100.0, r.upstream_per_call
+            );
+        }
+        let (p, s, o) = (&rows[0], &rows[1], &rows[2]);
+        println!(
+            "speed-up over the plain leaf: stack p95 x{:.2} p99 x{:.2}; oracle p95 x{:.2} p99 x{:.2}; stack reaches {:.0} % (p95) and {:.0} % (p99) of the oracle's",
+            p.p95 / s.p95, p.p99 / s.p99, p.p95 / o.p95, p.p99 / o.p99,
+            100.0 * (p.p95 / s.p95) / (p.p95 / o.p95),
+            100.0 * (p.p99 / s.p99) / (p.p99 / o.p99),
+        );
+    });
+}
