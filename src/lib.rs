@@ -9,6 +9,8 @@
 //! | `openrouter` | `openrouter` | the leaf service: pooled hyper + rustls, HTTP/2, SSE |
 //! | `timeout` | `timeout` | first-token, idle and total deadlines |
 //! | `retry` | `retry` | retries before the first token: jitter, Retry-After, budget |
+//! | `latency` | `latency` | TTFT, chunk gaps, duration, tokens/s to `metrics` and a store |
+//! | `hedge` | `hedge` | a second attempt when the first token is late; first to commit wins |
 //! | `mock` | `mock` | a scripted service and a mock OpenRouter server |
 //! | `full` | all of the above | |
 //!
@@ -41,6 +43,10 @@
 //! ```
 
 pub use llm_layers_core as core;
+#[cfg(feature = "hedge")]
+pub use llm_layers_hedge as hedge;
+#[cfg(feature = "latency")]
+pub use llm_layers_latency as latency;
 #[cfg(feature = "mock")]
 pub use llm_layers_mock as mock;
 #[cfg(feature = "openrouter")]

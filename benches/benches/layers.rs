@@ -13,6 +13,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::StreamExt;
 use llm_layers_bench::request;
 use llm_layers_core::{ChatStream, LlmError};
+use llm_layers_hedge::{HedgeDelay, HedgeLayer};
+use llm_layers_latency::{LatencyLayer, LatencyStore, Outcome, Scope};
 use llm_layers_mock::{MockChat, Script};
 use llm_layers_retry::RetryLayer;
 use llm_layers_timeout::TimeoutLayer;
@@ -43,13 +45,25 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let retry = RetryLayer::builder().seed(1).build().unwrap();
+    let store = LatencyStore::new();
+    let latency = LatencyLayer::builder()
+        .scope(Scope::Attempt)
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let hedge = HedgeLayer::builder()
+        .delay(HedgeDelay::Fixed(Duration::from_secs(5)))
+        .build()
+        .unwrap();
     let mut g = c.benchmark_group("layers");
     for chunks in [1usize, 101] {
         let mock = MockChat::with_default(Script::tokens(Duration::ZERO, chunks, Duration::ZERO));
-        let arms: [(&str, Svc); 3] = [
+        let arms: [(&str, Svc); 5] = [
             ("bare", BoxCloneService::new(mock.clone())),
             ("timeout", BoxCloneService::new(timeout.layer(mock.clone()))),
             ("retry", BoxCloneService::new(retry.layer(mock.clone()))),
+            ("latency", BoxCloneService::new(latency.layer(mock.clone()))),
+            ("hedge", BoxCloneService::new(hedge.layer(mock.clone()))),
         ];
         for (name, svc) in arms {
             g.bench_function(format!("{name}/{chunks}_chunks"), |b| {
@@ -58,6 +72,35 @@ fn bench(c: &mut Criterion) {
         }
     }
     g.finish();
+
+    // One call's record into the store: the (model, provider) key and the model key.
+    c.bench_function("latency_store/record", |b| {
+        b.iter(|| {
+            store.record(
+                ("openai/gpt-4o", Some("OpenAI")),
+                Some(Duration::from_millis(850)),
+                Some(42.0),
+                Outcome::Ok,
+            )
+        })
+    });
+    // Retry and hedge clone the request per attempt: the body is shared, not copied.
+    let mut big = request(8);
+    big.body_mut().messages = (0..20)
+        .map(|i| {
+            llm_layers_core::Message::user(format!("message {i}: {}", "lorem ipsum ".repeat(40)))
+        })
+        .collect();
+    c.bench_function("chat_request/clone (20 messages, shared body)", |b| {
+        b.iter(|| big.clone())
+    });
+    c.bench_function(
+        "chat_request/deep copy of the body (what a naive clone costs)",
+        |b| b.iter(|| big.body().clone()),
+    );
+    c.bench_function("latency_store/ttft_quantile", |b| {
+        b.iter(|| store.ttft_quantile("openai/gpt-4o", None, 0.95))
+    });
 }
 
 criterion_group!(benches, bench);
