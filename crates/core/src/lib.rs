@@ -47,6 +47,6 @@ pub use error::{
 };
 pub use request::{
     ChatBody, ChatRequest, Content, Deadline, Message, Priority, ProviderPreferences, ProviderSort,
-    Tenant, WholeAnswer, slug_matches,
+    Tenant, WholeAnswer, default_slug, slug_matches,
 };
 pub use stream::{BoxChunkStream, ChatStream, Commit, ResponseMeta, Timings};

@@ -445,6 +445,18 @@ pub fn slug_matches(pattern: &str, slug: &str) -> bool {
     }
 }
 
+/// A provider display name (`"Google Vertex"`, as responses name providers) to the routing
+/// slug OpenRouter uses for most of them (`"google-vertex"`): lowercase, spaces to dashes.
+/// Where exactness matters, map through the catalog (`GET /providers`) instead.
+///
+/// ```
+/// assert_eq!(llm_layers_core::default_slug("Google Vertex"), "google-vertex");
+/// assert_eq!(llm_layers_core::default_slug("DeepInfra"), "deepinfra");
+/// ```
+pub fn default_slug(display: &str) -> String {
+    display.trim().to_ascii_lowercase().replace(' ', "-")
+}
+
 /// `provider.sort`: a plain strategy or an object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -56,5 +56,5 @@ mod service;
 pub use backoff::{Backoff, DecorrelatedJitter, ExponentialBackoff};
 pub use future::ResponseFuture;
 pub use layer::{RetryLayer, RetryLayerBuilder};
-pub use policy::{DefaultPolicy, Policy, default_slug};
+pub use policy::{DefaultPolicy, Policy};
 pub use service::Retry;

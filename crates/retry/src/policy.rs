@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use llm_layers_core::{ChatRequest, Classify, DefaultClassify, LlmError};
+use llm_layers_core::{ChatRequest, Classify, DefaultClassify, LlmError, default_slug};
 
 /// Decides, after a failed attempt, whether to try again, and may rewrite the request for
 /// the next attempt. Shared by every call (`&self`); keep per-call state in the request.
@@ -51,13 +51,6 @@ impl std::fmt::Debug for DefaultPolicy {
             .field("avoid_failed_provider", &self.avoid_failed_provider)
             .finish_non_exhaustive()
     }
-}
-
-/// A provider display name to its routing slug, as OpenRouter forms most of them:
-/// lowercase, spaces to dashes (`"Google Vertex"` → `"google-vertex"`). Use
-/// [`DefaultPolicy::slug_with`] with a catalog lookup for exact mapping.
-pub fn default_slug(display: &str) -> String {
-    display.trim().to_ascii_lowercase().replace(' ', "-")
 }
 
 impl DefaultPolicy {

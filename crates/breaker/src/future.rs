@@ -1,0 +1,197 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use futures_core::Stream;
+use llm_layers_core::{ChatChunk, ChatStream, LlmError};
+use tokio::time::Instant;
+
+use crate::layer::Shared;
+
+/// Gives back the half-open probe slots a call took, however it ends.
+pub(crate) struct ProbeGuard {
+    shared: Arc<Shared>,
+    model: Arc<str>,
+    probes: Vec<Option<Arc<str>>>,
+}
+
+impl ProbeGuard {
+    pub(crate) fn new(shared: Arc<Shared>, model: Arc<str>, probes: Vec<Option<Arc<str>>>) -> Self {
+        ProbeGuard {
+            shared,
+            model,
+            probes,
+        }
+    }
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        self.shared.registry.release(&self.model, &self.probes);
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Rejected { error: Option<LlmError> },
+        Called {
+            #[pin]
+            fut: F,
+            start: Instant,
+            model: Arc<str>,
+            shared: Arc<Shared>,
+            guard: Option<ProbeGuard>,
+        },
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Breaker`](crate::Breaker).
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn rejected(e: LlmError) -> Self {
+        metrics::counter!("llm_breaker_rejected_total").increment(1);
+        ResponseFuture {
+            kind: Kind::Rejected { error: Some(e) },
+        }
+    }
+
+    pub(crate) fn called(
+        fut: F,
+        start: Instant,
+        model: Arc<str>,
+        shared: Arc<Shared>,
+        guard: ProbeGuard,
+    ) -> Self {
+        ResponseFuture {
+            kind: Kind::Called {
+                fut,
+                start,
+                model,
+                shared,
+                guard: Some(guard),
+            },
+        }
+    }
+}
+
+/// Records a failure against the provider that failed, or the model when unknown, if the
+/// classification blames the provider.
+fn record_error(shared: &Shared, model: &str, e: &LlmError) {
+    if shared.classify.classify(e).provider_failure {
+        let slug = e.provider().map(|p| shared.slug(p));
+        shared
+            .registry
+            .record(model, slug.as_deref(), true, Instant::now());
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<ChatStream, LlmError>>,
+{
+    type Output = Result<ChatStream, LlmError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Rejected { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| LlmError::circuit_open(Vec::new(), None)))),
+            KindProj::Called {
+                fut,
+                start,
+                model,
+                shared,
+                guard,
+            } => {
+                let res = ready!(fut.poll(cx));
+                match res {
+                    Err(e) => {
+                        record_error(shared, model, &e);
+                        drop(guard.take());
+                        Poll::Ready(Err(e))
+                    }
+                    Ok(stream) => {
+                        let ttft = Instant::now().saturating_duration_since(*start);
+                        let slow = shared.is_slow(model, ttft);
+                        let provider = stream.meta().provider.as_deref().map(|p| shared.slug(p));
+                        let watch = Watch {
+                            shared: shared.clone(),
+                            model: model.clone(),
+                            provider,
+                            slow,
+                            guard: guard.take(),
+                            done: false,
+                        };
+                        Poll::Ready(Ok(stream.wrap(|s| BreakerStream { inner: s, watch })))
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Watch {
+    shared: Arc<Shared>,
+    model: Arc<str>,
+    provider: Option<String>,
+    slow: bool,
+    guard: Option<ProbeGuard>,
+    done: bool,
+}
+
+/// A committed stream whose end (or failure) is recorded; a slow first token counts as a
+/// failure even when the stream ends well. No lock is taken per chunk.
+struct BreakerStream {
+    inner: ChatStream,
+    watch: Watch,
+}
+
+impl Stream for BreakerStream {
+    type Item = Result<ChatChunk, LlmError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = ready!(Pin::new(&mut self.inner).poll_next(cx));
+        let w = &mut self.watch;
+        if !w.done {
+            match &item {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    w.done = true;
+                    if w.shared.classify.classify(e).provider_failure {
+                        let p = e
+                            .provider()
+                            .map(|p| w.shared.slug(p))
+                            .or(w.provider.clone());
+                        w.shared
+                            .registry
+                            .record(&w.model, p.as_deref(), true, Instant::now());
+                    }
+                    w.guard.take();
+                }
+                None => {
+                    w.done = true;
+                    let p = w.provider.clone();
+                    w.shared
+                        .registry
+                        .record(&w.model, p.as_deref(), w.slow, Instant::now());
+                    w.guard.take();
+                }
+            }
+        }
+        Poll::Ready(item)
+    }
+}

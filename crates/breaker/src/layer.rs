@@ -1,0 +1,245 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use llm_layers_core::{Classify, DefaultClassify, LlmError, default_slug};
+use llm_layers_latency::LatencyStore;
+use tokio::time::Instant;
+use tower_layer::Layer;
+
+use crate::registry::{BreakerInfo, Config, Registry};
+use crate::service::Breaker;
+
+/// When a call that succeeded still counts as a failure: it was too slow to its first token.
+#[derive(Debug, Clone)]
+pub enum SlowCall {
+    /// Slower than this.
+    Fixed(Duration),
+    /// Slower than `factor` × the model's recorded TTFT p50 (and at least `min`); no rule
+    /// until the store has enough samples.
+    P50Multiple {
+        /// Where TTFTs are recorded.
+        store: LatencyStore,
+        /// How many times the median.
+        factor: f64,
+        /// Never slower than this counts as slow.
+        min: Duration,
+    },
+}
+
+impl SlowCall {
+    fn threshold(&self, model: &str) -> Option<Duration> {
+        match self {
+            SlowCall::Fixed(d) => Some(*d),
+            SlowCall::P50Multiple { store, factor, min } => store
+                .ttft_quantile(model, None, 0.5)
+                .map(|p50| p50.mul_f64(*factor).max(*min)),
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) registry: Registry,
+    pub(crate) classify: Arc<dyn Classify>,
+    pub(crate) slow: Option<SlowCall>,
+    pub(crate) slugs: HashMap<String, String>,
+}
+
+impl Shared {
+    /// The routing slug of a provider display name: the configured map, else the default.
+    pub(crate) fn slug(&self, display: &str) -> String {
+        self.slugs
+            .get(display)
+            .cloned()
+            .unwrap_or_else(|| default_slug(display))
+    }
+
+    pub(crate) fn is_slow(&self, model: &str, ttft: Duration) -> bool {
+        self.slow
+            .as_ref()
+            .and_then(|s| s.threshold(model))
+            .is_some_and(|t| ttft > t)
+    }
+}
+
+/// Applies [`Breaker`]. Every service built from one layer (and its clones) shares one
+/// registry.
+#[derive(Clone)]
+pub struct BreakerLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for BreakerLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BreakerLayer")
+            .field("entries", &self.shared.registry.entries())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BreakerLayer {
+    /// A builder with the defaults: trip on 5 consecutive failures, or half of the last 20
+    /// calls (10 at least) failing; open 5 s doubling to 5 min with ±20 % jitter; 1 probe;
+    /// 1,024 entries, idle ones evicted after 10 min.
+    pub fn builder() -> BreakerLayerBuilder {
+        BreakerLayerBuilder {
+            cfg: Config {
+                window: 20,
+                min_calls: 10,
+                failure_ratio: 0.5,
+                consecutive: 5,
+                open_base: Duration::from_secs(5),
+                open_max: Duration::from_secs(300),
+                jitter: 0.2,
+                probes: 1,
+                max_entries: 1024,
+                idle_ttl: Duration::from_secs(600),
+            },
+            classify: Arc::new(DefaultClassify),
+            slow: None,
+            slugs: HashMap::new(),
+            seed: 0,
+        }
+    }
+
+    /// The state of every breaker.
+    pub fn snapshot(&self) -> Vec<BreakerInfo> {
+        self.shared.registry.snapshot(Instant::now())
+    }
+}
+
+impl<S> Layer<S> for BreakerLayer {
+    type Service = Breaker<S>;
+
+    fn layer(&self, inner: S) -> Breaker<S> {
+        Breaker::new(inner, self.shared.clone())
+    }
+}
+
+/// Builds a [`BreakerLayer`], validating every value.
+pub struct BreakerLayerBuilder {
+    cfg: Config,
+    classify: Arc<dyn Classify>,
+    slow: Option<SlowCall>,
+    slugs: HashMap<String, String>,
+    seed: u64,
+}
+
+impl std::fmt::Debug for BreakerLayerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BreakerLayerBuilder")
+            .field("cfg", &self.cfg)
+            .field("slow", &self.slow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BreakerLayerBuilder {
+    /// Trip after `n` failures in a row (at least 1).
+    pub fn consecutive_failures(mut self, n: u32) -> Self {
+        self.cfg.consecutive = n;
+        self
+    }
+
+    /// Trip when `ratio` (0 to 1) of the last `window` calls failed, once at least
+    /// `min_calls` were seen.
+    pub fn failure_ratio(mut self, ratio: f64, window: usize, min_calls: usize) -> Self {
+        self.cfg.failure_ratio = ratio;
+        self.cfg.window = window;
+        self.cfg.min_calls = min_calls;
+        self
+    }
+
+    /// Open for `base` after the first trip, doubling per trip in a row up to `max`, each
+    /// times a uniform factor in `1 ± jitter` (jitter 0 to 1).
+    pub fn open_for(mut self, base: Duration, max: Duration, jitter: f64) -> Self {
+        self.cfg.open_base = base;
+        self.cfg.open_max = max;
+        self.cfg.jitter = jitter;
+        self
+    }
+
+    /// How many probe requests a half-open breaker admits at once (at least 1).
+    pub fn probes(mut self, n: u32) -> Self {
+        self.cfg.probes = n;
+        self
+    }
+
+    /// The most (model, provider) entries, and when an unused closed one may be evicted.
+    pub fn max_entries(mut self, n: usize, idle: Duration) -> Self {
+        self.cfg.max_entries = n;
+        self.cfg.idle_ttl = idle;
+        self
+    }
+
+    /// What counts as a failure (default [`DefaultClassify`]'s `provider_failure`).
+    pub fn classify(mut self, c: impl Classify) -> Self {
+        self.classify = Arc::new(c);
+        self
+    }
+
+    /// Count slow first tokens as failures.
+    pub fn slow_call(mut self, rule: SlowCall) -> Self {
+        self.slow = Some(rule);
+        self
+    }
+
+    /// Display names (as responses give them) to routing slugs, where the default
+    /// (lowercase, dashes) is wrong; e.g. from `OpenRouter::providers()`.
+    pub fn provider_slugs(mut self, map: HashMap<String, String>) -> Self {
+        self.slugs = map;
+        self
+    }
+
+    /// Seeds the jitter.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Validates and builds.
+    pub fn build(self) -> Result<BreakerLayer, LlmError> {
+        let c = &self.cfg;
+        if c.consecutive == 0 {
+            return Err(LlmError::config("consecutive failures must be at least 1"));
+        }
+        if !(c.failure_ratio > 0.0 && c.failure_ratio <= 1.0) {
+            return Err(LlmError::config("failure ratio must be in (0, 1]"));
+        }
+        if c.window == 0 || c.min_calls == 0 || c.min_calls > c.window {
+            return Err(LlmError::config("need 0 < min_calls <= window"));
+        }
+        if c.open_base.is_zero() || c.open_max < c.open_base {
+            return Err(LlmError::config("need 0 < open base <= open max"));
+        }
+        if !(0.0..=1.0).contains(&c.jitter) {
+            return Err(LlmError::config("jitter must be in 0..=1"));
+        }
+        if c.probes == 0 || c.max_entries == 0 {
+            return Err(LlmError::config(
+                "probes and max entries must be at least 1",
+            ));
+        }
+        match &self.slow {
+            Some(SlowCall::Fixed(d)) if d.is_zero() => {
+                return Err(LlmError::config("slow-call threshold must be above zero"));
+            }
+            Some(SlowCall::P50Multiple { factor, .. })
+                if !(*factor >= 1.0 && factor.is_finite()) =>
+            {
+                return Err(LlmError::config(
+                    "slow-call factor must be a finite number >= 1",
+                ));
+            }
+            _ => {}
+        }
+        Ok(BreakerLayer {
+            shared: Arc::new(Shared {
+                registry: Registry::new(self.cfg, self.seed),
+                classify: self.classify,
+                slow: self.slow,
+                slugs: self.slugs,
+            }),
+        })
+    }
+}

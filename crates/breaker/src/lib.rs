@@ -1,0 +1,63 @@
+//! A circuit-breaking provider blacklist per (model, provider) for an llm-layers stack.
+//!
+//! One model id on OpenRouter is a pool of providers, and one slow or failing provider makes
+//! the whole model look bad. This layer keeps a breaker per (model, provider slug), shared by
+//! every clone and bounded:
+//!
+//! - **what fails** is the [`Classify`](llm_layers_core::Classify) trait's call
+//!   (`provider_failure`): errors before the first token, mid-stream errors, truncation, and
+//!   **slow calls** ([`SlowCall`]: a fixed TTFT threshold or a multiple of the model's recorded
+//!   median), so a provider that is alive but slow is avoided too;
+//! - **trip rule**: N consecutive failures, or a failure ratio over the last calls (with a
+//!   minimum count); open for a backoff that doubles with each trip in a row, with jitter;
+//!   then half-open, admitting a bounded number of probes; a good probe closes it, a bad one
+//!   re-opens it for longer;
+//! - **on each request** the open providers of its model are **added to `provider.ignore`**
+//!   (display names mapped to slugs, by a configured map or the default), so OpenRouter routes
+//!   around them; the caller's own `only` and `ignore` are kept. When every provider known for
+//!   the model is open (or the caller's `only` leaves none), the call fails fast with
+//!   [`ErrorKind::CircuitOpen`](llm_layers_core::ErrorKind::CircuitOpen) naming them and the
+//!   time until the first half-opens;
+//! - the provider comes from the stream (`provider`) or the error (`metadata.provider_name`);
+//!   when unknown (a reset before headers) the failure counts against the model as a whole;
+//! - the request path takes one short lock, never across an await and never per chunk;
+//!   [`BreakerLayer::snapshot`] reads the states; metrics `llm_breaker_state` (0 closed,
+//!   1 half-open, 2 open), `llm_breaker_trips_total`, `llm_breaker_rejected_total`.
+//!
+//! # Ordering
+//!
+//! Inside retry and hedge (each attempt sees the latest states, and a retry after a trip goes
+//! elsewhere), outside the per-attempt timeout (so first-token timeouts count as failures).
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! use std::time::Duration;
+//! use llm_layers_breaker::BreakerLayer;
+//! use llm_layers_core::{ChatRequest, LlmError, Message};
+//! use llm_layers_mock::{MockChat, Script};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! let bad = LlmError::status(http::StatusCode::BAD_GATEWAY, None).with_provider("Flaky Host");
+//! let mock = MockChat::with_default(Script::error(bad));
+//! let svc = ServiceBuilder::new()
+//!     .layer(BreakerLayer::builder().consecutive_failures(2).build().unwrap())
+//!     .service(mock.clone());
+//! for _ in 0..2 {
+//!     let _ = svc.clone().oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await;
+//! }
+//! // Tripped: the only provider known for "m" is open, so the next call fails fast.
+//! let e = svc.oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await.unwrap_err();
+//! assert_eq!(e.open_providers(), ["flaky-host"]);
+//! assert_eq!(mock.calls(), 2);
+//! # });
+//! ```
+
+mod future;
+mod layer;
+mod registry;
+mod service;
+
+pub use future::ResponseFuture;
+pub use layer::{BreakerLayer, BreakerLayerBuilder, SlowCall};
+pub use registry::{BreakerInfo, State};
+pub use service::Breaker;

@@ -1,0 +1,366 @@
+//! The shared registry of breakers, keyed by (model, provider slug).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use llm_layers_core::{ChatRequest, LlmError, slug_matches};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+
+/// The state of one breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Traffic flows; outcomes are counted.
+    Closed,
+    /// No traffic until `until`.
+    Open {
+        /// When it half-opens.
+        until: Instant,
+    },
+    /// A bounded number of probe requests may go; one good result closes it.
+    HalfOpen,
+}
+
+impl State {
+    fn gauge(self) -> f64 {
+        match self {
+            State::Closed => 0.0,
+            State::HalfOpen => 1.0,
+            State::Open { .. } => 2.0,
+        }
+    }
+}
+
+/// One row of [`Registry::snapshot`](crate::BreakerLayer::snapshot).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerInfo {
+    /// The model.
+    pub model: String,
+    /// The provider slug, or `None` for the model as a whole.
+    pub provider: Option<String>,
+    /// Its state.
+    pub state: State,
+    /// How many times it tripped in a row (the backoff grows with it).
+    pub trips: u32,
+    /// Failures among the recent calls counted.
+    pub recent_failures: usize,
+    /// Recent calls counted.
+    pub recent_calls: usize,
+}
+
+/// Validated configuration of the breakers.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) window: usize,
+    pub(crate) min_calls: usize,
+    pub(crate) failure_ratio: f64,
+    pub(crate) consecutive: u32,
+    pub(crate) open_base: Duration,
+    pub(crate) open_max: Duration,
+    pub(crate) jitter: f64,
+    pub(crate) probes: u32,
+    pub(crate) max_entries: usize,
+    pub(crate) idle_ttl: Duration,
+}
+
+struct Entry {
+    state: State,
+    recent: VecDeque<bool>,
+    failures: usize,
+    consecutive: u32,
+    trips: u32,
+    probes_in_flight: u32,
+    last_used: Instant,
+}
+
+impl Entry {
+    fn new(now: Instant) -> Entry {
+        Entry {
+            state: State::Closed,
+            recent: VecDeque::new(),
+            failures: 0,
+            consecutive: 0,
+            trips: 0,
+            probes_in_flight: 0,
+            last_used: now,
+        }
+    }
+
+    /// Moves an expired open state to half-open.
+    fn refresh(&mut self, now: Instant) {
+        if let State::Open { until } = self.state {
+            if now >= until {
+                self.state = State::HalfOpen;
+                self.probes_in_flight = 0;
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct ModelEntry {
+    model: Option<Entry>,
+    providers: HashMap<Arc<str>, Entry>,
+}
+
+/// What `admit` decided for one request.
+#[derive(Debug, Default)]
+pub(crate) struct Admission {
+    /// Slugs this request must not go to.
+    pub(crate) ignore: Vec<String>,
+    /// Half-open breakers this request probes (released when it ends).
+    pub(crate) probes: Vec<Option<Arc<str>>>,
+}
+
+pub(crate) struct Registry {
+    cfg: Config,
+    map: Mutex<(HashMap<Arc<str>, ModelEntry>, usize)>,
+    rng: Mutex<SmallRng>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Registry {
+    pub(crate) fn new(cfg: Config, seed: u64) -> Registry {
+        Registry {
+            cfg,
+            map: Mutex::new((HashMap::new(), 0)),
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+        }
+    }
+
+    /// Decides a request's fate: which open providers it must avoid, which half-open ones
+    /// it probes, or a fast `CircuitOpen` when nothing is left.
+    pub(crate) fn admit(&self, req: &ChatRequest, now: Instant) -> Result<Admission, LlmError> {
+        let model = req.model();
+        let mut guard = lock(&self.map);
+        let Some(me) = guard.0.get_mut(model) else {
+            return Ok(Admission::default());
+        };
+        let mut adm = Admission::default();
+        if let Some(m) = me.model.as_mut() {
+            m.refresh(now);
+            match m.state {
+                State::Open { until } => {
+                    return Err(LlmError::circuit_open(
+                        vec![model.to_owned()],
+                        Some(until.saturating_duration_since(now)),
+                    )
+                    .with_message(format!("the circuit for model {model} is open")));
+                }
+                State::HalfOpen if m.probes_in_flight < self.cfg.probes => {
+                    m.probes_in_flight += 1;
+                    adm.probes.push(None);
+                }
+                State::HalfOpen => {
+                    return Err(LlmError::circuit_open(vec![model.to_owned()], None)
+                        .with_message(format!("model {model} is being probed")));
+                }
+                State::Closed => {}
+            }
+        }
+        let prefs = req.body().provider.as_ref();
+        let mut allowed_known = 0usize;
+        let mut blocked: Vec<(String, Option<Instant>)> = Vec::new();
+        for (slug, e) in me.providers.iter_mut() {
+            if prefs.is_some_and(|p| !p.allows(slug)) {
+                continue;
+            }
+            allowed_known += 1;
+            e.refresh(now);
+            match e.state {
+                State::Closed => {}
+                State::Open { until } => blocked.push((slug.to_string(), Some(until))),
+                State::HalfOpen if e.probes_in_flight < self.cfg.probes => {
+                    e.probes_in_flight += 1;
+                    adm.probes.push(Some(slug.clone()));
+                }
+                State::HalfOpen => blocked.push((slug.to_string(), None)),
+            }
+        }
+        // The caller's `only` names providers we have not seen: nothing to say about them.
+        let only_unknown = prefs.and_then(|p| p.only.as_ref()).is_some_and(|only| {
+            only.iter()
+                .any(|o| !me.providers.keys().any(|k| slug_matches(o, k)))
+        });
+        if allowed_known > 0 && blocked.len() == allowed_known && !only_unknown {
+            // Give back the probes taken for this request.
+            drop(guard);
+            self.release(model, &adm.probes);
+            let first = blocked.iter().filter_map(|(_, u)| *u).min();
+            return Err(LlmError::circuit_open(
+                blocked.iter().map(|(s, _)| s.clone()).collect(),
+                first.map(|u| u.saturating_duration_since(now)),
+            )
+            .with_message(format!("every known provider of {model} is open")));
+        }
+        adm.ignore = blocked.into_iter().map(|(s, _)| s).collect();
+        Ok(adm)
+    }
+
+    /// Releases probe slots taken by `admit`.
+    pub(crate) fn release(&self, model: &str, probes: &[Option<Arc<str>>]) {
+        if probes.is_empty() {
+            return;
+        }
+        let mut guard = lock(&self.map);
+        let Some(me) = guard.0.get_mut(model) else {
+            return;
+        };
+        for p in probes {
+            let e = match p {
+                None => me.model.as_mut(),
+                Some(s) => me.providers.get_mut(&**s),
+            };
+            if let Some(e) = e {
+                e.probes_in_flight = e.probes_in_flight.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Records one outcome for `(model, provider)` (`None`: the model as a whole).
+    pub(crate) fn record(&self, model: &str, provider: Option<&str>, failure: bool, now: Instant) {
+        let mut guard = lock(&self.map);
+        let (map, count) = &mut *guard;
+        let exists = map.get(model).is_some_and(|m| match provider {
+            None => m.model.is_some(),
+            Some(p) => m.providers.contains_key(p),
+        });
+        if !exists {
+            if *count >= self.cfg.max_entries {
+                evict_idle(map, count, now, self.cfg.idle_ttl);
+                if *count >= self.cfg.max_entries {
+                    return;
+                }
+            }
+            *count += 1;
+        }
+        let me = map.entry(Arc::from(model)).or_default();
+        let e = match provider {
+            None => me.model.get_or_insert_with(|| Entry::new(now)),
+            Some(p) => me
+                .providers
+                .entry(Arc::from(p))
+                .or_insert_with(|| Entry::new(now)),
+        };
+        e.last_used = now;
+        e.refresh(now);
+        let before = e.state;
+        match e.state {
+            State::Open { .. } => return, // a late result from before the trip
+            State::HalfOpen => {
+                if failure {
+                    let until = now + self.backoff(e.trips);
+                    e.trips += 1;
+                    e.state = State::Open { until };
+                } else {
+                    e.state = State::Closed;
+                    e.trips = 0;
+                    e.recent.clear();
+                    e.failures = 0;
+                    e.consecutive = 0;
+                }
+            }
+            State::Closed => {
+                e.recent.push_back(failure);
+                e.failures += usize::from(failure);
+                if e.recent.len() > self.cfg.window {
+                    let old = e.recent.pop_front().unwrap_or(false);
+                    e.failures -= usize::from(old);
+                }
+                e.consecutive = if failure { e.consecutive + 1 } else { 0 };
+                let by_ratio = e.recent.len() >= self.cfg.min_calls
+                    && e.failures as f64 >= self.cfg.failure_ratio * e.recent.len() as f64;
+                if failure && (e.consecutive >= self.cfg.consecutive || by_ratio) {
+                    let until = now + self.backoff(e.trips);
+                    e.trips += 1;
+                    e.state = State::Open { until };
+                    e.recent.clear();
+                    e.failures = 0;
+                    e.consecutive = 0;
+                }
+            }
+        }
+        if e.state != before {
+            let labels = [
+                ("gen_ai.request.model", model.to_owned()),
+                (
+                    "openrouter.provider",
+                    provider.unwrap_or("_model").to_owned(),
+                ),
+            ];
+            metrics::gauge!("llm_breaker_state", &labels).set(e.state.gauge());
+            if matches!(e.state, State::Open { .. }) {
+                metrics::counter!("llm_breaker_trips_total", &labels).increment(1);
+            }
+        }
+    }
+
+    /// The open time after `trips` earlier trips in a row: doubling from the base, capped,
+    /// with jitter.
+    fn backoff(&self, trips: u32) -> Duration {
+        let base = self.cfg.open_base.as_secs_f64() * 2f64.powi(trips.min(30) as i32);
+        let capped = base.min(self.cfg.open_max.as_secs_f64());
+        let j = self.cfg.jitter;
+        let factor = if j > 0.0 {
+            lock(&self.rng).random_range(1.0 - j..=1.0 + j)
+        } else {
+            1.0
+        };
+        Duration::from_secs_f64(capped * factor)
+    }
+
+    pub(crate) fn snapshot(&self, now: Instant) -> Vec<BreakerInfo> {
+        let mut guard = lock(&self.map);
+        let mut out = Vec::new();
+        for (model, me) in guard.0.iter_mut() {
+            let rows = me.model.iter_mut().map(|e| (None, e)).chain(
+                me.providers
+                    .iter_mut()
+                    .map(|(p, e)| (Some(p.to_string()), e)),
+            );
+            for (provider, e) in rows {
+                e.refresh(now);
+                out.push(BreakerInfo {
+                    model: model.to_string(),
+                    provider,
+                    state: e.state,
+                    trips: e.trips,
+                    recent_failures: e.failures,
+                    recent_calls: e.recent.len(),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.model, &a.provider).cmp(&(&b.model, &b.provider)));
+        out
+    }
+
+    pub(crate) fn entries(&self) -> usize {
+        lock(&self.map).1
+    }
+}
+
+/// Drops closed entries unused for `ttl`.
+fn evict_idle(
+    map: &mut HashMap<Arc<str>, ModelEntry>,
+    count: &mut usize,
+    now: Instant,
+    ttl: Duration,
+) {
+    let idle =
+        |e: &Entry| e.state == State::Closed && now.saturating_duration_since(e.last_used) >= ttl;
+    map.retain(|_, me| {
+        if me.model.as_ref().is_some_and(idle) {
+            me.model = None;
+            *count -= 1;
+        }
+        let before = me.providers.len();
+        me.providers.retain(|_, e| !idle(e));
+        *count -= before - me.providers.len();
+        me.model.is_some() || !me.providers.is_empty()
+    });
+}

@@ -1,0 +1,65 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use llm_layers_core::{ChatRequest, ChatStream, LlmError};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::future::{ProbeGuard, ResponseFuture};
+use crate::layer::Shared;
+
+/// Keeps calls away from open (model, provider) breakers. See the [crate docs](crate).
+#[derive(Clone)]
+pub struct Breaker<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Breaker<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaker")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Breaker<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Breaker { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S> Service<ChatRequest> for Breaker<S>
+where
+    S: Service<ChatRequest, Response = ChatStream, Error = LlmError>,
+{
+    type Response = ChatStream;
+    type Error = LlmError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: ChatRequest) -> Self::Future {
+        let now = Instant::now();
+        let model: Arc<str> = Arc::from(req.model());
+        let admission = match self.shared.registry.admit(&req, now) {
+            Ok(a) => a,
+            Err(e) => return ResponseFuture::rejected(e),
+        };
+        if !admission.ignore.is_empty() {
+            let prefs = req.body_mut().provider_mut();
+            for slug in &admission.ignore {
+                prefs.add_ignore(slug);
+            }
+        }
+        let guard = ProbeGuard::new(self.shared.clone(), model.clone(), admission.probes);
+        ResponseFuture::called(self.inner.call(req), now, model, self.shared.clone(), guard)
+    }
+}

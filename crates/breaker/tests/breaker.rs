@@ -1,0 +1,330 @@
+//! The breaker under paused time with the scripted mock, and on the outage preset.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use llm_layers_breaker::{BreakerLayer, SlowCall, State};
+use llm_layers_core::{ChatRequest, ErrorKind, LlmError, Message};
+use llm_layers_mock::{MockChat, Script};
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+
+fn req() -> ChatRequest {
+    ChatRequest::new("m", vec![Message::user("hi")])
+}
+
+fn ok(provider: &str) -> Script {
+    Script::tokens(Duration::from_millis(100), 2, Duration::ZERO).provider(provider)
+}
+
+fn fail(provider: &str) -> Script {
+    Script::error(LlmError::status(StatusCode::BAD_GATEWAY, None).with_provider(provider))
+}
+
+fn layer() -> BreakerLayer {
+    BreakerLayer::builder()
+        .consecutive_failures(3)
+        .open_for(S(10), S(300), 0.0)
+        .build()
+        .unwrap()
+}
+
+fn ignored(r: &ChatRequest) -> Vec<String> {
+    r.body()
+        .provider
+        .as_ref()
+        .and_then(|p| p.ignore.clone())
+        .unwrap_or_default()
+}
+
+async fn run(svc: &llm_layers_breaker::Breaker<MockChat>) -> Result<(), LlmError> {
+    let s = svc.clone().oneshot(req()).await?;
+    s.collect().await.map(|_| ())
+}
+
+#[tokio::test(start_paused = true)]
+async fn trips_ignores_half_opens_closes_and_reopens_longer() {
+    let mock = MockChat::new();
+    let b = layer();
+    let svc = b.layer(mock.clone());
+    mock.push(ok("Good")); // so the model has another provider
+    run(&svc).await.unwrap();
+    for _ in 0..3 {
+        mock.push(fail("Bad Host"));
+        assert!(run(&svc).await.is_err());
+    }
+    assert!(b.snapshot().iter().any(
+        |i| i.provider.as_deref() == Some("bad-host") && matches!(i.state, State::Open { .. })
+    ));
+    // Open: the next request avoids it.
+    mock.push(ok("Good"));
+    run(&svc).await.unwrap();
+    assert_eq!(ignored(mock.requests().last().unwrap()), ["bad-host"]);
+    // After the backoff, one probe goes without the ignore; a bad probe re-opens it longer.
+    tokio::time::advance(S(10)).await;
+    mock.push(fail("Bad Host"));
+    assert!(run(&svc).await.is_err());
+    assert!(
+        ignored(mock.requests().last().unwrap()).is_empty(),
+        "the probe may reach it"
+    );
+    mock.push(ok("Good"));
+    run(&svc).await.unwrap();
+    assert_eq!(ignored(mock.requests().last().unwrap()), ["bad-host"]);
+    tokio::time::advance(S(10)).await;
+    mock.push(ok("Good"));
+    run(&svc).await.unwrap();
+    assert_eq!(
+        ignored(mock.requests().last().unwrap()),
+        ["bad-host"],
+        "open 20 s this time"
+    );
+    tokio::time::advance(S(10)).await;
+    // Half-open again: a good probe closes it.
+    mock.push(ok("Bad Host"));
+    run(&svc).await.unwrap();
+    assert!(ignored(mock.requests().last().unwrap()).is_empty());
+    mock.push(ok("Good"));
+    run(&svc).await.unwrap();
+    assert!(
+        ignored(mock.requests().last().unwrap()).is_empty(),
+        "closed"
+    );
+    let info = b
+        .snapshot()
+        .into_iter()
+        .find(|i| i.provider.as_deref() == Some("bad-host"))
+        .unwrap();
+    assert_eq!((info.state, info.trips), (State::Closed, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_one_probe_at_a_time_when_half_open() {
+    let mock = MockChat::new();
+    let b = layer();
+    let svc = b.layer(mock.clone());
+    mock.push(ok("Good"));
+    run(&svc).await.unwrap();
+    for _ in 0..3 {
+        mock.push(fail("Bad"));
+        let _ = run(&svc).await;
+    }
+    tokio::time::advance(S(10)).await;
+    // A slow probe is in flight: the next request still avoids the provider.
+    mock.push(Script::tokens(S(5), 1, Duration::ZERO).provider("Bad"));
+    let probe = tokio::spawn({
+        let svc = svc.clone();
+        async move { svc.oneshot(req()).await.unwrap().collect().await.unwrap() }
+    });
+    tokio::task::yield_now().await;
+    mock.push(ok("Good"));
+    run(&svc).await.unwrap();
+    assert_eq!(ignored(mock.requests().last().unwrap()), ["bad"]);
+    probe.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_calls_trip_it_like_failures() {
+    let mock = MockChat::new();
+    let b = BreakerLayer::builder()
+        .consecutive_failures(2)
+        .open_for(S(10), S(60), 0.0)
+        .slow_call(SlowCall::Fixed(S(5)))
+        .build()
+        .unwrap();
+    let svc = b.layer(mock.clone());
+    mock.push(ok("Fast"));
+    run(&svc).await.unwrap();
+    for _ in 0..2 {
+        mock.push(Script::tokens(S(8), 1, Duration::ZERO).provider("Sloth"));
+        run(&svc).await.unwrap(); // it answers, but late
+    }
+    mock.push(ok("Fast"));
+    run(&svc).await.unwrap();
+    assert_eq!(ignored(mock.requests().last().unwrap()), ["sloth"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn all_open_fails_fast_without_an_upstream_call() {
+    let mock = MockChat::new();
+    let svc = layer().layer(mock.clone());
+    // Both providers are known; then both fail.
+    for p in ["A", "B"] {
+        mock.push(ok(p));
+        run(&svc).await.unwrap();
+    }
+    for p in ["A", "B"] {
+        for _ in 0..3 {
+            mock.push(fail(p));
+            let _ = run(&svc).await;
+        }
+    }
+    let calls = mock.calls();
+    let start = Instant::now();
+    let e = svc.clone().oneshot(req()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen);
+    let mut open = e.open_providers().to_vec();
+    open.sort();
+    assert_eq!(open, ["a", "b"]);
+    assert!(e.retry_after().unwrap() <= S(10));
+    assert_eq!(Instant::now(), start, "at once");
+    assert_eq!(mock.calls(), calls, "no upstream call");
+    // Failures with no provider count against the model as a whole.
+    let mock = MockChat::with_default(Script::error(LlmError::new(ErrorKind::Connect)));
+    let svc = layer().layer(mock.clone());
+    for _ in 0..3 {
+        let _ = run(&svc).await;
+    }
+    let e = svc.clone().oneshot(req()).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.open_providers()),
+        (ErrorKind::CircuitOpen, &["m".to_owned()][..])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_callers_only_and_ignore_are_kept() {
+    let mock = MockChat::new();
+    let svc = layer().layer(mock.clone());
+    for p in ["Good", "Other"] {
+        mock.push(ok(p));
+        run(&svc).await.unwrap();
+    }
+    for _ in 0..3 {
+        mock.push(fail("Bad"));
+        let _ = run(&svc).await;
+    }
+    let mut r = req();
+    r.body_mut().provider_mut().ignore = Some(vec!["mine".into()]);
+    r.body_mut().provider_mut().only = Some(vec!["good".into(), "bad".into()]);
+    mock.push(ok("Good"));
+    svc.clone()
+        .oneshot(r)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let seen = mock.requests().last().unwrap().clone();
+    let p = seen.body().provider.as_ref().unwrap();
+    assert_eq!(
+        p.only.as_deref(),
+        Some(&["good".to_owned(), "bad".to_owned()][..])
+    );
+    assert_eq!(
+        p.ignore.as_deref(),
+        Some(&["mine".to_owned(), "bad".to_owned()][..])
+    );
+    // `only` with nothing but the open provider: fast CircuitOpen.
+    let mut r = req();
+    r.body_mut().provider_mut().only = Some(vec!["bad".into()]);
+    let e = svc.clone().oneshot(r).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen);
+    // `only` naming a provider never seen is left to OpenRouter.
+    let mut r = req();
+    r.body_mut().provider_mut().only = Some(vec!["bad".into(), "unseen".into()]);
+    mock.push(ok("Unseen"));
+    assert!(svc.clone().oneshot(r).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn shared_across_clones_and_bounded() {
+    let mock = MockChat::new();
+    let b = BreakerLayer::builder()
+        .consecutive_failures(2)
+        .max_entries(16, S(60))
+        .build()
+        .unwrap();
+    // Two services from one layer share the registry.
+    let (one, two) = (b.layer(mock.clone()), b.layer(mock.clone()));
+    mock.push(ok("Good"));
+    run(&one).await.unwrap();
+    mock.push(fail("Bad"));
+    let _ = run(&one).await;
+    mock.push(fail("Bad"));
+    let _ = run(&two).await;
+    mock.push(ok("Good"));
+    run(&two).await.unwrap();
+    assert_eq!(ignored(mock.requests().last().unwrap()), ["bad"]);
+    // 1,000 distinct models: the registry stays at its cap, and idle ones make room.
+    let many = MockChat::with_default(ok("P"));
+    let svc = b.layer(many.clone());
+    for i in 0..1000 {
+        svc.clone()
+            .oneshot(ChatRequest::new(format!("m{i}"), vec![Message::user("x")]))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        if i == 500 {
+            tokio::time::advance(S(61)).await;
+        }
+    }
+    assert!(b.snapshot().len() <= 16, "{}", b.snapshot().len());
+}
+
+#[test]
+fn bad_configuration_is_rejected() {
+    for bld in [
+        BreakerLayer::builder().consecutive_failures(0),
+        BreakerLayer::builder().failure_ratio(1.5, 20, 10),
+        BreakerLayer::builder().failure_ratio(0.5, 10, 20),
+        BreakerLayer::builder().open_for(Duration::ZERO, S(1), 0.1),
+        BreakerLayer::builder().open_for(S(2), S(1), 0.1),
+        BreakerLayer::builder().open_for(S(1), S(2), 1.5),
+        BreakerLayer::builder().probes(0),
+        BreakerLayer::builder().slow_call(SlowCall::Fixed(Duration::ZERO)),
+    ] {
+        assert_eq!(bld.build().unwrap_err().kind(), ErrorKind::Config);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_preset_after_the_breaker_opens_the_dead_provider_gets_nothing_until_a_probe() {
+    use llm_layers_mock::{MockServer, Scenario};
+    let server = MockServer::start(Scenario::outage().with_time_scale(0.0))
+        .await
+        .unwrap();
+    let leaf = llm_layers_openrouter::OpenRouter::builder()
+        .api_key("sk-or-v1-t")
+        .base_url(server.base_url())
+        .build()
+        .unwrap();
+    let b = BreakerLayer::builder()
+        .consecutive_failures(3)
+        .open_for(S(3600), S(3600), 0.0)
+        .build()
+        .unwrap();
+    let svc = b.layer(leaf);
+    let mut i = 0;
+    while !b
+        .snapshot()
+        .iter()
+        .any(|x| x.provider.as_deref() == Some("down") && matches!(x.state, State::Open { .. }))
+    {
+        let r = ChatRequest::new("mock/echo", vec![Message::user(format!("warm {i}"))]);
+        let _ = match svc.clone().oneshot(r).await {
+            Ok(s) => s.collect().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        i += 1;
+        assert!(i < 500, "the breaker never opened");
+    }
+    let dead_before = server.counters().requests_to("down");
+    let mut ok = 0;
+    for i in 0..300 {
+        let r = ChatRequest::new("mock/echo", vec![Message::user(format!("after {i}"))]);
+        if let Ok(s) = svc.clone().oneshot(r).await {
+            ok += usize::from(s.collect().await.is_ok());
+        }
+    }
+    assert_eq!(
+        server.counters().requests_to("down"),
+        dead_before,
+        "not one request to the dead provider"
+    );
+    assert_eq!(ok, 300);
+}
