@@ -11,6 +11,7 @@
 //! | `retry` | `retry` | retries before the first token: jitter, Retry-After, budget |
 //! | `latency` | `latency` | TTFT, chunk gaps, duration, tokens/s to `metrics` and a store |
 //! | `hedge` | `hedge` | a second attempt when the first token is late; first to commit wins |
+//! | `breaker` | `breaker` | per (model, provider) circuit breaker writing `provider.ignore` |
 //! | `mock` | `mock` | a scripted service and a mock OpenRouter server |
 //! | `full` | all of the above | |
 //!
@@ -42,6 +43,8 @@
 //! # });
 //! ```
 
+#[cfg(feature = "breaker")]
+pub use llm_layers_breaker as breaker;
 pub use llm_layers_core as core;
 #[cfg(feature = "hedge")]
 pub use llm_layers_hedge as hedge;

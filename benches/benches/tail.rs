@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use llm_layers_breaker::{BreakerLayer, SlowCall};
 use llm_layers_core::{ChatRequest, ChatStream, LlmError, Message};
 use llm_layers_hedge::{HedgeDelay, HedgeLayer};
 use llm_layers_latency::{LatencyLayer, LatencyStore, Scope};
@@ -135,28 +136,43 @@ fn main() {
             .build()
             .unwrap();
         let plain: Svc = BoxCloneSyncService::new(leaf.clone());
+        let hedged = |store: LatencyStore, breaker: Option<BreakerLayer>| -> Svc {
+            let hedge = HedgeLayer::builder()
+                .delay(HedgeDelay::Quantile {
+                    store: store.clone(),
+                    quantile: 0.95,
+                    min: Duration::from_millis(5),
+                    max: Duration::from_secs(30),
+                    cold: Duration::from_millis(50),
+                })
+                .budget(Duration::from_secs(10), 1, 0.05)
+                .build()
+                .unwrap();
+            let attempt = ServiceBuilder::new()
+                .layer(TimeoutLayer::builder().idle(Duration::from_secs(5)).build().unwrap())
+                .layer(LatencyLayer::builder().scope(Scope::Attempt).store(store).build().unwrap())
+                .service(leaf.clone());
+            match breaker {
+                Some(b) => BoxCloneSyncService::new(hedge.layer(b.layer(attempt))),
+                None => BoxCloneSyncService::new(hedge.layer(attempt)),
+            }
+        };
         let store = LatencyStore::new();
-        let hedge = HedgeLayer::builder()
-            .delay(HedgeDelay::Quantile {
-                store: store.clone(),
-                quantile: 0.95,
-                min: Duration::from_millis(5),
-                max: Duration::from_secs(30),
-                cold: Duration::from_millis(50),
-            })
-            .budget(Duration::from_secs(10), 1, 0.05)
+        let stack = hedged(store.clone(), None);
+        let store_b = LatencyStore::new();
+        let breaker = BreakerLayer::builder()
+            .slow_call(SlowCall::P50Multiple { store: store_b.clone(), factor: 3.0, min: Duration::from_millis(1) })
+            .seed(3)
             .build()
             .unwrap();
-        let attempt = ServiceBuilder::new()
-            .layer(TimeoutLayer::builder().idle(Duration::from_secs(5)).build().unwrap())
-            .layer(LatencyLayer::builder().scope(Scope::Attempt).store(store).build().unwrap())
-            .service(leaf);
-        let stack: Svc = BoxCloneSyncService::new(hedge.layer(attempt));
-        // Warm the store (and the pool) so the hedge delay is learned, not cold.
+        let with_breaker = hedged(store_b, Some(breaker));
+        // Warm each stack's store (and the pool) so delays and rankings are learned, not cold.
         let _ = run("warm-up", stack.clone(), &server, n / 4, 1).await;
+        let _ = run("warm-up", with_breaker.clone(), &server, n / 4, 3).await;
         let rows = [
             run("plain leaf", plain, &server, n, 2).await,
             run("leaf + latency store + hedge (p95, 5 % budget)", stack, &server, n, 2).await,
+            run("  + breaker (slow call = 3x recorded p50)", with_breaker, &server, n, 2).await,
             oracle(&scenario, n),
         ];
         println!("fat_tail preset at time scale {SCALE}, {n} streaming calls, 64 concurrent, seed 42");
@@ -167,12 +183,15 @@ fn main() {
                 r.name, r.p50, r.p95, r.p99, r.ok * 100.0, r.upstream_per_call
             );
         }
-        let (p, s, o) = (&rows[0], &rows[1], &rows[2]);
-        println!(
-            "speed-up over the plain leaf: stack p95 x{:.2} p99 x{:.2}; oracle p95 x{:.2} p99 x{:.2}; stack reaches {:.0} % (p95) and {:.0} % (p99) of the oracle's",
-            p.p95 / s.p95, p.p99 / s.p99, p.p95 / o.p95, p.p99 / o.p99,
-            100.0 * (p.p95 / s.p95) / (p.p95 / o.p95),
-            100.0 * (p.p99 / s.p99) / (p.p99 / o.p99),
-        );
+        let (p, o) = (&rows[0], &rows[3]);
+        for s in &rows[1..3] {
+            println!(
+                "{}: p95 x{:.2} p99 x{:.2} over the plain leaf = {:.0} % (p95) and {:.0} % (p99) of the oracle's x{:.2} / x{:.2}",
+                s.name.trim(), p.p95 / s.p95, p.p99 / s.p99,
+                100.0 * (p.p95 / s.p95) / (p.p95 / o.p95),
+                100.0 * (p.p99 / s.p99) / (p.p99 / o.p99),
+                p.p95 / o.p95, p.p99 / o.p99,
+            );
+        }
     });
 }

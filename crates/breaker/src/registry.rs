@@ -222,8 +222,19 @@ impl Registry {
         }
     }
 
-    /// Records one outcome for `(model, provider)` (`None`: the model as a whole).
+    /// Records one outcome for `(model, provider)` (`None`: the model as a whole). A success
+    /// through any provider also counts for the model as a whole (if it has a breaker): it
+    /// proves the model reachable, so scattered unattributed failures cannot add up.
     pub(crate) fn record(&self, model: &str, provider: Option<&str>, failure: bool, now: Instant) {
+        if provider.is_some() && !failure {
+            let has_model_entry = lock(&self.map)
+                .0
+                .get(model)
+                .is_some_and(|m| m.model.is_some());
+            if has_model_entry {
+                self.record(model, None, false, now);
+            }
+        }
         let mut guard = lock(&self.map);
         let (map, count) = &mut *guard;
         let exists = map.get(model).is_some_and(|m| match provider {

@@ -266,6 +266,23 @@ async fn shared_across_clones_and_bounded() {
     assert!(b.snapshot().len() <= 16, "{}", b.snapshot().len());
 }
 
+#[tokio::test(start_paused = true)]
+async fn scattered_unattributed_failures_do_not_open_the_model() {
+    let mock = MockChat::new();
+    let svc = layer().layer(mock.clone());
+    // One connect error (no provider) in three calls, never two in a row: before successes
+    // counted for the model, three such scattered errors opened it.
+    for _ in 0..10 {
+        mock.push(Script::error(LlmError::new(ErrorKind::Connect)));
+        let _ = run(&svc).await;
+        mock.push(ok("Good"));
+        run(&svc).await.unwrap();
+        mock.push(ok("Good"));
+        run(&svc).await.unwrap();
+    }
+    assert_eq!(mock.calls(), 30, "no call was refused");
+}
+
 #[test]
 fn bad_configuration_is_rejected() {
     for bld in [

@@ -42,6 +42,9 @@ pub struct Config {
     pub hedge_quantile: f64,
     /// Hedges at most this share of requests (`--hedge-budget`; 0.05).
     pub hedge_budget: f64,
+    /// A first token slower than this many times the model's recorded median counts as a
+    /// provider failure for the breaker (`--slow-call-factor`; 3; at least 1).
+    pub slow_call_factor: f64,
 }
 
 impl Default for Config {
@@ -63,6 +66,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(5),
             hedge_quantile: 0.95,
             hedge_budget: 0.05,
+            slow_call_factor: 3.0,
         }
     }
 }
@@ -73,7 +77,7 @@ usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
                [--max-body-bytes N] [--body-read-timeout-ms MS] [--shutdown-grace-ms MS]
                [--default-max-tokens N] [--first-token-timeout-ms MS] [--idle-timeout-ms MS]
                [--total-timeout-ms MS] [--max-retries N] [--connect-timeout-ms MS]
-               [--hedge-quantile Q] [--hedge-budget SHARE]
+               [--hedge-quantile Q] [--hedge-budget SHARE] [--slow-call-factor X]
 environment: OPENROUTER_API_KEY, OPENROUTER_BASE_URL, LISTEN_ADDR, MOCK_PRESET, MOCK_TIME_SCALE,
              FIRST_TOKEN_TIMEOUT_MS, IDLE_TIMEOUT_MS, TOTAL_TIMEOUT_MS, MAX_RETRIES,
              HEDGE_QUANTILE (flags win)";
@@ -182,6 +186,13 @@ impl Config {
                         .filter(|q: &f64| (0.0..1.0).contains(q))
                         .ok_or_else(|| format!("{flag}: {v:?} is not in 0..1 (0 = off)"))?
                 }
+                "--slow-call-factor" => {
+                    c.slow_call_factor = v
+                        .parse()
+                        .ok()
+                        .filter(|x: &f64| *x >= 1.0 && x.is_finite())
+                        .ok_or_else(|| format!("{flag}: {v:?} is not a number >= 1"))?
+                }
                 "--hedge-budget" => {
                     c.hedge_budget = v
                         .parse()
@@ -219,6 +230,11 @@ impl Config {
             self.connect_timeout.as_millis()
         );
         let _ = writeln!(s, "max retries         {}", self.max_retries);
+        let _ = writeln!(
+            s,
+            "breaker             5 failures in a row or half of the last 20; slow = {}x median TTFT",
+            self.slow_call_factor
+        );
         let _ = writeln!(
             s,
             "hedge               {}",

@@ -22,6 +22,7 @@ use llm_layers_mock::{MockServer, Scenario};
 use llm_layers_openrouter::OpenRouter;
 use std::time::Duration;
 
+use llm_layers_breaker::{BreakerLayer, SlowCall};
 use llm_layers_hedge::{HedgeDelay, HedgeLayer};
 use llm_layers_latency::{LatencyLayer, LatencyStore, Scope};
 use llm_layers_retry::{DefaultPolicy, RetryLayer};
@@ -73,8 +74,10 @@ pub fn build_leaf(config: &Config, base_url: &str, api_key: &str) -> Result<Open
 }
 
 /// The full stack over `leaf`, outermost first: latency per call → total timeout (sets the
-/// deadline) → retry → hedge (at a quantile of recent TTFT) → per-attempt first-token and
-/// idle timeouts → latency per attempt (feeds the store the hedge reads) → the leaf.
+/// deadline) → retry → hedge (at a quantile of recent TTFT) → breaker (open providers go
+/// into `provider.ignore`; a first token slower than 3× the model's median counts as a
+/// failure) → per-attempt first-token and idle timeouts → latency per attempt (feeds the
+/// store the hedge and breaker read) → the leaf.
 pub fn build_stack(config: &Config, leaf: OpenRouter) -> Result<Stack, LlmError> {
     let store = LatencyStore::new();
     let overall = TimeoutLayer::builder()
@@ -107,12 +110,20 @@ pub fn build_stack(config: &Config, leaf: OpenRouter) -> Result<Stack, LlmError>
                 .build()
         })
         .transpose()?;
+    let breaker = BreakerLayer::builder()
+        .slow_call(SlowCall::P50Multiple {
+            store: store.clone(),
+            factor: config.slow_call_factor,
+            min: Duration::from_millis(500),
+        })
+        .build()?;
     let per_call = LatencyLayer::builder().scope(Scope::Call).build()?;
     let per_attempt_latency = LatencyLayer::builder()
         .scope(Scope::Attempt)
         .store(store)
         .build()?;
     let inner = ServiceBuilder::new()
+        .layer(breaker)
         .layer(per_attempt)
         .layer(per_attempt_latency)
         .service(leaf);
