@@ -1,0 +1,157 @@
+//! Bucket state: the [`Store`] trait and the in-process [`MemoryStore`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A rate: `amount` units per `period`, with room for a burst of `burst` units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Units per period (sustained).
+    pub amount: u64,
+    /// The period.
+    pub period: Duration,
+    /// Units that may be taken at once from a full bucket.
+    pub burst: u64,
+}
+
+impl Rate {
+    /// Time that one unit stands for.
+    pub(crate) fn interval(&self) -> Duration {
+        self.period / self.amount.max(1) as u32
+    }
+}
+
+/// Where bucket state lives. The in-process [`MemoryStore`] is the default; a distributed
+/// store (Redis with a GCRA script) implements the same three calls.
+///
+/// Buckets are GCRA: a bucket is its theoretical arrival time (TAT); taking `cost` units moves
+/// it by `cost` intervals, and is allowed while it stays within the burst of now.
+pub trait Store: Send + Sync + 'static {
+    /// Takes `cost` units from `key`'s bucket, or says how long until they would fit.
+    fn take(&self, key: &BucketKey, cost: u64, rate: &Rate, now: Instant) -> Result<(), Duration>;
+
+    /// Gives `units` back (a reservation that was too large), or takes more (negative:
+    /// usage above the reservation). Never fails: a debit may push the bucket into debt.
+    fn settle(&self, key: &BucketKey, units: i64, rate: &Rate, now: Instant);
+
+    /// Refuses everything for `key` until `until` (an upstream 429 with Retry-After).
+    fn hold(&self, key: &BucketKey, until: Instant);
+
+    /// How many keys it holds (for bounds and tests).
+    fn len(&self) -> usize;
+
+    /// Whether it holds no key.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A bucket's key: which limit, and the user key the limit's key function gave.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BucketKey {
+    /// The index of the limit in the layer.
+    pub limit: usize,
+    /// The user key (tenant, model, ...); `_OTHER` once the store is full.
+    pub key: Arc<str>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tat: Instant,
+    hold_until: Option<Instant>,
+}
+
+/// The in-process store: one mutex over a map, held for a few hundred nanoseconds per
+/// decision, never across an await. Bounded: at `max_keys`, buckets that owe nothing (their
+/// TAT is past, no hold) are evicted; if none can go, new keys share one `_OTHER` bucket.
+///
+/// Memory: about 100 bytes per key plus the key's text.
+#[derive(Debug)]
+pub struct MemoryStore {
+    map: Mutex<(HashMap<BucketKey, Bucket>, Option<Instant>)>,
+    max_keys: usize,
+}
+
+impl MemoryStore {
+    /// A store of at most `max_keys` buckets (at least 1).
+    pub fn new(max_keys: usize) -> MemoryStore {
+        MemoryStore {
+            map: Mutex::new((HashMap::new(), None)),
+            max_keys: max_keys.max(1),
+        }
+    }
+
+    fn with<R>(&self, key: &BucketKey, now: Instant, f: impl FnOnce(&mut Bucket) -> R) -> R {
+        let mut guard = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, next_sweep) = &mut *guard;
+        if let Some(b) = map.get_mut(key) {
+            return f(b);
+        }
+        let mut k = key.clone();
+        if map.len() >= self.max_keys {
+            // Sweep out buckets that owe nothing, at most every 100 ms: a flood of new keys
+            // must not make every decision scan the whole map.
+            if next_sweep.is_none_or(|t| now >= t) {
+                map.retain(|_, b| b.tat > now || b.hold_until.is_some_and(|h| h > now));
+                *next_sweep = Some(now + Duration::from_millis(100));
+            }
+            if map.len() >= self.max_keys {
+                k.key = Arc::from(crate::OTHER);
+            }
+        }
+        let b = map.entry(k).or_insert(Bucket {
+            tat: now,
+            hold_until: None,
+        });
+        f(b)
+    }
+}
+
+impl Store for MemoryStore {
+    fn take(&self, key: &BucketKey, cost: u64, rate: &Rate, now: Instant) -> Result<(), Duration> {
+        let t = rate.interval();
+        let tolerance = t * rate.burst.max(1) as u32;
+        self.with(key, now, |b| {
+            if let Some(h) = b.hold_until {
+                if h > now {
+                    return Err(h - now);
+                }
+                b.hold_until = None;
+            }
+            let new_tat = b.tat.max(now) + t * cost.min(u32::MAX as u64) as u32;
+            let ahead = new_tat.saturating_duration_since(now);
+            if ahead > tolerance {
+                Err(ahead - tolerance)
+            } else {
+                b.tat = new_tat;
+                Ok(())
+            }
+        })
+    }
+
+    fn settle(&self, key: &BucketKey, units: i64, rate: &Rate, now: Instant) {
+        let t = rate.interval();
+        self.with(key, now, |b| {
+            let shift = t * units.unsigned_abs().min(u32::MAX as u64) as u32;
+            if units >= 0 {
+                // A refund never takes the bucket below full.
+                b.tat = b.tat.checked_sub(shift).unwrap_or(now).max(now.min(b.tat));
+            } else {
+                b.tat = b.tat.max(now) + shift;
+            }
+        });
+    }
+
+    fn hold(&self, key: &BucketKey, until: Instant) {
+        self.with(key, Instant::now(), |b| {
+            b.hold_until = Some(b.hold_until.map_or(until, |h| h.max(until)));
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).0.len()
+    }
+}

@@ -1,0 +1,277 @@
+//! Rate limits under paused time, against the scripted mock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http::StatusCode;
+use llm_layers_core::{ChatRequest, Deadline, ErrorKind, LlmError, Message, Priority, Tenant};
+use llm_layers_mock::{MockChat, Script};
+use llm_layers_ratelimit::{BucketKey, Key, Limit, MemoryStore, Mode, Rate, RateLimitLayer, Store};
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+
+const MS: fn(u64) -> Duration = Duration::from_millis;
+
+fn req(model: &str) -> ChatRequest {
+    ChatRequest::new(model, vec![Message::user("hi")])
+}
+
+fn instant() -> MockChat {
+    MockChat::with_default(Script::tokens(Duration::ZERO, 1, Duration::ZERO))
+}
+
+#[tokio::test(start_paused = true)]
+async fn burst_then_sustained_rate_per_key_and_keys_do_not_interfere() {
+    let svc = RateLimitLayer::builder()
+        .requests(
+            Limit::new(10, Duration::from_secs(1))
+                .burst(5)
+                .key(Key::model())
+                .mode(Mode::Reject),
+        )
+        .build()
+        .unwrap()
+        .layer(instant());
+    let mut passed = 0;
+    for _ in 0..8 {
+        passed += usize::from(svc.clone().oneshot(req("a")).await.is_ok());
+    }
+    assert_eq!(passed, 5, "the burst");
+    for _ in 0..5 {
+        assert!(
+            svc.clone().oneshot(req("b")).await.is_ok(),
+            "another key has its own bucket"
+        );
+    }
+    // Then exactly 10 per second: one every 100 ms, trying every 10 ms for 10 s.
+    let mut passed = 0;
+    for _ in 0..1000 {
+        tokio::time::advance(MS(10)).await;
+        passed += usize::from(svc.clone().oneshot(req("a")).await.is_ok());
+    }
+    assert_eq!(passed, 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sixteen_clones_share_one_limit() {
+    let layer = RateLimitLayer::builder()
+        .requests(Limit::new(8, Duration::from_secs(60)).mode(Mode::Reject))
+        .build()
+        .unwrap();
+    let clones: Vec<_> = (0..16).map(|_| layer.clone().layer(instant())).collect();
+    let mut passed = 0;
+    for svc in clones {
+        passed += usize::from(svc.clone().oneshot(req("m")).await.is_ok());
+    }
+    assert_eq!(passed, 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reject_gives_the_exact_wait_and_wait_mode_waits_but_not_past_the_deadline() {
+    let reject = RateLimitLayer::builder()
+        .requests(
+            Limit::new(1, Duration::from_secs(4))
+                .burst(1)
+                .mode(Mode::Reject),
+        )
+        .build()
+        .unwrap()
+        .layer(instant());
+    reject.clone().oneshot(req("m")).await.unwrap();
+    tokio::time::advance(MS(1500)).await;
+    let e = reject.clone().oneshot(req("m")).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.retry_after()),
+        (ErrorKind::RateLimited, Some(MS(2500)))
+    );
+
+    let wait = RateLimitLayer::builder()
+        .requests(
+            Limit::new(1, Duration::from_secs(4))
+                .burst(1)
+                .mode(Mode::Wait(Duration::from_secs(10))),
+        )
+        .build()
+        .unwrap()
+        .layer(instant());
+    wait.clone().oneshot(req("m")).await.unwrap();
+    let start = Instant::now();
+    wait.clone().oneshot(req("m")).await.unwrap();
+    assert_eq!(
+        Instant::now() - start,
+        Duration::from_secs(4),
+        "waited its turn"
+    );
+    let mut r = req("m");
+    r.extensions_mut()
+        .insert(Deadline(Instant::now() + Duration::from_secs(1)));
+    let start = Instant::now();
+    let e = wait.clone().oneshot(r).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RateLimited);
+    assert_eq!(
+        Instant::now(),
+        start,
+        "no wait that would pass the deadline"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_reservations_settle_to_the_real_usage_and_cancellation_settles() {
+    let mock = MockChat::new();
+    let layer = RateLimitLayer::builder()
+        .tokens(
+            Limit::new(1000, Duration::from_secs(600))
+                .burst(1000)
+                .key(Key::global())
+                .mode(Mode::Reject),
+        )
+        .build()
+        .unwrap();
+    let svc = layer.layer(mock.clone());
+    let with_max = |n: u32| {
+        let mut r = req("m");
+        r.body_mut().max_tokens = Some(n);
+        r
+    };
+    // Reserve ~501, use 13: the rest comes back at the end of the stream.
+    mock.push(Script::new().token("a").finish("stop").usage(3, 10));
+    let s = svc.clone().oneshot(with_max(500)).await.unwrap();
+    mock.push(Script::tokens(Duration::ZERO, 1, Duration::ZERO));
+    let e = svc.clone().oneshot(with_max(900)).await.unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::RateLimited,
+        "501 reserved: 900 does not fit yet"
+    );
+    s.collect().await.unwrap();
+    mock.push(
+        Script::new()
+            .token("a")
+            .wait(Duration::from_secs(1))
+            .token("b")
+            .finish("stop")
+            .usage(1, 2),
+    );
+    let mut s = svc.clone().oneshot(with_max(900)).await.unwrap();
+    // Cancelled after one chunk: settles on prompt + one delivered chunk, not 901.
+    s.next().await.unwrap().unwrap();
+    drop(s);
+    mock.push(Script::tokens(Duration::ZERO, 1, Duration::ZERO));
+    assert!(
+        svc.clone().oneshot(with_max(900)).await.is_ok(),
+        "the cancelled reservation came back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_429_holds_the_key_for_its_retry_after() {
+    let mock = MockChat::new();
+    let svc = RateLimitLayer::builder()
+        .requests(
+            Limit::new(1000, Duration::from_secs(1))
+                .key(Key::tenant())
+                .mode(Mode::Reject),
+        )
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let tenant = |t: &str| {
+        let mut r = req("m");
+        r.extensions_mut().insert(Tenant(Arc::from(t)));
+        r
+    };
+    mock.push(Script::error(
+        LlmError::status(StatusCode::TOO_MANY_REQUESTS, None)
+            .with_retry_after(Duration::from_secs(10)),
+    ));
+    assert!(svc.clone().oneshot(tenant("acme")).await.is_err());
+    let e = svc.clone().oneshot(tenant("acme")).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.retry_after()),
+        (ErrorKind::RateLimited, Some(Duration::from_secs(10)))
+    );
+    mock.push(Script::tokens(Duration::ZERO, 1, Duration::ZERO));
+    assert!(
+        svc.clone().oneshot(tenant("other")).await.is_ok(),
+        "other keys are not held"
+    );
+    tokio::time::advance(Duration::from_secs(10)).await;
+    mock.push(Script::tokens(Duration::ZERO, 1, Duration::ZERO));
+    assert!(
+        svc.clone().oneshot(tenant("acme")).await.is_ok(),
+        "released after 10 s"
+    );
+    assert_eq!(mock.calls(), 3, "the held call never went upstream");
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_full_low_priority_is_shed_and_high_priority_goes_first() {
+    let mock = MockChat::with_default(Script::tokens(Duration::ZERO, 2, Duration::from_secs(1)));
+    let svc = RateLimitLayer::builder()
+        .concurrency(1, Key::global(), Priority(1))
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let with = |p: u8, text: &str| {
+        let mut r = ChatRequest::new("m", vec![Message::user(text)]);
+        r.extensions_mut().insert(Priority(p));
+        r
+    };
+    let holder = svc.clone().oneshot(with(5, "holder")).await.unwrap();
+    let e = svc.clone().oneshot(with(0, "low")).await.unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::RateLimited,
+        "low priority is shed at once"
+    );
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for (p, name) in [(2u8, "mid"), (9, "high"), (2, "mid2")] {
+        let (svc, order) = (svc.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let s = svc.oneshot(with(p, name)).await.unwrap();
+            order.lock().unwrap().push(name);
+            s.collect().await.unwrap();
+        }));
+        tokio::task::yield_now().await;
+    }
+    holder.collect().await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), ["high", "mid", "mid2"]);
+}
+
+#[test]
+fn a_million_keys_stay_under_the_cap() {
+    let store = MemoryStore::new(10_000);
+    let rate = Rate {
+        amount: 10,
+        period: Duration::from_secs(1),
+        burst: 10,
+    };
+    let now = Instant::now();
+    for i in 0..1_000_000u32 {
+        let key = BucketKey {
+            limit: 0,
+            key: Arc::from(format!("k{i}")),
+        };
+        let _ = store.take(&key, 1, &rate, now);
+    }
+    assert!(store.len() <= 10_001, "{}", store.len());
+}
+
+#[test]
+fn bad_configuration_is_rejected() {
+    for b in [
+        RateLimitLayer::builder(),
+        RateLimitLayer::builder().requests(Limit::new(0, Duration::from_secs(1))),
+        RateLimitLayer::builder().requests(Limit::new(1, Duration::ZERO)),
+        RateLimitLayer::builder().requests(Limit::new(1, Duration::from_secs(1)).burst(0)),
+        RateLimitLayer::builder().tokens(Limit::new(0, Duration::from_secs(1))),
+        RateLimitLayer::builder().concurrency(0, Key::global(), Priority(0)),
+    ] {
+        assert_eq!(b.build().unwrap_err().kind(), ErrorKind::Config);
+    }
+}
