@@ -12,6 +12,7 @@
 //! | `latency` | `latency` | TTFT, chunk gaps, duration, tokens/s to `metrics` and a store |
 //! | `hedge` | `hedge` | a second attempt when the first token is late; first to commit wins |
 //! | `breaker` | `breaker` | per (model, provider) circuit breaker writing `provider.ignore` |
+//! | `ratelimit` | `ratelimit` | keyed buckets for requests and tokens, priority concurrency |
 //! | `mock` | `mock` | a scripted service and a mock OpenRouter server |
 //! | `full` | all of the above | |
 //!
@@ -54,6 +55,8 @@ pub use llm_layers_latency as latency;
 pub use llm_layers_mock as mock;
 #[cfg(feature = "openrouter")]
 pub use llm_layers_openrouter as openrouter;
+#[cfg(feature = "ratelimit")]
+pub use llm_layers_ratelimit as ratelimit;
 #[cfg(feature = "retry")]
 pub use llm_layers_retry as retry;
 #[cfg(feature = "timeout")]

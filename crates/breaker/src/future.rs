@@ -9,11 +9,13 @@ use tokio::time::Instant;
 
 use crate::layer::Shared;
 
-/// Gives back the half-open probe slots a call took, however it ends.
+/// An admitted call: counted in flight until it resolves, holding half-open probe slots
+/// until it ends; both given back however it ends.
 pub(crate) struct ProbeGuard {
     shared: Arc<Shared>,
     model: Arc<str>,
     probes: Vec<Option<Arc<str>>>,
+    in_flight: bool,
 }
 
 impl ProbeGuard {
@@ -22,12 +24,21 @@ impl ProbeGuard {
             shared,
             model,
             probes,
+            in_flight: true,
+        }
+    }
+
+    /// The call committed or failed: no longer in flight.
+    fn resolved(&mut self) {
+        if std::mem::replace(&mut self.in_flight, false) {
+            self.shared.registry.resolved(&self.model);
         }
     }
 }
 
 impl Drop for ProbeGuard {
     fn drop(&mut self) {
+        self.resolved();
         self.shared.registry.release(&self.model, &self.probes);
     }
 }
@@ -118,6 +129,9 @@ where
                 guard,
             } => {
                 let res = ready!(fut.poll(cx));
+                if let Some(g) = guard.as_mut() {
+                    g.resolved();
+                }
                 match res {
                     Err(e) => {
                         record_error(shared, model, &e);
@@ -125,14 +139,19 @@ where
                         Poll::Ready(Err(e))
                     }
                     Ok(stream) => {
+                        // The first token is the provider's proof of life (or, when too late,
+                        // a slow-call failure): record it now, not at the end of the stream,
+                        // so slow successes are not outrun by fast failures.
                         let ttft = Instant::now().saturating_duration_since(*start);
                         let slow = shared.is_slow(model, ttft);
                         let provider = stream.meta().provider.as_deref().map(|p| shared.slug(p));
+                        shared
+                            .registry
+                            .record(model, provider.as_deref(), slow, Instant::now());
                         let watch = Watch {
                             shared: shared.clone(),
                             model: model.clone(),
                             provider,
-                            slow,
                             guard: guard.take(),
                             done: false,
                         };
@@ -148,13 +167,12 @@ struct Watch {
     shared: Arc<Shared>,
     model: Arc<str>,
     provider: Option<String>,
-    slow: bool,
     guard: Option<ProbeGuard>,
     done: bool,
 }
 
-/// A committed stream whose end (or failure) is recorded; a slow first token counts as a
-/// failure even when the stream ends well. No lock is taken per chunk.
+/// A committed stream whose mid-stream failure is recorded (its commit already was). No lock
+/// is taken per chunk.
 struct BreakerStream {
     inner: ChatStream,
     watch: Watch,
@@ -184,10 +202,6 @@ impl Stream for BreakerStream {
                 }
                 None => {
                     w.done = true;
-                    let p = w.provider.clone();
-                    w.shared
-                        .registry
-                        .record(&w.model, p.as_deref(), w.slow, Instant::now());
                     w.guard.take();
                 }
             }

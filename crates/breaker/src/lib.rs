@@ -8,8 +8,11 @@
 //!   (`provider_failure`): errors before the first token, mid-stream errors, truncation, and
 //!   **slow calls** ([`SlowCall`]: a fixed TTFT threshold or a multiple of the model's recorded
 //!   median), so a provider that is alive but slow is avoided too;
-//! - **trip rule**: N consecutive failures, or a failure ratio over the last calls (with a
-//!   minimum count); open for a backoff that doubles with each trip in a row, with jitter;
+//! - **trip rule**: N consecutive failures (while no other call is in flight), or a failure
+//!   ratio over the last calls (with a minimum count) that counts the calls still in flight
+//!   as not failed, so fast errors cannot outrun slow successes in a burst; outcomes are
+//!   recorded at the first token (success, or failure when slow) and at a mid-stream error;
+//!   open for a backoff that doubles with each trip in a row, with jitter;
 //!   then half-open, admitting a bounded number of probes; a good probe closes it, a bad one
 //!   re-opens it for longer;
 //! - **on each request** the open providers of its model are **added to `provider.ignore`**
@@ -19,7 +22,9 @@
 //!   [`ErrorKind::CircuitOpen`](llm_layers_core::ErrorKind::CircuitOpen) naming them and the
 //!   time until the first half-opens;
 //! - the provider comes from the stream (`provider`) or the error (`metadata.provider_name`);
-//!   when unknown (a reset before headers) the failure counts against the model as a whole;
+//!   when unknown (a reset before headers, a first-token timeout) the failure counts against
+//!   the model as a whole, where only the failure ratio trips (concurrent, unrelated failures
+//!   land together) and every success through any provider counts too;
 //! - the request path takes one short lock, never across an await and never per chunk;
 //!   [`BreakerLayer::snapshot`] reads the states; metrics `llm_breaker_state` (0 closed,
 //!   1 half-open, 2 open), `llm_breaker_trips_total`, `llm_breaker_rejected_total`.

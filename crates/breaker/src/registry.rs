@@ -103,6 +103,9 @@ impl Entry {
 struct ModelEntry {
     model: Option<Entry>,
     providers: HashMap<Arc<str>, Entry>,
+    /// Calls admitted and not yet resolved (committed or failed): their provider is not
+    /// known yet, and they may all still succeed.
+    in_flight: usize,
 }
 
 /// What `admit` decided for one request.
@@ -138,8 +141,9 @@ impl Registry {
     pub(crate) fn admit(&self, req: &ChatRequest, now: Instant) -> Result<Admission, LlmError> {
         let model = req.model();
         let mut guard = lock(&self.map);
-        let Some(me) = guard.0.get_mut(model) else {
-            return Ok(Admission::default());
+        let me = match guard.0.get_mut(model) {
+            Some(me) => me,
+            None => guard.0.entry(Arc::from(model)).or_default(),
         };
         let mut adm = Admission::default();
         if let Some(m) = me.model.as_mut() {
@@ -199,7 +203,20 @@ impl Registry {
             .with_message(format!("every known provider of {model} is open")));
         }
         adm.ignore = blocked.into_iter().map(|(s, _)| s).collect();
+        me.in_flight += 1;
         Ok(adm)
+    }
+
+    /// A call admitted by `admit` resolved (committed, failed, or was dropped).
+    pub(crate) fn resolved(&self, model: &str) {
+        let mut guard = lock(&self.map);
+        let Some(me) = guard.0.get_mut(model) else {
+            return;
+        };
+        me.in_flight = me.in_flight.saturating_sub(1);
+        if me.in_flight == 0 && me.model.is_none() && me.providers.is_empty() {
+            guard.0.remove(model);
+        }
     }
 
     /// Releases probe slots taken by `admit`.
@@ -251,6 +268,13 @@ impl Registry {
             *count += 1;
         }
         let me = map.entry(Arc::from(model)).or_default();
+        // Unresolved calls count as not failed (yet): fast failures must not outrun slow
+        // successes. Spread over the providers known, for a provider's ratio.
+        let in_flight = me.in_flight;
+        let pending = match provider {
+            None => in_flight,
+            Some(_) => in_flight.div_ceil(me.providers.len().max(1)),
+        };
         let e = match provider {
             None => me.model.get_or_insert_with(|| Entry::new(now)),
             Some(p) => me
@@ -285,8 +309,15 @@ impl Registry {
                 }
                 e.consecutive = if failure { e.consecutive + 1 } else { 0 };
                 let by_ratio = e.recent.len() >= self.cfg.min_calls
-                    && e.failures as f64 >= self.cfg.failure_ratio * e.recent.len() as f64;
-                if failure && (e.consecutive >= self.cfg.consecutive || by_ratio) {
+                    && e.failures as f64
+                        >= self.cfg.failure_ratio * (e.recent.len() + pending) as f64;
+                // A run of failures means something for one provider's sequential calls. Under
+                // concurrency, unrelated failures land together (fast errors before slow
+                // successes, hung calls timing out at one instant), so the run rule applies
+                // only when no other call is in flight, and never to the model as a whole.
+                let by_run =
+                    provider.is_some() && in_flight == 0 && e.consecutive >= self.cfg.consecutive;
+                if failure && (by_run || by_ratio) {
                     let until = now + self.backoff(e.trips);
                     e.trips += 1;
                     e.state = State::Open { until };

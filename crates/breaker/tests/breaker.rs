@@ -19,6 +19,10 @@ fn ok(provider: &str) -> Script {
     Script::tokens(Duration::from_millis(100), 2, Duration::ZERO).provider(provider)
 }
 
+fn slow_ok(provider: &str) -> Script {
+    Script::tokens(Duration::from_secs(1), 2, Duration::ZERO).provider(provider)
+}
+
 fn fail(provider: &str) -> Script {
     Script::error(LlmError::status(StatusCode::BAD_GATEWAY, None).with_provider(provider))
 }
@@ -171,12 +175,19 @@ async fn all_open_fails_fast_without_an_upstream_call() {
     assert!(e.retry_after().unwrap() <= S(10));
     assert_eq!(Instant::now(), start, "at once");
     assert_eq!(mock.calls(), calls, "no upstream call");
-    // Failures with no provider count against the model as a whole.
+    // Failures with no provider count against the model as a whole, by the failure ratio
+    // (half of the last 20, at least 10 calls), not by a run.
     let mock = MockChat::with_default(Script::error(LlmError::new(ErrorKind::Connect)));
     let svc = layer().layer(mock.clone());
-    for _ in 0..3 {
+    for _ in 0..9 {
         let _ = run(&svc).await;
     }
+    assert_eq!(
+        mock.calls(),
+        9,
+        "nine unattributed failures in a row do not trip it"
+    );
+    let _ = run(&svc).await;
     let e = svc.clone().oneshot(req()).await.unwrap_err();
     assert_eq!(
         (e.kind(), e.open_providers()),
@@ -281,6 +292,39 @@ async fn scattered_unattributed_failures_do_not_open_the_model() {
         run(&svc).await.unwrap();
     }
     assert_eq!(mock.calls(), 30, "no call was refused");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_fast_failures_does_not_outrun_slow_successes() {
+    // 60 calls at once: the 6 that fail answer in 10 ms, the 54 others commit after 1 s.
+    let mock = MockChat::new();
+    for i in 0..60 {
+        mock.push(if i % 10 == 0 {
+            Script::new()
+                .wait(Duration::from_millis(10))
+                .fail(LlmError::status(StatusCode::BAD_GATEWAY, None).with_provider("P"))
+        } else {
+            slow_ok("P")
+        });
+    }
+    let b = layer();
+    let svc = b.layer(mock.clone());
+    let mut tasks = Vec::new();
+    for _ in 0..60 {
+        tasks.push(tokio::spawn(run_owned(svc.clone())));
+    }
+    for t in tasks {
+        let _ = t.await.unwrap();
+    }
+    assert!(
+        b.snapshot().iter().all(|i| i.state == State::Closed),
+        "10 % failures arriving first must not trip it: {:?}",
+        b.snapshot()
+    );
+}
+
+async fn run_owned(svc: llm_layers_breaker::Breaker<MockChat>) -> Result<(), LlmError> {
+    run(&svc).await
 }
 
 #[test]

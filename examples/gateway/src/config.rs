@@ -45,6 +45,15 @@ pub struct Config {
     /// A first token slower than this many times the model's recorded median counts as a
     /// provider failure for the breaker (`--slow-call-factor`; 3; at least 1).
     pub slow_call_factor: f64,
+    /// Calls in flight at once (`--max-concurrency`; 512); when full, `x-priority: low`
+    /// calls are shed with 429 and the others queue, high first.
+    pub max_concurrency: usize,
+    /// Requests per minute per model (`--requests-per-minute`; 0 = off); over it, calls
+    /// wait up to 5 s, then 429 with Retry-After.
+    pub requests_per_minute: u64,
+    /// LLM tokens per minute per model (`--tokens-per-minute`; 0 = off), reserved from an
+    /// estimate and settled to the real usage.
+    pub tokens_per_minute: u64,
 }
 
 impl Default for Config {
@@ -67,6 +76,9 @@ impl Default for Config {
             hedge_quantile: 0.95,
             hedge_budget: 0.05,
             slow_call_factor: 3.0,
+            max_concurrency: 512,
+            requests_per_minute: 0,
+            tokens_per_minute: 0,
         }
     }
 }
@@ -78,6 +90,8 @@ usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
                [--default-max-tokens N] [--first-token-timeout-ms MS] [--idle-timeout-ms MS]
                [--total-timeout-ms MS] [--max-retries N] [--connect-timeout-ms MS]
                [--hedge-quantile Q] [--hedge-budget SHARE] [--slow-call-factor X]
+               [--max-concurrency N] [--requests-per-minute N] [--tokens-per-minute N]
+headers:     x-tenant (rate-limit key), x-priority: low|normal|high
 environment: OPENROUTER_API_KEY, OPENROUTER_BASE_URL, LISTEN_ADDR, MOCK_PRESET, MOCK_TIME_SCALE,
              FIRST_TOKEN_TIMEOUT_MS, IDLE_TIMEOUT_MS, TOTAL_TIMEOUT_MS, MAX_RETRIES,
              HEDGE_QUANTILE (flags win)";
@@ -186,6 +200,23 @@ impl Config {
                         .filter(|q: &f64| (0.0..1.0).contains(q))
                         .ok_or_else(|| format!("{flag}: {v:?} is not in 0..1 (0 = off)"))?
                 }
+                "--max-concurrency" => {
+                    c.max_concurrency = v
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| format!("{flag}: {v:?} is not a number above zero"))?
+                }
+                "--requests-per-minute" => {
+                    c.requests_per_minute = v
+                        .parse()
+                        .map_err(|_| format!("{flag}: {v:?} is not a number"))?
+                }
+                "--tokens-per-minute" => {
+                    c.tokens_per_minute = v
+                        .parse()
+                        .map_err(|_| format!("{flag}: {v:?} is not a number"))?
+                }
                 "--slow-call-factor" => {
                     c.slow_call_factor = v
                         .parse()
@@ -228,6 +259,20 @@ impl Config {
             s,
             "connect timeout     {}ms",
             self.connect_timeout.as_millis()
+        );
+        let off = |n: u64| {
+            if n == 0 {
+                "off".to_owned()
+            } else {
+                n.to_string()
+            }
+        };
+        let _ = writeln!(
+            s,
+            "rate limits         {} in flight (low priority shed when full); requests/min per model {}; tokens/min per model {}",
+            self.max_concurrency,
+            off(self.requests_per_minute),
+            off(self.tokens_per_minute)
         );
         let _ = writeln!(s, "max retries         {}", self.max_retries);
         let _ = writeln!(

@@ -17,7 +17,9 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{StatusCode, header};
-use llm_layers_core::{ChatCompletion, ChatRequest, ChatStream, LlmError, WholeAnswer};
+use llm_layers_core::{
+    ChatCompletion, ChatRequest, ChatStream, LlmError, Priority, Tenant, WholeAnswer,
+};
 use llm_layers_mock::{MockServer, Scenario};
 use llm_layers_openrouter::OpenRouter;
 use std::time::Duration;
@@ -25,6 +27,7 @@ use std::time::Duration;
 use llm_layers_breaker::{BreakerLayer, SlowCall};
 use llm_layers_hedge::{HedgeDelay, HedgeLayer};
 use llm_layers_latency::{LatencyLayer, LatencyStore, Scope};
+use llm_layers_ratelimit::{Key, Limit, Mode, RateLimitLayer};
 use llm_layers_retry::{DefaultPolicy, RetryLayer};
 use llm_layers_timeout::{TimeoutLayer, Timeouts};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -73,7 +76,8 @@ pub fn build_leaf(config: &Config, base_url: &str, api_key: &str) -> Result<Open
         .build()
 }
 
-/// The full stack over `leaf`, outermost first: latency per call → total timeout (sets the
+/// The full stack over `leaf`, outermost first: latency per call → rate limits (concurrency
+/// with priority, requests and tokens per model) → total timeout (sets the
 /// deadline) → retry → hedge (at a quantile of recent TTFT) → breaker (open providers go
 /// into `provider.ignore`; a first token slower than 3× the model's median counts as a
 /// failure) → per-attempt first-token and idle timeouts → latency per attempt (feeds the
@@ -117,6 +121,22 @@ pub fn build_stack(config: &Config, leaf: OpenRouter) -> Result<Stack, LlmError>
             min: Duration::from_millis(500),
         })
         .build()?;
+    let mut limits =
+        RateLimitLayer::builder().concurrency(config.max_concurrency, Key::global(), Priority(1));
+    let minute = Duration::from_secs(60);
+    if config.requests_per_minute > 0 {
+        let n = config.requests_per_minute;
+        limits = limits.requests(
+            Limit::new(n, minute)
+                .burst(n.div_ceil(6).max(1))
+                .key(Key::model()),
+        );
+    }
+    if config.tokens_per_minute > 0 {
+        let n = config.tokens_per_minute;
+        limits = limits.tokens(Limit::new(n, minute).key(Key::model()).mode(Mode::Reject));
+    }
+    let limits = limits.build()?;
     let per_call = LatencyLayer::builder().scope(Scope::Call).build()?;
     let per_attempt_latency = LatencyLayer::builder()
         .scope(Scope::Attempt)
@@ -134,6 +154,7 @@ pub fn build_stack(config: &Config, leaf: OpenRouter) -> Result<Stack, LlmError>
     };
     let stack = ServiceBuilder::new()
         .layer(per_call)
+        .layer(limits)
         .layer(overall)
         .layer(retry)
         .service(inner);
@@ -293,6 +314,21 @@ fn parse_request(bytes: &[u8]) -> Result<ChatRequest, ApiFailure> {
 }
 
 async fn chat(State(state): State<AppState>, req: Request) -> Response {
+    let tenant = req
+        .headers()
+        .get("x-tenant")
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.is_empty() && t.len() <= 128)
+        .map(|t| Tenant(Arc::from(t)));
+    let priority = match req
+        .headers()
+        .get("x-priority")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("low") => Priority(0),
+        Some("high") => Priority(2),
+        _ => Priority(1),
+    };
     let bytes = match read_body(&state, req).await {
         Ok(b) => b,
         Err(f) => return f.into_response(),
@@ -301,6 +337,10 @@ async fn chat(State(state): State<AppState>, req: Request) -> Response {
         Ok(r) => r,
         Err(f) => return f.into_response(),
     };
+    req.extensions_mut().insert(priority);
+    if let Some(t) = tenant {
+        req.extensions_mut().insert(t);
+    }
     let streaming = req.is_stream();
     if !streaming {
         // Nothing reaches this caller before the end: retry may treat the end as the commit.

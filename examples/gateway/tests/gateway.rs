@@ -632,3 +632,57 @@ async fn metrics_endpoint_renders_the_genai_histograms() {
     assert!(!text.contains("sk-or-v1"), "no key in metrics");
     gw.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_answer_429_and_low_priority_is_shed_when_full() {
+    // Six requests a minute per model, burst 1: the second one would wait 10 s > 5 s.
+    let gw = start(
+        Config {
+            mock_preset: "healthy".into(),
+            requests_per_minute: 6,
+            ..config()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client();
+    let m = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    assert_eq!(json_of(post(&c, &gw, m.to_string()).await).await.0, 200);
+    let (status, v, retry) = json_of(post(&c, &gw, m.to_string()).await).await;
+    assert_eq!(status, 429);
+    assert_openai_error(&v);
+    assert_eq!(retry.as_deref(), Some("10"));
+    gw.shutdown().await.unwrap();
+
+    // One slot; a slow stream holds it; a low-priority call is shed at once.
+    let mut s = Scenario::healthy();
+    s.providers.truncate(1);
+    s.providers[0].ttft = Dist::Fixed { ms: 0.0 };
+    s.providers[0].gap = Dist::Fixed { ms: 1_000.0 };
+    let (gw, _mock) = gateway_on(
+        s,
+        Config {
+            max_concurrency: 1,
+            idle_timeout: None,
+            ..config()
+        },
+    )
+    .await;
+    let held = json!({"model": "m", "messages": [{"role": "user", "content": "hold"}], "max_tokens": 3, "stream": true});
+    let r = post(&c, &gw, held.to_string()).await;
+    let reader = tokio::spawn(async move { r.into_body().collect().await.unwrap().to_bytes() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let req = hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr()))
+        .header("content-type", "application/json")
+        .header("x-priority", "low")
+        .body(Full::new(Bytes::from(m.to_string())))
+        .unwrap();
+    let (status, v, _) = json_of(c.request(req).await.unwrap()).await;
+    assert_eq!(status, 429, "{v}");
+    assert_openai_error(&v);
+    assert!(
+        events(&reader.await.unwrap()).contains(&"[DONE]".to_owned()),
+        "the held stream finished"
+    );
+}
