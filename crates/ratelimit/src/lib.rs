@@ -12,7 +12,7 @@
 //!   carrying the exact wait;
 //! - an upstream **429 with Retry-After** holds that key's request buckets for that long,
 //!   so the whole process backs off, not just one retry;
-//! - the concurrency limit sheds low [`Priority`](llm_layers_core::Priority) calls when
+//! - the concurrency limit sheds low [`Priority`] calls when
 //!   full and queues the others, highest priority first;
 //! - state lives behind the [`Store`] trait ([`MemoryStore`] in process, bounded), shared by
 //!   every clone of the layer; the limit is applied in the response future, so `poll_ready`

@@ -64,41 +64,51 @@ struct Bucket {
     hold_until: Option<Instant>,
 }
 
-/// The in-process store: one mutex over a map, held for a few hundred nanoseconds per
-/// decision, never across an await. Bounded: at `max_keys`, buckets that owe nothing (their
-/// TAT is past, no hold) are evicted; if none can go, new keys share one `_OTHER` bucket.
+/// The in-process store: a map sharded by key hash over 16 mutexes, each held for well under
+/// a microsecond per decision, never across an await. Bounded: at `max_keys` (split evenly
+/// over the shards), buckets that owe nothing (their TAT is past, no hold) are evicted; if
+/// none can go, new keys share one `_OTHER` bucket.
 ///
 /// Memory: about 100 bytes per key plus the key's text.
 #[derive(Debug)]
 pub struct MemoryStore {
-    map: Mutex<(HashMap<BucketKey, Bucket>, Option<Instant>)>,
-    max_keys: usize,
+    shards: Vec<Mutex<Shard>>,
+    max_per_shard: usize,
 }
+
+type Shard = (HashMap<BucketKey, Bucket>, Option<Instant>);
+
+const SHARDS: usize = 16;
 
 impl MemoryStore {
     /// A store of at most `max_keys` buckets (at least 1).
     pub fn new(max_keys: usize) -> MemoryStore {
         MemoryStore {
-            map: Mutex::new((HashMap::new(), None)),
-            max_keys: max_keys.max(1),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new((HashMap::new(), None)))
+                .collect(),
+            max_per_shard: max_keys.div_ceil(SHARDS).max(1),
         }
     }
 
     fn with<R>(&self, key: &BucketKey, now: Instant, f: impl FnOnce(&mut Bucket) -> R) -> R {
-        let mut guard = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(key, &mut h);
+        let shard = &self.shards[std::hash::Hasher::finish(&h) as usize % SHARDS];
+        let mut guard = shard.lock().unwrap_or_else(|e| e.into_inner());
         let (map, next_sweep) = &mut *guard;
         if let Some(b) = map.get_mut(key) {
             return f(b);
         }
         let mut k = key.clone();
-        if map.len() >= self.max_keys {
+        if map.len() >= self.max_per_shard {
             // Sweep out buckets that owe nothing, at most every 100 ms: a flood of new keys
             // must not make every decision scan the whole map.
             if next_sweep.is_none_or(|t| now >= t) {
                 map.retain(|_, b| b.tat > now || b.hold_until.is_some_and(|h| h > now));
                 *next_sweep = Some(now + Duration::from_millis(100));
             }
-            if map.len() >= self.max_keys {
+            if map.len() >= self.max_per_shard {
                 k.key = Arc::from(crate::OTHER);
             }
         }
@@ -152,6 +162,9 @@ impl Store for MemoryStore {
     }
 
     fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).0.len()
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).0.len())
+            .sum()
     }
 }
