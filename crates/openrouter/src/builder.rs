@@ -132,6 +132,11 @@ impl Builder {
 
     /// Speak HTTP/2 without negotiation (h2c on `http://`; default off). Over `https://`,
     /// HTTP/2 is negotiated by ALPN either way.
+    ///
+    /// Every call then shares one connection once it is pooled; a burst on a cold pool can
+    /// open a second one (the pool checks for an idle connection and for a connect in flight
+    /// in two steps). Call [`OpenRouter::warm_up`](crate::OpenRouter::warm_up)`(1)` at
+    /// start-up to open the connection ahead of traffic.
     pub fn http2_prior_knowledge(mut self, on: bool) -> Self {
         self.http2_prior_knowledge = on;
         self
