@@ -13,6 +13,7 @@
 //! | `hedge` | `hedge` | a second attempt when the first token is late; first to commit wins |
 //! | `breaker` | `breaker` | per (model, provider) circuit breaker writing `provider.ignore` |
 //! | `ratelimit` | `ratelimit` | keyed buckets for requests and tokens, priority concurrency |
+//! | `router` | `router` | latency tiers with SLAs, learned provider order per model |
 //! | `mock` | `mock` | a scripted service and a mock OpenRouter server |
 //! | `full` | all of the above | |
 //!
@@ -59,6 +60,8 @@ pub use llm_layers_openrouter as openrouter;
 pub use llm_layers_ratelimit as ratelimit;
 #[cfg(feature = "retry")]
 pub use llm_layers_retry as retry;
+#[cfg(feature = "router")]
+pub use llm_layers_router as router;
 #[cfg(feature = "timeout")]
 pub use llm_layers_timeout as timeout;
 

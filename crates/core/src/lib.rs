@@ -46,7 +46,9 @@ pub use error::{
     parse_retry_after,
 };
 pub use request::{
-    ChatBody, ChatRequest, Content, Deadline, Message, Priority, ProviderPreferences, ProviderSort,
-    Tenant, WholeAnswer, default_slug, slug_matches,
+    Alternatives, ChatBody, ChatRequest, Content, Deadline, Message, Priority, ProviderPreferences,
+    ProviderSort, Tenant, WholeAnswer, default_slug, slug_matches,
 };
-pub use stream::{BoxChunkStream, ChatStream, Commit, ResponseMeta, Timings};
+pub use stream::{
+    BoxChunkStream, ChatStream, Commit, OrderDecision, ResponseMeta, Route, RouteReason, Timings,
+};

@@ -135,6 +135,11 @@ pub struct Tenant(pub Arc<str>);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Priority(pub u8);
 
+/// A request extension: other models that may serve this call, best first (a router sets
+/// it from a tier's remaining candidates; a hedge policy may race the next one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alternatives(pub Arc<[String]>);
+
 /// The JSON body of `POST /chat/completions`.
 ///
 /// Fields we do not model are kept in [`extra`](ChatBody::extra) and sent on unchanged.

@@ -1,0 +1,312 @@
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use llm_layers_core::{Alternatives, ChatRequest, LlmError, Route, RouteReason};
+use llm_layers_latency::LatencyStore;
+use tokio::time::Instant;
+use tower_layer::Layer;
+
+use crate::config::{CandidateConfig, LearnedOrderConfig, RouterConfig, TierConfig};
+use crate::order::LearnedOrder;
+use crate::service::Router;
+use crate::tier::{Candidate, Knobs, Sla, Tier};
+
+/// The prefix that names a tier in a request's `model` (`tier:fast`).
+pub const TIER_PREFIX: &str = "tier:";
+
+/// A request extension naming the tier to route through; wins over the `model` field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UseTier(pub Arc<str>);
+
+pub(crate) struct Shared {
+    store: LatencyStore,
+    tiers: HashMap<Arc<str>, Tier>,
+    names: Vec<Arc<str>>,
+    knobs: Knobs,
+    order: LearnedOrder,
+}
+
+impl Shared {
+    /// Routes `req` in place: the tier's model and provider preferences, the learned
+    /// provider order, the `models` fallback list and the [`Alternatives`] extension.
+    pub(crate) fn route(&self, req: &mut ChatRequest, now: Instant) -> Result<Route, LlmError> {
+        let named = match req.extensions().get::<UseTier>() {
+            Some(t) => Some(t.0.clone()),
+            None => req.model().strip_prefix(TIER_PREFIX).map(Arc::from),
+        };
+        let (tier, reason) = match named {
+            None => (None, RouteReason::Concrete),
+            Some(name) => {
+                let Some(tier) = self.tiers.get(&name) else {
+                    return Err(LlmError::bad_request(format!(
+                        "unknown tier `{name}`; known tiers: {}",
+                        self.names
+                            .iter()
+                            .map(|n| &**n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                };
+                let (i, reason) = tier.choose(&self.store, self.knobs, now);
+                let c = &tier.candidates[i];
+                let body = req.body_mut();
+                body.model = Some(c.model.clone());
+                if body.provider.is_none() {
+                    body.provider.clone_from(&c.provider);
+                }
+                if tier.fallback_models && body.models.is_none() && !tier.others[i].is_empty() {
+                    let mut models = Vec::with_capacity(tier.candidates.len());
+                    models.push(c.model.clone());
+                    models.extend(tier.others[i].iter().cloned());
+                    body.models = Some(models);
+                }
+                req.extensions_mut()
+                    .insert(Alternatives(tier.others[i].clone()));
+                (Some(tier.name.clone()), reason)
+            }
+        };
+        let order = self.order.apply(&self.store, req, now);
+        let tier_label = tier.as_deref().unwrap_or("").to_owned();
+        metrics::counter!(
+            "llm_router_decisions_total",
+            "tier" => tier_label,
+            "reason" => reason.as_str(),
+            "order" => order.as_str(),
+        )
+        .increment(1);
+        Ok(Route {
+            tier,
+            model: req.model().to_owned(),
+            reason,
+            order,
+        })
+    }
+}
+
+/// Applies [`Router`]. Every service built from one layer (and its clones) shares the tiers'
+/// state and the learned orders.
+#[derive(Clone)]
+pub struct RouterLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RouterLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterLayer")
+            .field("tiers", &self.shared.names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouterLayer {
+    /// A builder reading measurements from `store` (the one a per-attempt `LatencyLayer`
+    /// records into). No tiers, learned provider order on.
+    pub fn builder(store: LatencyStore) -> RouterLayerBuilder {
+        RouterLayerBuilder {
+            store,
+            config: RouterConfig::default(),
+            catalog: None,
+        }
+    }
+
+    /// A router from a configuration, validated.
+    pub fn from_config(config: RouterConfig, store: LatencyStore) -> Result<RouterLayer, LlmError> {
+        RouterLayer::builder(store).config(config).build()
+    }
+
+    /// The tier names, in configuration order.
+    pub fn tiers(&self) -> impl Iterator<Item = &str> {
+        self.shared.names.iter().map(|n| &**n)
+    }
+
+    /// Routes a request as the service would, without calling anything: what it would send.
+    pub fn route(&self, req: &mut ChatRequest) -> Result<Route, LlmError> {
+        self.shared.route(req, Instant::now())
+    }
+}
+
+impl<S> Layer<S> for RouterLayer {
+    type Service = Router<S>;
+
+    fn layer(&self, inner: S) -> Router<S> {
+        Router::new(inner, self.shared.clone())
+    }
+}
+
+/// Builds a [`RouterLayer`], validating every value.
+#[derive(Debug, Clone)]
+pub struct RouterLayerBuilder {
+    store: LatencyStore,
+    config: RouterConfig,
+    catalog: Option<HashSet<String>>,
+}
+
+fn in_0_1(x: f64) -> bool {
+    x.is_finite() && (0.0..=1.0).contains(&x)
+}
+
+fn open_0_1(x: f64) -> bool {
+    x.is_finite() && x > 0.0 && x < 1.0
+}
+
+impl RouterLayerBuilder {
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: RouterConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Adds a tier.
+    pub fn tier(mut self, tier: TierConfig) -> Self {
+        self.config.tiers.push(tier);
+        self
+    }
+
+    /// The share of a tier's calls that explores (0 to 0.5; default 0.05).
+    pub fn explore(mut self, share: f64) -> Self {
+        self.config.explore = share;
+        self
+    }
+
+    /// How long a candidate that broke its SLA is skipped (default 60 s).
+    pub fn cooldown(mut self, d: Duration) -> Self {
+        self.config.cooldown_secs = d.as_secs_f64();
+        self
+    }
+
+    /// The recovery bound as a share of the SLA bound (default 0.9).
+    pub fn recover_ratio(mut self, r: f64) -> Self {
+        self.config.recover_ratio = r;
+        self
+    }
+
+    /// How provider order is learned (on by default).
+    pub fn learned_order(mut self, cfg: LearnedOrderConfig) -> Self {
+        self.config.learned_order = cfg;
+        self
+    }
+
+    /// The model ids the upstream serves (its catalog): a candidate outside it is a
+    /// configuration error.
+    pub fn catalog(mut self, models: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.catalog = Some(models.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Validates and builds.
+    pub fn build(self) -> Result<RouterLayer, LlmError> {
+        let c = self.config;
+        if !(c.explore.is_finite() && (0.0..=0.5).contains(&c.explore)) {
+            return Err(LlmError::config("router explore share must be in 0..=0.5"));
+        }
+        if !(c.cooldown_secs.is_finite() && c.cooldown_secs > 0.0 && c.cooldown_secs <= 86_400.0) {
+            return Err(LlmError::config(
+                "router cooldown must be above 0 and at most a day",
+            ));
+        }
+        if !(c.recover_ratio > 0.0 && c.recover_ratio <= 1.0) {
+            return Err(LlmError::config("router recover_ratio must be in (0, 1]"));
+        }
+        let lo = &c.learned_order;
+        if !open_0_1(lo.quantile) {
+            return Err(LlmError::config("learned order quantile must be in 0..1"));
+        }
+        if !in_0_1(lo.max_error_rate) || !in_0_1(lo.stickiness) {
+            return Err(LlmError::config(
+                "learned order max_error_rate and stickiness must be in 0..=1",
+            ));
+        }
+        if !(lo.explore.is_finite() && (0.0..=0.5).contains(&lo.explore)) {
+            return Err(LlmError::config(
+                "learned order explore share must be in 0..=0.5",
+            ));
+        }
+        let mut tiers = HashMap::new();
+        let mut names = Vec::new();
+        for t in &c.tiers {
+            let name = t.name.as_str();
+            if name.is_empty() || name.chars().any(|ch| ch.is_whitespace() || ch == ':') {
+                return Err(LlmError::config(format!(
+                    "tier name `{name}` must be non-empty, without spaces or `:`"
+                )));
+            }
+            if t.models.is_empty() {
+                return Err(LlmError::config(format!("tier `{name}` has no models")));
+            }
+            let s = t.sla;
+            if !open_0_1(s.ttft_quantile) {
+                return Err(LlmError::config(format!(
+                    "tier `{name}`: SLA quantile must be in 0..1"
+                )));
+            }
+            if s.ttft_ms == 0 {
+                return Err(LlmError::config(format!(
+                    "tier `{name}`: SLA ttft_ms must be above zero"
+                )));
+            }
+            if !in_0_1(s.min_success_rate) {
+                return Err(LlmError::config(format!(
+                    "tier `{name}`: min_success_rate must be in 0..=1"
+                )));
+            }
+            let mut seen = HashSet::new();
+            for m in &t.models {
+                let model = m.model();
+                if model.is_empty() || model.starts_with(TIER_PREFIX) {
+                    return Err(LlmError::config(format!(
+                        "tier `{name}`: `{model}` is not a model id"
+                    )));
+                }
+                if !seen.insert(model) {
+                    return Err(LlmError::config(format!(
+                        "tier `{name}` lists `{model}` twice"
+                    )));
+                }
+                if let Some(cat) = &self.catalog {
+                    if !cat.contains(model) {
+                        return Err(LlmError::config(format!(
+                            "tier `{name}`: unknown model `{model}` (not in the catalog)"
+                        )));
+                    }
+                }
+            }
+            let candidates = t
+                .models
+                .iter()
+                .map(|m| match m {
+                    CandidateConfig::Model(model) => Candidate {
+                        model: model.clone(),
+                        provider: None,
+                    },
+                    CandidateConfig::WithProvider { model, provider } => Candidate {
+                        model: model.clone(),
+                        provider: Some((**provider).clone()),
+                    },
+                })
+                .collect();
+            let sla = Sla {
+                quantile: s.ttft_quantile,
+                ttft: Duration::from_millis(s.ttft_ms),
+                min_success: s.min_success_rate,
+            };
+            let tier = Tier::new(name, candidates, sla, t.fallback_models, c.explore);
+            if tiers.insert(tier.name.clone(), tier).is_some() {
+                return Err(LlmError::config(format!("tier `{name}` is defined twice")));
+            }
+            names.push(Arc::from(name));
+        }
+        Ok(RouterLayer {
+            shared: Arc::new(Shared {
+                store: self.store,
+                tiers,
+                names,
+                knobs: Knobs {
+                    cooldown: Duration::from_secs_f64(c.cooldown_secs),
+                    recover_ratio: c.recover_ratio,
+                },
+                order: LearnedOrder::new(c.learned_order, c.slugs),
+            }),
+        })
+    }
+}
