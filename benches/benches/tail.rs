@@ -15,6 +15,7 @@ use llm_layers_hedge::{HedgeDelay, HedgeLayer};
 use llm_layers_latency::{LatencyLayer, LatencyStore, Scope};
 use llm_layers_mock::{Dist, MockServer, Scenario};
 use llm_layers_openrouter::OpenRouter;
+use llm_layers_router::RouterLayer;
 use llm_layers_timeout::TimeoutLayer;
 use rand::SeedableRng;
 use tower::util::BoxCloneSyncService;
@@ -121,7 +122,7 @@ fn median(d: &Dist) -> f64 {
 
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
-    let n = if quick { 200 } else { 4000 };
+    let n = if quick { 200 } else { 10_000 };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -145,7 +146,7 @@ fn main() {
                     max: Duration::from_secs(30),
                     cold: Duration::from_millis(50),
                 })
-                .budget(Duration::from_secs(10), 1, 0.05)
+                .budget(Duration::from_secs(10), 0, 0.05)
                 .build()
                 .unwrap();
             let attempt = ServiceBuilder::new()
@@ -166,13 +167,25 @@ fn main() {
             .build()
             .unwrap();
         let with_breaker = hedged(store_b, Some(breaker));
+        // The whole learned stack: the router orders providers by the TTFT it measured,
+        // the breaker drops slow ones, the hedge fires at the recorded p95.
+        let store_r = LatencyStore::new();
+        let breaker_r = BreakerLayer::builder()
+            .slow_call(SlowCall::P50Multiple { store: store_r.clone(), factor: 3.0, min: Duration::from_millis(1) })
+            .seed(3)
+            .build()
+            .unwrap();
+        let router = RouterLayer::builder(store_r.clone()).build().unwrap();
+        let routed: Svc = BoxCloneSyncService::new(router.layer(hedged(store_r, Some(breaker_r))));
         // Warm each stack's store (and the pool) so delays and rankings are learned, not cold.
         let _ = run("warm-up", stack.clone(), &server, n / 4, 1).await;
         let _ = run("warm-up", with_breaker.clone(), &server, n / 4, 3).await;
+        let _ = run("warm-up", routed.clone(), &server, n / 4, 5).await;
         let rows = [
             run("plain leaf", plain, &server, n, 2).await,
             run("leaf + latency store + hedge (p95, 5 % budget)", stack, &server, n, 2).await,
             run("  + breaker (slow call = 3x recorded p50)", with_breaker, &server, n, 2).await,
+            run("  + router (learned provider order)", routed, &server, n, 2).await,
             oracle(&scenario, n),
         ];
         println!("fat_tail preset at time scale {SCALE}, {n} streaming calls, 64 concurrent, seed 42");
@@ -183,8 +196,8 @@ fn main() {
                 r.name, r.p50, r.p95, r.p99, r.ok * 100.0, r.upstream_per_call
             );
         }
-        let (p, o) = (&rows[0], &rows[3]);
-        for s in &rows[1..3] {
+        let (p, o) = (&rows[0], &rows[4]);
+        for s in &rows[1..4] {
             println!(
                 "{}: p95 x{:.2} p99 x{:.2} over the plain leaf = {:.0} % (p95) and {:.0} % (p99) of the oracle's x{:.2} / x{:.2}",
                 s.name.trim(), p.p95 / s.p95, p.p99 / s.p99,

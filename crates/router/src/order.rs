@@ -86,16 +86,27 @@ impl LearnedOrder {
     ) -> Learned {
         let min = store.min_samples().max(1);
         let seen = store.providers(model);
-        let least_sampled = seen
-            .iter()
-            .min_by_key(|(_, s)| s.ttft_samples)
-            .map(|(p, _)| self.slug(p));
         let mut ranked: Vec<(String, Duration)> = seen
             .iter()
             .filter(|(_, s)| s.ttft_samples >= min && s.error_rate <= self.cfg.max_error_rate)
             .map(|(p, s)| (self.slug(p), s.ttft_quantile(self.cfg.quantile)))
             .collect();
         ranked.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        // Exploration re-measures providers that have too few samples or are close to the
+        // best; one measured clearly slow (over twice the best) or failing waits until its
+        // samples leave the window (OpenRouter's own routing still reaches it meanwhile).
+        let best = ranked.first().map(|r| r.1);
+        let least_sampled = seen
+            .iter()
+            .filter(|(_, s)| {
+                let measured = s.ttft_samples >= min;
+                let slow =
+                    measured && best.is_some_and(|b| s.ttft_quantile(self.cfg.quantile) > b * 2);
+                let failing = s.calls >= min && s.error_rate > self.cfg.max_error_rate;
+                !slow && !failing
+            })
+            .min_by_key(|(_, s)| s.ttft_samples)
+            .map(|(p, _)| self.slug(p));
         // Stickiness: the leader keeps first place unless beaten by a clear margin.
         if let Some(pos) = leader.and_then(|l| ranked.iter().position(|(s, _)| s == l)) {
             if pos > 0 && ranked[0].1.mul_f64(1.0 + self.cfg.stickiness) >= ranked[pos].1 {

@@ -54,6 +54,10 @@ pub struct Config {
     /// LLM tokens per minute per model (`--tokens-per-minute`; 0 = off), reserved from an
     /// estimate and settled to the real usage.
     pub tokens_per_minute: u64,
+    /// Tiers and routing knobs (`--tiers FILE`, `ROUTER_TIERS`: a JSON
+    /// [`RouterConfig`](llm_layers_router::RouterConfig)); requests name a tier as
+    /// `model: "tier:NAME"`. Learned provider order is on unless `--learned-order off`.
+    pub router: llm_layers_router::RouterConfig,
 }
 
 impl Default for Config {
@@ -79,6 +83,7 @@ impl Default for Config {
             max_concurrency: 512,
             requests_per_minute: 0,
             tokens_per_minute: 0,
+            router: llm_layers_router::RouterConfig::default(),
         }
     }
 }
@@ -91,10 +96,11 @@ usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
                [--total-timeout-ms MS] [--max-retries N] [--connect-timeout-ms MS]
                [--hedge-quantile Q] [--hedge-budget SHARE] [--slow-call-factor X]
                [--max-concurrency N] [--requests-per-minute N] [--tokens-per-minute N]
+               [--tiers FILE.json] [--learned-order on|off]
 headers:     x-tenant (rate-limit key), x-priority: low|normal|high
 environment: OPENROUTER_API_KEY, OPENROUTER_BASE_URL, LISTEN_ADDR, MOCK_PRESET, MOCK_TIME_SCALE,
              FIRST_TOKEN_TIMEOUT_MS, IDLE_TIMEOUT_MS, TOTAL_TIMEOUT_MS, MAX_RETRIES,
-             HEDGE_QUANTILE (flags win)";
+             HEDGE_QUANTILE, ROUTER_TIERS, LEARNED_ORDER (flags win)";
 
 fn ms(v: &str, name: &str) -> Result<Option<Duration>, String> {
     let n: u64 = v
@@ -129,6 +135,8 @@ impl Config {
             ("TOTAL_TIMEOUT_MS", "--total-timeout-ms"),
             ("MAX_RETRIES", "--max-retries"),
             ("HEDGE_QUANTILE", "--hedge-quantile"),
+            ("ROUTER_TIERS", "--tiers"),
+            ("LEARNED_ORDER", "--learned-order"),
         ] {
             if let Some(v) = non_empty(k) {
                 pairs.push((flag.to_owned(), v));
@@ -231,6 +239,22 @@ impl Config {
                         .filter(|q: &f64| (0.0..=1.0).contains(q))
                         .ok_or_else(|| format!("{flag}: {v:?} is not a share in 0..=1"))?
                 }
+                "--tiers" => {
+                    let text = std::fs::read_to_string(&v)
+                        .map_err(|e| format!("{flag}: cannot read {v:?}: {e}"))?;
+                    let learned = c.router.learned_order.enabled;
+                    c.router = serde_json::from_str(&text)
+                        .map_err(|e| format!("{flag}: {v:?} is not a router configuration: {e}"))?;
+                    // A `--learned-order off` given before the file still holds.
+                    c.router.learned_order.enabled &= learned;
+                }
+                "--learned-order" => {
+                    c.router.learned_order.enabled = match v.as_str() {
+                        "on" | "true" | "1" => true,
+                        "off" | "false" | "0" => false,
+                        _ => return Err(format!("{flag}: {v:?} is not on or off")),
+                    }
+                }
                 other => return Err(format!("unknown flag {other:?}")),
             }
         }
@@ -292,6 +316,22 @@ impl Config {
             } else {
                 "off".to_owned()
             }
+        );
+        let tiers: Vec<&str> = self.router.tiers.iter().map(|t| t.name.as_str()).collect();
+        let _ = writeln!(
+            s,
+            "router              tiers: {}; learned provider order {} (explores {}% of calls)",
+            if tiers.is_empty() {
+                "none (--tiers FILE)".to_owned()
+            } else {
+                tiers.join(", ")
+            },
+            if self.router.learned_order.enabled {
+                "on"
+            } else {
+                "off"
+            },
+            self.router.learned_order.explore * 100.0
         );
         let _ = writeln!(
             s,

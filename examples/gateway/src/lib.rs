@@ -29,6 +29,7 @@ use llm_layers_hedge::{HedgeDelay, HedgeLayer};
 use llm_layers_latency::{LatencyLayer, LatencyStore, Scope};
 use llm_layers_ratelimit::{Key, Limit, Mode, RateLimitLayer};
 use llm_layers_retry::{DefaultPolicy, RetryLayer};
+use llm_layers_router::{RouterLayer, TIER_PREFIX};
 use llm_layers_timeout::{TimeoutLayer, Timeouts};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -77,13 +78,24 @@ pub fn build_leaf(config: &Config, base_url: &str, api_key: &str) -> Result<Open
 }
 
 /// The full stack over `leaf`, outermost first: latency per call → rate limits (concurrency
-/// with priority, requests and tokens per model) → total timeout (sets the
-/// deadline) → retry → hedge (at a quantile of recent TTFT) → breaker (open providers go
+/// with priority, requests and tokens per model) → router (tiers, learned provider order)
+/// → total timeout (sets the deadline) → retry → hedge (at a quantile of recent TTFT) → breaker (open providers go
 /// into `provider.ignore`; a first token slower than 3× the model's median counts as a
 /// failure) → per-attempt first-token and idle timeouts → latency per attempt (feeds the
 /// store the hedge and breaker read) → the leaf.
-pub fn build_stack(config: &Config, leaf: OpenRouter) -> Result<Stack, LlmError> {
+///
+/// `catalog` is the upstream's model ids when known: tiers naming other models are refused.
+pub fn build_stack(
+    config: &Config,
+    leaf: OpenRouter,
+    catalog: Option<Vec<String>>,
+) -> Result<Stack, LlmError> {
     let store = LatencyStore::new();
+    let mut router = RouterLayer::builder(store.clone()).config(config.router.clone());
+    if let Some(models) = catalog {
+        router = router.catalog(models);
+    }
+    let router = router.build()?;
     let overall = TimeoutLayer::builder()
         .limits(Timeouts {
             total: config.total_timeout,
@@ -155,6 +167,7 @@ pub fn build_stack(config: &Config, leaf: OpenRouter) -> Result<Stack, LlmError>
     let stack = ServiceBuilder::new()
         .layer(per_call)
         .layer(limits)
+        .layer(router)
         .layer(overall)
         .layer(retry)
         .service(inner);
@@ -226,7 +239,17 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> Result<
         }
     };
     let leaf = build_leaf(&config, &base_url, &key).map_err(|e| e.to_string())?;
-    let stack = build_stack(&config, leaf.clone()).map_err(|e| e.to_string())?;
+    // With tiers configured, their models are checked against the upstream's catalog
+    // (when it answers within 10 s; otherwise they are taken on trust).
+    let catalog = if config.router.tiers.is_empty() {
+        None
+    } else {
+        match tokio::time::timeout(Duration::from_secs(10), leaf.models()).await {
+            Ok(Ok(models)) => Some(models.iter().map(|m| m.id.clone()).collect()),
+            _ => None,
+        }
+    };
+    let stack = build_stack(&config, leaf.clone(), catalog).map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -387,6 +410,14 @@ pub(crate) fn now_secs() -> u64 {
 async fn models(State(state): State<AppState>) -> Response {
     match state.leaf.models().await {
         Ok(models) => {
+            let tiers = state.config.router.tiers.iter().map(|t| {
+                json!({
+                    "id": format!("{TIER_PREFIX}{}", t.name),
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "llm-layers",
+                })
+            });
             let data: Vec<_> = models
                 .iter()
                 .map(|m| {
@@ -397,6 +428,7 @@ async fn models(State(state): State<AppState>) -> Response {
                         "owned_by": m.id.split('/').next().unwrap_or("openrouter"),
                     })
                 })
+                .chain(tiers)
                 .collect();
             axum::Json(json!({"object": "list", "data": data})).into_response()
         }

@@ -686,3 +686,131 @@ async fn rate_limits_answer_429_and_low_priority_is_shed_when_full() {
         "the held stream finished"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiers_are_models_unknown_tiers_are_400_and_unknown_candidates_refused() {
+    let router: llm_layers_router::RouterConfig = serde_json::from_value(json!({
+        "tiers": [{"name": "fast", "models": ["mock/fast", "mock/echo"], "sla": {"ttft_ms": 2000}}]
+    }))
+    .unwrap();
+    let gw = start(
+        Config {
+            mock_preset: "healthy".into(),
+            router: router.clone(),
+            ..config()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client();
+    let r = c
+        .request(
+            hyper::Request::get(format!("http://{}/v1/models", gw.addr()))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (_, v, _) = json_of(r).await;
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"tier:fast"), "{ids:?}");
+    assert!(ids.contains(&"mock/echo"), "{ids:?}");
+
+    let m = json!({"model": "tier:fast", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    let (status, v, _) = json_of(post(&c, &gw, m.to_string()).await).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["model"], "mock/fast", "cold: the tier's first candidate");
+
+    let m = json!({"model": "tier:nope", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, v, _) = json_of(post(&c, &gw, m.to_string()).await).await;
+    assert_eq!(status, 400);
+    assert_openai_error(&v);
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown tier `nope`"),
+        "{v}"
+    );
+    gw.shutdown().await.unwrap();
+
+    // A tier naming a model the upstream does not serve is refused at start.
+    let mut bad = router;
+    bad.tiers[0]
+        .models
+        .push(llm_layers_router::CandidateConfig::Model(
+            "no/such-model".into(),
+        ));
+    let e = start(
+        Config {
+            mock_preset: "healthy".into(),
+            router: bad,
+            ..config()
+        },
+        None,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(e.contains("unknown model `no/such-model`"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learned_provider_order_sends_most_calls_to_the_fastest_provider() {
+    let mut s = Scenario::healthy();
+    s.time_scale = 1.0;
+    s.providers.truncate(2);
+    s.providers[0].ttft = Dist::Fixed { ms: 60.0 };
+    s.providers[1].ttft = Dist::Fixed { ms: 2.0 };
+    for p in &mut s.providers {
+        p.gap = Dist::Fixed { ms: 0.0 };
+    }
+    let fast = s.providers[1].slug.clone();
+    let (gw, mock) = gateway_on(
+        s,
+        Config {
+            hedge_quantile: 0.0,
+            ..config()
+        },
+    )
+    .await;
+    let c = client();
+    let burst = |n: usize| {
+        let (c, addr) = (c.clone(), gw.addr());
+        async move {
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..n {
+                let c = c.clone();
+                set.spawn(async move {
+                    let m = json!({"model": "mock/echo", "messages": [{"role": "user", "content": format!("q{i}")}], "max_tokens": 1});
+                    let req = hyper::Request::post(format!("http://{addr}/v1/chat/completions"))
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(m.to_string())))
+                        .unwrap();
+                    json_of(c.request(req).await.unwrap()).await.0
+                });
+            }
+            while let Some(s) = set.join_next().await {
+                assert_eq!(s.unwrap(), 200);
+            }
+        }
+    };
+    // Unordered warm-up: OpenRouter-style weighted routing measures both providers.
+    burst(120).await;
+    // Orders and store reads are cached for 250 ms: let them see the warm-up.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = mock.counters().requests_to(&fast);
+    burst(200).await;
+    let to_fast = mock.counters().requests_to(&fast) - before;
+    assert!(
+        to_fast >= 180,
+        "{to_fast} of 200 calls went to the fast provider"
+    );
+}
