@@ -58,5 +58,5 @@ mod service;
 
 pub use future::ResponseFuture;
 pub use layer::{HedgeLayer, HedgeLayerBuilder};
-pub use policy::{HedgeDelay, HedgePolicy, OtherModels, SameRequest, SortByLatency};
+pub use policy::{HedgeDelay, HedgePolicy, NextCandidate, OtherModels, SameRequest, SortByLatency};
 pub use service::Hedge;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use llm_layers_core::{ChatRequest, ProviderSort};
+use llm_layers_core::{Alternatives, ChatRequest, ProviderSort};
 use llm_layers_latency::LatencyStore;
 
 /// Builds the request of hedge number `hedge` (1 for the first hedge) from the original.
@@ -70,6 +70,32 @@ impl HedgePolicy for OtherModels {
         let model = self.models.get(hedge.checked_sub(1)? as usize)?;
         let mut r = original.clone();
         r.body_mut().model = Some(model.clone());
+        Some(r)
+    }
+}
+
+/// Races the next candidate of the request's tier: hedge `n` asks for the `n`-th model of
+/// the [`Alternatives`] a router set (the tier's other candidates, best first), with the
+/// provider order and `models` list of the first model dropped; past the list, or for a
+/// request without alternatives, the same request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NextCandidate;
+
+impl HedgePolicy for NextCandidate {
+    fn hedge(&self, original: &ChatRequest, hedge: u32) -> Option<ChatRequest> {
+        let mut r = original.clone();
+        let next = original
+            .extensions()
+            .get::<Alternatives>()
+            .and_then(|a| a.0.get(hedge.checked_sub(1)? as usize));
+        if let Some(model) = next {
+            let body = r.body_mut();
+            body.model = Some(model.clone());
+            body.models = None;
+            if let Some(p) = body.provider.as_mut() {
+                p.order = None;
+            }
+        }
         Some(r)
     }
 }

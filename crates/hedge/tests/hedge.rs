@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use http::StatusCode;
-use llm_layers_core::{ChatRequest, Deadline, ErrorKind, LlmError, Message, TimeoutKind};
-use llm_layers_hedge::{HedgeDelay, HedgeLayer, OtherModels};
+use llm_layers_core::{
+    Alternatives, ChatRequest, Deadline, ErrorKind, LlmError, Message, TimeoutKind,
+};
+use llm_layers_hedge::{HedgeDelay, HedgeLayer, NextCandidate, OtherModels};
 use llm_layers_latency::{LatencyStore, Outcome};
 use llm_layers_mock::{MockChat, Script};
 use tokio::time::Instant;
@@ -257,4 +259,33 @@ fn bad_configuration_is_rejected() {
     ] {
         assert_eq!(b.build().unwrap_err().kind(), ErrorKind::Config);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn next_candidate_races_the_tiers_next_model() {
+    let mock = MockChat::new();
+    mock.push(answer("A", S(10), &["slow"]));
+    mock.push(answer("B", S(1), &["quick"]));
+    let svc = HedgeLayer::builder()
+        .delay(HedgeDelay::Fixed(S(2)))
+        .policy(NextCandidate)
+        .budget(S(10), 100, 1.0)
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let mut r = req();
+    r.body_mut().provider_mut().order = Some(vec!["a".into()]);
+    r.extensions_mut()
+        .insert(Alternatives(vec!["small/quick".to_string()].into()));
+    let s = svc.clone().oneshot(r).await.unwrap();
+    assert_eq!(s.meta().hedge_winner, Some(1));
+    let sent = mock.requests();
+    assert_eq!(sent[0].model(), "m");
+    assert_eq!(sent[1].model(), "small/quick");
+    assert_eq!(sent[1].body().provider.as_ref().unwrap().order, None);
+    // Without alternatives: the same request.
+    mock.push(answer("A", S(10), &["slow"]));
+    mock.push(answer("B", S(1), &["quick"]));
+    svc.oneshot(req()).await.unwrap();
+    assert_eq!(mock.requests()[3].model(), "m");
 }
