@@ -112,6 +112,27 @@ fn oracle(s: &Scenario, n: usize) -> Row {
     }
 }
 
+/// Every call to the fastest provider, no hedge: what a perfect provider order gives.
+fn fastest_only(s: &Scenario) -> Row {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+    let fastest = s
+        .providers
+        .iter()
+        .min_by(|a, b| median(&a.ttft).total_cmp(&median(&b.ttft)))
+        .unwrap();
+    let mut xs: Vec<f64> = (0..200_000)
+        .map(|_| fastest.ttft.sample_ms(&mut rng) * SCALE)
+        .collect();
+    Row {
+        name: "always the fastest provider, no hedge".into(),
+        p50: quantile(&mut xs, 0.5),
+        p95: quantile(&mut xs, 0.95),
+        p99: quantile(&mut xs, 0.99),
+        ok: 1.0,
+        upstream_per_call: 1.0,
+    }
+}
+
 fn median(d: &Dist) -> f64 {
     match d {
         Dist::Fixed { ms } => *ms,
@@ -176,17 +197,28 @@ fn main() {
             .build()
             .unwrap();
         let router = RouterLayer::builder(store_r.clone()).build().unwrap();
+        // Learned provider order alone, against always sending to the fastest provider.
+        let store_o = LatencyStore::new();
+        let order_only: Svc = BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .layer(RouterLayer::builder(store_o.clone()).build().unwrap())
+                .layer(LatencyLayer::builder().scope(Scope::Attempt).store(store_o).build().unwrap())
+                .service(leaf.clone()),
+        );
         let routed: Svc = BoxCloneSyncService::new(router.layer(hedged(store_r, Some(breaker_r))));
         // Warm each stack's store (and the pool) so delays and rankings are learned, not cold.
         let _ = run("warm-up", stack.clone(), &server, n / 4, 1).await;
         let _ = run("warm-up", with_breaker.clone(), &server, n / 4, 3).await;
         let _ = run("warm-up", routed.clone(), &server, n / 4, 5).await;
+        let _ = run("warm-up", order_only.clone(), &server, n / 4, 6).await;
         let rows = [
             run("plain leaf", plain, &server, n, 2).await,
             run("leaf + latency store + hedge (p95, 5 % budget)", stack, &server, n, 2).await,
             run("  + breaker (slow call = 3x recorded p50)", with_breaker, &server, n, 2).await,
             run("  + router (learned provider order)", routed, &server, n, 2).await,
             oracle(&scenario, n),
+            run("leaf + router (learned provider order only)", order_only, &server, n, 2).await,
+            fastest_only(&scenario),
         ];
         println!("fat_tail preset at time scale {SCALE}, {n} streaming calls, 64 concurrent, seed 42");
         println!("{:<50} {:>9} {:>9} {:>9} {:>8} {:>10}", "arm", "TTFT p50", "p95", "p99", "ok", "upstream/call");
@@ -197,6 +229,11 @@ fn main() {
             );
         }
         let (p, o) = (&rows[0], &rows[4]);
+        let (order, best) = (&rows[5], &rows[6]);
+        println!(
+            "{}: p95 {:.1} ms and p99 {:.1} ms against {:.1} / {:.1} ms always on the fastest provider (x{:.2} / x{:.2})",
+            order.name, order.p95, order.p99, best.p95, best.p99, order.p95 / best.p95, order.p99 / best.p99,
+        );
         for s in &rows[1..4] {
             println!(
                 "{}: p95 x{:.2} p99 x{:.2} over the plain leaf = {:.0} % (p95) and {:.0} % (p99) of the oracle's x{:.2} / x{:.2}",
