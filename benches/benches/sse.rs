@@ -1,0 +1,98 @@
+//! SSE parsing throughput: llm-layers' `SseParser` side by side with `eventsource-stream` and
+//! `sse-stream`, on OpenRouter-like chunk events delivered in reads of 64 B, 1460 B (one TCP
+//! segment) and 16 KiB. Each parser gets the same `Bytes` slices and must find every event.
+//!
+//! `cargo bench -p llm-layers-bench --bench sse`
+
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use eventsource_stream::Eventsource;
+use futures_util::Stream;
+use llm_layers_core::sse::SseParser;
+
+const EVENTS: usize = 4_000;
+
+/// About 1 MiB of events as OpenRouter streams them, with a keep-alive comment now and then.
+fn payload() -> Bytes {
+    let mut s = String::new();
+    for i in 0..EVENTS {
+        if i % 500 == 0 {
+            s.push_str(": OPENROUTER PROCESSING\n\n");
+        }
+        s.push_str(&format!(
+            "data: {{\"id\":\"gen-1732456789-AbCdEfGhIjKlMnOpQrSt\",\"provider\":\"OpenAI\",\"model\":\"openai/gpt-4o-mini\",\"object\":\"chat.completion.chunk\",\"created\":1732456789,\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\" token{i}\"}},\"finish_reason\":null,\"native_finish_reason\":null,\"logprobs\":null}}]}}\n\n"
+        ));
+    }
+    s.push_str("data: [DONE]\n\n");
+    Bytes::from(s)
+}
+
+fn chunks(all: &Bytes, size: usize) -> Vec<Bytes> {
+    (0..all.len())
+        .step_by(size)
+        .map(|i| all.slice(i..(i + size).min(all.len())))
+        .collect()
+}
+
+/// Drains a stream that is always ready (its source is in memory), counting items.
+fn drain<S: Stream<Item = Result<T, E>> + Unpin, T, E: std::fmt::Debug>(mut s: S) -> usize {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut n = 0;
+    loop {
+        match Pin::new(&mut s).poll_next(&mut cx) {
+            Poll::Ready(Some(Ok(_))) => n += 1,
+            Poll::Ready(Some(Err(e))) => panic!("{e:?}"),
+            Poll::Ready(None) => return n,
+            Poll::Pending => unreachable!("in-memory source"),
+        }
+    }
+}
+
+fn ours(chunks: &[Bytes]) -> usize {
+    let mut p = SseParser::new();
+    let mut n = 0;
+    for c in chunks {
+        p.push(c.clone());
+        while let Some(ev) = p.next_event() {
+            ev.unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+fn source(chunks: &[Bytes]) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin + '_ {
+    futures_util::stream::iter(chunks.iter().cloned().map(Ok))
+}
+
+fn bench(c: &mut Criterion) {
+    let all = payload();
+    let mut g = c.benchmark_group("sse");
+    g.throughput(Throughput::Bytes(all.len() as u64));
+    for size in [64, 1460, 16 * 1024] {
+        let chunks = chunks(&all, size);
+        let expected = EVENTS + 1;
+        assert_eq!(ours(&chunks), expected);
+        assert_eq!(drain(source(&chunks).eventsource()), expected);
+        assert_eq!(
+            drain(sse_stream::SseStream::from_bytes_stream(source(&chunks))),
+            expected
+        );
+        g.bench_function(format!("llm-layers/{size}B"), |b| b.iter(|| ours(&chunks)));
+        g.bench_function(format!("eventsource-stream/{size}B"), |b| {
+            b.iter(|| drain(source(&chunks).eventsource()))
+        });
+        g.bench_function(format!("sse-stream/{size}B"), |b| {
+            b.iter(|| drain(sse_stream::SseStream::from_bytes_stream(source(&chunks))))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
