@@ -1,4 +1,4 @@
-//! Overhead of the timeout and retry layers per call and per chunk, over an instant
+//! Overhead of each layer, and of the full stack, per call and per chunk, over an instant
 //! scripted inner service, side by side with the bare service.
 //!
 //! `cargo bench -p llm-layers-bench --bench layers`
@@ -12,14 +12,17 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::StreamExt;
 use llm_layers_bench::request;
-use llm_layers_core::{ChatStream, LlmError};
+use llm_layers_breaker::BreakerLayer;
+use llm_layers_core::{ChatStream, LlmError, Priority};
 use llm_layers_hedge::{HedgeDelay, HedgeLayer};
 use llm_layers_latency::{LatencyLayer, LatencyStore, Outcome, Scope};
 use llm_layers_mock::{MockChat, Script};
+use llm_layers_ratelimit::{Key, Limit, RateLimitLayer};
 use llm_layers_retry::RetryLayer;
+use llm_layers_router::RouterLayer;
 use llm_layers_timeout::TimeoutLayer;
 use tower::util::BoxCloneService;
-use tower::{Layer, ServiceExt};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 
 type Svc = BoxCloneService<llm_layers_core::ChatRequest, ChatStream, LlmError>;
 
@@ -55,15 +58,57 @@ fn bench(c: &mut Criterion) {
         .delay(HedgeDelay::Fixed(Duration::from_secs(5)))
         .build()
         .unwrap();
+    let ratelimit = RateLimitLayer::builder()
+        .concurrency(10_000, Key::global(), Priority(1))
+        .requests(Limit::new(1_000_000_000, Duration::from_secs(1)).key(Key::model()))
+        .build()
+        .unwrap();
+    let breaker = BreakerLayer::builder().build().unwrap();
+    let router = RouterLayer::builder(store.clone()).build().unwrap();
+    let per_call = LatencyLayer::builder().scope(Scope::Call).build().unwrap();
+    // The gateway's stack, outermost first.
+    let full = |mock: MockChat| -> Svc {
+        BoxCloneService::new(
+            ServiceBuilder::new()
+                .layer(per_call.clone())
+                .layer(ratelimit.clone())
+                .layer(router.clone())
+                .layer(
+                    TimeoutLayer::builder()
+                        .total(Duration::from_secs(300))
+                        .build()
+                        .unwrap(),
+                )
+                .layer(retry.clone())
+                .layer(hedge.clone())
+                .layer(breaker.clone())
+                .layer(
+                    TimeoutLayer::builder()
+                        .first_token(Duration::from_secs(30))
+                        .idle(Duration::from_secs(30))
+                        .build()
+                        .unwrap(),
+                )
+                .layer(latency.clone())
+                .service(mock),
+        )
+    };
     let mut g = c.benchmark_group("layers");
     for chunks in [1usize, 101] {
         let mock = MockChat::with_default(Script::tokens(Duration::ZERO, chunks, Duration::ZERO));
-        let arms: [(&str, Svc); 5] = [
+        let arms: [(&str, Svc); 9] = [
             ("bare", BoxCloneService::new(mock.clone())),
             ("timeout", BoxCloneService::new(timeout.layer(mock.clone()))),
             ("retry", BoxCloneService::new(retry.layer(mock.clone()))),
             ("latency", BoxCloneService::new(latency.layer(mock.clone()))),
             ("hedge", BoxCloneService::new(hedge.layer(mock.clone()))),
+            (
+                "ratelimit",
+                BoxCloneService::new(ratelimit.layer(mock.clone())),
+            ),
+            ("breaker", BoxCloneService::new(breaker.layer(mock.clone()))),
+            ("router", BoxCloneService::new(router.layer(mock.clone()))),
+            ("full_stack", full(mock.clone())),
         ];
         for (name, svc) in arms {
             g.bench_function(format!("{name}/{chunks}_chunks"), |b| {
