@@ -23,7 +23,7 @@ struct Learned {
     /// Slugs, fastest first, of the providers with enough samples and few failures.
     order: Arc<[String]>,
     /// The provider seen with the fewest TTFT samples, for exploration.
-    least_sampled: Option<String>,
+    least_sampled: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -106,7 +106,7 @@ impl LearnedOrder {
                 !slow && !failing
             })
             .min_by_key(|(_, s)| s.ttft_samples)
-            .map(|(p, _)| self.slug(p));
+            .map(|(p, _)| Arc::from(self.slug(p)));
         // Stickiness: the leader keeps first place unless beaten by a clear margin.
         if let Some(pos) = leader.and_then(|l| ranked.iter().position(|(s, _)| s == l)) {
             if pos > 0 && ranked[0].1.mul_f64(1.0 + self.cfg.stickiness) >= ranked[pos].1 {
@@ -148,12 +148,12 @@ impl LearnedOrder {
             // half put the least-sampled known provider first.
             let turn = self.explores.fetch_add(1, Ordering::Relaxed);
             if let Some(first) = learned.least_sampled.filter(|s| turn % 2 == 1 && allows(s)) {
-                let mut order = vec![first.clone()];
+                let mut order = vec![first.to_string()];
                 order.extend(
                     learned
                         .order
                         .iter()
-                        .filter(|s| **s != first && allows(s))
+                        .filter(|s| s.as_str() != &*first && allows(s))
                         .cloned(),
                 );
                 req.body_mut().provider_mut().order = Some(order);

@@ -469,16 +469,12 @@ fn fat_tail_upstream(
 ) -> impl tower::Service<ChatRequest, Response = ChatStream, Error = LlmError, Future: Send> + Clone
 {
     let rng = Arc::new(Mutex::new(SmallRng::seed_from_u64(seed)));
-    let fast = Dist::Lognormal {
-        p50_ms: 1_100.0,
-        p99_ms: 5_000.0,
-        cap_ms: 90_000.0,
-    };
-    let slow = Dist::Lognormal {
-        p50_ms: 8_000.0,
-        p99_ms: 45_000.0,
-        cap_ms: 90_000.0,
-    };
+    // The mock's `fat_tail` preset: three fast providers and one slow one (weight 0.1).
+    let preset = llm_layers_mock::Scenario::fat_tail();
+    let (fast, slow) = (
+        preset.providers[0].ttft.clone(),
+        preset.providers[3].ttft.clone(),
+    );
     let small = Dist::Lognormal {
         p50_ms: 400.0,
         p99_ms: 1_500.0,
