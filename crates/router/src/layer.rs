@@ -39,14 +39,12 @@ impl Shared {
             None => (None, RouteReason::Concrete),
             Some(name) => {
                 let Some(tier) = self.tiers.get(&name) else {
-                    return Err(LlmError::bad_request(format!(
-                        "unknown tier `{name}`; known tiers: {}",
-                        self.names
-                            .iter()
-                            .map(|n| &**n)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
+                    let known: Vec<&str> = self.names.iter().map(|n| &**n).collect();
+                    return Err(LlmError::bad_request(if known.is_empty() {
+                        format!("unknown tier `{name}`; no tiers are configured")
+                    } else {
+                        format!("unknown tier `{name}`; known tiers: {}", known.join(", "))
+                    }));
                 };
                 let (i, reason) = tier.choose(&self.store, self.knobs, now);
                 let c = &tier.candidates[i];

@@ -222,6 +222,11 @@ async fn a_concrete_model_passes_untouched_and_an_unknown_tier_is_a_bad_request(
     assert!(e.to_string().contains("unknown tier `nope`"), "{e}");
     assert!(e.to_string().contains("fast, quality"), "{e}");
     assert_eq!(mock.calls(), 1);
+
+    let bare = RouterLayer::builder(store(5)).build().unwrap();
+    let e = bare.route(&mut req("tier:fast")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::BadRequest);
+    assert!(e.to_string().contains("no tiers are configured"), "{e}");
 }
 
 #[tokio::test(start_paused = true)]
