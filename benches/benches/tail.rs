@@ -80,19 +80,36 @@ async fn run(name: &str, svc: Svc, server: &MockServer, n: usize, seed: u64) -> 
     }
 }
 
+/// The preset's fastest provider's TTFT distribution (by median).
+fn fastest(s: &Scenario) -> &Dist {
+    &s.providers
+        .iter()
+        .min_by(|a, b| median(&a.ttft).total_cmp(&median(&b.ttft)))
+        .unwrap()
+        .ttft
+}
+
+/// A computed row from simulated TTFTs.
+fn computed(name: &str, mut xs: Vec<f64>, upstream_per_call: f64) -> Row {
+    Row {
+        name: name.into(),
+        p50: quantile(&mut xs, 0.5),
+        p95: quantile(&mut xs, 0.95),
+        p99: quantile(&mut xs, 0.99),
+        ok: 1.0,
+        upstream_per_call,
+    }
+}
+
 /// The oracle: every call to the fastest provider, hedged (to the fastest too) at the
 /// delay a 5 % budget allows (its own p95), from the preset's distributions.
 fn oracle(s: &Scenario, n: usize) -> Row {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-    let fastest = s
-        .providers
-        .iter()
-        .min_by(|a, b| median(&a.ttft).total_cmp(&median(&b.ttft)))
-        .unwrap();
-    let draw = |rng: &mut rand::rngs::SmallRng| fastest.ttft.sample_ms(rng) * SCALE;
+    let fastest = fastest(s);
+    let draw = |rng: &mut rand::rngs::SmallRng| fastest.sample_ms(rng) * SCALE;
     let mut alone: Vec<f64> = (0..200_000).map(|_| draw(&mut rng)).collect();
     let d = quantile(&mut alone, 0.95);
-    let mut xs: Vec<f64> = (0..n * 50)
+    let xs: Vec<f64> = (0..n * 50)
         .map(|_| {
             let first = draw(&mut rng);
             if first > d {
@@ -102,35 +119,17 @@ fn oracle(s: &Scenario, n: usize) -> Row {
             }
         })
         .collect();
-    Row {
-        name: "oracle (fastest provider + hedge at its p95)".into(),
-        p50: quantile(&mut xs, 0.5),
-        p95: quantile(&mut xs, 0.95),
-        p99: quantile(&mut xs, 0.99),
-        ok: 1.0,
-        upstream_per_call: 1.05,
-    }
+    computed("oracle (fastest provider + hedge at its p95)", xs, 1.05)
 }
 
 /// Every call to the fastest provider, no hedge: what a perfect provider order gives.
 fn fastest_only(s: &Scenario) -> Row {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
-    let fastest = s
-        .providers
-        .iter()
-        .min_by(|a, b| median(&a.ttft).total_cmp(&median(&b.ttft)))
-        .unwrap();
-    let mut xs: Vec<f64> = (0..200_000)
-        .map(|_| fastest.ttft.sample_ms(&mut rng) * SCALE)
+    let fastest = fastest(s);
+    let xs: Vec<f64> = (0..200_000)
+        .map(|_| fastest.sample_ms(&mut rng) * SCALE)
         .collect();
-    Row {
-        name: "always the fastest provider, no hedge".into(),
-        p50: quantile(&mut xs, 0.5),
-        p95: quantile(&mut xs, 0.95),
-        p99: quantile(&mut xs, 0.99),
-        ok: 1.0,
-        upstream_per_call: 1.0,
-    }
+    computed("always the fastest provider, no hedge", xs, 1.0)
 }
 
 fn median(d: &Dist) -> f64 {
@@ -182,20 +181,19 @@ fn main() {
         let store = LatencyStore::new();
         let stack = hedged(store.clone(), None);
         let store_b = LatencyStore::new();
-        let breaker = BreakerLayer::builder()
-            .slow_call(SlowCall::P50Multiple { store: store_b.clone(), factor: 3.0, min: Duration::from_millis(1) })
-            .seed(3)
-            .build()
-            .unwrap();
+        let breaker_on = |store: &LatencyStore| {
+            BreakerLayer::builder()
+                .slow_call(SlowCall::P50Multiple { store: store.clone(), factor: 3.0, min: Duration::from_millis(1) })
+                .seed(3)
+                .build()
+                .unwrap()
+        };
+        let breaker = breaker_on(&store_b);
         let with_breaker = hedged(store_b, Some(breaker));
         // The whole learned stack: the router orders providers by the TTFT it measured,
         // the breaker drops slow ones, the hedge fires at the recorded p95.
         let store_r = LatencyStore::new();
-        let breaker_r = BreakerLayer::builder()
-            .slow_call(SlowCall::P50Multiple { store: store_r.clone(), factor: 3.0, min: Duration::from_millis(1) })
-            .seed(3)
-            .build()
-            .unwrap();
+        let breaker_r = breaker_on(&store_r);
         let router = RouterLayer::builder(store_r.clone()).build().unwrap();
         // Learned provider order alone, against always sending to the fastest provider.
         let store_o = LatencyStore::new();
