@@ -1,6 +1,8 @@
 //! Tail latency on the mock's `fat_tail` preset: the plain leaf against the stack (latency
 //! store + adaptive hedge), same seed, same requests, side by side in one run, plus the
-//! oracle bound computed from the preset's own distributions.
+//! oracle bound computed from the preset's own distributions. Then faults: the plain leaf
+//! against the gateway's whole stack on the `outage` and `chaos` presets, success rate and
+//! corrupted answers (answers returned as a success that are not exactly the mock's).
 //!
 //! `cargo bench -p llm-layers-bench --bench tail`
 //!
@@ -10,10 +12,10 @@
 use std::time::Duration;
 
 use llm_layers_breaker::{BreakerLayer, SlowCall};
-use llm_layers_core::{ChatRequest, ChatStream, LlmError, Message};
+use llm_layers_core::{ChatRequest, ChatStream, LlmError, Message, WholeAnswer};
 use llm_layers_hedge::{HedgeDelay, HedgeLayer};
 use llm_layers_latency::{LatencyLayer, LatencyStore, Scope};
-use llm_layers_mock::{Dist, MockServer, Scenario};
+use llm_layers_mock::{Dist, MockServer, Scenario, expected_answer};
 use llm_layers_openrouter::OpenRouter;
 use llm_layers_router::RouterLayer;
 use llm_layers_timeout::TimeoutLayer;
@@ -26,6 +28,9 @@ type Svc = BoxCloneSyncService<ChatRequest, ChatStream, LlmError>;
 const SCALE: f64 = 0.01;
 
 fn quantile(xs: &mut [f64], q: f64) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
     xs.sort_by(f64::total_cmp);
     xs[((xs.len() as f64 * q) as usize).min(xs.len() - 1)]
 }
@@ -35,47 +40,75 @@ struct Row {
     p50: f64,
     p95: f64,
     p99: f64,
+    total_p99: f64,
     ok: f64,
+    corrupted: usize,
     upstream_per_call: f64,
 }
 
-async fn run(name: &str, svc: Svc, server: &MockServer, n: usize, seed: u64) -> Row {
+/// One call's outcome: its time to first token and to the end (ms), and whether the
+/// answer was exactly the mock's (anything else returned as a success is corrupted).
+type Call = Option<(f64, f64, bool)>;
+
+/// One call through `svc`: streaming, or a whole answer (`WholeAnswer`, as the gateway
+/// marks a non-streaming request) when `whole`. A call still running after 20 s fails.
+async fn one_call(svc: Svc, seed: u64, i: usize, whole: bool) -> Call {
+    let mut r = ChatRequest::new("mock/echo", vec![Message::user(format!("tail {seed} {i}"))]);
+    r.body_mut().stream = Some(!whole);
+    r.body_mut().max_tokens = Some(4);
+    if whole {
+        r.extensions_mut().insert(WholeAnswer);
+    }
+    let expected = expected_answer(r.body(), 4);
+    let start = tokio::time::Instant::now();
+    let ms =
+        |start: tokio::time::Instant| (tokio::time::Instant::now() - start).as_secs_f64() * 1000.0;
+    let call = async {
+        let s = svc.oneshot(r).await.ok()?;
+        let ttft = ms(start);
+        let answer = s.collect().await.ok()?;
+        let text = answer
+            .choices
+            .first()
+            .and_then(|c| c.message.content.clone());
+        Some((ttft, ms(start), text.as_deref() == Some(expected.as_str())))
+    };
+    tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn run(name: &str, svc: Svc, server: &MockServer, n: usize, seed: u64, whole: bool) -> Row {
     let before = server.counters().requests();
     let mut tasks = tokio::task::JoinSet::new();
     let workers = 64;
     for w in 0..workers {
         let svc = svc.clone();
         tasks.spawn(async move {
-            let mut ttfts = Vec::new();
-            let mut ok = 0usize;
+            let mut calls: Vec<Call> = Vec::new();
             for i in (w..n).step_by(workers) {
-                let mut r =
-                    ChatRequest::new("mock/echo", vec![Message::user(format!("tail {seed} {i}"))]);
-                r.body_mut().stream = Some(true);
-                r.body_mut().max_tokens = Some(4);
-                let start = tokio::time::Instant::now();
-                if let Ok(s) = svc.clone().oneshot(r).await {
-                    ttfts.push((tokio::time::Instant::now() - start).as_secs_f64() * 1000.0);
-                    ok += usize::from(s.collect().await.is_ok());
-                }
+                calls.push(one_call(svc.clone(), seed, i, whole).await);
             }
-            (ttfts, ok)
+            calls
         });
     }
-    let mut ttfts = Vec::new();
-    let mut ok = 0;
+    let mut calls = Vec::new();
     while let Some(r) = tasks.join_next().await {
-        let (t, o) = r.unwrap();
-        ttfts.extend(t);
-        ok += o;
+        calls.extend(r.unwrap());
     }
     let upstream = server.counters().requests() - before;
+    let done: Vec<_> = calls.iter().flatten().collect();
+    let mut ttfts: Vec<f64> = done.iter().map(|c| c.0).collect();
+    let mut totals: Vec<f64> = done.iter().map(|c| c.1).collect();
     Row {
         name: name.into(),
         p50: quantile(&mut ttfts, 0.5),
         p95: quantile(&mut ttfts, 0.95),
         p99: quantile(&mut ttfts, 0.99),
-        ok: ok as f64 / n as f64,
+        total_p99: quantile(&mut totals, 0.99),
+        ok: done.iter().filter(|c| c.2).count() as f64 / n as f64,
+        corrupted: done.iter().filter(|c| !c.2).count(),
         upstream_per_call: upstream as f64 / n as f64,
     }
 }
@@ -96,7 +129,9 @@ fn computed(name: &str, mut xs: Vec<f64>, upstream_per_call: f64) -> Row {
         p50: quantile(&mut xs, 0.5),
         p95: quantile(&mut xs, 0.95),
         p99: quantile(&mut xs, 0.99),
+        total_p99: f64::NAN,
         ok: 1.0,
+        corrupted: 0,
         upstream_per_call,
     }
 }
@@ -205,25 +240,28 @@ fn main() {
         );
         let routed: Svc = BoxCloneSyncService::new(router.layer(hedged(store_r, Some(breaker_r))));
         // Warm each stack's store (and the pool) so delays and rankings are learned, not cold.
-        let _ = run("warm-up", stack.clone(), &server, n / 4, 1).await;
-        let _ = run("warm-up", with_breaker.clone(), &server, n / 4, 3).await;
-        let _ = run("warm-up", routed.clone(), &server, n / 4, 5).await;
-        let _ = run("warm-up", order_only.clone(), &server, n / 4, 6).await;
+        let _ = run("warm-up", stack.clone(), &server, n / 4, 1, false).await;
+        let _ = run("warm-up", with_breaker.clone(), &server, n / 4, 3, false).await;
+        let _ = run("warm-up", routed.clone(), &server, n / 4, 5, false).await;
+        let _ = run("warm-up", order_only.clone(), &server, n / 4, 6, false).await;
         let rows = [
-            run("plain leaf", plain, &server, n, 2).await,
-            run("leaf + latency store + hedge (p95, 5 % budget)", stack, &server, n, 2).await,
-            run("  + breaker (slow call = 3x recorded p50)", with_breaker, &server, n, 2).await,
-            run("  + router (learned provider order)", routed, &server, n, 2).await,
+            run("plain leaf", plain, &server, n, 2, false).await,
+            run("leaf + latency store + hedge (p95, 5 % budget)", stack, &server, n, 2, false).await,
+            run("  + breaker (slow call = 3x recorded p50)", with_breaker, &server, n, 2, false).await,
+            run("  + router (learned provider order)", routed, &server, n, 2, false).await,
             oracle(&scenario, n),
-            run("leaf + router (learned provider order only)", order_only, &server, n, 2).await,
+            run("leaf + router (learned provider order only)", order_only, &server, n, 2, false).await,
             fastest_only(&scenario),
         ];
         println!("fat_tail preset at time scale {SCALE}, {n} streaming calls, 64 concurrent, seed 42");
-        println!("{:<50} {:>9} {:>9} {:>9} {:>8} {:>10}", "arm", "TTFT p50", "p95", "p99", "ok", "upstream/call");
+        println!(
+            "{:<50} {:>9} {:>9} {:>9} {:>10} {:>8} {:>10}",
+            "arm", "TTFT p50", "p95", "p99", "total p99", "ok", "upstream/call"
+        );
         for r in &rows {
             println!(
-                "{:<50} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>7.1}% {:>10.3}",
-                r.name, r.p50, r.p95, r.p99, r.ok * 100.0, r.upstream_per_call
+                "{:<50} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>8.1}ms {:>7.1}% {:>10.3}",
+                r.name, r.p50, r.p95, r.p99, r.total_p99, r.ok * 100.0, r.upstream_per_call
             );
         }
         let (p, o) = (&rows[0], &rows[4]);
@@ -241,5 +279,63 @@ fn main() {
                 p.p95 / o.p95, p.p99 / o.p99,
             );
         }
+
+        faults(n / 10).await;
     });
+}
+
+/// The plain leaf against the gateway's whole stack (`example_gateway::build_stack`, its
+/// defaults but 5 s first-token and idle timeouts) on the `outage` and `chaos` presets in
+/// real time, streaming and whole answers: success rate, and answers returned as a success
+/// that were not exactly the mock's (corrupted: must be 0).
+async fn faults(n: usize) {
+    println!();
+    println!(
+        "faults in real time (time scale 1), {n} calls per row, 64 concurrent, seed 42; a call still running after 20 s fails"
+    );
+    println!(
+        "{:<7} {:<7} {:<14} {:>8} {:>10} {:>9} {:>9} {:>10} {:>13}",
+        "preset",
+        "answer",
+        "arm",
+        "ok",
+        "corrupted",
+        "TTFT p50",
+        "p99",
+        "total p99",
+        "upstream/call"
+    );
+    for preset in ["outage", "chaos"] {
+        let scenario = Scenario::preset(preset).unwrap().with_seed(42);
+        let server = MockServer::start(scenario).await.unwrap();
+        let leaf = OpenRouter::builder()
+            .api_key("sk-or-v1-bench")
+            .base_url(server.base_url())
+            .build()
+            .unwrap();
+        let config = example_gateway::Config {
+            first_token_timeout: Some(Duration::from_secs(5)),
+            idle_timeout: Some(Duration::from_secs(5)),
+            ..Default::default()
+        };
+        let full: Svc = example_gateway::build_stack(&config, leaf.clone(), None).unwrap();
+        let plain: Svc = BoxCloneSyncService::new(leaf);
+        for whole in [false, true] {
+            for (arm, svc) in [("plain leaf", &plain), ("gateway stack", &full)] {
+                let r = run(arm, svc.clone(), &server, n, 8, whole).await;
+                println!(
+                    "{:<7} {:<7} {:<14} {:>7.1}% {:>10} {:>7.0}ms {:>7.0}ms {:>8.0}ms {:>13.3}",
+                    preset,
+                    if whole { "whole" } else { "stream" },
+                    r.name,
+                    r.ok * 100.0,
+                    r.corrupted,
+                    r.p50,
+                    r.p99,
+                    r.total_p99,
+                    r.upstream_per_call
+                );
+            }
+        }
+    }
 }

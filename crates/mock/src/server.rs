@@ -735,9 +735,12 @@ async fn json_answer(w: &mut Writer, plan: &Plan, meta: &AnswerMeta) -> bool {
         w.tx.closed().await;
         return false;
     }
-    tokio::select! {
-        _ = w.tx.closed() => return false,
-        _ = tokio::time::sleep(total) => {}
+    // A zero delay answers at once: a timer would round it up to the next millisecond.
+    if !total.is_zero() {
+        tokio::select! {
+            _ = w.tx.closed() => return false,
+            _ = tokio::time::sleep(total) => {}
+        }
     }
     let cut = match plan.outcome {
         Outcome::Answer { cut } => cut,

@@ -31,7 +31,7 @@ use llm_layers_ratelimit::{Key, Limit, Mode, RateLimitLayer};
 use llm_layers_retry::{DefaultPolicy, RetryLayer};
 use llm_layers_router::{RouterLayer, TIER_PREFIX};
 use llm_layers_timeout::{TimeoutLayer, Timeouts};
-use metrics_exporter_prometheus::PrometheusHandle;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -185,6 +185,76 @@ fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Installs the process-wide Prometheus recorder, with the GenAI histograms' buckets, and
+/// spawns its upkeep; returns the handle that `GET /metrics` renders. Call it once per
+/// process, from inside a Tokio runtime.
+pub fn install_metrics() -> Result<PrometheusHandle, String> {
+    let mut builder = PrometheusBuilder::new();
+    for (name, buckets) in llm_layers_latency::names::HISTOGRAM_BUCKETS {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full((*name).into()), buckets)
+            .map_err(|e| e.to_string())?;
+    }
+    let handle = builder
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// Runs the gateway as the `gateway` binary does: installs the metrics recorder, starts,
+/// prints its configuration and address (the last line says
+/// `llm-layers gateway on http://ADDR`), and on SIGINT or SIGTERM drains and stops.
+pub async fn serve(config: Config) -> Result<(), String> {
+    let handle = install_metrics()?;
+    let described = config.describe();
+    let no_key = config.api_key.is_none();
+    let preset = config.mock_preset.clone();
+    let gateway = start(config, Some(handle)).await?;
+    if no_key {
+        println!(
+            "no OPENROUTER_API_KEY: serving from the built-in mock upstream ({preset} preset) at {}",
+            gateway.mock().map_or("?", |m| m.base_url())
+        );
+    }
+    println!("{described}");
+    println!(
+        "llm-layers gateway on http://{}  (POST /v1/chat/completions, GET /v1/models, /healthz, /metrics)",
+        gateway.addr()
+    );
+    shutdown_signal().await;
+    println!("shutting down: draining in-flight streams");
+    gateway.shutdown().await.map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
 }
 
 /// A running gateway.

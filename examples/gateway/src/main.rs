@@ -7,8 +7,7 @@
 
 use std::process::ExitCode;
 
-use example_gateway::{Config, config::USAGE, start};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use example_gateway::{Config, config::USAGE, serve};
 
 fn main() -> ExitCode {
     let config = match Config::from_args_env(std::env::args().skip(1), |k| std::env::var(k).ok()) {
@@ -38,70 +37,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(config)) {
+    match rt.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gateway: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-async fn run(config: Config) -> Result<(), String> {
-    let mut builder = PrometheusBuilder::new();
-    for (name, buckets) in llm_layers_latency::names::HISTOGRAM_BUCKETS {
-        builder = builder
-            .set_buckets_for_metric(Matcher::Full((*name).into()), buckets)
-            .map_err(|e| e.to_string())?;
-    }
-    let handle = builder
-        .install_recorder()
-        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-    let described = config.describe();
-    let no_key = config.api_key.is_none();
-    let preset = config.mock_preset.clone();
-    let gateway = start(config, Some(handle)).await?;
-    if no_key {
-        println!(
-            "no OPENROUTER_API_KEY: serving from the built-in mock upstream ({preset} preset) at {}",
-            gateway.mock().map_or("?", |m| m.base_url())
-        );
-    }
-    println!("{described}");
-    println!(
-        "llm-layers gateway on http://{}  (POST /v1/chat/completions, GET /v1/models, /healthz, /metrics)",
-        gateway.addr()
-    );
-    shutdown_signal().await;
-    println!("shutting down: draining in-flight streams");
-    gateway.shutdown().await.map_err(|e| e.to_string())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::response::Response;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_core::Stream;
 use http::{HeaderValue, header};
 use llm_layers_core::{ChatChunk, ChatStream};
@@ -54,17 +54,25 @@ struct SseBody {
     created: u64,
 }
 
-fn event(json: &impl serde::Serialize) -> Bytes {
-    let mut out = Vec::with_capacity(256);
+/// The most bytes one body frame gathers from events that are already there.
+const BATCH_BYTES: usize = 16 * 1024;
+
+/// Appends one `data: {json}` event to `out`.
+fn write_event(out: &mut BytesMut, json: &impl serde::Serialize) {
     out.extend_from_slice(b"data: ");
-    // Serializing our own types to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, json);
+    // Serializing our own types to memory cannot fail.
+    let _ = serde_json::to_writer(out.writer(), json);
     out.extend_from_slice(b"\n\n");
-    Bytes::from(out)
+}
+
+fn event(json: &impl serde::Serialize) -> Bytes {
+    let mut out = BytesMut::with_capacity(256);
+    write_event(&mut out, json);
+    out.freeze()
 }
 
 impl SseBody {
-    fn chunk(&self, mut c: ChatChunk) -> Bytes {
+    fn chunk(&self, out: &mut BytesMut, mut c: ChatChunk) {
         if c.object.is_empty() {
             c.object = "chat.completion.chunk".into();
         }
@@ -74,13 +82,15 @@ impl SseBody {
         if c.id.is_empty() {
             c.id = self.stream.meta().generation_id.clone().unwrap_or_default();
         }
-        event(&c)
+        write_event(out, &c);
     }
 }
 
 impl Stream for SseBody {
     type Item = Result<Bytes, Infallible>;
 
+    /// One frame holds every event that is ready (up to [`BATCH_BYTES`]): chunks that came
+    /// in one upstream read leave in one write, not one write (and syscall) each.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         if this.done {
@@ -97,25 +107,90 @@ impl Stream for SseBody {
             };
             return Poll::Ready(Some(Ok(event(&f.body()))));
         }
-        loop {
-            return match Pin::new(&mut this.stream).poll_next(cx) {
-                Poll::Pending => Poll::Pending,
+        let mut out = BytesMut::new();
+        while out.len() < BATCH_BYTES {
+            match Pin::new(&mut this.stream).poll_next(cx) {
+                Poll::Pending => break,
                 Poll::Ready(Some(Ok(c))) => {
                     // OpenAI sends the usage chunk (empty choices) only when asked.
                     if c.choices.is_empty() && !this.include_usage {
                         continue;
                     }
-                    Poll::Ready(Some(Ok(this.chunk(c))))
+                    if out.capacity() == 0 {
+                        out.reserve(1024);
+                    }
+                    this.chunk(&mut out, c);
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.done = true;
-                    Poll::Ready(Some(Ok(event(&ApiFailure::from(&e).body()))))
+                    write_event(&mut out, &ApiFailure::from(&e).body());
+                    break;
                 }
                 Poll::Ready(None) => {
                     this.done = true;
-                    Poll::Ready(Some(Ok(Bytes::from_static(b"data: [DONE]\n\n"))))
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                    break;
                 }
-            };
+            }
         }
+        if out.is_empty() {
+            // Nothing ready: the inner stream has registered the waker.
+            Poll::Pending
+        } else {
+            Poll::Ready(Some(Ok(out.freeze())))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use llm_layers_core::{ChatRequest, Message};
+    use llm_layers_mock::{MockChat, Script};
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn chunks_that_are_ready_together_leave_in_one_frame() {
+        let mock = MockChat::with_default(Script::tokens(Duration::ZERO, 5, Duration::ZERO));
+        let req = ChatRequest::new("m", vec![Message::user("hi")]);
+        let stream = mock.oneshot(req).await.unwrap();
+        let (_tx, rx) = watch::channel(Phase::Running);
+        let mut body = response(stream, false, rx).into_body();
+        let mut frames = Vec::new();
+        while let Some(f) = body.frame().await {
+            frames.push(f.unwrap().into_data().unwrap());
+        }
+        assert_eq!(frames.len(), 1, "one frame for one burst: {frames:?}");
+        let text = std::str::from_utf8(&frames[0]).unwrap();
+        assert_eq!(
+            text.matches("data: ").count(),
+            7,
+            "five tokens, the finish and [DONE]: {text}"
+        );
+        assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn chunks_that_arrive_apart_leave_apart() {
+        let mock =
+            MockChat::with_default(Script::tokens(Duration::ZERO, 3, Duration::from_millis(10)));
+        let req = ChatRequest::new("m", vec![Message::user("hi")]);
+        let stream = mock.oneshot(req).await.unwrap();
+        let (_tx, rx) = watch::channel(Phase::Running);
+        let mut body = response(stream, false, rx).into_body();
+        let mut frames = Vec::new();
+        while let Some(f) = body.frame().await {
+            frames.push(f.unwrap().into_data().unwrap());
+        }
+        let all: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
+        let text = String::from_utf8(all).unwrap();
+        assert_eq!(
+            text.matches("data: ").count(),
+            5,
+            "three tokens, the finish and [DONE]"
+        );
+        assert!(frames.len() >= 3, "a frame per gap: {frames:?}");
     }
 }

@@ -586,15 +586,8 @@ async fn models_health_and_graceful_shutdown_cut() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_renders_the_genai_histograms() {
-    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    let mut builder = PrometheusBuilder::new();
-    for (name, buckets) in llm_layers_latency::names::HISTOGRAM_BUCKETS {
-        builder = builder
-            .set_buckets_for_metric(Matcher::Full((*name).into()), buckets)
-            .unwrap();
-    }
     // The one test of this binary that installs the process-wide recorder.
-    let handle = builder.install_recorder().unwrap();
+    let handle = example_gateway::install_metrics().unwrap();
     let mut cfg = config();
     cfg.mock_preset = "healthy".into();
     let gw = start(cfg, Some(handle)).await.unwrap();

@@ -1,0 +1,666 @@
+//! Open-loop load: the mock OpenRouter alone against the gateway in front of the same mock,
+//! then the gateway's memory per open stream.
+//!
+//! ```text
+//! cargo run --release -p llm-layers-bench --bin load
+//! cargo run --release -p llm-layers-bench --bin load -- --duration-s 5 --rates 1000,5000 --streams 2000
+//! ```
+//!
+//! The mock (`healthy` preset at time scale 0: no delay) and the gateway run as two child
+//! processes of this one (it re-executes itself), so the gateway's CPU time and peak RSS are
+//! its own. Requests start on a fixed schedule (every millisecond, the ones then due),
+//! whether or not earlier ones have finished, so a stall cannot hide its own tail latency
+//! (no coordinated omission); each latency is measured from the moment its request was
+//! handed to the client, and the table says how late the generator ran against its
+//! schedule (`lag p99`). Latencies go into HDR histograms (µs, 3 significant digits).
+//! Streaming rows measure the time to the first content token.
+//!
+//! Memory: `--streams N` streams (default 10,000) are opened through the gateway to a mock
+//! that sends one token and then nothing for ten minutes; the gateway's resident set with all
+//! of them open, less its resident set before, divided by N.
+//!
+//! Flags: `--duration-s S` per row (10), `--rates R,R,...` (1000,2000,5000),
+//! `--streams N` (10000; 0 skips), `--only load|memory`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::{HeaderValue, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use llm_layers_mock::{MockServer, Scenario};
+use tokio::time::Instant;
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+const RAISED_NOFILE: &str = "LLM_LAYERS_LOAD_NOFILE";
+const MOCK_KEY: &str = "sk-or-v1-load";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("--child-mock") => child_mock(args.get(1).map_or("healthy", String::as_str)),
+        Some("--child-gateway") => child_gateway(args[1..].to_vec()),
+        _ if std::env::var_os(RAISED_NOFILE).is_none() => reexec_with_more_files(&args),
+        _ => parent(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Ten thousand streams need about 20,000 descriptors in the gateway (one downstream, one
+/// upstream socket each): raise the limit through the shell, which children inherit.
+fn reexec_with_more_files(args: &[String]) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$0" "$@""#)
+        .arg(exe)
+        .args(args)
+        .env(RAISED_NOFILE, "1")
+        .status()
+        .map_err(|e| format!("cannot re-execute: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("exited with {status}"))
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// The scenario of the memory run: one provider that sends its first token at once, then
+/// nothing for ten minutes.
+fn idle_scenario() -> Scenario {
+    Scenario::from_json(
+        r#"{"providers": [{"name": "Idle", "slug": "idle",
+            "ttft": {"kind": "fixed", "ms": 0}, "gap": {"kind": "fixed", "ms": 600000}}],
+            "default_tokens": 2}"#,
+    )
+    .expect("a valid scenario")
+}
+
+fn child_mock(which: &str) -> Result<(), String> {
+    let scenario = match which {
+        "idle" => idle_scenario(),
+        _ => Scenario::healthy().with_time_scale(0.0),
+    };
+    runtime()?.block_on(async move {
+        let server = MockServer::start(scenario)
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("ready {}", server.base_url());
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+}
+
+fn child_gateway(args: Vec<String>) -> Result<(), String> {
+    let config = example_gateway::Config::from_args_env(args, |k| std::env::var(k).ok())?;
+    runtime()?.block_on(example_gateway::serve(config))
+}
+
+/// A child process, killed when dropped.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    /// Starts this binary with `args` and waits for the stdout line that contains `marker`;
+    /// returns the process and the word after the marker.
+    fn spawn(args: &[&str], env: &[(&str, &str)], marker: &str) -> Result<(Proc, String), String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .env_remove("OPENROUTER_API_KEY")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {args:?}: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let proc = Proc { child };
+        let mut lines = BufReader::new(stdout).lines();
+        let found = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(rest) = line.split(marker).nth(1) {
+                        break rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned();
+                    }
+                }
+                _ => return Err(format!("{args:?} ended before saying {marker:?}")),
+            }
+        };
+        // Keep draining what it prints, so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok((proc, found))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User + system CPU time so far, in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name's closing parenthesis start at field 3 (state);
+        // utime and stime are fields 14 and 15, in clock ticks.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        f.iter().sum::<u64>() as f64 / clock_ticks()
+    }
+
+    /// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
+    fn status_kib(&self, field: &str) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Resets the peak resident set (`VmHWM`) to the current one (Linux `clear_refs` 5).
+    fn reset_peak(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+struct Opts {
+    duration: Duration,
+    rates: Vec<u64>,
+    streams: usize,
+    load: bool,
+    memory: bool,
+}
+
+fn opts(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts {
+        duration: Duration::from_secs(10),
+        rates: vec![1000, 2000, 5000],
+        streams: 10_000,
+        load: true,
+        memory: true,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut v = || it.next().ok_or_else(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--duration-s" => {
+                o.duration =
+                    Duration::from_secs_f64(v()?.parse().map_err(|e| format!("--duration-s: {e}"))?)
+            }
+            "--rates" => {
+                o.rates = v()?
+                    .split(',')
+                    .map(|r| r.trim().parse().map_err(|e| format!("--rates: {e}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--streams" => o.streams = v()?.parse().map_err(|e| format!("--streams: {e}"))?,
+            "--only" => match v()?.as_str() {
+                "load" => o.memory = false,
+                "memory" => o.load = false,
+                x => return Err(format!("--only: {x:?} is not load or memory")),
+            },
+            // `cargo bench` passes this to every bench target.
+            "--bench" => {}
+            x => return Err(format!("unknown argument {x:?}")),
+        }
+    }
+    Ok(o)
+}
+
+fn parent(args: &[String]) -> Result<(), String> {
+    let o = opts(args)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    if o.load {
+        rt.block_on(load(&o))?;
+    }
+    if o.memory && o.streams > 0 {
+        rt.block_on(memory(o.streams))?;
+    }
+    Ok(())
+}
+
+fn gateway(upstream: &str, extra: &[&str]) -> Result<(Proc, String), String> {
+    let mut args = vec!["--child-gateway", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    Proc::spawn(
+        &args,
+        &[
+            ("OPENROUTER_BASE_URL", upstream),
+            ("OPENROUTER_API_KEY", MOCK_KEY),
+            ("RUST_LOG", "warn"),
+        ],
+        "llm-layers gateway on http://",
+    )
+}
+
+/// Where requests go.
+struct Target {
+    name: &'static str,
+    url: String,
+    auth: Option<HeaderValue>,
+}
+
+/// One row's results.
+struct Outcome {
+    latency: Histogram<u64>,
+    lag: Histogram<u64>,
+    sent: u64,
+    errors: u64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
+}
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build_http()
+}
+
+fn body(i: u64, stream: bool) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"model":"openai/gpt-4o-mini","stream":{stream},"messages":[{{"role":"user","content":"load {i}"}}]}}"#
+    ))
+}
+
+fn request(t: &Target, body: Bytes) -> Request<Full<Bytes>> {
+    let mut r = Request::post(&t.url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .expect("a valid request");
+    if let Some(a) = &t.auth {
+        r.headers_mut().insert(header::AUTHORIZATION, a.clone());
+    }
+    r
+}
+
+/// Whether `chunk` holds a content delta with text (`"content":"x`), the first token.
+fn has_token(chunk: &[u8]) -> bool {
+    const NEEDLE: &[u8] = br#""content":""#;
+    memchr::memmem::find_iter(chunk, NEEDLE)
+        .any(|at| chunk.get(at + NEEDLE.len()).is_some_and(|&b| b != b'"'))
+}
+
+/// One call: `Ok(latency)` (to the first token when streaming, to the whole body when not)
+/// or `Err` when anything but a complete answer came back.
+async fn call(c: &HttpClient, req: Request<Full<Bytes>>, stream: bool) -> Result<Duration, ()> {
+    let start = Instant::now();
+    let resp = c.request(req).await.map_err(|_| ())?;
+    if resp.status() != StatusCode::OK {
+        return Err(());
+    }
+    let mut body = resp.into_body();
+    let mut first = None;
+    let mut tail = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| ())?.into_data() else {
+            continue;
+        };
+        if first.is_none() && has_token(&data) {
+            first = Some(Instant::now().saturating_duration_since(start));
+        }
+        // Keep the last bytes to check how it ended.
+        tail.extend_from_slice(&data);
+        if tail.len() > 4096 {
+            tail.drain(..tail.len() - 256);
+        }
+    }
+    let done = Instant::now().saturating_duration_since(start);
+    let ok = if stream {
+        memchr::memmem::find(&tail, b"[DONE]").is_some()
+            && memchr::memmem::find(&tail, br#""error":{"#).is_none()
+    } else {
+        memchr::memmem::find(&tail, br#""finish_reason":"stop""#).is_some()
+    };
+    match (ok, stream, first) {
+        (true, true, Some(t)) => Ok(t),
+        (true, false, _) => Ok(done),
+        _ => Err(()),
+    }
+}
+
+/// Sends `rate` requests a second for `duration` on a fixed schedule, whatever the answers.
+async fn open_loop(
+    c: &HttpClient,
+    t: &Target,
+    stream: bool,
+    rate: u64,
+    duration: Duration,
+) -> Outcome {
+    let total = (rate as f64 * duration.as_secs_f64()) as u64;
+    let shared = Arc::new(Mutex::new(Outcome {
+        latency: histogram(),
+        lag: histogram(),
+        sent: 0,
+        errors: 0,
+    }));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = Instant::now();
+    let mut i = 0u64;
+    while i < total {
+        tick.tick().await;
+        let now = Instant::now();
+        let due = (((now - start).as_secs_f64() * rate as f64) as u64 + 1).min(total);
+        while i < due {
+            let scheduled = start + Duration::from_secs_f64(i as f64 / rate as f64);
+            let lag = now.saturating_duration_since(scheduled);
+            let req = request(t, body(i, stream));
+            let (c, shared) = (c.clone(), shared.clone());
+            tasks.spawn(async move {
+                let r = call(&c, req, stream).await;
+                let mut o = shared.lock().expect("not poisoned");
+                o.sent += 1;
+                let _ = o.lag.record(lag.as_micros() as u64);
+                match r {
+                    Ok(d) => {
+                        let _ = o.latency.record((d.as_micros() as u64).max(1));
+                    }
+                    Err(()) => o.errors += 1,
+                }
+            });
+            i += 1;
+        }
+        // Reap finished tasks as we go so the set stays small.
+        while tasks.try_join_next().is_some() {}
+    }
+    let drained = tokio::time::timeout(Duration::from_secs(60), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    let mut o = std::mem::replace(
+        &mut *shared.lock().expect("not poisoned"),
+        Outcome {
+            latency: histogram(),
+            lag: histogram(),
+            sent: 0,
+            errors: 0,
+        },
+    );
+    if drained.is_err() {
+        // Still running after a minute: count them as failed.
+        o.errors += total - o.sent;
+        o.sent = total;
+    }
+    o
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+async fn load(o: &Opts) -> Result<(), String> {
+    let (mock, mock_url) = Proc::spawn(&["--child-mock", "healthy"], &[], "ready ")?;
+    let (gw, gw_addr) = gateway(&mock_url, &[])?;
+    let direct = Target {
+        name: "mock",
+        url: format!("{mock_url}/chat/completions"),
+        auth: Some(HeaderValue::from_static("Bearer sk-or-v1-load")),
+    };
+    let through = Target {
+        name: "gateway",
+        url: format!("http://{gw_addr}/v1/chat/completions"),
+        auth: None,
+    };
+    let c = client();
+    // Warm both paths (connections, the gateway's latency store) for a second at 1k/s.
+    for t in [&direct, &through] {
+        for stream in [false, true] {
+            let w = open_loop(&c, t, stream, 1000, Duration::from_millis(500)).await;
+            if w.errors > 0 {
+                return Err(format!(
+                    "warm-up against {} had {} errors",
+                    t.name, w.errors
+                ));
+            }
+        }
+    }
+    println!(
+        "open-loop load, healthy preset at time scale 0 (no upstream delay), {:.0} s a row; latency in ms \
+         (streams: to the first token); gateway CPU is its user+system time over the row",
+        o.duration.as_secs_f64()
+    );
+    println!(
+        "{:<6} {:>5} {:<7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>9} {:>9} {:>9} | {:>8} {:>9} {:>9}",
+        "mode",
+        "rps",
+        "target",
+        "sent",
+        "errors",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+        "lag p99",
+        "added p50",
+        "p99",
+        "p99.9",
+        "gw CPU s",
+        "µs/req",
+        "peak RSS"
+    );
+    for stream in [false, true] {
+        for &rate in &o.rates {
+            let a = open_loop(&c, &direct, stream, rate, o.duration).await;
+            let cpu0 = gw.cpu_seconds();
+            gw.reset_peak();
+            let b = open_loop(&c, &through, stream, rate, o.duration).await;
+            let cpu = gw.cpu_seconds() - cpu0;
+            let peak = gw.status_kib("VmHWM");
+            let mode = if stream { "stream" } else { "whole" };
+            for (t, r) in [(&direct, &a), (&through, &b)] {
+                let gw_row = t.name == "gateway";
+                let added = |q| {
+                    if gw_row {
+                        format!("{:>9.3}", ms(&b.latency, q) - ms(&a.latency, q))
+                    } else {
+                        format!("{:>9}", "")
+                    }
+                };
+                let tail = if gw_row {
+                    format!(
+                        "{:>8.2} {:>9.1} {:>5.1} MiB",
+                        cpu,
+                        cpu * 1e6 / b.sent.max(1) as f64,
+                        peak as f64 / 1024.0
+                    )
+                } else {
+                    String::new()
+                };
+                println!(
+                    "{:<6} {:>5} {:<7} {:>7} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} | {} {} {} | {}",
+                    mode,
+                    rate,
+                    t.name,
+                    r.sent,
+                    r.errors,
+                    ms(&r.latency, 0.5),
+                    ms(&r.latency, 0.99),
+                    ms(&r.latency, 0.999),
+                    r.latency.max() as f64 / 1000.0,
+                    ms(&r.lag, 0.99),
+                    added(0.5),
+                    added(0.99),
+                    added(0.999),
+                    tail
+                );
+            }
+        }
+    }
+    drop(gw);
+    drop(mock);
+    Ok(())
+}
+
+/// Opens `n` streams through the gateway to a mock that goes quiet after the first token,
+/// and reports the gateway's resident set per open stream.
+async fn memory(n: usize) -> Result<(), String> {
+    let (mock, mock_url) = Proc::spawn(&["--child-mock", "idle"], &[], "ready ")?;
+    let max = (n + 100).to_string();
+    let (gw, gw_addr) = gateway(
+        &mock_url,
+        &[
+            "--max-concurrency",
+            &max,
+            "--idle-timeout-ms",
+            "0",
+            "--total-timeout-ms",
+            "0",
+        ],
+    )?;
+    let target = Target {
+        name: "gateway",
+        url: format!("http://{gw_addr}/v1/chat/completions"),
+        auth: None,
+    };
+    let c = client();
+    // Warm: a few hundred streams opened and closed, so the runtime's pools exist already.
+    open_streams(&c, &target, 200, 0).await.close();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (gw_before, mock_before) = (gw.status_kib("VmRSS"), mock.status_kib("VmRSS"));
+    let held = open_streams(&c, &target, n, 200).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (gw_after, mock_after) = (gw.status_kib("VmRSS"), mock.status_kib("VmRSS"));
+    let opened = held.opened;
+    held.close();
+    let per = |before: u64, after: u64| after.saturating_sub(before) as f64 / opened.max(1) as f64;
+    println!();
+    println!(
+        "memory: {opened} of {n} streams open at once through the gateway (each after its first token, then idle)"
+    );
+    println!(
+        "gateway RSS {:.1} MiB -> {:.1} MiB: {:.1} KiB per open stream (downstream + upstream connection, stack state)",
+        gw_before as f64 / 1024.0,
+        gw_after as f64 / 1024.0,
+        per(gw_before, gw_after)
+    );
+    println!(
+        "mock    RSS {:.1} MiB -> {:.1} MiB: {:.1} KiB per open stream (for comparison)",
+        mock_before as f64 / 1024.0,
+        mock_after as f64 / 1024.0,
+        per(mock_before, mock_after)
+    );
+    Ok(())
+}
+
+/// Streams held open, each past its first token.
+struct Held {
+    opened: usize,
+    close: tokio::sync::watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Held {
+    fn close(mut self) {
+        let _ = self.close.send(true);
+        self.tasks.abort_all();
+    }
+}
+
+/// Opens `n` streams, at most 256 connecting at once, and waits until each has its first
+/// token (or failed). `seq` makes the prompts distinct from earlier calls.
+async fn open_streams(c: &HttpClient, t: &Target, n: usize, seq: u64) -> Held {
+    let (close, closed) = tokio::sync::watch::channel(false);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let gate = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let req = request(t, body(seq + i as u64, true));
+        let (c, ready, gate, mut closed) =
+            (c.clone(), ready_tx.clone(), gate.clone(), closed.clone());
+        tasks.spawn(async move {
+            let permit = gate.acquire_owned().await;
+            let resp = match c.request(req).await {
+                Ok(r) if r.status() == StatusCode::OK => r,
+                _ => {
+                    let _ = ready.send(false);
+                    return;
+                }
+            };
+            let mut body = resp.into_body();
+            loop {
+                match body.frame().await {
+                    Some(Ok(f)) if f.data_ref().is_some_and(|d| has_token(d)) => break,
+                    Some(Ok(_)) => {}
+                    _ => {
+                        let _ = ready.send(false);
+                        return;
+                    }
+                }
+            }
+            drop(permit);
+            let _ = ready.send(true);
+            // Hold the stream (and its connection) until told to close.
+            let _ = closed.wait_for(|c| *c).await;
+            drop(body);
+        });
+    }
+    drop(ready_tx);
+    let mut opened = 0;
+    for _ in 0..n {
+        match ready_rx.recv().await {
+            Some(true) => opened += 1,
+            Some(false) => {}
+            None => break,
+        }
+    }
+    Held {
+        opened,
+        close,
+        tasks,
+    }
+}
