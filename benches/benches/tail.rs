@@ -259,9 +259,15 @@ fn main() {
             "arm", "TTFT p50", "p95", "p99", "total p99", "ok", "upstream/call"
         );
         for r in &rows {
+            // Computed rows have no end-to-end time.
+            let total = if r.total_p99.is_nan() {
+                "-".to_owned()
+            } else {
+                format!("{:.1}ms", r.total_p99)
+            };
             println!(
-                "{:<50} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>8.1}ms {:>7.1}% {:>10.3}",
-                r.name, r.p50, r.p95, r.p99, r.total_p99, r.ok * 100.0, r.upstream_per_call
+                "{:<50} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>10} {:>7.1}% {:>10.3}",
+                r.name, r.p50, r.p95, r.p99, total, r.ok * 100.0, r.upstream_per_call
             );
         }
         let (p, o) = (&rows[0], &rows[4]);

@@ -17,7 +17,9 @@
 //!
 //! Memory: `--streams N` streams (default 10,000) are opened through the gateway to a mock
 //! that sends one token and then nothing for ten minutes; the gateway's resident set with all
-//! of them open, less its resident set before, divided by N.
+//! of them open, less its resident set before, divided by the streams open. Twice: with an
+//! HTTP/1.1 upstream (a connection per stream) and with h2c (one shared connection, as
+//! OpenRouter's HTTPS upstream negotiates HTTP/2 by ALPN).
 //!
 //! Flags: `--duration-s S` per row (10), `--rates R,R,...` (1000,2000,5000),
 //! `--streams N` (10000; 0 skips), `--only load|memory`.
@@ -266,7 +268,8 @@ fn parent(args: &[String]) -> Result<(), String> {
         rt.block_on(load(&o))?;
     }
     if o.memory && o.streams > 0 {
-        rt.block_on(memory(o.streams))?;
+        rt.block_on(memory(o.streams, false))?;
+        rt.block_on(memory(o.streams, true))?;
     }
     Ok(())
 }
@@ -548,7 +551,7 @@ async fn load(o: &Opts) -> Result<(), String> {
 
 /// Opens `n` streams through the gateway to a mock that goes quiet after the first token,
 /// and reports the gateway's resident set per open stream.
-async fn memory(n: usize) -> Result<(), String> {
+async fn memory(n: usize, h2c: bool) -> Result<(), String> {
     let (mock, mock_url) = Proc::spawn(&["--child-mock", "idle"], &[], "ready ")?;
     let max = (n + 100).to_string();
     let (gw, gw_addr) = gateway(
@@ -560,6 +563,8 @@ async fn memory(n: usize) -> Result<(), String> {
             "0",
             "--total-timeout-ms",
             "0",
+            "--upstream-h2c",
+            if h2c { "on" } else { "off" },
         ],
     )?;
     let target = Target {
@@ -578,12 +583,17 @@ async fn memory(n: usize) -> Result<(), String> {
     let opened = held.opened;
     held.close();
     let per = |before: u64, after: u64| after.saturating_sub(before) as f64 / opened.max(1) as f64;
+    let upstream = if h2c {
+        "upstream HTTP/2 (h2c), one shared connection"
+    } else {
+        "upstream HTTP/1.1, a connection per stream"
+    };
     println!();
     println!(
-        "memory: {opened} of {n} streams open at once through the gateway (each after its first token, then idle)"
+        "memory, {upstream}: {opened} of {n} streams open at once through the gateway (each after its first token, then idle)"
     );
     println!(
-        "gateway RSS {:.1} MiB -> {:.1} MiB: {:.1} KiB per open stream (downstream + upstream connection, stack state)",
+        "gateway RSS {:.1} MiB -> {:.1} MiB: {:.1} KiB per open stream",
         gw_before as f64 / 1024.0,
         gw_after as f64 / 1024.0,
         per(gw_before, gw_after)
@@ -615,7 +625,7 @@ impl Held {
 /// token (or failed). `seq` makes the prompts distinct from earlier calls.
 async fn open_streams(c: &HttpClient, t: &Target, n: usize, seq: u64) -> Held {
     let (close, closed) = tokio::sync::watch::channel(false);
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
     let gate = Arc::new(tokio::sync::Semaphore::new(256));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
@@ -626,8 +636,12 @@ async fn open_streams(c: &HttpClient, t: &Target, n: usize, seq: u64) -> Held {
             let permit = gate.acquire_owned().await;
             let resp = match c.request(req).await {
                 Ok(r) if r.status() == StatusCode::OK => r,
-                _ => {
-                    let _ = ready.send(false);
+                Ok(r) => {
+                    let _ = ready.send(Err(format!("status {}", r.status())));
+                    return;
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(format!("{e:?}")));
                     return;
                 }
             };
@@ -636,14 +650,14 @@ async fn open_streams(c: &HttpClient, t: &Target, n: usize, seq: u64) -> Held {
                 match body.frame().await {
                     Some(Ok(f)) if f.data_ref().is_some_and(|d| has_token(d)) => break,
                     Some(Ok(_)) => {}
-                    _ => {
-                        let _ = ready.send(false);
+                    other => {
+                        let _ = ready.send(Err(format!("stream ended before a token: {other:?}")));
                         return;
                     }
                 }
             }
             drop(permit);
-            let _ = ready.send(true);
+            let _ = ready.send(Ok(()));
             // Hold the stream (and its connection) until told to close.
             let _ = closed.wait_for(|c| *c).await;
             drop(body);
@@ -651,10 +665,17 @@ async fn open_streams(c: &HttpClient, t: &Target, n: usize, seq: u64) -> Held {
     }
     drop(ready_tx);
     let mut opened = 0;
+    let mut failures = std::collections::HashSet::new();
     for _ in 0..n {
         match ready_rx.recv().await {
-            Some(true) => opened += 1,
-            Some(false) => {}
+            Some(Ok(())) => opened += 1,
+            Some(Err(e)) => {
+                // Say what went wrong, once per kind.
+                let kind: String = e.chars().take(60).collect();
+                if failures.insert(kind) {
+                    eprintln!("a stream did not open: {e}");
+                }
+            }
             None => break,
         }
     }

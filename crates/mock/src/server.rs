@@ -239,12 +239,17 @@ async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
         let state = state.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // hyper's default of 200 streams per h2c connection would queue a client that
+            // multiplexes thousands of open streams on one connection.
+            builder.http2().max_concurrent_streams(MAX_H2_STREAMS);
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
+
+/// The most concurrent streams on one h2c connection to the mock.
+const MAX_H2_STREAMS: u32 = 100_000;
 
 /// The response body of the mock: fed by a channel, so a writer task can pace it and learn
 /// when the client went away.

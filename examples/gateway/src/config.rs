@@ -58,6 +58,10 @@ pub struct Config {
     /// [`RouterConfig`](llm_layers_router::RouterConfig)); requests name a tier as
     /// `model: "tier:NAME"`. Learned provider order is on unless `--learned-order off`.
     pub router: llm_layers_router::RouterConfig,
+    /// Speak HTTP/2 without negotiation to an `http://` upstream (`--upstream-h2c on`,
+    /// `UPSTREAM_H2C`; off): every call shares one connection. Over `https://` (OpenRouter)
+    /// HTTP/2 is negotiated by ALPN either way.
+    pub upstream_h2c: bool,
 }
 
 impl Default for Config {
@@ -84,6 +88,7 @@ impl Default for Config {
             requests_per_minute: 0,
             tokens_per_minute: 0,
             router: llm_layers_router::RouterConfig::default(),
+            upstream_h2c: false,
         }
     }
 }
@@ -96,17 +101,25 @@ usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
                [--total-timeout-ms MS] [--max-retries N] [--connect-timeout-ms MS]
                [--hedge-quantile Q] [--hedge-budget SHARE] [--slow-call-factor X]
                [--max-concurrency N] [--requests-per-minute N] [--tokens-per-minute N]
-               [--tiers FILE.json] [--learned-order on|off]
+               [--tiers FILE.json] [--learned-order on|off] [--upstream-h2c on|off]
 headers:     x-tenant (rate-limit key), x-priority: low|normal|high
 environment: OPENROUTER_API_KEY, OPENROUTER_BASE_URL, LISTEN_ADDR, MOCK_PRESET, MOCK_TIME_SCALE,
              FIRST_TOKEN_TIMEOUT_MS, IDLE_TIMEOUT_MS, TOTAL_TIMEOUT_MS, MAX_RETRIES,
-             HEDGE_QUANTILE, ROUTER_TIERS, LEARNED_ORDER (flags win)";
+             HEDGE_QUANTILE, ROUTER_TIERS, LEARNED_ORDER, UPSTREAM_H2C (flags win)";
 
 fn ms(v: &str, name: &str) -> Result<Option<Duration>, String> {
     let n: u64 = v
         .parse()
         .map_err(|_| format!("{name}: {v:?} is not a whole number of milliseconds"))?;
     Ok((n > 0).then(|| Duration::from_millis(n)))
+}
+
+fn on_off(flag: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err(format!("{flag}: {v:?} is not on or off")),
+    }
 }
 
 fn ms_required(v: &str, name: &str) -> Result<Duration, String> {
@@ -137,6 +150,7 @@ impl Config {
             ("HEDGE_QUANTILE", "--hedge-quantile"),
             ("ROUTER_TIERS", "--tiers"),
             ("LEARNED_ORDER", "--learned-order"),
+            ("UPSTREAM_H2C", "--upstream-h2c"),
         ] {
             if let Some(v) = non_empty(k) {
                 pairs.push((flag.to_owned(), v));
@@ -248,13 +262,8 @@ impl Config {
                     // A `--learned-order off` given before the file still holds.
                     c.router.learned_order.enabled &= learned;
                 }
-                "--learned-order" => {
-                    c.router.learned_order.enabled = match v.as_str() {
-                        "on" | "true" | "1" => true,
-                        "off" | "false" | "0" => false,
-                        _ => return Err(format!("{flag}: {v:?} is not on or off")),
-                    }
-                }
+                "--learned-order" => c.router.learned_order.enabled = on_off(&flag, &v)?,
+                "--upstream-h2c" => c.upstream_h2c = on_off(&flag, &v)?,
                 other => return Err(format!("unknown flag {other:?}")),
             }
         }
@@ -269,12 +278,13 @@ impl Config {
         let _ = writeln!(s, "listen              {}", self.listen);
         let _ = writeln!(
             s,
-            "upstream            {}",
+            "upstream            {}{}",
             if self.api_key.is_some() {
                 self.base_url.as_str()
             } else {
                 "built-in mock"
-            }
+            },
+            if self.upstream_h2c { " (h2c)" } else { "" }
         );
         let _ = writeln!(s, "first-token timeout {}", d(self.first_token_timeout));
         let _ = writeln!(s, "idle timeout        {}", d(self.idle_timeout));

@@ -73,6 +73,7 @@ pub fn build_leaf(config: &Config, base_url: &str, api_key: &str) -> Result<Open
         .base_url(base_url)
         .connect_timeout(config.connect_timeout)
         .default_max_tokens(config.default_max_tokens)
+        .http2_prior_knowledge(config.upstream_h2c)
         .title("llm-layers gateway")
         .build()
 }

@@ -807,3 +807,66 @@ async fn learned_provider_order_sends_most_calls_to_the_fastest_provider() {
         "{to_fast} of 200 calls went to the fast provider"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_h2c_multiplexes_every_call_on_one_connection() {
+    let (gw, mock) = gateway_on(
+        Scenario::healthy().with_time_scale(0.0),
+        Config {
+            upstream_h2c: true,
+            ..config()
+        },
+    )
+    .await;
+    let c = client();
+    let ask = |i: usize| {
+        let c = c.clone();
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": format!("h2c {i}")}], "stream": i % 2 == 0});
+        let addr = gw.addr();
+        async move {
+            let req = hyper::Request::post(format!("http://{addr}/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap();
+            let r = c.request(req).await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.into_body().collect().await.unwrap();
+        }
+    };
+    // One call opens the connection; then a burst shares it.
+    ask(0).await;
+    let burst: Vec<_> = (1..=40).map(|i| tokio::spawn(ask(i))).collect();
+    for t in burst {
+        t.await.unwrap();
+    }
+    assert_eq!(mock.counters().requests(), 41);
+    assert_eq!(mock.counters().accepted_connections(), 1);
+}
+
+#[test]
+fn flags_win_over_the_environment_and_bad_values_are_refused() {
+    let env = |k: &str| match k {
+        "UPSTREAM_H2C" => Some("on".to_owned()),
+        "LEARNED_ORDER" => Some("off".to_owned()),
+        "MAX_RETRIES" => Some("5".to_owned()),
+        _ => None,
+    };
+    let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let c = Config::from_args_env(args(&[]), env).unwrap();
+    assert!(c.upstream_h2c);
+    assert!(!c.router.learned_order.enabled);
+    assert_eq!(c.max_retries, 5);
+    let c =
+        Config::from_args_env(args(&["--upstream-h2c", "off", "--max-retries=1"]), env).unwrap();
+    assert!(!c.upstream_h2c);
+    assert_eq!(c.max_retries, 1);
+    let e = Config::from_args_env(args(&["--upstream-h2c", "maybe"]), |_| None).unwrap_err();
+    assert!(
+        e.contains("--upstream-h2c") && e.contains("on or off"),
+        "{e}"
+    );
+    assert!(
+        !Config::default().upstream_h2c,
+        "HTTP/1.1 or ALPN by default"
+    );
+}
