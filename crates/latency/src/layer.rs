@@ -1,4 +1,4 @@
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Once};
 
 use llm_layers_core::LlmError;
@@ -6,6 +6,7 @@ use tower_layer::Layer;
 
 use crate::service::Latency;
 use crate::store::{LatencyStore, OTHER};
+use crate::stream::Handles;
 
 static DESCRIBE: Once = Once::new();
 
@@ -32,7 +33,22 @@ pub(crate) struct Shared {
     pub(crate) scope: Scope,
     pub(crate) max_models: usize,
     pub(crate) models: Mutex<HashSet<Arc<str>>>,
+    /// Metric handles of committed calls per model, then per (prompt bucket, provider,
+    /// response model): registered once, so a call does no label building or registry
+    /// lookup.
+    pub(crate) handles: Mutex<HashMap<Arc<str>, Vec<CachedHandles>>>,
 }
+
+/// The handles of one label set.
+pub(crate) struct CachedHandles {
+    bucket: &'static str,
+    provider: Option<Box<str>>,
+    response_model: Box<str>,
+    handles: Arc<Handles>,
+}
+
+/// The most label sets cached per model; past it, calls build their labels each time.
+const MAX_CACHED_PER_MODEL: usize = 256;
 
 impl Shared {
     /// The model label, with cardinality capped: models past the cap fold into `_OTHER`.
@@ -48,10 +64,45 @@ impl Shared {
         seen.insert(m.clone());
         m
     }
+
+    /// The handles of a committed call's label set, made by `make` the first time.
+    pub(crate) fn handles(
+        &self,
+        model: &Arc<str>,
+        bucket: &'static str,
+        provider: Option<&str>,
+        response_model: &str,
+        make: impl FnOnce() -> Handles,
+    ) -> Arc<Handles> {
+        let mut map = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        let sets = map.entry(model.clone()).or_default();
+        let found = sets.iter().find(|c| {
+            c.bucket == bucket
+                && c.provider.as_deref() == provider
+                && &*c.response_model == response_model
+        });
+        if let Some(c) = found {
+            return c.handles.clone();
+        }
+        let handles = Arc::new(make());
+        if sets.len() < MAX_CACHED_PER_MODEL {
+            sets.push(CachedHandles {
+                bucket,
+                provider: provider.map(Box::from),
+                response_model: Box::from(response_model),
+                handles: handles.clone(),
+            });
+        }
+        handles
+    }
 }
 
 /// Records TTFT, chunk gaps, duration, tokens and outcome of every call (or attempt) to the
 /// `metrics` facade and, when given one, to a [`LatencyStore`].
+///
+/// The metric handles of each label set are registered once, with the recorder in force
+/// the first time that label set is seen, and reused: install the recorder before the
+/// first call.
 #[derive(Clone)]
 pub struct LatencyLayer {
     shared: Arc<Shared>,
@@ -125,6 +176,7 @@ impl LatencyLayerBuilder {
                 scope: self.scope,
                 max_models: self.max_models,
                 models: Mutex::new(HashSet::new()),
+                handles: Mutex::new(HashMap::new()),
             }),
         })
     }

@@ -1,16 +1,80 @@
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
 use llm_layers_core::{ChatChunk, ChatStream, ErrorKind, LlmError, Usage};
-use metrics::{Histogram, Label, counter, histogram};
+use metrics::{Counter, Histogram, Label, counter, histogram};
 use tokio::time::Instant;
 
 use crate::layer::Shared;
 use crate::names::*;
 use crate::store::Outcome;
+
+/// The metric handles of a committed call's label set, registered once per label set (see
+/// `Shared::handles`): the histograms of a call that ends cleanly or is cancelled, and its
+/// counters. A call that fails mid-stream builds its labels (with `error.type`) instead.
+pub(crate) struct Handles {
+    /// The labels without the response model, for the handles made on first use.
+    base: Vec<Label>,
+    ttft: Histogram,
+    per_chunk: Histogram,
+    duration: Histogram,
+    // Registered on first use, so no series shows up before it has a value.
+    tps: OnceLock<Histogram>,
+    input_tokens: OnceLock<Histogram>,
+    output_tokens: OnceLock<Histogram>,
+    ok: OnceLock<Counter>,
+    cancelled: OnceLock<Counter>,
+}
+
+impl Handles {
+    fn new(labels: &Labels, provider: Option<&str>, response_model: &str) -> Handles {
+        let with_model = labels.base(provider, Some(response_model));
+        let base = labels.base(provider, None);
+        Handles {
+            ttft: histogram!(TIME_TO_FIRST_CHUNK, with_model.clone()),
+            per_chunk: histogram!(TIME_PER_OUTPUT_CHUNK, with_model),
+            duration: histogram!(OPERATION_DURATION, base.clone()),
+            base,
+            tps: OnceLock::new(),
+            input_tokens: OnceLock::new(),
+            output_tokens: OnceLock::new(),
+            ok: OnceLock::new(),
+            cancelled: OnceLock::new(),
+        }
+    }
+
+    fn with(&self, key: &'static str, value: &'static str) -> Vec<Label> {
+        let mut l = self.base.clone();
+        l.push(Label::from_static_parts(key, value));
+        l
+    }
+
+    fn tps(&self) -> &Histogram {
+        self.tps
+            .get_or_init(|| histogram!(OUTPUT_TOKENS_PER_SECOND, self.base.clone()))
+    }
+
+    fn tokens(&self, input: bool) -> &Histogram {
+        let (cell, kind) = if input {
+            (&self.input_tokens, "input")
+        } else {
+            (&self.output_tokens, "output")
+        };
+        cell.get_or_init(|| histogram!(TOKEN_USAGE, self.with("gen_ai.token.type", kind)))
+    }
+
+    fn calls(&self, ok: bool) -> &Counter {
+        let (cell, outcome) = if ok {
+            (&self.ok, "ok")
+        } else {
+            (&self.cancelled, "cancelled")
+        };
+        cell.get_or_init(|| counter!(CALLS, self.with("outcome", outcome)))
+    }
+}
 
 /// The labels of one call, built once per call.
 pub(crate) struct Labels {
@@ -94,7 +158,7 @@ fn error_type(e: &LlmError) -> &'static str {
 pub(crate) struct RecordingStream {
     inner: ChatStream,
     labels: Labels,
-    per_chunk: Histogram,
+    handles: Arc<Handles>,
     start: Instant,
     first_token: Instant,
     last: Instant,
@@ -112,11 +176,18 @@ impl RecordingStream {
         now: Instant,
     ) -> ChatStream {
         let provider = stream.meta().provider.clone();
-        let response_model = stream.meta().model.clone();
         let ttft = now.saturating_duration_since(start);
-        let base = labels.base(provider.as_deref(), Some(&response_model));
-        histogram!(TIME_TO_FIRST_CHUNK, base.clone()).record(ttft);
-        let per_chunk = histogram!(TIME_PER_OUTPUT_CHUNK, base);
+        let handles = {
+            let response_model = &stream.meta().model;
+            labels.shared.handles(
+                &labels.model,
+                labels.bucket,
+                provider.as_deref(),
+                response_model,
+                || Handles::new(&labels, provider.as_deref(), response_model),
+            )
+        };
+        handles.ttft.record(ttft);
         labels
             .span
             .record("provider", provider.as_deref().unwrap_or(""));
@@ -124,7 +195,7 @@ impl RecordingStream {
         stream.wrap(move |s| RecordingStream {
             inner: s,
             labels,
-            per_chunk,
+            handles,
             start,
             first_token: now,
             last: now,
@@ -141,12 +212,7 @@ impl RecordingStream {
         }
         let now = Instant::now();
         let ttft = self.first_token.saturating_duration_since(self.start);
-        let mut labels = self.labels.base(self.provider.as_deref(), None);
-        if let Some(e) = error {
-            labels.push(Label::from_static_parts("error.type", error_type(e)));
-        }
-        histogram!(OPERATION_DURATION, labels.clone())
-            .record(now.saturating_duration_since(self.start));
+        let duration = now.saturating_duration_since(self.start);
         let generation = now.saturating_duration_since(self.first_token);
         let output = self
             .usage
@@ -154,19 +220,21 @@ impl RecordingStream {
             .map_or(self.chunks, |u| u.completion_tokens);
         let tps = (generation > Duration::from_millis(1) && output > 1)
             .then(|| output as f64 / generation.as_secs_f64());
-        if let Some(tps) = tps {
-            histogram!(OUTPUT_TOKENS_PER_SECOND, labels.clone()).record(tps);
+        match (error, outcome) {
+            (None, "ok" | "cancelled") => {
+                let h = &self.handles;
+                h.duration.record(duration);
+                if let Some(tps) = tps {
+                    h.tps().record(tps);
+                }
+                if let Some(u) = &self.usage {
+                    h.tokens(true).record(u.prompt_tokens as f64);
+                    h.tokens(false).record(u.completion_tokens as f64);
+                }
+                h.calls(outcome == "ok").increment(1);
+            }
+            _ => self.record_failure(outcome, error, duration, tps),
         }
-        if let Some(u) = &self.usage {
-            let mut l = labels.clone();
-            l.push(Label::from_static_parts("gen_ai.token.type", "input"));
-            histogram!(TOKEN_USAGE, l).record(u.prompt_tokens as f64);
-            let mut l = labels.clone();
-            l.push(Label::from_static_parts("gen_ai.token.type", "output"));
-            histogram!(TOKEN_USAGE, l).record(u.completion_tokens as f64);
-        }
-        labels.push(Label::new("outcome", outcome.to_owned()));
-        counter!(CALLS, labels).increment(1);
         if let Some(store) = &self.labels.shared.store {
             let o = match (outcome, error) {
                 ("cancelled", _) => Outcome::Cancelled,
@@ -182,6 +250,35 @@ impl RecordingStream {
                 o,
             );
         }
+    }
+
+    /// A stream that ended in an error: its labels carry `error.type`, so they are built
+    /// here rather than cached.
+    fn record_failure(
+        &self,
+        outcome: &str,
+        error: Option<&LlmError>,
+        duration: Duration,
+        tps: Option<f64>,
+    ) {
+        let mut labels = self.labels.base(self.provider.as_deref(), None);
+        if let Some(e) = error {
+            labels.push(Label::from_static_parts("error.type", error_type(e)));
+        }
+        histogram!(OPERATION_DURATION, labels.clone()).record(duration);
+        if let Some(tps) = tps {
+            histogram!(OUTPUT_TOKENS_PER_SECOND, labels.clone()).record(tps);
+        }
+        if let Some(u) = &self.usage {
+            let mut l = labels.clone();
+            l.push(Label::from_static_parts("gen_ai.token.type", "input"));
+            histogram!(TOKEN_USAGE, l).record(u.prompt_tokens as f64);
+            let mut l = labels.clone();
+            l.push(Label::from_static_parts("gen_ai.token.type", "output"));
+            histogram!(TOKEN_USAGE, l).record(u.completion_tokens as f64);
+        }
+        labels.push(Label::new("outcome", outcome.to_owned()));
+        counter!(CALLS, labels).increment(1);
     }
 }
 
@@ -205,7 +302,8 @@ impl Stream for RecordingStream {
                 if c.has_output() {
                     let now = Instant::now();
                     if this.chunks > 0 {
-                        this.per_chunk
+                        this.handles
+                            .per_chunk
                             .record(now.saturating_duration_since(this.last));
                     }
                     this.last = now;

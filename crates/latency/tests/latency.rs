@@ -315,3 +315,69 @@ fn bad_configuration_is_rejected() {
     assert!(LatencyStore::builder().max_keys(0).build().is_err());
     assert!(LatencyLayer::builder().max_models(0).build().is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn repeated_label_sets_reuse_their_series_and_new_ones_get_their_own() {
+    let rec = DebuggingRecorder::new();
+    let snap = rec.snapshotter();
+    let _g = metrics::set_default_local_recorder(&rec);
+    let script = |p: &str| {
+        Script::new()
+            .provider(p)
+            .wait(Duration::from_millis(100))
+            .token("a")
+            .wait(Duration::from_millis(100))
+            .token("b")
+            .usage(3, 2)
+            .finish("stop")
+    };
+    let mock = MockChat::new();
+    for p in ["Alpha", "Alpha", "Beta", "Alpha"] {
+        mock.push(script(p));
+    }
+    // The fifth call is cancelled after its first token.
+    mock.push(script("Alpha"));
+    let svc = LatencyLayer::builder().build().unwrap().layer(mock);
+    for _ in 0..4 {
+        let s = svc.clone().oneshot(req("m/x")).await.unwrap();
+        s.collect().await.unwrap();
+    }
+    let mut s = svc.clone().oneshot(req("m/x")).await.unwrap();
+    s.next().await.unwrap().unwrap();
+    drop(s);
+    let rows = rows(&snap);
+    let count = |name: &str, provider: &str, extra: Option<(&str, &str)>| -> Vec<&DebugValue> {
+        rows.iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && l.get("openrouter.provider").map(String::as_str) == Some(provider)
+                    && extra.is_none_or(|(k, v)| l.get(k).map(String::as_str) == Some(v))
+            })
+            .map(|(_, _, v)| v)
+            .collect()
+    };
+    let calls =
+        |provider, outcome| match count(CALLS, provider, Some(("outcome", outcome))).as_slice() {
+            [DebugValue::Counter(n)] => *n,
+            other => panic!("one {outcome} counter for {provider}: {other:?}"),
+        };
+    assert_eq!(calls("Alpha", "ok"), 3);
+    assert_eq!(calls("Beta", "ok"), 1);
+    assert_eq!(calls("Alpha", "cancelled"), 1);
+    let samples = |name, provider| match count(name, provider, None).as_slice() {
+        [DebugValue::Histogram(h)] => h.len(),
+        other => panic!("one {name} series for {provider}: {other:?}"),
+    };
+    assert_eq!(samples(TIME_TO_FIRST_CHUNK, "Alpha"), 4);
+    assert_eq!(samples(TIME_TO_FIRST_CHUNK, "Beta"), 1);
+    assert_eq!(samples(OPERATION_DURATION, "Alpha"), 4);
+    assert_eq!(
+        samples(TIME_PER_OUTPUT_CHUNK, "Alpha"),
+        3,
+        "one gap per finished call"
+    );
+    match count(TOKEN_USAGE, "Alpha", Some(("gen_ai.token.type", "output"))).as_slice() {
+        [DebugValue::Histogram(h)] => assert_eq!(h.len(), 3),
+        other => panic!("{other:?}"),
+    }
+}
