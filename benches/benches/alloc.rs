@@ -2,9 +2,11 @@
 //!
 //! `cargo bench -p llm-layers-bench --bench alloc`
 //!
-//! Path measured: the leaf's hot path after the commit (an SSE body decoded into
+//! Paths measured: the leaf's hot path after the commit (an SSE body decoded into
 //! `ChatChunk`s by `SseChatDecoder`, the parser slicing the input), bare and under the
-//! timeout layer's stream wrapper.
+//! timeout layer's stream wrapper; then the gateway's whole stack
+//! (`example_gateway::build_stack`) over an instant scripted service against that service
+//! alone: what the stack adds per call and per chunk.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
@@ -14,9 +16,16 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::StreamBody;
 use hyper::body::Frame;
+use llm_layers_bench::request;
 use llm_layers_bench::sse_body;
 use llm_layers_core::decode::SseChatDecoder;
-use llm_layers_core::{ChatStream, ResponseMeta};
+use llm_layers_core::{ChatRequest, ChatStream, LlmError, ResponseMeta};
+use llm_layers_mock::{MockChat, Script};
+use std::time::Duration;
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
+
+type Svc = BoxCloneSyncService<ChatRequest, ChatStream, LlmError>;
 
 struct Counting;
 
@@ -80,6 +89,39 @@ async fn run(n: usize, frame: usize, timeout: bool) -> f64 {
     (after - before) as f64 / chunks as f64
 }
 
+/// Allocations of `calls` calls of `chunks` tokens each through `svc`, in total.
+async fn through(svc: &Svc, calls: usize) -> u64 {
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for _ in 0..calls {
+        let s = svc.clone().oneshot(request(16)).await.unwrap();
+        drop(s.collect().await.unwrap());
+    }
+    ALLOCS.load(Ordering::Relaxed) - before
+}
+
+/// Allocations the gateway's stack adds per call and per chunk over the bare service.
+async fn stack(calls: usize) -> (f64, f64) {
+    let svc_of = |chunks: usize| {
+        let mock = MockChat::with_default(Script::tokens(Duration::ZERO, chunks, Duration::ZERO));
+        let config = example_gateway::Config::default();
+        let full: Svc = example_gateway::build_stack(&config, mock.clone(), None).unwrap();
+        (BoxCloneSyncService::new(mock) as Svc, full)
+    };
+    let (bare1, full1) = svc_of(1);
+    let (bare101, full101) = svc_of(101);
+    // Warm: label sets, store keys, buckets.
+    for s in [&bare1, &full1, &bare101, &full101] {
+        through(s, 50).await;
+    }
+    let per = |full: u64, bare: u64| (full as f64 - bare as f64) / calls as f64;
+    let one = per(through(&full1, calls).await, through(&bare1, calls).await);
+    let many = per(
+        through(&full101, calls).await,
+        through(&bare101, calls).await,
+    );
+    (one, (many - one) / 100.0)
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` runs this once, quickly.
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -98,4 +140,17 @@ fn main() {
         let b = rt.block_on(run(n, 16 * 1024, timeout));
         println!("{name:<34} {a:>10.2} {b:>10.2}");
     }
+    let (per_call, per_chunk) = rt.block_on(stack(if quick { 100 } else { 5_000 }));
+    println!();
+    println!(
+        "the gateway's stack (build_stack) over an instant scripted service, beyond the service alone"
+    );
+    println!(
+        "{:<34} {:>10.1}",
+        "allocations per call (1 chunk)", per_call
+    );
+    println!(
+        "{:<34} {:>10.2}",
+        "allocations per further chunk", per_chunk
+    );
 }

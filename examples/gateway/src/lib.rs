@@ -86,11 +86,22 @@ pub fn build_leaf(config: &Config, base_url: &str, api_key: &str) -> Result<Open
 /// store the hedge and breaker read) → the leaf.
 ///
 /// `catalog` is the upstream's model ids when known: tiers naming other models are refused.
-pub fn build_stack(
+///
+/// `leaf` is the OpenRouter leaf in the gateway; any chat service fits, so the same stack
+/// runs over `llm_layers_mock::MockChat` in tests and benchmarks.
+pub fn build_stack<S>(
     config: &Config,
-    leaf: OpenRouter,
+    leaf: S,
     catalog: Option<Vec<String>>,
-) -> Result<Stack, LlmError> {
+) -> Result<Stack, LlmError>
+where
+    S: tower::Service<ChatRequest, Response = ChatStream, Error = LlmError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let store = LatencyStore::new();
     let mut router = RouterLayer::builder(store.clone()).config(config.router.clone());
     if let Some(models) = catalog {
