@@ -22,7 +22,9 @@
 //! OpenRouter's HTTPS upstream negotiates HTTP/2 by ALPN).
 //!
 //! Flags: `--duration-s S` per row (10), `--rates R,R,...` (1000,2000,5000),
-//! `--streams N` (10000; 0 skips), `--only load|memory`.
+//! `--connections N` most connections of the load client at once (256; requests beyond wait
+//! for one, and the wait counts in their latency, so an overloaded server is not flooded
+//! with new connections), `--streams N` (10000; 0 skips), `--only load|memory`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -164,8 +166,7 @@ impl Proc {
 
     /// User + system CPU time so far, in seconds.
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let stat = read_proc(self.pid(), "stat");
         // Fields after the command name's closing parenthesis start at field 3 (state);
         // utime and stime are fields 14 and 15, in clock ticks.
         let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -180,8 +181,7 @@ impl Proc {
 
     /// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
     fn status_kib(&self, field: &str) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status = read_proc(self.pid(), "status");
         status
             .lines()
             .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
@@ -202,6 +202,14 @@ impl Drop for Proc {
     }
 }
 
+/// `/proc/PID/FILE`, or empty (and a word on stderr) when it cannot be read.
+fn read_proc(pid: u32, file: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_else(|e| {
+        eprintln!("load: cannot read /proc/{pid}/{file}: {e}");
+        String::new()
+    })
+}
+
 fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
@@ -218,6 +226,7 @@ struct Opts {
     duration: Duration,
     rates: Vec<u64>,
     streams: usize,
+    connections: usize,
     load: bool,
     memory: bool,
 }
@@ -227,6 +236,7 @@ fn opts(args: &[String]) -> Result<Opts, String> {
         duration: Duration::from_secs(10),
         rates: vec![1000, 2000, 5000],
         streams: 10_000,
+        connections: 256,
         load: true,
         memory: true,
     };
@@ -245,6 +255,12 @@ fn opts(args: &[String]) -> Result<Opts, String> {
                     .collect::<Result<_, _>>()?
             }
             "--streams" => o.streams = v()?.parse().map_err(|e| format!("--streams: {e}"))?,
+            "--connections" => {
+                o.connections = v()?.parse().map_err(|e| format!("--connections: {e}"))?;
+                if o.connections == 0 {
+                    return Err("--connections must be at least 1".into());
+                }
+            }
             "--only" => match v()?.as_str() {
                 "load" => o.memory = false,
                 "memory" => o.load = false,
@@ -339,8 +355,12 @@ fn has_token(chunk: &[u8]) -> bool {
 
 /// One call: `Ok(latency)` (to the first token when streaming, to the whole body when not)
 /// or `Err` when anything but a complete answer came back.
-async fn call(c: &HttpClient, req: Request<Full<Bytes>>, stream: bool) -> Result<Duration, ()> {
-    let start = Instant::now();
+async fn call(
+    c: &HttpClient,
+    req: Request<Full<Bytes>>,
+    stream: bool,
+    start: Instant,
+) -> Result<Duration, ()> {
     let resp = c.request(req).await.map_err(|_| ())?;
     if resp.status() != StatusCode::OK {
         return Err(());
@@ -375,14 +395,18 @@ async fn call(c: &HttpClient, req: Request<Full<Bytes>>, stream: bool) -> Result
     }
 }
 
-/// Sends `rate` requests a second for `duration` on a fixed schedule, whatever the answers.
+/// Sends `rate` requests a second for `duration` on a fixed schedule, whatever the answers,
+/// over at most `connections` connections at once (a request waits for one, and its latency
+/// counts the wait).
 async fn open_loop(
     c: &HttpClient,
     t: &Target,
     stream: bool,
     rate: u64,
     duration: Duration,
+    connections: usize,
 ) -> Outcome {
+    let slots = Arc::new(tokio::sync::Semaphore::new(connections));
     let total = (rate as f64 * duration.as_secs_f64()) as u64;
     let shared = Arc::new(Mutex::new(Outcome {
         latency: histogram(),
@@ -403,9 +427,11 @@ async fn open_loop(
             let scheduled = start + Duration::from_secs_f64(i as f64 / rate as f64);
             let lag = now.saturating_duration_since(scheduled);
             let req = request(t, body(i, stream));
-            let (c, shared) = (c.clone(), shared.clone());
+            let (c, shared, slots) = (c.clone(), shared.clone(), slots.clone());
             tasks.spawn(async move {
-                let r = call(&c, req, stream).await;
+                let start = Instant::now();
+                let _slot = slots.acquire_owned().await;
+                let r = call(&c, req, stream, start).await;
                 let mut o = shared.lock().expect("not poisoned");
                 o.sent += 1;
                 let _ = o.lag.record(lag.as_micros() as u64);
@@ -463,7 +489,15 @@ async fn load(o: &Opts) -> Result<(), String> {
     // Warm both paths (connections, the gateway's latency store) for a second at 1k/s.
     for t in [&direct, &through] {
         for stream in [false, true] {
-            let w = open_loop(&c, t, stream, 1000, Duration::from_millis(500)).await;
+            let w = open_loop(
+                &c,
+                t,
+                stream,
+                1000,
+                Duration::from_millis(500),
+                o.connections,
+            )
+            .await;
             if w.errors > 0 {
                 return Err(format!(
                     "warm-up against {} had {} errors",
@@ -473,9 +507,10 @@ async fn load(o: &Opts) -> Result<(), String> {
         }
     }
     println!(
-        "open-loop load, healthy preset at time scale 0 (no upstream delay), {:.0} s a row; latency in ms \
-         (streams: to the first token); gateway CPU is its user+system time over the row",
-        o.duration.as_secs_f64()
+        "open-loop load, healthy preset at time scale 0 (no upstream delay), {:.0} s a row, at most {} client \
+         connections; latency in ms (streams: to the first token); gateway CPU is its user+system time over the row",
+        o.duration.as_secs_f64(),
+        o.connections
     );
     println!(
         "{:<6} {:>5} {:<7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>9} {:>9} {:>9} | {:>8} {:>9} {:>9}",
@@ -498,10 +533,10 @@ async fn load(o: &Opts) -> Result<(), String> {
     );
     for stream in [false, true] {
         for &rate in &o.rates {
-            let a = open_loop(&c, &direct, stream, rate, o.duration).await;
+            let a = open_loop(&c, &direct, stream, rate, o.duration, o.connections).await;
             let cpu0 = gw.cpu_seconds();
             gw.reset_peak();
-            let b = open_loop(&c, &through, stream, rate, o.duration).await;
+            let b = open_loop(&c, &through, stream, rate, o.duration, o.connections).await;
             let cpu = gw.cpu_seconds() - cpu0;
             let peak = gw.status_kib("VmHWM");
             let mode = if stream { "stream" } else { "whole" };
