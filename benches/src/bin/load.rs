@@ -669,29 +669,35 @@ async fn open_streams(c: &HttpClient, t: &Target, n: usize, seq: u64) -> Held {
             (c.clone(), ready_tx.clone(), gate.clone(), closed.clone());
         tasks.spawn(async move {
             let permit = gate.acquire_owned().await;
-            let resp = match c.request(req).await {
-                Ok(r) if r.status() == StatusCode::OK => r,
-                Ok(r) => {
-                    let _ = ready.send(Err(format!("status {}", r.status())));
-                    return;
+            let open = async {
+                let resp = c.request(req).await.map_err(|e| format!("{e:?}"))?;
+                if resp.status() != StatusCode::OK {
+                    return Err(format!("status {}", resp.status()));
                 }
+                let mut body = resp.into_body();
+                loop {
+                    match body.frame().await {
+                        Some(Ok(f)) if f.data_ref().is_some_and(|d| has_token(d)) => {
+                            return Ok(body);
+                        }
+                        Some(Ok(_)) => {}
+                        other => return Err(format!("stream ended before a token: {other:?}")),
+                    }
+                }
+            };
+            // A connection the kernel took with a SYN cookie but the server never accepted
+            // would otherwise hang here (and hold its slot) for good.
+            let opened = tokio::time::timeout(Duration::from_secs(30), open)
+                .await
+                .unwrap_or_else(|_| Err("no first token within 30 s".into()));
+            drop(permit);
+            let body = match opened {
+                Ok(body) => body,
                 Err(e) => {
-                    let _ = ready.send(Err(format!("{e:?}")));
+                    let _ = ready.send(Err(e));
                     return;
                 }
             };
-            let mut body = resp.into_body();
-            loop {
-                match body.frame().await {
-                    Some(Ok(f)) if f.data_ref().is_some_and(|d| has_token(d)) => break,
-                    Some(Ok(_)) => {}
-                    other => {
-                        let _ = ready.send(Err(format!("stream ended before a token: {other:?}")));
-                        return;
-                    }
-                }
-            }
-            drop(permit);
             let _ = ready.send(Ok(()));
             // Hold the stream (and its connection) until told to close.
             let _ = closed.wait_for(|c| *c).await;

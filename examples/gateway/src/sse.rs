@@ -151,9 +151,9 @@ mod tests {
     use std::time::Duration;
     use tower::ServiceExt;
 
-    #[tokio::test(start_paused = true)]
-    async fn chunks_that_are_ready_together_leave_in_one_frame() {
-        let mock = MockChat::with_default(Script::tokens(Duration::ZERO, 5, Duration::ZERO));
+    /// The body frames of the SSE answer to a call scripted by `script`.
+    async fn frames_of(script: Script) -> Vec<Bytes> {
+        let mock = MockChat::with_default(script);
         let req = ChatRequest::new("m", vec![Message::user("hi")]);
         let stream = mock.oneshot(req).await.unwrap();
         let (_tx, rx) = watch::channel(Phase::Running);
@@ -162,6 +162,12 @@ mod tests {
         while let Some(f) = body.frame().await {
             frames.push(f.unwrap().into_data().unwrap());
         }
+        frames
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn chunks_that_are_ready_together_leave_in_one_frame() {
+        let frames = frames_of(Script::tokens(Duration::ZERO, 5, Duration::ZERO)).await;
         assert_eq!(frames.len(), 1, "one frame for one burst: {frames:?}");
         let text = std::str::from_utf8(&frames[0]).unwrap();
         assert_eq!(
@@ -174,16 +180,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn chunks_that_arrive_apart_leave_apart() {
-        let mock =
-            MockChat::with_default(Script::tokens(Duration::ZERO, 3, Duration::from_millis(10)));
-        let req = ChatRequest::new("m", vec![Message::user("hi")]);
-        let stream = mock.oneshot(req).await.unwrap();
-        let (_tx, rx) = watch::channel(Phase::Running);
-        let mut body = response(stream, false, rx).into_body();
-        let mut frames = Vec::new();
-        while let Some(f) = body.frame().await {
-            frames.push(f.unwrap().into_data().unwrap());
-        }
+        let gap = Duration::from_millis(10);
+        let frames = frames_of(Script::tokens(Duration::ZERO, 3, gap)).await;
         let all: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
         let text = String::from_utf8(all).unwrap();
         assert_eq!(
