@@ -21,6 +21,11 @@
 //! HTTP/1.1 upstream (a connection per stream) and with h2c (one shared connection, as
 //! OpenRouter's HTTPS upstream negotiates HTTP/2 by ALPN).
 //!
+//! Side by side with another gateway: start the mock (`llm-layers-mock --preset healthy
+//! --time-scale 0 --listen 127.0.0.1:8090`), point the other gateway at it, and pass
+//! `--mock-url http://127.0.0.1:8090/api/v1 --compare NAME=http://HOST:PORT/v1/chat/completions[@PID]`:
+//! its rows follow ours, with its CPU and RSS when its PID is given.
+//!
 //! Flags: `--duration-s S` per row (10), `--rates R,R,...` (1000,2000,5000),
 //! `--connections N` most connections of the load client at once (256; requests beyond wait
 //! for one, and the wait counts in their latency, so an overloaded server is not flooded
@@ -164,35 +169,39 @@ impl Proc {
         self.child.id()
     }
 
-    /// User + system CPU time so far, in seconds.
-    fn cpu_seconds(&self) -> f64 {
-        let stat = read_proc(self.pid(), "stat");
-        // Fields after the command name's closing parenthesis start at field 3 (state);
-        // utime and stime are fields 14 and 15, in clock ticks.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        f.iter().sum::<u64>() as f64 / clock_ticks()
-    }
-
     /// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
     fn status_kib(&self, field: &str) -> u64 {
-        let status = read_proc(self.pid(), "status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        proc_status_kib(self.pid(), field)
     }
+}
 
-    /// Resets the peak resident set (`VmHWM`) to the current one (Linux `clear_refs` 5).
-    fn reset_peak(&self) {
-        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
-    }
+/// User + system CPU time of process `pid` so far, in seconds.
+fn proc_cpu_seconds(pid: u32) -> f64 {
+    let stat = read_proc(pid, "stat");
+    // Fields after the command name's closing parenthesis start at field 3 (state);
+    // utime and stime are fields 14 and 15, in clock ticks.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() as f64 / clock_ticks()
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    read_proc(pid, "status")
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resets the peak resident set (`VmHWM`) of `pid` to the current one (Linux `clear_refs` 5).
+fn reset_peak(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
 
 impl Drop for Proc {
@@ -227,6 +236,8 @@ struct Opts {
     rates: Vec<u64>,
     streams: usize,
     connections: usize,
+    mock_url: Option<String>,
+    others: Vec<Target>,
     load: bool,
     memory: bool,
 }
@@ -237,6 +248,8 @@ fn opts(args: &[String]) -> Result<Opts, String> {
         rates: vec![1000, 2000, 5000],
         streams: 10_000,
         connections: 256,
+        mock_url: None,
+        others: Vec::new(),
         load: true,
         memory: true,
     };
@@ -261,6 +274,8 @@ fn opts(args: &[String]) -> Result<Opts, String> {
                     return Err("--connections must be at least 1".into());
                 }
             }
+            "--mock-url" => o.mock_url = Some(v()?.clone()),
+            "--compare" => o.others.push(compare_target(v()?)?),
             "--only" => match v()?.as_str() {
                 "load" => o.memory = false,
                 "memory" => o.load = false,
@@ -272,6 +287,30 @@ fn opts(args: &[String]) -> Result<Opts, String> {
         }
     }
     Ok(o)
+}
+
+/// `NAME=URL` or `NAME=URL@PID`: another OpenAI-compatible gateway in front of the same mock,
+/// its chat completions URL, and its process id for CPU and RSS.
+fn compare_target(spec: &str) -> Result<Target, String> {
+    let (name, rest) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("--compare: {spec:?} is not NAME=URL[@PID]"))?;
+    let (url, pid) = match rest.rsplit_once('@') {
+        Some((u, p)) => (
+            u,
+            Some(
+                p.parse()
+                    .map_err(|e| format!("--compare: pid {p:?}: {e}"))?,
+            ),
+        ),
+        None => (rest, None),
+    };
+    Ok(Target {
+        name: name.to_owned(),
+        url: url.to_owned(),
+        auth: Some(HeaderValue::from_static("Bearer sk-or-v1-load")),
+        pid,
+    })
 }
 
 fn parent(args: &[String]) -> Result<(), String> {
@@ -305,10 +344,13 @@ fn gateway(upstream: &str, extra: &[&str]) -> Result<(Proc, String), String> {
 }
 
 /// Where requests go.
+#[derive(Clone)]
 struct Target {
-    name: &'static str,
+    name: String,
     url: String,
     auth: Option<HeaderValue>,
+    /// Its process, for CPU and peak RSS, when known.
+    pid: Option<u32>,
 }
 
 /// One row's results.
@@ -472,22 +514,40 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
+/// What a row's target process costs, when the bench knows its pid.
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 async fn load(o: &Opts) -> Result<(), String> {
-    let (mock, mock_url) = Proc::spawn(&["--child-mock", "healthy"], &[], "ready ")?;
+    let (mock, mock_url) = match &o.mock_url {
+        Some(url) => (None, url.trim_end_matches('/').to_owned()),
+        None => {
+            let (p, url) = Proc::spawn(&["--child-mock", "healthy"], &[], "ready ")?;
+            (Some(p), url)
+        }
+    };
     let (gw, gw_addr) = gateway(&mock_url, &[])?;
-    let direct = Target {
-        name: "mock",
-        url: format!("{mock_url}/chat/completions"),
-        auth: Some(HeaderValue::from_static("Bearer sk-or-v1-load")),
-    };
-    let through = Target {
-        name: "gateway",
-        url: format!("http://{gw_addr}/v1/chat/completions"),
-        auth: None,
-    };
+    let mut targets = vec![
+        Target {
+            name: "mock".into(),
+            url: format!("{mock_url}/chat/completions"),
+            auth: Some(HeaderValue::from_static("Bearer sk-or-v1-load")),
+            pid: None,
+        },
+        Target {
+            name: "gateway".into(),
+            url: format!("http://{gw_addr}/v1/chat/completions"),
+            auth: None,
+            pid: Some(gw.pid()),
+        },
+    ];
+    for other in &o.others {
+        targets.push(other.clone());
+    }
     let c = client();
-    // Warm both paths (connections, the gateway's latency store) for a second at 1k/s.
-    for t in [&direct, &through] {
+    // Warm every path (connections, the gateway's latency store) for a second at 1k/s.
+    for t in &targets {
         for stream in [false, true] {
             let w = open_loop(
                 &c,
@@ -508,12 +568,12 @@ async fn load(o: &Opts) -> Result<(), String> {
     }
     println!(
         "open-loop load, healthy preset at time scale 0 (no upstream delay), {:.0} s a row, at most {} client \
-         connections; latency in ms (streams: to the first token); gateway CPU is its user+system time over the row",
+         connections; latency in ms (streams: to the first token); CPU is the target's user+system time over the row",
         o.duration.as_secs_f64(),
         o.connections
     );
     println!(
-        "{:<6} {:>5} {:<7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>9} {:>9} {:>9} | {:>8} {:>9} {:>9}",
+        "{:<6} {:>5} {:<10} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>9} {:>9} {:>9} | {:>8} {:>9} {:>9}",
         "mode",
         "rps",
         "target",
@@ -527,41 +587,36 @@ async fn load(o: &Opts) -> Result<(), String> {
         "added p50",
         "p99",
         "p99.9",
-        "gw CPU s",
+        "CPU s",
         "µs/req",
         "peak RSS"
     );
     for stream in [false, true] {
         for &rate in &o.rates {
-            let a = open_loop(&c, &direct, stream, rate, o.duration, o.connections).await;
-            let cpu0 = gw.cpu_seconds();
-            gw.reset_peak();
-            let b = open_loop(&c, &through, stream, rate, o.duration, o.connections).await;
-            let cpu = gw.cpu_seconds() - cpu0;
-            let peak = gw.status_kib("VmHWM");
-            let mode = if stream { "stream" } else { "whole" };
-            for (t, r) in [(&direct, &a), (&through, &b)] {
-                let gw_row = t.name == "gateway";
-                let added = |q| {
-                    if gw_row {
-                        format!("{:>9.3}", ms(&b.latency, q) - ms(&a.latency, q))
-                    } else {
-                        format!("{:>9}", "")
-                    }
-                };
-                let tail = if gw_row {
+            let mut base: Option<Outcome> = None;
+            for t in &targets {
+                let pid = t.pid.filter(|&p| pid_alive(p));
+                let cpu0 = pid.map(proc_cpu_seconds);
+                if let Some(p) = pid {
+                    reset_peak(p);
+                }
+                let r = open_loop(&c, t, stream, rate, o.duration, o.connections).await;
+                let cost = pid.zip(cpu0).map(|(p, c0)| {
+                    let cpu = proc_cpu_seconds(p) - c0;
                     format!(
                         "{:>8.2} {:>9.1} {:>5.1} MiB",
                         cpu,
-                        cpu * 1e6 / b.sent.max(1) as f64,
-                        peak as f64 / 1024.0
+                        cpu * 1e6 / r.sent.max(1) as f64,
+                        proc_status_kib(p, "VmHWM") as f64 / 1024.0
                     )
-                } else {
-                    String::new()
+                });
+                let added = |q| match &base {
+                    Some(a) => format!("{:>9.3}", ms(&r.latency, q) - ms(&a.latency, q)),
+                    None => format!("{:>9}", ""),
                 };
                 println!(
-                    "{:<6} {:>5} {:<7} {:>7} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} | {} {} {} | {}",
-                    mode,
+                    "{:<6} {:>5} {:<10} {:>7} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} | {} {} {} | {}",
+                    if stream { "stream" } else { "whole" },
                     rate,
                     t.name,
                     r.sent,
@@ -574,8 +629,11 @@ async fn load(o: &Opts) -> Result<(), String> {
                     added(0.5),
                     added(0.99),
                     added(0.999),
-                    tail
+                    cost.unwrap_or_default()
                 );
+                if base.is_none() {
+                    base = Some(r);
+                }
             }
         }
     }
@@ -603,9 +661,10 @@ async fn memory(n: usize, h2c: bool) -> Result<(), String> {
         ],
     )?;
     let target = Target {
-        name: "gateway",
+        name: "gateway".into(),
         url: format!("http://{gw_addr}/v1/chat/completions"),
         auth: None,
+        pid: Some(gw.pid()),
     };
     let c = client();
     // Warm: a few hundred streams opened and closed, so the runtime's pools exist already.
