@@ -546,15 +546,17 @@ async fn load(o: &Opts) -> Result<(), String> {
         targets.push(other.clone());
     }
     let c = client();
-    // Warm every path (connections, the gateway's latency store) for a second at 1k/s.
+    // Warm every path (connections, the gateway's latency store): a second at the lowest
+    // rate of the run, so a slower gateway does not start its rows behind.
+    let warm_rate = o.rates.iter().copied().min().unwrap_or(100).min(1000);
     for t in &targets {
         for stream in [false, true] {
             let w = open_loop(
                 &c,
                 t,
                 stream,
-                1000,
-                Duration::from_millis(500),
+                warm_rate,
+                Duration::from_secs(1),
                 o.connections,
             )
             .await;
