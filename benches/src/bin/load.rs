@@ -784,3 +784,53 @@ async fn open_streams(c: &HttpClient, t: &Target, n: usize, seq: u64) -> Held {
         tasks,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_token_is_a_content_delta_with_text() {
+        assert!(!has_token(
+            br#"data: {"choices":[{"delta":{"role":"assistant","content":""}}]}"#
+        ));
+        assert!(has_token(
+            br#"data: {"choices":[{"delta":{"content":""}}]}\n\ndata: {"choices":[{"delta":{"content":"hi"}}]}"#
+        ));
+        assert!(!has_token(b": OPENROUTER PROCESSING\n\n"));
+    }
+
+    #[test]
+    fn compare_targets_parse_with_and_without_a_pid() {
+        let t = compare_target("litellm=http://127.0.0.1:4000/v1/chat/completions@42").unwrap();
+        assert_eq!(t.name, "litellm");
+        assert_eq!(t.url, "http://127.0.0.1:4000/v1/chat/completions");
+        assert_eq!(t.pid, Some(42));
+        let t = compare_target("x=http://h/v1/chat/completions").unwrap();
+        assert_eq!(t.pid, None);
+        assert!(compare_target("no-equals-sign").is_err());
+        assert!(compare_target("x=http://h@notapid").is_err());
+    }
+
+    #[test]
+    fn flags_are_read_and_bad_ones_refused() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let o = opts(&args(&[
+            "--rates",
+            "100, 200",
+            "--duration-s",
+            "2.5",
+            "--only",
+            "load",
+        ]))
+        .unwrap();
+        assert_eq!(o.rates, vec![100, 200]);
+        assert_eq!(o.duration, Duration::from_millis(2500));
+        assert!(o.load && !o.memory);
+        assert_eq!(o.connections, 256);
+        assert!(opts(&args(&["--connections", "0"])).is_err());
+        assert!(opts(&args(&["--only", "everything"])).is_err());
+        assert!(opts(&args(&["--rates"])).is_err());
+        assert!(opts(&args(&["--what"])).is_err());
+    }
+}
