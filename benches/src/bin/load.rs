@@ -33,7 +33,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -80,11 +80,11 @@ fn reexec_with_more_files(args: &[String]) -> Result<(), String> {
         .env(RAISED_NOFILE, "1")
         .status()
         .map_err(|e| format!("cannot re-execute: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("exited with {status}"))
+    // The re-executed run has said what went wrong: pass its exit code on, say nothing more.
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
     }
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -96,18 +96,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 /// The scenario of the memory run: one provider that sends its first token at once, then
 /// nothing for ten minutes.
-fn idle_scenario() -> Scenario {
+fn idle_scenario() -> Result<Scenario, String> {
     Scenario::from_json(
         r#"{"providers": [{"name": "Idle", "slug": "idle",
             "ttft": {"kind": "fixed", "ms": 0}, "gap": {"kind": "fixed", "ms": 600000}}],
             "default_tokens": 2}"#,
     )
-    .expect("a valid scenario")
+    .map_err(|e| e.to_string())
 }
 
 fn child_mock(which: &str) -> Result<(), String> {
     let scenario = match which {
-        "idle" => idle_scenario(),
+        "idle" => idle_scenario()?,
         _ => Scenario::healthy().with_time_scale(0.0),
     };
     runtime()?.block_on(async move {
@@ -274,7 +274,11 @@ fn opts(args: &[String]) -> Result<Opts, String> {
                     return Err("--connections must be at least 1".into());
                 }
             }
-            "--mock-url" => o.mock_url = Some(v()?.clone()),
+            "--mock-url" => {
+                let url = v()?;
+                http_url("--mock-url", url)?;
+                o.mock_url = Some(url.trim_end_matches('/').to_owned());
+            }
             "--compare" => o.others.push(compare_target(v()?)?),
             "--only" => match v()?.as_str() {
                 "load" => o.memory = false,
@@ -287,6 +291,17 @@ fn opts(args: &[String]) -> Result<Opts, String> {
         }
     }
     Ok(o)
+}
+
+/// An `http://` URL (the load client speaks plain HTTP), or a word on what is wrong with it.
+fn http_url(flag: &str, url: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{flag}: {url:?} is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(format!("{flag}: {url:?} is not an http://HOST... URL"));
+    }
+    Ok(uri)
 }
 
 /// `NAME=URL` or `NAME=URL@PID`: another OpenAI-compatible gateway in front of the same mock,
@@ -307,7 +322,7 @@ fn compare_target(spec: &str) -> Result<Target, String> {
     };
     Ok(Target {
         name: name.to_owned(),
-        url: url.to_owned(),
+        url: http_url("--compare", url)?,
         auth: Some(HeaderValue::from_static("Bearer sk-or-v1-load")),
         pid,
     })
@@ -347,7 +362,8 @@ fn gateway(upstream: &str, extra: &[&str]) -> Result<(Proc, String), String> {
 #[derive(Clone)]
 struct Target {
     name: String,
-    url: String,
+    /// Parsed once: every request of a row shares it.
+    url: http::Uri,
     auth: Option<HeaderValue>,
     /// Its process, for CPU and peak RSS, when known.
     pid: Option<u32>,
@@ -378,10 +394,10 @@ fn body(i: u64, stream: bool) -> Bytes {
 }
 
 fn request(t: &Target, body: Bytes) -> Request<Full<Bytes>> {
-    let mut r = Request::post(&t.url)
+    let mut r = Request::post(t.url.clone())
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(body))
-        .expect("a valid request");
+        .expect("a parsed URI and a static header make a valid request");
     if let Some(a) = &t.auth {
         r.headers_mut().insert(header::AUTHORIZATION, a.clone());
     }
@@ -474,7 +490,7 @@ async fn open_loop(
                 let start = Instant::now();
                 let _slot = slots.acquire_owned().await;
                 let r = call(&c, req, stream, start).await;
-                let mut o = shared.lock().expect("not poisoned");
+                let mut o = shared.lock().unwrap_or_else(PoisonError::into_inner);
                 o.sent += 1;
                 let _ = o.lag.record(lag.as_micros() as u64);
                 match r {
@@ -494,7 +510,7 @@ async fn open_loop(
     })
     .await;
     let mut o = std::mem::replace(
-        &mut *shared.lock().expect("not poisoned"),
+        &mut *shared.lock().unwrap_or_else(PoisonError::into_inner),
         Outcome {
             latency: histogram(),
             lag: histogram(),
@@ -514,14 +530,14 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
-/// What a row's target process costs, when the bench knows its pid.
+/// Whether process `pid` still runs (its CPU and RSS can be read).
 fn pid_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 async fn load(o: &Opts) -> Result<(), String> {
     let (mock, mock_url) = match &o.mock_url {
-        Some(url) => (None, url.trim_end_matches('/').to_owned()),
+        Some(url) => (None, url.clone()),
         None => {
             let (p, url) = Proc::spawn(&["--child-mock", "healthy"], &[], "ready ")?;
             (Some(p), url)
@@ -531,13 +547,13 @@ async fn load(o: &Opts) -> Result<(), String> {
     let mut targets = vec![
         Target {
             name: "mock".into(),
-            url: format!("{mock_url}/chat/completions"),
+            url: http_url("--mock-url", &format!("{mock_url}/chat/completions"))?,
             auth: Some(HeaderValue::from_static("Bearer sk-or-v1-load")),
             pid: None,
         },
         Target {
             name: "gateway".into(),
-            url: format!("http://{gw_addr}/v1/chat/completions"),
+            url: http_url("gateway", &format!("http://{gw_addr}/v1/chat/completions"))?,
             auth: None,
             pid: Some(gw.pid()),
         },
@@ -661,7 +677,7 @@ async fn memory(n: usize, h2c: bool) -> Result<(), String> {
     )?;
     let target = Target {
         name: "gateway".into(),
-        url: format!("http://{gw_addr}/v1/chat/completions"),
+        url: http_url("gateway", &format!("http://{gw_addr}/v1/chat/completions"))?,
         auth: None,
         pid: Some(gw.pid()),
     };
@@ -805,6 +821,11 @@ mod tests {
         let t = compare_target("litellm=http://127.0.0.1:4000/v1/chat/completions@42").unwrap();
         assert_eq!(t.name, "litellm");
         assert_eq!(t.url, "http://127.0.0.1:4000/v1/chat/completions");
+        assert!(
+            compare_target("x=https://h/v1/chat/completions").is_err(),
+            "plain HTTP only"
+        );
+        assert!(compare_target("x=not a url").is_err());
         assert_eq!(t.pid, Some(42));
         let t = compare_target("x=http://h/v1/chat/completions").unwrap();
         assert_eq!(t.pid, None);
@@ -832,5 +853,8 @@ mod tests {
         assert!(opts(&args(&["--only", "everything"])).is_err());
         assert!(opts(&args(&["--rates"])).is_err());
         assert!(opts(&args(&["--what"])).is_err());
+        assert!(opts(&args(&["--mock-url", "127.0.0.1:8090"])).is_err());
+        let o = opts(&args(&["--mock-url", "http://127.0.0.1:8090/api/v1/"])).unwrap();
+        assert_eq!(o.mock_url.as_deref(), Some("http://127.0.0.1:8090/api/v1"));
     }
 }
