@@ -4,22 +4,23 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use futures_core::Stream;
-use llm_layers_core::{ChatChunk, ChatStream, LlmError};
+use llm_layers_core::{ChatBody, ChatChunk, ChatStream, LlmError};
 use tokio::time::Instant;
 
 use crate::layer::Shared;
+use crate::registry::{Blocked, blocked_error};
 
 /// An admitted call: counted in flight until it resolves, holding half-open probe slots
 /// until it ends; both given back however it ends.
 pub(crate) struct ProbeGuard {
     shared: Arc<Shared>,
     model: Arc<str>,
-    probes: Vec<Option<Arc<str>>>,
+    probes: Vec<crate::registry::Probe>,
     in_flight: bool,
 }
 
 impl ProbeGuard {
-    pub(crate) fn new(shared: Arc<Shared>, model: Arc<str>, probes: Vec<Option<Arc<str>>>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, model: Arc<str>, probes: Vec<crate::registry::Probe>) -> Self {
         ProbeGuard {
             shared,
             model,
@@ -52,6 +53,8 @@ pin_project_lite::pin_project! {
             fut: F,
             start: Instant,
             model: Arc<str>,
+            sent: Arc<ChatBody>,
+            ignored: Vec<(String, Blocked)>,
             shared: Arc<Shared>,
             guard: Option<ProbeGuard>,
         },
@@ -83,7 +86,8 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn called(
         fut: F,
         start: Instant,
-        model: Arc<str>,
+        sent: Arc<ChatBody>,
+        ignored: Vec<(String, Blocked)>,
         shared: Arc<Shared>,
         guard: ProbeGuard,
     ) -> Self {
@@ -91,7 +95,9 @@ impl<F> ResponseFuture<F> {
             kind: Kind::Called {
                 fut,
                 start,
-                model,
+                model: guard.model.clone(),
+                sent,
+                ignored,
                 shared,
                 guard: Some(guard),
             },
@@ -99,15 +105,52 @@ impl<F> ResponseFuture<F> {
     }
 }
 
-/// Records a failure against the provider that failed, or the model when unknown, if the
-/// classification blames the provider.
-fn record_error(shared: &Shared, model: &str, e: &LlmError) {
-    if shared.classify.classify(e).provider_failure {
-        let slug = e.provider().map(|p| shared.slug(p));
-        shared
-            .registry
-            .record(model, slug.as_deref(), true, Instant::now());
+/// What an error before the commit point teaches: a throttle holds its provider (and, when
+/// another provider is left, says "retry now" with a zero `Retry-After`); a provider failure
+/// is counted; an upstream 404 "no endpoints" that our own ignore list caused becomes the
+/// fast error it stands for, never a `not_found` for the caller.
+fn on_error(
+    shared: &Shared,
+    model: &str,
+    sent: &ChatBody,
+    ignored: &[(String, Blocked)],
+    mut e: LlmError,
+) -> LlmError {
+    let now = Instant::now();
+    let class = shared.classify.classify(&e);
+    if e.status_code().map(|s| s.as_u16()) == Some(404) && !ignored.is_empty() {
+        let code = e.api_error().and_then(|a| a.availability_code.as_deref());
+        if !matches!(code, Some("model_not_found" | "model_deprecated")) {
+            metrics::counter!("llm_breaker_rejected_total").increment(1);
+            return blocked_error(model, ignored, now);
+        }
     }
+    if class.throttled {
+        if let Some(p) = e.provider() {
+            let slug = shared.slug(p);
+            let until = now + shared.registry.hold_for(e.retry_after());
+            let elsewhere = shared.registry.hold(sent, &slug, until, now);
+            let reason = if e
+                .api_error()
+                .and_then(|a| a.availability_code.as_deref())
+                == Some("capacity_exhausted")
+            {
+                "capacity"
+            } else {
+                "throttled"
+            };
+            metrics::counter!("llm_provider_holds_total", "reason" => reason).increment(1);
+            if elsewhere {
+                // Another provider is free: no reason to wait this one's Retry-After.
+                e.set_retry_after(Some(std::time::Duration::ZERO));
+            }
+        }
+    }
+    if class.provider_failure {
+        let slug = e.provider().map(|p| shared.slug(p));
+        shared.registry.record(model, slug.as_deref(), true, now);
+    }
+    e
 }
 
 impl<F> Future for ResponseFuture<F>
@@ -125,6 +168,8 @@ where
                 fut,
                 start,
                 model,
+                sent,
+                ignored,
                 shared,
                 guard,
             } => {
@@ -134,9 +179,8 @@ where
                 }
                 match res {
                     Err(e) => {
-                        record_error(shared, model, &e);
                         drop(guard.take());
-                        Poll::Ready(Err(e))
+                        Poll::Ready(Err(on_error(shared, model, sent, ignored, e)))
                     }
                     Ok(stream) => {
                         // The first token is the provider's proof of life (or, when too late,

@@ -80,7 +80,8 @@ impl std::fmt::Debug for BreakerLayer {
 impl BreakerLayer {
     /// A builder with the defaults: trip on 5 consecutive failures, or half of the last 20
     /// calls (10 at least) failing; open 5 s doubling to 5 min with ±20 % jitter; 1 probe;
-    /// 1,024 entries, idle ones evicted after 10 min.
+    /// 1,024 entries, idle ones evicted after 10 min; a throttled provider held for its
+    /// `Retry-After` (1 s without one, 60 s at most).
     pub fn builder() -> BreakerLayerBuilder {
         BreakerLayerBuilder {
             cfg: Config {
@@ -94,6 +95,8 @@ impl BreakerLayer {
                 probes: 1,
                 max_entries: 1024,
                 idle_ttl: Duration::from_secs(600),
+                default_hold: Duration::from_secs(1),
+                max_hold: Duration::from_secs(60),
             },
             classify: Arc::new(DefaultClassify),
             slow: None,
@@ -172,7 +175,17 @@ impl BreakerLayerBuilder {
         self
     }
 
-    /// What counts as a failure (default [`DefaultClassify`]'s `provider_failure`).
+    /// How long a throttled (model, provider) is held when the `429` says no `Retry-After`,
+    /// and the longest hold whatever it says (a `Retry-After: 86400` must not take a
+    /// provider away for a day). Both above zero, `default <= max`.
+    pub fn hold(mut self, default: Duration, max: Duration) -> Self {
+        self.cfg.default_hold = default;
+        self.cfg.max_hold = max;
+        self
+    }
+
+    /// What counts as a failure (default [`DefaultClassify`]'s `provider_failure`) and what
+    /// as a throttle (`throttled`).
     pub fn classify(mut self, c: impl Classify) -> Self {
         self.classify = Arc::new(c);
         self
@@ -214,6 +227,9 @@ impl BreakerLayerBuilder {
         }
         if !(0.0..=1.0).contains(&c.jitter) {
             return Err(LlmError::config("jitter must be in 0..=1"));
+        }
+        if c.default_hold.is_zero() || c.max_hold < c.default_hold {
+            return Err(LlmError::config("need 0 < default hold <= max hold"));
         }
         if c.probes == 0 || c.max_entries == 0 {
             return Err(LlmError::config(

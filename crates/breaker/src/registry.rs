@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use llm_layers_core::{ChatRequest, LlmError, slug_matches};
+use llm_layers_core::{ChatBody, ChatRequest, LlmError, slug_matches};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
@@ -48,6 +48,8 @@ pub struct BreakerInfo {
     pub recent_failures: usize,
     /// Recent calls counted.
     pub recent_calls: usize,
+    /// Held (throttled: a 429 asked us to wait) until then; a hold is not a failure.
+    pub held_until: Option<Instant>,
 }
 
 /// Validated configuration of the breakers.
@@ -63,6 +65,8 @@ pub(crate) struct Config {
     pub(crate) probes: u32,
     pub(crate) max_entries: usize,
     pub(crate) idle_ttl: Duration,
+    pub(crate) default_hold: Duration,
+    pub(crate) max_hold: Duration,
 }
 
 struct Entry {
@@ -72,7 +76,11 @@ struct Entry {
     consecutive: u32,
     trips: u32,
     probes_in_flight: u32,
+    /// Counts half-open periods, so a probe from an earlier one cannot give back a slot of
+    /// the current one.
+    period: u32,
     last_used: Instant,
+    held_until: Option<Instant>,
 }
 
 impl Entry {
@@ -84,7 +92,21 @@ impl Entry {
             consecutive: 0,
             trips: 0,
             probes_in_flight: 0,
+            period: 0,
             last_used: now,
+            held_until: None,
+        }
+    }
+
+    /// When this entry's hold ends, if it is held now.
+    fn held(&mut self, now: Instant) -> Option<Instant> {
+        match self.held_until {
+            Some(h) if h > now => Some(h),
+            Some(_) => {
+                self.held_until = None;
+                None
+            }
+            None => None,
         }
     }
 
@@ -94,6 +116,7 @@ impl Entry {
             if now >= until {
                 self.state = State::HalfOpen;
                 self.probes_in_flight = 0;
+                self.period = self.period.wrapping_add(1);
             }
         }
     }
@@ -108,13 +131,71 @@ struct ModelEntry {
     in_flight: usize,
 }
 
+/// A probe slot: the provider (`None`: the model as a whole) and the half-open period.
+pub(crate) type Probe = (Option<Arc<str>>, u32);
+
+/// Why a provider was kept out of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Blocked {
+    /// Its breaker is open until then (`None`: half-open, its probes are out).
+    Open(Option<Instant>),
+    /// Throttled until then.
+    Held(Instant),
+}
+
+impl Blocked {
+    fn until(self) -> Option<Instant> {
+        match self {
+            Blocked::Open(u) => u,
+            Blocked::Held(u) => Some(u),
+        }
+    }
+}
+
+/// The fast error for a request whose every known provider is blocked: `429` with the
+/// shortest hold when all are throttled or open but some throttled, `CircuitOpen` when all
+/// are open. The message names each provider and when it comes back.
+pub(crate) fn blocked_error(model: &str, blocked: &[(String, Blocked)], now: Instant) -> LlmError {
+    let first = blocked
+        .iter()
+        .filter_map(|(_, b)| b.until())
+        .min()
+        .map(|u| u.saturating_duration_since(now));
+    let names: Vec<String> = blocked.iter().map(|(s, _)| s.clone()).collect();
+    let detail = blocked
+        .iter()
+        .map(|(s, b)| match b {
+            Blocked::Held(u) => format!(
+                "{s} throttled for {:.1}s",
+                u.saturating_duration_since(now).as_secs_f64()
+            ),
+            Blocked::Open(Some(u)) => format!(
+                "{s} open for {:.1}s",
+                u.saturating_duration_since(now).as_secs_f64()
+            ),
+            Blocked::Open(None) => format!("{s} being probed"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    if blocked.iter().any(|(_, b)| matches!(b, Blocked::Held(_))) {
+        let wait = first.unwrap_or(Duration::from_secs(1));
+        let mut e = LlmError::rate_limited(wait).with_message(format!(
+            "every known provider of {model} is throttled or failing ({detail})"
+        ));
+        e.set_retry_after(Some(wait));
+        return e;
+    }
+    LlmError::circuit_open(names, first)
+        .with_message(format!("every known provider of {model} is open ({detail})"))
+}
+
 /// What `admit` decided for one request.
 #[derive(Debug, Default)]
 pub(crate) struct Admission {
-    /// Slugs this request must not go to.
-    pub(crate) ignore: Vec<String>,
-    /// Half-open breakers this request probes (released when it ends).
-    pub(crate) probes: Vec<Option<Arc<str>>>,
+    /// Slugs this request must not go to, and why.
+    pub(crate) ignore: Vec<(String, Blocked)>,
+    /// Half-open breakers this request probes, with their period (released when it ends).
+    pub(crate) probes: Vec<Probe>,
 }
 
 pub(crate) struct Registry {
@@ -158,7 +239,7 @@ impl Registry {
                 }
                 State::HalfOpen if m.probes_in_flight < self.cfg.probes => {
                     m.probes_in_flight += 1;
-                    adm.probes.push(None);
+                    adm.probes.push((None, m.period));
                 }
                 State::HalfOpen => {
                     return Err(LlmError::circuit_open(vec![model.to_owned()], None)
@@ -169,21 +250,25 @@ impl Registry {
         }
         let prefs = req.body().provider.as_ref();
         let mut allowed_known = 0usize;
-        let mut blocked: Vec<(String, Option<Instant>)> = Vec::new();
+        let mut blocked: Vec<(String, Blocked)> = Vec::new();
         for (slug, e) in me.providers.iter_mut() {
             if prefs.is_some_and(|p| !p.allows(slug)) {
                 continue;
             }
             allowed_known += 1;
             e.refresh(now);
+            if let Some(h) = e.held(now) {
+                blocked.push((slug.to_string(), Blocked::Held(h)));
+                continue;
+            }
             match e.state {
                 State::Closed => {}
-                State::Open { until } => blocked.push((slug.to_string(), Some(until))),
+                State::Open { until } => blocked.push((slug.to_string(), Blocked::Open(Some(until)))),
                 State::HalfOpen if e.probes_in_flight < self.cfg.probes => {
                     e.probes_in_flight += 1;
-                    adm.probes.push(Some(slug.clone()));
+                    adm.probes.push((Some(slug.clone()), e.period));
                 }
-                State::HalfOpen => blocked.push((slug.to_string(), None)),
+                State::HalfOpen => blocked.push((slug.to_string(), Blocked::Open(None))),
             }
         }
         // The caller's `only` names providers we have not seen: nothing to say about them.
@@ -192,19 +277,63 @@ impl Registry {
                 .any(|o| !me.providers.keys().any(|k| slug_matches(o, k)))
         });
         if allowed_known > 0 && blocked.len() == allowed_known && !only_unknown {
-            // Give back the probes taken for this request.
+            // Never ask the upstream for nothing: an ignore list of every provider we know
+            // would come back as a 404 "no endpoints". Fail fast instead, saying when.
             drop(guard);
             self.release(model, &adm.probes);
-            let first = blocked.iter().filter_map(|(_, u)| *u).min();
-            return Err(LlmError::circuit_open(
-                blocked.iter().map(|(s, _)| s.clone()).collect(),
-                first.map(|u| u.saturating_duration_since(now)),
-            )
-            .with_message(format!("every known provider of {model} is open")));
+            blocked.sort_by(|a, b| a.0.cmp(&b.0));
+            return Err(blocked_error(model, &blocked, now));
         }
-        adm.ignore = blocked.into_iter().map(|(s, _)| s).collect();
+        adm.ignore = blocked;
         me.in_flight += 1;
         Ok(adm)
+    }
+
+    /// Holds `(model, provider)` until `until` (a throttle): kept out of requests, never
+    /// counted as a failure. Returns whether another provider the request may use is known
+    /// and neither held nor open, so a retry can go there at once.
+    pub(crate) fn hold(
+        &self,
+        body: &ChatBody,
+        provider: &str,
+        until: Instant,
+        now: Instant,
+    ) -> bool {
+        let model = body.model.as_deref().unwrap_or("");
+        let mut guard = lock(&self.map);
+        let (map, count) = &mut *guard;
+        let exists = map.get(model).is_some_and(|m| m.providers.contains_key(provider));
+        if !exists {
+            if *count >= self.cfg.max_entries && !make_room(map, count, now, &self.cfg) {
+                metrics::counter!("llm_breaker_dropped_outcomes_total").increment(1);
+                return false;
+            }
+            *count += 1;
+        }
+        let me = map.entry(Arc::from(model)).or_default();
+        let e = me
+            .providers
+            .entry(Arc::from(provider))
+            .or_insert_with(|| Entry::new(now));
+        e.last_used = now;
+        e.held_until = Some(e.held_until.map_or(until, |h| h.max(until)));
+        let prefs = body.provider.as_ref();
+        me.providers.iter_mut().any(|(slug, e)| {
+            &**slug != provider
+                && prefs.is_none_or(|p| p.allows(slug))
+                && e.held(now).is_none()
+                && {
+                    e.refresh(now);
+                    !matches!(e.state, State::Open { .. })
+                }
+        })
+    }
+
+    /// How long a throttle holds: the `Retry-After` asked, or the default, capped.
+    pub(crate) fn hold_for(&self, retry_after: Option<Duration>) -> Duration {
+        retry_after
+            .unwrap_or(self.cfg.default_hold)
+            .min(self.cfg.max_hold)
     }
 
     /// A call admitted by `admit` resolved (committed, failed, or was dropped).
@@ -220,7 +349,7 @@ impl Registry {
     }
 
     /// Releases probe slots taken by `admit`.
-    pub(crate) fn release(&self, model: &str, probes: &[Option<Arc<str>>]) {
+    pub(crate) fn release(&self, model: &str, probes: &[Probe]) {
         if probes.is_empty() {
             return;
         }
@@ -228,12 +357,12 @@ impl Registry {
         let Some(me) = guard.0.get_mut(model) else {
             return;
         };
-        for p in probes {
+        for (p, period) in probes {
             let e = match p {
                 None => me.model.as_mut(),
                 Some(s) => me.providers.get_mut(&**s),
             };
-            if let Some(e) = e {
+            if let Some(e) = e.filter(|e| e.period == *period && e.state == State::HalfOpen) {
                 e.probes_in_flight = e.probes_in_flight.saturating_sub(1);
             }
         }
@@ -271,10 +400,13 @@ impl Registry {
         // Unresolved calls count as not failed (yet): fast failures must not outrun slow
         // successes. Spread over the providers known, for a provider's ratio.
         let in_flight = me.in_flight;
+        // Capped at one window: past that, the calls in flight would outweigh any record
+        // and a provider failing at once could never trip under sustained load.
         let pending = match provider {
             None => in_flight,
             Some(_) => in_flight.div_ceil(me.providers.len().max(1)),
-        };
+        }
+        .min(self.cfg.window);
         let e = match provider {
             None => me.model.get_or_insert_with(|| Entry::new(now)),
             Some(p) => me
@@ -374,6 +506,7 @@ impl Registry {
                     trips: e.trips,
                     recent_failures: e.failures,
                     recent_calls: e.recent.len(),
+                    held_until: e.held(now),
                 });
             }
         }
@@ -386,6 +519,38 @@ impl Registry {
     }
 }
 
+/// Frees one entry's room when the table is full: idle entries first, else the least
+/// recently used closed, unheld one (an open or held entry is worth more than a new key).
+/// Returns whether there is room now.
+fn make_room(
+    map: &mut HashMap<Arc<str>, ModelEntry>,
+    count: &mut usize,
+    now: Instant,
+    cfg: &Config,
+) -> bool {
+    evict_idle(map, count, now, cfg.idle_ttl);
+    if *count < cfg.max_entries {
+        return true;
+    }
+    let lru = map
+        .iter()
+        .flat_map(|(m, me)| {
+            me.providers
+                .iter()
+                .filter(|(_, e)| e.state == State::Closed && e.held_until.is_none_or(|h| h <= now))
+                .map(move |(p, e)| (e.last_used, m.clone(), p.clone()))
+        })
+        .min_by_key(|(t, _, _)| *t);
+    let Some((_, m, p)) = lru else {
+        return false;
+    };
+    if let Some(me) = map.get_mut(&m) {
+        me.providers.remove(&p);
+        *count -= 1;
+    }
+    true
+}
+
 /// Drops closed entries unused for `ttl`.
 fn evict_idle(
     map: &mut HashMap<Arc<str>, ModelEntry>,
@@ -393,8 +558,17 @@ fn evict_idle(
     now: Instant,
     ttl: Duration,
 ) {
-    let idle =
-        |e: &Entry| e.state == State::Closed && now.saturating_duration_since(e.last_used) >= ttl;
+    // Closed (or open and long expired) and not held, unused for `ttl`.
+    let idle = |e: &Entry| {
+        let settled = match e.state {
+            State::Closed => true,
+            State::Open { until } => now.saturating_duration_since(until) >= ttl,
+            State::HalfOpen => e.probes_in_flight == 0,
+        };
+        settled
+            && e.held_until.is_none_or(|h| h <= now)
+            && now.saturating_duration_since(e.last_used) >= ttl
+    };
     map.retain(|_, me| {
         if me.model.as_ref().is_some_and(idle) {
             me.model = None;

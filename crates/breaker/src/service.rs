@@ -55,11 +55,21 @@ where
         };
         if !admission.ignore.is_empty() {
             let prefs = req.body_mut().provider_mut();
-            for slug in &admission.ignore {
+            for (slug, _) in &admission.ignore {
                 prefs.add_ignore(slug);
             }
         }
         let guard = ProbeGuard::new(self.shared.clone(), model.clone(), admission.probes);
-        ResponseFuture::called(self.inner.call(req), now, model, self.shared.clone(), guard)
+        // The body as sent stays with the future (an `Arc`, no copy) so a throttle can tell
+        // whether another provider is left for it.
+        let sent = req.shared_body().clone();
+        ResponseFuture::called(
+            self.inner.call(req),
+            now,
+            sent,
+            admission.ignore,
+            self.shared.clone(),
+            guard,
+        )
     }
 }

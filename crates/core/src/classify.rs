@@ -13,6 +13,10 @@ pub struct ErrorClass {
     /// trips on these, and latency records them as failures. A 400 is the caller's fault,
     /// a 502 the provider's.
     pub provider_failure: bool,
+    /// The provider asked us to slow down (a `429`, OpenRouter's `capacity_exhausted`):
+    /// throttled is not broken. The breaker *holds* that (model, provider) for its
+    /// `Retry-After` instead of counting a failure, and a retry moves to another provider.
+    pub throttled: bool,
 }
 
 impl ErrorClass {
@@ -20,11 +24,19 @@ impl ErrorClass {
     pub const TRANSIENT: ErrorClass = ErrorClass {
         retriable: true,
         provider_failure: true,
+        throttled: false,
+    };
+    /// Retriable elsewhere or later; the provider is busy, not broken.
+    pub const THROTTLED: ErrorClass = ErrorClass {
+        retriable: true,
+        provider_failure: false,
+        throttled: true,
     };
     /// Not retriable, and the caller's fault.
     pub const CALLER: ErrorClass = ErrorClass {
         retriable: false,
         provider_failure: false,
+        throttled: false,
     };
 }
 
@@ -36,16 +48,16 @@ impl ErrorClass {
 /// ```
 /// use llm_layers_core::{Classify, DefaultClassify, ErrorClass, LlmError};
 /// use http::StatusCode;
-/// // Also retry 500s without hesitation, and never blame the provider for a 429.
+/// // Treat a 503 as the provider asking us to slow down, like a 429.
 /// let mine = |e: &LlmError| {
 ///     let mut c = DefaultClassify.classify(e);
-///     if e.status_code() == Some(StatusCode::TOO_MANY_REQUESTS) {
-///         c.provider_failure = false;
+///     if e.status_code() == Some(StatusCode::SERVICE_UNAVAILABLE) {
+///         c = ErrorClass::THROTTLED;
 ///     }
 ///     c
 /// };
-/// let e = LlmError::status(StatusCode::TOO_MANY_REQUESTS, None);
-/// assert_eq!(mine.classify(&e), ErrorClass { retriable: true, provider_failure: false });
+/// let e = LlmError::status(StatusCode::SERVICE_UNAVAILABLE, None);
+/// assert_eq!(mine.classify(&e), ErrorClass { retriable: true, provider_failure: false, throttled: true });
 /// ```
 pub trait Classify: Send + Sync + 'static {
     /// Classifies one error.
@@ -74,10 +86,13 @@ impl Classify for Arc<dyn Classify> {
 /// |---|---|---|
 /// | 400, 401, 403, 404, 413, 422 | no | no |
 /// | 402 | only with `Retry-After` | no |
-/// | 408, 429, 500, 502, 503, 524, 529 | yes | yes |
+/// | 429 from a provider, or `availability.code: capacity_exhausted` | yes, elsewhere (**throttled**) | no |
+/// | 429 about the caller's own key ([`LlmError::is_key_limited`]) | no | no |
+/// | 408, 500, 502, 503, 524, 529 | yes | yes |
 /// | other 5xx | yes | yes |
 /// | `availability.retryable` present | as it says | as the status |
-/// | connect, TLS, transport, first-token/connect timeout, truncated, mid-stream error | yes | yes |
+/// | mid-stream error event with a code | as that status | as that status |
+/// | connect, TLS, transport, first-token/connect timeout, truncated, mid-stream error without a code | yes | yes |
 /// | idle or total timeout | no (the stream was committed) | yes |
 /// | protocol error | no | yes |
 /// | local rate limit | yes (after its wait) | no |
@@ -88,38 +103,65 @@ pub struct DefaultClassify;
 impl Classify for DefaultClassify {
     fn classify(&self, e: &LlmError) -> ErrorClass {
         match e.kind() {
-            ErrorKind::Status => {
-                let status = e.status_code().map(|s| s.as_u16()).unwrap_or(0);
-                let mut class = match status {
-                    402 => ErrorClass {
-                        retriable: e.retry_after().is_some(),
-                        provider_failure: false,
-                    },
-                    408 | 429 | 500..=599 => ErrorClass::TRANSIENT,
-                    _ => ErrorClass::CALLER,
-                };
-                if let Some(r) = e.api_error().and_then(|a| a.retryable) {
-                    class.retriable = r;
+            ErrorKind::Status => by_status(e, e.status_code().map_or(0, |s| s.as_u16())),
+            // A mid-stream error event carries the upstream's code: a 400 in the stream is
+            // the caller's as much as before it. Without a code it is the provider's.
+            ErrorKind::Upstream => match e.status_code().map(|s| s.as_u16()) {
+                Some(status @ 400..=599) => by_status(e, status),
+                _ => {
+                    let mut class = ErrorClass::TRANSIENT;
+                    if let Some(r) = e.api_error().and_then(|a| a.retryable) {
+                        class.retriable = r;
+                    }
+                    class
                 }
-                class
-            }
+            },
             ErrorKind::Connect
             | ErrorKind::Tls
             | ErrorKind::Transport
             | ErrorKind::Truncated
-            | ErrorKind::Upstream
             | ErrorKind::Timeout(TimeoutKind::Connect | TimeoutKind::FirstToken) => {
                 ErrorClass::TRANSIENT
             }
             ErrorKind::Timeout(_) | ErrorKind::Protocol(_) => ErrorClass {
                 retriable: false,
                 provider_failure: true,
+                throttled: false,
             },
             ErrorKind::RateLimited => ErrorClass {
                 retriable: true,
                 provider_failure: false,
+                throttled: false,
             },
             _ => ErrorClass::CALLER,
         }
     }
+}
+
+/// The class of an upstream status (before the stream, or carried by an error event), with
+/// `availability.retryable` deciding when the upstream says.
+fn by_status(e: &LlmError, status: u16) -> ErrorClass {
+    if e.is_key_limited() {
+        // The caller's own key is out of rate or credit: say it, don't retry it.
+        return ErrorClass::CALLER;
+    }
+    let capacity = e
+        .api_error()
+        .and_then(|a| a.availability_code.as_deref())
+        == Some("capacity_exhausted");
+    let mut class = match status {
+        _ if capacity => ErrorClass::THROTTLED,
+        402 => ErrorClass {
+            retriable: e.retry_after().is_some(),
+            provider_failure: false,
+            throttled: false,
+        },
+        429 => ErrorClass::THROTTLED,
+        408 | 500..=599 => ErrorClass::TRANSIENT,
+        _ => ErrorClass::CALLER,
+    };
+    if let Some(r) = e.api_error().and_then(|a| a.retryable) {
+        class.retriable = r;
+    }
+    class
 }

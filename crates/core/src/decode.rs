@@ -92,6 +92,13 @@ pub fn decode_event(data: &[u8]) -> Result<Option<ChatChunk>, LlmError> {
     let chunk: ChatChunk = serde_json::from_slice(data).map_err(|e| {
         LlmError::protocol(ProtocolKind::Json, format!("bad chunk JSON: {e}")).with_source(e)
     })?;
+    if chunk.choices.is_empty()
+        && chunk.usage.is_none()
+        && chunk.error.is_none()
+        && memchr::memmem::find(data, b"\"choices\"").is_none()
+    {
+        return Err(shapeless(data, &chunk));
+    }
     if let Some(e) = &chunk.error {
         let mut err = LlmError::upstream(ApiError::from_value(e).unwrap_or_default());
         if err.provider().is_none() {
@@ -109,6 +116,24 @@ pub fn decode_event(data: &[u8]) -> Result<Option<ChatChunk>, LlmError> {
         return Err(choice_error(c.error.as_ref(), chunk.provider.as_deref()));
     }
     Ok(Some(chunk))
+}
+
+/// The error for an event with neither `choices`, `usage` nor `error`: an
+/// OpenAI-compatible server's `{"object":"error", "message": ...}` is an upstream error;
+/// anything else that lacks a chunk's shape is a protocol error. `"choices": []` alone (a
+/// role-less header chunk, OpenRouter's debug echo) is a chunk, not an error.
+fn shapeless(data: &[u8], chunk: &ChatChunk) -> LlmError {
+    if chunk.object == "error" {
+        let api = serde_json::from_slice::<serde_json::Value>(data)
+            .ok()
+            .and_then(|v| ApiError::from_value(&v))
+            .unwrap_or_default();
+        return LlmError::upstream(api);
+    }
+    LlmError::protocol(
+        ProtocolKind::Json,
+        "an event with neither choices, usage nor error is not a chat chunk",
+    )
 }
 
 impl<B> Stream for SseChatDecoder<B>

@@ -253,6 +253,7 @@ struct Inner {
     retry_after: Option<Duration>,
     provider: Option<String>,
     providers: Vec<String>,
+    key_limited: bool,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -268,6 +269,7 @@ impl LlmError {
                 retry_after: None,
                 provider: None,
                 providers: Vec::new(),
+                key_limited: false,
                 source: None,
             }),
         }
@@ -349,6 +351,27 @@ impl LlmError {
         self
     }
 
+    /// Marks a `429` (or `402`) as being about the caller's own key (an OpenRouter platform
+    /// limit, which carries `X-RateLimit-*` headers), not a provider being busy: it is not
+    /// retried and holds no provider.
+    pub fn with_key_limited(mut self) -> LlmError {
+        self.inner.key_limited = true;
+        self
+    }
+
+    /// Sets or clears the `Retry-After` hint.
+    pub fn set_retry_after(&mut self, after: Option<Duration>) {
+        self.inner.retry_after = after;
+    }
+
+    /// Sets the provider (display name) when one is known.
+    pub fn with_provider_opt(mut self, provider: Option<String>) -> LlmError {
+        if provider.is_some() {
+            self.inner.provider = provider;
+        }
+        self
+    }
+
     /// Sets the underlying cause.
     pub fn with_source(mut self, source: impl Into<BoxError>) -> LlmError {
         self.inner.source = Some(Arc::from(source.into()));
@@ -397,6 +420,12 @@ impl LlmError {
     /// calls this error worth retrying before the commit point.
     pub fn is_retriable(&self) -> bool {
         crate::classify::DefaultClassify.classify(self).retriable
+    }
+
+    /// A limit on the caller's own key (rate or credit), as opposed to a provider being
+    /// busy. See [`with_key_limited`](LlmError::with_key_limited).
+    pub fn is_key_limited(&self) -> bool {
+        self.inner.key_limited
     }
 
     /// A deadline ran out.
@@ -451,6 +480,9 @@ impl fmt::Debug for LlmError {
         }
         if !self.inner.providers.is_empty() {
             d.field("providers", &self.inner.providers);
+        }
+        if self.inner.key_limited {
+            d.field("key_limited", &true);
         }
         if let Some(s) = &self.inner.source {
             d.field("source", s);

@@ -14,7 +14,7 @@ use crate::chunk::{
     AssistantMessage, ChatChunk, ChatCompletion, Choice, ChunkChoice, Delta, FunctionDelta,
     ToolCall, ToolCallDelta,
 };
-use crate::error::{ApiError, LlmError};
+use crate::error::{ApiError, LlmError, ProtocolKind};
 
 /// A boxed stream of chunks: what [`ChatStream`] erases its source to.
 pub type BoxChunkStream = Pin<Box<dyn Stream<Item = Result<ChatChunk, LlmError>> + Send>>;
@@ -316,11 +316,20 @@ impl ChatStream {
     /// Reads the whole stream into one [`ChatCompletion`]: content, reasoning and tool-call
     /// arguments concatenated per choice, the finish reason, the usage.
     ///
-    /// Any `Err` item fails the whole call: a partial answer is never returned as complete.
+    /// Any `Err` item fails the whole call, and so does an answer in which some choice has no
+    /// `finish_reason` (a [`Truncated`](crate::ErrorKind::Truncated) error): a partial answer
+    /// is never returned as complete.
     pub async fn collect(mut self) -> Result<ChatCompletion, LlmError> {
         let mut acc = Collector::default();
         while let Some(item) = std::future::poll_fn(|cx| Pin::new(&mut self).poll_next(cx)).await {
             acc.push(item?)?;
+        }
+        // A whole answer is whole only when every choice says why it ended: an upstream that
+        // sends `[DONE]` after a partial answer must not become a 200 with a cut answer.
+        if acc.choices.is_empty() || acc.choices.iter().any(|c| c.finish_reason.is_none()) {
+            return Err(LlmError::truncated()
+                .with_message("the answer ended without a finish_reason")
+                .with_provider_opt(acc.head.provider.clone()));
         }
         Ok(acc.finish())
     }
@@ -487,6 +496,10 @@ pub(crate) fn choice_error(error: Option<&serde_json::Value>, provider: Option<&
     err
 }
 
+/// How far past the tool calls seen so far a tool-call `index` may point (calls may arrive
+/// out of order, but not thousands apart).
+const MAX_TOOL_INDEX_GAP: usize = 64;
+
 #[derive(Default)]
 struct Collector {
     head: ChatChunk,
@@ -559,7 +572,19 @@ impl Collector {
                 acc.extra.insert(k, v);
             }
             for t in d.tool_calls.unwrap_or_default() {
+                // The index comes from the upstream: a gap of more than a few calls is not an
+                // answer but an attack on our memory (`index: 4294967295` would ask for
+                // hundreds of GB), so it is refused as a protocol error.
                 let i = t.index as usize;
+                if i >= acc.tools.len() + MAX_TOOL_INDEX_GAP {
+                    return Err(LlmError::protocol(
+                        ProtocolKind::Json,
+                        format!(
+                            "tool call index {i} skips past the {} calls seen so far",
+                            acc.tools.len()
+                        ),
+                    ));
+                }
                 if acc.tools.len() <= i {
                     acc.tools.resize_with(i + 1, ToolCall::default);
                 }

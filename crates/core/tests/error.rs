@@ -23,7 +23,7 @@ fn status_table() {
         (408, true, true),
         (413, false, false),
         (422, false, false),
-        (429, true, true),
+        (429, true, false),
         (500, true, true),
         (502, true, true),
         (503, true, true),
@@ -36,7 +36,8 @@ fn status_table() {
             DefaultClassify.classify(&e),
             ErrorClass {
                 retriable,
-                provider_failure
+                provider_failure,
+                throttled: code == 429,
             },
             "status {code}"
         );

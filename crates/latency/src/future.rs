@@ -7,19 +7,40 @@ use llm_layers_core::{ChatStream, LlmError};
 use tokio::time::Instant;
 
 use crate::layer::Shared;
+use crate::store::Outcome;
 use crate::stream::{Labels, RecordingStream};
 
 pin_project_lite::pin_project! {
     /// The response future of [`Latency`](crate::Latency): records the TTFT at the commit
-    /// point, or the failure, then wraps the stream.
+    /// point, or the failure, then wraps the stream. Dropped before either (a hedge lost, a
+    /// timeout above cut it, the caller left), it records a censored sample: no first token
+    /// after this long.
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
         start: Instant,
         model: Option<Arc<str>>,
+        key: Arc<str>,
         bucket: &'static str,
         shared: Arc<Shared>,
         span: tracing::Span,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if this.model.take().is_some() {
+                let waited = Instant::now().saturating_duration_since(*this.start);
+                metrics::counter!(
+                    crate::names::ABANDONED,
+                    "llm.scope" => this.shared.scope.as_str()
+                )
+                .increment(1);
+                if let Some(store) = &this.shared.store {
+                    store.record((&**this.key, None), Some(waited), None, Outcome::Censored);
+                }
+            }
+        }
     }
 }
 
@@ -36,6 +57,7 @@ impl<F> ResponseFuture<F> {
         inner: F,
         start: Instant,
         model: Arc<str>,
+        key: Arc<str>,
         bucket: &'static str,
         shared: Arc<Shared>,
         span: tracing::Span,
@@ -44,6 +66,7 @@ impl<F> ResponseFuture<F> {
             inner,
             start,
             model: Some(model),
+            key,
             bucket,
             shared,
             span,
@@ -62,7 +85,13 @@ where
         let _enter = this.span.enter();
         let res = ready!(this.inner.poll(cx));
         let model = this.model.take().unwrap_or_else(|| Arc::from(""));
-        let labels = Labels::new(model, this.bucket, this.shared.clone(), this.span.clone());
+        let labels = Labels::new(
+            model,
+            this.key.clone(),
+            this.bucket,
+            this.shared.clone(),
+            this.span.clone(),
+        );
         Poll::Ready(match res {
             Ok(stream) => {
                 let now = Instant::now();

@@ -52,20 +52,21 @@ const MAX_CACHED_PER_MODEL: usize = 256;
 
 impl Shared {
     /// The model label, with cardinality capped: models past the cap fold into `_OTHER`.
-    pub(crate) fn model_label(&self, model: &str) -> Arc<str> {
+    pub(crate) fn model_label(&self, model: &str) -> (Arc<str>, Arc<str>) {
         let mut seen = self.models.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = seen.get(model) {
-            return m.clone();
+            return (m.clone(), m.clone());
         }
         if seen.len() >= self.max_models {
-            return Arc::from(OTHER);
+            // The metric label folds; the store still keys the real model (it has bounds
+            // and admission rules of its own).
+            return (Arc::from(OTHER), Arc::from(model));
         }
         let m: Arc<str> = Arc::from(model);
         seen.insert(m.clone());
-        m
+        (m.clone(), m)
     }
 
-    /// The handles of a committed call's label set, made by `make` the first time.
     pub(crate) fn handles(
         &self,
         model: &Arc<str>,

@@ -14,6 +14,9 @@ pub const TOKEN_USAGE: &str = "gen_ai_client_token_usage";
 pub const OUTPUT_TOKENS_PER_SECOND: &str = "llm_client_output_tokens_per_second";
 /// Calls by outcome (not in the semantic conventions).
 pub const CALLS: &str = "llm_client_calls_total";
+/// Attempts given up before their first token (a hedge lost, a timeout above, the caller
+/// left), recorded in the store as censored samples.
+pub const ABANDONED: &str = "llm_client_abandoned_total";
 
 /// Buckets of the duration metrics (`openrouter-wire.md` §3.1).
 pub const DURATION_BUCKETS: &[f64] = &[

@@ -68,7 +68,7 @@ where
     }
 
     fn call(&mut self, req: ChatRequest) -> Self::Future {
-        let model = self.shared.model_label(req.model());
+        let (model, key) = self.shared.model_label(req.model());
         let bucket = prompt_bucket(&req);
         let span = tracing::debug_span!(
             "llm.chat",
@@ -81,6 +81,7 @@ where
             self.inner.call(req),
             Instant::now(),
             model,
+            key,
             bucket,
             self.shared.clone(),
             span,

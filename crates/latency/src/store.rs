@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use llm_layers_core::LlmError;
+use llm_layers_core::{Classify, DefaultClassify, LlmError};
 use tokio::time::Instant;
 
 /// The model key that unknown models fold into once the store is full.
@@ -32,14 +32,19 @@ pub struct Stats {
     pub error_rate: f64,
     /// Share of calls that timed out.
     pub timeout_rate: f64,
+    /// Attempts given up before their first token (a hedge lost, the caller left) in the
+    /// window: each is in the TTFT samples at the time it was given up, a lower bound of
+    /// its real TTFT (a *censored* sample).
+    pub censored: u64,
 }
 
 impl Stats {
     /// The TTFT quantile `q` in `[0, 1]`, read from the sketch's cached points (p50, p90,
-    /// p95, p99), interpolating linearly between them.
+    /// p95, p99), interpolating linearly between them; below the median it is the median
+    /// (the sketch keeps no lower point, and a line from zero would invent one).
     pub fn ttft_quantile(&self, q: f64) -> Duration {
         let pts = [
-            (0.0, Duration::ZERO),
+            (0.0, self.ttft_p50),
             (0.5, self.ttft_p50),
             (0.9, self.ttft_p90),
             (0.95, self.ttft_p95),
@@ -65,19 +70,33 @@ pub enum Outcome {
     Ok,
     /// It failed with a timeout.
     Timeout,
-    /// It failed otherwise.
+    /// It failed, and the provider is to blame.
     Error,
     /// The caller went away: says nothing about the provider (TTFT is still recorded).
     Cancelled,
+    /// An error that says nothing about the provider's health: the caller's (400, 402,
+    /// 413 ...) or a throttle (429). Not counted in the rates.
+    NotCounted,
+    /// Given up before the first token (a hedge lost, the caller left): the TTFT given is a
+    /// lower bound, recorded as a censored sample; not counted in the rates.
+    Censored,
 }
 
 impl Outcome {
-    /// The outcome of an error.
+    /// The outcome of an error, by [`DefaultClassify`]: a timeout, a provider failure, or
+    /// not the provider's business.
     pub fn of(e: &LlmError) -> Outcome {
+        Outcome::classified(e, &DefaultClassify)
+    }
+
+    /// The outcome of an error by your classification.
+    pub fn classified(e: &LlmError, classify: &dyn Classify) -> Outcome {
         if e.is_timeout() {
             Outcome::Timeout
-        } else {
+        } else if classify.classify(e).provider_failure {
             Outcome::Error
+        } else {
+            Outcome::NotCounted
         }
     }
 }
@@ -96,6 +115,7 @@ struct Half {
     ok: u64,
     errors: u64,
     timeouts: u64,
+    censored: u64,
 }
 
 impl Half {
@@ -106,6 +126,7 @@ impl Half {
             ok: 0,
             errors: 0,
             timeouts: 0,
+            censored: 0,
         }
     }
 
@@ -115,6 +136,11 @@ impl Half {
         self.ok = 0;
         self.errors = 0;
         self.timeouts = 0;
+        self.censored = 0;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ttft.is_empty() && self.ok + self.errors + self.censored == 0
     }
 }
 
@@ -168,7 +194,17 @@ fn count_keys(map: &HashMap<Arc<str>, ModelEntries>) -> usize {
 /// that is recomputed at most every 250 ms.
 ///
 /// Memory: about 20 KiB per key (four HDR histograms of 2 significant digits); keys are
-/// capped (default 256), past which unknown models fold into `_OTHER`.
+/// capped (default 256). A model gets keys when it is [admitted](LatencyStore::admit) (the
+/// router admits its tiers' models) or at its first success: a stream of junk model names
+/// that only ever fail takes no room. When full, keys idle for a whole window are evicted
+/// first; only then do new models fold into `_OTHER`.
+///
+/// **Censored samples.** An attempt given up before its first token (a hedge lost, the
+/// caller left) is recorded at the time it was given up, a lower bound of its TTFT, and
+/// counted once, in [`Stats::censored`]. The quantiles read the lower bound as if it were
+/// the sample: an estimator biased low for the tail, but never blind to it the way
+/// dropping the attempt would be (Kaplan–Meier would need the at-risk set per value; a
+/// sketch of two digits has no room for it).
 ///
 /// ```
 /// use std::time::Duration;
@@ -296,6 +332,11 @@ impl LatencyStore {
         if !create {
             return None;
         }
+        self.create(model, provider)
+    }
+
+    /// Makes room for (and creates) the keys of `(model, provider)`.
+    fn create(&self, model: &str, provider: Option<&str>) -> Option<Arc<Entry>> {
         let mut map = self
             .inner
             .entries
@@ -312,6 +353,9 @@ impl LatencyStore {
         };
         // Room is kept for the `_OTHER` key itself.
         let room = self.inner.max_keys - usize::from(!map.contains_key(OTHER));
+        if count_keys(&map) + new_keys > room {
+            self.evict_idle(&mut map, now);
+        }
         let full = count_keys(&map) + new_keys > room;
         let (model, provider) = if full {
             (OTHER, None)
@@ -332,8 +376,37 @@ impl LatencyStore {
         })
     }
 
+    /// Drops keys whose both halves are empty and were not touched for a whole window.
+    fn evict_idle(&self, map: &mut HashMap<Arc<str>, ModelEntries>, now: Instant) {
+        let window = self.inner.half * 2;
+        let idle = |e: &Arc<Entry>| {
+            Arc::strong_count(e) == 1
+                && e.windows.try_lock().is_ok_and(|w| {
+                    now.saturating_duration_since(w.rotated_at) >= window
+                        || (w.current.is_empty() && w.previous.is_empty())
+                })
+        };
+        map.retain(|m, me| {
+            if &**m == OTHER {
+                return true;
+            }
+            me.providers.retain(|_, e| !idle(e));
+            !(me.providers.is_empty() && idle(&me.all))
+        });
+    }
+
+    /// Makes room for `models` now, so they are measured from their first call, failures
+    /// included (otherwise a model gets keys at its first success). The router admits its
+    /// tiers' models; a gateway can admit its catalog.
+    pub fn admit<'a>(&self, models: impl IntoIterator<Item = &'a str>) {
+        for m in models {
+            let _ = self.entry(m, None, true);
+        }
+    }
+
     /// Records one call for `(model, provider)` and for the model as a whole: its TTFT (if
-    /// it committed), its output tokens per second (if known), and its outcome.
+    /// it committed), its output tokens per second (if known), and its outcome. A model not
+    /// yet admitted gets keys only with an [`Outcome::Ok`].
     pub fn record(
         &self,
         (model, provider): (&str, Option<&str>),
@@ -344,8 +417,10 @@ impl LatencyStore {
         let now = Instant::now();
         let keys: [Option<&str>; 2] = [provider, None];
         let n = if provider.is_some() { 2 } else { 1 };
+        // Unknown models are admitted by a success, never by a failure.
+        let known = outcome == Outcome::Ok || self.entry(model, None, false).is_some();
         for p in &keys[2 - n..] {
-            let Some(entry) = self.entry(model, *p, true) else {
+            let Some(entry) = self.entry(model, *p, known) else {
                 continue;
             };
             let mut w = entry.windows.lock().unwrap_or_else(|e| e.into_inner());
@@ -366,7 +441,8 @@ impl LatencyStore {
                     w.current.errors += 1;
                     w.current.timeouts += 1;
                 }
-                Outcome::Cancelled => {}
+                Outcome::Censored => w.current.censored += 1,
+                Outcome::Cancelled | Outcome::NotCounted => {}
             }
         }
     }
@@ -395,7 +471,7 @@ impl LatencyStore {
         {
             let c = entry.cache.read().unwrap_or_else(|e| e.into_inner());
             if now.saturating_duration_since(c.0) < self.inner.refresh
-                && c.1.calls + c.1.ttft_samples > 0
+                && c.1.calls + c.1.ttft_samples + c.1.censored > 0
             {
                 return Some(c.1);
             }
@@ -444,6 +520,7 @@ fn compute(w: &Windows) -> Stats {
     let ok = w.previous.ok + w.current.ok;
     let errors = w.previous.errors + w.current.errors;
     let timeouts = w.previous.timeouts + w.current.timeouts;
+    let censored = w.previous.censored + w.current.censored;
     let calls = ok + errors;
     let q = |h: &Histogram<u32>, q: f64| {
         if h.is_empty() {
@@ -474,5 +551,6 @@ fn compute(w: &Windows) -> Stats {
         } else {
             timeouts as f64 / calls as f64
         },
+        censored,
     }
 }

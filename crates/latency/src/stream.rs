@@ -79,6 +79,8 @@ impl Handles {
 /// The labels of one call, built once per call.
 pub(crate) struct Labels {
     model: Arc<str>,
+    /// The real model, the store's key (the label may be `_OTHER`).
+    key: Arc<str>,
     bucket: &'static str,
     shared: Arc<Shared>,
     span: tracing::Span,
@@ -87,12 +89,14 @@ pub(crate) struct Labels {
 impl Labels {
     pub(crate) fn new(
         model: Arc<str>,
+        key: Arc<str>,
         bucket: &'static str,
         shared: Arc<Shared>,
         span: tracing::Span,
     ) -> Self {
         Labels {
             model,
+            key,
             bucket,
             shared,
             span,
@@ -137,7 +141,7 @@ impl Labels {
         labels.push(Label::from_static_parts("outcome", error_type));
         counter!(CALLS, labels).increment(1);
         if let Some(store) = &self.shared.store {
-            store.record((&self.model, provider), None, None, Outcome::of(e));
+            store.record((&self.key, provider), None, None, Outcome::of(e));
         }
         tracing::debug!(parent: &self.span, error = %e, "llm call failed before the first token");
     }
@@ -244,7 +248,7 @@ impl RecordingStream {
             };
             let tps = tps.filter(|_| o == Outcome::Ok);
             store.record(
-                (&self.labels.model, self.provider.as_deref()),
+                (&self.labels.key, self.provider.as_deref()),
                 Some(ttft),
                 tps,
                 o,

@@ -313,7 +313,8 @@ fn body_error(e: Box<dyn std::error::Error + Send + Sync>, limit: usize) -> LlmE
 }
 
 /// Turns a non-2xx response into an error: at most 64 KiB of the body is read and parsed as
-/// the OpenRouter error shape; `Retry-After` is honoured as seconds or an HTTP date.
+/// the OpenRouter error shape; `Retry-After` is honoured as seconds or an HTTP date; a 429 or
+/// 402 with `X-RateLimit-Limit` and no provider named is marked key-limited.
 pub(crate) async fn read_error(parts: http::response::Parts, body: Incoming) -> LlmError {
     let retry_after = parts
         .headers
@@ -324,9 +325,17 @@ pub(crate) async fn read_error(parts: http::response::Parts, body: Incoming) -> 
         Ok(c) => ApiError::from_body(&c.to_bytes()),
         Err(_) => None,
     };
+    // OpenRouter's own limits on the key carry `X-RateLimit-*` headers (a provider's 429
+    // does not): those are about the caller's key, not a busy provider.
+    let key_limited = matches!(parts.status.as_u16(), 402 | 429)
+        && parts.headers.contains_key("x-ratelimit-limit")
+        && api.as_ref().is_none_or(|a| a.provider_name.is_none());
     let mut err = LlmError::status(parts.status, api);
     if let Some(r) = retry_after {
         err = err.with_retry_after(r);
+    }
+    if key_limited {
+        err = err.with_key_limited();
     }
     err
 }

@@ -5,8 +5,11 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use llm_layers_core::{ErrorKind, LlmError, Priority};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 #[derive(Default)]
 struct Slot {
@@ -17,6 +20,10 @@ struct Slot {
 pub(crate) struct Concurrency {
     max: usize,
     shed_below: Priority,
+    /// The most calls waiting per key; past it, calls are refused at once.
+    max_waiters: usize,
+    /// The longest a call waits for a slot (less when its deadline is nearer).
+    max_wait: Duration,
     slots: Mutex<(HashMap<Arc<str>, Slot>, u64)>,
 }
 
@@ -55,10 +62,17 @@ impl Drop for Waiting {
 }
 
 impl Concurrency {
-    pub(crate) fn new(max: usize, shed_below: Priority) -> Concurrency {
+    pub(crate) fn new(
+        max: usize,
+        shed_below: Priority,
+        max_waiters: usize,
+        max_wait: Duration,
+    ) -> Concurrency {
         Concurrency {
             max,
             shed_below,
+            max_waiters,
+            max_wait,
             slots: Mutex::new((HashMap::new(), 0)),
         }
     }
@@ -67,6 +81,7 @@ impl Concurrency {
         self: &Arc<Self>,
         key: Arc<str>,
         priority: Priority,
+        deadline: Option<Instant>,
     ) -> Result<Permit, LlmError> {
         let mut waiting = {
             let mut g = self.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -86,6 +101,13 @@ impl Concurrency {
                     self.max
                 )));
             }
+            if slot.waiters.len() >= self.max_waiters {
+                metrics::counter!("llm_ratelimit_shed_total").increment(1);
+                return Err(LlmError::rate_limited(Duration::from_secs(1)).with_message(format!(
+                    "concurrency limit of {} reached for {key} and {} calls already wait",
+                    self.max, self.max_waiters
+                )));
+            }
             *seq += 1;
             let id = (Reverse(priority.0), *seq);
             let (tx, rx) = oneshot::channel();
@@ -101,8 +123,25 @@ impl Concurrency {
             .rx
             .as_mut()
             .map(|rx| async move { rx.await.is_ok() });
+        let now = Instant::now();
+        let wait = deadline.map_or(self.max_wait, |d| {
+            self.max_wait.min(d.saturating_duration_since(now))
+        });
         let got = match rx {
-            Some(f) => f.await,
+            Some(f) => match tokio::time::timeout(wait, f).await {
+                Ok(got) => got,
+                Err(_) => {
+                    // `waiting` drops with its receiver: it leaves the queue, or gives back a
+                    // slot that arrived at the last instant.
+                    metrics::counter!("llm_ratelimit_shed_total").increment(1);
+                    return Err(LlmError::rate_limited(Duration::from_secs(1)).with_message(
+                        format!(
+                            "no concurrency slot for {key} within {:.1}s",
+                            wait.as_secs_f64()
+                        ),
+                    ));
+                }
+            },
             None => false,
         };
         // The permit was transferred to us: keep the waiter guard from giving it back.

@@ -10,10 +10,14 @@
 //! - each limit **waits** (up to a maximum, never past the request's deadline) or
 //!   **rejects** at once with [`ErrorKind::RateLimited`](llm_layers_core::ErrorKind::RateLimited)
 //!   carrying the exact wait;
-//! - an upstream **429 with Retry-After** holds that key's request buckets for that long,
-//!   so the whole process backs off, not just one retry;
+//! - an upstream **429 about our own key** (an OpenRouter platform limit, see
+//!   [`LlmError::is_key_limited`]) holds that key's request buckets for its Retry-After
+//!   (capped, 60 s by default), so the whole process backs off, not just one retry; a
+//!   provider's 429 is not ours to hold (the breaker holds that provider alone);
 //! - the concurrency limit sheds low [`Priority`] calls when
-//!   full and queues the others, highest priority first;
+//!   full and queues the others, highest priority first, in a bounded queue with a
+//!   maximum wait ([`RateLimitLayerBuilder::concurrency_queue`]);
+//! - a call refused by one limit gives back what earlier limits took;
 //! - state lives behind the [`Store`] trait ([`MemoryStore`] in process, bounded), shared by
 //!   every clone of the layer; the limit is applied in the response future, so `poll_ready`
 //!   forwards to the inner service and reserves nothing.
@@ -176,7 +180,7 @@ impl Limit {
                 "{what} limit: amount, burst and period must be above zero"
             )));
         }
-        if r.period / r.amount.min(u32::MAX as u64) as u32 == Duration::ZERO {
+        if r.interval().is_zero() {
             return Err(LlmError::config(format!(
                 "{what} limit: more than one unit per nanosecond"
             )));
@@ -229,6 +233,7 @@ struct Shared {
     tokens: Option<(Limit, Box<dyn TokenEstimator>)>,
     concurrency: Option<(Arc<Concurrency>, Key)>,
     store: Arc<dyn Store>,
+    max_hold: Duration,
 }
 
 /// Applies [`RateLimit`]. Every service built from one layer (and its clones) shares one
@@ -254,8 +259,10 @@ impl RateLimitLayer {
             requests: Vec::new(),
             tokens: None,
             concurrency: None,
+            queue: (1024, Duration::from_secs(30)),
             store: None,
             max_keys: 100_000,
+            max_hold: Duration::from_secs(60),
         }
     }
 
@@ -289,8 +296,10 @@ pub struct RateLimitLayerBuilder {
     requests: Vec<Limit>,
     tokens: Option<(Limit, Box<dyn TokenEstimator>)>,
     concurrency: Option<(usize, Key, Priority)>,
+    queue: (usize, Duration),
     store: Option<Arc<dyn Store>>,
     max_keys: usize,
+    max_hold: Duration,
 }
 
 impl fmt::Debug for RateLimitLayerBuilder {
@@ -328,6 +337,22 @@ impl RateLimitLayerBuilder {
         self
     }
 
+    /// Bounds the concurrency queue: at most `max_waiters` calls wait per key (more are
+    /// refused at once), and none waits longer than `max_wait` or past its deadline; a call
+    /// refused either way gets [`ErrorKind::RateLimited`](llm_layers_core::ErrorKind) with a
+    /// `Retry-After`. Default 1,024 waiters, 30 s.
+    pub fn concurrency_queue(mut self, max_waiters: usize, max_wait: Duration) -> Self {
+        self.queue = (max_waiters, max_wait);
+        self
+    }
+
+    /// The longest an upstream key-level `429` holds the request buckets, whatever its
+    /// `Retry-After` says (default 60 s).
+    pub fn max_hold(mut self, d: Duration) -> Self {
+        self.max_hold = d;
+        self
+    }
+
     /// Another store (a distributed one); the default is a [`MemoryStore`].
     pub fn store(mut self, store: impl Store) -> Self {
         self.store = Some(Arc::new(store));
@@ -360,7 +385,10 @@ impl RateLimitLayerBuilder {
             Some((0, _, _)) => {
                 return Err(LlmError::config("concurrency limit must be at least 1"));
             }
-            Some((max, key, shed)) => Some((Arc::new(Concurrency::new(max, shed)), key)),
+            Some((max, key, shed)) => Some((
+                Arc::new(Concurrency::new(max, shed, self.queue.0, self.queue.1)),
+                key,
+            )),
             None => None,
         };
         let store = self
@@ -372,6 +400,7 @@ impl RateLimitLayerBuilder {
                 tokens: self.tokens,
                 concurrency,
                 store,
+                max_hold: self.max_hold,
             }),
         })
     }
@@ -477,12 +506,17 @@ where
 {
     let deadline = req.deadline();
     let store = &*shared.store;
-    let mut request_keys = Vec::with_capacity(shared.requests.len());
+    // Units taken so far go back if a later limit refuses: a rejected call costs nothing.
+    let mut taken = Taken {
+        shared: &shared,
+        keys: Vec::with_capacity(shared.requests.len()),
+        kept: false,
+    };
     for (i, limit) in shared.requests.iter().enumerate() {
         if let Some(k) = limit.key.of(&req) {
             let key = BucketKey { limit: i, key: k };
             take(store, &key, 1, limit, deadline).await?;
-            request_keys.push(key);
+            taken.keys.push(key);
         }
     }
     let mut reservation = None;
@@ -523,12 +557,15 @@ where
                     .get::<Priority>()
                     .copied()
                     .unwrap_or_default();
-                Some(c.acquire(k, priority).await?)
+                // A refusal here drops the reservation, which settles to zero.
+                Some(c.acquire(k, priority, deadline).await?)
             }
             None => None,
         },
         None => None,
     };
+    taken.kept = true;
+    let request_keys = std::mem::take(&mut taken.keys);
     let result = async {
         ServiceExt::ready(&mut inner).await?;
         inner.call(req).await
@@ -536,9 +573,11 @@ where
     .await;
     match result {
         Err(e) => {
-            if e.status_code().map(|s| s.as_u16()) == Some(429) {
+            // Only a limit on our own key holds the whole key: a provider's 429 is the
+            // breaker's to hold, for that provider alone.
+            if e.is_key_limited() {
                 if let Some(after) = e.retry_after() {
-                    let until = Instant::now() + after;
+                    let until = store::later(Instant::now(), after.min(shared.max_hold));
                     for k in &request_keys {
                         store.hold(k, until);
                     }
@@ -564,6 +603,27 @@ where
     }
 }
 
+/// Request units taken by a call still being admitted: given back on drop unless kept.
+struct Taken<'a> {
+    shared: &'a Shared,
+    keys: Vec<BucketKey>,
+    kept: bool,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let now = Instant::now();
+        for k in &self.keys {
+            if let Some(limit) = self.shared.requests.get(k.limit) {
+                self.shared.store.settle(k, 1, &limit.rate, now);
+            }
+        }
+    }
+}
+
 /// A token reservation, settled once: to the real usage, or to what was delivered.
 struct Reservation {
     shared: Arc<Shared>,
@@ -581,10 +641,17 @@ impl Reservation {
         if std::mem::replace(&mut self.settled, true) {
             return;
         }
+        // Usage comes from the upstream: bound it to one whole burst past the reservation,
+        // so a wild number cannot put the bucket in debt for years.
+        let bound = self.shared.tokens.as_ref().map_or(u64::MAX, |(l, _)| {
+            self.reserved.saturating_add(l.rate.burst)
+        });
         let actual = actual
             .or(self.usage)
-            .unwrap_or(self.prompt + self.delivered);
-        let units = self.reserved as i64 - actual as i64;
+            .unwrap_or(self.prompt.saturating_add(self.delivered))
+            .min(bound);
+        let units = i64::try_from(i128::from(self.reserved) - i128::from(actual))
+            .unwrap_or(i64::MIN);
         if let Some((limit, _)) = &self.shared.tokens {
             self.shared
                 .store
@@ -620,7 +687,7 @@ impl Stream for Settling {
                     r.delivered += 1;
                 }
                 if let Some(u) = &c.usage {
-                    r.usage = Some(u.prompt_tokens + u.completion_tokens);
+                    r.usage = Some(u.prompt_tokens.saturating_add(u.completion_tokens));
                 }
             }
             if !matches!(item, Some(Ok(_))) {

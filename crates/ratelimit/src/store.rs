@@ -18,10 +18,27 @@ pub struct Rate {
 }
 
 impl Rate {
-    /// Time that one unit stands for.
+    /// Time that one unit stands for, computed in nanoseconds as `u128` (no truncation of
+    /// the amount, however large; `Limit::validate` refuses a zero interval).
     pub(crate) fn interval(&self) -> Duration {
-        self.period / self.amount.max(1) as u32
+        nanos(self.period.as_nanos() / u128::from(self.amount.max(1)))
     }
+
+    /// `n` intervals, saturating.
+    pub(crate) fn times(&self, n: u64) -> Duration {
+        nanos(self.interval().as_nanos().saturating_mul(u128::from(n)))
+    }
+}
+
+/// A duration of `n` nanoseconds, saturating at about 584 years.
+fn nanos(n: u128) -> Duration {
+    Duration::from_nanos(u64::try_from(n).unwrap_or(u64::MAX))
+}
+
+/// `at + d`, or a year ahead when that would overflow the clock.
+pub(crate) fn later(at: Instant, d: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    at.checked_add(d.min(YEAR)).unwrap_or(at)
 }
 
 /// Where bucket state lives. The in-process [`MemoryStore`] is the default; a distributed
@@ -122,8 +139,7 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     fn take(&self, key: &BucketKey, cost: u64, rate: &Rate, now: Instant) -> Result<(), Duration> {
-        let t = rate.interval();
-        let tolerance = t * rate.burst.max(1) as u32;
+        let tolerance = rate.times(rate.burst.max(1));
         self.with(key, now, |b| {
             if let Some(h) = b.hold_until {
                 if h > now {
@@ -131,7 +147,7 @@ impl Store for MemoryStore {
                 }
                 b.hold_until = None;
             }
-            let new_tat = b.tat.max(now) + t * cost.min(u32::MAX as u64) as u32;
+            let new_tat = later(b.tat.max(now), rate.times(cost));
             let ahead = new_tat.saturating_duration_since(now);
             if ahead > tolerance {
                 Err(ahead - tolerance)
@@ -143,14 +159,13 @@ impl Store for MemoryStore {
     }
 
     fn settle(&self, key: &BucketKey, units: i64, rate: &Rate, now: Instant) {
-        let t = rate.interval();
         self.with(key, now, |b| {
-            let shift = t * units.unsigned_abs().min(u32::MAX as u64) as u32;
+            let shift = rate.times(units.unsigned_abs());
             if units >= 0 {
                 // A refund never takes the bucket below full.
                 b.tat = b.tat.checked_sub(shift).unwrap_or(now).max(now.min(b.tat));
             } else {
-                b.tat = b.tat.max(now) + shift;
+                b.tat = later(b.tat.max(now), shift);
             }
         });
     }

@@ -165,7 +165,7 @@ async fn token_reservations_settle_to_the_real_usage_and_cancellation_settles() 
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_upstream_429_holds_the_key_for_its_retry_after() {
+async fn a_key_level_429_holds_the_key_for_its_retry_after() {
     let mock = MockChat::new();
     let svc = RateLimitLayer::builder()
         .requests(
@@ -181,8 +181,19 @@ async fn an_upstream_429_holds_the_key_for_its_retry_after() {
         r.extensions_mut().insert(Tenant(Arc::from(t)));
         r
     };
+    // A provider's 429 holds nothing here (the breaker holds that provider alone).
     mock.push(Script::error(
         LlmError::status(StatusCode::TOO_MANY_REQUESTS, None)
+            .with_provider("Busy")
+            .with_retry_after(Duration::from_secs(10)),
+    ));
+    assert!(svc.clone().oneshot(tenant("acme")).await.is_err());
+    mock.push(Script::tokens(Duration::ZERO, 1, Duration::ZERO));
+    assert!(svc.clone().oneshot(tenant("acme")).await.is_ok());
+    // A 429 on our own key holds the key.
+    mock.push(Script::error(
+        LlmError::status(StatusCode::TOO_MANY_REQUESTS, None)
+            .with_key_limited()
             .with_retry_after(Duration::from_secs(10)),
     ));
     assert!(svc.clone().oneshot(tenant("acme")).await.is_err());
@@ -202,7 +213,7 @@ async fn an_upstream_429_holds_the_key_for_its_retry_after() {
         svc.clone().oneshot(tenant("acme")).await.is_ok(),
         "released after 10 s"
     );
-    assert_eq!(mock.calls(), 3, "the held call never went upstream");
+    assert_eq!(mock.calls(), 5, "the held call never went upstream");
 }
 
 #[tokio::test(start_paused = true)]

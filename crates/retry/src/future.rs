@@ -102,7 +102,7 @@ fn plan_retry(
             return None;
         }
     }
-    if !shared.budget.withdraw() {
+    if shared.policy.charges_budget(error) && !shared.budget.withdraw() {
         metrics::counter!("llm_retry_budget_exhausted_total").increment(1);
         return None;
     }
@@ -141,6 +141,15 @@ where
                         Some(Ok(c)) => {
                             chunks.push(c);
                             continue;
+                        }
+                        // `[DONE]` after an answer no choice finished is a cut answer.
+                        None if !chunks
+                            .iter()
+                            .any(|c| c.choices.iter().any(|ch| ch.finish_reason.is_some())) =>
+                        {
+                            LlmError::truncated()
+                                .with_message("the answer ended without a finish_reason")
+                                .with_provider_opt(stream.meta().provider.clone())
                         }
                         None => {
                             let meta = stream.meta().clone();

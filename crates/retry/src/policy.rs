@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use llm_layers_core::{ChatRequest, Classify, DefaultClassify, LlmError, default_slug};
+use llm_layers_core::{ChatRequest, Classify, DefaultClassify, ErrorKind, LlmError, default_slug};
 
 /// Decides, after a failed attempt, whether to try again, and may rewrite the request for
 /// the next attempt. Shared by every call (`&self`); keep per-call state in the request.
@@ -11,6 +11,14 @@ use llm_layers_core::{ChatRequest, Classify, DefaultClassify, LlmError, default_
 pub trait Policy: Send + Sync + 'static {
     /// `attempt` is the number of the attempt that just failed (1 for the first).
     fn retry(&self, req: &mut ChatRequest, error: &LlmError, attempt: u32) -> bool;
+
+    /// Whether a retry after `error` draws on the retry budget (default: yes). A retry that
+    /// a throttle paces (it goes to another provider, or waits out a hold) adds no load to
+    /// a struggling provider, so [`DefaultPolicy`] does not charge it.
+    fn charges_budget(&self, error: &LlmError) -> bool {
+        let _ = error;
+        true
+    }
 }
 
 impl<F> Policy for F
@@ -26,6 +34,12 @@ where
 /// (on by default) keep the provider that failed out of the next attempt by adding it to
 /// `provider.ignore`, unless that would leave the request's `only` list empty.
 ///
+/// **Throttled is not broken**: a throttle (a provider's `429`, or the breaker's fast
+/// `RateLimited` when every known provider is held) has its own allowance
+/// ([`max_throttled`](DefaultPolicy::max_throttled), default 6) on top of `max_retries`, is
+/// not charged to the budget, and moves to another provider; when the breaker says every
+/// provider is held, the providers this policy avoided are given back for the next attempt.
+///
 /// ```
 /// use llm_layers_core::{ChatRequest, LlmError, Message};
 /// use llm_layers_retry::{DefaultPolicy, Policy};
@@ -40,6 +54,7 @@ where
 pub struct DefaultPolicy {
     classify: Arc<dyn Classify>,
     max_retries: u32,
+    max_throttled: u32,
     avoid_failed_provider: bool,
     slug: fn(&str) -> String,
 }
@@ -48,6 +63,7 @@ impl std::fmt::Debug for DefaultPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DefaultPolicy")
             .field("max_retries", &self.max_retries)
+            .field("max_throttled", &self.max_throttled)
             .field("avoid_failed_provider", &self.avoid_failed_provider)
             .finish_non_exhaustive()
     }
@@ -59,6 +75,7 @@ impl DefaultPolicy {
         DefaultPolicy {
             classify: Arc::new(DefaultClassify),
             max_retries,
+            max_throttled: 6,
             avoid_failed_provider: true,
             slug: default_slug,
         }
@@ -68,6 +85,18 @@ impl DefaultPolicy {
     pub fn classify(mut self, c: impl Classify) -> Self {
         self.classify = Arc::new(c);
         self
+    }
+
+    /// Retries after throttles, counted apart from `max_retries` (default 6).
+    pub fn max_throttled(mut self, n: u32) -> Self {
+        self.max_throttled = n;
+        self
+    }
+
+    /// Whether `e` is a throttle: the classifier says so, or a local fast error says every
+    /// provider is held.
+    fn is_throttle(&self, e: &LlmError) -> bool {
+        e.kind() == ErrorKind::RateLimited || self.classify.classify(e).throttled
     }
 
     /// Whether to add the failed provider to `provider.ignore` (default on).
@@ -88,30 +117,61 @@ impl DefaultPolicy {
 #[derive(Debug, Clone, Default)]
 struct Avoided(Vec<String>);
 
+/// A request extension: retries spent on throttles (the rest of `attempt` is failures).
+#[derive(Debug, Clone, Copy, Default)]
+struct Spent {
+    throttled: u32,
+}
+
+/// Takes back the slugs this policy added to `provider.ignore`.
+fn give_back(req: &mut ChatRequest) -> bool {
+    let Some(Avoided(added)) = req.extensions_mut().remove::<Avoided>() else {
+        return false;
+    };
+    if let Some(ignore) = req
+        .body_mut()
+        .provider
+        .as_mut()
+        .and_then(|p| p.ignore.as_mut())
+    {
+        ignore.retain(|s| !added.contains(s));
+    }
+    true
+}
+
 impl Policy for DefaultPolicy {
     fn retry(&self, req: &mut ChatRequest, error: &LlmError, attempt: u32) -> bool {
-        if attempt > self.max_retries {
-            return false;
-        }
         // A 404 right after we avoided providers means we left the model none ("no
-        // endpoints"): give them back and retry rather than surface an error we caused.
-        if error.status_code().map(|s| s.as_u16()) == Some(404) {
-            if let Some(Avoided(added)) = req.extensions_mut().remove::<Avoided>() {
-                if let Some(ignore) = req
-                    .body_mut()
-                    .provider
-                    .as_mut()
-                    .and_then(|p| p.ignore.as_mut())
-                {
-                    ignore.retain(|s| !added.contains(s));
-                }
-                return true;
+        // endpoints"): give them back and retry rather than surface an error we caused
+        // (once per set avoided, so this cannot loop).
+        if error.status_code().map(|s| s.as_u16()) == Some(404) && give_back(req) {
+            return true;
+        }
+        let throttle = self.is_throttle(error);
+        let mut spent = req.extensions().get::<Spent>().copied().unwrap_or_default();
+        if throttle {
+            if spent.throttled >= self.max_throttled {
+                return false;
             }
+        } else if attempt.saturating_sub(spent.throttled) > self.max_retries {
+            return false;
         }
         let class = self.classify.classify(error);
         if !class.retriable {
             return false;
         }
+        if throttle {
+            spent.throttled += 1;
+            req.extensions_mut().insert(spent);
+        }
+        if error.kind() == ErrorKind::RateLimited {
+            // Every provider left to this request is held or open: after the wait, the
+            // ones avoided for earlier failures are candidates again.
+            give_back(req);
+            return true;
+        }
+        // A throttled provider is not avoided here: the breaker holds it for exactly its
+        // Retry-After, which an ignore for the rest of the call would outlast.
         if self.avoid_failed_provider && class.provider_failure {
             if let Some(p) = error.provider() {
                 let slug = (self.slug)(p);
@@ -142,5 +202,9 @@ impl Policy for DefaultPolicy {
             }
         }
         true
+    }
+
+    fn charges_budget(&self, error: &LlmError) -> bool {
+        !self.is_throttle(error)
     }
 }

@@ -330,7 +330,7 @@ async fn outage_preset_through_the_leaf_succeeds() {
 #[tokio::test(start_paused = true)]
 async fn avoiding_the_only_provider_is_taken_back_on_no_endpoints() {
     let mock = MockChat::new();
-    mock.push(Script::error(status(429).with_provider("Solo")));
+    mock.push(Script::error(status(502).with_provider("Solo")));
     mock.push(Script::error(status(404)));
     mock.push(ok());
     let mut r = req();

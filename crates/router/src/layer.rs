@@ -248,6 +248,9 @@ impl RouterLayerBuilder {
                     "tier `{name}`: min_success_rate must be in 0..=1"
                 )));
             }
+            // Measured from their first call, failures included: a tier model that only
+            // hangs must read as bad, not as unmeasured.
+            self.store.admit(t.models.iter().map(|m| m.model()));
             let mut seen = HashSet::new();
             for m in &t.models {
                 let model = m.model();

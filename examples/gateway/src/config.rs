@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Everything the gateway can be told.
-#[derive(Debug, Clone)]
+/// Everything the gateway can be told. Its `Debug` never shows the API key.
+#[derive(Clone)]
 pub struct Config {
     /// Where to listen (`--listen`, `LISTEN_ADDR`; default `127.0.0.1:8080`).
     pub listen: SocketAddr,
@@ -90,6 +90,35 @@ impl Default for Config {
             router: llm_layers_router::RouterConfig::default(),
             upstream_h2c: false,
         }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("base_url", &self.base_url)
+            .field("mock_preset", &self.mock_preset)
+            .field("mock_time_scale", &self.mock_time_scale)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("body_read_timeout", &self.body_read_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("default_max_tokens", &self.default_max_tokens)
+            .field("first_token_timeout", &self.first_token_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("total_timeout", &self.total_timeout)
+            .field("max_retries", &self.max_retries)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("hedge_quantile", &self.hedge_quantile)
+            .field("hedge_budget", &self.hedge_budget)
+            .field("slow_call_factor", &self.slow_call_factor)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("requests_per_minute", &self.requests_per_minute)
+            .field("tokens_per_minute", &self.tokens_per_minute)
+            .field("router", &self.router)
+            .field("upstream_h2c", &self.upstream_h2c)
+            .finish()
     }
 }
 
@@ -308,7 +337,15 @@ impl Config {
             off(self.requests_per_minute),
             off(self.tokens_per_minute)
         );
-        let _ = writeln!(s, "max retries         {}", self.max_retries);
+        let _ = writeln!(
+            s,
+            "max retries         {} (throttles apart: up to 6 more)",
+            self.max_retries
+        );
+        let _ = writeln!(
+            s,
+            "429 handling        a provider's 429 holds that provider for its Retry-After (1 s default, 60 s cap) and the retry goes to another at once; never a breaker failure; all held: wait the shortest hold within the deadline, else 429 with Retry-After; a 429 on our own key is said, not retried"
+        );
         let _ = writeln!(
             s,
             "breaker             5 failures in a row or half of the last 20; slow = {}x median TTFT",

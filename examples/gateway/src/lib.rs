@@ -80,10 +80,14 @@ pub fn build_leaf(config: &Config, base_url: &str, api_key: &str) -> Result<Open
 
 /// The full stack over `leaf`, outermost first: latency per call → rate limits (concurrency
 /// with priority, requests and tokens per model) → router (tiers, learned provider order)
-/// → total timeout (sets the deadline) → retry → hedge (at a quantile of recent TTFT) → breaker (open providers go
-/// into `provider.ignore`; a first token slower than 3× the model's median counts as a
-/// failure) → per-attempt first-token and idle timeouts → latency per attempt (feeds the
-/// store the hedge and breaker read) → the leaf.
+/// → total timeout (sets the deadline) → retry → hedge (at a quantile of recent TTFT) →
+/// breaker (open and throttled providers go into `provider.ignore`; a first token slower
+/// than 3× the model's median counts as a failure) → latency per attempt (feeds the store
+/// the hedge and breaker read) → per-attempt first-token and idle timeouts → the leaf.
+///
+/// The attempt latency stands *above* the per-attempt timeouts so it sees a timeout as a
+/// timeout (below them it would only see its future dropped), and a hedge loser or an
+/// abandoned attempt as a censored sample: the store is never blind to the tail.
 ///
 /// `catalog` is the upstream's model ids when known: tiers naming other models are refused.
 ///
@@ -122,7 +126,14 @@ where
         })
         .build()?;
     let retry = RetryLayer::builder()
-        .policy(DefaultPolicy::new(config.max_retries))
+        .policy(
+            // `--max-retries 0` turns every retry off, throttles included.
+            DefaultPolicy::new(config.max_retries).max_throttled(if config.max_retries == 0 {
+                0
+            } else {
+                6
+            }),
+        )
         .build()?;
     let hedge = (config.hedge_quantile > 0.0)
         .then(|| {
@@ -168,8 +179,8 @@ where
         .build()?;
     let inner = ServiceBuilder::new()
         .layer(breaker)
-        .layer(per_attempt)
         .layer(per_attempt_latency)
+        .layer(per_attempt)
         .service(leaf);
     // Hedging is optional: erase the inner type once so both shapes fit one stack.
     let inner: Stack = match hedge {
