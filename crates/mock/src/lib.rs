@@ -3,6 +3,9 @@
 //! - [`MockChat`] and [`Script`]: a scripted in-process `Service<ChatRequest>` for unit tests
 //!   of one layer, on `tokio::time` (it runs under `tokio::time::pause()`), recording the
 //!   requests it saw and counting open, completed and cancelled streams.
+//! - [`MockChat::scenario`]: a [`Scenario`] played in process with no sockets, what the
+//!   OpenRouter leaf would return for it, deterministic under paused time: whole stacks
+//!   tested on real-world timings in no wall-clock time.
 //! - [`MockServer`] and [`Scenario`]: a mock OpenRouter HTTP server on an ephemeral loopback
 //!   port (HTTP/1.1 and h2c), with providers drawn by weight while honouring the request's
 //!   provider preferences, fat-tailed time to first token, faults (statuses with
@@ -27,6 +30,7 @@
 //! [llm-layers]: https://github.com/llm-layers/llm-layers
 
 mod answer;
+mod inprocess;
 pub mod plan;
 mod scenario;
 mod scripted;

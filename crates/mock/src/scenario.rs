@@ -44,6 +44,12 @@ pub struct Scenario {
     /// first token; 0 sends none.
     #[serde(default)]
     pub keepalive_ms: f64,
+    /// Time before an answer that is an error (a status, a reset before headers, a 200
+    /// with an error body) comes back: the round trip to the upstream and its own tries
+    /// (ms, before scaling; default 0). A real upstream never fails in zero time, and a
+    /// client's behaviour under concurrency depends on what is in flight meanwhile.
+    #[serde(default)]
+    pub error_after_ms: f64,
     /// End lines with CRLF instead of LF.
     #[serde(default)]
     pub crlf: bool,
@@ -303,13 +309,20 @@ impl Scenario {
             "outage" => Scenario::outage(),
             "rate_limited" => Scenario::rate_limited(),
             "chaos" => Scenario::chaos(),
+            "all_down" => Scenario::all_down(),
             _ => return None,
         })
     }
 
     /// The names of the presets.
-    pub const PRESETS: [&'static str; 5] =
-        ["healthy", "fat_tail", "outage", "rate_limited", "chaos"];
+    pub const PRESETS: [&'static str; 6] = [
+        "healthy",
+        "fat_tail",
+        "outage",
+        "rate_limited",
+        "chaos",
+        "all_down",
+    ];
 
     fn base(providers: Vec<ProviderSpec>) -> Scenario {
         Scenario {
@@ -318,6 +331,7 @@ impl Scenario {
             models: default_models(),
             providers,
             keepalive_ms: 0.0,
+            error_after_ms: 50.0,
             crlf: false,
             split_writes: false,
             coalesce_writes: true,
@@ -341,7 +355,8 @@ impl Scenario {
         }
     }
 
-    /// Three quick providers: TTFT lognormal p50 200 ms, p99 800 ms.
+    /// Three quick providers: TTFT lognormal p50 200 ms, p99 800 ms; errors (in the presets
+    /// built on it) come back after 50 ms.
     pub fn healthy() -> Scenario {
         let ttft = Dist::Lognormal {
             p50_ms: 200.0,
@@ -379,7 +394,8 @@ impl Scenario {
         s
     }
 
-    /// Like `healthy`, but one provider of three answers every request with 502.
+    /// Like `healthy`, plus two bad providers of four: `Down` answers every request with
+    /// 502, `Stuck` sends its headers and then nothing, ever (no first token).
     pub fn outage() -> Scenario {
         let mut s = Scenario::healthy();
         s.providers[2].name = "Down".into();
@@ -389,17 +405,38 @@ impl Scenario {
             rate: 1.0,
             retry_after_s: None,
         });
+        let mut stuck = s.providers[0].clone();
+        stuck.name = "Stuck".into();
+        stuck.slug = "stuck".into();
+        stuck.faults.hang_after_headers = 1.0;
+        s.providers.push(stuck);
         s
     }
 
-    /// Like `healthy`, but 30 % of requests get 429 with `Retry-After: 1`.
+    /// Like `healthy`, but every provider answers about half of all requests (each request
+    /// independently) with 429 and `Retry-After: 1`, as OpenRouter's shared free and
+    /// capacity-limited endpoints do.
     pub fn rate_limited() -> Scenario {
         let mut s = Scenario::healthy();
         for p in &mut s.providers {
             p.faults.status.push(StatusFault {
                 code: 429,
-                rate: 0.3,
+                rate: 0.5,
                 retry_after_s: Some(1),
+            });
+        }
+        s
+    }
+
+    /// Every provider answers every request with 502: nothing can succeed, and the stack
+    /// must say so fast instead of hammering the upstream.
+    pub fn all_down() -> Scenario {
+        let mut s = Scenario::healthy();
+        for p in &mut s.providers {
+            p.faults.status.push(StatusFault {
+                code: 502,
+                rate: 1.0,
+                retry_after_s: None,
             });
         }
         s
@@ -451,6 +488,9 @@ impl Scenario {
                 "time_scale",
                 "must be a finite number >= 0",
             ));
+        }
+        if !(self.error_after_ms >= 0.0 && self.error_after_ms.is_finite()) {
+            return Err(ScenarioError::new("error_after_ms", "must be >= 0"));
         }
         if !(self.keepalive_ms >= 0.0 && self.keepalive_ms.is_finite()) {
             return Err(ScenarioError::new("keepalive_ms", "must be >= 0"));

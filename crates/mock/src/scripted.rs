@@ -165,9 +165,13 @@ impl Script {
     }
 }
 
+/// Makes the script of a call from its request (see [`MockChat::from_fn`]).
+type Generator = dyn Fn(&ChatRequest) -> Script + Send + Sync;
+
 #[derive(Default)]
 struct State {
     queue: Mutex<VecDeque<Script>>,
+    generator: Option<Box<Generator>>,
     fallback: Mutex<Option<Script>>,
     requests: Mutex<Vec<ChatRequest>>,
     calls: AtomicUsize,
@@ -226,6 +230,18 @@ impl MockChat {
         m
     }
 
+    /// A mock whose every call plays the script `f` makes of its request (when the queue is
+    /// empty): see [`MockChat::scenario`] for a mock upstream drawn from a [`Scenario`]
+    /// (crate::Scenario) with no sockets.
+    pub fn from_fn(f: impl Fn(&ChatRequest) -> Script + Send + Sync + 'static) -> MockChat {
+        MockChat {
+            state: Arc::new(State {
+                generator: Some(Box::new(f)),
+                ..State::default()
+            }),
+        }
+    }
+
     /// Queues a script for a future call (first in, first out).
     pub fn push(&self, script: Script) {
         lock(&self.state.queue).push_back(script);
@@ -277,8 +293,9 @@ impl tower_service::Service<ChatRequest> for MockChat {
 
     fn call(&mut self, req: ChatRequest) -> Self::Future {
         self.state.calls.fetch_add(1, Ordering::SeqCst);
-        let script = lock(&self.state.queue)
-            .pop_front()
+        let queued = lock(&self.state.queue).pop_front();
+        let script = queued
+            .or_else(|| self.state.generator.as_ref().map(|f| f(&req)))
             .or_else(|| lock(&self.state.fallback).clone())
             .unwrap_or_default();
         let model = script

@@ -418,6 +418,14 @@ async fn chat(
     let provider_name = provider.map(|p| p.name.clone());
     let split_seed: u64 = rng.random();
 
+    let fails = matches!(
+        plan.outcome,
+        Outcome::NoEndpoints | Outcome::Status { .. } | Outcome::Reset | Outcome::Error200
+    );
+    let after = state.scenario.scaled(state.scenario.error_after_ms);
+    if fails && !after.is_zero() {
+        tokio::time::sleep(after).await;
+    }
     match plan.outcome {
         Outcome::NoEndpoints => Ok(error_json(
             StatusCode::NOT_FOUND,

@@ -1,0 +1,165 @@
+//! [`MockChat::scenario`]: a [`Scenario`] played in process, with no sockets.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+
+use http::StatusCode;
+use llm_layers_core::{ApiError, ChatRequest, ErrorCode, ErrorKind, LlmError};
+
+use crate::answer::{answer_tag, answer_token};
+use crate::plan::{self, Cut, Outcome, Plan};
+use crate::scenario::Scenario;
+use crate::scripted::{MockChat, Script};
+
+impl MockChat {
+    /// A mock upstream that draws each call from `scenario` as [`MockServer`]
+    /// (crate::MockServer) does (same providers and weights, provider preferences honoured,
+    /// same time to first token, gaps and faults, same answers, the same seeded draws per
+    /// request body and repeat), and plays it in process: what the OpenRouter leaf would
+    /// return for it, typed errors included, with no HTTP in between.
+    ///
+    /// Deterministic under `tokio::time::pause()` as sockets are not (a connect or a frame
+    /// in flight is real I/O the paused clock can run past), so whole stacks can be tested
+    /// on a scenario's real-world timings in no wall-clock time. Wire-level features
+    /// (keep-alive comments, split writes, CRLF) have no meaning here and are ignored.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+    /// use llm_layers_core::{ChatRequest, Message};
+    /// use llm_layers_mock::{MockChat, Scenario, expected_answer};
+    /// use tower::ServiceExt;
+    /// let mock = MockChat::scenario(Scenario::healthy().with_seed(3));
+    /// let mut req = ChatRequest::new("mock/echo", vec![Message::user("hi")]);
+    /// req.body_mut().max_tokens = Some(3);
+    /// let want = expected_answer(req.body(), 3);
+    /// let answer = mock.clone().oneshot(req).await.unwrap().collect().await.unwrap();
+    /// assert_eq!(answer.choices[0].message.content.as_deref(), Some(want.as_str()));
+    /// assert_eq!(mock.calls(), 1);
+    /// # });
+    /// ```
+    pub fn scenario(scenario: Scenario) -> MockChat {
+        let seen: Mutex<HashMap<u64, u64>> = Mutex::new(HashMap::new());
+        MockChat::from_fn(move |req| {
+            let bytes = serde_json::to_vec(req.body()).unwrap_or_default();
+            let mut h = std::hash::DefaultHasher::new();
+            bytes.hash(&mut h);
+            let body_hash = h.finish();
+            let repeat = {
+                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                if seen.len() > 100_000 {
+                    seen.clear();
+                }
+                let n = seen.entry(body_hash).or_default();
+                *n += 1;
+                *n - 1
+            };
+            let mut rng = plan::request_rng(scenario.seed, body_hash, repeat);
+            let plan = plan::draw(&scenario, req.body(), &mut rng);
+            script_of(&scenario, req, &plan)
+        })
+    }
+}
+
+/// An upstream error as the leaf would make it from the mock server's answer.
+fn api_error(code: u16, message: &str, error_type: &str, provider: Option<&str>) -> ApiError {
+    ApiError {
+        code: Some(ErrorCode::Number(i64::from(code))),
+        message: Some(message.to_owned()),
+        error_type: Some(error_type.to_owned()),
+        provider_name: provider.map(str::to_owned),
+        ..ApiError::default()
+    }
+}
+
+/// The script of one drawn plan.
+fn script_of(scenario: &Scenario, req: &ChatRequest, plan: &Plan) -> Script {
+    let provider = plan.provider.map(|i| scenario.providers[i].name.as_str());
+    let after = scenario.scaled(scenario.error_after_ms);
+    let error = |e: LlmError| Script::new().wait(after).fail(e);
+    match &plan.outcome {
+        Outcome::NoEndpoints => {
+            let mut api = api_error(
+                404,
+                "No endpoints found that can handle the requested parameters.",
+                "not_found",
+                None,
+            );
+            api.availability_code = Some("no_endpoints".into());
+            api.retryable = Some(false);
+            error(LlmError::status(StatusCode::NOT_FOUND, Some(api)))
+        }
+        Outcome::Status {
+            code,
+            retry_after_s,
+        } => {
+            let error_type = match code {
+                429 => "rate_limit_exceeded",
+                502 => "provider_unavailable",
+                503 | 529 => "provider_overloaded",
+                524 | 408 => "timeout",
+                _ => "server",
+            };
+            let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let api = api_error(
+                *code,
+                &format!("mock provider error {code}"),
+                error_type,
+                provider,
+            );
+            let mut e = LlmError::status(status, Some(api));
+            if let Some(s) = retry_after_s {
+                e = e.with_retry_after(std::time::Duration::from_secs(*s));
+            }
+            error(e)
+        }
+        Outcome::Reset => error(
+            LlmError::new(ErrorKind::Transport)
+                .with_message("the connection to the upstream broke before the response"),
+        ),
+        Outcome::Hang => Script::new().hang(),
+        Outcome::Error200 => error(LlmError::status(
+            StatusCode::BAD_GATEWAY,
+            Some(api_error(
+                502,
+                "mock provider returned an error",
+                "provider_unavailable",
+                provider,
+            )),
+        )),
+        Outcome::Answer { cut } => {
+            let name = provider.unwrap_or_default();
+            let tag = answer_tag(req.body());
+            let mut s = Script::new().provider(name).wait(plan.ttft).role();
+            for i in 0..plan.tokens {
+                if i > 0 {
+                    s = s.wait(plan.gaps[i as usize]);
+                }
+                s = s.token(answer_token(&tag, i));
+                if let Some((how, after)) = cut {
+                    if i + 1 == *after {
+                        return s.fail(match how {
+                            Cut::ErrorEvent | Cut::ErrorEventEof => LlmError::upstream(api_error(
+                                502,
+                                "Provider disconnected",
+                                "provider_unavailable",
+                                Some(name),
+                            )),
+                            Cut::Reset => LlmError::new(ErrorKind::Truncated)
+                                .with_message("connection broken mid-stream"),
+                        });
+                    }
+                }
+            }
+            let prompt = req
+                .body()
+                .messages
+                .iter()
+                .map(|m| m.text_len() as u64)
+                .sum::<u64>()
+                / 4
+                + 1;
+            s.finish("stop").usage(prompt, u64::from(plan.tokens))
+        }
+    }
+}
