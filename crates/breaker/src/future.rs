@@ -20,7 +20,11 @@ pub(crate) struct ProbeGuard {
 }
 
 impl ProbeGuard {
-    pub(crate) fn new(shared: Arc<Shared>, model: Arc<str>, probes: Vec<crate::registry::Probe>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        model: Arc<str>,
+        probes: Vec<crate::registry::Probe>,
+    ) -> Self {
         ProbeGuard {
             shared,
             model,
@@ -106,7 +110,7 @@ impl<F> ResponseFuture<F> {
 }
 
 /// What an error before the commit point teaches: a throttle holds its provider (and, when
-/// another provider is left, says "retry now" with a zero `Retry-After`); a provider failure
+/// another provider is left, marks the error "retry elsewhere now"); a provider failure
 /// is counted; an upstream 404 "no endpoints" that our own ignore list caused becomes the
 /// fast error it stands for, never a `not_found` for the caller.
 fn on_error(
@@ -130,9 +134,7 @@ fn on_error(
             let slug = shared.slug(p);
             let until = now + shared.registry.hold_for(e.retry_after());
             let elsewhere = shared.registry.hold(sent, &slug, until, now);
-            let reason = if e
-                .api_error()
-                .and_then(|a| a.availability_code.as_deref())
+            let reason = if e.api_error().and_then(|a| a.availability_code.as_deref())
                 == Some("capacity_exhausted")
             {
                 "capacity"
@@ -142,13 +144,22 @@ fn on_error(
             metrics::counter!("llm_provider_holds_total", "reason" => reason).increment(1);
             if elsewhere {
                 // Another provider is free: no reason to wait this one's Retry-After.
-                e.set_retry_after(Some(std::time::Duration::ZERO));
+                e = e.with_retry_elsewhere();
             }
         }
     }
     if class.provider_failure {
         let slug = e.provider().map(|p| shared.slug(p));
-        shared.registry.record(model, slug.as_deref(), true, now);
+        // A first token that never came, from a provider we cannot name, says that some
+        // provider hung, not that the model is down: hung calls time out together, and
+        // counting them against the whole model would fail every call fast while its other
+        // providers answer. (The latency store takes them as timeouts.)
+        let unnamed_hang = slug.is_none()
+            && e.kind()
+                == llm_layers_core::ErrorKind::Timeout(llm_layers_core::TimeoutKind::FirstToken);
+        if !unnamed_hang {
+            shared.registry.record(model, slug.as_deref(), true, now);
+        }
     }
     e
 }

@@ -185,8 +185,9 @@ pub(crate) fn blocked_error(model: &str, blocked: &[(String, Blocked)], now: Ins
         e.set_retry_after(Some(wait));
         return e;
     }
-    LlmError::circuit_open(names, first)
-        .with_message(format!("every known provider of {model} is open ({detail})"))
+    LlmError::circuit_open(names, first).with_message(format!(
+        "every known provider of {model} is open ({detail})"
+    ))
 }
 
 /// What `admit` decided for one request.
@@ -263,7 +264,9 @@ impl Registry {
             }
             match e.state {
                 State::Closed => {}
-                State::Open { until } => blocked.push((slug.to_string(), Blocked::Open(Some(until)))),
+                State::Open { until } => {
+                    blocked.push((slug.to_string(), Blocked::Open(Some(until))))
+                }
                 State::HalfOpen if e.probes_in_flight < self.cfg.probes => {
                     e.probes_in_flight += 1;
                     adm.probes.push((Some(slug.clone()), e.period));
@@ -284,6 +287,9 @@ impl Registry {
             blocked.sort_by(|a, b| a.0.cmp(&b.0));
             return Err(blocked_error(model, &blocked, now));
         }
+        // Sorted: the request body (and what an upstream makes of it) must not depend on
+        // a hash map's order.
+        blocked.sort_by(|a, b| a.0.cmp(&b.0));
         adm.ignore = blocked;
         me.in_flight += 1;
         Ok(adm)
@@ -302,7 +308,9 @@ impl Registry {
         let model = body.model.as_deref().unwrap_or("");
         let mut guard = lock(&self.map);
         let (map, count) = &mut *guard;
-        let exists = map.get(model).is_some_and(|m| m.providers.contains_key(provider));
+        let exists = map
+            .get(model)
+            .is_some_and(|m| m.providers.contains_key(provider));
         if !exists {
             if *count >= self.cfg.max_entries && !make_room(map, count, now, &self.cfg) {
                 metrics::counter!("llm_breaker_dropped_outcomes_total").increment(1);
@@ -369,17 +377,12 @@ impl Registry {
     }
 
     /// Records one outcome for `(model, provider)` (`None`: the model as a whole). A success
-    /// through any provider also counts for the model as a whole (if it has a breaker): it
-    /// proves the model reachable, so scattered unattributed failures cannot add up.
+    /// through any provider also counts for the model as a whole: it proves the model
+    /// reachable, so unattributed failures (first-token timeouts of a hung provider, landing
+    /// together) cannot trip the whole model while its other providers answer.
     pub(crate) fn record(&self, model: &str, provider: Option<&str>, failure: bool, now: Instant) {
         if provider.is_some() && !failure {
-            let has_model_entry = lock(&self.map)
-                .0
-                .get(model)
-                .is_some_and(|m| m.model.is_some());
-            if has_model_entry {
-                self.record(model, None, false, now);
-            }
+            self.record(model, None, false, now);
         }
         let mut guard = lock(&self.map);
         let (map, count) = &mut *guard;
@@ -440,9 +443,14 @@ impl Registry {
                     e.failures -= usize::from(old);
                 }
                 e.consecutive = if failure { e.consecutive + 1 } else { 0 };
+                // The model as a whole (failures no provider is named for: first-token
+                // timeouts of a hung provider, resets) trips only when its window holds no
+                // success at all: while any provider answers, blocking the whole model would
+                // make callers worse off than no breaker.
                 let by_ratio = e.recent.len() >= self.cfg.min_calls
                     && e.failures as f64
-                        >= self.cfg.failure_ratio * (e.recent.len() + pending) as f64;
+                        >= self.cfg.failure_ratio * (e.recent.len() + pending) as f64
+                    && (provider.is_some() || e.failures == e.recent.len());
                 // A run of failures means something for one provider's sequential calls. Under
                 // concurrency, unrelated failures land together (fast errors before slow
                 // successes, hung calls timing out at one instant), so the run rule applies

@@ -145,10 +145,8 @@ fn by_status(e: &LlmError, status: u16) -> ErrorClass {
         // The caller's own key is out of rate or credit: say it, don't retry it.
         return ErrorClass::CALLER;
     }
-    let capacity = e
-        .api_error()
-        .and_then(|a| a.availability_code.as_deref())
-        == Some("capacity_exhausted");
+    let capacity =
+        e.api_error().and_then(|a| a.availability_code.as_deref()) == Some("capacity_exhausted");
     let mut class = match status {
         _ if capacity => ErrorClass::THROTTLED,
         402 => ErrorClass {

@@ -254,6 +254,7 @@ struct Inner {
     provider: Option<String>,
     providers: Vec<String>,
     key_limited: bool,
+    elsewhere: bool,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -270,6 +271,7 @@ impl LlmError {
                 provider: None,
                 providers: Vec::new(),
                 key_limited: false,
+                elsewhere: false,
                 source: None,
             }),
         }
@@ -357,6 +359,20 @@ impl LlmError {
     pub fn with_key_limited(mut self) -> LlmError {
         self.inner.key_limited = true;
         self
+    }
+
+    /// Marks a throttle whose `Retry-After` concerns only the provider that sent it: another
+    /// provider is free now, so a retry need not wait (the breaker sets it; the retry layer
+    /// reads it). The `Retry-After` itself is kept for the caller, should every retry fail.
+    pub fn with_retry_elsewhere(mut self) -> LlmError {
+        self.inner.elsewhere = true;
+        self
+    }
+
+    /// Whether a retry may go at once to another provider (see
+    /// [`with_retry_elsewhere`](LlmError::with_retry_elsewhere)).
+    pub fn retry_elsewhere(&self) -> bool {
+        self.inner.elsewhere
     }
 
     /// Sets or clears the `Retry-After` hint.

@@ -13,6 +13,9 @@ use crate::layer::Shared;
 
 type Attempt<F> = (u32, Pin<Box<F>>);
 
+/// How often a call waiting on the cold delay looks at the store again.
+const COLD_RECHECK: Duration = Duration::from_millis(100);
+
 pin_project_lite::pin_project! {
     /// The response future of [`Hedge`](crate::Hedge): races the attempts to the first
     /// token; the first to commit wins and the others are dropped (cancelled upstream).
@@ -27,6 +30,9 @@ pin_project_lite::pin_project! {
         request: ChatRequest,
         shared: Arc<Shared>,
         delay: Duration,
+        start: Instant,
+        // The delay is the cold guess: look at the store again every `COLD_RECHECK`.
+        cold: bool,
         started: u32,
         hedging: bool,
         pending_hedge: Option<ChatRequest>,
@@ -54,14 +60,18 @@ where
         request: ChatRequest,
         shared: Arc<Shared>,
         delay: Duration,
+        cold: bool,
     ) -> Self {
+        let first_wake = if cold { delay.min(COLD_RECHECK) } else { delay };
         ResponseFuture {
             attempts: vec![(0, Box::pin(first))],
-            sleep: sleep(delay),
+            sleep: sleep(first_wake),
             service,
             request,
             shared,
             delay,
+            start: Instant::now(),
+            cold,
             started: 1,
             hedging: true,
             pending_hedge: None,
@@ -123,6 +133,18 @@ where
                     Poll::Ready(Err(e)) => {
                         keep_best(this.error, e);
                         drop(this.attempts.swap_remove(i));
+                        // A hedge that failed while an attempt is still waiting is replaced
+                        // at once (within `max_attempts`): a failed hedge must not leave the
+                        // call to wait out a hung original.
+                        if *this.started > 1
+                            && !this.attempts.is_empty()
+                            && *this.started < this.shared.max_attempts
+                            && this.pending_hedge.is_none()
+                        {
+                            *this.hedging = true;
+                            *this.cold = false;
+                            this.sleep.as_mut().reset(Instant::now());
+                        }
                     }
                 }
             }
@@ -131,6 +153,24 @@ where
                 && this.pending_hedge.is_none()
                 && this.sleep.as_mut().poll(cx).is_ready()
             {
+                if *this.cold {
+                    // Still on the cold guess: has the store learned that the model is slower
+                    // than guessed? The first samples are the fast ones (the slow attempts of
+                    // the wave are still running), so what they say may postpone a cold
+                    // hedge, never bring it forward: that would hedge the whole first wave.
+                    let now = Instant::now();
+                    let (delay, cold) = this.shared.delay.lookup(this.request.model());
+                    *this.cold = cold;
+                    if !cold {
+                        *this.delay = (*this.delay).max(delay);
+                    }
+                    let at = *this.start + *this.delay;
+                    if at > now {
+                        let next = if cold { at.min(now + COLD_RECHECK) } else { at };
+                        this.sleep.as_mut().reset(next);
+                        continue;
+                    }
+                }
                 *this.hedging = false;
                 let past_deadline = this.request.deadline().is_some_and(|d| Instant::now() >= d);
                 if !this.attempts.is_empty()
@@ -138,11 +178,9 @@ where
                     && !past_deadline
                 {
                     if let Some(req) = this.shared.policy.hedge(this.request, *this.started) {
-                        if this.shared.budget.withdraw() {
-                            *this.pending_hedge = Some(req);
-                        } else {
-                            metrics::counter!("llm_hedge_budget_exhausted_total").increment(1);
-                        }
+                        // The budget is drawn when the hedge is sent, not here: a race won
+                        // while the service gets ready costs nothing.
+                        *this.pending_hedge = Some(req);
                     }
                 }
             }
@@ -159,6 +197,10 @@ where
                             .pending_hedge
                             .take()
                             .unwrap_or_else(|| this.request.clone());
+                        if !this.shared.budget.withdraw() {
+                            metrics::counter!("llm_hedge_budget_exhausted_total").increment(1);
+                            continue;
+                        }
                         let fut = this.service.call(req);
                         this.attempts.push((*this.started, Box::pin(fut)));
                         *this.started += 1;

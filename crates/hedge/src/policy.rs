@@ -100,13 +100,19 @@ impl HedgePolicy for NextCandidate {
     }
 }
 
+/// Until a model has this many times the store's minimum of samples, a quantile delay
+/// reads the slowest seen (see [`HedgeDelay::Quantile`]).
+const WARM_FACTOR: u64 = 4;
+
 /// When to hedge.
 #[derive(Debug, Clone)]
 pub enum HedgeDelay {
     /// Always after this long without a first token.
     Fixed(Duration),
     /// A quantile of the model's recent TTFT from the store, clamped to `[min, max]`; the
-    /// `cold` delay until the store has enough samples.
+    /// `cold` delay until the store has its minimum of samples, and the slowest TTFT seen
+    /// until it has four times that (early samples are the fast ones: the slow attempts
+    /// are still running). A call that started cold looks at the store again as it waits.
     Quantile {
         /// Where TTFTs are recorded (by a per-attempt `LatencyLayer`).
         store: LatencyStore,
@@ -124,17 +130,41 @@ pub enum HedgeDelay {
 impl HedgeDelay {
     /// The delay for a request to `model`.
     pub fn for_model(&self, model: &str) -> Duration {
+        self.lookup(model).0
+    }
+
+    /// The delay for `model`, and whether it is the `cold` guess (the store knows too
+    /// little yet). A cold call looks again as it waits: the first samples of a new model
+    /// arrive within its first p50, long before a cold delay.
+    pub(crate) fn lookup(&self, model: &str) -> (Duration, bool) {
         match self {
-            HedgeDelay::Fixed(d) => *d,
+            HedgeDelay::Fixed(d) => (*d, false),
             HedgeDelay::Quantile {
                 store,
                 quantile,
                 min,
                 max,
                 cold,
-            } => store
-                .ttft_quantile(model, None, *quantile)
-                .map_or(*cold, |d| d.clamp(*min, *max)),
+            } => {
+                let Some(stats) = store.stats(model, None) else {
+                    return (*cold, true);
+                };
+                let n = stats.ttft_samples;
+                let floor = store.min_samples().max(1);
+                if n < floor {
+                    return (*cold, true);
+                }
+                // The first samples of a model are its fastest (the slow attempts of the first
+                // wave are still running), so a quantile read from them is biased low and
+                // would hedge most of the wave at once. Until there are a few times the
+                // minimum, hedge at the slowest seen instead.
+                let d = if n < WARM_FACTOR * floor {
+                    stats.ttft_p99.max(stats.ttft_quantile(*quantile))
+                } else {
+                    stats.ttft_quantile(*quantile)
+                };
+                (d.clamp(*min, *max), false)
+            }
         }
     }
 }

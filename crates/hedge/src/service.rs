@@ -52,8 +52,8 @@ where
         // when a hedge fires, serves the hedges.
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
-        let delay = self.shared.delay.for_model(req.model());
+        let (delay, cold) = self.shared.delay.lookup(req.model());
         let first = ready.call(req.clone());
-        ResponseFuture::new(first, ready, req, self.shared.clone(), delay)
+        ResponseFuture::new(first, ready, req, self.shared.clone(), delay, cold)
     }
 }

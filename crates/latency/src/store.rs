@@ -33,8 +33,8 @@ pub struct Stats {
     /// Share of calls that timed out.
     pub timeout_rate: f64,
     /// Attempts given up before their first token (a hedge lost, the caller left) in the
-    /// window: each is in the TTFT samples at the time it was given up, a lower bound of
-    /// its real TTFT (a *censored* sample).
+    /// window: *censored* samples, whose TTFT is only known to exceed the time they ran;
+    /// not in the quantiles.
     pub censored: u64,
 }
 
@@ -78,7 +78,7 @@ pub enum Outcome {
     /// 413 ...) or a throttle (429). Not counted in the rates.
     NotCounted,
     /// Given up before the first token (a hedge lost, the caller left): the TTFT given is a
-    /// lower bound, recorded as a censored sample; not counted in the rates.
+    /// lower bound; counted in [`Stats::censored`], not in the quantiles or the rates.
     Censored,
 }
 
@@ -200,11 +200,13 @@ fn count_keys(map: &HashMap<Arc<str>, ModelEntries>) -> usize {
 /// first; only then do new models fold into `_OTHER`.
 ///
 /// **Censored samples.** An attempt given up before its first token (a hedge lost, the
-/// caller left) is recorded at the time it was given up, a lower bound of its TTFT, and
-/// counted once, in [`Stats::censored`]. The quantiles read the lower bound as if it were
-/// the sample: an estimator biased low for the tail, but never blind to it the way
-/// dropping the attempt would be (Kaplan–Meier would need the at-risk set per value; a
-/// sketch of two digits has no room for it).
+/// caller left) says only that its TTFT was at least the time it ran. It is counted once,
+/// in [`Stats::censored`], and kept out of the TTFT quantiles, which are of attempts that
+/// reached their first token: a lower bound read as a sample would drag a quantile toward
+/// the hedge delay that cut it (mixing exact and censored values needs an estimator such
+/// as Kaplan–Meier, which wants the at-risk set per value that a two-digit sketch does not
+/// keep). Attempts that ran out of time are in the timeout rate; so the tail is seen
+/// three ways: quantiles of what committed, the timeout rate, the censored count.
 ///
 /// ```
 /// use std::time::Duration;
@@ -425,7 +427,9 @@ impl LatencyStore {
             };
             let mut w = entry.windows.lock().unwrap_or_else(|e| e.into_inner());
             self.rotate(&mut w, now);
-            if let Some(t) = ttft {
+            // A censored sample is a lower bound, not a TTFT: counted apart, kept out of
+            // the quantiles.
+            if let Some(t) = ttft.filter(|_| outcome != Outcome::Censored) {
                 let v = ((t.as_secs_f64() * 1e6 / TTFT_UNIT_US) as u64).clamp(1, TTFT_MAX);
                 w.current.ttft.saturating_record(v);
             }
@@ -490,9 +494,10 @@ impl LatencyStore {
         (s.ttft_samples >= self.inner.min_samples.max(1)).then(|| s.ttft_quantile(q))
     }
 
-    /// Every provider seen for `model`, with its stats.
+    /// Every provider seen for `model`, with its stats, by name (a stable order: what is
+    /// decided from it must not depend on a hash map's).
     pub fn providers(&self, model: &str) -> Vec<(String, Stats)> {
-        let names: Vec<Arc<str>> = self
+        let mut names: Vec<Arc<str>> = self
             .inner
             .entries
             .read()
@@ -500,6 +505,7 @@ impl LatencyStore {
             .get(model)
             .map(|m| m.providers.keys().cloned().collect())
             .unwrap_or_default();
+        names.sort();
         names
             .into_iter()
             .filter_map(|p| Some((p.to_string(), self.stats(model, Some(&p))?)))

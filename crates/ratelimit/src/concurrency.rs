@@ -103,10 +103,12 @@ impl Concurrency {
             }
             if slot.waiters.len() >= self.max_waiters {
                 metrics::counter!("llm_ratelimit_shed_total").increment(1);
-                return Err(LlmError::rate_limited(Duration::from_secs(1)).with_message(format!(
-                    "concurrency limit of {} reached for {key} and {} calls already wait",
-                    self.max, self.max_waiters
-                )));
+                return Err(
+                    LlmError::rate_limited(Duration::from_secs(1)).with_message(format!(
+                        "concurrency limit of {} reached for {key} and {} calls already wait",
+                        self.max, self.max_waiters
+                    )),
+                );
             }
             *seq += 1;
             let id = (Reverse(priority.0), *seq);

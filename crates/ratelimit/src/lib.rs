@@ -650,8 +650,8 @@ impl Reservation {
             .or(self.usage)
             .unwrap_or(self.prompt.saturating_add(self.delivered))
             .min(bound);
-        let units = i64::try_from(i128::from(self.reserved) - i128::from(actual))
-            .unwrap_or(i64::MIN);
+        let units =
+            i64::try_from(i128::from(self.reserved) - i128::from(actual)).unwrap_or(i64::MIN);
         if let Some((limit, _)) = &self.shared.tokens {
             self.shared
                 .store

@@ -87,6 +87,8 @@ fn plan_retry(
         return None;
     }
     let wait = match error.retry_after() {
+        // The throttle concerned one provider and another is free: go now.
+        _ if error.retry_elsewhere() => Duration::ZERO,
         // Never earlier than the upstream asked; longer than we accept: give up.
         Some(after) if after > shared.max_retry_after => {
             metrics::counter!("llm_retry_gave_up_total", "reason" => "retry_after_too_long")

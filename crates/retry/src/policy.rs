@@ -35,10 +35,11 @@ where
 /// `provider.ignore`, unless that would leave the request's `only` list empty.
 ///
 /// **Throttled is not broken**: a throttle (a provider's `429`, or the breaker's fast
-/// `RateLimited` when every known provider is held) has its own allowance
-/// ([`max_throttled`](DefaultPolicy::max_throttled), default 6) on top of `max_retries`, is
-/// not charged to the budget, and moves to another provider; when the breaker says every
-/// provider is held, the providers this policy avoided are given back for the next attempt.
+/// `RateLimited` when every known provider is held) has its own allowance on top of
+/// `max_retries` ([`max_throttled`](DefaultPolicy::max_throttled), default 6, for throttles
+/// that move at once to a free provider and again for those that wait), is not charged to
+/// the budget; when the breaker says every provider is held, the providers this policy
+/// avoided are given back for the next attempt.
 ///
 /// ```
 /// use llm_layers_core::{ChatRequest, LlmError, Message};
@@ -87,7 +88,8 @@ impl DefaultPolicy {
         self
     }
 
-    /// Retries after throttles, counted apart from `max_retries` (default 6).
+    /// Retries after throttles, counted apart from `max_retries` (default 6): this many
+    /// that move to a free provider, and this many that wait for a hold to end.
     pub fn max_throttled(mut self, n: u32) -> Self {
         self.max_throttled = n;
         self
@@ -117,10 +119,15 @@ impl DefaultPolicy {
 #[derive(Debug, Clone, Default)]
 struct Avoided(Vec<String>);
 
-/// A request extension: retries spent on throttles (the rest of `attempt` is failures).
+/// A request extension: retries spent on throttles, and on 404s our own avoidance caused
+/// (neither counts toward `max_retries`; the rest of `attempt` is failures).
 #[derive(Debug, Clone, Copy, Default)]
 struct Spent {
+    /// Throttles that made the call wait (no other provider was free).
     throttled: u32,
+    /// Throttles that moved the call at once to another provider.
+    moved: u32,
+    ours: u32,
 }
 
 /// Takes back the slugs this policy added to `provider.ignore`.
@@ -144,23 +151,37 @@ impl Policy for DefaultPolicy {
         // A 404 right after we avoided providers means we left the model none ("no
         // endpoints"): give them back and retry rather than surface an error we caused
         // (once per set avoided, so this cannot loop).
+        let mut spent = req.extensions().get::<Spent>().copied().unwrap_or_default();
         if error.status_code().map(|s| s.as_u16()) == Some(404) && give_back(req) {
+            spent.ours += 1;
+            req.extensions_mut().insert(spent);
             return true;
         }
         let throttle = self.is_throttle(error);
-        let mut spent = req.extensions().get::<Spent>().copied().unwrap_or_default();
-        if throttle {
+        // A throttle that moves to a free provider and one that waits are counted apart:
+        // moving costs the upstream nothing it asked us not to spend.
+        let moves = throttle && error.retry_elsewhere();
+        if moves {
+            if spent.moved >= self.max_throttled {
+                return false;
+            }
+        } else if throttle {
             if spent.throttled >= self.max_throttled {
                 return false;
             }
-        } else if attempt.saturating_sub(spent.throttled) > self.max_retries {
+        } else if attempt.saturating_sub(spent.throttled + spent.moved + spent.ours)
+            > self.max_retries
+        {
             return false;
         }
         let class = self.classify.classify(error);
         if !class.retriable {
             return false;
         }
-        if throttle {
+        if moves {
+            spent.moved += 1;
+            req.extensions_mut().insert(spent);
+        } else if throttle {
             spent.throttled += 1;
             req.extensions_mut().insert(spent);
         }

@@ -122,6 +122,25 @@ impl RouterLayer {
     pub fn route(&self, req: &mut ChatRequest) -> Result<Route, LlmError> {
         self.shared.route(req, Instant::now())
     }
+
+    /// The provider order learned for `model` as of now (slugs, fastest measured first);
+    /// empty while nothing is measured or when learning is off. A hedge policy reads it to
+    /// send its hedge to a measured provider even when the original left routing to the
+    /// upstream (a call that started before anything was learned).
+    ///
+    /// ```
+    /// use llm_layers_latency::LatencyStore;
+    /// use llm_layers_router::RouterLayer;
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+    /// let router = RouterLayer::builder(LatencyStore::new()).build().unwrap();
+    /// assert!(router.learned_order("openai/gpt-4o").is_empty(), "nothing measured yet");
+    /// # });
+    /// ```
+    pub fn learned_order(&self, model: &str) -> Arc<[String]> {
+        self.shared
+            .order
+            .current(&self.shared.store, model, Instant::now())
+    }
 }
 
 impl<S> Layer<S> for RouterLayer {

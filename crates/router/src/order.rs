@@ -125,6 +125,15 @@ impl LearnedOrder {
         }
     }
 
+    /// The learned order of `model` now (slugs, fastest first); empty when learning is off
+    /// or nothing is measured yet.
+    pub(crate) fn current(&self, store: &LatencyStore, model: &str, now: Instant) -> Arc<[String]> {
+        if !self.cfg.enabled {
+            return Arc::from(Vec::new());
+        }
+        self.learned(store, model, now).order
+    }
+
     /// Sets `provider.order` on `req` (unless the caller routes it itself) and says what
     /// it did.
     pub(crate) fn apply(

@@ -33,7 +33,8 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Whole-call limit (`--total-timeout-ms`; 300 s; 0 off).
     pub total_timeout: Option<Duration>,
-    /// Retries per call before the first token (`--max-retries`; 2; 0 off).
+    /// Retries per call before the first token (`--max-retries`; 3; 0 off; throttles have
+    /// their own allowance of 6 on top, unless this is 0).
     pub max_retries: u32,
     /// Connect timeout of the upstream connector (`--connect-timeout-ms`; 5 s).
     pub connect_timeout: Duration,
@@ -62,6 +63,9 @@ pub struct Config {
     /// `UPSTREAM_H2C`; off): every call shares one connection. Over `https://` (OpenRouter)
     /// HTTP/2 is negotiated by ALPN either way.
     pub upstream_h2c: bool,
+    /// Seeds the jitter of retries and breakers, for reproducible runs (none: from the
+    /// clock). Tests and benchmarks set it.
+    pub seed: Option<u64>,
 }
 
 impl Default for Config {
@@ -79,7 +83,7 @@ impl Default for Config {
             first_token_timeout: Some(Duration::from_secs(30)),
             idle_timeout: Some(Duration::from_secs(30)),
             total_timeout: Some(Duration::from_secs(300)),
-            max_retries: 2,
+            max_retries: 3,
             connect_timeout: Duration::from_secs(5),
             hedge_quantile: 0.95,
             hedge_budget: 0.05,
@@ -89,6 +93,7 @@ impl Default for Config {
             tokens_per_minute: 0,
             router: llm_layers_router::RouterConfig::default(),
             upstream_h2c: false,
+            seed: None,
         }
     }
 }
@@ -118,6 +123,7 @@ impl std::fmt::Debug for Config {
             .field("tokens_per_minute", &self.tokens_per_minute)
             .field("router", &self.router)
             .field("upstream_h2c", &self.upstream_h2c)
+            .field("seed", &self.seed)
             .finish()
     }
 }

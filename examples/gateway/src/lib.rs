@@ -106,12 +106,40 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let store = LatencyStore::new();
+    // Quantiles from 10 samples: a p95 read that early is rough, but a hedge or an order
+    // from it beats the cold guess by far (the first ten calls of a model arrive within
+    // its first p50).
+    let store = LatencyStore::builder().min_samples(10).build()?;
     let mut router = RouterLayer::builder(store.clone()).config(config.router.clone());
     if let Some(models) = catalog {
         router = router.catalog(models);
     }
     let router = router.build()?;
+    // A hedge goes to a measured provider other than the one the original was sent to
+    // first: the request's order rotated by one per hedge, or (for a call that started
+    // before anything was learned) the order learned since.
+    let hedge_router = router.clone();
+    let hedge_policy = move |original: &ChatRequest, n: u32| {
+        let mut r = original.clone();
+        let own =
+            r.body().provider.as_ref().is_some_and(|p| {
+                p.sort.is_some() || p.order.as_ref().is_some_and(|o| !o.is_empty())
+            });
+        let mut order: Vec<String> = match r.body().provider.as_ref().and_then(|p| p.order.clone())
+        {
+            Some(o) if !o.is_empty() => o,
+            _ if own => return Some(r),
+            _ => hedge_router.learned_order(r.model()).to_vec(),
+        };
+        let allows = |s: &str| r.body().provider.as_ref().is_none_or(|p| p.allows(s));
+        order.retain(|s| allows(s));
+        if !order.is_empty() {
+            let k = n as usize % order.len();
+            order.rotate_left(k);
+            r.body_mut().provider_mut().order = Some(order);
+        }
+        Some(r)
+    };
     let overall = TimeoutLayer::builder()
         .limits(Timeouts {
             total: config.total_timeout,
@@ -125,7 +153,11 @@ where
             total: None,
         })
         .build()?;
-    let retry = RetryLayer::builder()
+    let mut retry = RetryLayer::builder();
+    if let Some(seed) = config.seed {
+        retry = retry.seed(seed);
+    }
+    let retry = retry
         .policy(
             // `--max-retries 0` turns every retry off, throttles included.
             DefaultPolicy::new(config.max_retries).max_throttled(if config.max_retries == 0 {
@@ -143,13 +175,18 @@ where
                     quantile: config.hedge_quantile,
                     min: Duration::from_millis(100),
                     max: Duration::from_secs(30),
-                    cold: Duration::from_secs(2),
+                    // A model not measured yet: about OpenRouter's typical median.
+                    cold: Duration::from_secs(1),
                 })
-                .budget(Duration::from_secs(10), 1, config.hedge_budget as f32)
+                .policy(hedge_policy)
+                .budget(Duration::from_secs(10), 3, config.hedge_budget as f32)
+                // A second hedge only replaces one that failed while the original waits.
+                .max_attempts(3)
                 .build()
         })
         .transpose()?;
     let breaker = BreakerLayer::builder()
+        .seed(config.seed.unwrap_or(0))
         .slow_call(SlowCall::P50Multiple {
             store: store.clone(),
             factor: config.slow_call_factor,
