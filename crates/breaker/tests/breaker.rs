@@ -396,3 +396,230 @@ fn outage_without_hang() -> llm_layers_mock::Scenario {
     s.providers.retain(|p| p.slug != "stuck");
     s
 }
+
+fn throttled(provider: &str, after: Duration) -> Script {
+    Script::error(
+        LlmError::status(StatusCode::TOO_MANY_REQUESTS, None)
+            .with_provider(provider)
+            .with_retry_after(after),
+    )
+}
+
+/// Throttled is not broken: a 429 holds its provider for its Retry-After, never trips it,
+/// says "retry elsewhere" while another provider is free, and fails fast with 429 and the
+/// shortest hold when all are held.
+#[tokio::test(start_paused = true)]
+async fn a_429_holds_its_provider_and_never_trips_it() {
+    let mock = MockChat::new();
+    let b = layer();
+    let svc = b.layer(mock.clone());
+    mock.push(ok("Alpha"));
+    mock.push(ok("Beta"));
+    run(&svc).await.unwrap();
+    run(&svc).await.unwrap();
+    // Ten 429s from Alpha in a row: held, never open.
+    for _ in 0..10 {
+        mock.push(throttled("Alpha", S(2)));
+        let e = run(&svc).await.unwrap_err();
+        assert!(e.retry_elsewhere(), "Beta is free: {e}");
+    }
+    assert!(
+        b.snapshot().iter().all(|i| i.state == State::Closed),
+        "{:?}",
+        b.snapshot()
+    );
+    // The next call stays away from Alpha while it is held.
+    mock.push(ok("Beta"));
+    run(&svc).await.unwrap();
+    assert_eq!(ignored(mock.requests().last().unwrap()), ["alpha"]);
+    // Beta is throttled too: nothing is free, the call fails fast with the shortest wait.
+    mock.push(throttled("Beta", S(5)));
+    let e = run(&svc).await.unwrap_err();
+    assert!(!e.retry_elsewhere());
+    let calls = mock.calls();
+    let e = run(&svc).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RateLimited);
+    let wait = e.retry_after().unwrap();
+    assert!(
+        wait > Duration::from_millis(1500) && wait <= S(2),
+        "{wait:?}"
+    );
+    assert!(e.to_string().contains("alpha throttled"), "{e}");
+    assert_eq!(mock.calls(), calls, "never asks the upstream for nothing");
+    // After the shortest hold, Alpha takes calls again.
+    tokio::time::advance(wait).await;
+    mock.push(ok("Alpha"));
+    run(&svc).await.unwrap();
+    assert_eq!(ignored(mock.requests().last().unwrap()), ["beta"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hold_is_capped_whatever_the_retry_after() {
+    let mock = MockChat::new();
+    let b = BreakerLayer::builder().hold(S(1), S(60)).build().unwrap();
+    let svc = b.layer(mock.clone());
+    mock.push(ok("Alpha"));
+    run(&svc).await.unwrap();
+    mock.push(ok("Beta"));
+    run(&svc).await.unwrap();
+    mock.push(throttled("Alpha", Duration::from_secs(u64::MAX / 4)));
+    assert!(run(&svc).await.is_err());
+    let alpha = b
+        .snapshot()
+        .into_iter()
+        .find(|i| i.provider.as_deref() == Some("alpha"))
+        .unwrap();
+    assert_eq!(alpha.held_until.unwrap() - Instant::now(), S(60));
+    // No Retry-After at all: the default hold.
+    mock.push(Script::error(
+        LlmError::status(StatusCode::TOO_MANY_REQUESTS, None).with_provider("Beta"),
+    ));
+    assert!(run(&svc).await.is_err());
+    let beta = b
+        .snapshot()
+        .into_iter()
+        .find(|i| i.provider.as_deref() == Some("beta"))
+        .unwrap();
+    assert_eq!(beta.held_until.unwrap() - Instant::now(), S(1));
+}
+
+/// An upstream 404 "no endpoints" caused by the ignore list the breaker sent is not the
+/// caller's `not_found`: it is the fast error the ignore list stood for.
+#[tokio::test(start_paused = true)]
+async fn a_404_our_ignore_list_caused_becomes_circuit_open() {
+    let mock = MockChat::new();
+    let b = layer();
+    let svc = b.layer(mock.clone());
+    mock.push(ok("Good"));
+    run(&svc).await.unwrap();
+    for _ in 0..3 {
+        mock.push(fail("Bad"));
+        assert!(run(&svc).await.is_err());
+    }
+    // The upstream has only "bad" for this request: ignoring it leaves nothing.
+    let mut api = llm_layers_core::ApiError::default();
+    api.availability_code = Some("no_endpoints".into());
+    mock.push(Script::error(LlmError::status(
+        StatusCode::NOT_FOUND,
+        Some(api),
+    )));
+    let e = run(&svc).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    assert_eq!(e.open_providers(), ["bad"]);
+    // A 404 for a model that does not exist is still the caller's.
+    let mut api = llm_layers_core::ApiError::default();
+    api.availability_code = Some("model_not_found".into());
+    mock.push(Script::error(LlmError::status(
+        StatusCode::NOT_FOUND,
+        Some(api),
+    )));
+    let e = run(&svc).await.unwrap_err();
+    assert_eq!(e.status_code(), Some(StatusCode::NOT_FOUND));
+}
+
+/// Under sustained concurrency (far more calls in flight than the window) a provider that
+/// fails at once still trips: the calls in flight cannot outweigh every record.
+#[tokio::test(start_paused = true)]
+async fn trips_under_sustained_load() {
+    let mock = MockChat::new();
+    let b = BreakerLayer::builder()
+        .failure_ratio(0.5, 20, 10)
+        .open_for(S(10), S(300), 0.0)
+        .build()
+        .unwrap();
+    let svc = b.layer(mock.clone());
+    // 200 slow successes from Good keep 200 calls in flight for 10 s ...
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        mock.push(Script::tokens(S(10), 1, Duration::ZERO).provider("Good"));
+        tasks.push(tokio::spawn(run_owned(svc.clone())));
+    }
+    tokio::task::yield_now().await;
+    // ... while Bad answers 502 at once, call after call.
+    for _ in 0..40 {
+        mock.push(fail("Bad"));
+        let _ = run(&svc).await;
+    }
+    assert!(
+        b.snapshot()
+            .iter()
+            .any(|i| i.provider.as_deref() == Some("bad") && matches!(i.state, State::Open { .. })),
+        "{:?}",
+        b.snapshot()
+    );
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// First-token timeouts of a provider nobody can name (hung calls time out together) do not
+/// open the model as a whole while other calls succeed.
+#[tokio::test(start_paused = true)]
+async fn unnamed_first_token_timeouts_do_not_open_the_model() {
+    let mock = MockChat::new();
+    let b = layer();
+    let svc = b.layer(mock.clone());
+    mock.push(ok("Good"));
+    run(&svc).await.unwrap();
+    for _ in 0..30 {
+        mock.push(Script::error(LlmError::timeout(
+            llm_layers_core::TimeoutKind::FirstToken,
+        )));
+        let _ = run(&svc).await;
+    }
+    mock.push(ok("Good"));
+    run(&svc).await.unwrap();
+    assert!(
+        b.snapshot().iter().all(|i| i.state == State::Closed),
+        "{:?}",
+        b.snapshot()
+    );
+}
+
+/// A probe slot taken in one half-open period cannot be given back into the next one.
+#[tokio::test(start_paused = true)]
+async fn a_probe_from_an_earlier_period_does_not_free_a_slot_of_the_next() {
+    let mock = MockChat::new();
+    let b = layer();
+    let svc = b.layer(mock.clone());
+    mock.push(ok("Good"));
+    run(&svc).await.unwrap();
+    for _ in 0..3 {
+        mock.push(fail("Bad"));
+        let _ = run(&svc).await;
+    }
+    tokio::time::advance(S(10)).await;
+    // Period 1: a probe to bad hangs (kept as a future); it holds the one slot.
+    let mut only_bad = req();
+    only_bad.body_mut().provider_mut().only = Some(vec!["bad".into()]);
+    mock.push(Script::new().hang());
+    let stale = svc.clone().oneshot(only_bad.clone());
+    let mut stale = Box::pin(stale);
+    assert!(still_pending(&mut stale).await);
+    // The probe's answer comes from another call: bad fails again, reopens (20 s), and
+    // half-opens into period 2 with a fresh slot.
+    mock.push(fail("Bad"));
+    let mut other = req();
+    other.body_mut().provider_mut().order = Some(vec!["bad".into()]);
+    let _ = svc.clone().oneshot(other).await;
+    tokio::time::advance(S(20)).await;
+    mock.push(Script::new().hang());
+    let current = Box::pin(svc.clone().oneshot(only_bad.clone()));
+    let mut current = current;
+    assert!(still_pending(&mut current).await);
+    // Dropping the stale probe must not free period 2's slot.
+    drop(stale);
+    let calls = mock.calls();
+    let e = svc.clone().oneshot(only_bad).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    assert_eq!(mock.calls(), calls);
+    drop(current);
+}
+
+/// Polls a future once: whether it is still pending.
+async fn still_pending<F: std::future::Future + Unpin>(f: &mut F) -> bool {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::pin::Pin::new(&mut *f).poll(cx).is_pending())
+    })
+    .await
+}

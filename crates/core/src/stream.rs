@@ -329,7 +329,12 @@ impl ChatStream {
         if acc.choices.is_empty() || acc.choices.iter().any(|c| c.finish_reason.is_none()) {
             return Err(LlmError::truncated()
                 .with_message("the answer ended without a finish_reason")
-                .with_provider_opt(acc.head.provider.clone()));
+                .with_provider_opt(
+                    acc.head
+                        .provider
+                        .clone()
+                        .or_else(|| self.meta().provider.clone()),
+                ));
         }
         Ok(acc.finish())
     }

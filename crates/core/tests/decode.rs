@@ -189,3 +189,86 @@ impl CollectItems for ChatStream {
         StreamExt::collect(self).await
     }
 }
+
+/// One upstream chunk must not be able to abort the process: a tool-call index far past the
+/// calls seen is a protocol error, not a 400 GB allocation.
+#[tokio::test]
+async fn a_huge_tool_call_index_is_a_protocol_error_not_an_abort() {
+    let s: &'static [u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":{\"name\":\"f\"}}]}}]}\n\n\
+        data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":4294967295,\"function\":{\"arguments\":\"x\"}}]}}]}\n\n\
+        data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n\
+        data: [DONE]\n\n";
+    let stream = ChatStream::commit(SseChatDecoder::new(body(vec![s])), ResponseMeta::default())
+        .await
+        .unwrap();
+    let err = stream.collect().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol(ProtocolKind::Json));
+    assert!(err.to_string().contains("4294967295"), "{err}");
+}
+
+#[tokio::test]
+async fn tool_calls_a_little_out_of_order_are_kept() {
+    let s: &'static [u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"b\",\"function\":{\"name\":\"g\",\"arguments\":\"{}\"}}]}}]}\n\n\
+        data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n\
+        data: [DONE]\n\n";
+    let stream = ChatStream::commit(SseChatDecoder::new(body(vec![s])), ResponseMeta::default())
+        .await
+        .unwrap();
+    let done = stream.collect().await.unwrap();
+    let calls = done.choices[0].message.tool_calls.as_ref().unwrap();
+    assert_eq!(
+        calls.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+}
+
+/// An OpenAI-compatible server's error object, then `[DONE]`: an error, never a 200 with a
+/// partial answer.
+#[tokio::test]
+async fn an_object_error_event_is_an_upstream_error() {
+    let s: &'static [u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n\
+        data: {\"object\":\"error\",\"message\":\"out of memory\",\"type\":\"internal\",\"code\":503}\n\n\
+        data: [DONE]\n\n";
+    let stream = ChatStream::commit(SseChatDecoder::new(body(vec![s])), ResponseMeta::default())
+        .await
+        .unwrap();
+    let err = stream.collect().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Upstream);
+    assert_eq!(err.message(), Some("out of memory"));
+    assert_eq!(err.status_code().map(|s| s.as_u16()), Some(503));
+}
+
+#[tokio::test]
+async fn an_event_without_a_chunk_shape_is_a_protocol_error() {
+    let s: &'static [u8] =
+        b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n\
+        data: {\"hello\":\"world\"}\n\n\
+        data: [DONE]\n\n";
+    let stream = ChatStream::commit(SseChatDecoder::new(body(vec![s])), ResponseMeta::default())
+        .await
+        .unwrap();
+    let err = stream.collect().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol(ProtocolKind::Json));
+    // `"choices": []` alone is still a chunk (OpenRouter's usage and debug chunks).
+    let ok: &'static [u8] = b"data: {\"choices\":[]}\n\n\
+        data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\n\
+        data: [DONE]\n\n";
+    let stream = ChatStream::commit(SseChatDecoder::new(body(vec![ok])), ResponseMeta::default())
+        .await
+        .unwrap();
+    assert!(stream.collect().await.is_ok());
+}
+
+/// `[DONE]` after an answer no choice finished is a cut answer: an error, not a whole one.
+#[tokio::test]
+async fn a_whole_answer_without_finish_reason_is_truncated() {
+    let s: &'static [u8] = b"data: {\"provider\":\"OpenAI\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n\
+        data: [DONE]\n\n";
+    let stream = ChatStream::commit(SseChatDecoder::new(body(vec![s])), ResponseMeta::default())
+        .await
+        .unwrap();
+    let err = stream.collect().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Truncated);
+    assert_eq!(err.provider(), Some("OpenAI"));
+    assert!(err.is_retriable());
+}

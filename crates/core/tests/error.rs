@@ -151,3 +151,43 @@ fn display_and_debug_name_the_kind() {
         "timeout_idle"
     );
 }
+
+/// An error event carries the upstream's code: a 400 in the stream is the caller's, and
+/// `availability.retryable` decides when the upstream says.
+#[test]
+fn in_stream_errors_are_classified_by_their_code() {
+    let api = |code: i64| ApiError {
+        code: Some(llm_layers_core::ErrorCode::Number(code)),
+        ..ApiError::default()
+    };
+    let bad = LlmError::upstream(api(400));
+    assert_eq!(DefaultClassify.classify(&bad), ErrorClass::CALLER);
+    let busy = LlmError::upstream(api(502));
+    assert_eq!(DefaultClassify.classify(&busy), ErrorClass::TRANSIENT);
+    let throttled = LlmError::upstream(api(429));
+    assert_eq!(DefaultClassify.classify(&throttled), ErrorClass::THROTTLED);
+    let mut final_one = api(503);
+    final_one.retryable = Some(false);
+    assert!(!LlmError::upstream(final_one).is_retriable());
+    // No code: the provider's, and worth another attempt.
+    assert_eq!(
+        DefaultClassify.classify(&LlmError::upstream(ApiError::default())),
+        ErrorClass::TRANSIENT
+    );
+}
+
+/// Throttled is not broken; a limit on our own key is neither.
+#[test]
+fn throttles_and_key_limits_are_their_own_classes() {
+    let provider_429 = status(429).with_provider("Alpha");
+    let c = DefaultClassify.classify(&provider_429);
+    assert!(c.throttled && c.retriable && !c.provider_failure);
+    let key_429 = status(429).with_key_limited();
+    assert_eq!(DefaultClassify.classify(&key_429), ErrorClass::CALLER);
+    let body = br#"{"error":{"code":503,"message":"busy","availability":{"code":"capacity_exhausted","retryable":true}}}"#;
+    let capacity = LlmError::status(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::from_body(body),
+    );
+    assert_eq!(DefaultClassify.classify(&capacity), ErrorClass::THROTTLED);
+}

@@ -289,3 +289,173 @@ async fn next_candidate_races_the_tiers_next_model() {
     svc.oneshot(req()).await.unwrap();
     assert_eq!(mock.requests()[3].model(), "m");
 }
+
+/// While a model is cold the call looks at the store again as it waits, and what it learns
+/// may postpone the hedge, never bring it forward (the first samples are the fast ones); with
+/// few samples the slowest seen is the delay.
+#[tokio::test(start_paused = true)]
+async fn a_cold_call_postpones_its_hedge_when_the_model_proves_slow() {
+    let store = LatencyStore::builder().min_samples(2).build().unwrap();
+    let delay = HedgeDelay::Quantile {
+        store: store.clone(),
+        quantile: 0.5,
+        min: Duration::from_millis(10),
+        max: S(30),
+        cold: S(1),
+    };
+    let mock = MockChat::new();
+    mock.push(answer("A", S(4), &["a"]));
+    mock.push(answer("B", Duration::from_millis(10), &["b"]));
+    let svc = HedgeLayer::builder()
+        .delay(delay.clone())
+        .budget(S(10), 100, 1.0)
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let call = tokio::spawn(svc.oneshot(req()));
+    // At 0.5 s the store learns the model commits in 3 s (slowest seen): the cold 1 s hedge
+    // is postponed to 3 s.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..2 {
+        store.record(("m", Some("A")), Some(S(3)), None, Outcome::Ok);
+    }
+    let start = Instant::now() - Duration::from_millis(500);
+    let s = call.await.unwrap().unwrap();
+    assert_eq!(s.meta().hedge_winner, Some(1));
+    let took = Instant::now() - start;
+    assert!(
+        took >= Duration::from_millis(3010) && took <= Duration::from_millis(3020),
+        "{took:?}"
+    );
+    // A fast sample on a cold call does not bring its hedge forward.
+    let store = LatencyStore::builder().min_samples(2).build().unwrap();
+    let delay = HedgeDelay::Quantile {
+        store: store.clone(),
+        quantile: 0.5,
+        min: Duration::from_millis(10),
+        max: S(30),
+        cold: S(1),
+    };
+    let mock = MockChat::new();
+    mock.push(answer("A", Duration::from_millis(900), &["a"]));
+    mock.push(answer("B", Duration::from_millis(10), &["b"]));
+    let svc = HedgeLayer::builder()
+        .delay(delay)
+        .budget(S(10), 100, 1.0)
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let call = tokio::spawn(svc.oneshot(req()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..2 {
+        store.record(
+            ("m", Some("A")),
+            Some(Duration::from_millis(50)),
+            None,
+            Outcome::Ok,
+        );
+    }
+    let s = call.await.unwrap().unwrap();
+    assert_eq!(s.meta().hedge_winner, None, "no hedge before the cold 1 s");
+    assert_eq!(mock.calls(), 1);
+}
+
+/// A hedge that fails while the original still waits is replaced at once (within
+/// `max_attempts`), so a hung original is not waited out.
+#[tokio::test(start_paused = true)]
+async fn a_failed_hedge_is_replaced_at_once() {
+    let mock = MockChat::new();
+    mock.push(Script::new().hang());
+    mock.push(Script::error(
+        LlmError::status(StatusCode::BAD_GATEWAY, None).with_provider("Down"),
+    ));
+    mock.push(answer("Good", Duration::from_millis(100), &["ok"]));
+    let svc = HedgeLayer::builder()
+        .delay(HedgeDelay::Fixed(S(1)))
+        .budget(S(10), 100, 1.0)
+        .max_attempts(3)
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let start = Instant::now();
+    let s = svc.oneshot(req()).await.unwrap();
+    assert_eq!(s.meta().hedge_winner, Some(2));
+    assert_eq!(Instant::now() - start, Duration::from_millis(1100));
+}
+
+/// A service that is ready only while its gate is open (shared by clones).
+#[derive(Clone)]
+struct Gated {
+    inner: MockChat,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    waker: std::sync::Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+}
+
+impl Gated {
+    fn set(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::SeqCst);
+        if let Some(w) = self.waker.lock().unwrap().take() {
+            w.wake();
+        }
+    }
+}
+
+impl tower::Service<ChatRequest> for Gated {
+    type Response = llm_layers_core::ChatStream;
+    type Error = LlmError;
+    type Future = <MockChat as tower::Service<ChatRequest>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), LlmError>> {
+        if self.open.load(std::sync::atomic::Ordering::SeqCst) {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        }
+    }
+
+    fn call(&mut self, req: ChatRequest) -> Self::Future {
+        self.inner.call(req)
+    }
+}
+
+/// The budget is drawn when a hedge is sent, not when its delay fires: a race won while the
+/// service was getting ready for the hedge costs nothing.
+#[tokio::test(start_paused = true)]
+async fn the_budget_is_drawn_when_a_hedge_is_sent() {
+    let mock = MockChat::new();
+    let gated = Gated {
+        inner: mock.clone(),
+        open: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        waker: Default::default(),
+    };
+    let svc = HedgeLayer::builder()
+        .delay(HedgeDelay::Fixed(S(1)))
+        // Two hedges per 2 s, nothing more.
+        .budget(S(2), 1, 0.0)
+        .build()
+        .unwrap()
+        .layer(gated.clone());
+    // Two calls whose hedges fire at 1 s while the service is not ready; the originals
+    // commit at 1.5 s: the races are won before the hedges went out.
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        mock.push(answer("A", Duration::from_millis(1500), &["a"]));
+        first.push(tokio::spawn(svc.clone().oneshot(req())));
+    }
+    tokio::task::yield_now().await;
+    gated.set(false);
+    for f in first {
+        assert_eq!(f.await.unwrap().unwrap().meta().hedge_winner, None);
+    }
+    assert_eq!(mock.calls(), 2);
+    gated.set(true);
+    // The second needs its hedge: the reserve is still there.
+    mock.push(answer("A", S(10), &["a"]));
+    mock.push(answer("B", Duration::from_millis(10), &["b"]));
+    let s = svc.clone().oneshot(req()).await.unwrap();
+    assert_eq!(s.meta().hedge_winner, Some(1));
+}

@@ -383,3 +383,134 @@ async fn repeated_label_sets_reuse_their_series_and_new_ones_get_their_own() {
         other => panic!("{other:?}"),
     }
 }
+
+/// An attempt dropped before its first token (a hedge lost, the caller left) is seen: a
+/// censored sample, counted once, kept out of the quantiles and the rates.
+#[tokio::test(start_paused = true)]
+async fn an_attempt_dropped_before_its_first_token_is_a_censored_sample() {
+    let store = LatencyStore::builder().min_samples(1).build().unwrap();
+    store.admit(["m"]);
+    let mock = MockChat::with_default(Script::new().provider("Slow").hang());
+    let svc = LatencyLayer::builder()
+        .store(store.clone())
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let cut = tokio::time::timeout(Duration::from_secs(3), svc.clone().oneshot(req("m"))).await;
+    assert!(cut.is_err(), "the attempt never committed");
+    let s = store.stats("m", None).unwrap();
+    assert_eq!((s.censored, s.ttft_samples, s.calls), (1, 0, 0));
+    assert_eq!(mock.cancelled(), 1);
+}
+
+/// The caller's own errors (400, 402, 413 ...) and throttles say nothing about the
+/// provider's health: they do not count against it.
+#[tokio::test(start_paused = true)]
+async fn caller_errors_and_throttles_do_not_count_against_the_provider() {
+    use http::StatusCode;
+    let store = LatencyStore::builder().min_samples(1).build().unwrap();
+    let mock = MockChat::new();
+    let svc = LatencyLayer::builder()
+        .store(store.clone())
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    mock.push(Script::tokens(Duration::from_millis(100), 1, Duration::ZERO).provider("A"));
+    svc.clone()
+        .oneshot(req("m"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    for code in [400, 402, 413, 429] {
+        mock.push(Script::error(
+            LlmError::status(StatusCode::from_u16(code).unwrap(), None).with_provider("A"),
+        ));
+        let _ = svc.clone().oneshot(req("m")).await;
+    }
+    mock.push(Script::error(
+        LlmError::status(StatusCode::BAD_GATEWAY, None).with_provider("A"),
+    ));
+    let _ = svc.clone().oneshot(req("m")).await;
+    let s = store.stats("m", Some("A")).unwrap();
+    assert_eq!(s.calls, 2, "the success and the 502");
+    assert_eq!(s.error_rate, 0.5);
+}
+
+/// Junk model names that only ever fail take no room: a model gets keys at its first
+/// success (or when admitted), so the real ones are never folded into `_OTHER`.
+#[tokio::test(start_paused = true)]
+async fn junk_model_names_do_not_fill_the_store() {
+    use http::StatusCode;
+    let store = LatencyStore::builder()
+        .max_keys(8)
+        .min_samples(1)
+        .build()
+        .unwrap();
+    let mock = MockChat::with_default(Script::error(LlmError::status(
+        StatusCode::BAD_REQUEST,
+        None,
+    )));
+    let svc = LatencyLayer::builder()
+        .store(store.clone())
+        .max_models(4)
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    for i in 0..100 {
+        let _ = svc.clone().oneshot(req(&format!("junk/{i}"))).await;
+    }
+    assert_eq!(store.keys(), 0);
+    // A real model, past the metric label cap, is still measured under its own name.
+    mock.push(Script::tokens(Duration::from_millis(100), 1, Duration::ZERO).provider("A"));
+    svc.clone()
+        .oneshot(req("real/model"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        store.stats("real/model", Some("A")).unwrap().ttft_samples,
+        1
+    );
+    assert!(store.stats(llm_layers_latency::OTHER, None).is_none());
+}
+
+/// Keys idle for a whole window make room before new models fold into `_OTHER`.
+#[tokio::test(start_paused = true)]
+async fn idle_keys_are_evicted_before_folding() {
+    let store = LatencyStore::builder()
+        .max_keys(4)
+        .window(Duration::from_secs(10))
+        .min_samples(1)
+        .build()
+        .unwrap();
+    let ok = |m: &str| {
+        store.record(
+            (m, Some("P")),
+            Some(Duration::from_millis(5)),
+            None,
+            Outcome::Ok,
+        )
+    };
+    ok("a");
+    tokio::time::advance(Duration::from_secs(30)).await;
+    ok("b");
+    assert!(store.stats("b", Some("P")).is_some(), "b got a's room");
+    assert!(store.stats("a", None).is_none());
+}
+
+#[test]
+fn quantiles_below_the_median_are_the_median_not_a_line_from_zero() {
+    let s = llm_layers_latency::Stats {
+        ttft_p50: Duration::from_secs(1),
+        ttft_p90: Duration::from_secs(2),
+        ttft_p95: Duration::from_secs(3),
+        ttft_p99: Duration::from_secs(4),
+        ..Default::default()
+    };
+    assert_eq!(s.ttft_quantile(0.3), Duration::from_secs(1));
+    assert_eq!(s.ttft_quantile(0.7), Duration::from_millis(1500));
+}

@@ -139,7 +139,7 @@ impl Script {
             usage: Some(Usage {
                 prompt_tokens: prompt,
                 completion_tokens: completion,
-                total_tokens: prompt + completion,
+                total_tokens: prompt.saturating_add(completion),
                 ..Usage::default()
             }),
             ..ChatChunk::default()

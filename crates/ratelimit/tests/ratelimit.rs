@@ -286,3 +286,192 @@ fn bad_configuration_is_rejected() {
         assert_eq!(b.build().unwrap_err().kind(), ErrorKind::Config);
     }
 }
+
+/// A `Retry-After` from the upstream is input: the largest one must neither panic nor hold a
+/// key for longer than `max_hold`.
+#[tokio::test(start_paused = true)]
+async fn an_absurd_retry_after_neither_panics_nor_holds_past_the_cap() {
+    let mock = MockChat::new();
+    let svc = RateLimitLayer::builder()
+        .requests(Limit::new(1000, Duration::from_secs(1)).mode(Mode::Reject))
+        .max_hold(Duration::from_secs(60))
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    mock.push(Script::error(
+        LlmError::status(StatusCode::TOO_MANY_REQUESTS, None)
+            .with_key_limited()
+            .with_retry_after(Duration::from_secs(u64::MAX)),
+    ));
+    assert!(svc.clone().oneshot(req("m")).await.is_err());
+    let e = svc.clone().oneshot(req("m")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RateLimited);
+    assert!(e.retry_after().unwrap() <= Duration::from_secs(60), "{e}");
+    tokio::time::advance(Duration::from_secs(60)).await;
+    mock.push(Script::tokens(Duration::ZERO, 1, Duration::ZERO));
+    assert!(svc.clone().oneshot(req("m")).await.is_ok());
+}
+
+/// Limits of 2^32 and more are computed in the type they are validated in: no division by
+/// zero, no limit seven times stricter than asked.
+#[test]
+fn limits_of_two_to_the_32_and_more_are_exact() {
+    let store = MemoryStore::new(16);
+    let now = Instant::now();
+    let key = BucketKey {
+        limit: 0,
+        key: Arc::from("k"),
+    };
+    for amount in [4_294_967_296u64, 10_000_000_000] {
+        let rate = Rate {
+            amount,
+            period: Duration::from_secs(60),
+            burst: amount,
+        };
+        // A whole burst fits at once; one unit more does not.
+        assert!(store.take(&key, amount, &rate, now).is_ok(), "{amount}");
+        let wait = store.take(&key, 1, &rate, now).unwrap_err();
+        assert!(wait <= Duration::from_micros(1), "{amount}: {wait:?}");
+        store.settle(&key, i64::try_from(amount).unwrap(), &rate, now);
+    }
+    assert!(
+        RateLimitLayer::builder()
+            .tokens(Limit::new(4_294_967_296, Duration::from_secs(60)))
+            .build()
+            .is_ok()
+    );
+    // More than one unit per nanosecond is refused at build.
+    assert!(
+        RateLimitLayer::builder()
+            .tokens(Limit::new(u64::MAX, Duration::from_secs(1)))
+            .build()
+            .is_err()
+    );
+}
+
+/// Usage from the upstream is input too: an absurd count neither panics (debug) nor wraps
+/// into a refund (release), and a debit is bounded.
+#[tokio::test(start_paused = true)]
+async fn absurd_usage_saturates_and_is_bounded() {
+    let huge = Script::new()
+        .token("a")
+        .finish("stop")
+        .usage(u64::MAX, u64::MAX);
+    let mock = MockChat::with_default(huge);
+    let svc = RateLimitLayer::builder()
+        .tokens(
+            Limit::new(1000, Duration::from_secs(60))
+                .burst(1000)
+                .mode(Mode::Reject),
+        )
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let s = svc.clone().oneshot(req("m")).await.unwrap();
+    let _ = s.collect_all().await;
+    // In debt by at most one burst past the reservation: a minute or two, not years.
+    let e = svc.clone().oneshot(req("m")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RateLimited);
+    assert!(e.retry_after().unwrap() <= Duration::from_secs(180), "{e}");
+}
+
+/// A store that counts what is given back to request buckets.
+struct Refunds {
+    inner: MemoryStore,
+    refunded: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Store for Refunds {
+    fn take(&self, key: &BucketKey, cost: u64, rate: &Rate, now: Instant) -> Result<(), Duration> {
+        self.inner.take(key, cost, rate, now)
+    }
+    fn settle(&self, key: &BucketKey, units: i64, rate: &Rate, now: Instant) {
+        if key.limit == 0 {
+            self.refunded
+                .fetch_add(units, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.settle(key, units, rate, now);
+    }
+    fn hold(&self, key: &BucketKey, until: Instant) {
+        self.inner.hold(key, until);
+    }
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+}
+
+/// A call refused by a later limit gives back what earlier limits took.
+#[tokio::test(start_paused = true)]
+async fn a_rejected_call_refunds_the_request_units_it_took() {
+    let refunded = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let svc = RateLimitLayer::builder()
+        .requests(Limit::new(3, Duration::from_secs(60)).mode(Mode::Reject))
+        .tokens(
+            Limit::new(10, Duration::from_secs(60))
+                .burst(10)
+                .mode(Mode::Reject),
+        )
+        .store(Refunds {
+            inner: MemoryStore::new(64),
+            refunded: refunded.clone(),
+        })
+        .build()
+        .unwrap()
+        .layer(instant());
+    let mut big = req("m");
+    big.body_mut().max_tokens = Some(100_000);
+    // The first takes the whole token burst; the next two take a request unit each and are
+    // refused by the token limit: both units come back.
+    assert!(svc.clone().oneshot(big.clone()).await.is_ok());
+    for _ in 0..2 {
+        let e = svc.clone().oneshot(big.clone()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::RateLimited);
+        assert!(e.message().unwrap().contains("rate limit"), "{e}");
+    }
+    assert_eq!(
+        refunded.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one unit back per refused call"
+    );
+}
+
+/// The concurrency queue is bounded in length and in wait, and a refusal says when to come
+/// back.
+#[tokio::test(start_paused = true)]
+async fn the_concurrency_queue_has_a_bound_and_a_maximum_wait() {
+    let slow = MockChat::with_default(Script::new().hang());
+    let svc = RateLimitLayer::builder()
+        .concurrency(1, Key::global(), Priority(0))
+        .concurrency_queue(2, Duration::from_secs(5))
+        .build()
+        .unwrap()
+        .layer(slow.clone());
+    // One holds the slot (it never commits), two wait, the fourth is refused at once.
+    let mut running = Vec::new();
+    for _ in 0..3 {
+        let s = svc.clone();
+        running.push(tokio::spawn(async move { s.oneshot(req("m")).await }));
+    }
+    tokio::task::yield_now().await;
+    let e = svc.clone().oneshot(req("m")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RateLimited);
+    assert!(e.retry_after().is_some());
+    // The waiters give up after 5 s with a 429-shaped error, not forever.
+    let start = Instant::now();
+    let waited = running.pop().unwrap().await.unwrap().unwrap_err();
+    assert_eq!(waited.kind(), ErrorKind::RateLimited);
+    assert_eq!(Instant::now() - start, Duration::from_secs(5));
+    for r in running {
+        r.abort();
+    }
+}
+
+trait CollectAll {
+    async fn collect_all(self) -> Vec<Result<llm_layers_core::ChatChunk, LlmError>>;
+}
+
+impl CollectAll for llm_layers_core::ChatStream {
+    async fn collect_all(self) -> Vec<Result<llm_layers_core::ChatChunk, LlmError>> {
+        StreamExt::collect(self).await
+    }
+}

@@ -361,3 +361,81 @@ fn outage_without_hang() -> llm_layers_mock::Scenario {
     s.providers.retain(|p| p.slug != "stuck");
     s
 }
+
+/// A throttle that another provider can take is retried at once; one that cannot waits its
+/// Retry-After; neither is counted against `max_retries` nor charged to the budget.
+#[tokio::test(start_paused = true)]
+async fn throttles_move_at_once_or_wait_and_have_their_own_allowance() {
+    let mock = MockChat::new();
+    let svc = RetryLayer::builder()
+        .policy(DefaultPolicy::new(0))
+        .backoff(fixed(100))
+        // No budget beyond the reserve: a charged retry would be refused.
+        .budget(Duration::from_secs(1), 0, 0.0)
+        .seed(1)
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let busy = |elsewhere: bool| {
+        let e = status(429)
+            .with_provider("Alpha")
+            .with_retry_after(Duration::from_secs(2));
+        Script::error(if elsewhere {
+            e.with_retry_elsewhere()
+        } else {
+            e
+        })
+    };
+    mock.push(busy(true));
+    mock.push(busy(true));
+    mock.push(busy(false));
+    mock.push(ok());
+    let start = Instant::now();
+    svc.oneshot(req()).await.unwrap();
+    assert_eq!(mock.calls(), 4);
+    // Two moves at once, one wait of 2 s: no backoff, no budget, max_retries 0 untouched.
+    assert_eq!(Instant::now() - start, Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttles_stop_at_their_allowance() {
+    let mock = MockChat::with_default(Script::error(
+        status(429)
+            .with_provider("Alpha")
+            .with_retry_after(Duration::from_millis(10)),
+    ));
+    let svc = RetryLayer::builder()
+        .policy(DefaultPolicy::new(5).max_throttled(2))
+        .backoff(fixed(1))
+        .seed(1)
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let e = svc.oneshot(req()).await.unwrap_err();
+    assert_eq!(e.status_code(), Some(StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(mock.calls(), 3, "one call and two throttled retries");
+    // A 429 on our own key is said, not retried.
+    let mock = MockChat::with_default(Script::error(status(429).with_key_limited()));
+    let e = layer(3)
+        .layer(mock.clone())
+        .oneshot(req())
+        .await
+        .unwrap_err();
+    assert!(e.is_key_limited());
+    assert_eq!(mock.calls(), 1);
+}
+
+/// A whole answer whose stream ends without any finish reason is cut: retried like a
+/// failure before the first token, never returned.
+#[tokio::test(start_paused = true)]
+async fn a_whole_answer_without_finish_reason_is_retried() {
+    let mock = MockChat::new();
+    mock.push(Script::new().provider("Cut").token("a").token("b"));
+    mock.push(ok());
+    let mut r = req();
+    r.extensions_mut().insert(WholeAnswer);
+    let s = layer(2).layer(mock.clone()).oneshot(r).await.unwrap();
+    let done = s.collect().await.unwrap();
+    assert_eq!(done.choices[0].finish_reason.as_deref(), Some("stop"));
+    assert_eq!(mock.calls(), 2);
+}

@@ -870,3 +870,17 @@ fn flags_win_over_the_environment_and_bad_values_are_refused() {
         "HTTP/1.1 or ALPN by default"
     );
 }
+
+#[test]
+fn the_configuration_never_shows_the_api_key() {
+    let c = Config::from_args_env(Vec::new(), |k| {
+        (k == "OPENROUTER_API_KEY").then(|| "sk-or-v1-secret-value".to_owned())
+    })
+    .unwrap();
+    assert!(c.api_key.is_some());
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("secret-value"), "{debug}");
+    assert!(debug.contains("<redacted>"), "{debug}");
+    assert!(!c.describe().contains("secret-value"));
+    assert!(c.describe().contains("429 handling"));
+}
