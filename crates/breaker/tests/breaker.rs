@@ -497,8 +497,10 @@ async fn a_404_our_ignore_list_caused_becomes_circuit_open() {
         assert!(run(&svc).await.is_err());
     }
     // The upstream has only "bad" for this request: ignoring it leaves nothing.
-    let mut api = llm_layers_core::ApiError::default();
-    api.availability_code = Some("no_endpoints".into());
+    let api = llm_layers_core::ApiError {
+        availability_code: Some("no_endpoints".into()),
+        ..Default::default()
+    };
     mock.push(Script::error(LlmError::status(
         StatusCode::NOT_FOUND,
         Some(api),
@@ -507,8 +509,10 @@ async fn a_404_our_ignore_list_caused_becomes_circuit_open() {
     assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
     assert_eq!(e.open_providers(), ["bad"]);
     // A 404 for a model that does not exist is still the caller's.
-    let mut api = llm_layers_core::ApiError::default();
-    api.availability_code = Some("model_not_found".into());
+    let api = llm_layers_core::ApiError {
+        availability_code: Some("model_not_found".into()),
+        ..Default::default()
+    };
     mock.push(Script::error(LlmError::status(
         StatusCode::NOT_FOUND,
         Some(api),

@@ -32,6 +32,12 @@ pub struct Stats {
     pub error_rate: f64,
     /// Share of calls that timed out.
     pub timeout_rate: f64,
+    /// The longest gap between two output chunks of one stream, 99th percentile over the
+    /// streams that ended cleanly (zero when unknown): what a healthy stream of this key
+    /// may go quiet for, the base of an adaptive idle limit.
+    pub max_gap_p99: Duration,
+    /// Streams whose longest gap was recorded.
+    pub gap_samples: u64,
     /// Attempts given up before their first token (a hedge lost, the caller left) in the
     /// window: *censored* samples, whose TTFT is only known to exceed the time they ran;
     /// not in the quantiles.
@@ -112,6 +118,7 @@ fn hist(max: u64) -> Histogram<u32> {
 struct Half {
     ttft: Histogram<u32>,
     tps: Histogram<u32>,
+    gap: Histogram<u32>,
     ok: u64,
     errors: u64,
     timeouts: u64,
@@ -123,6 +130,7 @@ impl Half {
         Half {
             ttft: hist(TTFT_MAX),
             tps: hist(TPS_MAX),
+            gap: hist(TTFT_MAX),
             ok: 0,
             errors: 0,
             timeouts: 0,
@@ -133,6 +141,7 @@ impl Half {
     fn reset(&mut self) {
         self.ttft.reset();
         self.tps.reset();
+        self.gap.reset();
         self.ok = 0;
         self.errors = 0;
         self.timeouts = 0;
@@ -140,7 +149,7 @@ impl Half {
     }
 
     fn is_empty(&self) -> bool {
-        self.ttft.is_empty() && self.ok + self.errors + self.censored == 0
+        self.ttft.is_empty() && self.gap.is_empty() && self.ok + self.errors + self.censored == 0
     }
 }
 
@@ -193,7 +202,7 @@ fn count_keys(map: &HashMap<Arc<str>, ModelEntries>) -> usize {
 /// Recording takes one short lock per key; reading takes a read lock on a cached snapshot
 /// that is recomputed at most every 250 ms.
 ///
-/// Memory: about 20 KiB per key (four HDR histograms of 2 significant digits); keys are
+/// Memory: about 30 KiB per key (six HDR histograms of 2 significant digits); keys are
 /// capped (default 256). A model gets keys when it is [admitted](LatencyStore::admit) (the
 /// router admits its tiers' models) or at its first success: a stream of junk model names
 /// that only ever fail takes no room. When full, keys idle for a whole window are evicted
@@ -451,6 +460,43 @@ impl LatencyStore {
         }
     }
 
+    /// Records the longest gap between two output chunks of one stream that ended cleanly,
+    /// for `(model, provider)` and the model (keys are not created here).
+    pub fn record_max_gap(&self, (model, provider): (&str, Option<&str>), gap: Duration) {
+        let now = Instant::now();
+        let v = ((gap.as_secs_f64() * 1e6 / TTFT_UNIT_US) as u64).clamp(1, TTFT_MAX);
+        let keys: [Option<&str>; 2] = [provider, None];
+        let n = if provider.is_some() { 2 } else { 1 };
+        for p in &keys[2 - n..] {
+            let Some(entry) = self.entry(model, *p, false) else {
+                continue;
+            };
+            let mut w = entry.windows.lock().unwrap_or_else(|e| e.into_inner());
+            self.rotate(&mut w, now);
+            w.current.gap.saturating_record(v);
+        }
+    }
+
+    /// The `q` quantile of the longest gap per stream of `(model, provider)` (or of the
+    /// model with `None`), when at least `min_samples` streams were seen in the window.
+    pub fn max_gap_quantile(
+        &self,
+        model: &str,
+        provider: Option<&str>,
+        q: f64,
+    ) -> Option<Duration> {
+        let entry = self.entry(model, provider, false)?;
+        let mut w = entry.windows.lock().unwrap_or_else(|e| e.into_inner());
+        self.rotate(&mut w, Instant::now());
+        let mut gap = w.previous.gap.clone();
+        let _ = gap.add(&w.current.gap);
+        (gap.len() >= self.inner.min_samples.max(1)).then(|| {
+            Duration::from_secs_f64(
+                gap.value_at_quantile(q.clamp(0.0, 1.0)) as f64 * TTFT_UNIT_US / 1e6,
+            )
+        })
+    }
+
     fn rotate(&self, w: &mut Windows, now: Instant) {
         let half = self.inner.half;
         let mut turns = 0;
@@ -523,6 +569,8 @@ fn compute(w: &Windows) -> Stats {
     let _ = ttft.add(&w.current.ttft);
     let mut tps = w.previous.tps.clone();
     let _ = tps.add(&w.current.tps);
+    let mut gap = w.previous.gap.clone();
+    let _ = gap.add(&w.current.gap);
     let ok = w.previous.ok + w.current.ok;
     let errors = w.previous.errors + w.current.errors;
     let timeouts = w.previous.timeouts + w.current.timeouts;
@@ -557,6 +605,8 @@ fn compute(w: &Windows) -> Stats {
         } else {
             timeouts as f64 / calls as f64
         },
+        max_gap_p99: q(&gap, 0.99),
+        gap_samples: gap.len(),
         censored,
     }
 }

@@ -167,6 +167,7 @@ pub(crate) struct RecordingStream {
     first_token: Instant,
     last: Instant,
     chunks: u64,
+    max_gap: Duration,
     usage: Option<Usage>,
     provider: Option<String>,
     done: bool,
@@ -204,6 +205,7 @@ impl RecordingStream {
             first_token: now,
             last: now,
             chunks: 0,
+            max_gap: Duration::ZERO,
             usage: None,
             provider,
             done: false,
@@ -253,6 +255,9 @@ impl RecordingStream {
                 tps,
                 o,
             );
+            if o == Outcome::Ok && self.chunks > 1 {
+                store.record_max_gap((&self.labels.key, self.provider.as_deref()), self.max_gap);
+            }
         }
     }
 
@@ -306,9 +311,9 @@ impl Stream for RecordingStream {
                 if c.has_output() {
                     let now = Instant::now();
                     if this.chunks > 0 {
-                        this.handles
-                            .per_chunk
-                            .record(now.saturating_duration_since(this.last));
+                        let gap = now.saturating_duration_since(this.last);
+                        this.handles.per_chunk.record(gap);
+                        this.max_gap = this.max_gap.max(gap);
                     }
                     this.last = now;
                     this.chunks += 1;

@@ -138,6 +138,9 @@ fn script_of(scenario: &Scenario, req: &ChatRequest, plan: &Plan) -> Script {
                 s = s.token(answer_token(&tag, i));
                 if let Some((how, after)) = cut {
                     if i + 1 == *after {
+                        if *how == Cut::Hang {
+                            return s.hang();
+                        }
                         return s.fail(match how {
                             Cut::ErrorEvent | Cut::ErrorEventEof => LlmError::upstream(api_error(
                                 502,
@@ -145,7 +148,7 @@ fn script_of(scenario: &Scenario, req: &ChatRequest, plan: &Plan) -> Script {
                                 "provider_unavailable",
                                 Some(name),
                             )),
-                            Cut::Reset => LlmError::new(ErrorKind::Truncated)
+                            Cut::Reset | Cut::Hang => LlmError::new(ErrorKind::Truncated)
                                 .with_message("connection broken mid-stream"),
                         });
                     }

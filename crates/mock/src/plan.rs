@@ -42,6 +42,8 @@ pub enum Cut {
     ErrorEventEof,
     /// A connection reset.
     Reset,
+    /// Nothing more, ever.
+    Hang,
 }
 
 /// One request's plan.
@@ -78,6 +80,9 @@ impl Plan {
             Outcome::Answer {
                 cut: Some((Cut::Reset, _)),
             } => "truncate".into(),
+            Outcome::Answer {
+                cut: Some((Cut::Hang, _)),
+            } => "hang_midstream".into(),
         }
     }
 }
@@ -190,6 +195,10 @@ pub fn draw<R: Rng + ?Sized>(scenario: &Scenario, body: &ChatBody, rng: &mut R) 
         } else if hit(f.truncate) {
             Outcome::Answer {
                 cut: Some((Cut::Reset, cut_at)),
+            }
+        } else if hit(f.hang_midstream) {
+            Outcome::Answer {
+                cut: Some((Cut::Hang, cut_at)),
             }
         } else {
             Outcome::Answer { cut: None }

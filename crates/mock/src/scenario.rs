@@ -216,6 +216,9 @@ pub struct Faults {
     /// After some tokens, reset the connection (no `[DONE]`).
     #[serde(default)]
     pub truncate: f64,
+    /// After some tokens, nothing more, ever (the connection stays open).
+    #[serde(default)]
+    pub hang_midstream: f64,
     /// Answer 200 with an `{"error": ...}` body instead of an answer.
     #[serde(default)]
     pub error_200: f64,
@@ -463,6 +466,7 @@ impl Scenario {
                 midstream_error: 0.02,
                 midstream_error_eof: 0.02,
                 truncate: 0.02,
+                hang_midstream: 0.01,
                 error_200: 0.02,
             };
         }
@@ -533,6 +537,7 @@ impl Scenario {
                 ("midstream_error", fl.midstream_error),
                 ("midstream_error_eof", fl.midstream_error_eof),
                 ("truncate", fl.truncate),
+                ("hang_midstream", fl.hang_midstream),
                 ("error_200", fl.error_200),
             ] {
                 if !rate_ok(r) {
@@ -563,6 +568,7 @@ impl Scenario {
                 + fl.midstream_error
                 + fl.midstream_error_eof
                 + fl.truncate
+                + fl.hang_midstream
                 + fl.error_200;
             if total > 1.0 + 1e-9 {
                 return Err(ScenarioError::new(

@@ -698,6 +698,14 @@ async fn stream_answer(
 
 async fn cut_stream(w: &mut Writer, how: Cut, meta: &AnswerMeta) -> bool {
     match how {
+        Cut::Hang => {
+            // What was sent goes out; then nothing, until the client gives up.
+            if !w.flush().await {
+                return false;
+            }
+            w.tx.closed().await;
+            false
+        }
         Cut::ErrorEvent | Cut::ErrorEventEof => {
             let mut c = meta.chunk(
                 Delta {
@@ -760,6 +768,11 @@ async fn json_answer(w: &mut Writer, plan: &Plan, meta: &AnswerMeta) -> bool {
         _ => None,
     };
     match cut {
+        // A whole answer that hangs midway never comes.
+        Some((Cut::Hang, _)) => {
+            w.tx.closed().await;
+            return false;
+        }
         Some((Cut::Reset, _)) => {
             let _ =
                 w.tx.send(Err(std::io::Error::new(

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use llm_layers_core::{ChatRequest, Classify, DefaultClassify, ErrorKind, LlmError, default_slug};
+use llm_layers_core::{
+    ChatRequest, Classify, DefaultClassify, ErrorKind, LlmError, TimeoutKind, WholeAnswer,
+    default_slug,
+};
 
 /// Decides, after a failed attempt, whether to try again, and may rewrite the request for
 /// the next attempt. Shared by every call (`&self`); keep per-call state in the request.
@@ -174,7 +177,17 @@ impl Policy for DefaultPolicy {
         {
             return false;
         }
-        let class = self.classify.classify(error);
+        let mut class = self.classify.classify(error);
+        // A whole answer has delivered nothing yet: a stream that went quiet or sent
+        // garbage midway is as retriable as one that failed before its first token.
+        if req.extensions().get::<WholeAnswer>().is_some()
+            && matches!(
+                error.kind(),
+                ErrorKind::Timeout(TimeoutKind::Idle) | ErrorKind::Protocol(_)
+            )
+        {
+            class.retriable = true;
+        }
         if !class.retriable {
             return false;
         }

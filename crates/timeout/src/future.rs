@@ -6,6 +6,9 @@ use std::time::Duration;
 use llm_layers_core::{ChatStream, LlmError, TimeoutKind};
 use tokio::time::{Instant, Sleep, sleep_until};
 
+use std::sync::Arc;
+
+use crate::layer::Adaptive;
 use crate::stream::TimeoutStream;
 
 pin_project_lite::pin_project! {
@@ -20,6 +23,8 @@ pin_project_lite::pin_project! {
         kind: TimeoutKind,
         total_at: Option<Instant>,
         idle: Option<Duration>,
+        // The adaptive idle limit is read at the commit point, when the provider is known.
+        idle_from: Option<(Arc<Adaptive>, Arc<str>)>,
     }
 }
 
@@ -39,6 +44,7 @@ impl<F> ResponseFuture<F> {
         first_token_at: Option<Instant>,
         total_at: Option<Instant>,
         idle: Option<Duration>,
+        idle_from: Option<(Arc<Adaptive>, Arc<str>)>,
     ) -> Self {
         // The earlier of the two deadlines fires, and names itself.
         let (at, kind) = match (first_token_at, total_at) {
@@ -53,6 +59,7 @@ impl<F> ResponseFuture<F> {
             kind,
             total_at,
             idle,
+            idle_from,
         }
     }
 }
@@ -67,10 +74,14 @@ where
         let this = self.project();
         if let Poll::Ready(res) = this.inner.poll(cx) {
             let stream = res?;
-            if this.idle.is_none() && this.total_at.is_none() {
+            let idle = match this.idle_from.take() {
+                Some((a, model)) => a.idle(&model, stream.meta().provider.as_deref()),
+                None => *this.idle,
+            };
+            if idle.is_none() && this.total_at.is_none() {
                 return Poll::Ready(Ok(stream));
             }
-            let (idle, total_at) = (*this.idle, *this.total_at);
+            let total_at = *this.total_at;
             return Poll::Ready(Ok(stream.wrap(|s| TimeoutStream::new(s, idle, total_at))));
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {

@@ -1,6 +1,8 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use llm_layers_core::LlmError;
+use llm_layers_latency::LatencyStore;
 use tower_layer::Layer;
 
 use crate::service::Timeout;
@@ -37,9 +39,10 @@ impl Timeouts {
 }
 
 /// Applies [`Timeout`] to a service. `Copy`; build it with [`TimeoutLayer::builder`].
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct TimeoutLayer {
     limits: Timeouts,
+    adaptive: Option<Arc<Adaptive>>,
 }
 
 impl TimeoutLayer {
@@ -58,14 +61,17 @@ impl<S> Layer<S> for TimeoutLayer {
     type Service = Timeout<S>;
 
     fn layer(&self, inner: S) -> Timeout<S> {
-        Timeout::new(inner, self.limits)
+        Timeout::with_adaptive(inner, self.limits, self.adaptive.clone())
     }
 }
 
 /// Builds a [`TimeoutLayer`]; zero durations are rejected.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct TimeoutLayerBuilder {
     limits: Timeouts,
+    store: Option<LatencyStore>,
+    first_token_adaptive: Option<AdaptiveLimit>,
+    idle_adaptive: Option<AdaptiveLimit>,
 }
 
 impl TimeoutLayerBuilder {
@@ -84,6 +90,42 @@ impl TimeoutLayerBuilder {
     /// Time allowed from the call to the end of the stream.
     pub fn total(mut self, d: Duration) -> Self {
         self.limits.total = Some(d);
+        self
+    }
+
+    /// Derives the first-token limit of each call from what was measured for its model:
+    /// `factor ×` the TTFT `quantile` from `store`, clamped to `[min, max]`; `max` while the
+    /// model is unmeasured. A per-request [`Timeouts`] override still wins.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+    /// use std::time::Duration;
+    /// use llm_layers_latency::LatencyStore;
+    /// use llm_layers_timeout::{AdaptiveLimit, TimeoutLayer};
+    /// let store = LatencyStore::new();
+    /// let layer = TimeoutLayer::builder()
+    ///     .first_token_adaptive(store.clone(), AdaptiveLimit {
+    ///         quantile: 0.99, factor: 3.0,
+    ///         min: Duration::from_secs(5), max: Duration::from_secs(60),
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// # });
+    /// ```
+    pub fn first_token_adaptive(mut self, store: LatencyStore, limit: AdaptiveLimit) -> Self {
+        self.store = Some(store);
+        self.first_token_adaptive = Some(limit);
+        self
+    }
+
+    /// Derives the idle limit of each stream from what was measured for its model and
+    /// provider: `factor ×` the `quantile` of the longest gap per stream, clamped to
+    /// `[min, max]`; `max` while unmeasured. A mid-stream hang is then cut within seconds
+    /// of what that provider's streams really do, not at a fixed 30 s.
+    pub fn idle_adaptive(mut self, store: LatencyStore, limit: AdaptiveLimit) -> Self {
+        self.store = Some(store);
+        self.idle_adaptive = Some(limit);
         self
     }
 
@@ -106,8 +148,94 @@ impl TimeoutLayerBuilder {
                 )));
             }
         }
+        for (name, a) in [
+            ("first_token", &self.first_token_adaptive),
+            ("idle", &self.idle_adaptive),
+        ] {
+            if let Some(a) = a {
+                a.validate(name)?;
+            }
+        }
+        let adaptive = match (self.first_token_adaptive, self.idle_adaptive) {
+            (None, None) => None,
+            (first_token, idle) => Some(Arc::new(Adaptive {
+                store: self
+                    .store
+                    .ok_or_else(|| LlmError::config("adaptive timeouts need a latency store"))?,
+                first_token,
+                idle,
+            })),
+        };
         Ok(TimeoutLayer {
             limits: self.limits,
+            adaptive,
         })
+    }
+}
+
+/// A limit derived from measurements: `factor ×` a measured `quantile`, clamped to
+/// `[min, max]`; `max` while nothing is measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaptiveLimit {
+    /// The quantile read, in `(0, 1]`.
+    pub quantile: f64,
+    /// Multiplies it (at least 1).
+    pub factor: f64,
+    /// The shortest limit.
+    pub min: Duration,
+    /// The longest limit, and the limit while nothing is measured.
+    pub max: Duration,
+}
+
+impl AdaptiveLimit {
+    fn validate(&self, name: &str) -> Result<(), LlmError> {
+        if !(self.quantile > 0.0 && self.quantile <= 1.0) {
+            return Err(LlmError::config(format!(
+                "adaptive {name} quantile must be in (0, 1]"
+            )));
+        }
+        if !(self.factor >= 1.0 && self.factor.is_finite()) {
+            return Err(LlmError::config(format!(
+                "adaptive {name} factor must be a finite number >= 1"
+            )));
+        }
+        if self.min.is_zero() || self.max < self.min {
+            return Err(LlmError::config(format!(
+                "adaptive {name} needs 0 < min <= max"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The limit from a measured value, or `max`.
+    pub fn of(&self, measured: Option<Duration>) -> Duration {
+        measured.map_or(self.max, |m| {
+            Duration::try_from_secs_f64(m.as_secs_f64() * self.factor)
+                .unwrap_or(self.max)
+                .clamp(self.min, self.max)
+        })
+    }
+}
+
+/// The adaptive limits of a layer and the store they read.
+#[derive(Debug)]
+pub(crate) struct Adaptive {
+    pub(crate) store: LatencyStore,
+    pub(crate) first_token: Option<AdaptiveLimit>,
+    pub(crate) idle: Option<AdaptiveLimit>,
+}
+
+impl Adaptive {
+    pub(crate) fn first_token(&self, model: &str) -> Option<Duration> {
+        let a = self.first_token?;
+        Some(a.of(self.store.ttft_quantile(model, None, a.quantile)))
+    }
+
+    pub(crate) fn idle(&self, model: &str, provider: Option<&str>) -> Option<Duration> {
+        let a = self.idle?;
+        let measured = provider
+            .and_then(|p| self.store.max_gap_quantile(model, Some(p), a.quantile))
+            .or_else(|| self.store.max_gap_quantile(model, None, a.quantile));
+        Some(a.of(measured))
     }
 }

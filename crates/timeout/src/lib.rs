@@ -67,6 +67,6 @@ mod service;
 mod stream;
 
 pub use future::ResponseFuture;
-pub use layer::{TimeoutLayer, TimeoutLayerBuilder, Timeouts};
+pub use layer::{AdaptiveLimit, TimeoutLayer, TimeoutLayerBuilder, Timeouts};
 pub use service::Timeout;
 pub use stream::TimeoutStream;

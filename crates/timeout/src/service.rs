@@ -4,20 +4,35 @@ use llm_layers_core::{ChatRequest, ChatStream, LlmError};
 use tokio::time::Instant;
 use tower_service::Service;
 
+use std::sync::Arc;
+
 use crate::future::ResponseFuture;
-use crate::layer::Timeouts;
+use crate::layer::{Adaptive, Timeouts};
 
 /// Enforces first-token, idle and total limits on an inner chat service.
 #[derive(Debug, Clone)]
 pub struct Timeout<S> {
     inner: S,
     limits: Timeouts,
+    adaptive: Option<Arc<Adaptive>>,
 }
 
 impl<S> Timeout<S> {
     /// Wraps `inner` with `limits` (unchecked; prefer the layer's builder).
     pub fn new(inner: S, limits: Timeouts) -> Self {
-        Timeout { inner, limits }
+        Timeout::with_adaptive(inner, limits, None)
+    }
+
+    pub(crate) fn with_adaptive(
+        inner: S,
+        limits: Timeouts,
+        adaptive: Option<Arc<Adaptive>>,
+    ) -> Self {
+        Timeout {
+            inner,
+            limits,
+            adaptive,
+        }
     }
 
     /// The inner service.
@@ -49,9 +64,24 @@ where
     }
 
     fn call(&mut self, mut req: ChatRequest) -> Self::Future {
-        let limits = match req.extensions().get::<Timeouts>() {
-            Some(o) => self.limits.overridden_by(o),
-            None => self.limits,
+        let over = req.extensions().get::<Timeouts>().copied();
+        let mut base = self.limits;
+        let mut idle_from = None;
+        if let Some(a) = &self.adaptive {
+            if let Some(d) = a.first_token(req.model()) {
+                base.first_token = Some(d);
+            }
+            if a.idle.is_some() {
+                idle_from = Some((a.clone(), std::sync::Arc::<str>::from(req.model())));
+            }
+        }
+        // A per-request override wins over fixed and measured limits alike.
+        if over.is_some_and(|o| o.idle.is_some()) {
+            idle_from = None;
+        }
+        let limits = match over {
+            Some(o) => base.overridden_by(&o),
+            None => base,
         };
         let now = Instant::now();
         if let Some(total) = limits.total {
@@ -60,6 +90,12 @@ where
         // A caller's deadline (or ours) bounds the whole call.
         let total_at = req.deadline();
         let first_token_at = limits.first_token.map(|d| now + d);
-        ResponseFuture::new(self.inner.call(req), first_token_at, total_at, limits.idle)
+        ResponseFuture::new(
+            self.inner.call(req),
+            first_token_at,
+            total_at,
+            limits.idle,
+            idle_from,
+        )
     }
 }

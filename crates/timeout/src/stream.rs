@@ -74,7 +74,18 @@ impl Stream for TimeoutStream {
         }
         if let Poll::Ready(item) = Pin::new(&mut *this.inner).poll_next(cx) {
             match &item {
-                Some(Ok(_)) => *this.last = Instant::now(),
+                Some(Ok(_)) => {
+                    let now = Instant::now();
+                    *this.last = now;
+                    // A stream that never pauses must still end at its total deadline: the
+                    // timer below is only looked at while the upstream is pending.
+                    if this.total_at.is_some_and(|t| now > t) {
+                        *this.done = true;
+                        *this.inner = ChatStream::from_chunks(Vec::new());
+                        return Poll::Ready(Some(Err(LlmError::timeout(TimeoutKind::Total)
+                            .with_message("the call's total time ran out"))));
+                    }
+                }
                 _ => *this.done = true,
             }
             return Poll::Ready(item);

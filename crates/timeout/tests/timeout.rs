@@ -184,3 +184,127 @@ fn zero_durations_are_rejected() {
     }
     assert!(TimeoutLayer::builder().build().is_ok(), "all off is valid");
 }
+
+/// The idle limit of a stream follows what its model and provider were measured to do:
+/// 20 × the p99 of the longest gap per stream, here 20 × 50 ms = 1 s, not the 30 s cap.
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_idle_limit_follows_the_measured_gaps() {
+    use llm_layers_latency::{LatencyStore, Outcome};
+    use llm_layers_timeout::AdaptiveLimit;
+    let store = LatencyStore::builder().min_samples(5).build().unwrap();
+    for _ in 0..10 {
+        store.record(("m", Some("A")), Some(MS * 100), None, Outcome::Ok);
+        store.record_max_gap(("m", Some("A")), MS * 50);
+    }
+    let limit = AdaptiveLimit {
+        quantile: 0.99,
+        factor: 20.0,
+        min: Duration::from_millis(500),
+        max: Duration::from_secs(30),
+    };
+    let layer = TimeoutLayer::builder()
+        .idle(Duration::from_secs(30))
+        .idle_adaptive(store.clone(), limit)
+        .build()
+        .unwrap();
+    // Two tokens, then silence.
+    let mock = MockChat::with_default(Script::new().provider("A").token("a").token("b").hang());
+    let s = layer.layer(mock.clone()).oneshot(req()).await.unwrap();
+    let start = Instant::now();
+    let (text, err) = drain(s).await;
+    assert_eq!(text, ["a", "b"]);
+    assert_eq!(err.unwrap().kind(), ErrorKind::Timeout(TimeoutKind::Idle));
+    let waited = Instant::now() - start;
+    assert!(
+        waited >= Duration::from_millis(990) && waited <= Duration::from_millis(1010),
+        "{waited:?}"
+    );
+    // Unmeasured (another model): the cap.
+    let s = layer
+        .layer(mock)
+        .oneshot(ChatRequest::new("other", vec![Message::user("x")]))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let (_, err) = drain(s).await;
+    assert_eq!(err.unwrap().kind(), ErrorKind::Timeout(TimeoutKind::Idle));
+    assert_eq!(Instant::now() - start, Duration::from_secs(30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_first_token_limit_follows_the_measured_ttft() {
+    use llm_layers_latency::{LatencyStore, Outcome};
+    use llm_layers_timeout::AdaptiveLimit;
+    let store = LatencyStore::builder().min_samples(5).build().unwrap();
+    for _ in 0..10 {
+        store.record(
+            ("m", Some("A")),
+            Some(Duration::from_secs(1)),
+            None,
+            Outcome::Ok,
+        );
+    }
+    let layer = TimeoutLayer::builder()
+        .first_token_adaptive(
+            store,
+            AdaptiveLimit {
+                quantile: 0.99,
+                factor: 3.0,
+                min: Duration::from_secs(2),
+                max: Duration::from_secs(60),
+            },
+        )
+        .build()
+        .unwrap();
+    let mock = MockChat::with_default(Script::new().hang());
+    let start = Instant::now();
+    let e = layer.layer(mock).oneshot(req()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout(TimeoutKind::FirstToken));
+    let waited = Instant::now() - start;
+    assert!(
+        waited >= Duration::from_millis(2990) && waited <= Duration::from_millis(3030),
+        "{waited:?}"
+    );
+    // A configuration without a store is refused.
+    assert!(
+        TimeoutLayer::builder()
+            .idle_adaptive(
+                llm_layers_latency::LatencyStore::new(),
+                AdaptiveLimit {
+                    quantile: 0.0,
+                    factor: 1.0,
+                    min: MS,
+                    max: MS,
+                }
+            )
+            .build()
+            .is_err()
+    );
+}
+
+/// A stream whose chunks are always ready (a slow reader, a fast upstream) still ends at
+/// its total deadline: the timer is not only looked at while the upstream is pending.
+#[tokio::test(start_paused = true)]
+async fn the_total_deadline_holds_for_a_stream_that_never_pauses() {
+    let mut script = Script::new();
+    for _ in 0..100 {
+        script = script.token("x");
+    }
+    let mock = MockChat::with_default(script.finish("stop"));
+    let mut s = layer(None, Some(5), Some(3))
+        .layer(mock)
+        .oneshot(req())
+        .await
+        .unwrap();
+    let mut got = 0;
+    let err = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match s.next().await {
+            Some(Ok(_)) => got += 1,
+            Some(Err(e)) => break Some(e),
+            None => break None,
+        }
+    };
+    assert_eq!(err.unwrap().kind(), ErrorKind::Timeout(TimeoutKind::Total));
+    assert!((29..=31).contains(&got), "{got}");
+}

@@ -29,8 +29,14 @@ pub struct Config {
     pub default_max_tokens: Option<u32>,
     /// Time to first token (`--first-token-timeout-ms`, `FIRST_TOKEN_TIMEOUT_MS`; 30 s; 0 off).
     pub first_token_timeout: Option<Duration>,
-    /// Longest gap between chunks once streaming (`--idle-timeout-ms`; 30 s; 0 off).
+    /// Longest gap between chunks once streaming (`--idle-timeout-ms`; 30 s; 0 off). With
+    /// `adaptive_idle` it is the cap of the measured limit.
     pub idle_timeout: Option<Duration>,
+    /// Derive each stream's idle limit from what its model and provider were measured to
+    /// do: 20 × the p99 of the longest gap per stream, at least 2 s, at most `idle_timeout`
+    /// (`--adaptive-idle on|off`, `ADAPTIVE_IDLE`; on). A stream that hangs midway is cut
+    /// in seconds, and a whole answer retried, instead of waiting 30 s.
+    pub adaptive_idle: bool,
     /// Whole-call limit (`--total-timeout-ms`; 300 s; 0 off).
     pub total_timeout: Option<Duration>,
     /// Retries per call before the first token (`--max-retries`; 3; 0 off; throttles have
@@ -82,6 +88,7 @@ impl Default for Config {
             default_max_tokens: None,
             first_token_timeout: Some(Duration::from_secs(30)),
             idle_timeout: Some(Duration::from_secs(30)),
+            adaptive_idle: true,
             total_timeout: Some(Duration::from_secs(300)),
             max_retries: 3,
             connect_timeout: Duration::from_secs(5),
@@ -112,6 +119,7 @@ impl std::fmt::Debug for Config {
             .field("default_max_tokens", &self.default_max_tokens)
             .field("first_token_timeout", &self.first_token_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("adaptive_idle", &self.adaptive_idle)
             .field("total_timeout", &self.total_timeout)
             .field("max_retries", &self.max_retries)
             .field("connect_timeout", &self.connect_timeout)
@@ -137,10 +145,11 @@ usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
                [--hedge-quantile Q] [--hedge-budget SHARE] [--slow-call-factor X]
                [--max-concurrency N] [--requests-per-minute N] [--tokens-per-minute N]
                [--tiers FILE.json] [--learned-order on|off] [--upstream-h2c on|off]
+               [--adaptive-idle on|off]
 headers:     x-tenant (rate-limit key), x-priority: low|normal|high
 environment: OPENROUTER_API_KEY, OPENROUTER_BASE_URL, LISTEN_ADDR, MOCK_PRESET, MOCK_TIME_SCALE,
              FIRST_TOKEN_TIMEOUT_MS, IDLE_TIMEOUT_MS, TOTAL_TIMEOUT_MS, MAX_RETRIES,
-             HEDGE_QUANTILE, ROUTER_TIERS, LEARNED_ORDER, UPSTREAM_H2C (flags win)";
+             HEDGE_QUANTILE, ROUTER_TIERS, LEARNED_ORDER, UPSTREAM_H2C, ADAPTIVE_IDLE (flags win)";
 
 fn ms(v: &str, name: &str) -> Result<Option<Duration>, String> {
     let n: u64 = v
@@ -186,6 +195,7 @@ impl Config {
             ("ROUTER_TIERS", "--tiers"),
             ("LEARNED_ORDER", "--learned-order"),
             ("UPSTREAM_H2C", "--upstream-h2c"),
+            ("ADAPTIVE_IDLE", "--adaptive-idle"),
         ] {
             if let Some(v) = non_empty(k) {
                 pairs.push((flag.to_owned(), v));
@@ -299,6 +309,7 @@ impl Config {
                 }
                 "--learned-order" => c.router.learned_order.enabled = on_off(&flag, &v)?,
                 "--upstream-h2c" => c.upstream_h2c = on_off(&flag, &v)?,
+                "--adaptive-idle" => c.adaptive_idle = on_off(&flag, &v)?,
                 other => return Err(format!("unknown flag {other:?}")),
             }
         }
@@ -322,7 +333,16 @@ impl Config {
             if self.upstream_h2c { " (h2c)" } else { "" }
         );
         let _ = writeln!(s, "first-token timeout {}", d(self.first_token_timeout));
-        let _ = writeln!(s, "idle timeout        {}", d(self.idle_timeout));
+        let _ = writeln!(
+            s,
+            "idle timeout        {}{}",
+            d(self.idle_timeout),
+            if self.adaptive_idle && self.idle_timeout.is_some() {
+                " at most; 20x the measured p99 longest gap per stream, 2 s at least"
+            } else {
+                ""
+            }
+        );
         let _ = writeln!(s, "total timeout       {}", d(self.total_timeout));
         let _ = writeln!(
             s,

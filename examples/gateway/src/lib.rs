@@ -30,7 +30,7 @@ use llm_layers_latency::{LatencyLayer, LatencyStore, Scope};
 use llm_layers_ratelimit::{Key, Limit, Mode, RateLimitLayer};
 use llm_layers_retry::{DefaultPolicy, RetryLayer};
 use llm_layers_router::{RouterLayer, TIER_PREFIX};
-use llm_layers_timeout::{TimeoutLayer, Timeouts};
+use llm_layers_timeout::{AdaptiveLimit, TimeoutLayer, Timeouts};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -146,13 +146,23 @@ where
             ..Timeouts::default()
         })
         .build()?;
-    let per_attempt = TimeoutLayer::builder()
-        .limits(Timeouts {
-            first_token: config.first_token_timeout,
-            idle: config.idle_timeout,
-            total: None,
-        })
-        .build()?;
+    let mut per_attempt = TimeoutLayer::builder().limits(Timeouts {
+        first_token: config.first_token_timeout,
+        idle: config.idle_timeout,
+        total: None,
+    });
+    if let Some(idle) = config.idle_timeout.filter(|_| config.adaptive_idle) {
+        per_attempt = per_attempt.idle_adaptive(
+            store.clone(),
+            AdaptiveLimit {
+                quantile: 0.99,
+                factor: 20.0,
+                min: Duration::from_secs(2).min(idle),
+                max: idle,
+            },
+        );
+    }
+    let per_attempt = per_attempt.build()?;
     let mut retry = RetryLayer::builder();
     if let Some(seed) = config.seed {
         retry = retry.seed(seed);

@@ -29,7 +29,7 @@ type Svc = BoxCloneSyncService<ChatRequest, ChatStream, LlmError>;
 
 /// Calls per row (more for `chaos`, whose floor is 99.9 %), and how many run at once.
 const CALLS: usize = 300;
-const CHAOS_CALLS: usize = 1000;
+const CHAOS_CALLS: usize = 2000;
 const WORKERS: usize = 24;
 /// A caller gives up after this long (virtual time).
 const CALLER_TIMEOUT: Duration = Duration::from_secs(120);
