@@ -5,7 +5,7 @@ use std::task::{Context, Poll, ready};
 
 use futures_core::Stream;
 use llm_layers_core::{ChatBody, ChatChunk, ChatStream, LlmError};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::layer::Shared;
 use crate::registry::{Blocked, blocked_error};
@@ -55,6 +55,12 @@ pin_project_lite::pin_project! {
         Called {
             #[pin]
             fut: F,
+            // Fires at the slow threshold of a call aimed at one provider (`target`).
+            #[pin]
+            watch: Option<Sleep>,
+            target: Option<Arc<str>>,
+            // Counted slow while in flight: its end is not counted again.
+            counted: bool,
             start: Instant,
             model: Arc<str>,
             sent: Arc<ChatBody>,
@@ -92,12 +98,20 @@ impl<F> ResponseFuture<F> {
         start: Instant,
         sent: Arc<ChatBody>,
         ignored: Vec<(String, Blocked)>,
+        watch: Option<(Arc<str>, Instant)>,
         shared: Arc<Shared>,
         guard: ProbeGuard,
     ) -> Self {
+        let (target, at) = match watch {
+            Some((t, at)) => (Some(t), Some(at)),
+            None => (None, None),
+        };
         ResponseFuture {
             kind: Kind::Called {
                 fut,
+                watch: at.map(sleep_until),
+                target,
+                counted: false,
                 start,
                 model: guard.model.clone(),
                 sent,
@@ -177,6 +191,9 @@ where
                 .unwrap_or_else(|| LlmError::circuit_open(Vec::new(), None)))),
             KindProj::Called {
                 fut,
+                mut watch,
+                target,
+                counted,
                 start,
                 model,
                 sent,
@@ -184,11 +201,32 @@ where
                 shared,
                 guard,
             } => {
-                let res = ready!(fut.poll(cx));
+                let res = match fut.poll(cx) {
+                    Poll::Ready(res) => res,
+                    Poll::Pending => {
+                        if let Some(w) = watch.as_mut().as_pin_mut() {
+                            if w.poll(cx).is_ready() {
+                                watch.set(None);
+                                if let Some(t) = target.as_deref() {
+                                    *counted = true;
+                                    metrics::counter!("llm_breaker_slow_in_flight_total")
+                                        .increment(1);
+                                    shared.registry.record(model, Some(t), true, Instant::now());
+                                }
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                };
                 if let Some(g) = guard.as_mut() {
                     g.resolved();
                 }
                 match res {
+                    Err(e) if *counted => {
+                        // Already counted against its provider when it went slow.
+                        drop(guard.take());
+                        Poll::Ready(Err(e))
+                    }
                     Err(e) => {
                         drop(guard.take());
                         Poll::Ready(Err(on_error(shared, model, sent, ignored, e)))
@@ -200,9 +238,14 @@ where
                         let ttft = Instant::now().saturating_duration_since(*start);
                         let slow = shared.is_slow(model, ttft);
                         let provider = stream.meta().provider.as_deref().map(|p| shared.slug(p));
-                        shared
-                            .registry
-                            .record(model, provider.as_deref(), slow, Instant::now());
+                        if !*counted {
+                            shared.registry.record(
+                                model,
+                                provider.as_deref(),
+                                slow,
+                                Instant::now(),
+                            );
+                        }
                         let watch = Watch {
                             shared: shared.clone(),
                             model: model.clone(),

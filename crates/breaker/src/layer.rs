@@ -54,6 +54,11 @@ impl Shared {
             .unwrap_or_else(|| default_slug(display))
     }
 
+    /// How long a call to `model` may go without a first token before it is slow.
+    pub(crate) fn slow_threshold(&self, model: &str) -> Option<Duration> {
+        self.slow.as_ref().and_then(|s| s.threshold(model))
+    }
+
     pub(crate) fn is_slow(&self, model: &str, ttft: Duration) -> bool {
         self.slow
             .as_ref()

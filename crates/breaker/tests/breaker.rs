@@ -627,3 +627,51 @@ async fn still_pending<F: std::future::Future + Unpin>(f: &mut F) -> bool {
     })
     .await
 }
+
+/// An attempt teaches while it is still open: calls aimed at a provider (first in their
+/// order) that has no first token by the slow threshold count against it then, so a
+/// provider that starts to hang is opened within about one threshold, long before any
+/// first-token timeout, and each call is counted once.
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_hangs_is_opened_while_its_calls_are_still_open() {
+    let mock = MockChat::new();
+    let b = BreakerLayer::builder()
+        .failure_ratio(0.5, 4, 4)
+        .open_for(S(30), S(300), 0.0)
+        .slow_call(SlowCall::Fixed(S(1)))
+        .build()
+        .unwrap();
+    let svc = b.layer(mock.clone());
+    let aimed = || {
+        let mut r = req();
+        r.body_mut().provider_mut().order = Some(vec!["alpha".into(), "beta".into()]);
+        r
+    };
+    mock.push(ok("Beta"));
+    svc.clone().oneshot(aimed()).await.unwrap();
+    // Four calls to alpha hang (they would wait for a 30 s first-token timeout).
+    let mut hung = Vec::new();
+    for _ in 0..4 {
+        mock.push(Script::new().provider("Alpha").hang());
+        hung.push(tokio::spawn(svc.clone().oneshot(aimed())));
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let alpha = b
+        .snapshot()
+        .into_iter()
+        .find(|i| i.provider.as_deref() == Some("alpha"))
+        .expect("alpha is known from its slow calls");
+    assert!(matches!(alpha.state, State::Open { .. }), "{alpha:?}");
+    // The next call already stays away from it.
+    mock.push(ok("Beta"));
+    svc.clone().oneshot(aimed()).await.unwrap();
+    assert_eq!(ignored(mock.requests().last().unwrap()), ["alpha"]);
+    assert_eq!(
+        alpha.recent_failures + alpha.recent_calls,
+        0,
+        "cleared at the trip"
+    );
+    for h in hung {
+        h.abort();
+    }
+}
