@@ -58,6 +58,10 @@ pub struct Config {
     /// Requests per minute per model (`--requests-per-minute`; 0 = off); over it, calls
     /// wait up to 5 s, then 429 with Retry-After.
     pub requests_per_minute: u64,
+    /// Requests per minute per tenant (`x-tenant`; `--tenant-requests-per-minute`; 0 =
+    /// off); over it, calls wait up to 5 s, then 429 with Retry-After. Calls without the
+    /// header share the tenant `_anonymous`.
+    pub tenant_requests_per_minute: u64,
     /// LLM tokens per minute per model (`--tokens-per-minute`; 0 = off), reserved from an
     /// estimate and settled to the real usage.
     pub tokens_per_minute: u64,
@@ -97,6 +101,7 @@ impl Default for Config {
             slow_call_factor: 3.0,
             max_concurrency: 512,
             requests_per_minute: 0,
+            tenant_requests_per_minute: 0,
             tokens_per_minute: 0,
             router: llm_layers_router::RouterConfig::default(),
             upstream_h2c: false,
@@ -128,6 +133,10 @@ impl std::fmt::Debug for Config {
             .field("slow_call_factor", &self.slow_call_factor)
             .field("max_concurrency", &self.max_concurrency)
             .field("requests_per_minute", &self.requests_per_minute)
+            .field(
+                "tenant_requests_per_minute",
+                &self.tenant_requests_per_minute,
+            )
             .field("tokens_per_minute", &self.tokens_per_minute)
             .field("router", &self.router)
             .field("upstream_h2c", &self.upstream_h2c)
@@ -144,9 +153,10 @@ usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
                [--total-timeout-ms MS] [--max-retries N] [--connect-timeout-ms MS]
                [--hedge-quantile Q] [--hedge-budget SHARE] [--slow-call-factor X]
                [--max-concurrency N] [--requests-per-minute N] [--tokens-per-minute N]
+               [--tenant-requests-per-minute N]
                [--tiers FILE.json] [--learned-order on|off] [--upstream-h2c on|off]
                [--adaptive-idle on|off]
-headers:     x-tenant (rate-limit key), x-priority: low|normal|high
+headers:     x-tenant (key of --tenant-requests-per-minute), x-priority: low|normal|high
 environment: OPENROUTER_API_KEY, OPENROUTER_BASE_URL, LISTEN_ADDR, MOCK_PRESET, MOCK_TIME_SCALE,
              FIRST_TOKEN_TIMEOUT_MS, IDLE_TIMEOUT_MS, TOTAL_TIMEOUT_MS, MAX_RETRIES,
              HEDGE_QUANTILE, ROUTER_TIERS, LEARNED_ORDER, UPSTREAM_H2C, ADAPTIVE_IDLE (flags win)";
@@ -279,6 +289,11 @@ impl Config {
                         .parse()
                         .map_err(|_| format!("{flag}: {v:?} is not a number"))?
                 }
+                "--tenant-requests-per-minute" => {
+                    c.tenant_requests_per_minute = v
+                        .parse()
+                        .map_err(|_| format!("{flag}: {v:?} is not a number"))?
+                }
                 "--tokens-per-minute" => {
                     c.tokens_per_minute = v
                         .parse()
@@ -358,9 +373,10 @@ impl Config {
         };
         let _ = writeln!(
             s,
-            "rate limits         {} in flight (low priority shed when full); requests/min per model {}; tokens/min per model {}",
+            "rate limits         {} in flight (low priority shed when full, at most 1024 waiting 30 s); requests/min per model as routed {}; per tenant {}; tokens/min per model {}",
             self.max_concurrency,
             off(self.requests_per_minute),
+            off(self.tenant_requests_per_minute),
             off(self.tokens_per_minute)
         );
         let _ = writeln!(

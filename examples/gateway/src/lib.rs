@@ -78,9 +78,9 @@ pub fn build_leaf(config: &Config, base_url: &str, api_key: &str) -> Result<Open
         .build()
 }
 
-/// The full stack over `leaf`, outermost first: latency per call → rate limits (concurrency
-/// with priority, requests and tokens per model) → router (tiers, learned provider order)
-/// → total timeout (sets the deadline) → retry → hedge (at a quantile of recent TTFT) →
+/// The full stack over `leaf`, outermost first: latency per call → router (tiers, learned
+/// provider order) → rate limits (concurrency with priority, requests per tenant, requests
+/// and tokens per model as routed, so `tier:NAME` shares its model's bucket) → total timeout (sets the deadline) → retry → hedge (at a quantile of recent TTFT) →
 /// breaker (open and throttled providers go into `provider.ignore`; a first token slower
 /// than 3× the model's median counts as a failure) → latency per attempt (feeds the store
 /// the hedge and breaker read) → per-attempt first-token and idle timeouts → the leaf.
@@ -214,6 +214,22 @@ where
                 .key(Key::model()),
         );
     }
+    if config.tenant_requests_per_minute > 0 {
+        let n = config.tenant_requests_per_minute;
+        let anonymous: Arc<str> = Arc::from("_anonymous");
+        let by_tenant = Key::from_fn(move |r| {
+            Some(
+                r.extensions()
+                    .get::<Tenant>()
+                    .map_or_else(|| anonymous.clone(), |t| t.0.clone()),
+            )
+        });
+        limits = limits.requests(
+            Limit::new(n, minute)
+                .burst(n.div_ceil(6).max(1))
+                .key(by_tenant),
+        );
+    }
     if config.tokens_per_minute > 0 {
         let n = config.tokens_per_minute;
         limits = limits.tokens(Limit::new(n, minute).key(Key::model()).mode(Mode::Reject));
@@ -236,8 +252,8 @@ where
     };
     let stack = ServiceBuilder::new()
         .layer(per_call)
-        .layer(limits)
         .layer(router)
+        .layer(limits)
         .layer(overall)
         .layer(retry)
         .service(inner);

@@ -261,3 +261,34 @@ async fn every_preset_through_the_stack_is_never_worse_than_the_plain_leaf() {
         }
     }
 }
+
+/// `x-tenant` keys a limit of its own, and the per-model limit counts the model as routed.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_tenant_limit_binds_each_tenant_apart() {
+    use llm_layers_core::Tenant;
+    let upstream = MockChat::scenario(Scenario::healthy().with_seed(SEED));
+    let svc = build_stack(
+        &Config {
+            tenant_requests_per_minute: 6,
+            ..config()
+        },
+        upstream.clone(),
+        None,
+    )
+    .unwrap();
+    let call = |tenant: &str, i: usize| {
+        let mut r = ChatRequest::new("mock/echo", vec![Message::user(format!("t {i}"))]);
+        r.body_mut().max_tokens = Some(1);
+        r.extensions_mut()
+            .insert(Tenant(std::sync::Arc::from(tenant)));
+        svc.clone().oneshot(r)
+    };
+    assert!(call("acme", 0).await.is_ok());
+    let e = call("acme", 1).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RateLimited, "{e}");
+    assert!(
+        call("globex", 2).await.is_ok(),
+        "another tenant is not held"
+    );
+    assert_eq!(upstream.calls(), 2);
+}
