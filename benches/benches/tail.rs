@@ -1,7 +1,8 @@
 //! Tail latency on the mock's `fat_tail` preset: the plain leaf against the stack (latency
 //! store + adaptive hedge), same seed, same requests, side by side in one run, plus the
 //! oracle bound computed from the preset's own distributions. Then faults: the plain leaf
-//! against the gateway's whole stack on the `outage` and `chaos` presets, success rate and
+//! against the gateway's whole stack on the `outage` (a dead and a hanging provider),
+//! `rate_limited` (half of all requests 429), `chaos` and `all_down` presets, success rate and
 //! corrupted answers (answers returned as a success that are not exactly the mock's).
 //!
 //! `cargo bench -p llm-layers-bench --bench tail`
@@ -291,7 +292,7 @@ fn main() {
 }
 
 /// The plain leaf against the gateway's whole stack (`example_gateway::build_stack`, its
-/// defaults but 5 s first-token and idle timeouts) on the `outage` and `chaos` presets in
+/// defaults but 5 s first-token and idle timeouts) on the fault presets in
 /// real time, streaming and whole answers: success rate, and answers returned as a success
 /// that were not exactly the mock's (corrupted: must be 0).
 async fn faults(n: usize) {
@@ -300,7 +301,7 @@ async fn faults(n: usize) {
         "faults in real time (time scale 1), {n} calls per row, 64 concurrent, seed 42; a call still running after 20 s fails"
     );
     println!(
-        "{:<7} {:<7} {:<14} {:>8} {:>10} {:>9} {:>9} {:>10} {:>13}",
+        "{:<12} {:<7} {:<14} {:>8} {:>10} {:>9} {:>9} {:>10} {:>13}",
         "preset",
         "answer",
         "arm",
@@ -311,7 +312,7 @@ async fn faults(n: usize) {
         "total p99",
         "upstream/call"
     );
-    for preset in ["outage", "chaos"] {
+    for preset in ["outage", "rate_limited", "chaos", "all_down"] {
         let scenario = Scenario::preset(preset).unwrap().with_seed(42);
         let server = MockServer::start(scenario).await.unwrap();
         let leaf = OpenRouter::builder()
@@ -322,6 +323,7 @@ async fn faults(n: usize) {
         let config = example_gateway::Config {
             first_token_timeout: Some(Duration::from_secs(5)),
             idle_timeout: Some(Duration::from_secs(5)),
+            seed: Some(42),
             ..Default::default()
         };
         let full: Svc = example_gateway::build_stack(&config, leaf.clone(), None).unwrap();
@@ -330,7 +332,7 @@ async fn faults(n: usize) {
             for (arm, svc) in [("plain leaf", &plain), ("gateway stack", &full)] {
                 let r = run(arm, svc.clone(), &server, n, 8, whole).await;
                 println!(
-                    "{:<7} {:<7} {:<14} {:>7.1}% {:>10} {:>7.0}ms {:>7.0}ms {:>8.0}ms {:>13.3}",
+                    "{:<12} {:<7} {:<14} {:>7.1}% {:>10} {:>7.0}ms {:>7.0}ms {:>8.0}ms {:>13.3}",
                     preset,
                     if whole { "whole" } else { "stream" },
                     r.name,
