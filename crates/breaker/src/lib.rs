@@ -10,7 +10,8 @@
 //!   median), so a provider that is alive but slow is avoided too;
 //! - **trip rule**: N consecutive failures (while no other call is in flight), or a failure
 //!   ratio over the last calls (with a minimum count) that counts the calls still in flight
-//!   as not failed, so fast errors cannot outrun slow successes in a burst; outcomes are
+//!   (at most one window of them) as not failed, so fast errors cannot outrun slow successes
+//!   in a burst and a provider failing at once still trips under sustained load; outcomes are
 //!   recorded at the first token (success, or failure when slow) and at a mid-stream error;
 //!   open for a backoff that doubles with each trip in a row, with jitter;
 //!   then half-open, admitting a bounded number of probes; a good probe closes it, a bad one
@@ -21,10 +22,25 @@
 //!   the model is open (or the caller's `only` leaves none), the call fails fast with
 //!   [`ErrorKind::CircuitOpen`](llm_layers_core::ErrorKind::CircuitOpen) naming them and the
 //!   time until the first half-opens;
+//! - **throttled is not broken**: a provider's `429` (what the
+//!   [`Classify`](llm_layers_core::Classify) calls `throttled`) *holds* that (model,
+//!   provider) for its `Retry-After` (default 1 s, capped at 60 s:
+//!   [`BreakerLayerBuilder::hold`]); a held provider is ignored like an open one but never
+//!   counted as a failure, and while another provider is free the error is marked
+//!   [`retry_elsewhere`](llm_layers_core::LlmError::retry_elsewhere) so a retry goes there
+//!   at once; when every known provider is held (or open) the call fails fast with
+//!   [`ErrorKind::RateLimited`](llm_layers_core::ErrorKind::RateLimited) and the wait for the
+//!   first one back, so the upstream is never asked for nothing; an upstream `404` "no
+//!   endpoints" caused by the ignore list this layer sent becomes that fast error;
+//! - **in-flight evidence**: a call aimed at one provider (first of its `order`, or its only
+//!   one) that has no first token by the slow threshold counts against that provider at that
+//!   moment (once), so a provider that starts to hang is opened within about one threshold,
+//!   not at a timeout;
 //! - the provider comes from the stream (`provider`) or the error (`metadata.provider_name`);
-//!   when unknown (a reset before headers, a first-token timeout) the failure counts against
-//!   the model as a whole, where only the failure ratio trips (concurrent, unrelated failures
-//!   land together) and every success through any provider counts too;
+//!   when unknown (a reset before headers) the failure counts against the model as a whole,
+//!   which opens only when its whole window holds no success; a first-token timeout nobody
+//!   can name is not counted there (hung calls time out together while other providers
+//!   answer);
 //! - the request path takes one short lock, never across an await and never per chunk;
 //!   [`BreakerLayer::snapshot`] reads the states; metrics `llm_breaker_state` (0 closed,
 //!   1 half-open, 2 open), `llm_breaker_trips_total`, `llm_breaker_rejected_total`.

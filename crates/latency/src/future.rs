@@ -22,6 +22,7 @@ pin_project_lite::pin_project! {
         model: Option<Arc<str>>,
         key: Arc<str>,
         bucket: &'static str,
+        whole: bool,
         shared: Arc<Shared>,
         span: tracing::Span,
     }
@@ -59,6 +60,7 @@ impl<F> ResponseFuture<F> {
         model: Arc<str>,
         key: Arc<str>,
         bucket: &'static str,
+        whole: bool,
         shared: Arc<Shared>,
         span: tracing::Span,
     ) -> Self {
@@ -68,6 +70,7 @@ impl<F> ResponseFuture<F> {
             model: Some(model),
             key,
             bucket,
+            whole,
             shared,
             span,
         }
@@ -89,6 +92,7 @@ where
             model,
             this.key.clone(),
             this.bucket,
+            *this.whole,
             this.shared.clone(),
             this.span.clone(),
         );

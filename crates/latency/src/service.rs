@@ -70,6 +70,13 @@ where
     fn call(&mut self, req: ChatRequest) -> Self::Future {
         let (model, key) = self.shared.model_label(req.model());
         let bucket = prompt_bucket(&req);
+        // Per call, a whole answer "commits" when retry has drained it: its first token is
+        // not seen here, so no TTFT is recorded for it (its duration is).
+        let whole = self.shared.scope == crate::layer::Scope::Call
+            && req
+                .extensions()
+                .get::<llm_layers_core::WholeAnswer>()
+                .is_some();
         let span = tracing::debug_span!(
             "llm.chat",
             scope = self.shared.scope.as_str(),
@@ -83,6 +90,7 @@ where
             model,
             key,
             bucket,
+            whole,
             self.shared.clone(),
             span,
         )

@@ -82,6 +82,8 @@ pub(crate) struct Labels {
     /// The real model, the store's key (the label may be `_OTHER`).
     key: Arc<str>,
     bucket: &'static str,
+    /// A whole answer seen per call: its first token is not observable (no TTFT).
+    whole: bool,
     shared: Arc<Shared>,
     span: tracing::Span,
 }
@@ -91,6 +93,7 @@ impl Labels {
         model: Arc<str>,
         key: Arc<str>,
         bucket: &'static str,
+        whole: bool,
         shared: Arc<Shared>,
         span: tracing::Span,
     ) -> Self {
@@ -98,6 +101,7 @@ impl Labels {
             model,
             key,
             bucket,
+            whole,
             shared,
             span,
         }
@@ -192,7 +196,9 @@ impl RecordingStream {
                 || Handles::new(&labels, provider.as_deref(), response_model),
             )
         };
-        handles.ttft.record(ttft);
+        if !labels.whole {
+            handles.ttft.record(ttft);
+        }
         labels
             .span
             .record("provider", provider.as_deref().unwrap_or(""));
@@ -251,7 +257,7 @@ impl RecordingStream {
             let tps = tps.filter(|_| o == Outcome::Ok);
             store.record(
                 (&self.labels.key, self.provider.as_deref()),
-                Some(ttft),
+                (!self.labels.whole).then_some(ttft),
                 tps,
                 o,
             );

@@ -514,3 +514,26 @@ fn quantiles_below_the_median_are_the_median_not_a_line_from_zero() {
     assert_eq!(s.ttft_quantile(0.3), Duration::from_secs(1));
     assert_eq!(s.ttft_quantile(0.7), Duration::from_millis(1500));
 }
+
+/// Per call, a whole answer commits when it is complete: what would be its TTFT is its
+/// whole duration, so none is recorded (the duration is).
+#[tokio::test(start_paused = true)]
+async fn a_whole_answer_per_call_records_no_ttft() {
+    let rec = DebuggingRecorder::new();
+    let snap = rec.snapshotter();
+    let _g = metrics::set_default_local_recorder(&rec);
+    let mock = MockChat::with_default(
+        Script::tokens(Duration::from_millis(100), 2, Duration::from_millis(10)).provider("A"),
+    );
+    let svc = LatencyLayer::builder()
+        .scope(Scope::Call)
+        .build()
+        .unwrap()
+        .layer(mock);
+    let mut r = req("m");
+    r.extensions_mut().insert(llm_layers_core::WholeAnswer);
+    svc.oneshot(r).await.unwrap().collect().await.unwrap();
+    let rows = rows(&snap);
+    assert!(histogram_values(&rows, TIME_TO_FIRST_CHUNK).is_empty());
+    assert_eq!(histogram_values(&rows, OPERATION_DURATION).len(), 1);
+}
