@@ -417,7 +417,8 @@ impl LatencyStore {
 
     /// Records one call for `(model, provider)` and for the model as a whole: its TTFT (if
     /// it committed), its output tokens per second (if known), and its outcome. A model not
-    /// yet admitted gets keys only with an [`Outcome::Ok`].
+    /// yet admitted gets keys only with an [`Outcome::Ok`] or [`Outcome::Cancelled`] (a
+    /// stream that committed).
     pub fn record(
         &self,
         (model, provider): (&str, Option<&str>),
@@ -428,8 +429,10 @@ impl LatencyStore {
         let now = Instant::now();
         let keys: [Option<&str>; 2] = [provider, None];
         let n = if provider.is_some() { 2 } else { 1 };
-        // Unknown models are admitted by a success, never by a failure.
-        let known = outcome == Outcome::Ok || self.entry(model, None, false).is_some();
+        // Unknown models are admitted by a success (a stream that committed, read to its end
+        // or not), never by a failure.
+        let known = matches!(outcome, Outcome::Ok | Outcome::Cancelled)
+            || self.entry(model, None, false).is_some();
         for p in &keys[2 - n..] {
             let Some(entry) = self.entry(model, *p, known) else {
                 continue;

@@ -477,7 +477,9 @@ async fn two_hundred_concurrent_streams_on_chaos_are_never_corrupted() {
     let (gw, _mock) = gateway_on(
         Scenario::chaos().with_time_scale(0.01).with_seed(11),
         Config {
-            first_token_timeout: Some(Duration::from_millis(300)),
+            // Far above the scaled draws (p99 8 ms), so a loaded machine does not make the
+            // success count flaky; hangs are cut by it.
+            first_token_timeout: Some(Duration::from_secs(2)),
             ..config()
         },
     )
@@ -753,59 +755,6 @@ async fn tiers_are_models_unknown_tiers_are_400_and_unknown_candidates_refused()
     .err()
     .unwrap();
     assert!(e.contains("unknown model `no/such-model`"), "{e}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn learned_provider_order_sends_most_calls_to_the_fastest_provider() {
-    let mut s = Scenario::healthy();
-    s.time_scale = 1.0;
-    s.providers.truncate(2);
-    s.providers[0].ttft = Dist::Fixed { ms: 60.0 };
-    s.providers[1].ttft = Dist::Fixed { ms: 2.0 };
-    for p in &mut s.providers {
-        p.gap = Dist::Fixed { ms: 0.0 };
-    }
-    let fast = s.providers[1].slug.clone();
-    let (gw, mock) = gateway_on(
-        s,
-        Config {
-            hedge_quantile: 0.0,
-            ..config()
-        },
-    )
-    .await;
-    let c = client();
-    let burst = |n: usize| {
-        let (c, addr) = (c.clone(), gw.addr());
-        async move {
-            let mut set = tokio::task::JoinSet::new();
-            for i in 0..n {
-                let c = c.clone();
-                set.spawn(async move {
-                    let m = json!({"model": "mock/echo", "messages": [{"role": "user", "content": format!("q{i}")}], "max_tokens": 1});
-                    let req = hyper::Request::post(format!("http://{addr}/v1/chat/completions"))
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from(m.to_string())))
-                        .unwrap();
-                    json_of(c.request(req).await.unwrap()).await.0
-                });
-            }
-            while let Some(s) = set.join_next().await {
-                assert_eq!(s.unwrap(), 200);
-            }
-        }
-    };
-    // Unordered warm-up: OpenRouter-style weighted routing measures both providers.
-    burst(120).await;
-    // Orders and store reads are cached for 250 ms: let them see the warm-up.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let before = mock.counters().requests_to(&fast);
-    burst(200).await;
-    let to_fast = mock.counters().requests_to(&fast) - before;
-    assert!(
-        to_fast >= 180,
-        "{to_fast} of 200 calls went to the fast provider"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -308,3 +308,56 @@ async fn the_tenant_limit_binds_each_tenant_apart() {
     );
     assert_eq!(upstream.calls(), 2);
 }
+
+/// The gateway's learned provider order sends most calls to the provider measured fastest
+/// (in paused time on the scenario played in process: no real clock to flake on).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn learned_provider_order_sends_most_calls_to_the_fastest_provider() {
+    let mut s = Scenario::healthy();
+    s.providers.truncate(2);
+    s.providers[0].ttft = llm_layers_mock::Dist::Fixed { ms: 600.0 };
+    s.providers[1].ttft = llm_layers_mock::Dist::Fixed { ms: 20.0 };
+    let fast = s.providers[1].name.clone();
+    let svc = build_stack(
+        &Config {
+            hedge_quantile: 0.0,
+            ..config()
+        },
+        MockChat::scenario(s.with_seed(SEED)),
+        None,
+    )
+    .unwrap();
+    let burst = |from: usize, n: usize| {
+        let svc = svc.clone();
+        async move {
+            let mut set = tokio::task::JoinSet::new();
+            for i in from..from + n {
+                let svc = svc.clone();
+                set.spawn(async move {
+                    let mut r = ChatRequest::new("mock/echo", vec![Message::user(format!("q{i}"))]);
+                    r.body_mut().max_tokens = Some(1);
+                    let s = svc.oneshot(r).await.unwrap();
+                    s.meta().provider.clone().unwrap_or_default()
+                });
+            }
+            let mut served = Vec::new();
+            while let Some(p) = set.join_next().await {
+                served.push(p.unwrap());
+            }
+            served
+        }
+    };
+    // Unordered warm-up: weighted routing measures both providers.
+    burst(0, 120).await;
+    // Orders and store reads are cached for 250 ms.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let to_fast = burst(1000, 200)
+        .await
+        .iter()
+        .filter(|p| **p == fast)
+        .count();
+    assert!(
+        to_fast >= 180,
+        "{to_fast} of 200 calls went to the fast provider"
+    );
+}
