@@ -7,6 +7,7 @@ use tower_service::Service;
 
 use crate::future::ResponseFuture;
 use crate::layer::Shared;
+use crate::stream::Labels;
 
 /// Records latency of an inner chat service. See the [crate docs](crate).
 #[derive(Clone)]
@@ -84,15 +85,7 @@ where
             provider = tracing::field::Empty,
             ttft_ms = tracing::field::Empty,
         );
-        ResponseFuture::new(
-            self.inner.call(req),
-            Instant::now(),
-            model,
-            key,
-            bucket,
-            whole,
-            self.shared.clone(),
-            span,
-        )
+        let labels = Labels::new(model, key, bucket, whole, self.shared.clone(), span);
+        ResponseFuture::new(self.inner.call(req), Instant::now(), labels)
     }
 }

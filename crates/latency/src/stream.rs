@@ -135,6 +135,25 @@ impl Labels {
         v
     }
 
+    /// The tracing span of the call.
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// A call given up before its first token: a censored sample (no first token after
+    /// this long), counted once.
+    pub(crate) fn abandoned(&self, start: Instant, now: Instant) {
+        counter!(ABANDONED, "llm.scope" => self.shared.scope.as_str()).increment(1);
+        if let Some(store) = &self.shared.store {
+            store.record(
+                (&self.key, None),
+                Some(now.saturating_duration_since(start)),
+                None,
+                Outcome::Censored,
+            );
+        }
+    }
+
     /// A call that failed before the commit point.
     pub(crate) fn failed(&self, e: &LlmError, start: Instant, now: Instant) {
         let provider = e.provider();
