@@ -154,15 +154,12 @@ where
                 && this.sleep.as_mut().poll(cx).is_ready()
             {
                 if *this.cold {
-                    // Still on the cold guess: has the store learned that the model is slower
-                    // than guessed? The first samples are the fast ones (the slow attempts of
-                    // the wave are still running), so what they say may postpone a cold
-                    // hedge, never bring it forward: that would hedge the whole first wave.
+                    // Still on the cold guess: has the store learned the model meanwhile?
                     let now = Instant::now();
                     let (delay, cold) = this.shared.delay.lookup(this.request.model());
                     *this.cold = cold;
                     if !cold {
-                        *this.delay = (*this.delay).max(delay);
+                        *this.delay = delay;
                     }
                     let at = *this.start + *this.delay;
                     if at > now {

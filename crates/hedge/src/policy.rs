@@ -110,9 +110,10 @@ pub enum HedgeDelay {
     /// Always after this long without a first token.
     Fixed(Duration),
     /// A quantile of the model's recent TTFT from the store, clamped to `[min, max]`; the
-    /// `cold` delay until the store has its minimum of samples, and the slowest TTFT seen
-    /// until it has four times that (early samples are the fast ones: the slow attempts
-    /// are still running). A call that started cold looks at the store again as it waits.
+    /// `cold` delay until the store has its minimum of samples, and no earlier than 3× the
+    /// median seen until it has four times that (early samples are the fast ones: the slow
+    /// attempts are still running, so a high quantile read from them is too low). A call
+    /// that started cold looks at the store again as it waits.
     Quantile {
         /// Where TTFTs are recorded (by a per-attempt `LatencyLayer`).
         store: LatencyStore,
@@ -155,11 +156,12 @@ impl HedgeDelay {
                     return (*cold, true);
                 }
                 // The first samples of a model are its fastest (the slow attempts of the first
-                // wave are still running), so a quantile read from them is biased low and
-                // would hedge most of the wave at once. Until there are a few times the
-                // minimum, hedge at the slowest seen instead.
+                // wave are still running): a high quantile read from them is biased low and
+                // would hedge much of the wave at once, spending the budget a hung attempt
+                // needs. The median is robust once half the wave is in, so until there are a
+                // few times the minimum of samples, hedge no earlier than 3x the median seen.
                 let d = if n < WARM_FACTOR * floor {
-                    stats.ttft_p99.max(stats.ttft_quantile(*quantile))
+                    stats.ttft_quantile(*quantile).max(stats.ttft_p50 * 3)
                 } else {
                     stats.ttft_quantile(*quantile)
                 };

@@ -39,7 +39,7 @@ where
 ///
 /// **Throttled is not broken**: a throttle (a provider's `429`, or the breaker's fast
 /// `RateLimited` when every known provider is held) has its own allowance on top of
-/// `max_retries` ([`max_throttled`](DefaultPolicy::max_throttled), default 6, for throttles
+/// `max_retries` ([`max_throttled`](DefaultPolicy::max_throttled), default 8, for throttles
 /// that move at once to a free provider and again for those that wait), is not charged to
 /// the budget; when the breaker says every provider is held, the providers this policy
 /// avoided are given back for the next attempt.
@@ -79,7 +79,7 @@ impl DefaultPolicy {
         DefaultPolicy {
             classify: Arc::new(DefaultClassify),
             max_retries,
-            max_throttled: 6,
+            max_throttled: 8,
             avoid_failed_provider: true,
             slug: default_slug,
         }
@@ -91,7 +91,7 @@ impl DefaultPolicy {
         self
     }
 
-    /// Retries after throttles, counted apart from `max_retries` (default 6): this many
+    /// Retries after throttles, counted apart from `max_retries` (default 8): this many
     /// that move to a free provider, and this many that wait for a hold to end.
     pub fn max_throttled(mut self, n: u32) -> Self {
         self.max_throttled = n;

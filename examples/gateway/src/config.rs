@@ -39,8 +39,8 @@ pub struct Config {
     pub adaptive_idle: bool,
     /// Whole-call limit (`--total-timeout-ms`; 300 s; 0 off).
     pub total_timeout: Option<Duration>,
-    /// Retries per call before the first token (`--max-retries`; 3; 0 off; throttles have
-    /// their own allowance of 6 on top, unless this is 0).
+    /// Retries per call before the first token (`--max-retries`; 4; 0 off; throttles have
+    /// their own allowance of 8 on top, unless this is 0).
     pub max_retries: u32,
     /// Connect timeout of the upstream connector (`--connect-timeout-ms`; 5 s).
     pub connect_timeout: Duration,
@@ -94,7 +94,7 @@ impl Default for Config {
             idle_timeout: Some(Duration::from_secs(30)),
             adaptive_idle: true,
             total_timeout: Some(Duration::from_secs(300)),
-            max_retries: 3,
+            max_retries: 4,
             connect_timeout: Duration::from_secs(5),
             hedge_quantile: 0.95,
             hedge_budget: 0.05,
@@ -381,7 +381,7 @@ impl Config {
         );
         let _ = writeln!(
             s,
-            "max retries         {} (throttles apart: up to 6 more)",
+            "max retries         {} (throttles apart: up to 8 moving to a free provider and 8 waiting for a hold)",
             self.max_retries
         );
         let _ = writeln!(

@@ -173,7 +173,7 @@ where
             DefaultPolicy::new(config.max_retries).max_throttled(if config.max_retries == 0 {
                 0
             } else {
-                6
+                8
             }),
         )
         .build()?;
@@ -189,7 +189,7 @@ where
                     cold: Duration::from_secs(1),
                 })
                 .policy(hedge_policy)
-                .budget(Duration::from_secs(10), 3, config.hedge_budget as f32)
+                .budget(Duration::from_secs(10), 5, config.hedge_budget as f32)
                 // A second hedge only replaces one that failed while the original waits.
                 .max_attempts(3)
                 .build()

@@ -35,10 +35,18 @@ const WORKERS: usize = 24;
 const CALLER_TIMEOUT: Duration = Duration::from_secs(120);
 const SEED: u64 = 7;
 
+/// The seed of a run: `MATRIX_SEED=N` for a look at another draw (CI uses 7).
+fn seed() -> u64 {
+    std::env::var("MATRIX_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SEED)
+}
+
 /// The gateway's defaults, seeded.
 fn config() -> Config {
     Config {
-        seed: Some(SEED),
+        seed: Some(seed()),
         ..Config::default()
     }
 }
@@ -129,7 +137,7 @@ async fn row(
 ) -> Row {
     // In process: the scenario's draws with no sockets, so the row is deterministic
     // (a connect or a frame in flight is real I/O the paused clock could run past).
-    let upstream = MockChat::scenario(scenario.clone().with_seed(SEED));
+    let upstream = MockChat::scenario(scenario.clone().with_seed(seed()));
     let svc: Svc = if stack {
         build_stack(&config(), upstream.clone(), None).unwrap()
     } else {
@@ -144,7 +152,12 @@ async fn row(
         ..Row::default()
     };
     loop {
-        while tasks.len() < WORKERS && next < calls {
+        // `MATRIX_WORKERS=N` changes how many run at once (for a look; CI uses 24).
+        let workers = std::env::var("MATRIX_WORKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(WORKERS);
+        while tasks.len() < workers && next < calls {
             if let Some(p) = pace {
                 tokio::time::sleep(p).await;
             }
@@ -208,7 +221,15 @@ fn print(preset: &str, whole: bool, arm: &str, r: &Row) {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn every_preset_through_the_stack_is_never_worse_than_the_plain_leaf() {
     let healthy_p99 = 0.8; // the presets' healthy providers: lognormal p50 200 ms, p99 800 ms
+    // `MATRIX_PRESETS=a,b` runs only those (for a look at one row; CI runs them all).
+    let only = std::env::var("MATRIX_PRESETS").ok();
     for preset in Scenario::PRESETS {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|p| p == preset))
+        {
+            continue;
+        }
         let scenario = Scenario::preset(preset).unwrap();
         let calls = if preset == "chaos" {
             CHAOS_CALLS
