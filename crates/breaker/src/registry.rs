@@ -391,11 +391,9 @@ impl Registry {
             Some(p) => m.providers.contains_key(p),
         });
         if !exists {
-            if *count >= self.cfg.max_entries {
-                evict_idle(map, count, now, self.cfg.idle_ttl);
-                if *count >= self.cfg.max_entries {
-                    return;
-                }
+            if *count >= self.cfg.max_entries && !make_room(map, count, now, &self.cfg) {
+                metrics::counter!("llm_breaker_dropped_outcomes_total").increment(1);
+                return;
             }
             *count += 1;
         }

@@ -675,3 +675,55 @@ async fn a_provider_that_hangs_is_opened_while_its_calls_are_still_open() {
         h.abort();
     }
 }
+
+/// A full table makes room instead of dropping outcomes silently: idle entries first (an
+/// open one whose time is long past included), else the least recently used closed one.
+#[tokio::test(start_paused = true)]
+async fn a_full_table_evicts_instead_of_dropping_outcomes() {
+    let mock = MockChat::new();
+    let b = BreakerLayer::builder()
+        .max_entries(3, S(60))
+        .consecutive_failures(1)
+        .open_for(S(10), S(10), 0.0)
+        .build()
+        .unwrap();
+    let svc = b.layer(mock.clone());
+    let providers = |b: &BreakerLayer| {
+        let mut p: Vec<String> = b
+            .snapshot()
+            .into_iter()
+            .filter_map(|i| i.provider)
+            .collect();
+        p.sort();
+        p
+    };
+    // The model's own entry and two providers fill it.
+    for p in ["A", "B"] {
+        mock.push(ok(p));
+        run(&svc).await.unwrap();
+        tokio::time::advance(S(1)).await;
+    }
+    // A third provider takes the least recently used one's room.
+    mock.push(ok("C"));
+    run(&svc).await.unwrap();
+    assert_eq!(providers(&b), ["b", "c"]);
+    // An open entry of another model, long past its time, is idle too: it goes first.
+    let mut other = req();
+    other.body_mut().model = Some("x".into());
+    mock.push(fail("Z"));
+    let _ = svc.clone().oneshot(other).await;
+    assert!(
+        b.snapshot().iter().any(|i| i.model == "x"),
+        "x/z took b's room"
+    );
+    tokio::time::advance(S(80)).await;
+    mock.push(ok("D"));
+    run(&svc).await.unwrap();
+    assert!(
+        b.snapshot().iter().all(|i| i.model != "x"),
+        "{:?}",
+        b.snapshot()
+    );
+    // c, unused for 80 s, was idle as well.
+    assert_eq!(providers(&b), ["d"]);
+}
