@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use llm_layers_mock::{MockServer, Scenario};
 
-const USAGE: &str = "usage: llm-layers-mock [--preset healthy|fat_tail|outage|rate_limited|chaos | --scenario FILE.json|FILE.toml] [--listen 127.0.0.1:8090] [--time-scale X] [--seed N]";
+const USAGE: &str = "usage: llm-layers-mock [--preset healthy|fat_tail|outage|rate_limited|chaos|all_down | --scenario FILE.json|FILE.toml] [--listen 127.0.0.1:8090] [--time-scale X] [--seed N]";
 
 fn main() -> ExitCode {
     match run() {
