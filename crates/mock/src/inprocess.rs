@@ -13,8 +13,8 @@ use crate::scenario::Scenario;
 use crate::scripted::{MockChat, Script};
 
 impl MockChat {
-    /// A mock upstream that draws each call from `scenario` as [`MockServer`]
-    /// (crate::MockServer) does (same providers and weights, provider preferences honoured,
+    /// A mock upstream that draws each call from `scenario` as
+    /// [`MockServer`](crate::MockServer) does (same providers and weights, provider preferences honoured,
     /// same time to first token, gaps and faults, same answers, the same seeded draws per
     /// request body and repeat), and plays it in process: what the OpenRouter leaf would
     /// return for it, typed errors included, with no HTTP in between.

@@ -231,8 +231,8 @@ impl MockChat {
     }
 
     /// A mock whose every call plays the script `f` makes of its request (when the queue is
-    /// empty): see [`MockChat::scenario`] for a mock upstream drawn from a [`Scenario`]
-    /// (crate::Scenario) with no sockets.
+    /// empty): see [`MockChat::scenario`] for a mock upstream drawn from a
+    /// [`Scenario`](crate::Scenario) with no sockets.
     pub fn from_fn(f: impl Fn(&ChatRequest) -> Script + Send + Sync + 'static) -> MockChat {
         MockChat {
             state: Arc::new(State {
