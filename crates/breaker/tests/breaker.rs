@@ -43,6 +43,17 @@ fn ignored(r: &ChatRequest) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// "Good" answers once (so the model has another provider), then "Bad" fails three times
+/// in a row: with [`layer`]'s settings, bad is open for 10 s.
+async fn trip_bad(svc: &llm_layers_breaker::Breaker<MockChat>, mock: &MockChat) {
+    mock.push(ok("Good"));
+    run(svc).await.unwrap();
+    for _ in 0..3 {
+        mock.push(fail("Bad"));
+        assert!(run(svc).await.is_err());
+    }
+}
+
 async fn run(svc: &llm_layers_breaker::Breaker<MockChat>) -> Result<(), LlmError> {
     let s = svc.clone().oneshot(req()).await?;
     s.collect().await.map(|_| ())
@@ -109,12 +120,7 @@ async fn only_one_probe_at_a_time_when_half_open() {
     let mock = MockChat::new();
     let b = layer();
     let svc = b.layer(mock.clone());
-    mock.push(ok("Good"));
-    run(&svc).await.unwrap();
-    for _ in 0..3 {
-        mock.push(fail("Bad"));
-        let _ = run(&svc).await;
-    }
+    trip_bad(&svc, &mock).await;
     tokio::time::advance(S(10)).await;
     // A slow probe is in flight: the next request still avoids the provider.
     mock.push(Script::tokens(S(5), 1, Duration::ZERO).provider("Bad"));
@@ -490,12 +496,7 @@ async fn a_404_our_ignore_list_caused_becomes_circuit_open() {
     let mock = MockChat::new();
     let b = layer();
     let svc = b.layer(mock.clone());
-    mock.push(ok("Good"));
-    run(&svc).await.unwrap();
-    for _ in 0..3 {
-        mock.push(fail("Bad"));
-        assert!(run(&svc).await.is_err());
-    }
+    trip_bad(&svc, &mock).await;
     // The upstream has only "bad" for this request: ignoring it leaves nothing.
     let api = llm_layers_core::ApiError {
         availability_code: Some("no_endpoints".into()),
@@ -586,12 +587,7 @@ async fn a_probe_from_an_earlier_period_does_not_free_a_slot_of_the_next() {
     let mock = MockChat::new();
     let b = layer();
     let svc = b.layer(mock.clone());
-    mock.push(ok("Good"));
-    run(&svc).await.unwrap();
-    for _ in 0..3 {
-        mock.push(fail("Bad"));
-        let _ = run(&svc).await;
-    }
+    trip_bad(&svc, &mock).await;
     tokio::time::advance(S(10)).await;
     // Period 1: a probe to bad hangs (kept as a future); it holds the one slot.
     let mut only_bad = req();

@@ -199,6 +199,23 @@ pub struct ChatBody {
 }
 
 impl ChatBody {
+    /// A rough count of the prompt's tokens: its message text in bytes / 4, plus one. What
+    /// a token limit reserves before the real usage is known (and what the mock bills).
+    ///
+    /// ```
+    /// use llm_layers_core::{ChatRequest, Message};
+    /// let r = ChatRequest::new("m", vec![Message::user("twelve bytes")]);
+    /// assert_eq!(r.body().approx_prompt_tokens(), 4);
+    /// ```
+    pub fn approx_prompt_tokens(&self) -> u64 {
+        self.messages
+            .iter()
+            .map(|m| m.text_len() as u64)
+            .sum::<u64>()
+            / 4
+            + 1
+    }
+
     /// The generation limit the caller set (`max_completion_tokens`, else `max_tokens`).
     pub fn max_output_tokens(&self) -> Option<u32> {
         self.max_completion_tokens.or(self.max_tokens)

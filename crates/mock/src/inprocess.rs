@@ -93,13 +93,7 @@ fn script_of(scenario: &Scenario, req: &ChatRequest, plan: &Plan) -> Script {
             code,
             retry_after_s,
         } => {
-            let error_type = match code {
-                429 => "rate_limit_exceeded",
-                502 => "provider_unavailable",
-                503 | 529 => "provider_overloaded",
-                524 | 408 => "timeout",
-                _ => "server",
-            };
+            let error_type = plan::error_type(*code);
             let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let api = api_error(
                 *code,
@@ -154,15 +148,8 @@ fn script_of(scenario: &Scenario, req: &ChatRequest, plan: &Plan) -> Script {
                     }
                 }
             }
-            let prompt = req
-                .body()
-                .messages
-                .iter()
-                .map(|m| m.text_len() as u64)
-                .sum::<u64>()
-                / 4
-                + 1;
-            s.finish("stop").usage(prompt, u64::from(plan.tokens))
+            s.finish("stop")
+                .usage(req.body().approx_prompt_tokens(), u64::from(plan.tokens))
         }
     }
 }

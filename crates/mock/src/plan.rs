@@ -87,6 +87,17 @@ impl Plan {
     }
 }
 
+/// OpenRouter's `error_type` for a status the mock answers.
+pub fn error_type(code: u16) -> &'static str {
+    match code {
+        429 => "rate_limit_exceeded",
+        502 => "provider_unavailable",
+        503 | 529 => "provider_overloaded",
+        524 | 408 => "timeout",
+        _ => "server",
+    }
+}
+
 /// A seeded RNG for one request: from the scenario seed, the body's hash and how many times
 /// that body was seen before, so runs are reproducible under any interleaving.
 pub fn request_rng(seed: u64, body_hash: u64, repeat: u64) -> SmallRng {

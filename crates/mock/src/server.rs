@@ -434,13 +434,7 @@ async fn chat(
         )),
         Outcome::Status { code, retry_after_s } => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let error_type = match code {
-                429 => "rate_limit_exceeded",
-                502 => "provider_unavailable",
-                503 | 529 => "provider_overloaded",
-                524 | 408 => "timeout",
-                _ => "server",
-            };
+            let error_type = plan::error_type(code);
             let mut r = error_json(
                 status,
                 &format!("mock provider error {code}"),
@@ -469,7 +463,7 @@ async fn chat(
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
                 tag: answer_tag(body),
-                prompt_tokens: body.messages.iter().map(|m| m.text_len() as u64).sum::<u64>() / 4 + 1,
+                prompt_tokens: body.approx_prompt_tokens(),
             };
             let (tx, rx) = mpsc::channel(16);
             let stream = request.is_stream();

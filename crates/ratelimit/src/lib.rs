@@ -212,15 +212,7 @@ impl Default for DefaultEstimator {
 
 impl TokenEstimator for DefaultEstimator {
     fn estimate(&self, req: &ChatRequest) -> u64 {
-        let prompt = req
-            .body()
-            .messages
-            .iter()
-            .map(|m| m.text_len() as u64)
-            .sum::<u64>()
-            / 4
-            + 1;
-        prompt
+        req.body().approx_prompt_tokens()
             + req
                 .body()
                 .max_output_tokens()
@@ -530,14 +522,7 @@ where
             // A request larger than the whole burst could never fit: charge the burst.
             let cost = estimate.min(limit.rate.burst);
             take(store, &key, cost, limit, deadline).await?;
-            let prompt = req
-                .body()
-                .messages
-                .iter()
-                .map(|m| m.text_len() as u64)
-                .sum::<u64>()
-                / 4
-                + 1;
+            let prompt = req.body().approx_prompt_tokens();
             reservation = Some(Reservation {
                 shared: shared.clone(),
                 key,
