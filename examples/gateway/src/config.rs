@@ -76,6 +76,9 @@ pub struct Config {
     /// Seeds the jitter of retries and breakers, for reproducible runs (none: from the
     /// clock). Tests and benchmarks set it.
     pub seed: Option<u64>,
+    /// Gateway keys (`LLM_GATEWAY_KEYS=tenant=key,...` or `--keys FILE.json`); none: the
+    /// gateway is open to anyone who reaches it, and says so.
+    pub keys: crate::keys::Keys,
 }
 
 impl Default for Config {
@@ -106,6 +109,7 @@ impl Default for Config {
             router: llm_layers_router::RouterConfig::default(),
             upstream_h2c: false,
             seed: None,
+            keys: crate::keys::Keys::default(),
         }
     }
 }
@@ -141,6 +145,7 @@ impl std::fmt::Debug for Config {
             .field("router", &self.router)
             .field("upstream_h2c", &self.upstream_h2c)
             .field("seed", &self.seed)
+            .field("keys", &self.keys)
             .finish()
     }
 }
@@ -155,9 +160,12 @@ usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
                [--max-concurrency N] [--requests-per-minute N] [--tokens-per-minute N]
                [--tenant-requests-per-minute N]
                [--tiers FILE.json] [--learned-order on|off] [--upstream-h2c on|off]
-               [--adaptive-idle on|off]
-headers:     x-tenant (key of --tenant-requests-per-minute), x-priority: low|normal|high
-environment: OPENROUTER_API_KEY, OPENROUTER_BASE_URL, LISTEN_ADDR, MOCK_PRESET, MOCK_TIME_SCALE,
+               [--adaptive-idle on|off] [--keys FILE.json]
+headers:     authorization: Bearer <gateway key> (when keys are configured);
+             x-tenant (key of --tenant-requests-per-minute; with gateway keys, the key's tenant
+             wins unless the key is trusted), x-priority: low|normal|high (with keys: may only
+             lower the key's priority unless trusted)
+environment: OPENROUTER_API_KEY, OPENROUTER_BASE_URL, LLM_GATEWAY_KEYS, LISTEN_ADDR, MOCK_PRESET, MOCK_TIME_SCALE,
              FIRST_TOKEN_TIMEOUT_MS, IDLE_TIMEOUT_MS, TOTAL_TIMEOUT_MS, MAX_RETRIES,
              HEDGE_QUANTILE, ROUTER_TIERS, LEARNED_ORDER, UPSTREAM_H2C, ADAPTIVE_IDLE (flags win)";
 
@@ -189,6 +197,9 @@ impl Config {
         let mut c = Config::default();
         let non_empty = |k: &str| env(k).filter(|v| !v.trim().is_empty());
         c.api_key = non_empty("OPENROUTER_API_KEY");
+        if let Some(pairs) = non_empty("LLM_GATEWAY_KEYS") {
+            c.keys = crate::keys::Keys::from_pairs(&pairs)?;
+        }
         if let Some(u) = non_empty("OPENROUTER_BASE_URL") {
             c.base_url = u;
         }
@@ -323,6 +334,12 @@ impl Config {
                     c.router.learned_order.enabled &= learned;
                 }
                 "--learned-order" => c.router.learned_order.enabled = on_off(&flag, &v)?,
+                "--keys" => {
+                    let text = std::fs::read_to_string(&v)
+                        .map_err(|e| format!("{flag}: cannot read {v:?}: {e}"))?;
+                    c.keys = crate::keys::Keys::from_json(&text)
+                        .map_err(|e| format!("{flag}: {v:?}: {e}"))?;
+                }
                 "--upstream-h2c" => c.upstream_h2c = on_off(&flag, &v)?,
                 "--adaptive-idle" => c.adaptive_idle = on_off(&flag, &v)?,
                 other => return Err(format!("unknown flag {other:?}")),
@@ -337,6 +354,18 @@ impl Config {
             |x: Option<Duration>| x.map_or("off".to_owned(), |d| format!("{}ms", d.as_millis()));
         let mut s = String::new();
         let _ = writeln!(s, "listen              {}", self.listen);
+        let _ = writeln!(
+            s,
+            "gateway keys        {}",
+            if self.keys.is_empty() {
+                "NONE: OPEN GATEWAY, anyone who reaches it spends the upstream key (set LLM_GATEWAY_KEYS or --keys)".to_owned()
+            } else {
+                format!(
+                    "{} (tenants and priorities come from the key)",
+                    self.keys.iter().count()
+                )
+            }
+        );
         let _ = writeln!(
             s,
             "upstream            {}{}",

@@ -33,6 +33,17 @@ impl ApiFailure {
         }
     }
 
+    /// A missing, wrong or revoked gateway key: OpenAI's 401.
+    pub fn unauthorized(message: &str) -> Self {
+        ApiFailure {
+            status: StatusCode::UNAUTHORIZED,
+            kind: "invalid_request_error",
+            code: "invalid_api_key".to_owned(),
+            message: message.to_owned(),
+            retry_after: None,
+        }
+    }
+
     /// The `{"error": ...}` body.
     pub fn body(&self) -> Value {
         json!({"error": {"message": self.message, "type": self.kind, "code": self.code, "param": null}})

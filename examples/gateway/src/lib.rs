@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod error;
+pub mod keys;
 mod sse;
 
 use std::sync::Arc;
@@ -229,6 +230,19 @@ where
                 .burst(n.div_ceil(6).max(1))
                 .key(by_tenant),
         );
+    }
+    // Per-key request limits: one bucket per key, keyed by its tenant.
+    for k in config.keys.iter().filter(|k| k.requests_per_minute > 0) {
+        let n = k.requests_per_minute;
+        let tenant = k.tenant.clone();
+        limits = limits.requests(Limit::new(n, minute).burst(n.div_ceil(6).max(1)).key(
+            Key::from_fn(move |r| {
+                r.extensions()
+                    .get::<KeyTenant>()
+                    .filter(|t| t.0 == tenant)
+                    .map(|t| t.0.clone())
+            }),
+        ));
     }
     if config.tokens_per_minute > 0 {
         let n = config.tokens_per_minute;
@@ -492,21 +506,116 @@ fn parse_request(bytes: &[u8]) -> Result<ChatRequest, ApiFailure> {
     Ok(req)
 }
 
+/// The tenant of the gateway key a call came with (what per-key limits key on, whatever
+/// tenant a trusted key's caller names).
+#[derive(Debug, Clone)]
+struct KeyTenant(Arc<str>);
+
+/// The gateway key a request presents, when keys are configured: `Ok(None)` in open mode,
+/// an OpenAI-shaped 401 for a missing, wrong or revoked key.
+fn authenticate<'a>(
+    state: &'a AppState,
+    headers: &http::HeaderMap,
+) -> Result<Option<&'a keys::GatewayKey>, ApiFailure> {
+    if state.config.keys.is_empty() {
+        return Ok(None);
+    }
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match state.config.keys.check(auth) {
+        Ok(k) => Ok(Some(k)),
+        Err(keys::Refusal::Missing) => Err(ApiFailure::unauthorized(
+            "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
+        )),
+        Err(keys::Refusal::Wrong) => Err(ApiFailure::unauthorized("Incorrect API key provided.")),
+    }
+}
+
+/// An admin route (`/metrics`, `/status`) when keys are configured: an admin key or 401/403.
+fn admin_only(state: &AppState, headers: &http::HeaderMap) -> Result<(), ApiFailure> {
+    match authenticate(state, headers)? {
+        Some(k) if !k.admin => Err(ApiFailure::invalid(
+            StatusCode::FORBIDDEN,
+            "admin_only",
+            "this key may not read this page",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What a key changes in a request: its model is allowed (else 403), `max_tokens` capped,
+/// the routing and spending fields removed unless allowed.
+fn apply_key(key: &keys::GatewayKey, req: &mut ChatRequest) -> Result<(), ApiFailure> {
+    if !key.allows_model(req.model()) {
+        return Err(ApiFailure {
+            status: StatusCode::FORBIDDEN,
+            kind: "permission_error",
+            code: "model_not_allowed".into(),
+            message: format!("this key may not use the model {:?}", req.model()),
+            retry_after: None,
+        });
+    }
+    let routing_fields = ["models", "provider", "plugins", "transforms"];
+    let strip = !key.routing
+        && (req.body().models.is_some()
+            || req.body().provider.is_some()
+            || routing_fields[2..]
+                .iter()
+                .any(|f| req.body().extra.contains_key(*f)));
+    if strip {
+        let body = req.body_mut();
+        body.models = None;
+        body.provider = None;
+        for f in &routing_fields[2..] {
+            body.extra.remove(*f);
+        }
+    }
+    if let Some(cap) = key.max_tokens {
+        let body = req.body_mut();
+        let asked = body.max_output_tokens();
+        if asked.is_none_or(|n| n > cap) {
+            body.max_tokens = Some(cap);
+            body.max_completion_tokens = None;
+        }
+    }
+    Ok(())
+}
+
 async fn chat(State(state): State<AppState>, req: Request) -> Response {
-    let tenant = req
+    // The key is checked before the body is read: a caller without one costs nothing.
+    let key = match authenticate(&state, req.headers()) {
+        Ok(k) => k.cloned(),
+        Err(f) => return f.into_response(),
+    };
+    let trusted = key.as_ref().is_none_or(|k| k.trusted);
+    let header_tenant = req
         .headers()
         .get("x-tenant")
         .and_then(|v| v.to_str().ok())
         .filter(|t| !t.is_empty() && t.len() <= 128)
         .map(|t| Tenant(Arc::from(t)));
-    let priority = match req
+    let tenant = match &key {
+        Some(k) if !trusted => Some(Tenant(k.tenant.clone())),
+        Some(k) => header_tenant.or_else(|| Some(Tenant(k.tenant.clone()))),
+        None => header_tenant,
+    };
+    let asked = match req
         .headers()
         .get("x-priority")
         .and_then(|v| v.to_str().ok())
     {
-        Some("low") => Priority(0),
-        Some("high") => Priority(2),
-        _ => Priority(1),
+        Some("low") => Some(Priority(0)),
+        Some("high") => Some(Priority(2)),
+        Some("normal") => Some(Priority(1)),
+        _ => None,
+    };
+    // A key's priority is a ceiling: the header may only lower it, unless the key is trusted.
+    let priority = match (&key, asked) {
+        (Some(k), Some(p)) if !trusted => p.min(k.priority),
+        (Some(k), None) => k.priority,
+        (_, Some(p)) => p,
+        (None, None) => Priority(1),
     };
     let bytes = match read_body(&state, req).await {
         Ok(b) => b,
@@ -516,6 +625,12 @@ async fn chat(State(state): State<AppState>, req: Request) -> Response {
         Ok(r) => r,
         Err(f) => return f.into_response(),
     };
+    if let Some(k) = &key {
+        if let Err(f) = apply_key(k, &mut req) {
+            return f.into_response();
+        }
+        req.extensions_mut().insert(KeyTenant(k.tenant.clone()));
+    }
     req.extensions_mut().insert(priority);
     if let Some(t) = tenant {
         req.extensions_mut().insert(t);
@@ -563,7 +678,10 @@ pub(crate) fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-async fn models(State(state): State<AppState>) -> Response {
+async fn models(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
+    if let Err(f) = authenticate(&state, &headers) {
+        return f.into_response();
+    }
     match state.leaf.models().await {
         Ok(models) => {
             let tiers = state.config.router.tiers.iter().map(|t| {
@@ -592,11 +710,21 @@ async fn models(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn healthz() -> Response {
-    axum::Json(json!({"status": "ok"})).into_response()
+/// Open in every mode (load balancers probe it without a key); says whether the gateway
+/// is open.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let auth = if state.config.keys.is_empty() {
+        "open: no gateway keys configured, anyone who reaches this gateway can use it"
+    } else {
+        "gateway keys required"
+    };
+    axum::Json(json!({"status": "ok", "auth": auth})).into_response()
 }
 
-async fn metrics_text(State(state): State<AppState>) -> Response {
+async fn metrics_text(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
+    if let Err(f) = admin_only(&state, &headers) {
+        return f.into_response();
+    }
     match &state.metrics {
         Some(h) => (
             [(

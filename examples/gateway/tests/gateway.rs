@@ -834,3 +834,180 @@ fn the_configuration_never_shows_the_api_key() {
     assert!(!c.describe().contains("secret-value"));
     assert!(c.describe().contains("429 handling"));
 }
+
+/// A keyed gateway: `post` with a chosen `Authorization` and headers.
+async fn post_as(
+    c: &HttpClient,
+    gw: &Gateway,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> (u16, Value, String) {
+    let mut req = hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr()))
+        .header("content-type", "application/json");
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    for (h, v) in headers {
+        req = req.header(*h, *v);
+    }
+    let r = c
+        .request(req.body(Full::new(body.into())).unwrap())
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let bytes = r.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+    )
+}
+
+const KEYS: &str = r#"{"keys": [
+    {"tenant": "acme", "key": "sk-gw-acme-0000000000", "models": ["mock/*"], "max_tokens": 2},
+    {"tenant": "lowly", "key": "sk-gw-lowly-000000000", "priority": "low", "requests_per_minute": 6},
+    {"tenant": "ops", "key": "sk-gw-ops-00000000000", "admin": true},
+    {"tenant": "gone", "key": "sk-gw-gone-0000000000", "revoked": true}
+]}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_keys_are_checked_before_the_body_and_decide_tenant_model_and_caps() {
+    let keys = example_gateway::keys::Keys::from_json(KEYS).unwrap();
+    let (gw, mock) = gateway_on(
+        Scenario::healthy().with_time_scale(0.0),
+        Config { keys, ..config() },
+    )
+    .await;
+    let c = client();
+    // No key, a wrong key, a revoked key: 401 before the body is even parsed, no upstream call.
+    for key in [
+        None,
+        Some("sk-gw-acme-0000000001"),
+        Some("sk-gw-gone-0000000000"),
+    ] {
+        let (status, v, text) = post_as(&c, &gw, key, &[], "{ not json").await;
+        assert_eq!(status, 401, "{key:?}: {v}");
+        assert_openai_error(&v);
+        assert_eq!(v["error"]["code"], "invalid_api_key");
+        assert!(!text.contains("sk-gw"), "no key in an error body: {text}");
+    }
+    assert_eq!(mock.counters().requests(), 0);
+    // A key limited to mock/* gets 403 for another model; its max_tokens is capped to 2.
+    let other = json!({"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, v, _) = post_as(
+        &c,
+        &gw,
+        Some("sk-gw-acme-0000000000"),
+        &[],
+        other.to_string(),
+    )
+    .await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"]["code"], "model_not_allowed");
+    let m = json!({"model": "mock/echo", "messages": [{"role": "user", "content": "capped"}], "max_tokens": 50,
+        "provider": {"only": ["nobody"]}});
+    let (status, v, _) = post_as(&c, &gw, Some("sk-gw-acme-0000000000"), &[], m.to_string()).await;
+    assert_eq!(
+        status, 200,
+        "routing fields stripped (only: nobody would be a 404): {v}"
+    );
+    let body = ChatBody {
+        messages: vec![Message::user("capped")],
+        ..ChatBody::default()
+    };
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        expected_answer(&body, 2)
+    );
+    // The key's limit binds whatever x-tenant the caller names.
+    let hi = json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1});
+    let (status, _, _) = post_as(
+        &c,
+        &gw,
+        Some("sk-gw-lowly-000000000"),
+        &[("x-tenant", "a")],
+        hi.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, v, _) = post_as(
+        &c,
+        &gw,
+        Some("sk-gw-lowly-000000000"),
+        &[("x-tenant", "b")],
+        hi.to_string(),
+    )
+    .await;
+    assert_eq!(status, 429, "{v}");
+    // /healthz stays open and says the gateway is keyed; /metrics wants an admin key.
+    let h = c
+        .request(
+            hyper::Request::get(format!("http://{}/healthz", gw.addr()))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (status, v, _) = json_of(h).await;
+    assert_eq!(
+        (status, v["auth"].as_str()),
+        (200, Some("gateway keys required"))
+    );
+    for (key, want) in [
+        (None, 401),
+        (Some("sk-gw-acme-0000000000"), 403),
+        (Some("sk-gw-ops-00000000000"), 404),
+    ] {
+        let mut r = hyper::Request::get(format!("http://{}/metrics", gw.addr()));
+        if let Some(k) = key {
+            r = r.header("authorization", format!("Bearer {k}"));
+        }
+        let (status, _, _) =
+            json_of(c.request(r.body(Full::default()).unwrap()).await.unwrap()).await;
+        // 404: the admin gets through; this test gateway has no recorder installed.
+        assert_eq!(status, want, "{key:?}");
+    }
+    gw.shutdown().await.unwrap();
+}
+
+/// A low-priority key cannot raise itself with `x-priority: high`: when full, it is shed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_priority_key_cannot_raise_itself() {
+    let mut s = Scenario::healthy();
+    s.providers.truncate(1);
+    s.providers[0].ttft = Dist::Fixed { ms: 0.0 };
+    s.providers[0].gap = Dist::Fixed { ms: 1_000.0 };
+    let (gw, _mock) = gateway_on(
+        s,
+        Config {
+            keys: example_gateway::keys::Keys::from_json(KEYS).unwrap(),
+            max_concurrency: 1,
+            idle_timeout: None,
+            ..config()
+        },
+    )
+    .await;
+    let c = client();
+    let held = json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hold"}], "max_tokens": 3, "stream": true});
+    let req = hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr()))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-gw-ops-00000000000")
+        .body(Full::new(Bytes::from(held.to_string())))
+        .unwrap();
+    let r = c.request(req).await.unwrap();
+    let reader = tokio::spawn(async move { r.into_body().collect().await.unwrap().to_bytes() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let m = json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1});
+    let (status, v, _) = post_as(
+        &c,
+        &gw,
+        Some("sk-gw-lowly-000000000"),
+        &[("x-priority", "high")],
+        m.to_string(),
+    )
+    .await;
+    assert_eq!(status, 429, "shed as low priority: {v}");
+    assert!(events(&reader.await.unwrap()).contains(&"[DONE]".to_owned()));
+}

@@ -1,0 +1,367 @@
+//! Gateway keys: who may call the gateway, as which tenant, at which priority, for which
+//! models, within which limits.
+//!
+//! Callers send `Authorization: Bearer <gateway key>` (the OpenAI SDKs send their `api_key`
+//! so). Keys come from `LLM_GATEWAY_KEYS` (comma-separated `tenant=key` pairs) or a JSON file
+//! (`--keys FILE.json`, [`KeysFile`]); only their SHA-256 is kept, and a presented key is
+//! compared against every stored hash in constant time, so neither the answer nor its timing
+//! depends on how much of a key matched. No key configured: the gateway is open, and says so.
+//!
+//! ```
+//! use example_gateway::keys::Keys;
+//! let keys = Keys::from_pairs("acme=sk-gw-1111111111111,globex=sk-gw-2222222222222").unwrap();
+//! assert_eq!(&*keys.check(Some("Bearer sk-gw-2222222222222")).unwrap().tenant, "globex");
+//! assert!(keys.check(Some("Bearer sk-gw-2222222222223")).is_err());
+//! assert!(keys.check(None).is_err());
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use llm_layers_core::Priority;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+/// The SHA-256 of a key.
+type Hash = [u8; 32];
+
+fn sha256(key: &str) -> Hash {
+    let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// One gateway key: its tenant and what it may do. `Debug` shows no secret.
+#[derive(Clone, PartialEq)]
+pub struct GatewayKey {
+    hash: Hash,
+    /// The tenant its calls are made as (rate limits, metrics, the status page).
+    pub tenant: Arc<str>,
+    /// The highest priority its calls may have; `x-priority` may only lower it (unless
+    /// `trusted`).
+    pub priority: Priority,
+    /// The models (exact ids, `author/*` prefixes, or `tier:NAME`) it may use; `None`: any.
+    pub models: Option<Vec<String>>,
+    /// Its `max_tokens` is capped to this (and set to it when the caller sets none).
+    pub max_tokens: Option<u32>,
+    /// Whether it may send the body fields that spend money or change routing (`models`,
+    /// `provider`, `plugins`, `transforms`); otherwise they are removed.
+    pub routing: bool,
+    /// Whether its `x-tenant` and `x-priority` headers are honoured as sent (a trusted
+    /// front end that knows its own users); otherwise the key decides.
+    pub trusted: bool,
+    /// Requests per minute for this key (0: none beyond the gateway's own limits).
+    pub requests_per_minute: u64,
+    /// Whether it may read `/metrics` and `/status`.
+    pub admin: bool,
+    /// A revoked key is refused like a wrong one.
+    pub revoked: bool,
+}
+
+impl fmt::Debug for GatewayKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayKey")
+            .field("tenant", &self.tenant)
+            .field("priority", &self.priority)
+            .field("models", &self.models)
+            .field("max_tokens", &self.max_tokens)
+            .field("routing", &self.routing)
+            .field("trusted", &self.trusted)
+            .field("requests_per_minute", &self.requests_per_minute)
+            .field("admin", &self.admin)
+            .field("revoked", &self.revoked)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayKey {
+    /// A key for `tenant`, normal priority, any model, no caps.
+    pub fn new(tenant: &str, key: &str) -> GatewayKey {
+        GatewayKey {
+            hash: sha256(key),
+            tenant: Arc::from(tenant),
+            priority: Priority(1),
+            models: None,
+            max_tokens: None,
+            routing: false,
+            trusted: false,
+            requests_per_minute: 0,
+            admin: false,
+            revoked: false,
+        }
+    }
+
+    /// Whether this key may call `model` (a model id or `tier:NAME`).
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models.as_ref().is_none_or(|ms| {
+            ms.iter().any(|m| match m.strip_suffix('*') {
+                Some(prefix) => model.starts_with(prefix),
+                None => m == model,
+            })
+        })
+    }
+}
+
+/// One entry of a keys file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// The tenant.
+    pub tenant: String,
+    /// The key itself, or ...
+    #[serde(default)]
+    pub key: Option<String>,
+    /// ... its SHA-256 in hex, so the file need not hold the secret.
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+    /// `low`, `normal` (default) or `high`.
+    #[serde(default)]
+    pub priority: Option<String>,
+    /// Allowed models (exact, `author/*`, `tier:NAME`); absent: any.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// The `max_tokens` cap.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// May send `models`, `provider`, `plugins`, `transforms`.
+    #[serde(default)]
+    pub allow_routing: bool,
+    /// Its headers are honoured as sent.
+    #[serde(default)]
+    pub trusted: bool,
+    /// Requests per minute for this key.
+    #[serde(default)]
+    pub requests_per_minute: u64,
+    /// May read `/metrics` and `/status`.
+    #[serde(default)]
+    pub admin: bool,
+    /// Refused like a wrong key.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// The keys file (`--keys FILE.json`): `{"keys": [KeyEntry, ...]}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysFile {
+    /// The keys.
+    pub keys: Vec<KeyEntry>,
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No `Authorization: Bearer ...` header.
+    Missing,
+    /// A key that is not known, or revoked (the two are not told apart).
+    Wrong,
+}
+
+/// The configured gateway keys.
+#[derive(Clone, Default, PartialEq)]
+pub struct Keys {
+    keys: Vec<GatewayKey>,
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.keys.iter().map(|k| &k.tenant))
+            .finish()
+    }
+}
+
+fn priority(name: Option<&str>) -> Result<Priority, String> {
+    match name.unwrap_or("normal") {
+        "low" => Ok(Priority(0)),
+        "normal" => Ok(Priority(1)),
+        "high" => Ok(Priority(2)),
+        other => Err(format!("priority {other:?} is not low, normal or high")),
+    }
+}
+
+fn valid_tenant(t: &str) -> Result<(), String> {
+    if t.is_empty() || t.len() > 128 || t.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "tenant {t:?} must be 1 to 128 characters, no spaces"
+        ));
+    }
+    Ok(())
+}
+
+impl Keys {
+    /// Keys from `tenant=key` pairs separated by commas (`LLM_GATEWAY_KEYS`).
+    pub fn from_pairs(pairs: &str) -> Result<Keys, String> {
+        let mut keys = Vec::new();
+        for pair in pairs.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (tenant, key) = pair
+                .split_once('=')
+                .ok_or_else(|| "LLM_GATEWAY_KEYS: each entry is tenant=key".to_owned())?;
+            let (tenant, key) = (tenant.trim(), key.trim());
+            valid_tenant(tenant).map_err(|e| format!("LLM_GATEWAY_KEYS: {e}"))?;
+            if key.len() < 16 {
+                return Err(format!(
+                    "LLM_GATEWAY_KEYS: the key of {tenant} is shorter than 16 characters"
+                ));
+            }
+            keys.push(GatewayKey::new(tenant, key));
+        }
+        Keys::checked(keys)
+    }
+
+    /// Keys from a keys file's text.
+    pub fn from_json(text: &str) -> Result<Keys, String> {
+        let file: KeysFile =
+            serde_json::from_str(text).map_err(|e| format!("not a keys file: {e}"))?;
+        let mut keys = Vec::new();
+        for e in file.keys {
+            valid_tenant(&e.tenant)?;
+            let hash = match (&e.key, &e.key_sha256) {
+                (Some(k), None) if k.len() >= 16 => sha256(k),
+                (Some(_), None) => {
+                    return Err(format!(
+                        "the key of {} is shorter than 16 characters",
+                        e.tenant
+                    ));
+                }
+                (None, Some(h)) => parse_hex(h)
+                    .ok_or_else(|| format!("key_sha256 of {} is not 64 hex digits", e.tenant))?,
+                _ => {
+                    return Err(format!(
+                        "{}: give exactly one of key and key_sha256",
+                        e.tenant
+                    ));
+                }
+            };
+            keys.push(GatewayKey {
+                hash,
+                tenant: Arc::from(e.tenant.as_str()),
+                priority: priority(e.priority.as_deref())?,
+                models: e.models,
+                max_tokens: e.max_tokens.filter(|n| *n > 0),
+                routing: e.allow_routing,
+                trusted: e.trusted,
+                requests_per_minute: e.requests_per_minute,
+                admin: e.admin,
+                revoked: e.revoked,
+            });
+        }
+        Keys::checked(keys)
+    }
+
+    fn checked(keys: Vec<GatewayKey>) -> Result<Keys, String> {
+        for (i, k) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|o| o.hash == k.hash) {
+                return Err(format!("the key of {} is given twice", k.tenant));
+            }
+        }
+        Ok(Keys { keys })
+    }
+
+    /// Whether any key is configured (otherwise the gateway is open).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Every key (for per-key limits and the status page); no secrets in them.
+    pub fn iter(&self) -> impl Iterator<Item = &GatewayKey> {
+        self.keys.iter()
+    }
+
+    /// The key an `Authorization` header value presents, or why it is refused. The presented
+    /// key is hashed and compared with every stored hash in constant time, whatever matches.
+    pub fn check(&self, authorization: Option<&str>) -> Result<&GatewayKey, Refusal> {
+        let presented = authorization
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(Refusal::Missing)?;
+        let hash = sha256(presented);
+        let mut found: Option<&GatewayKey> = None;
+        for k in &self.keys {
+            // No early exit: every stored hash is compared.
+            if bool::from(k.hash.ct_eq(&hash)) {
+                found = Some(k);
+            }
+        }
+        found.filter(|k| !k.revoked).ok_or(Refusal::Wrong)
+    }
+}
+
+fn parse_hex(h: &str) -> Option<Hash> {
+    let h = h.trim();
+    if h.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_files_and_refusals() {
+        let keys =
+            Keys::from_pairs(" acme = sk-gw-aaaaaaaaaaaa , globex=sk-gw-bbbbbbbbbbbb").unwrap();
+        assert_eq!(
+            &*keys
+                .check(Some("Bearer sk-gw-aaaaaaaaaaaa"))
+                .unwrap()
+                .tenant,
+            "acme"
+        );
+        assert_eq!(
+            keys.check(Some("Bearer sk-gw-aaaaaaaaaaab")),
+            Err(Refusal::Wrong)
+        );
+        assert_eq!(keys.check(Some("Basic xyz")), Err(Refusal::Missing));
+        assert_eq!(keys.check(None), Err(Refusal::Missing));
+        assert!(Keys::from_pairs("acme=short").is_err());
+        assert!(Keys::from_pairs("no-equals-sign").is_err());
+        assert!(Keys::from_pairs("a=sk-gw-aaaaaaaaaaaa,b=sk-gw-aaaaaaaaaaaa").is_err());
+        let hash: String = sha256("sk-gw-cccccccccccc")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let file = format!(
+            r#"{{"keys": [
+                {{"tenant": "acme", "key": "sk-gw-aaaaaaaaaaaa", "priority": "low",
+                  "models": ["openai/*", "tier:fast"], "max_tokens": 100}},
+                {{"tenant": "ops", "key_sha256": "{hash}", "admin": true}},
+                {{"tenant": "gone", "key": "sk-gw-dddddddddddd", "revoked": true}}
+            ]}}"#
+        );
+        let keys = Keys::from_json(&file).unwrap();
+        let acme = keys.check(Some("Bearer sk-gw-aaaaaaaaaaaa")).unwrap();
+        assert_eq!(acme.priority, Priority(0));
+        assert!(acme.allows_model("openai/gpt-4o") && acme.allows_model("tier:fast"));
+        assert!(!acme.allows_model("anthropic/claude") && !acme.allows_model("tier:cheap"));
+        assert!(keys.check(Some("Bearer sk-gw-cccccccccccc")).unwrap().admin);
+        assert_eq!(
+            keys.check(Some("Bearer sk-gw-dddddddddddd")),
+            Err(Refusal::Wrong)
+        );
+        // No secret in Debug.
+        let debug = format!("{keys:?} {acme:?}");
+        assert!(
+            !debug.contains("sk-gw") && !debug.contains(&hash),
+            "{debug}"
+        );
+        assert!(Keys::from_json(r#"{"keys": [{"tenant": "x"}]}"#).is_err());
+        assert!(
+            Keys::from_json(
+                r#"{"keys": [{"tenant": "x", "key": "sk-gw-aaaaaaaaaaaa", "priority": "max"}]}"#
+            )
+            .is_err()
+        );
+    }
+}
