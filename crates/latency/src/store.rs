@@ -543,6 +543,20 @@ impl LatencyStore {
         (s.ttft_samples >= self.inner.min_samples.max(1)).then(|| s.ttft_quantile(q))
     }
 
+    /// Every model the store holds keys for, by name.
+    pub fn models(&self) -> Vec<String> {
+        let mut m: Vec<String> = self
+            .inner
+            .entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        m.sort();
+        m
+    }
+
     /// Every provider seen for `model`, with its stats, by name (a stable order: what is
     /// decided from it must not depend on a hash map's).
     pub fn providers(&self, model: &str) -> Vec<(String, Stats)> {

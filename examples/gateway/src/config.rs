@@ -427,7 +427,7 @@ impl Config {
             "hedge               {}",
             if self.hedge_quantile > 0.0 {
                 format!(
-                    "at p{} of recent TTFT (2 s until learned), at most {}% of requests",
+                    "at p{} of recent TTFT (1 s until learned, then no earlier than 3x the median until 40 samples), at most {}% of requests plus 5 a second; a failed hedge replaced at once",
                     self.hedge_quantile * 100.0,
                     self.hedge_budget * 100.0
                 )

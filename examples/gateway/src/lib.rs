@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod keys;
 mod sse;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -65,6 +66,9 @@ struct AppState {
     metrics: Option<PrometheusHandle>,
     config: Arc<Config>,
     phase: watch::Receiver<Phase>,
+    parts: Parts,
+    started: tokio::time::Instant,
+    counters: Arc<status::Counters>,
 }
 
 /// The leaf for a configuration (the mock's URL and a placeholder key when there is no key).
@@ -99,6 +103,35 @@ pub fn build_stack<S>(
     leaf: S,
     catalog: Option<Vec<String>>,
 ) -> Result<Stack, LlmError>
+where
+    S: tower::Service<ChatRequest, Response = ChatStream, Error = LlmError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    build_stack_with_parts(config, leaf, catalog).map(|(stack, _)| stack)
+}
+
+/// What the stack has learned, for the status page: the latency store, the breakers, the
+/// router (learned orders).
+#[derive(Clone)]
+pub struct Parts {
+    /// Per (model, provider) latency and outcomes.
+    pub store: LatencyStore,
+    /// The breakers (states, holds).
+    pub breaker: llm_layers_breaker::BreakerLayer,
+    /// The router (learned provider orders).
+    pub router: RouterLayer,
+}
+
+/// [`build_stack`], also returning the [`Parts`] a status page reads.
+pub fn build_stack_with_parts<S>(
+    config: &Config,
+    leaf: S,
+    catalog: Option<Vec<String>>,
+) -> Result<(Stack, Parts), LlmError>
 where
     S: tower::Service<ChatRequest, Response = ChatStream, Error = LlmError>
         + Clone
@@ -250,10 +283,12 @@ where
     }
     let limits = limits.build()?;
     let per_call = LatencyLayer::builder().scope(Scope::Call).build()?;
+    let status_store = store.clone();
     let per_attempt_latency = LatencyLayer::builder()
         .scope(Scope::Attempt)
         .store(store)
         .build()?;
+    let status_breaker = breaker.clone();
     let inner = ServiceBuilder::new()
         .layer(breaker)
         .layer(per_attempt_latency)
@@ -264,6 +299,11 @@ where
         Some(h) => BoxCloneSyncService::new(h.layer(inner)),
         None => BoxCloneSyncService::new(inner),
     };
+    let parts = Parts {
+        store: status_store,
+        breaker: status_breaker,
+        router: router.clone(),
+    };
     let stack = ServiceBuilder::new()
         .layer(per_call)
         .layer(router)
@@ -271,7 +311,7 @@ where
         .layer(overall)
         .layer(retry)
         .service(inner);
-    Ok(BoxCloneSyncService::new(stack))
+    Ok((BoxCloneSyncService::new(stack), parts))
 }
 
 /// The router, for embedding the gateway in another axum app.
@@ -281,6 +321,8 @@ fn router(state: AppState) -> Router {
         .route("/v1/models", get(models))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
+        .route("/status", get(status_page))
+        .route("/status.json", get(status_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -328,7 +370,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
     println!("{described}");
     println!(
-        "llm-layers gateway on http://{}  (POST /v1/chat/completions, GET /v1/models, /healthz, /metrics)",
+        "llm-layers gateway on http://{}  (POST /v1/chat/completions, GET /v1/models, /healthz, /metrics, /status)",
         gateway.addr()
     );
     shutdown_signal().await;
@@ -419,7 +461,8 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> Result<
             _ => None,
         }
     };
-    let stack = build_stack(&config, leaf.clone(), catalog).map_err(|e| e.to_string())?;
+    let (stack, parts) =
+        build_stack_with_parts(&config, leaf.clone(), catalog).map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -432,6 +475,9 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> Result<
         metrics,
         config: Arc::new(config),
         phase: phase_rx.clone(),
+        parts,
+        started: tokio::time::Instant::now(),
+        counters: Arc::default(),
     };
     let app = router(state);
     let mut draining = phase_rx;
@@ -651,6 +697,7 @@ async fn chat(State(state): State<AppState>, req: Request) -> Response {
         Ok(s) => s,
         Err(e) => return ApiFailure::from(&e).into_response(),
     };
+    state.counters.note(stream.meta());
     if streaming {
         return sse::response(stream, include_usage, state.phase.clone());
     }
@@ -708,6 +755,30 @@ async fn models(State(state): State<AppState>, headers: http::HeaderMap) -> Resp
         }
         Err(e) => ApiFailure::from(&e).into_response(),
     }
+}
+
+/// The status page: a static shell with no data in it, open to all; its script polls
+/// `/status.json`, which takes an admin key when keys are on (the page asks for it and keeps
+/// it in the tab's session storage, never in a URL, where logs would keep it).
+async fn status_page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        status::PAGE,
+    )
+        .into_response()
+}
+
+async fn status_json(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
+    if let Err(f) = admin_only(&state, &headers) {
+        return f.into_response();
+    }
+    axum::Json(status::snapshot(
+        &state.parts,
+        &state.config,
+        state.started,
+        &state.counters,
+    ))
+    .into_response()
 }
 
 /// Open in every mode (load balancers probe it without a key); says whether the gateway

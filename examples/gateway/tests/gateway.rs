@@ -1011,3 +1011,64 @@ async fn a_low_priority_key_cannot_raise_itself() {
     assert_eq!(status, 429, "shed as low priority: {v}");
     assert!(events(&reader.await.unwrap()).contains(&"[DONE]".to_owned()));
 }
+
+/// `/status.json` shows what the stack learned: the dead provider's breaker open, the learned
+/// order without it; `/status` is the page that polls it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_breaker_trips_and_the_learned_order() {
+    let mut s = Scenario::healthy();
+    s.providers.truncate(2);
+    s.providers[0].ttft = Dist::Fixed { ms: 1.0 };
+    s.providers[1].name = "Down".into();
+    s.providers[1].slug = "down".into();
+    s.providers[1].faults.status.push(StatusFault {
+        code: 502,
+        rate: 1.0,
+        retry_after_s: None,
+    });
+    let (gw, _mock) = gateway_on(s, config()).await;
+    let c = client();
+    for i in 0..60 {
+        let m = json!({"model": "mock/echo", "messages": [{"role": "user", "content": format!("s{i}")}], "max_tokens": 1});
+        let (status, v, _) = json_of(post(&c, &gw, m.to_string()).await).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    // Orders are cached for 250 ms.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let get = |path: &str| {
+        hyper::Request::get(format!("http://{}{path}", gw.addr()))
+            .body(Full::default())
+            .unwrap()
+    };
+    let (status, v, _) = json_of(c.request(get("/status.json")).await.unwrap()).await;
+    assert_eq!(status, 200);
+    let model = v["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == "mock/echo")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(model["learned_order"], json!(["alpha"]), "{model}");
+    let provider = |name: &str| {
+        model["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["provider"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {model}"))
+    };
+    assert_eq!(provider("Down")["breaker"]["state"], "open", "{model}");
+    assert_eq!(provider("Down")["success_rate"], 0.0);
+    assert!(provider("Alpha")["samples"].as_u64().unwrap() >= 10);
+    assert!(
+        v["configuration"]
+            .as_str()
+            .unwrap()
+            .contains("429 handling")
+    );
+    let page = c.request(get("/status")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&html).contains("/status.json"));
+}

@@ -1,0 +1,181 @@
+//! `GET /status` (a page that polls) and `GET /status.json` (what it shows): what the stack
+//! has learned, per model and provider.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use llm_layers_breaker::State;
+use llm_layers_core::default_slug;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::Parts;
+use crate::config::Config;
+
+/// Counts the gateway keeps for the page (calls, hedged calls, hedges that won).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Calls answered.
+    pub calls: AtomicU64,
+    /// Calls for which a hedge was sent.
+    pub hedged: AtomicU64,
+    /// Calls a hedge won.
+    pub hedge_won: AtomicU64,
+}
+
+impl Counters {
+    /// Notes one call from what its stream says.
+    pub fn note(&self, meta: &llm_layers_core::ResponseMeta) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if let Some(winner) = meta.hedge_winner {
+            self.hedged.fetch_add(1, Ordering::Relaxed);
+            if winner > 0 {
+                self.hedge_won.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+/// The state of the stack as JSON: per model, each provider's TTFT quantiles and samples,
+/// success rate, breaker state and why, hold, and whether it is slow against the model's
+/// best; the learned order; hedges; the gateway's uptime, version and configuration.
+pub fn snapshot(parts: &Parts, config: &Config, started: Instant, counters: &Counters) -> Value {
+    let now = Instant::now();
+    let breakers = parts.breaker.snapshot();
+    let models: Vec<Value> = parts
+        .store
+        .models()
+        .into_iter()
+        .filter(|m| m != llm_layers_latency::OTHER)
+        .map(|model| {
+            let providers = parts.store.providers(&model);
+            let best = providers
+                .iter()
+                .filter(|(_, s)| s.ttft_samples > 0)
+                .map(|(_, s)| s.ttft_p50)
+                .min();
+            let rows: Vec<Value> = providers
+                .iter()
+                .map(|(name, s)| {
+                    let slug = default_slug(name);
+                    let b = breakers
+                        .iter()
+                        .find(|b| b.model == model && b.provider.as_deref() == Some(slug.as_str()));
+                    let (state, why) = match b.map(|b| b.state) {
+                        Some(State::Open { until }) => (
+                            "open",
+                            format!(
+                                "tripped {} time(s) in a row; half-opens in {:.1} s",
+                                b.map_or(0, |b| b.trips),
+                                until.saturating_duration_since(now).as_secs_f64()
+                            ),
+                        ),
+                        Some(State::HalfOpen) => ("half_open", "probing".to_owned()),
+                        _ => (
+                            "closed",
+                            b.map_or(String::new(), |b| {
+                                format!("{} of the last {} failed", b.recent_failures, b.recent_calls)
+                            }),
+                        ),
+                    };
+                    let held = b
+                        .and_then(|b| b.held_until)
+                        .map(|h| h.saturating_duration_since(now).as_secs_f64());
+                    let slow = best.is_some_and(|best| {
+                        s.ttft_samples > 0 && s.ttft_p50 > best * 2
+                    });
+                    json!({
+                        "provider": name,
+                        "slug": slug,
+                        "ttft_ms": {"p50": ms(s.ttft_p50), "p95": ms(s.ttft_p95), "p99": ms(s.ttft_p99)},
+                        "samples": s.ttft_samples,
+                        "calls": s.calls,
+                        "success_rate": 1.0 - s.error_rate,
+                        "timeouts": s.timeout_rate,
+                        "censored": s.censored,
+                        "slow": slow,
+                        "breaker": {"state": state, "why": why},
+                        "held_for_s": held,
+                    })
+                })
+                .collect();
+            json!({
+                "model": model,
+                "learned_order": parts.router.learned_order(&model).to_vec(),
+                "providers": rows,
+            })
+        })
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": now.saturating_duration_since(started).as_secs(),
+        "auth": if config.keys.is_empty() { "open" } else { "keys" },
+        "configuration": config.describe(),
+        "calls": counters.calls.load(Ordering::Relaxed),
+        "hedges": {
+            "calls_hedged": counters.hedged.load(Ordering::Relaxed),
+            "hedge_won": counters.hedge_won.load(Ordering::Relaxed),
+        },
+        "models": models,
+    })
+}
+
+/// The page: a shell and a little inline script that polls `/status.json` every 3 s. When the
+/// gateway has keys, the script asks for an admin key once and keeps it in the tab's session
+/// storage.
+pub const PAGE: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>llm-layers gateway status</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1d2330;background:#f6f7f9}
+h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:24px 0 8px}
+.meta{color:#5b6475;margin-bottom:16px}
+table{border-collapse:collapse;background:#fff;min-width:900px;box-shadow:0 1px 2px #0001}
+th,td{padding:6px 10px;border-bottom:1px solid #e6e8ec;text-align:right;white-space:nowrap}
+th{background:#eef0f4;font-weight:600} td:first-child,th:first-child,td.why,th.why{text-align:left}
+tr.slow td{background:#fff4e5} .tag{display:inline-block;padding:0 6px;border-radius:8px;font-size:12px}
+.slow .tag.speed{background:#f5a623;color:#fff} .open{background:#d0021b;color:#fff}
+.half_open{background:#f5a623;color:#fff} .closed{background:#e3f5e8;color:#17692d}
+.held{background:#4a90e2;color:#fff} pre{white-space:pre-wrap;font-size:12px;color:#5b6475}
+</style></head><body>
+<h1>llm-layers gateway</h1>
+<div class="meta" id="meta">loading…</div>
+<div id="models"></div>
+<h2>Configuration</h2><pre id="config"></pre>
+<script>
+let key = sessionStorage.getItem("llm-layers-key");
+const esc = s => String(s).replace(/[&<>"]/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;","\"":"&quot;"}[c]));
+async function poll() {
+  try {
+    const r = await fetch("/status.json", key ? {headers: {authorization: "Bearer " + key}} : {});
+    if (r.status === 401 || r.status === 403) {
+      key = prompt("An admin key of this gateway:");
+      if (key) sessionStorage.setItem("llm-layers-key", key);
+      return;
+    }
+    const s = await r.json();
+    document.getElementById("meta").textContent =
+      `version ${s.version} · up ${s.uptime_s} s · ${s.calls} calls · hedged ${s.hedges.calls_hedged}, hedge won ${s.hedges.hedge_won} · auth ${s.auth}`;
+    document.getElementById("config").textContent = s.configuration;
+    document.getElementById("models").innerHTML = s.models.map(m => `
+      <h2>${esc(m.model)}</h2>
+      <div class="meta">learned order: ${m.learned_order.length ? m.learned_order.map(esc).join(" → ") : "not yet"}</div>
+      <table><thead><tr><th>provider</th><th>TTFT p50</th><th>p95</th><th>p99</th><th>samples</th>
+        <th>success</th><th>breaker</th><th class="why">why</th><th>hold</th><th></th></tr></thead><tbody>
+      ${m.providers.map(p => `<tr class="${p.slow ? "slow" : ""}" data-provider="${esc(p.provider)}">
+        <td>${esc(p.provider)}</td><td>${p.ttft_ms.p50} ms</td><td>${p.ttft_ms.p95} ms</td><td>${p.ttft_ms.p99} ms</td>
+        <td>${p.samples}</td><td>${(100 * p.success_rate).toFixed(1)} %</td>
+        <td><span class="tag ${p.breaker.state}">${p.breaker.state}</span></td><td class="why">${esc(p.breaker.why)}</td>
+        <td>${p.held_for_s == null ? "" : `<span class="tag held">${p.held_for_s.toFixed(1)} s</span>`}</td>
+        <td>${p.slow ? `<span class="tag speed">slow</span>` : ""}</td></tr>`).join("")}
+      </tbody></table>`).join("") || "<p>No calls yet.</p>";
+  } catch (e) {
+    document.getElementById("meta").textContent = "status unavailable: " + e;
+  }
+}
+poll(); setInterval(poll, 3000);
+</script></body></html>
+"#;
