@@ -316,13 +316,22 @@ where
 
 /// The router, for embedding the gateway in another axum app.
 fn router(state: AppState) -> Router {
-    Router::new()
+    let keys = Arc::new(state.config.keys.clone());
+    // The API wants a gateway key, the operator's pages an admin key (when keys are on);
+    // /healthz and the status page's shell are open.
+    let api = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(models))
-        .route("/healthz", get(healthz))
+        .route_layer(keys::KeyAuthLayer::new(keys.clone()));
+    let admin = Router::new()
         .route("/metrics", get(metrics_text))
-        .route("/status", get(status_page))
         .route("/status.json", get(status_json))
+        .route_layer(keys::KeyAuthLayer::admin(keys));
+    Router::new()
+        .merge(api)
+        .merge(admin)
+        .route("/healthz", get(healthz))
+        .route("/status", get(status_page))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -557,39 +566,6 @@ fn parse_request(bytes: &[u8]) -> Result<ChatRequest, ApiFailure> {
 #[derive(Debug, Clone)]
 struct KeyTenant(Arc<str>);
 
-/// The gateway key a request presents, when keys are configured: `Ok(None)` in open mode,
-/// an OpenAI-shaped 401 for a missing, wrong or revoked key.
-fn authenticate<'a>(
-    state: &'a AppState,
-    headers: &http::HeaderMap,
-) -> Result<Option<&'a keys::GatewayKey>, ApiFailure> {
-    if state.config.keys.is_empty() {
-        return Ok(None);
-    }
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match state.config.keys.check(auth) {
-        Ok(k) => Ok(Some(k)),
-        Err(keys::Refusal::Missing) => Err(ApiFailure::unauthorized(
-            "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
-        )),
-        Err(keys::Refusal::Wrong) => Err(ApiFailure::unauthorized("Incorrect API key provided.")),
-    }
-}
-
-/// An admin route (`/metrics`, `/status`) when keys are configured: an admin key or 401/403.
-fn admin_only(state: &AppState, headers: &http::HeaderMap) -> Result<(), ApiFailure> {
-    match authenticate(state, headers)? {
-        Some(k) if !k.admin => Err(ApiFailure::invalid(
-            StatusCode::FORBIDDEN,
-            "admin_only",
-            "this key may not read this page",
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// What a key changes in a request: its model is allowed (else 403), `max_tokens` capped,
 /// the routing and spending fields removed unless allowed.
 fn apply_key(key: &keys::GatewayKey, req: &mut ChatRequest) -> Result<(), ApiFailure> {
@@ -629,11 +605,11 @@ fn apply_key(key: &keys::GatewayKey, req: &mut ChatRequest) -> Result<(), ApiFai
 }
 
 async fn chat(State(state): State<AppState>, req: Request) -> Response {
-    // The key is checked before the body is read: a caller without one costs nothing.
-    let key = match authenticate(&state, req.headers()) {
-        Ok(k) => k.cloned(),
-        Err(f) => return f.into_response(),
-    };
+    // `KeyAuth` checked the key before the body was read: a caller without one costs nothing.
+    let key = req
+        .extensions()
+        .get::<keys::Caller>()
+        .and_then(|c| c.0.clone());
     let trusted = key.as_ref().is_none_or(|k| k.trusted);
     let header_tenant = req
         .headers()
@@ -725,10 +701,7 @@ pub(crate) fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-async fn models(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
-    if let Err(f) = authenticate(&state, &headers) {
-        return f.into_response();
-    }
+async fn models(State(state): State<AppState>) -> Response {
     match state.leaf.models().await {
         Ok(models) => {
             let tiers = state.config.router.tiers.iter().map(|t| {
@@ -768,10 +741,7 @@ async fn status_page() -> Response {
         .into_response()
 }
 
-async fn status_json(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
-    if let Err(f) = admin_only(&state, &headers) {
-        return f.into_response();
-    }
+async fn status_json(State(state): State<AppState>) -> Response {
     axum::Json(status::snapshot(
         &state.parts,
         &state.config,
@@ -792,10 +762,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
     axum::Json(json!({"status": "ok", "auth": auth})).into_response()
 }
 
-async fn metrics_text(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
-    if let Err(f) = admin_only(&state, &headers) {
-        return f.into_response();
-    }
+async fn metrics_text(State(state): State<AppState>) -> Response {
     match &state.metrics {
         Some(h) => (
             [(
