@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The status page as a person sees it: the gateway on its mock's fat_tail preset under load,
 # headless Chromium renders /status (1280x800 screenshot, rendered DOM), and the DOM must show
-# the mock's providers with the slow one marked slow. Installs Chromium when missing.
+# the mock's providers with the slow one marked slow, a learned order, TTFT sparklines and the
+# tenant's calls. Installs Chromium when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=target/status-page
@@ -31,7 +32,7 @@ done
 
 # Load: 300 whole answers, 16 at a time.
 seq 1 300 | xargs -P 16 -I{} curl -s -o /dev/null -w '%{http_code}\n' \
-    "http://$addr/v1/chat/completions" -H 'content-type: application/json' \
+    "http://$addr/v1/chat/completions" -H 'content-type: application/json' -H 'x-tenant: acme' \
     -d '{"model":"mock/echo","max_tokens":4,"messages":[{"role":"user","content":"status {}"}]}' \
     >"$out/codes.txt"
 ok=$(grep -c '^200$' "$out/codes.txt" || true)
@@ -50,6 +51,8 @@ grep -q 'class="slow" data-provider="Sloth"' "$out/status.html" \
     || { echo "Sloth is not shown as slow"; fail=1; }
 grep -q 'learned order: alpha\|learned order: beta\|learned order: gamma' "$out/status.html" \
     || { echo "no learned order shown"; fail=1; }
+grep -q '<svg class="spark"' "$out/status.html" || { echo "no TTFT sparkline"; fail=1; }
+grep -q '<td>acme</td>' "$out/status.html" || { echo "no tenant row"; fail=1; }
 [ -s "$out/status.png" ] || { echo "no screenshot"; fail=1; }
 if [ "$fail" != 0 ]; then
     sed -n '1,200p' "$out/status.html"

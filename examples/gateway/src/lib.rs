@@ -654,6 +654,7 @@ async fn chat(State(state): State<AppState>, req: Request) -> Response {
         req.extensions_mut().insert(KeyTenant(k.tenant.clone()));
     }
     req.extensions_mut().insert(priority);
+    let counted_tenant = tenant.as_ref().map(|t| t.0.clone());
     if let Some(t) = tenant {
         req.extensions_mut().insert(t);
     }
@@ -674,6 +675,11 @@ async fn chat(State(state): State<AppState>, req: Request) -> Response {
         Err(e) => return ApiFailure::from(&e).into_response(),
     };
     state.counters.note(stream.meta());
+    if let Some(t) = &counted_tenant {
+        state
+            .counters
+            .tenant_call(t, tokio::time::Instant::now(), state.started);
+    }
     if streaming {
         return sse::response(stream, include_usage, state.phase.clone());
     }

@@ -1,7 +1,9 @@
 //! `GET /status` (a page that polls) and `GET /status.json` (what it shows): what the stack
 //! has learned, per model and provider.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use llm_layers_breaker::State;
 use llm_layers_core::default_slug;
@@ -11,7 +13,14 @@ use tokio::time::Instant;
 use crate::Parts;
 use crate::config::Config;
 
-/// Counts the gateway keeps for the page (calls, hedged calls, hedges that won).
+/// How many recent first-token times are kept per (model, provider) for the sparkline.
+const RECENT: usize = 60;
+/// The most (model, provider) pairs and tenants kept (names come from callers).
+const MAX_KEYS: usize = 256;
+
+/// What the gateway keeps for the page: calls, hedges, the recent first-token times per
+/// (model, provider) and the calls per tenant in the current and the last minute. Bounded;
+/// each call takes two short locks, never across an await.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Calls answered.
@@ -20,10 +29,12 @@ pub struct Counters {
     pub hedged: AtomicU64,
     /// Calls a hedge won.
     pub hedge_won: AtomicU64,
+    recent: Mutex<HashMap<(String, String), VecDeque<f64>>>,
+    tenants: Mutex<HashMap<Arc<str>, (u64, u64, u64)>>,
 }
 
 impl Counters {
-    /// Notes one call from what its stream says.
+    /// Notes one call that committed, from what its stream says.
     pub fn note(&self, meta: &llm_layers_core::ResponseMeta) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         if let Some(winner) = meta.hedge_winner {
@@ -32,6 +43,59 @@ impl Counters {
                 self.hedge_won.fetch_add(1, Ordering::Relaxed);
             }
         }
+        let t = &meta.timings;
+        if let (Some(start), Some(first), Some(p)) = (t.started, t.first_token, &meta.provider) {
+            let ms = first.saturating_duration_since(start).as_secs_f64() * 1000.0;
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (meta.model.clone(), p.clone());
+            if recent.len() < MAX_KEYS || recent.contains_key(&key) {
+                let q = recent.entry(key).or_default();
+                if q.len() == RECENT {
+                    q.pop_front();
+                }
+                q.push_back((ms * 10.0).round() / 10.0);
+            }
+        }
+    }
+
+    /// Notes one call of `tenant` (counted per minute).
+    pub fn tenant_call(&self, tenant: &Arc<str>, now: Instant, started: Instant) {
+        let minute = now.saturating_duration_since(started).as_secs() / 60;
+        let mut t = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        if t.len() >= MAX_KEYS && !t.contains_key(tenant) {
+            return;
+        }
+        let e = t.entry(tenant.clone()).or_insert((minute, 0, 0));
+        if e.0 != minute {
+            *e = (minute, 0, if e.0 + 1 == minute { e.1 } else { 0 });
+        }
+        e.1 += 1;
+    }
+
+    fn recent(&self, model: &str, provider: &str) -> Vec<f64> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(model.to_owned(), provider.to_owned()))
+            .map(|q| q.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn tenants(&self, now_minute: u64) -> Vec<(String, u64, u64)> {
+        let t = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<(String, u64, u64)> = t
+            .iter()
+            .map(|(name, &(m, this, last))| {
+                let (this, last) = match now_minute.saturating_sub(m) {
+                    0 => (this, last),
+                    1 => (0, this),
+                    _ => (0, 0),
+                };
+                (name.to_string(), this, last)
+            })
+            .collect();
+        v.sort();
+        v
     }
 }
 
@@ -99,6 +163,7 @@ pub fn snapshot(parts: &Parts, config: &Config, started: Instant, counters: &Cou
                         "slow": slow,
                         "breaker": {"state": state, "why": why},
                         "held_for_s": held,
+                        "recent_ttft_ms": counters.recent(&model, name),
                     })
                 })
                 .collect();
@@ -109,8 +174,27 @@ pub fn snapshot(parts: &Parts, config: &Config, started: Instant, counters: &Cou
             })
         })
         .collect();
+    let minute = now.saturating_duration_since(started).as_secs() / 60;
+    let limit_of = |tenant: &str| {
+        config
+            .keys
+            .iter()
+            .find(|k| &*k.tenant == tenant && k.requests_per_minute > 0)
+            .map(|k| k.requests_per_minute)
+            .or((config.tenant_requests_per_minute > 0)
+                .then_some(config.tenant_requests_per_minute))
+    };
+    let tenants: Vec<Value> = counters
+        .tenants(minute)
+        .into_iter()
+        .map(|(tenant, this, last)| {
+            json!({"tenant": tenant, "this_minute": this, "last_minute": last,
+                   "requests_per_minute": limit_of(&tenant)})
+        })
+        .collect();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "tenants": tenants,
         "uptime_s": now.saturating_duration_since(started).as_secs(),
         "auth": if config.keys.is_empty() { "open" } else { "keys" },
         "configuration": config.describe(),
@@ -126,7 +210,7 @@ pub fn snapshot(parts: &Parts, config: &Config, started: Instant, counters: &Cou
 /// The page: a shell and a little inline script that polls `/status.json` every 3 s. When the
 /// gateway has keys, the script asks for an admin key once and keeps it in the tab's session
 /// storage.
-pub const PAGE: &str = r#"<!doctype html>
+pub const PAGE: &str = r##"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>llm-layers gateway status</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
@@ -144,9 +228,17 @@ tr.slow td{background:#fff4e5} .tag{display:inline-block;padding:0 6px;border-ra
 <h1>llm-layers gateway</h1>
 <div class="meta" id="meta">loading…</div>
 <div id="models"></div>
+<div id="tenants"></div>
 <h2>Configuration</h2><pre id="config"></pre>
 <script>
 let key = sessionStorage.getItem("llm-layers-key");
+// The last first-token times of a provider as a small line (an inline SVG).
+function spark(xs) {
+  if (!xs || xs.length < 2) return "";
+  const w = 120, h = 22, max = Math.max(...xs), min = Math.min(...xs), span = (max - min) || 1;
+  const pts = xs.map((x, i) => `${(i * w / (xs.length - 1)).toFixed(1)},${(h - 2 - (x - min) * (h - 4) / span).toFixed(1)}`).join(" ");
+  return `<svg class="spark" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}"><polyline fill="none" stroke="#4a90e2" stroke-width="1.5" points="${pts}"/></svg>`;
+}
 const esc = s => String(s).replace(/[&<>"]/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;","\"":"&quot;"}[c]));
 async function poll() {
   try {
@@ -164,18 +256,23 @@ async function poll() {
       <h2>${esc(m.model)}</h2>
       <div class="meta">learned order: ${m.learned_order.length ? m.learned_order.map(esc).join(" → ") : "not yet"}</div>
       <table><thead><tr><th>provider</th><th>TTFT p50</th><th>p95</th><th>p99</th><th>samples</th>
-        <th>success</th><th>breaker</th><th class="why">why</th><th>hold</th><th></th></tr></thead><tbody>
+        <th>success</th><th>breaker</th><th class="why">why</th><th>hold</th><th>recent TTFT</th><th></th></tr></thead><tbody>
       ${m.providers.map(p => `<tr class="${p.slow ? "slow" : ""}" data-provider="${esc(p.provider)}">
         <td>${esc(p.provider)}</td><td>${p.ttft_ms.p50} ms</td><td>${p.ttft_ms.p95} ms</td><td>${p.ttft_ms.p99} ms</td>
         <td>${p.samples}</td><td>${(100 * p.success_rate).toFixed(1)} %</td>
         <td><span class="tag ${p.breaker.state}">${p.breaker.state}</span></td><td class="why">${esc(p.breaker.why)}</td>
         <td>${p.held_for_s == null ? "" : `<span class="tag held">${p.held_for_s.toFixed(1)} s</span>`}</td>
+        <td>${spark(p.recent_ttft_ms)}</td>
         <td>${p.slow ? `<span class="tag speed">slow</span>` : ""}</td></tr>`).join("")}
       </tbody></table>`).join("") || "<p>No calls yet.</p>";
+    document.getElementById("tenants").innerHTML = s.tenants.length ? `<h2>Tenants</h2>
+      <table><thead><tr><th>tenant</th><th>calls this minute</th><th>last minute</th><th>limit per minute</th></tr></thead><tbody>
+      ${s.tenants.map(t => `<tr><td>${esc(t.tenant)}</td><td>${t.this_minute}</td><td>${t.last_minute}</td>
+        <td>${t.requests_per_minute == null ? "none" : t.requests_per_minute}</td></tr>`).join("")}</tbody></table>` : "";
   } catch (e) {
     document.getElementById("meta").textContent = "status unavailable: " + e;
   }
 }
 poll(); setInterval(poll, 3000);
 </script></body></html>
-"#;
+"##;

@@ -1200,6 +1200,12 @@ async fn the_status_page_shows_breaker_trips_and_the_learned_order() {
     assert_eq!(provider("Down")["success_rate"], 0.0);
     assert!(provider("Alpha")["samples"].as_u64().unwrap() >= 10);
     assert!(
+        !provider("Alpha")["recent_ttft_ms"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
         v["configuration"]
             .as_str()
             .unwrap()
