@@ -167,9 +167,22 @@ pub fn snapshot(parts: &Parts, config: &Config, started: Instant, counters: &Cou
                     })
                 })
                 .collect();
+            let lo = &config.router.learned_order;
+            let rule = if lo.enabled {
+                format!(
+                    "fastest TTFT p{:.0} first, among providers with at least {} samples and at most {:.0} % errors; {:.0} % of calls explore",
+                    lo.quantile * 100.0,
+                    parts.store.min_samples(),
+                    lo.max_error_rate * 100.0,
+                    lo.explore * 100.0
+                )
+            } else {
+                "learned order is off".to_owned()
+            };
             json!({
                 "model": model,
                 "learned_order": parts.router.learned_order(&model).to_vec(),
+                "order_rule": rule,
                 "providers": rows,
             })
         })
@@ -254,7 +267,8 @@ async function poll() {
     document.getElementById("config").textContent = s.configuration;
     document.getElementById("models").innerHTML = s.models.map(m => `
       <h2>${esc(m.model)}</h2>
-      <div class="meta">learned order: ${m.learned_order.length ? m.learned_order.map(esc).join(" → ") : "not yet"}</div>
+      <div class="meta">learned order: ${m.learned_order.length ? m.learned_order.map(esc).join(" → ") : "not yet"}
+        <span title="how it is decided">(${esc(m.order_rule)})</span></div>
       <table><thead><tr><th>provider</th><th>TTFT p50</th><th>p95</th><th>p99</th><th>samples</th>
         <th>success</th><th>breaker</th><th class="why">why</th><th>hold</th><th>recent TTFT</th><th></th></tr></thead><tbody>
       ${m.providers.map(p => `<tr class="${p.slow ? "slow" : ""}" data-provider="${esc(p.provider)}">

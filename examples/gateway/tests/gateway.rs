@@ -1216,3 +1216,49 @@ async fn the_status_page_shows_breaker_trips_and_the_learned_order() {
     let html = page.into_body().collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&html).contains("/status.json"));
 }
+
+/// A writer that keeps what the log subscriber writes.
+#[derive(Clone, Default)]
+struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Neither the gateway key nor the upstream key reaches a log line, at debug level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_never_reach_the_logs() {
+    let buf = LogBuf::default();
+    let writer = buf.clone();
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .try_init();
+    let (gw, _mock) = gateway_on(
+        Scenario::healthy().with_time_scale(0.0),
+        Config {
+            keys: example_gateway::keys::Keys::from_json(KEYS).unwrap(),
+            ..config()
+        },
+    )
+    .await;
+    let c = client();
+    let m = json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1});
+    for key in ["sk-gw-ops-00000000000", "sk-gw-ops-00000000001"] {
+        let _ = post_as(&c, &gw, Some(key), &[], m.to_string()).await;
+    }
+    gw.shutdown().await.unwrap();
+    let logs = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+    assert!(!logs.is_empty(), "the subscriber saw the calls");
+    assert!(!logs.contains("sk-gw-ops"), "a gateway key in the logs");
+    assert!(
+        !logs.contains("sk-or-v1-test"),
+        "the upstream key in the logs"
+    );
+}
