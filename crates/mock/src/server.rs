@@ -230,8 +230,15 @@ impl MockServer {
 
 async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of descriptors (EMFILE) or memory: the error repeats at once, so retrying
+            // at once would spin a core; wait for connections to close (as hyper's and
+            // axum's accept loops do).
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         state.counters.accepted.fetch_add(1, Ordering::SeqCst);

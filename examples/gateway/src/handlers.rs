@@ -1,0 +1,309 @@
+//! The HTTP handlers: the OpenAI-compatible API, the operator's pages, the fallbacks.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{StatusCode, header};
+use llm_layers_core::{ChatCompletion, ChatRequest, Priority, Tenant, WholeAnswer};
+use llm_layers_router::TIER_PREFIX;
+use serde_json::json;
+use tower::ServiceExt;
+
+use crate::error::ApiFailure;
+use crate::server::AppState;
+use crate::{keys, now_secs, sse, status};
+
+async fn read_body(state: &AppState, req: Request) -> Result<bytes::Bytes, ApiFailure> {
+    let limit = state.config.max_body_bytes;
+    let read = axum::body::to_bytes(req.into_body(), limit);
+    match tokio::time::timeout(state.config.body_read_timeout, read).await {
+        Err(_) => Err(ApiFailure::invalid(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body was not received in time",
+        )),
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let too_large =
+                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                    e.source()
+                })
+                .any(|e| e.is::<http_body_util_limit::LengthLimitError>());
+            if too_large {
+                Err(ApiFailure::invalid(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_too_large",
+                    format!("the request body is larger than {limit} bytes"),
+                ))
+            } else {
+                Err(ApiFailure::invalid(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    "the request body could not be read",
+                ))
+            }
+        }
+    }
+}
+
+mod http_body_util_limit {
+    pub(crate) use http_body_util::LengthLimitError;
+}
+
+fn parse_request(bytes: &[u8]) -> Result<ChatRequest, ApiFailure> {
+    let req: ChatRequest = serde_json::from_slice(bytes).map_err(|e| {
+        ApiFailure::invalid(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("invalid JSON body: {e}"),
+        )
+    })?;
+    if req.body().messages.is_empty() {
+        return Err(ApiFailure::invalid(
+            StatusCode::BAD_REQUEST,
+            "invalid_value",
+            "'messages' is required and must not be empty",
+        ));
+    }
+    Ok(req)
+}
+
+/// The tenant of the gateway key a call came with (what per-key limits key on, whatever
+/// tenant a trusted key's caller names).
+#[derive(Debug, Clone)]
+pub(crate) struct KeyTenant(pub(crate) Arc<str>);
+
+/// What a key changes in a request: its model is allowed (else 403), `max_tokens` capped,
+/// the routing and spending fields removed unless allowed.
+fn apply_key(key: &keys::GatewayKey, req: &mut ChatRequest) -> Result<(), ApiFailure> {
+    if !key.allows_model(req.model()) {
+        return Err(ApiFailure {
+            status: StatusCode::FORBIDDEN,
+            kind: "permission_error",
+            code: "model_not_allowed".into(),
+            message: format!("this key may not use the model {:?}", req.model()),
+            retry_after: None,
+        });
+    }
+    let routing_fields = ["models", "provider", "plugins", "transforms"];
+    let strip = !key.routing
+        && (req.body().models.is_some()
+            || req.body().provider.is_some()
+            || routing_fields[2..]
+                .iter()
+                .any(|f| req.body().extra.contains_key(*f)));
+    if strip {
+        let body = req.body_mut();
+        body.models = None;
+        body.provider = None;
+        for f in &routing_fields[2..] {
+            body.extra.remove(*f);
+        }
+    }
+    if let Some(cap) = key.max_tokens {
+        let body = req.body_mut();
+        let asked = body.max_output_tokens();
+        if asked.is_none_or(|n| n > cap) {
+            body.max_tokens = Some(cap);
+            body.max_completion_tokens = None;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn chat(State(state): State<AppState>, req: Request) -> Response {
+    // `KeyAuth` checked the key before the body was read: a caller without one costs nothing.
+    let key = req
+        .extensions()
+        .get::<keys::Caller>()
+        .and_then(|c| c.0.clone());
+    let trusted = key.as_ref().is_none_or(|k| k.trusted);
+    let header_tenant = req
+        .headers()
+        .get("x-tenant")
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.is_empty() && t.len() <= 128)
+        .map(|t| Tenant(Arc::from(t)));
+    let tenant = match &key {
+        Some(k) if !trusted => Some(Tenant(k.tenant.clone())),
+        Some(k) => header_tenant.or_else(|| Some(Tenant(k.tenant.clone()))),
+        None => header_tenant,
+    };
+    let asked = match req
+        .headers()
+        .get("x-priority")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("low") => Some(Priority(0)),
+        Some("high") => Some(Priority(2)),
+        Some("normal") => Some(Priority(1)),
+        _ => None,
+    };
+    // A key's priority is a ceiling: the header may only lower it, unless the key is trusted.
+    let priority = match (&key, asked) {
+        (Some(k), Some(p)) if !trusted => p.min(k.priority),
+        (Some(k), None) => k.priority,
+        (_, Some(p)) => p,
+        (None, None) => Priority(1),
+    };
+    let bytes = match read_body(&state, req).await {
+        Ok(b) => b,
+        Err(f) => return f.into_response(),
+    };
+    let mut req = match parse_request(&bytes) {
+        Ok(r) => r,
+        Err(f) => return f.into_response(),
+    };
+    if let Some(k) = &key {
+        if let Err(f) = apply_key(k, &mut req) {
+            return f.into_response();
+        }
+        req.extensions_mut().insert(KeyTenant(k.tenant.clone()));
+    }
+    req.extensions_mut().insert(priority);
+    let counted_tenant = tenant.as_ref().map(|t| t.0.clone());
+    if let Some(t) = tenant {
+        req.extensions_mut().insert(t);
+    }
+    let streaming = req.is_stream();
+    if !streaming {
+        // Nothing reaches this caller before the end: retry may treat the end as the commit.
+        req.extensions_mut().insert(WholeAnswer);
+    }
+    let include_usage = req
+        .body()
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.get("include_usage"))
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let stream = match state.stack.clone().oneshot(req).await {
+        Ok(s) => s,
+        Err(e) => return ApiFailure::from(&e).into_response(),
+    };
+    state.counters.note(stream.meta());
+    if let Some(t) = &counted_tenant {
+        state
+            .counters
+            .tenant_call(t, tokio::time::Instant::now(), state.started);
+    }
+    if streaming {
+        return sse::response(stream, include_usage, state.phase.clone());
+    }
+    match stream.collect().await {
+        Ok(c) => axum::Json(normalize(c)).into_response(),
+        Err(e) => ApiFailure::from(&e).into_response(),
+    }
+}
+
+/// Fills the fields OpenAI clients rely on when an upstream left them out.
+fn normalize(mut c: ChatCompletion) -> ChatCompletion {
+    c.object = "chat.completion".into();
+    if c.id.is_empty() {
+        c.id = format!("chatcmpl-{:x}", now_secs());
+    }
+    if c.created == 0 {
+        c.created = now_secs();
+    }
+    c
+}
+
+pub(crate) async fn models(State(state): State<AppState>) -> Response {
+    match state.leaf.models().await {
+        Ok(models) => {
+            let tiers = state.config.router.tiers.iter().map(|t| {
+                json!({
+                    "id": format!("{TIER_PREFIX}{}", t.name),
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "llm-layers",
+                })
+            });
+            let data: Vec<_> = models
+                .iter()
+                .map(|m| {
+                    json!({
+                        "id": m.id,
+                        "object": "model",
+                        "created": m.created.unwrap_or(0),
+                        "owned_by": m.id.split('/').next().unwrap_or("openrouter"),
+                    })
+                })
+                .chain(tiers)
+                .collect();
+            axum::Json(json!({"object": "list", "data": data})).into_response()
+        }
+        Err(e) => ApiFailure::from(&e).into_response(),
+    }
+}
+
+/// The status page: a static shell with no data in it, open to all; its script polls
+/// `/status.json`, which takes an admin key when keys are on (the page asks for it and keeps
+/// it in the tab's session storage, never in a URL, where logs would keep it).
+pub(crate) async fn status_page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        status::PAGE,
+    )
+        .into_response()
+}
+
+pub(crate) async fn status_json(State(state): State<AppState>) -> Response {
+    axum::Json(status::snapshot(
+        &state.parts,
+        &state.config,
+        state.started,
+        &state.counters,
+    ))
+    .into_response()
+}
+
+/// Open in every mode (load balancers probe it without a key); says whether the gateway
+/// is open.
+pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
+    let auth = if state.config.keys.is_empty() {
+        "open: no gateway keys configured, anyone who reaches this gateway can use it"
+    } else {
+        "gateway keys required"
+    };
+    axum::Json(json!({"status": "ok", "auth": auth})).into_response()
+}
+
+pub(crate) async fn metrics_text(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(h) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            h.render(),
+        )
+            .into_response(),
+        None => ApiFailure::invalid(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "metrics are not enabled",
+        )
+        .into_response(),
+    }
+}
+
+pub(crate) async fn not_found(req: Request<Body>) -> Response {
+    ApiFailure::invalid(
+        StatusCode::NOT_FOUND,
+        "unknown_url",
+        format!("no route for {} {}", req.method(), req.uri().path()),
+    )
+    .into_response()
+}
+
+pub(crate) async fn method_not_allowed(req: Request<Body>) -> Response {
+    ApiFailure::invalid(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+    .into_response()
+}

@@ -1,0 +1,236 @@
+//! Starting, serving and stopping the gateway: the routes, the metrics recorder, shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use llm_layers_mock::{MockServer, Scenario};
+use llm_layers_openrouter::OpenRouter;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::handlers::{
+    chat, healthz, method_not_allowed, metrics_text, models, not_found, status_json, status_page,
+};
+use crate::stack::{Parts, Stack, build_leaf, build_stack_with_parts};
+use crate::{keys, status};
+
+/// Where a shutdown is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Serving.
+    Running,
+    /// No new connections; in-flight streams run on for the grace period.
+    Draining,
+    /// The grace period is over: streams still open are cut with an error event.
+    Cut,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) stack: Stack,
+    pub(crate) leaf: OpenRouter,
+    pub(crate) metrics: Option<PrometheusHandle>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) phase: watch::Receiver<Phase>,
+    pub(crate) parts: Parts,
+    pub(crate) started: tokio::time::Instant,
+    pub(crate) counters: Arc<status::Counters>,
+}
+
+/// The router, for embedding the gateway in another axum app.
+fn router(state: AppState) -> Router {
+    let keys = Arc::new(state.config.keys.clone());
+    // The API wants a gateway key, the operator's pages an admin key (when keys are on);
+    // /healthz and the status page's shell are open.
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/models", get(models))
+        .route_layer(keys::KeyAuthLayer::new(keys.clone()));
+    let admin = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/status.json", get(status_json))
+        .route_layer(keys::KeyAuthLayer::admin(keys));
+    Router::new()
+        .merge(api)
+        .merge(admin)
+        .route("/healthz", get(healthz))
+        .route("/status", get(status_page))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Installs the process-wide Prometheus recorder, with the GenAI histograms' buckets, and
+/// spawns its upkeep; returns the handle that `GET /metrics` renders. Call it once per
+/// process, from inside a Tokio runtime.
+pub fn install_metrics() -> Result<PrometheusHandle, String> {
+    let mut builder = PrometheusBuilder::new();
+    for (name, buckets) in llm_layers_latency::names::HISTOGRAM_BUCKETS {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full((*name).into()), buckets)
+            .map_err(|e| e.to_string())?;
+    }
+    let handle = builder
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// Runs the gateway as the `gateway` binary does: installs the metrics recorder, starts,
+/// prints its configuration and address (the last line says
+/// `llm-layers gateway on http://ADDR`), and on SIGINT or SIGTERM drains and stops.
+pub async fn serve(config: Config) -> Result<(), String> {
+    let handle = install_metrics()?;
+    let described = config.describe();
+    let no_key = config.api_key.is_none();
+    let preset = config.mock_preset.clone();
+    let gateway = start(config, Some(handle)).await?;
+    if no_key {
+        println!(
+            "no OPENROUTER_API_KEY: serving from the built-in mock upstream ({preset} preset) at {}",
+            gateway.mock().map_or("?", |m| m.base_url())
+        );
+    }
+    println!("{described}");
+    println!(
+        "llm-layers gateway on http://{}  (POST /v1/chat/completions, GET /v1/models, /healthz, /metrics, /status)",
+        gateway.addr()
+    );
+    shutdown_signal().await;
+    println!("shutting down: draining in-flight streams");
+    gateway.shutdown().await.map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    addr: std::net::SocketAddr,
+    mock: Option<MockServer>,
+    phase: watch::Sender<Phase>,
+    grace: std::time::Duration,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Gateway {
+    /// The address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// The embedded mock, when it runs on one.
+    pub fn mock(&self) -> Option<&MockServer> {
+        self.mock.as_ref()
+    }
+
+    /// Graceful shutdown: stop accepting, let in-flight streams run for the grace period,
+    /// then cut those still open with an error event, and wait for the server to end.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        let _ = self.phase.send(Phase::Draining);
+        let server = self.server;
+        tokio::pin!(server);
+        tokio::select! {
+            r = &mut server => return r.unwrap_or(Ok(())),
+            _ = tokio::time::sleep(self.grace) => {}
+        }
+        let _ = self.phase.send(Phase::Cut);
+        server.await.unwrap_or(Ok(()))
+    }
+}
+
+/// Starts the gateway (and the mock upstream when there is no key). `metrics` is the
+/// Prometheus handle to render on `/metrics`, if a recorder was installed.
+pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> Result<Gateway, String> {
+    let (mock, base_url, key) = match &config.api_key {
+        Some(k) => (None, config.base_url.clone(), k.clone()),
+        None => {
+            let scenario = Scenario::preset(&config.mock_preset)
+                .ok_or_else(|| format!("unknown mock preset {:?}", config.mock_preset))?
+                .with_time_scale(config.mock_time_scale);
+            let server = MockServer::start(scenario)
+                .await
+                .map_err(|e| format!("cannot start the mock upstream: {e}"))?;
+            let url = server.base_url().to_owned();
+            (Some(server), url, "sk-or-v1-mock".to_owned())
+        }
+    };
+    let leaf = build_leaf(&config, &base_url, &key).map_err(|e| e.to_string())?;
+    // With tiers configured, their models are checked against the upstream's catalog
+    // (when it answers within 10 s; otherwise they are taken on trust).
+    let catalog = if config.router.tiers.is_empty() {
+        None
+    } else {
+        match tokio::time::timeout(Duration::from_secs(10), leaf.models()).await {
+            Ok(Ok(models)) => Some(models.iter().map(|m| m.id.clone()).collect()),
+            _ => None,
+        }
+    };
+    let (stack, parts) =
+        build_stack_with_parts(&config, leaf.clone(), catalog).map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let grace = config.shutdown_grace;
+    let state = AppState {
+        stack,
+        leaf,
+        metrics,
+        config: Arc::new(config),
+        phase: phase_rx.clone(),
+        parts,
+        started: tokio::time::Instant::now(),
+        counters: Arc::default(),
+    };
+    let app = router(state);
+    let mut draining = phase_rx;
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = draining.wait_for(|p| *p >= Phase::Draining).await;
+            })
+            .await
+    });
+    Ok(Gateway {
+        addr,
+        mock,
+        phase: phase_tx,
+        grace,
+        server,
+    })
+}

@@ -1,0 +1,266 @@
+//! The stack behind the gateway: what each layer is and why it stands where it does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use llm_layers_breaker::{BreakerLayer, SlowCall};
+use llm_layers_core::{ChatRequest, ChatStream, LlmError, Priority, Tenant};
+use llm_layers_hedge::{HedgeDelay, HedgeLayer};
+use llm_layers_latency::{LatencyLayer, LatencyStore, Scope};
+use llm_layers_openrouter::OpenRouter;
+use llm_layers_ratelimit::{Key, Limit, Mode, RateLimitLayer};
+use llm_layers_retry::{DefaultPolicy, RetryLayer};
+use llm_layers_router::RouterLayer;
+use llm_layers_timeout::{AdaptiveLimit, TimeoutLayer, Timeouts};
+use tower::Layer;
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+
+use crate::config::Config;
+use crate::handlers::KeyTenant;
+
+/// The stack behind the gateway, erased once at the boundary.
+pub type Stack = BoxCloneSyncService<ChatRequest, ChatStream, LlmError>;
+
+/// The leaf for a configuration (the mock's URL and a placeholder key when there is no key).
+pub fn build_leaf(config: &Config, base_url: &str, api_key: &str) -> Result<OpenRouter, LlmError> {
+    OpenRouter::builder()
+        .api_key(api_key)
+        .base_url(base_url)
+        .connect_timeout(config.connect_timeout)
+        .default_max_tokens(config.default_max_tokens)
+        .http2_prior_knowledge(config.upstream_h2c)
+        .title("llm-layers gateway")
+        .build()
+}
+
+/// The full stack over `leaf`, outermost first: latency per call → router (tiers, learned
+/// provider order) → rate limits (concurrency with priority, requests per tenant, requests
+/// and tokens per model as routed, so `tier:NAME` shares its model's bucket) → total timeout (sets the deadline) → retry → hedge (at a quantile of recent TTFT) →
+/// breaker (open and throttled providers go into `provider.ignore`; a first token slower
+/// than 3× the model's median counts as a failure) → latency per attempt (feeds the store
+/// the hedge and breaker read) → per-attempt first-token and idle timeouts → the leaf.
+///
+/// The attempt latency stands *above* the per-attempt timeouts so it sees a timeout as a
+/// timeout (below them it would only see its future dropped), and a hedge loser or an
+/// abandoned attempt as a censored sample: the store is never blind to the tail.
+///
+/// `catalog` is the upstream's model ids when known: tiers naming other models are refused.
+///
+/// `leaf` is the OpenRouter leaf in the gateway; any chat service fits, so the same stack
+/// runs over `llm_layers_mock::MockChat` in tests and benchmarks.
+pub fn build_stack<S>(
+    config: &Config,
+    leaf: S,
+    catalog: Option<Vec<String>>,
+) -> Result<Stack, LlmError>
+where
+    S: tower::Service<ChatRequest, Response = ChatStream, Error = LlmError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    build_stack_with_parts(config, leaf, catalog).map(|(stack, _)| stack)
+}
+
+/// What the stack has learned, for the status page: the latency store, the breakers, the
+/// router (learned orders).
+#[derive(Clone)]
+pub struct Parts {
+    /// Per (model, provider) latency and outcomes.
+    pub store: LatencyStore,
+    /// The breakers (states, holds).
+    pub breaker: llm_layers_breaker::BreakerLayer,
+    /// The router (learned provider orders).
+    pub router: RouterLayer,
+}
+
+/// [`build_stack`], also returning the [`Parts`] a status page reads.
+pub fn build_stack_with_parts<S>(
+    config: &Config,
+    leaf: S,
+    catalog: Option<Vec<String>>,
+) -> Result<(Stack, Parts), LlmError>
+where
+    S: tower::Service<ChatRequest, Response = ChatStream, Error = LlmError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    // Quantiles from 10 samples: a p95 read that early is rough, but a hedge or an order
+    // from it beats the cold guess by far (the first ten calls of a model arrive within
+    // its first p50).
+    let store = LatencyStore::builder().min_samples(10).build()?;
+    let mut router = RouterLayer::builder(store.clone()).config(config.router.clone());
+    if let Some(models) = catalog {
+        router = router.catalog(models);
+    }
+    let router = router.build()?;
+    // A hedge goes to a measured provider other than the one the original was sent to
+    // first: the request's order rotated by one per hedge, or (for a call that started
+    // before anything was learned) the order learned since.
+    let hedge_router = router.clone();
+    let hedge_policy = move |original: &ChatRequest, n: u32| {
+        let mut r = original.clone();
+        let own =
+            r.body().provider.as_ref().is_some_and(|p| {
+                p.sort.is_some() || p.order.as_ref().is_some_and(|o| !o.is_empty())
+            });
+        let mut order: Vec<String> = match r.body().provider.as_ref().and_then(|p| p.order.clone())
+        {
+            Some(o) if !o.is_empty() => o,
+            _ if own => return Some(r),
+            _ => hedge_router.learned_order(r.model()).to_vec(),
+        };
+        let allows = |s: &str| r.body().provider.as_ref().is_none_or(|p| p.allows(s));
+        order.retain(|s| allows(s));
+        if !order.is_empty() {
+            let k = n as usize % order.len();
+            order.rotate_left(k);
+            r.body_mut().provider_mut().order = Some(order);
+        }
+        Some(r)
+    };
+    let overall = TimeoutLayer::builder()
+        .limits(Timeouts {
+            total: config.total_timeout,
+            ..Timeouts::default()
+        })
+        .build()?;
+    let mut per_attempt = TimeoutLayer::builder().limits(Timeouts {
+        first_token: config.first_token_timeout,
+        idle: config.idle_timeout,
+        total: None,
+    });
+    if let Some(idle) = config.idle_timeout.filter(|_| config.adaptive_idle) {
+        per_attempt = per_attempt.idle_adaptive(
+            store.clone(),
+            AdaptiveLimit {
+                quantile: 0.99,
+                factor: 20.0,
+                min: Duration::from_secs(2).min(idle),
+                max: idle,
+            },
+        );
+    }
+    let per_attempt = per_attempt.build()?;
+    let mut retry = RetryLayer::builder();
+    if let Some(seed) = config.seed {
+        retry = retry.seed(seed);
+    }
+    let retry = retry
+        .policy(
+            // `--max-retries 0` turns every retry off, throttles included.
+            DefaultPolicy::new(config.max_retries).max_throttled(if config.max_retries == 0 {
+                0
+            } else {
+                8
+            }),
+        )
+        .build()?;
+    let hedge = (config.hedge_quantile > 0.0)
+        .then(|| {
+            HedgeLayer::builder()
+                .delay(HedgeDelay::Quantile {
+                    store: store.clone(),
+                    quantile: config.hedge_quantile,
+                    min: Duration::from_millis(100),
+                    max: Duration::from_secs(30),
+                    // A model not measured yet: about OpenRouter's typical median.
+                    cold: Duration::from_secs(1),
+                })
+                .policy(hedge_policy)
+                .budget(Duration::from_secs(10), 5, config.hedge_budget as f32)
+                // A second hedge only replaces one that failed while the original waits.
+                .max_attempts(3)
+                .build()
+        })
+        .transpose()?;
+    let breaker = BreakerLayer::builder()
+        .seed(config.seed.unwrap_or(0))
+        .slow_call(SlowCall::P50Multiple {
+            store: store.clone(),
+            factor: config.slow_call_factor,
+            min: Duration::from_millis(500),
+        })
+        .build()?;
+    let mut limits =
+        RateLimitLayer::builder().concurrency(config.max_concurrency, Key::global(), Priority(1));
+    let minute = Duration::from_secs(60);
+    if config.requests_per_minute > 0 {
+        let n = config.requests_per_minute;
+        limits = limits.requests(
+            Limit::new(n, minute)
+                .burst(n.div_ceil(6).max(1))
+                .key(Key::model()),
+        );
+    }
+    if config.tenant_requests_per_minute > 0 {
+        let n = config.tenant_requests_per_minute;
+        let anonymous: Arc<str> = Arc::from("_anonymous");
+        let by_tenant = Key::from_fn(move |r| {
+            Some(
+                r.extensions()
+                    .get::<Tenant>()
+                    .map_or_else(|| anonymous.clone(), |t| t.0.clone()),
+            )
+        });
+        limits = limits.requests(
+            Limit::new(n, minute)
+                .burst(n.div_ceil(6).max(1))
+                .key(by_tenant),
+        );
+    }
+    // Per-key request limits: one bucket per key, keyed by its tenant.
+    for k in config.keys.iter().filter(|k| k.requests_per_minute > 0) {
+        let n = k.requests_per_minute;
+        let tenant = k.tenant.clone();
+        limits = limits.requests(Limit::new(n, minute).burst(n.div_ceil(6).max(1)).key(
+            Key::from_fn(move |r| {
+                r.extensions()
+                    .get::<KeyTenant>()
+                    .filter(|t| t.0 == tenant)
+                    .map(|t| t.0.clone())
+            }),
+        ));
+    }
+    if config.tokens_per_minute > 0 {
+        let n = config.tokens_per_minute;
+        limits = limits.tokens(Limit::new(n, minute).key(Key::model()).mode(Mode::Reject));
+    }
+    let limits = limits.build()?;
+    let per_call = LatencyLayer::builder().scope(Scope::Call).build()?;
+    let status_store = store.clone();
+    let per_attempt_latency = LatencyLayer::builder()
+        .scope(Scope::Attempt)
+        .store(store)
+        .build()?;
+    let status_breaker = breaker.clone();
+    let inner = ServiceBuilder::new()
+        .layer(breaker)
+        .layer(per_attempt_latency)
+        .layer(per_attempt)
+        .service(leaf);
+    // Hedging is optional: erase the inner type once so both shapes fit one stack.
+    let inner: Stack = match hedge {
+        Some(h) => BoxCloneSyncService::new(h.layer(inner)),
+        None => BoxCloneSyncService::new(inner),
+    };
+    let parts = Parts {
+        store: status_store,
+        breaker: status_breaker,
+        router: router.clone(),
+    };
+    let stack = ServiceBuilder::new()
+        .layer(per_call)
+        .layer(router)
+        .layer(limits)
+        .layer(overall)
+        .layer(retry)
+        .service(inner);
+    Ok((BoxCloneSyncService::new(stack), parts))
+}
