@@ -83,6 +83,9 @@ pub enum ErrorKind {
     BadRequest,
     /// A service or layer was configured with invalid values.
     Config,
+    /// An error from outside the stack's own types (a tower middleware's `BoxError` that is
+    /// not an [`LlmError`]): see `From<BoxError>`.
+    Internal,
 }
 
 impl ErrorKind {
@@ -109,6 +112,7 @@ impl ErrorKind {
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::Config => "config",
+            ErrorKind::Internal => "internal",
         }
     }
 }
@@ -528,6 +532,7 @@ impl fmt::Display for LlmError {
             ErrorKind::Cancelled => f.write_str("cancelled")?,
             ErrorKind::BadRequest => f.write_str("bad request")?,
             ErrorKind::Config => f.write_str("invalid configuration")?,
+            ErrorKind::Internal => f.write_str("internal error")?,
         }
         if let Some(m) = self.message() {
             write!(f, ": {m}")?;
@@ -548,6 +553,34 @@ impl std::error::Error for LlmError {
             .source
             .as_ref()
             .map(|s| &**s as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Interop with tower's own middleware (`Buffer`, `ConcurrencyLimit`, `LoadShed`,
+/// `tower::timeout`), whose errors are `BoxError`s: an [`LlmError`] inside comes back as it
+/// was (a `Buffer` in front of our layers passes ours through); anything else becomes an
+/// [`ErrorKind::Internal`] error carrying it as its source and message.
+///
+/// ```
+/// use llm_layers_core::{BoxError, ErrorKind, LlmError, TimeoutKind};
+/// let ours: BoxError = Box::new(LlmError::timeout(TimeoutKind::Idle));
+/// assert_eq!(LlmError::from(ours).kind(), ErrorKind::Timeout(TimeoutKind::Idle));
+/// let theirs: BoxError = "request timed out".into();
+/// let e = LlmError::from(theirs);
+/// assert_eq!(e.kind(), ErrorKind::Internal);
+/// assert_eq!(e.message(), Some("request timed out"));
+/// ```
+impl From<BoxError> for LlmError {
+    fn from(e: BoxError) -> LlmError {
+        match e.downcast::<LlmError>() {
+            Ok(ours) => *ours,
+            Err(other) => {
+                let message = other.to_string();
+                LlmError::new(ErrorKind::Internal)
+                    .with_message(message)
+                    .with_source(other)
+            }
+        }
     }
 }
 
