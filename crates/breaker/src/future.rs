@@ -55,10 +55,9 @@ pin_project_lite::pin_project! {
         Called {
             #[pin]
             fut: F,
-            // Fires at the slow threshold of a call aimed at one provider (`target`).
+            // Fires at the slow threshold of a call aimed at one provider (see `aimed_at`).
             #[pin]
             watch: Option<Sleep>,
-            target: Option<Arc<str>>,
             // Counted slow while in flight: its end is not counted again.
             counted: bool,
             start: Instant,
@@ -98,19 +97,14 @@ impl<F> ResponseFuture<F> {
         start: Instant,
         sent: Arc<ChatBody>,
         ignored: Vec<(String, Blocked)>,
-        watch: Option<(Arc<str>, Instant)>,
+        watch: Option<Instant>,
         shared: Arc<Shared>,
         guard: ProbeGuard,
     ) -> Self {
-        let (target, at) = match watch {
-            Some((t, at)) => (Some(t), Some(at)),
-            None => (None, None),
-        };
         ResponseFuture {
             kind: Kind::Called {
                 fut,
-                watch: at.map(sleep_until),
-                target,
+                watch: watch.map(sleep_until),
                 counted: false,
                 start,
                 model: guard.model.clone(),
@@ -121,6 +115,18 @@ impl<F> ResponseFuture<F> {
             },
         }
     }
+}
+
+/// The one provider a request is aimed at, when it names one: the first of its `order`, or
+/// its only `only`, if its own preferences allow it. Evidence about the attempt (no first
+/// token yet) can be laid at that provider's door.
+pub(crate) fn aimed_at(body: &ChatBody) -> Option<&str> {
+    let prefs = body.provider.as_ref()?;
+    let target = match prefs.only.as_deref() {
+        Some([one]) => one,
+        _ => prefs.order.as_deref()?.first()?,
+    };
+    prefs.allows(target).then_some(target.as_str())
 }
 
 /// What an error before the commit point teaches: a throttle holds its provider (and, when
@@ -192,7 +198,6 @@ where
             KindProj::Called {
                 fut,
                 mut watch,
-                target,
                 counted,
                 start,
                 model,
@@ -207,7 +212,7 @@ where
                         if let Some(w) = watch.as_mut().as_pin_mut() {
                             if w.poll(cx).is_ready() {
                                 watch.set(None);
-                                if let Some(t) = target.as_deref() {
+                                if let Some(t) = aimed_at(sent) {
                                     *counted = true;
                                     metrics::counter!("llm_breaker_slow_in_flight_total")
                                         .increment(1);

@@ -62,16 +62,9 @@ where
         // In-flight evidence: a call aimed at one provider (first of its `order`, or its
         // only one) that has no first token by the slow threshold is counted slow then,
         // not when it ends (a hung provider would teach nothing until its timeout).
-        let watch = self.shared.slow_threshold(&model).and_then(|after| {
-            let prefs = req.body().provider.as_ref()?;
-            let target = match prefs.only.as_deref() {
-                Some([one]) => one,
-                _ => prefs.order.as_deref()?.first()?,
-            };
-            prefs
-                .allows(target)
-                .then(|| (Arc::<str>::from(target.as_str()), now + after))
-        });
+        let watch = crate::future::aimed_at(req.body())
+            .and_then(|_| self.shared.slow_threshold(&model))
+            .map(|after| now + after);
         let guard = ProbeGuard::new(self.shared.clone(), model.clone(), admission.probes);
         // The body as sent stays with the future (an `Arc`, no copy) so a throttle can tell
         // whether another provider is left for it.

@@ -3,7 +3,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use llm_layers_core::{ChatStream, LlmError, TimeoutKind};
+use llm_layers_core::{ChatBody, ChatStream, LlmError, TimeoutKind};
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use std::sync::Arc;
@@ -24,7 +24,7 @@ pin_project_lite::pin_project! {
         total_at: Option<Instant>,
         idle: Option<Duration>,
         // The adaptive idle limit is read at the commit point, when the provider is known.
-        idle_from: Option<(Arc<Adaptive>, Arc<str>)>,
+        idle_from: Option<(Arc<Adaptive>, Arc<ChatBody>)>,
     }
 }
 
@@ -44,7 +44,7 @@ impl<F> ResponseFuture<F> {
         first_token_at: Option<Instant>,
         total_at: Option<Instant>,
         idle: Option<Duration>,
-        idle_from: Option<(Arc<Adaptive>, Arc<str>)>,
+        idle_from: Option<(Arc<Adaptive>, Arc<ChatBody>)>,
     ) -> Self {
         // The earlier of the two deadlines fires, and names itself.
         let (at, kind) = match (first_token_at, total_at) {
@@ -75,7 +75,10 @@ where
         if let Poll::Ready(res) = this.inner.poll(cx) {
             let stream = res?;
             let idle = match this.idle_from.take() {
-                Some((a, model)) => a.idle(&model, stream.meta().provider.as_deref()),
+                Some((a, body)) => a.idle(
+                    body.model.as_deref().unwrap_or(""),
+                    stream.meta().provider.as_deref(),
+                ),
                 None => *this.idle,
             };
             if idle.is_none() && this.total_at.is_none() {

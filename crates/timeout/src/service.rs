@@ -72,7 +72,7 @@ where
                 base.first_token = Some(d);
             }
             if a.idle.is_some() {
-                idle_from = Some((a.clone(), std::sync::Arc::<str>::from(req.model())));
+                idle_from = Some((a.clone(), req.shared_body().clone()));
             }
         }
         // A per-request override wins over fixed and measured limits alike.

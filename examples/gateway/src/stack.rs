@@ -49,20 +49,32 @@ pub fn build_leaf(config: &Config, base_url: &str, api_key: &str) -> Result<Open
 ///
 /// `leaf` is the OpenRouter leaf in the gateway; any chat service fits, so the same stack
 /// runs over `llm_layers_mock::MockChat` in tests and benchmarks.
-pub fn build_stack<S>(
+pub fn build_stack<S: ChatService>(
     config: &Config,
     leaf: S,
     catalog: Option<Vec<String>>,
-) -> Result<Stack, LlmError>
-where
-    S: tower::Service<ChatRequest, Response = ChatStream, Error = LlmError>
+) -> Result<Stack, LlmError> {
+    build_stack_with_parts(config, leaf, catalog).map(|(stack, _)| stack)
+}
+
+/// What [`build_stack`] can wrap: any chat service that can be cloned and shared between
+/// tasks (the OpenRouter leaf, `MockChat`, a stack of your own).
+pub trait ChatService:
+    tower::Service<ChatRequest, Response = ChatStream, Error = LlmError, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> ChatService for S where
+    S: tower::Service<ChatRequest, Response = ChatStream, Error = LlmError, Future: Send + 'static>
         + Clone
         + Send
         + Sync
-        + 'static,
-    S::Future: Send + 'static,
+        + 'static
 {
-    build_stack_with_parts(config, leaf, catalog).map(|(stack, _)| stack)
 }
 
 /// What the stack has learned, for the status page: the latency store, the breakers, the
@@ -78,19 +90,11 @@ pub struct Parts {
 }
 
 /// [`build_stack`], also returning the [`Parts`] a status page reads.
-pub fn build_stack_with_parts<S>(
+pub fn build_stack_with_parts<S: ChatService>(
     config: &Config,
     leaf: S,
     catalog: Option<Vec<String>>,
-) -> Result<(Stack, Parts), LlmError>
-where
-    S: tower::Service<ChatRequest, Response = ChatStream, Error = LlmError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+) -> Result<(Stack, Parts), LlmError> {
     // Quantiles from 10 samples: a p95 read that early is rough, but a hedge or an order
     // from it beats the cold guess by far (the first ten calls of a model arrive within
     // its first p50).

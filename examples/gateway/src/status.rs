@@ -29,7 +29,8 @@ pub struct Counters {
     pub hedged: AtomicU64,
     /// Calls a hedge won.
     pub hedge_won: AtomicU64,
-    recent: Mutex<HashMap<(String, String), VecDeque<f64>>>,
+    /// model -> provider -> recent first-token times (ms).
+    recent: Mutex<HashMap<String, HashMap<String, VecDeque<f64>>>>,
     tenants: Mutex<HashMap<Arc<str>, (u64, u64, u64)>>,
 }
 
@@ -46,15 +47,33 @@ impl Counters {
         let t = &meta.timings;
         if let (Some(start), Some(first), Some(p)) = (t.started, t.first_token, &meta.provider) {
             let ms = first.saturating_duration_since(start).as_secs_f64() * 1000.0;
+            let ms = (ms * 10.0).round() / 10.0;
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            let key = (meta.model.clone(), p.clone());
-            if recent.len() < MAX_KEYS || recent.contains_key(&key) {
-                let q = recent.entry(key).or_default();
-                if q.len() == RECENT {
-                    q.pop_front();
-                }
-                q.push_back((ms * 10.0).round() / 10.0);
+            // Names are copied only the first time a (model, provider) is seen.
+            let seen = recent
+                .get(meta.model.as_str())
+                .is_some_and(|m| m.contains_key(p.as_str()));
+            if !seen && recent.values().map(HashMap::len).sum::<usize>() >= MAX_KEYS {
+                return;
             }
+            let q = if seen {
+                recent
+                    .get_mut(meta.model.as_str())
+                    .and_then(|m| m.get_mut(p.as_str()))
+            } else {
+                Some(
+                    recent
+                        .entry(meta.model.clone())
+                        .or_default()
+                        .entry(p.clone())
+                        .or_default(),
+                )
+            };
+            let Some(q) = q else { return };
+            if q.len() == RECENT {
+                q.pop_front();
+            }
+            q.push_back(ms);
         }
     }
 
@@ -76,7 +95,8 @@ impl Counters {
         self.recent
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&(model.to_owned(), provider.to_owned()))
+            .get(model)
+            .and_then(|m| m.get(provider))
             .map(|q| q.iter().copied().collect())
             .unwrap_or_default()
     }
