@@ -9,9 +9,9 @@ use http_body::Body;
 use tokio::time::Instant;
 
 use crate::chunk::ChatChunk;
+use crate::collect::choice_error;
 use crate::error::{ApiError, BoxError, ErrorKind, LlmError, ProtocolKind};
 use crate::sse::SseParser;
-use crate::stream::choice_error;
 
 pin_project_lite::pin_project! {
     /// Decodes an OpenRouter (OpenAI-compatible) event stream into chunks.

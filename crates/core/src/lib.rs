@@ -28,10 +28,13 @@
 //!
 //! [llm-layers]: https://github.com/llm-layers/llm-layers
 
+mod api_error;
 pub mod chunk;
 pub mod classify;
+mod collect;
 pub mod decode;
 pub mod error;
+mod kind;
 pub mod request;
 pub mod sse;
 pub mod stream;

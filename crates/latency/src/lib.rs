@@ -55,6 +55,7 @@ mod future;
 mod layer;
 pub mod names;
 mod service;
+mod stats;
 mod store;
 mod stream;
 

@@ -35,6 +35,7 @@ pub mod plan;
 mod scenario;
 mod scripted;
 mod server;
+mod writer;
 
 pub use answer::{answer_tag, answer_token, expected_answer};
 pub use scenario::{Dist, Faults, ProviderSpec, Scenario, ScenarioError, StatusFault};

@@ -1,0 +1,144 @@
+//! The upstream's error body ([`ApiError`]) and its `Retry-After` ([`parse_retry_after`]).
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+use serde_json::{Map, Value};
+
+/// The `code` of an OpenRouter error body: a number in current docs, a string in older ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// `"code": 429`
+    Number(i64),
+    /// `"code": "server_error"`
+    Text(String),
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorCode::Number(n) => write!(f, "{n}"),
+            ErrorCode::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The parsed OpenRouter error object (`{"error": {...}}`), pre-stream or mid-stream.
+///
+/// Every field is optional and unknown fields are kept in [`ApiError::metadata`] or ignored:
+/// upstreams differ and the docs changed shape over time.
+///
+/// ```
+/// use llm_layers_core::ApiError;
+/// let body = br#"{"error":{"code":429,"message":"Rate limit exceeded",
+///   "metadata":{"error_type":"rate_limit_exceeded","provider_name":"OpenAI"}}}"#;
+/// let e = ApiError::from_body(body).unwrap();
+/// assert_eq!(e.message.as_deref(), Some("Rate limit exceeded"));
+/// assert_eq!(e.error_type.as_deref(), Some("rate_limit_exceeded"));
+/// assert_eq!(e.provider_name.as_deref(), Some("OpenAI"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApiError {
+    /// `error.code`, a number or a string.
+    pub code: Option<ErrorCode>,
+    /// `error.message`.
+    pub message: Option<String>,
+    /// `error.metadata.error_type` (or `error.error_type`).
+    pub error_type: Option<String>,
+    /// `error.metadata.provider_name` (or `error.provider_name`).
+    pub provider_name: Option<String>,
+    /// `error.availability.retryable`, when present: overrides the status table.
+    pub retryable: Option<bool>,
+    /// `error.availability.code` (`capacity_exhausted`, `model_not_found`, ...).
+    pub availability_code: Option<String>,
+    /// `error.metadata` as sent, a loose map.
+    pub metadata: Option<Map<String, Value>>,
+}
+
+impl ApiError {
+    /// Parses a whole body of the form `{"error": {...}}`; `None` if it is not one.
+    pub fn from_body(body: &[u8]) -> Option<ApiError> {
+        let v: Value = serde_json::from_slice(body).ok()?;
+        ApiError::from_value(v.get("error")?)
+    }
+
+    /// Parses the inner error object (the value of the `error` key).
+    pub fn from_value(v: &Value) -> Option<ApiError> {
+        let obj = match v {
+            Value::Object(o) => o,
+            Value::String(s) => {
+                return Some(ApiError {
+                    message: Some(s.clone()),
+                    ..ApiError::default()
+                });
+            }
+            _ => return None,
+        };
+        let code = match obj.get("code") {
+            Some(Value::Number(n)) => n.as_i64().map(ErrorCode::Number),
+            Some(Value::String(s)) => Some(ErrorCode::Text(s.clone())),
+            _ => None,
+        };
+        let metadata = obj.get("metadata").and_then(Value::as_object).cloned();
+        let str_field = |key: &str| -> Option<String> {
+            metadata
+                .as_ref()
+                .and_then(|m| m.get(key))
+                .or_else(|| obj.get(key))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let availability = obj.get("availability").and_then(Value::as_object);
+        Some(ApiError {
+            code,
+            message: obj
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            error_type: str_field("error_type"),
+            provider_name: str_field("provider_name"),
+            retryable: availability
+                .and_then(|a| a.get("retryable"))
+                .and_then(Value::as_bool),
+            availability_code: availability
+                .and_then(|a| a.get("code"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            metadata,
+        })
+    }
+
+    /// `error.code` as an HTTP status, when it is a number in the status range.
+    pub fn status_code(&self) -> Option<StatusCode> {
+        match &self.code {
+            Some(ErrorCode::Number(n)) => u16::try_from(*n)
+                .ok()
+                .and_then(|n| StatusCode::from_u16(n).ok()),
+            _ => None,
+        }
+    }
+}
+
+/// Parses a `Retry-After` value: delay-seconds (`"30"`, or `"1.5"` leniently) or an
+/// HTTP date, relative to `now`. A date in the past gives zero; garbage gives `None`.
+///
+/// ```
+/// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+/// use llm_layers_core::parse_retry_after;
+/// let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+/// assert_eq!(parse_retry_after("30", now), Some(Duration::from_secs(30)));
+/// assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now), Some(Duration::from_secs(30)));
+/// assert_eq!(parse_retry_after("soon", now), None);
+/// ```
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = value.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).ok();
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}

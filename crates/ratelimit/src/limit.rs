@@ -1,0 +1,149 @@
+//! What a limit is: its rate and burst ([`Limit`]), its key ([`Key`]), what to do when full
+//! ([`Mode`]), and how a token limit estimates a request ([`TokenEstimator`]).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use llm_layers_core::{ChatRequest, LlmError, Tenant};
+
+use crate::store::Rate;
+
+type KeyFn = dyn Fn(&ChatRequest) -> Option<Arc<str>> + Send + Sync;
+
+/// Which bucket a request goes to: a function of the request. `None` skips the limit.
+#[derive(Clone)]
+pub struct Key(Arc<KeyFn>);
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+impl Key {
+    /// One bucket for everything.
+    pub fn global() -> Key {
+        let all: Arc<str> = Arc::from("*");
+        Key(Arc::new(move |_| Some(all.clone())))
+    }
+
+    /// A bucket per model id.
+    pub fn model() -> Key {
+        Key(Arc::new(|r| Some(Arc::from(r.model()))))
+    }
+
+    /// A bucket per [`Tenant`] extension; requests without one are not limited.
+    pub fn tenant() -> Key {
+        Key(Arc::new(|r| {
+            r.extensions().get::<Tenant>().map(|t| t.0.clone())
+        }))
+    }
+
+    /// Your own key function.
+    pub fn from_fn(f: impl Fn(&ChatRequest) -> Option<Arc<str>> + Send + Sync + 'static) -> Key {
+        Key(Arc::new(f))
+    }
+
+    pub(crate) fn of(&self, r: &ChatRequest) -> Option<Arc<str>> {
+        (self.0)(r)
+    }
+}
+
+/// What to do when a bucket is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Wait until it fits, up to this long (and never past the request's deadline); then
+    /// reject.
+    Wait(Duration),
+    /// Reject at once with the exact wait.
+    Reject,
+}
+
+/// One rate limit: `amount` units per `period`, a burst, a key, a mode.
+#[derive(Debug, Clone)]
+pub struct Limit {
+    pub(crate) rate: Rate,
+    pub(crate) key: Key,
+    pub(crate) mode: Mode,
+}
+
+impl Limit {
+    /// `amount` per `period`; the burst defaults to `amount`, the key to global, the mode to
+    /// waiting up to 5 s.
+    pub fn new(amount: u64, period: Duration) -> Limit {
+        Limit {
+            rate: Rate {
+                amount,
+                period,
+                burst: amount,
+            },
+            key: Key::global(),
+            mode: Mode::Wait(Duration::from_secs(5)),
+        }
+    }
+
+    /// Units that may go at once from a full bucket.
+    pub fn burst(mut self, burst: u64) -> Limit {
+        self.rate.burst = burst;
+        self
+    }
+
+    /// The bucket key.
+    pub fn key(mut self, key: Key) -> Limit {
+        self.key = key;
+        self
+    }
+
+    /// Wait or reject.
+    pub fn mode(mut self, mode: Mode) -> Limit {
+        self.mode = mode;
+        self
+    }
+
+    pub(crate) fn validate(&self, what: &str) -> Result<(), LlmError> {
+        let r = &self.rate;
+        if r.amount == 0 || r.burst == 0 || r.period.is_zero() {
+            return Err(LlmError::config(format!(
+                "{what} limit: amount, burst and period must be above zero"
+            )));
+        }
+        if r.interval().is_zero() {
+            return Err(LlmError::config(format!(
+                "{what} limit: more than one unit per nanosecond"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Estimates the LLM tokens a request will use, for the token limit's reservation.
+pub trait TokenEstimator: Send + Sync + 'static {
+    /// Prompt and completion tokens expected.
+    fn estimate(&self, req: &ChatRequest) -> u64;
+}
+
+/// Prompt bytes / 4, plus `max_tokens` (or `default_output` when the request sets none).
+#[derive(Debug, Clone, Copy)]
+pub struct DefaultEstimator {
+    /// The output assumed when the request sets no limit.
+    pub default_output: u64,
+}
+
+impl Default for DefaultEstimator {
+    fn default() -> Self {
+        DefaultEstimator {
+            default_output: 1024,
+        }
+    }
+}
+
+impl TokenEstimator for DefaultEstimator {
+    fn estimate(&self, req: &ChatRequest) -> u64 {
+        req.body().approx_prompt_tokens()
+            + req
+                .body()
+                .max_output_tokens()
+                .map_or(self.default_output, u64::from)
+    }
+}
