@@ -202,7 +202,7 @@ fn main() {
                     max: Duration::from_secs(30),
                     cold: Duration::from_millis(50),
                 })
-                .budget(Duration::from_secs(10), 0, 0.05)
+                .budget_window(Duration::from_secs(10)).budget_floor(0).budget_ratio(0.05)
                 .build()
                 .unwrap();
             let attempt = ServiceBuilder::new()

@@ -1,8 +1,9 @@
+use llm_layers_core::ConfigError;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use llm_layers_core::{Classify, DefaultClassify, LlmError, default_slug};
+use llm_layers_core::{Classify, DefaultClassify, default_slug};
 use llm_layers_latency::LatencyStore;
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -149,20 +150,42 @@ impl BreakerLayerBuilder {
         self
     }
 
-    /// Trip when `ratio` (0 to 1) of the last `window` calls failed, once at least
-    /// `min_calls` were seen.
-    pub fn failure_ratio(mut self, ratio: f64, window: usize, min_calls: usize) -> Self {
+    /// Trip when `ratio` (0 to 1; default 0.5) of the last [`window`](Self::window) calls
+    /// failed, once at least [`min_calls`](Self::min_calls) were seen.
+    pub fn failure_ratio(mut self, ratio: f64) -> Self {
         self.cfg.failure_ratio = ratio;
-        self.cfg.window = window;
-        self.cfg.min_calls = min_calls;
         self
     }
 
-    /// Open for `base` after the first trip, doubling per trip in a row up to `max`, each
-    /// times a uniform factor in `1 ± jitter` (jitter 0 to 1).
-    pub fn open_for(mut self, base: Duration, max: Duration, jitter: f64) -> Self {
+    /// How many recent calls the failure ratio is read over (default 20).
+    pub fn window(mut self, calls: usize) -> Self {
+        self.cfg.window = calls;
+        self
+    }
+
+    /// The fewest calls in the window before the ratio may trip (default 10, at most the
+    /// window).
+    pub fn min_calls(mut self, calls: usize) -> Self {
+        self.cfg.min_calls = calls;
+        self
+    }
+
+    /// Open for `base` after the first trip (default 5 s), doubling per trip in a row up to
+    /// [`max_open_for`](Self::max_open_for).
+    pub fn open_for(mut self, base: Duration) -> Self {
         self.cfg.open_base = base;
+        self
+    }
+
+    /// The longest a breaker stays open, however many trips in a row (default 300 s).
+    pub fn max_open_for(mut self, max: Duration) -> Self {
         self.cfg.open_max = max;
+        self
+    }
+
+    /// Each open period is multiplied by a uniform factor in `1 ± jitter` (0 to 1; default
+    /// 0.2), so breakers opened together do not probe together.
+    pub fn open_jitter(mut self, jitter: f64) -> Self {
         self.cfg.jitter = jitter;
         self
     }
@@ -173,18 +196,28 @@ impl BreakerLayerBuilder {
         self
     }
 
-    /// The most (model, provider) entries, and when an unused closed one may be evicted.
-    pub fn max_entries(mut self, n: usize, idle: Duration) -> Self {
+    /// The most (model, provider) entries (default 1,024).
+    pub fn max_entries(mut self, n: usize) -> Self {
         self.cfg.max_entries = n;
+        self
+    }
+
+    /// When an unused closed entry may be evicted (default 600 s).
+    pub fn idle_ttl(mut self, idle: Duration) -> Self {
         self.cfg.idle_ttl = idle;
         self
     }
 
-    /// How long a throttled (model, provider) is held when the `429` says no `Retry-After`,
-    /// and the longest hold whatever it says (a `Retry-After: 86400` must not take a
-    /// provider away for a day). Both above zero, `default <= max`.
-    pub fn hold(mut self, default: Duration, max: Duration) -> Self {
+    /// How long a throttled (model, provider) is held when the `429` says no `Retry-After`
+    /// (default 1 s; above zero, at most [`max_hold`](Self::max_hold)).
+    pub fn hold(mut self, default: Duration) -> Self {
         self.cfg.default_hold = default;
+        self
+    }
+
+    /// The longest hold whatever the `Retry-After` says (default 60 s): a
+    /// `Retry-After: 86400` must not take a provider away for a day.
+    pub fn max_hold(mut self, max: Duration) -> Self {
         self.cfg.max_hold = max;
         self
     }
@@ -216,39 +249,39 @@ impl BreakerLayerBuilder {
     }
 
     /// Validates and builds.
-    pub fn build(self) -> Result<BreakerLayer, LlmError> {
+    pub fn build(self) -> Result<BreakerLayer, ConfigError> {
         let c = &self.cfg;
         if c.consecutive == 0 {
-            return Err(LlmError::config("consecutive failures must be at least 1"));
+            return Err(ConfigError::new("consecutive failures must be at least 1"));
         }
         if !(c.failure_ratio > 0.0 && c.failure_ratio <= 1.0) {
-            return Err(LlmError::config("failure ratio must be in (0, 1]"));
+            return Err(ConfigError::new("failure ratio must be in (0, 1]"));
         }
         if c.window == 0 || c.min_calls == 0 || c.min_calls > c.window {
-            return Err(LlmError::config("need 0 < min_calls <= window"));
+            return Err(ConfigError::new("need 0 < min_calls <= window"));
         }
         if c.open_base.is_zero() || c.open_max < c.open_base {
-            return Err(LlmError::config("need 0 < open base <= open max"));
+            return Err(ConfigError::new("need 0 < open base <= open max"));
         }
         if !(0.0..=1.0).contains(&c.jitter) {
-            return Err(LlmError::config("jitter must be in 0..=1"));
+            return Err(ConfigError::new("jitter must be in 0..=1"));
         }
         if c.default_hold.is_zero() || c.max_hold < c.default_hold {
-            return Err(LlmError::config("need 0 < default hold <= max hold"));
+            return Err(ConfigError::new("need 0 < default hold <= max hold"));
         }
         if c.probes == 0 || c.max_entries == 0 {
-            return Err(LlmError::config(
+            return Err(ConfigError::new(
                 "probes and max entries must be at least 1",
             ));
         }
         match &self.slow {
             Some(SlowCall::Fixed(d)) if d.is_zero() => {
-                return Err(LlmError::config("slow-call threshold must be above zero"));
+                return Err(ConfigError::new("slow-call threshold must be above zero"));
             }
             Some(SlowCall::P50Multiple { factor, .. })
                 if !(*factor >= 1.0 && factor.is_finite()) =>
             {
-                return Err(LlmError::config(
+                return Err(ConfigError::new(
                     "slow-call factor must be a finite number >= 1",
                 ));
             }

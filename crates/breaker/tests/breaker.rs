@@ -30,7 +30,9 @@ fn fail(provider: &str) -> Script {
 fn layer() -> BreakerLayer {
     BreakerLayer::builder()
         .consecutive_failures(3)
-        .open_for(S(10), S(300), 0.0)
+        .open_for(S(10))
+        .max_open_for(S(300))
+        .open_jitter(0.0)
         .build()
         .unwrap()
 }
@@ -140,7 +142,9 @@ async fn slow_calls_trip_it_like_failures() {
     let mock = MockChat::new();
     let b = BreakerLayer::builder()
         .consecutive_failures(2)
-        .open_for(S(10), S(60), 0.0)
+        .open_for(S(10))
+        .max_open_for(S(60))
+        .open_jitter(0.0)
         .slow_call(SlowCall::Fixed(S(5)))
         .build()
         .unwrap();
@@ -251,7 +255,8 @@ async fn shared_across_clones_and_bounded() {
     let mock = MockChat::new();
     let b = BreakerLayer::builder()
         .consecutive_failures(2)
-        .max_entries(16, S(60))
+        .max_entries(16)
+        .idle_ttl(S(60))
         .build()
         .unwrap();
     // Two services from one layer share the registry.
@@ -337,15 +342,30 @@ async fn run_owned(svc: llm_layers_breaker::Breaker<MockChat>) -> Result<(), Llm
 fn bad_configuration_is_rejected() {
     for bld in [
         BreakerLayer::builder().consecutive_failures(0),
-        BreakerLayer::builder().failure_ratio(1.5, 20, 10),
-        BreakerLayer::builder().failure_ratio(0.5, 10, 20),
-        BreakerLayer::builder().open_for(Duration::ZERO, S(1), 0.1),
-        BreakerLayer::builder().open_for(S(2), S(1), 0.1),
-        BreakerLayer::builder().open_for(S(1), S(2), 1.5),
+        BreakerLayer::builder()
+            .failure_ratio(1.5)
+            .window(20)
+            .min_calls(10),
+        BreakerLayer::builder()
+            .failure_ratio(0.5)
+            .window(10)
+            .min_calls(20),
+        BreakerLayer::builder()
+            .open_for(Duration::ZERO)
+            .max_open_for(S(1))
+            .open_jitter(0.1),
+        BreakerLayer::builder()
+            .open_for(S(2))
+            .max_open_for(S(1))
+            .open_jitter(0.1),
+        BreakerLayer::builder()
+            .open_for(S(1))
+            .max_open_for(S(2))
+            .open_jitter(1.5),
         BreakerLayer::builder().probes(0),
         BreakerLayer::builder().slow_call(SlowCall::Fixed(Duration::ZERO)),
     ] {
-        assert_eq!(bld.build().unwrap_err().kind(), ErrorKind::Config);
+        assert!(!bld.build().unwrap_err().message().is_empty());
     }
 }
 
@@ -362,7 +382,9 @@ async fn outage_preset_after_the_breaker_opens_the_dead_provider_gets_nothing_un
         .unwrap();
     let b = BreakerLayer::builder()
         .consecutive_failures(3)
-        .open_for(S(3600), S(3600), 0.0)
+        .open_for(S(3600))
+        .max_open_for(S(3600))
+        .open_jitter(0.0)
         .build()
         .unwrap();
     let svc = b.layer(leaf);
@@ -462,7 +484,11 @@ async fn a_429_holds_its_provider_and_never_trips_it() {
 #[tokio::test(start_paused = true)]
 async fn a_hold_is_capped_whatever_the_retry_after() {
     let mock = MockChat::new();
-    let b = BreakerLayer::builder().hold(S(1), S(60)).build().unwrap();
+    let b = BreakerLayer::builder()
+        .hold(S(1))
+        .max_hold(S(60))
+        .build()
+        .unwrap();
     let svc = b.layer(mock.clone());
     mock.push(ok("Alpha"));
     run(&svc).await.unwrap();
@@ -528,8 +554,12 @@ async fn a_404_our_ignore_list_caused_becomes_circuit_open() {
 async fn trips_under_sustained_load() {
     let mock = MockChat::new();
     let b = BreakerLayer::builder()
-        .failure_ratio(0.5, 20, 10)
-        .open_for(S(10), S(300), 0.0)
+        .failure_ratio(0.5)
+        .window(20)
+        .min_calls(10)
+        .open_for(S(10))
+        .max_open_for(S(300))
+        .open_jitter(0.0)
         .build()
         .unwrap();
     let svc = b.layer(mock.clone());
@@ -632,8 +662,12 @@ async fn still_pending<F: std::future::Future + Unpin>(f: &mut F) -> bool {
 async fn a_provider_that_hangs_is_opened_while_its_calls_are_still_open() {
     let mock = MockChat::new();
     let b = BreakerLayer::builder()
-        .failure_ratio(0.5, 4, 4)
-        .open_for(S(30), S(300), 0.0)
+        .failure_ratio(0.5)
+        .window(4)
+        .min_calls(4)
+        .open_for(S(30))
+        .max_open_for(S(300))
+        .open_jitter(0.0)
         .slow_call(SlowCall::Fixed(S(1)))
         .build()
         .unwrap();
@@ -678,9 +712,12 @@ async fn a_provider_that_hangs_is_opened_while_its_calls_are_still_open() {
 async fn a_full_table_evicts_instead_of_dropping_outcomes() {
     let mock = MockChat::new();
     let b = BreakerLayer::builder()
-        .max_entries(3, S(60))
+        .max_entries(3)
+        .idle_ttl(S(60))
         .consecutive_failures(1)
-        .open_for(S(10), S(10), 0.0)
+        .open_for(S(10))
+        .max_open_for(S(10))
+        .open_jitter(0.0)
         .build()
         .unwrap();
     let svc = b.layer(mock.clone());

@@ -102,11 +102,6 @@ impl LlmError {
         LlmError::new(ErrorKind::BadRequest).with_message(message)
     }
 
-    /// Invalid configuration, rejected at build time.
-    pub fn config(message: impl Into<String>) -> LlmError {
-        LlmError::new(ErrorKind::Config).with_message(message)
-    }
-
     /// A local rate limit refused; `wait` is how long until it would admit.
     pub fn rate_limited(wait: Duration) -> LlmError {
         LlmError::new(ErrorKind::RateLimited).with_retry_after(wait)
@@ -312,7 +307,6 @@ impl fmt::Display for LlmError {
             ErrorKind::Truncated => f.write_str("truncated stream")?,
             ErrorKind::Cancelled => f.write_str("cancelled")?,
             ErrorKind::BadRequest => f.write_str("bad request")?,
-            ErrorKind::Config => f.write_str("invalid configuration")?,
             ErrorKind::Internal => f.write_str("internal error")?,
         }
         if let Some(m) = self.message() {

@@ -72,8 +72,6 @@ pub enum ErrorKind {
     Cancelled,
     /// The request was rejected locally before any upstream call.
     BadRequest,
-    /// A service or layer was configured with invalid values.
-    Config,
     /// An error from outside the stack's own types (a tower middleware's `BoxError` that is
     /// not an [`LlmError`](crate::LlmError)): see `From<BoxError>`.
     Internal,
@@ -102,7 +100,6 @@ impl ErrorKind {
             ErrorKind::Truncated => "truncated",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::BadRequest => "bad_request",
-            ErrorKind::Config => "config",
             ErrorKind::Internal => "internal",
         }
     }

@@ -29,9 +29,11 @@
 //! [llm-layers]: https://github.com/llm-layers/llm-layers
 
 mod api_error;
+pub mod budget;
 pub mod chunk;
 pub mod classify;
 mod collect;
+mod config;
 pub mod decode;
 pub mod error;
 mod kind;
@@ -44,6 +46,7 @@ pub use chunk::{
     FunctionDelta, ToolCall, ToolCallDelta, Usage,
 };
 pub use classify::{Classify, DefaultClassify, ErrorClass};
+pub use config::ConfigError;
 pub use error::{
     ApiError, BoxError, ErrorCode, ErrorKind, LlmError, ProtocolKind, TimeoutKind,
     parse_retry_after,

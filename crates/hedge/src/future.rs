@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use llm_layers_core::{ChatRequest, ChatStream, ErrorKind, LlmError};
 use tokio::time::{Instant, Sleep, sleep};
-use tower::retry::budget::Budget;
 use tower_service::Service;
 
 use crate::layer::Shared;

@@ -1,8 +1,9 @@
+use llm_layers_core::ConfigError;
 use std::sync::Arc;
 use std::time::Duration;
 
-use llm_layers_core::LlmError;
-use tower::retry::budget::TpsBudget;
+use llm_layers_core::budget::{BudgetChoice, TpsParams};
+use tower::retry::budget::Budget;
 use tower_layer::Layer;
 
 use crate::policy::{HedgeDelay, HedgePolicy, SameRequest};
@@ -11,7 +12,7 @@ use crate::service::Hedge;
 pub(crate) struct Shared {
     pub(crate) delay: HedgeDelay,
     pub(crate) policy: Box<dyn HedgePolicy>,
-    pub(crate) budget: TpsBudget,
+    pub(crate) budget: Arc<dyn Budget + Send + Sync>,
     pub(crate) max_attempts: u32,
 }
 
@@ -37,7 +38,7 @@ impl HedgeLayer {
         HedgeLayerBuilder {
             delay: HedgeDelay::Fixed(Duration::from_secs(2)),
             policy: Box::new(SameRequest),
-            budget: (Duration::from_secs(10), 1, 0.1),
+            budget: BudgetChoice::new(TpsParams::new(1, 0.1)),
             max_attempts: 2,
         }
     }
@@ -55,7 +56,7 @@ impl<S> Layer<S> for HedgeLayer {
 pub struct HedgeLayerBuilder {
     delay: HedgeDelay,
     policy: Box<dyn HedgePolicy>,
-    budget: (Duration, u32, f32),
+    budget: BudgetChoice,
     max_attempts: u32,
 }
 
@@ -82,10 +83,30 @@ impl HedgeLayerBuilder {
         self
     }
 
-    /// Hedges may be at most `ratio` of requests (0 to 1) plus `min_per_sec`, over a window
-    /// of `ttl` (1 to 60 s). A hedge that would break the budget is not sent.
-    pub fn budget(mut self, ttl: Duration, min_per_sec: u32, ratio: f32) -> Self {
-        self.budget = (ttl, min_per_sec, ratio);
+    /// Hedges may be at most `ratio` of requests (0 to 1; default 0.1) plus
+    /// [`budget_floor`](Self::budget_floor) per second. A hedge that would break the budget
+    /// is not sent.
+    pub fn budget_ratio(mut self, ratio: f32) -> Self {
+        self.budget.params.ratio = ratio;
+        self
+    }
+
+    /// Hedges allowed per second whatever the traffic (default 1).
+    pub fn budget_floor(mut self, per_sec: u32) -> Self {
+        self.budget.params.min_per_sec = per_sec;
+        self
+    }
+
+    /// The window the budget counts over (1 to 60 s; default 10 s).
+    pub fn budget_window(mut self, ttl: Duration) -> Self {
+        self.budget.params.ttl = ttl;
+        self
+    }
+
+    /// A budget of your own, or one shared with a retry layer (one allowance for every
+    /// extra attempt, hedge or retry). Replaces the ratio, floor and window above.
+    pub fn budget(mut self, budget: Arc<dyn Budget + Send + Sync>) -> Self {
+        self.budget.given = Some(budget);
         self
     }
 
@@ -96,25 +117,14 @@ impl HedgeLayerBuilder {
     }
 
     /// Validates and builds.
-    pub fn build(self) -> Result<HedgeLayer, LlmError> {
-        let (ttl, min_per_sec, ratio) = self.budget;
-        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&ttl) {
-            return Err(LlmError::config(
-                "hedge budget window must be 1 to 60 seconds",
-            ));
-        }
-        if !(ratio.is_finite() && (0.0..=1.0).contains(&ratio)) {
-            return Err(LlmError::config("hedge budget ratio must be in 0..=1"));
-        }
-        if min_per_sec >= i32::MAX as u32 {
-            return Err(LlmError::config("hedge budget min_per_sec is too large"));
-        }
+    pub fn build(self) -> Result<HedgeLayer, ConfigError> {
+        let budget = self.budget.build("hedge", 1.0)?;
         if !(2..=8).contains(&self.max_attempts) {
-            return Err(LlmError::config("hedge max_attempts must be 2 to 8"));
+            return Err(ConfigError::new("hedge max_attempts must be 2 to 8"));
         }
         match &self.delay {
             HedgeDelay::Fixed(d) if d.is_zero() => {
-                return Err(LlmError::config("hedge delay must be above zero"));
+                return Err(ConfigError::new("hedge delay must be above zero"));
             }
             HedgeDelay::Quantile {
                 quantile,
@@ -124,10 +134,10 @@ impl HedgeLayerBuilder {
                 ..
             } => {
                 if !(*quantile > 0.0 && *quantile < 1.0) {
-                    return Err(LlmError::config("hedge quantile must be in 0..1"));
+                    return Err(ConfigError::new("hedge quantile must be in 0..1"));
                 }
                 if min.is_zero() || max < min || cold.is_zero() {
-                    return Err(LlmError::config(
+                    return Err(ConfigError::new(
                         "hedge delays need 0 < min <= max and cold > 0",
                     ));
                 }
@@ -138,7 +148,7 @@ impl HedgeLayerBuilder {
             shared: Arc::new(Shared {
                 delay: self.delay,
                 policy: self.policy,
-                budget: TpsBudget::new(ttl, min_per_sec, ratio),
+                budget,
                 max_attempts: self.max_attempts,
             }),
         })

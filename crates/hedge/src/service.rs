@@ -2,7 +2,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use llm_layers_core::{ChatRequest, ChatStream, LlmError};
-use tower::retry::budget::Budget;
 use tower_service::Service;
 
 use crate::future::ResponseFuture;

@@ -1,7 +1,7 @@
+use llm_layers_core::ConfigError;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Once};
 
-use llm_layers_core::LlmError;
 use tower_layer::Layer;
 
 use crate::service::Latency;
@@ -166,9 +166,9 @@ impl LatencyLayerBuilder {
     }
 
     /// Validates and builds; describes the metrics to the recorder once per process.
-    pub fn build(self) -> Result<LatencyLayer, LlmError> {
+    pub fn build(self) -> Result<LatencyLayer, ConfigError> {
         if self.max_models == 0 {
-            return Err(LlmError::config("max_models must be at least 1"));
+            return Err(ConfigError::new("max_models must be at least 1"));
         }
         DESCRIBE.call_once(crate::names::describe);
         Ok(LatencyLayer {

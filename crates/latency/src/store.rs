@@ -1,11 +1,11 @@
 //! [`LatencyStore`]: recent latency per (model, provider) and per model, shared and windowed.
 
+use llm_layers_core::ConfigError;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use llm_layers_core::LlmError;
 
 pub use crate::stats::{Outcome, Stats};
 use tokio::time::Instant;
@@ -185,12 +185,12 @@ impl LatencyStoreBuilder {
     }
 
     /// Validates and builds.
-    pub fn build(self) -> Result<LatencyStore, LlmError> {
+    pub fn build(self) -> Result<LatencyStore, ConfigError> {
         if self.window < Duration::from_millis(2) {
-            return Err(LlmError::config("latency window must be at least 2 ms"));
+            return Err(ConfigError::new("latency window must be at least 2 ms"));
         }
         if self.max_keys == 0 {
-            return Err(LlmError::config(
+            return Err(ConfigError::new(
                 "latency store needs room for at least one key",
             ));
         }

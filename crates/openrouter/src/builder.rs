@@ -1,5 +1,6 @@
 //! [`Builder`]: validated configuration of the leaf.
 
+use llm_layers_core::ConfigError;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,6 @@ use http::{HeaderValue, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use llm_layers_core::LlmError;
 
 use crate::catalog::Catalog;
 use crate::service::{OpenRouter, Shared};
@@ -17,7 +17,7 @@ use crate::service::{OpenRouter, Shared};
 pub const DEFAULT_BASE_URL: &str = "https://openrouter.ai/api/v1";
 
 /// Builds an [`OpenRouter`] service. Every setter has a sensible default; `build` rejects
-/// bad values with an [`ErrorKind::Config`](llm_layers_core::ErrorKind::Config) error.
+/// bad values with a [`ConfigError`](llm_layers_core::ConfigError).
 ///
 /// ```
 /// use std::time::Duration;
@@ -184,53 +184,53 @@ impl Builder {
     }
 
     /// Validates the configuration and builds the service with its connection pool.
-    pub fn build(self) -> Result<OpenRouter, LlmError> {
+    pub fn build(self) -> Result<OpenRouter, ConfigError> {
         if self.api_key.trim().is_empty() {
-            return Err(LlmError::config("the API key is empty"));
+            return Err(ConfigError::new("the API key is empty"));
         }
         let mut auth = HeaderValue::try_from(format!("Bearer {}", self.api_key.trim()))
-            .map_err(|_| LlmError::config("the API key has characters not allowed in a header"))?;
+            .map_err(|_| ConfigError::new("the API key has characters not allowed in a header"))?;
         auth.set_sensitive(true);
         let base = self.base_url.trim_end_matches('/');
         let uri: Uri = base
             .parse()
-            .map_err(|_| LlmError::config(format!("base URL {base:?} is not a URL")))?;
+            .map_err(|_| ConfigError::new(format!("base URL {base:?} is not a URL")))?;
         match uri.scheme_str() {
             Some("http" | "https") => {}
             _ => {
-                return Err(LlmError::config(format!(
+                return Err(ConfigError::new(format!(
                     "base URL {base:?} must start with http:// or https://"
                 )));
             }
         }
         if uri.authority().is_none() {
-            return Err(LlmError::config(format!("base URL {base:?} has no host")));
+            return Err(ConfigError::new(format!("base URL {base:?} has no host")));
         }
         if self.connect_timeout.is_zero() {
-            return Err(LlmError::config("connect timeout must be above zero"));
+            return Err(ConfigError::new("connect timeout must be above zero"));
         }
         if self.pool_idle_timeout.is_zero() {
-            return Err(LlmError::config("pool idle timeout must be above zero"));
+            return Err(ConfigError::new("pool idle timeout must be above zero"));
         }
         if self.max_event_size == 0 || self.max_body_size == 0 {
-            return Err(LlmError::config("size limits must be above zero"));
+            return Err(ConfigError::new("size limits must be above zero"));
         }
         if self.default_max_tokens == Some(0) {
-            return Err(LlmError::config("default max_tokens must be above zero"));
+            return Err(ConfigError::new("default max_tokens must be above zero"));
         }
         if self.catalog_ttl.is_zero() {
-            return Err(LlmError::config("catalog TTL must be above zero"));
+            return Err(ConfigError::new("catalog TTL must be above zero"));
         }
-        let endpoint = |path: &str| -> Result<Uri, LlmError> {
+        let endpoint = |path: &str| -> Result<Uri, ConfigError> {
             format!("{base}{path}")
                 .parse()
-                .map_err(|_| LlmError::config(format!("base URL {base:?} is not a URL")))
+                .map_err(|_| ConfigError::new(format!("base URL {base:?} is not a URL")))
         };
-        let header = |v: &Option<String>, name: &str| -> Result<Option<HeaderValue>, LlmError> {
+        let header = |v: &Option<String>, name: &str| -> Result<Option<HeaderValue>, ConfigError> {
             v.as_deref()
                 .map(HeaderValue::try_from)
                 .transpose()
-                .map_err(|_| LlmError::config(format!("{name} is not a valid header value")))
+                .map_err(|_| ConfigError::new(format!("{name} is not a valid header value")))
         };
 
         let mut http = HttpConnector::new();
@@ -239,7 +239,7 @@ impl Builder {
         http.set_connect_timeout(Some(self.connect_timeout));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| LlmError::config(format!("TLS configuration: {e}")))?
+            .map_err(|e| ConfigError::new(format!("TLS configuration: {e}")))?
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(http);

@@ -18,7 +18,7 @@
 //!   fetches; the API key never appears in `Debug`, errors or logs.
 //!
 //! ```no_run
-//! # async fn run() -> Result<(), llm_layers_core::LlmError> {
+//! # async fn run() -> Result<(), llm_layers_core::BoxError> {
 //! use llm_layers_core::{ChatRequest, Message};
 //! use llm_layers_openrouter::OpenRouter;
 //! use tower::ServiceExt;

@@ -63,6 +63,7 @@ mod concurrency;
 mod limit;
 mod store;
 
+use llm_layers_core::ConfigError;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -220,7 +221,7 @@ impl RateLimitLayerBuilder {
     }
 
     /// Validates and builds.
-    pub fn build(self) -> Result<RateLimitLayer, LlmError> {
+    pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
         for l in &self.requests {
             l.validate("request")?;
         }
@@ -228,16 +229,16 @@ impl RateLimitLayerBuilder {
             l.validate("token")?;
         }
         if self.requests.is_empty() && self.tokens.is_none() && self.concurrency.is_none() {
-            return Err(LlmError::config(
+            return Err(ConfigError::new(
                 "a rate-limit layer needs at least one limit",
             ));
         }
         if self.max_keys == 0 {
-            return Err(LlmError::config("max_keys must be at least 1"));
+            return Err(ConfigError::new("max_keys must be at least 1"));
         }
         let concurrency = match self.concurrency {
             Some((0, _, _)) => {
-                return Err(LlmError::config("concurrency limit must be at least 1"));
+                return Err(ConfigError::new("concurrency limit must be at least 1"));
             }
             Some((max, key, shed)) => Some((
                 Arc::new(Concurrency::new(max, shed, self.queue.0, self.queue.1)),

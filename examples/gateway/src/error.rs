@@ -78,7 +78,6 @@ impl From<&LlmError> for ApiFailure {
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
-            ErrorKind::Config => StatusCode::INTERNAL_SERVER_ERROR,
             // 499: the client closed the request (nginx's code); nobody reads it.
             ErrorKind::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             _ => StatusCode::BAD_GATEWAY,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llm_layers_breaker::{BreakerLayer, SlowCall};
-use llm_layers_core::{ChatRequest, ChatStream, LlmError, Priority, Tenant};
+use llm_layers_core::{ChatRequest, ChatStream, ConfigError, LlmError, Priority, Tenant};
 use llm_layers_hedge::{HedgeDelay, HedgeLayer};
 use llm_layers_latency::{LatencyLayer, LatencyStore, Scope};
 use llm_layers_openrouter::OpenRouter;
@@ -23,7 +23,11 @@ use crate::handlers::KeyTenant;
 pub type Stack = BoxCloneSyncService<ChatRequest, ChatStream, LlmError>;
 
 /// The leaf for a configuration (the mock's URL and a placeholder key when there is no key).
-pub fn build_leaf(config: &Config, base_url: &str, api_key: &str) -> Result<OpenRouter, LlmError> {
+pub fn build_leaf(
+    config: &Config,
+    base_url: &str,
+    api_key: &str,
+) -> Result<OpenRouter, ConfigError> {
     OpenRouter::builder()
         .api_key(api_key)
         .base_url(base_url)
@@ -53,7 +57,7 @@ pub fn build_stack<S: ChatService>(
     config: &Config,
     leaf: S,
     catalog: Option<Vec<String>>,
-) -> Result<Stack, LlmError> {
+) -> Result<Stack, ConfigError> {
     build_stack_with_parts(config, leaf, catalog).map(|(stack, _)| stack)
 }
 
@@ -94,7 +98,7 @@ pub fn build_stack_with_parts<S: ChatService>(
     config: &Config,
     leaf: S,
     catalog: Option<Vec<String>>,
-) -> Result<(Stack, Parts), LlmError> {
+) -> Result<(Stack, Parts), ConfigError> {
     // Quantiles from 10 samples: a p95 read that early is rough, but a hedge or an order
     // from it beats the cold guess by far (the first ten calls of a model arrive within
     // its first p50).
@@ -178,7 +182,9 @@ pub fn build_stack_with_parts<S: ChatService>(
                     cold: Duration::from_secs(1),
                 })
                 .policy(hedge_policy)
-                .budget(Duration::from_secs(10), 5, config.hedge_budget as f32)
+                .budget_window(Duration::from_secs(10))
+                .budget_floor(5)
+                .budget_ratio(config.hedge_budget as f32)
                 // A second hedge only replaces one that failed while the original waits.
                 .max_attempts(3)
                 .build()

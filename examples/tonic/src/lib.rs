@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_core::Stream;
 use futures_util::StreamExt;
-use llm_layers_core::{ChatRequest, ChatStream, ErrorKind, LlmError, Message};
+use llm_layers_core::{ChatRequest, ChatStream, ConfigError, ErrorKind, LlmError, Message};
 use llm_layers_openrouter::OpenRouter;
 use llm_layers_retry::{DefaultPolicy, RetryLayer};
 use llm_layers_timeout::TimeoutLayer;
@@ -28,7 +28,7 @@ pub use pb::{ChatCompletionRequest, ChatDelta, ChatMessage};
 pub type Stack = BoxCloneSyncService<ChatRequest, ChatStream, LlmError>;
 
 /// A default stack: retry (2) over a 30 s first-token and 30 s idle timeout over `leaf`.
-pub fn stack(leaf: OpenRouter) -> Result<Stack, LlmError> {
+pub fn stack(leaf: OpenRouter) -> Result<Stack, ConfigError> {
     let timeout = TimeoutLayer::builder()
         .first_token(Duration::from_secs(30))
         .idle(Duration::from_secs(30))
