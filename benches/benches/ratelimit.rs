@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use governor::{Quota, RateLimiter};
-use llm_layers_ratelimit::{BucketKey, MemoryStore, Rate, Store};
+use llm_layers_ratelimit::{BucketKey, LimitId, MemoryStore, Rate, Store};
 
 const TASKS: usize = 64;
 const PER_TASK: usize = 2_000;
@@ -31,7 +31,7 @@ fn bench(c: &mut Criterion) {
     let ours = Arc::new(MemoryStore::new(100_000));
     let theirs = Arc::new(RateLimiter::<Arc<str>, _, _>::keyed(quota));
     let key0 = BucketKey {
-        limit: 0,
+        limit: LimitId::Requests(0),
         key: keys[0].clone(),
     };
     let mut g = c.benchmark_group("admission");
@@ -61,7 +61,10 @@ fn bench(c: &mut Criterion) {
                             let (s, k) =
                                 (ours.clone(), keys2[if distinct { t } else { 0 }].clone());
                             set.spawn(async move {
-                                let key = BucketKey { limit: 0, key: k };
+                                let key = BucketKey {
+                                    limit: LimitId::Requests(0),
+                                    key: k,
+                                };
                                 for _ in 0..PER_TASK {
                                     let _ = s.take(&key, 1, &rate2, tokio::time::Instant::now());
                                 }

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_core::Stream;
@@ -178,6 +178,14 @@ struct State {
     open: AtomicUsize,
     cancelled: AtomicUsize,
     completed: AtomicUsize,
+    /// The readiness gate: `poll_ready` is `Pending` while closed.
+    gate: Mutex<Gate>,
+}
+
+#[derive(Default)]
+struct Gate {
+    closed: bool,
+    waiters: Vec<Waker>,
 }
 
 /// A scripted chat service. Clones share the script queue and the records.
@@ -276,6 +284,37 @@ impl MockChat {
     pub fn completed(&self) -> usize {
         self.state.completed.load(Ordering::SeqCst)
     }
+
+    /// Closes (`false`) or opens (`true`) the readiness gate of every clone: while closed,
+    /// `poll_ready` is `Pending`, as a saturated service's would be, and opening it wakes
+    /// the callers waiting. For testing what a layer does with an inner service that is not
+    /// ready. Open at first.
+    ///
+    /// ```
+    /// use std::task::{Context, Waker};
+    /// use llm_layers_mock::MockChat;
+    /// use tower::Service;
+    /// let mut mock = MockChat::new();
+    /// let mut cx = Context::from_waker(Waker::noop());
+    /// mock.set_ready(false);
+    /// assert!(mock.poll_ready(&mut cx).is_pending());
+    /// mock.set_ready(true);
+    /// assert!(mock.poll_ready(&mut cx).is_ready());
+    /// ```
+    pub fn set_ready(&self, ready: bool) {
+        let waiters = {
+            let mut g = lock(&self.state.gate);
+            g.closed = !ready;
+            if ready {
+                std::mem::take(&mut g.waiters)
+            } else {
+                Vec::new()
+            }
+        };
+        for w in waiters {
+            w.wake();
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -287,8 +326,15 @@ impl tower_service::Service<ChatRequest> for MockChat {
     type Error = LlmError;
     type Future = Commit<ScriptStream>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
+        let mut g = lock(&self.state.gate);
+        if !g.closed {
+            return Poll::Ready(Ok(()));
+        }
+        if !g.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            g.waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     fn call(&mut self, req: ChatRequest) -> Self::Future {

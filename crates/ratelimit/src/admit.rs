@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use crate::concurrency::Permit;
-use crate::store::{self, BucketKey, Store};
+use crate::concurrency::{Concurrency, Permit};
+use crate::store::{self, BucketKey, LimitId, Store};
 use crate::{Limit, Mode, Shared};
 
 /// Takes `cost` from one limit's bucket, waiting as its mode allows.
@@ -37,7 +37,11 @@ async fn take(
             Mode::Wait(max) => waited + wait <= max && deadline.is_none_or(|d| now + wait < d),
         };
         if !can_wait {
-            metrics::counter!("llm_ratelimit_rejected_total", "limit" => if key.limit == usize::MAX { "tokens" } else { "requests" }).increment(1);
+            let which = match key.limit {
+                LimitId::Tokens => "tokens",
+                _ => "requests",
+            };
+            metrics::counter!("llm_ratelimit_rejected_total", "limit" => which).increment(1);
             return Err(LlmError::rate_limited(wait)
                 .with_message(format!("rate limit for {} reached", key.key)));
         }
@@ -46,96 +50,248 @@ async fn take(
     }
 }
 
-const TOKENS: usize = usize::MAX;
-
-pub(crate) async fn admit_then_call<S>(
+/// What a call was admitted with: the request units taken, the token reservation, the
+/// concurrency slot, and how far admission got (`step`: the request limits in order, then
+/// the token limit, then the concurrency limit). Dropped before the call was made, it gives
+/// everything back (a refused or abandoned admission costs nothing); [`finish`] settles it
+/// after the call.
+pub(crate) struct Admitted {
     shared: Arc<Shared>,
+    step: usize,
+    request_keys: Vec<BucketKey>,
+    reservation: Option<Reservation>,
+    permit: Option<Permit>,
+    called: bool,
+}
+
+impl Admitted {
+    fn new(shared: &Arc<Shared>) -> Admitted {
+        Admitted {
+            shared: shared.clone(),
+            step: 0,
+            request_keys: Vec::with_capacity(shared.requests.len()),
+            reservation: None,
+            permit: None,
+            called: false,
+        }
+    }
+
+    /// Records `cost` units taken from `key`'s bucket.
+    fn took(&mut self, key: BucketKey, cost: u64, req: &ChatRequest) {
+        if key.limit != LimitId::Tokens {
+            self.request_keys.push(key);
+            return;
+        }
+        self.reservation = Some(Reservation {
+            shared: self.shared.clone(),
+            key,
+            reserved: cost,
+            prompt: req.body().approx_prompt_tokens(),
+            delivered: 0,
+            usage: None,
+            settled: false,
+        });
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if self.called {
+            return;
+        }
+        let now = Instant::now();
+        for k in &self.request_keys {
+            if let LimitId::Requests(i) = k.limit {
+                if let Some(limit) = self.shared.requests.get(i) {
+                    self.shared.store.settle(k, 1, &limit.rate, now);
+                }
+            }
+        }
+        // Nothing was sent: the reservation goes back whole.
+        if let Some(r) = self.reservation.as_mut() {
+            r.finish(Some(0));
+        }
+    }
+}
+
+/// The limit at admission step `step` for `req`.
+enum Step<'a> {
+    /// Take `cost` from a bucket.
+    Bucket(BucketKey, u64, &'a Limit),
+    /// Take a concurrency slot.
+    Slot(&'a Arc<Concurrency>, Arc<str>),
+    /// This limit does not apply to the request.
+    Skip,
+    /// Admitted.
+    Done,
+}
+
+fn step<'a>(shared: &'a Shared, req: &ChatRequest, step: usize) -> Step<'a> {
+    let n = shared.requests.len();
+    if let Some(limit) = shared.requests.get(step) {
+        return match limit.key.of(req) {
+            Some(key) => Step::Bucket(
+                BucketKey {
+                    limit: LimitId::Requests(step),
+                    key,
+                },
+                1,
+                limit,
+            ),
+            None => Step::Skip,
+        };
+    }
+    if step == n {
+        let Some((limit, estimator)) = &shared.tokens else {
+            return Step::Skip;
+        };
+        return match limit.key.of(req) {
+            // A request larger than the whole burst could never fit: charge the burst.
+            Some(key) => Step::Bucket(
+                BucketKey {
+                    limit: LimitId::Tokens,
+                    key,
+                },
+                estimator.estimate(req).min(limit.rate.burst),
+                limit,
+            ),
+            None => Step::Skip,
+        };
+    }
+    if step == n + 1 {
+        return match &shared.concurrency {
+            Some((c, key)) => key.of(req).map_or(Step::Skip, |k| Step::Slot(c, k)),
+            None => Step::Skip,
+        };
+    }
+    Step::Done
+}
+
+/// How far admission got without waiting.
+pub(crate) enum Progress {
+    /// Every limit admitted the call.
+    Admitted(Admitted),
+    /// A limit would wait or refuse: the slow way goes on from here, nothing taken twice.
+    Partial(Admitted),
+}
+
+/// Admits `req` as far as it can without waiting. `reserved` is a slot taken in
+/// `poll_ready`.
+pub(crate) fn try_admit(
+    shared: &Arc<Shared>,
+    req: &ChatRequest,
+    reserved: &mut Option<Permit>,
+) -> Progress {
+    let now = Instant::now();
+    let mut a = Admitted::new(shared);
+    loop {
+        match step(shared, req, a.step) {
+            Step::Done => return Progress::Admitted(a),
+            Step::Skip => {}
+            Step::Bucket(key, cost, limit) => {
+                if shared.store.take(&key, cost, &limit.rate, now).is_err() {
+                    return Progress::Partial(a);
+                }
+                a.took(key, cost, req);
+            }
+            Step::Slot(c, key) => {
+                let permit = match reserved.take() {
+                    Some(p) => p,
+                    None => match c.try_acquire(&key) {
+                        Some(p) => p,
+                        None => return Progress::Partial(a),
+                    },
+                };
+                a.permit = Some(permit);
+            }
+        }
+        a.step += 1;
+    }
+}
+
+/// Goes on admitting `req` from where `a` stopped, waiting as the limits' modes allow.
+async fn admit(
+    mut a: Admitted,
+    req: &ChatRequest,
+    mut reserved: Option<Permit>,
+) -> Result<Admitted, LlmError> {
+    let deadline = req.deadline();
+    let shared = a.shared.clone();
+    // On a refusal, `a` drops and gives back what earlier limits took.
+    loop {
+        match step(&shared, req, a.step) {
+            Step::Done => return Ok(a),
+            Step::Skip => {}
+            Step::Bucket(key, cost, limit) => {
+                take(&*shared.store, &key, cost, limit, deadline).await?;
+                a.took(key, cost, req);
+            }
+            Step::Slot(c, key) => {
+                let permit = match reserved.take() {
+                    Some(p) => p,
+                    None => {
+                        let priority = req
+                            .extensions()
+                            .get::<Priority>()
+                            .copied()
+                            .unwrap_or_default();
+                        c.acquire(key, priority, deadline).await?
+                    }
+                };
+                a.permit = Some(permit);
+            }
+        }
+        a.step += 1;
+    }
+}
+
+/// The slow way: admission that may wait, then readiness of an inner service that was not
+/// ready (a clone: the ready one stays in the service, its slot below not held across the
+/// wait), then the call.
+pub(crate) async fn admit_then_call<S>(
+    partial: Admitted,
     mut inner: S,
     req: ChatRequest,
+    reserved: Option<Permit>,
 ) -> Result<ChatStream, LlmError>
 where
     S: Service<ChatRequest, Response = ChatStream, Error = LlmError>,
 {
-    let deadline = req.deadline();
-    let store = &*shared.store;
-    // Units taken so far go back if a later limit refuses: a rejected call costs nothing.
-    let mut taken = Taken {
-        shared: &shared,
-        keys: Vec::with_capacity(shared.requests.len()),
-        kept: false,
-    };
-    for (i, limit) in shared.requests.iter().enumerate() {
-        if let Some(k) = limit.key.of(&req) {
-            let key = BucketKey { limit: i, key: k };
-            take(store, &key, 1, limit, deadline).await?;
-            taken.keys.push(key);
-        }
-    }
-    let mut reservation = None;
-    if let Some((limit, estimator)) = &shared.tokens {
-        if let Some(k) = limit.key.of(&req) {
-            let key = BucketKey {
-                limit: TOKENS,
-                key: k,
-            };
-            let estimate = estimator.estimate(&req);
-            // A request larger than the whole burst could never fit: charge the burst.
-            let cost = estimate.min(limit.rate.burst);
-            take(store, &key, cost, limit, deadline).await?;
-            let prompt = req.body().approx_prompt_tokens();
-            reservation = Some(Reservation {
-                shared: shared.clone(),
-                key,
-                reserved: cost,
-                prompt,
-                delivered: 0,
-                usage: None,
-                settled: false,
-            });
-        }
-    }
-    let permit = match &shared.concurrency {
-        Some((c, key)) => match key.of(&req) {
-            Some(k) => {
-                let priority = req
-                    .extensions()
-                    .get::<Priority>()
-                    .copied()
-                    .unwrap_or_default();
-                // A refusal here drops the reservation, which settles to zero.
-                Some(c.acquire(k, priority, deadline).await?)
-            }
-            None => None,
-        },
-        None => None,
-    };
-    taken.kept = true;
-    let request_keys = std::mem::take(&mut taken.keys);
-    let result = async {
-        ServiceExt::ready(&mut inner).await?;
-        inner.call(req).await
-    }
-    .await;
+    let admitted = admit(partial, &req, reserved).await?;
+    ServiceExt::ready(&mut inner).await?;
+    let result = inner.call(req).await;
+    finish(admitted, result)
+}
+
+/// Settles an admission with the call's outcome: an upstream limit on our own key holds the
+/// request buckets; a failed call gives back its reservation; a stream keeps its slot and
+/// settles its reservation when it ends.
+pub(crate) fn finish(
+    mut a: Admitted,
+    result: Result<ChatStream, LlmError>,
+) -> Result<ChatStream, LlmError> {
+    a.called = true;
     match result {
         Err(e) => {
             // Only a limit on our own key holds the whole key: a provider's 429 is the
             // breaker's to hold, for that provider alone.
             if e.is_key_limited() {
                 if let Some(after) = e.retry_after() {
-                    let until = store::later(Instant::now(), after.min(shared.max_hold));
-                    for k in &request_keys {
-                        store.hold(k, until);
+                    let until = store::later(Instant::now(), after.min(a.shared.max_hold));
+                    for k in &a.request_keys {
+                        a.shared.store.hold(k, until);
                     }
                 }
             }
-            // Nothing was generated: the reservation goes back whole (settle on drop).
-            if let Some(mut r) = reservation {
+            // Nothing was generated: the reservation goes back whole.
+            if let Some(r) = a.reservation.as_mut() {
                 r.finish(Some(0));
             }
-            drop(permit);
             Err(e)
         }
         Ok(stream) => {
+            let reservation = a.reservation.take();
+            let permit = a.permit.take();
             if reservation.is_none() && permit.is_none() {
                 return Ok(stream);
             }
@@ -144,27 +300,6 @@ where
                 reservation,
                 _permit: permit,
             }))
-        }
-    }
-}
-
-/// Request units taken by a call still being admitted: given back on drop unless kept.
-struct Taken<'a> {
-    shared: &'a Shared,
-    keys: Vec<BucketKey>,
-    kept: bool,
-}
-
-impl Drop for Taken<'_> {
-    fn drop(&mut self) {
-        if self.kept {
-            return;
-        }
-        let now = Instant::now();
-        for k in &self.keys {
-            if let Some(limit) = self.shared.requests.get(k.limit) {
-                self.shared.store.settle(k, 1, &limit.rate, now);
-            }
         }
     }
 }

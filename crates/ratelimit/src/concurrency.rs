@@ -1,10 +1,15 @@
 //! A keyed concurrency limit with priority: when full, high priority waits (highest first,
 //! then first come), low priority is shed at once.
+//!
+//! For a [`Key::global`](crate::Key::global) limit it is also a readiness concern, as
+//! tower's `ConcurrencyLimit` is: [`Concurrency::poll_reserve`] takes a free slot in
+//! `poll_ready`, and is `Pending` while no call could be admitted (every slot taken and the
+//! queue full), so `LoadShed` or `Buffer` above see the backpressure.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use llm_layers_core::{ErrorKind, LlmError, Priority};
@@ -17,6 +22,25 @@ struct Slot {
     waiters: BTreeMap<(Reverse<u8>, u64), oneshot::Sender<()>>,
 }
 
+/// The most wakers kept for readiness (see [`Concurrency::poll_reserve`]).
+const MAX_READY_WAITERS: usize = 1024;
+
+#[derive(Default)]
+struct State {
+    slots: HashMap<Arc<str>, Slot>,
+    seq: u64,
+    /// Services whose `poll_ready` found no room: woken when a slot or a queue place frees.
+    ready: Vec<Waker>,
+}
+
+impl State {
+    fn wake_ready(&mut self) {
+        for w in self.ready.drain(..) {
+            w.wake();
+        }
+    }
+}
+
 pub(crate) struct Concurrency {
     max: usize,
     shed_below: Priority,
@@ -24,7 +48,7 @@ pub(crate) struct Concurrency {
     max_waiters: usize,
     /// The longest a call waits for a slot (less when its deadline is nearer).
     max_wait: Duration,
-    slots: Mutex<(HashMap<Arc<str>, Slot>, u64)>,
+    state: Mutex<State>,
 }
 
 /// A held slot; dropping it frees the slot for the next waiter.
@@ -51,9 +75,16 @@ impl Drop for Waiting {
     fn drop(&mut self) {
         let Some(mut rx) = self.rx.take() else { return };
         let removed = {
-            let mut g = self.owner.slots.lock().unwrap_or_else(|e| e.into_inner());
-            g.0.get_mut(&self.key)
-                .is_some_and(|s| s.waiters.remove(&self.id).is_some())
+            let mut g = self.owner.lock();
+            let removed = g
+                .slots
+                .get_mut(&self.key)
+                .is_some_and(|s| s.waiters.remove(&self.id).is_some());
+            if removed {
+                // A place in the queue freed.
+                g.wake_ready();
+            }
+            removed
         };
         if !removed && rx.try_recv().is_ok() {
             self.owner.release(&self.key);
@@ -73,8 +104,58 @@ impl Concurrency {
             shed_below,
             max_waiters,
             max_wait,
-            slots: Mutex::new((HashMap::new(), 0)),
+            state: Mutex::new(State::default()),
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere while holding it left counts that are still consistent (every
+        // change is one statement): go on with them.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot now, if one is free.
+    pub(crate) fn try_acquire(self: &Arc<Self>, key: &Arc<str>) -> Option<Permit> {
+        let mut g = self.lock();
+        self.take_free(&mut g, key)
+    }
+
+    fn take_free(self: &Arc<Self>, g: &mut State, key: &Arc<str>) -> Option<Permit> {
+        let in_flight = g.slots.get(key).map_or(0, |s| s.in_flight);
+        if in_flight >= self.max {
+            return None;
+        }
+        g.slots.entry(key.clone()).or_default().in_flight += 1;
+        Some(Permit {
+            owner: self.clone(),
+            key: key.clone(),
+        })
+    }
+
+    /// Readiness for `key`: `Ready(Some(permit))` with a free slot, `Ready(None)` when every
+    /// slot is taken but the queue has room (the call queues by priority), `Pending` (and
+    /// `cx` woken later) when the queue is full too.
+    pub(crate) fn poll_reserve(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+        key: &Arc<str>,
+    ) -> Poll<Option<Permit>> {
+        let mut g = self.lock();
+        if let Some(p) = self.take_free(&mut g, key) {
+            return Poll::Ready(Some(p));
+        }
+        if g.slots.get(key).map_or(0, |s| s.waiters.len()) < self.max_waiters {
+            return Poll::Ready(None);
+        }
+        if !g.ready.iter().any(|w| w.will_wake(cx.waker())) {
+            // Callers that gave up (a `LoadShed` above) leave their wakers: bound the list
+            // by waking them all early, which costs the live ones one more poll.
+            if g.ready.len() >= MAX_READY_WAITERS {
+                g.wake_ready();
+            }
+            g.ready.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     pub(crate) async fn acquire(
@@ -84,15 +165,9 @@ impl Concurrency {
         deadline: Option<Instant>,
     ) -> Result<Permit, LlmError> {
         let mut waiting = {
-            let mut g = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            let (slots, seq) = &mut *g;
-            let slot = slots.entry(key.clone()).or_default();
-            if slot.in_flight < self.max {
-                slot.in_flight += 1;
-                return Ok(Permit {
-                    owner: self.clone(),
-                    key,
-                });
+            let mut g = self.lock();
+            if let Some(p) = self.take_free(&mut g, &key) {
+                return Ok(p);
             }
             if priority < self.shed_below {
                 metrics::counter!("llm_ratelimit_shed_total").increment(1);
@@ -101,6 +176,8 @@ impl Concurrency {
                     self.max
                 )));
             }
+            let State { slots, seq, .. } = &mut *g;
+            let slot = slots.entry(key.clone()).or_default();
             if slot.waiters.len() >= self.max_waiters {
                 metrics::counter!("llm_ratelimit_shed_total").increment(1);
                 return Err(
@@ -159,21 +236,29 @@ impl Concurrency {
     }
 
     fn release(&self, key: &Arc<str>) {
-        let mut g = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(slot) = g.0.get_mut(key) else { return };
-        // Hand the slot to the highest-priority, oldest waiter still waiting.
+        let mut g = self.lock();
+        let Some(slot) = g.slots.get_mut(key) else {
+            return;
+        };
+        // Hand the slot to the highest-priority, oldest waiter still waiting; else free it.
+        let mut handed = false;
         while let Some((_, tx)) = slot.waiters.pop_first() {
             if tx.send(()).is_ok() {
-                return;
+                handed = true;
+                break;
             }
         }
-        slot.in_flight = slot.in_flight.saturating_sub(1);
-        if slot.in_flight == 0 {
-            g.0.remove(key);
+        if !handed {
+            slot.in_flight = slot.in_flight.saturating_sub(1);
+            if slot.in_flight == 0 {
+                g.slots.remove(key);
+            }
         }
+        // A slot freed, or a place in the queue when it was handed on.
+        g.wake_ready();
     }
 
     pub(crate) fn keys(&self) -> usize {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).0.len()
+        self.lock().slots.len()
     }
 }

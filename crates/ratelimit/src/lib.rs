@@ -19,8 +19,10 @@
 //!   maximum wait ([`RateLimitLayerBuilder::concurrency_queue`]);
 //! - a call refused by one limit gives back what earlier limits took;
 //! - state lives behind the [`Store`] trait ([`MemoryStore`] in process, bounded), shared by
-//!   every clone of the layer; the limit is applied in the response future, so `poll_ready`
-//!   forwards to the inner service and reserves nothing.
+//!   every clone of the layer;
+//! - a global concurrency limit is also a readiness concern (see [`RateLimit`]'s
+//!   *Readiness*); buckets act in `call`, which calls the inner service at once, without
+//!   allocation, when nothing has to wait.
 //!
 //! # Why not `governor`
 //!
@@ -75,10 +77,11 @@ use llm_layers_core::{ChatRequest, ChatStream, LlmError, Priority};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use admit::admit_then_call;
-use concurrency::Concurrency;
+use admit::{Admitted, Progress, admit_then_call};
+use concurrency::{Concurrency, Permit};
 pub use limit::{DefaultEstimator, Key, Limit, Mode, TokenEstimator};
-pub use store::{BucketKey, MemoryStore, Rate, Store};
+use pin_project_lite::pin_project;
+pub use store::{BucketKey, LimitId, MemoryStore, Rate, Store};
 
 /// The key that overflowing keys share.
 pub const OTHER: &str = "_OTHER";
@@ -142,6 +145,7 @@ impl<S> Layer<S> for RateLimitLayer {
         RateLimit {
             inner,
             shared: self.shared.clone(),
+            reserved: None,
         }
     }
 }
@@ -262,37 +266,113 @@ impl RateLimitLayerBuilder {
 }
 
 /// Limits calls of an inner chat service. See the [crate docs](crate).
-#[derive(Clone)]
+///
+/// # Readiness
+///
+/// `poll_ready` is the inner service's readiness, and, when the concurrency limit is keyed
+/// by [`Key::global`], that limit's too, as in tower's `ConcurrencyLimit`: a free slot is
+/// taken in `poll_ready` and held by this service until its next `call` (a clone starts
+/// without one), and `poll_ready` is `Pending` while no call could be admitted (every slot
+/// taken and the queue full), so `LoadShed` or `Buffer` above see the backpressure. Buckets
+/// and keyed limits depend on the request, which `poll_ready` does not have: they act in
+/// `call`.
+///
+/// # Calls
+///
+/// A call every limit admits at once is made at once, without allocation. One that must
+/// wait gets a boxed future holding a **clone** of the inner service, made ready only once
+/// admitted: the ready service stays here, so nothing below (a `ConcurrencyLimit` permit,
+/// a `Buffer` slot) is held across the wait.
 pub struct RateLimit<S> {
     inner: S,
     shared: Arc<Shared>,
+    reserved: Option<Permit>,
+}
+
+impl<S: Clone> Clone for RateLimit<S> {
+    fn clone(&self) -> Self {
+        RateLimit {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            reserved: None,
+        }
+    }
+}
+
+impl<S> RateLimit<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, this one dropped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
+            .field("reserved", &self.reserved.is_some())
             .finish_non_exhaustive()
     }
 }
 
-/// The response future of [`RateLimit`]: admission (which may wait), then the inner call.
-/// One allocation per call, at this admission boundary.
-pub struct ResponseFuture {
-    inner: Pin<Box<dyn Future<Output = Result<ChatStream, LlmError>> + Send>>,
-}
+type Waiting = Pin<Box<dyn Future<Output = Result<ChatStream, LlmError>> + Send>>;
 
-impl fmt::Debug for ResponseFuture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+pin_project! {
+    /// The response future of [`RateLimit`]: the inner call of an admitted request, or the
+    /// admission that waits (boxed) and then the call.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
     }
 }
 
-impl Future for ResponseFuture {
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Called { #[pin] fut: F, admitted: Option<Admitted> },
+        Waiting { fut: Waiting },
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Called { .. } => "called",
+            State::Waiting { .. } => "waiting",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<ChatStream, LlmError>>,
+{
     type Output = Result<ChatStream, LlmError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Called { fut, admitted } => {
+                let result = std::task::ready!(fut.poll(cx));
+                Poll::Ready(match admitted.take() {
+                    Some(a) => admit::finish(a, result),
+                    None => result,
+                })
+            }
+            StateProj::Waiting { fut } => fut.as_mut().poll(cx),
+        }
     }
 }
 
@@ -303,19 +383,37 @@ where
 {
     type Response = ChatStream;
     type Error = LlmError;
-    type Future = ResponseFuture;
+    type Future = ResponseFuture<S::Future>;
 
-    /// Forwards to the inner service; reserves nothing (the key needs the request).
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
+        if self.reserved.is_none() {
+            if let Some((c, key)) = &self.shared.concurrency {
+                if let Some(k) = key.global_key() {
+                    match c.poll_reserve(cx, k) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(permit) => self.reserved = permit,
+                    }
+                }
+            }
+        }
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: ChatRequest) -> ResponseFuture {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let shared = self.shared.clone();
-        ResponseFuture {
-            inner: Box::pin(admit_then_call(shared, inner, req)),
-        }
+    fn call(&mut self, req: ChatRequest) -> ResponseFuture<S::Future> {
+        let state = match admit::try_admit(&self.shared, &req, &mut self.reserved) {
+            Progress::Admitted(admitted) => State::Called {
+                fut: self.inner.call(req),
+                admitted: Some(admitted),
+            },
+            Progress::Partial(partial) => State::Waiting {
+                fut: Box::pin(admit_then_call(
+                    partial,
+                    self.inner.clone(),
+                    req,
+                    self.reserved.take(),
+                )),
+            },
+        };
+        ResponseFuture { state }
     }
 }

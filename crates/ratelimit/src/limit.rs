@@ -14,11 +14,19 @@ type KeyFn = dyn Fn(&ChatRequest) -> Option<Arc<str>> + Send + Sync;
 
 /// Which bucket a request goes to: a function of the request. `None` skips the limit.
 #[derive(Clone)]
-pub struct Key(Arc<KeyFn>);
+pub struct Key {
+    of: Arc<KeyFn>,
+    /// The one key of [`Key::global`]: a limit keyed by it is the same for every request,
+    /// so it can be a readiness concern.
+    global: Option<Arc<str>>,
+}
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Key(..)")
+        match &self.global {
+            Some(_) => f.write_str("Key::global()"),
+            None => f.write_str("Key(..)"),
+        }
     }
 }
 
@@ -26,28 +34,38 @@ impl Key {
     /// One bucket for everything.
     pub fn global() -> Key {
         let all: Arc<str> = Arc::from("*");
-        Key(Arc::new(move |_| Some(all.clone())))
+        let same = all.clone();
+        Key {
+            of: Arc::new(move |_| Some(same.clone())),
+            global: Some(all),
+        }
     }
 
     /// A bucket per model id.
     pub fn model() -> Key {
-        Key(Arc::new(|r| Some(Arc::from(r.model()))))
+        Key::from_fn(|r| Some(Arc::from(r.model())))
     }
 
     /// A bucket per [`Tenant`] extension; requests without one are not limited.
     pub fn tenant() -> Key {
-        Key(Arc::new(|r| {
-            r.extensions().get::<Tenant>().map(|t| t.0.clone())
-        }))
+        Key::from_fn(|r| r.extensions().get::<Tenant>().map(|t| t.0.clone()))
     }
 
     /// Your own key function.
     pub fn from_fn(f: impl Fn(&ChatRequest) -> Option<Arc<str>> + Send + Sync + 'static) -> Key {
-        Key(Arc::new(f))
+        Key {
+            of: Arc::new(f),
+            global: None,
+        }
     }
 
     pub(crate) fn of(&self, r: &ChatRequest) -> Option<Arc<str>> {
-        (self.0)(r)
+        (self.of)(r)
+    }
+
+    /// The one key every request gets, for [`Key::global`].
+    pub(crate) fn global_key(&self) -> Option<&Arc<str>> {
+        self.global.as_ref()
     }
 }
 

@@ -66,11 +66,21 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// Which of a layer's limits a bucket belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LimitId {
+    /// The request limit at this index, in the order they were added to the builder.
+    Requests(usize),
+    /// The LLM-token limit.
+    Tokens,
+}
+
 /// A bucket's key: which limit, and the user key the limit's key function gave.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BucketKey {
-    /// The index of the limit in the layer.
-    pub limit: usize,
+    /// Which limit.
+    pub limit: LimitId,
     /// The user key (tenant, model, ...); `_OTHER` once the store is full.
     pub key: Arc<str>,
 }

@@ -7,7 +7,11 @@ use futures_util::StreamExt;
 use http::StatusCode;
 use llm_layers_core::{ChatRequest, Deadline, ErrorKind, LlmError, Message, Priority, Tenant};
 use llm_layers_mock::{MockChat, Script};
-use llm_layers_ratelimit::{BucketKey, Key, Limit, MemoryStore, Mode, Rate, RateLimitLayer, Store};
+use llm_layers_ratelimit::{
+    BucketKey, Key, Limit, LimitId, MemoryStore, Mode, Rate, RateLimitLayer, Store,
+};
+use std::task::Poll;
+
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 
@@ -265,7 +269,7 @@ fn a_million_keys_stay_under_the_cap() {
     let now = Instant::now();
     for i in 0..1_000_000u32 {
         let key = BucketKey {
-            limit: 0,
+            limit: LimitId::Requests(0),
             key: Arc::from(format!("k{i}")),
         };
         let _ = store.take(&key, 1, &rate, now);
@@ -319,7 +323,7 @@ fn limits_of_two_to_the_32_and_more_are_exact() {
     let store = MemoryStore::new(16);
     let now = Instant::now();
     let key = BucketKey {
-        limit: 0,
+        limit: LimitId::Requests(0),
         key: Arc::from("k"),
     };
     for amount in [4_294_967_296u64, 10_000_000_000] {
@@ -386,7 +390,7 @@ impl Store for Refunds {
         self.inner.take(key, cost, rate, now)
     }
     fn settle(&self, key: &BucketKey, units: i64, rate: &Rate, now: Instant) {
-        if key.limit == 0 {
+        if key.limit == LimitId::Requests(0) {
             self.refunded
                 .fetch_add(units, std::sync::atomic::Ordering::SeqCst);
         }
@@ -446,24 +450,37 @@ async fn the_concurrency_queue_has_a_bound_and_a_maximum_wait() {
         .build()
         .unwrap()
         .layer(slow.clone());
-    // One holds the slot (it never commits), two wait, the fourth is refused at once.
+    // One holds the slot (it never commits), two wait.
     let mut running = Vec::new();
     for _ in 0..3 {
         let s = svc.clone();
         running.push(tokio::spawn(async move { s.oneshot(req("m")).await }));
     }
     tokio::task::yield_now().await;
-    let e = svc.clone().oneshot(req("m")).await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::RateLimited);
-    assert!(e.retry_after().is_some());
+    // A fourth is not ready: the backpressure tower's LoadShed turns into a refusal at once.
+    let mut probe = svc.clone();
+    assert!(poll_ready_now(&mut probe).is_pending());
+    let shed = tower::ServiceBuilder::new()
+        .load_shed()
+        .service(svc.clone());
+    let e = shed.oneshot(req("m")).await.unwrap_err();
+    assert!(e.is::<tower::load_shed::error::Overloaded>(), "{e}");
     // The waiters give up after 5 s with a 429-shaped error, not forever.
     let start = Instant::now();
     let waited = running.pop().unwrap().await.unwrap().unwrap_err();
     assert_eq!(waited.kind(), ErrorKind::RateLimited);
+    assert!(waited.retry_after().is_some());
     assert_eq!(Instant::now() - start, Duration::from_secs(5));
+    // Their places freed: ready again (the call will queue: the slot is still taken).
+    assert!(poll_ready_now(&mut probe).is_ready());
     for r in running {
         r.abort();
     }
+}
+
+fn poll_ready_now<S: tower::Service<ChatRequest>>(svc: &mut S) -> Poll<Result<(), S::Error>> {
+    let waker = std::task::Waker::noop();
+    svc.poll_ready(&mut std::task::Context::from_waker(waker))
 }
 
 trait CollectAll {

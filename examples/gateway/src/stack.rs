@@ -12,7 +12,6 @@ use llm_layers_ratelimit::{Key, Limit, Mode, RateLimitLayer};
 use llm_layers_retry::{DefaultPolicy, RetryLayer};
 use llm_layers_router::RouterLayer;
 use llm_layers_timeout::{AdaptiveLimit, TimeoutLayer, Timeouts};
-use tower::Layer;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
@@ -79,6 +78,15 @@ impl<S> ChatService for S where
         + Sync
         + 'static
 {
+}
+
+/// `LoadShed`'s refusal as the 429 a full queue deserves; anything else as it was.
+fn shed_error(e: tower::BoxError) -> LlmError {
+    if e.is::<tower::load_shed::error::Overloaded>() {
+        return LlmError::rate_limited(Duration::from_secs(1))
+            .with_message("every concurrency slot is taken and the queue is full");
+    }
+    LlmError::from(e)
 }
 
 /// What the stack has learned, for the status page: the latency store, the breakers, the
@@ -250,16 +258,6 @@ pub fn build_stack_with_parts<S: ChatService>(
         .store(store)
         .build()?;
     let status_breaker = breaker.clone();
-    let inner = ServiceBuilder::new()
-        .layer(breaker)
-        .layer(per_attempt_latency)
-        .layer(per_attempt)
-        .service(leaf);
-    // Hedging is optional: erase the inner type once so both shapes fit one stack.
-    let inner: Stack = match hedge {
-        Some(h) => BoxCloneSyncService::new(h.layer(inner)),
-        None => BoxCloneSyncService::new(inner),
-    };
     let parts = Parts {
         store: status_store,
         breaker: status_breaker,
@@ -268,9 +266,33 @@ pub fn build_stack_with_parts<S: ChatService>(
     let stack = ServiceBuilder::new()
         .layer(per_call)
         .layer(router)
+        // The concurrency limit is a readiness concern: when every slot is taken and its
+        // queue is full, `LoadShed` refuses at once (a 429) instead of waiting for readiness.
+        .map_err(shed_error as fn(tower::BoxError) -> LlmError)
+        .load_shed()
         .layer(limits)
         .layer(overall)
         .layer(retry)
-        .service(inner);
+        .option_layer(hedge)
+        .layer(breaker)
+        .layer(per_attempt_latency)
+        .layer(per_attempt)
+        .service(leaf);
     Ok((BoxCloneSyncService::new(stack), parts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llm_layers_core::ErrorKind;
+
+    #[test]
+    fn a_shed_call_is_a_429_with_retry_after_and_other_errors_pass_unchanged() {
+        let e = shed_error(Box::new(tower::load_shed::error::Overloaded::new()));
+        assert_eq!(e.kind(), ErrorKind::RateLimited);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
+        let ours = LlmError::bad_request("no");
+        let back = shed_error(Box::new(ours));
+        assert_eq!(back.kind(), ErrorKind::BadRequest);
+    }
 }
