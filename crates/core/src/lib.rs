@@ -55,6 +55,4 @@ pub use request::{
     Alternatives, ChatBody, ChatRequest, Content, Deadline, Message, Priority, ProviderPreferences,
     ProviderSort, Tenant, WholeAnswer, default_slug, slug_matches,
 };
-pub use stream::{
-    BoxChunkStream, ChatStream, Commit, OrderDecision, ResponseMeta, Route, RouteReason, Timings,
-};
+pub use stream::{BoxChunkStream, ChatStream, Commit, ResponseMeta, Timings};

@@ -4,7 +4,6 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use futures_core::Stream;
@@ -17,8 +16,10 @@ use crate::error::LlmError;
 /// A boxed stream of chunks: what [`ChatStream`] erases its source to.
 pub type BoxChunkStream = Pin<Box<dyn Stream<Item = Result<ChatChunk, LlmError>> + Send>>;
 
-/// What is known about a response besides its chunks.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What is known about a response besides its chunks: what every layer needs (model,
+/// provider, attempts, timings), and [`extensions`](Self::extensions) for what one layer
+/// adds.
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ResponseMeta {
     /// The model that served (from the first chunk).
@@ -31,82 +32,20 @@ pub struct ResponseMeta {
     pub attempt: u32,
     /// How many attempts were started in all for this call (retries plus hedges plus 1).
     pub attempts: u32,
-    /// The index of the hedge attempt that won (0 = the original), when hedging ran.
-    pub hedge_winner: Option<u32>,
     /// When things happened.
     pub timings: Timings,
-    /// What a router decided for this call, when one ran.
-    pub route: Option<Route>,
-}
-
-/// What a router decided for one call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    /// The tier the request named (`None` for a concrete model).
-    pub tier: Option<Arc<str>>,
-    /// The model it sent the call to.
-    pub model: String,
-    /// Why that model.
-    pub reason: RouteReason,
-    /// What it did with the provider order.
-    pub order: OrderDecision,
-}
-
-/// Why a router chose a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RouteReason {
-    /// The request named a concrete model: left as it was.
-    Concrete,
-    /// The first candidate of the tier whose measured latency and success meet the SLA.
-    Sla,
-    /// A candidate with too few samples (or back from its cool-down), within the
-    /// exploration share.
-    Explore,
-    /// No candidate meets the SLA: the best measured one.
-    BestMeasured,
-    /// Nothing is measured yet: the tier's first candidate.
-    Unmeasured,
-}
-
-impl RouteReason {
-    /// A short, stable name, fit for a metric label.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            RouteReason::Concrete => "concrete",
-            RouteReason::Sla => "sla",
-            RouteReason::Explore => "explore",
-            RouteReason::BestMeasured => "best_measured",
-            RouteReason::Unmeasured => "unmeasured",
-        }
-    }
-}
-
-/// What a router did with `provider.order`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum OrderDecision {
-    /// Set it from measured TTFT, fastest first.
-    Learned,
-    /// Left routing to OpenRouter (or put an under-sampled provider first), within the
-    /// exploration share, so every provider keeps being measured.
-    Explore,
-    /// The caller (or the tier) set its own order or sort: never overwritten.
-    Caller,
-    /// Too little is measured for this model, or learning is off.
-    Unchanged,
-}
-
-impl OrderDecision {
-    /// A short, stable name, fit for a metric label.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            OrderDecision::Learned => "learned",
-            OrderDecision::Explore => "explore",
-            OrderDecision::Caller => "caller",
-            OrderDecision::Unchanged => "unchanged",
-        }
-    }
+    /// What one layer says about this response, typed by the layer's own crate, as
+    /// `http::Response` carries extensions: the router's `Route`, the hedge's `HedgeWinner`.
+    ///
+    /// ```
+    /// use llm_layers_core::ResponseMeta;
+    /// #[derive(Clone, Debug, PartialEq)]
+    /// struct CacheHit(bool);
+    /// let mut meta = ResponseMeta::default();
+    /// meta.extensions.insert(CacheHit(true));
+    /// assert_eq!(meta.extensions.get::<CacheHit>(), Some(&CacheHit(true)));
+    /// ```
+    pub extensions: http::Extensions,
 }
 
 /// Instants of one call, from `tokio::time` (so they follow paused time in tests).

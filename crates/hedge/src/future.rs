@@ -125,7 +125,9 @@ where
                             }
                         }
                         let meta = stream.meta_mut();
-                        meta.hedge_winner = (started > 1).then_some(winner);
+                        if started > 1 {
+                            meta.extensions.insert(crate::HedgeWinner(winner));
+                        }
                         meta.attempts = meta.attempts.max(1) + (started - 1);
                         return Poll::Ready(Ok(stream));
                     }

@@ -17,8 +17,8 @@
 //!   [`OtherModels`] (race another model), or a closure; up to `max_attempts` in all;
 //! - **Readiness**: the inner service is made ready only when a hedge fires, right before
 //!   its call, never long before (tower PR #472);
-//! - [`ResponseMeta`](llm_layers_core::ResponseMeta) says which attempt won
-//!   (`hedge_winner`) and how many ran; metrics `llm_hedge_sent_total`,
+//! - the stream's [`ResponseMeta`](llm_layers_core::ResponseMeta) says how many attempts
+//!   ran, and its extensions which won ([`HedgeWinner`]); metrics `llm_hedge_sent_total`,
 //!   `llm_hedge_won_total`, `llm_hedge_wasted_total`, `llm_hedge_budget_exhausted_total`.
 //!
 //! # Ordering
@@ -26,13 +26,14 @@
 //! Inside retry (a race that failed whole can be retried) and outside the per-attempt
 //! timeout and latency layers (each attempt gets its own first-token limit, and the store
 //! learns per provider). Hedging alone cannot cut the tail below its own delay; with the
-//! breaker and the router avoiding slow providers it gets close to the oracle (issue #12).
+//! breaker and the router avoiding slow providers it gets close to the oracle (every call
+//! to the fastest provider: see the README's tail table).
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
 //! use std::time::Duration;
 //! use llm_layers_core::{ChatRequest, Message};
-//! use llm_layers_hedge::{HedgeDelay, HedgeLayer};
+//! use llm_layers_hedge::{HedgeDelay, HedgeLayer, HedgeWinner};
 //! use llm_layers_mock::{MockChat, Script};
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
@@ -46,7 +47,7 @@
 //! let stream = svc.oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await.unwrap();
 //! assert_eq!(tokio::time::Instant::now() - start, Duration::from_secs(3)); // 2 s delay + 1 s
 //! assert_eq!(stream.meta().provider.as_deref(), Some("Fast"));
-//! assert_eq!(stream.meta().hedge_winner, Some(1));
+//! assert_eq!(stream.meta().extensions.get::<HedgeWinner>(), Some(&HedgeWinner(1)));
 //! assert_eq!(mock.cancelled(), 1); // the slow attempt was dropped
 //! # });
 //! ```
@@ -60,3 +61,9 @@ pub use future::ResponseFuture;
 pub use layer::{HedgeLayer, HedgeLayerBuilder};
 pub use policy::{HedgeDelay, HedgePolicy, NextCandidate, OtherModels, SameRequest, SortByLatency};
 pub use service::Hedge;
+
+/// Which attempt won a call that sent a hedge (0 = the original, 1 = the first hedge), in
+/// the stream's [`ResponseMeta::extensions`](llm_layers_core::ResponseMeta::extensions);
+/// absent when no hedge was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HedgeWinner(pub u32);

@@ -7,7 +7,7 @@ use http::StatusCode;
 use llm_layers_core::{
     Alternatives, ChatRequest, Deadline, ErrorKind, LlmError, Message, TimeoutKind,
 };
-use llm_layers_hedge::{HedgeDelay, HedgeLayer, NextCandidate, OtherModels};
+use llm_layers_hedge::{HedgeDelay, HedgeLayer, HedgeWinner, NextCandidate, OtherModels};
 use llm_layers_latency::{LatencyStore, Outcome};
 use llm_layers_mock::{MockChat, Script};
 use tokio::time::Instant;
@@ -55,7 +55,10 @@ async fn first_to_commit_wins_and_the_loser_is_dropped_at_that_instant() {
         1,
         "the loser is dropped when the winner commits"
     );
-    assert_eq!(stream.meta().hedge_winner, Some(1));
+    assert_eq!(
+        stream.meta().extensions.get::<HedgeWinner>().map(|w| w.0),
+        Some(1)
+    );
     assert_eq!(stream.meta().attempts, 2);
     assert_eq!(stream.meta().provider.as_deref(), Some("Fast"));
     // The winner's tokens, exactly once, in order, nothing from the loser.
@@ -71,7 +74,7 @@ async fn no_hedge_when_the_first_token_comes_before_the_delay() {
     let mock = MockChat::with_default(answer("A", Duration::from_millis(1999), &["a"]));
     let svc = layer(S(2)).layer(mock.clone());
     let s = svc.oneshot(req()).await.unwrap();
-    assert_eq!(s.meta().hedge_winner, None);
+    assert_eq!(s.meta().extensions.get::<HedgeWinner>().map(|w| w.0), None);
     assert_eq!(mock.calls(), 1);
     // And the original can still win after a hedge was sent.
     let mock = MockChat::new();
@@ -82,7 +85,10 @@ async fn no_hedge_when_the_first_token_comes_before_the_delay() {
         .oneshot(req())
         .await
         .unwrap();
-    assert_eq!(s.meta().hedge_winner, Some(0));
+    assert_eq!(
+        s.meta().extensions.get::<HedgeWinner>().map(|w| w.0),
+        Some(0)
+    );
     assert_eq!((mock.calls(), mock.cancelled()), (2, 1));
 }
 
@@ -124,7 +130,10 @@ async fn the_delay_follows_the_recorded_quantile() {
         .layer(mock.clone());
     let start = Instant::now();
     let s = svc.oneshot(req()).await.unwrap();
-    assert_eq!(s.meta().hedge_winner, Some(1));
+    assert_eq!(
+        s.meta().extensions.get::<HedgeWinner>().map(|w| w.0),
+        Some(1)
+    );
     // tokio's timer has 1 ms resolution: the delay fires within a tick of the quantile.
     let took = Instant::now() - start;
     let expected = d + Duration::from_millis(10);
@@ -149,7 +158,7 @@ async fn a_failing_attempt_lets_the_other_win_and_all_failing_gives_the_best_err
         .await
         .unwrap();
     assert_eq!(
-        s.meta().hedge_winner,
+        s.meta().extensions.get::<HedgeWinner>().map(|w| w.0),
         Some(0),
         "the hedge failed, the original still won"
     );
@@ -239,7 +248,10 @@ async fn hedges_can_race_another_model_up_to_max_attempts() {
         S(5),
         "hedges at 2 s and 4 s; the second answers at 5 s"
     );
-    assert_eq!(s.meta().hedge_winner, Some(2));
+    assert_eq!(
+        s.meta().extensions.get::<HedgeWinner>().map(|w| w.0),
+        Some(2)
+    );
     let models: Vec<String> = mock
         .requests()
         .iter()
@@ -294,7 +306,10 @@ async fn next_candidate_races_the_tiers_next_model() {
     r.extensions_mut()
         .insert(Alternatives(vec!["small/quick".to_string()].into()));
     let s = svc.clone().oneshot(r).await.unwrap();
-    assert_eq!(s.meta().hedge_winner, Some(1));
+    assert_eq!(
+        s.meta().extensions.get::<HedgeWinner>().map(|w| w.0),
+        Some(1)
+    );
     let sent = mock.requests();
     assert_eq!(sent[0].model(), "m");
     assert_eq!(sent[1].model(), "small/quick");
@@ -339,7 +354,7 @@ async fn a_cold_call_moves_its_hedge_as_the_model_is_learned() {
         store.record(("m", Some("A")), Some(S(3)), None, Outcome::Ok);
     }
     let s = call.await.unwrap().unwrap();
-    assert_eq!(s.meta().hedge_winner, None);
+    assert_eq!(s.meta().extensions.get::<HedgeWinner>().map(|w| w.0), None);
     assert_eq!(mock.calls(), 1);
     // At 0.1 s it learns the model commits in 50 ms: the hedge comes forward to 150 ms.
     let store = LatencyStore::builder().min_samples(2).build().unwrap();
@@ -358,7 +373,10 @@ async fn a_cold_call_moves_its_hedge_as_the_model_is_learned() {
         );
     }
     let s = call.await.unwrap().unwrap();
-    assert_eq!(s.meta().hedge_winner, Some(1));
+    assert_eq!(
+        s.meta().extensions.get::<HedgeWinner>().map(|w| w.0),
+        Some(1)
+    );
     let took = Instant::now() - start;
     assert!(
         took >= Duration::from_millis(160) && took <= Duration::from_millis(280),
@@ -387,7 +405,10 @@ async fn a_failed_hedge_is_replaced_at_once() {
         .layer(mock.clone());
     let start = Instant::now();
     let s = svc.oneshot(req()).await.unwrap();
-    assert_eq!(s.meta().hedge_winner, Some(2));
+    assert_eq!(
+        s.meta().extensions.get::<HedgeWinner>().map(|w| w.0),
+        Some(2)
+    );
     assert_eq!(Instant::now() - start, Duration::from_millis(1100));
 }
 
@@ -459,7 +480,16 @@ async fn the_budget_is_drawn_when_a_hedge_is_sent() {
     tokio::task::yield_now().await;
     gated.set(false);
     for f in first {
-        assert_eq!(f.await.unwrap().unwrap().meta().hedge_winner, None);
+        assert_eq!(
+            f.await
+                .unwrap()
+                .unwrap()
+                .meta()
+                .extensions
+                .get::<HedgeWinner>()
+                .map(|w| w.0),
+            None
+        );
     }
     assert_eq!(mock.calls(), 2);
     gated.set(true);
@@ -467,5 +497,8 @@ async fn the_budget_is_drawn_when_a_hedge_is_sent() {
     mock.push(answer("A", S(10), &["a"]));
     mock.push(answer("B", Duration::from_millis(10), &["b"]));
     let s = svc.clone().oneshot(req()).await.unwrap();
-    assert_eq!(s.meta().hedge_winner, Some(1));
+    assert_eq!(
+        s.meta().extensions.get::<HedgeWinner>().map(|w| w.0),
+        Some(1)
+    );
 }

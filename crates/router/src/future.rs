@@ -2,7 +2,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use llm_layers_core::{ChatStream, ErrorKind, LlmError, Route};
+use llm_layers_core::{ChatStream, ErrorKind, LlmError};
+
+use crate::Route;
 
 pin_project_lite::pin_project! {
     #[project = KindProj]
@@ -57,7 +59,9 @@ where
             }))),
             KindProj::Routed { fut, route } => {
                 let mut stream = ready!(fut.poll(cx))?;
-                stream.meta_mut().route = route.take();
+                if let Some(route) = route.take() {
+                    stream.meta_mut().extensions.insert(route);
+                }
                 Poll::Ready(Ok(stream))
             }
         }

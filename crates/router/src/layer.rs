@@ -3,7 +3,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use llm_layers_core::{Alternatives, ChatRequest, LlmError, Route, RouteReason};
+use llm_layers_core::{Alternatives, ChatRequest, LlmError};
+
+use crate::{Route, RouteReason};
 use llm_layers_latency::LatencyStore;
 use tokio::time::Instant;
 use tower_layer::Layer;

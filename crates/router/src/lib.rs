@@ -42,10 +42,10 @@
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
 //! use std::time::Duration;
-//! use llm_layers_core::{ChatRequest, Message, RouteReason};
+//! use llm_layers_core::{ChatRequest, Message};
 //! use llm_layers_latency::{LatencyLayer, LatencyStore, Outcome};
 //! use llm_layers_mock::{MockChat, Script};
-//! use llm_layers_router::{RouterConfig, RouterLayer};
+//! use llm_layers_router::{Route, RouteReason, RouterConfig, RouterLayer};
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! let store = LatencyStore::builder().min_samples(5).build().unwrap();
@@ -66,7 +66,7 @@
 //!     store.record(("small/quick", None), Some(Duration::from_millis(300)), None, Outcome::Ok);
 //! }
 //! let stream = svc.oneshot(ChatRequest::new("tier:fast", vec![Message::user("hi")])).await.unwrap();
-//! let route = stream.meta().route.clone().unwrap();
+//! let route = stream.meta().extensions.get::<Route>().cloned().unwrap();
 //! assert_eq!((route.model.as_str(), route.reason), ("small/quick", RouteReason::Sla));
 //! assert_eq!(mock.requests()[0].model(), "small/quick");
 //! # });
@@ -76,10 +76,12 @@ pub mod config;
 mod future;
 mod layer;
 mod order;
+mod route;
 mod service;
 mod tier;
 
 pub use config::{CandidateConfig, LearnedOrderConfig, RouterConfig, SlaConfig, TierConfig};
 pub use future::ResponseFuture;
 pub use layer::{RouterLayer, RouterLayerBuilder, TIER_PREFIX, UseTier};
+pub use route::{OrderDecision, Route, RouteReason};
 pub use service::Router;

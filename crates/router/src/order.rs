@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use llm_layers_core::{ChatRequest, OrderDecision, default_slug};
+use llm_layers_core::{ChatRequest, default_slug};
+
+use crate::OrderDecision;
 use llm_layers_latency::LatencyStore;
 use tokio::time::Instant;
 

@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use llm_layers_core::{ProviderPreferences, RouteReason};
+use llm_layers_core::ProviderPreferences;
+
+use crate::RouteReason;
 use llm_layers_latency::LatencyStore;
 use tokio::time::Instant;
 

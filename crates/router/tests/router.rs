@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use llm_layers_core::{
-    Alternatives, ChatRequest, ChatStream, ErrorKind, LlmError, Message, OrderDecision,
-    ProviderPreferences, ProviderSort, RouteReason,
+    Alternatives, ChatRequest, ChatStream, ErrorKind, LlmError, Message, ProviderPreferences,
+    ProviderSort,
 };
 use llm_layers_latency::{LatencyLayer, LatencyStore, Outcome};
 use llm_layers_mock::{Dist, MockChat, Script};
 use llm_layers_router::{
-    CandidateConfig, LearnedOrderConfig, RouterConfig, RouterLayer, SlaConfig, TierConfig, UseTier,
+    CandidateConfig, LearnedOrderConfig, OrderDecision, Route, RouteReason, RouterConfig,
+    RouterLayer, SlaConfig, TierConfig, UseTier,
 };
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -210,7 +211,7 @@ async fn a_concrete_model_passes_untouched_and_an_unknown_tier_is_a_bad_request(
     let svc = ServiceBuilder::new().layer(router).service(mock.clone());
 
     let stream = svc.clone().oneshot(req("openai/gpt-4o")).await.unwrap();
-    let route = stream.meta().route.clone().unwrap();
+    let route = stream.meta().extensions.get::<Route>().cloned().unwrap();
     assert_eq!(route.reason, RouteReason::Concrete);
     assert_eq!(route.order, OrderDecision::Unchanged);
     assert_eq!(route.tier, None);

@@ -38,7 +38,7 @@ impl Counters {
     /// Notes one call that committed, from what its stream says.
     pub fn note(&self, meta: &llm_layers_core::ResponseMeta) {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        if let Some(winner) = meta.hedge_winner {
+        if let Some(&llm_layers_hedge::HedgeWinner(winner)) = meta.extensions.get() {
             self.hedged.fetch_add(1, Ordering::Relaxed);
             if winner > 0 {
                 self.hedge_won.fetch_add(1, Ordering::Relaxed);
