@@ -31,9 +31,10 @@
 //! for one, and the wait counts in their latency, so an overloaded server is not flooded
 //! with new connections), `--streams N` (10000; 0 skips), `--only load|memory`.
 
+use llm_layers_core::sync::lock;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -490,7 +491,7 @@ async fn open_loop(
                 let start = Instant::now();
                 let _slot = slots.acquire_owned().await;
                 let r = call(&c, req, stream, start).await;
-                let mut o = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut o = lock(&shared);
                 o.sent += 1;
                 let _ = o.lag.record(lag.as_micros() as u64);
                 match r {
@@ -510,7 +511,7 @@ async fn open_loop(
     })
     .await;
     let mut o = std::mem::replace(
-        &mut *shared.lock().unwrap_or_else(PoisonError::into_inner),
+        &mut *lock(&shared),
         Outcome {
             latency: histogram(),
             lag: histogram(),

@@ -71,6 +71,7 @@ impl Shared {
 /// Applies [`Breaker`]. Every service built from one layer (and its clones) shares one
 /// registry.
 #[derive(Clone)]
+#[must_use = "a layer does nothing until it wraps a service"]
 pub struct BreakerLayer {
     shared: Arc<Shared>,
 }
@@ -126,6 +127,7 @@ impl<S> Layer<S> for BreakerLayer {
 }
 
 /// Builds a [`BreakerLayer`], validating every value.
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct BreakerLayerBuilder {
     cfg: Config,
     classify: Arc<dyn Classify>,

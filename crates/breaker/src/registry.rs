@@ -1,5 +1,6 @@
 //! The shared registry of breakers, keyed by (model, provider slug).
 
+use llm_layers_core::sync::lock;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -203,10 +204,6 @@ pub(crate) struct Registry {
     cfg: Config,
     map: Mutex<(HashMap<Arc<str>, ModelEntry>, usize)>,
     rng: Mutex<SmallRng>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Registry {

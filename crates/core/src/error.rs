@@ -116,18 +116,21 @@ impl LlmError {
     }
 
     /// Sets a human-readable message.
+    #[must_use]
     pub fn with_message(mut self, message: impl Into<String>) -> LlmError {
         self.inner.message = Some(message.into());
         self
     }
 
     /// Sets the `Retry-After` hint.
+    #[must_use]
     pub fn with_retry_after(mut self, after: Duration) -> LlmError {
         self.inner.retry_after = Some(after);
         self
     }
 
     /// Sets the provider (display name) that served or failed.
+    #[must_use]
     pub fn with_provider(mut self, provider: impl Into<String>) -> LlmError {
         self.inner.provider = Some(provider.into());
         self
@@ -136,6 +139,7 @@ impl LlmError {
     /// Marks a `429` (or `402`) as being about the caller's own key (an OpenRouter platform
     /// limit, which carries `X-RateLimit-*` headers), not a provider being busy: it is not
     /// retried and holds no provider.
+    #[must_use]
     pub fn with_key_limited(mut self) -> LlmError {
         self.inner.key_limited = true;
         self
@@ -144,6 +148,7 @@ impl LlmError {
     /// Marks a throttle whose `Retry-After` concerns only the provider that sent it: another
     /// provider is free now, so a retry need not wait (the breaker sets it; the retry layer
     /// reads it). The `Retry-After` itself is kept for the caller, should every retry fail.
+    #[must_use]
     pub fn with_retry_elsewhere(mut self) -> LlmError {
         self.inner.elsewhere = true;
         self
@@ -161,6 +166,7 @@ impl LlmError {
     }
 
     /// Sets the provider (display name) when one is known.
+    #[must_use]
     pub fn with_provider_opt(mut self, provider: Option<String>) -> LlmError {
         if provider.is_some() {
             self.inner.provider = provider;
@@ -169,6 +175,7 @@ impl LlmError {
     }
 
     /// Sets the underlying cause.
+    #[must_use]
     pub fn with_source(mut self, source: impl Into<BoxError>) -> LlmError {
         self.inner.source = Some(Arc::from(source.into()));
         self

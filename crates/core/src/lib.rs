@@ -40,6 +40,7 @@ mod kind;
 pub mod request;
 pub mod sse;
 pub mod stream;
+pub mod sync;
 
 pub use chunk::{
     AssistantMessage, ChatChunk, ChatCompletion, Choice, ChunkChoice, Delta, FunctionCall,

@@ -237,6 +237,7 @@ impl ChatStream {
 
     /// Wraps this stream, keeping its meta: `f` gets the stream and returns the new source.
     /// Layers that watch or cut the stream (timeouts, latency) use it.
+    #[must_use]
     pub fn wrap<S, F>(mut self, f: F) -> ChatStream
     where
         F: FnOnce(ChatStream) -> S,
@@ -313,6 +314,7 @@ impl<S> Commit<S> {
     /// Reads the first-byte instant from the source at commit (e.g.
     /// [`SseChatDecoder::first_byte`](crate::decode::SseChatDecoder::first_byte)), so that
     /// keep-alive comments before the first token count as first byte, not first token.
+    #[must_use]
     pub fn first_byte_from(mut self, f: fn(&S) -> Option<Instant>) -> Self {
         self.first_byte = Some(f);
         self

@@ -18,6 +18,7 @@ pub(crate) struct Shared {
 
 /// Applies [`Hedge`]. Every service built from one layer (and its clones) shares one budget.
 #[derive(Clone)]
+#[must_use = "a layer does nothing until it wraps a service"]
 pub struct HedgeLayer {
     shared: Arc<Shared>,
 }
@@ -53,6 +54,7 @@ impl<S> Layer<S> for HedgeLayer {
 }
 
 /// Builds a [`HedgeLayer`], validating every value.
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct HedgeLayerBuilder {
     delay: HedgeDelay,
     policy: Box<dyn HedgePolicy>,

@@ -1,5 +1,6 @@
 //! Hedging under paused time with the scripted mock.
 
+use llm_layers_core::sync::lock;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -423,7 +424,7 @@ struct Gated {
 impl Gated {
     fn set(&self, open: bool) {
         self.open.store(open, std::sync::atomic::Ordering::SeqCst);
-        if let Some(w) = self.waker.lock().unwrap().take() {
+        if let Some(w) = lock(&self.waker).take() {
             w.wake();
         }
     }
@@ -441,7 +442,7 @@ impl tower::Service<ChatRequest> for Gated {
         if self.open.load(std::sync::atomic::Ordering::SeqCst) {
             std::task::Poll::Ready(Ok(()))
         } else {
-            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            *lock(&self.waker) = Some(cx.waker().clone());
             std::task::Poll::Pending
         }
     }

@@ -1,4 +1,5 @@
 use llm_layers_core::ConfigError;
+use llm_layers_core::sync::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Once};
 
@@ -53,7 +54,7 @@ const MAX_CACHED_PER_MODEL: usize = 256;
 impl Shared {
     /// The model label, with cardinality capped: models past the cap fold into `_OTHER`.
     pub(crate) fn model_label(&self, model: &str) -> (Arc<str>, Arc<str>) {
-        let mut seen = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = lock(&self.models);
         if let Some(m) = seen.get(model) {
             return (m.clone(), m.clone());
         }
@@ -75,7 +76,7 @@ impl Shared {
         response_model: &str,
         make: impl FnOnce() -> Handles,
     ) -> Arc<Handles> {
-        let mut map = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = lock(&self.handles);
         let sets = map.entry(model.clone()).or_default();
         let found = sets.iter().find(|c| {
             c.bucket == bucket
@@ -105,6 +106,7 @@ impl Shared {
 /// the first time that label set is seen, and reused: install the recorder before the
 /// first call.
 #[derive(Clone)]
+#[must_use = "a layer does nothing until it wraps a service"]
 pub struct LatencyLayer {
     shared: Arc<Shared>,
 }
@@ -139,6 +141,7 @@ impl<S> Layer<S> for LatencyLayer {
 
 /// Builds a [`LatencyLayer`].
 #[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct LatencyLayerBuilder {
     store: Option<LatencyStore>,
     scope: Scope,

@@ -1,6 +1,7 @@
 //! [`LatencyStore`]: recent latency per (model, provider) and per model, shared and windowed.
 
 use llm_layers_core::ConfigError;
+use llm_layers_core::sync::{lock, read, write};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -159,6 +160,7 @@ impl Default for LatencyStore {
 
 /// Builds a [`LatencyStore`].
 #[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct LatencyStoreBuilder {
     window: Duration,
     max_keys: usize,
@@ -224,7 +226,7 @@ impl LatencyStore {
 
     /// How many keys (models and (model, provider) pairs) it holds.
     pub fn keys(&self) -> usize {
-        count_keys(&self.inner.entries.read().unwrap_or_else(|e| e.into_inner()))
+        count_keys(&read(&self.inner.entries))
     }
 
     fn lookup(
@@ -241,7 +243,7 @@ impl LatencyStore {
 
     fn entry(&self, model: &str, provider: Option<&str>, create: bool) -> Option<Arc<Entry>> {
         {
-            let map = self.inner.entries.read().unwrap_or_else(|e| e.into_inner());
+            let map = read(&self.inner.entries);
             if let Some(e) = Self::lookup(&map, model, provider) {
                 return Some(e);
             }
@@ -254,11 +256,7 @@ impl LatencyStore {
 
     /// Makes room for (and creates) the keys of `(model, provider)`.
     fn create(&self, model: &str, provider: Option<&str>) -> Option<Arc<Entry>> {
-        let mut map = self
-            .inner
-            .entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut map = write(&self.inner.entries);
         if let Some(e) = Self::lookup(&map, model, provider) {
             return Some(e);
         }
@@ -343,7 +341,7 @@ impl LatencyStore {
             let Some(entry) = self.entry(model, *p, known) else {
                 continue;
             };
-            let mut w = entry.windows.lock().unwrap_or_else(|e| e.into_inner());
+            let mut w = lock(&entry.windows);
             self.rotate(&mut w, now);
             // A censored sample is a lower bound, not a TTFT: counted apart, kept out of
             // the quantiles.
@@ -380,7 +378,7 @@ impl LatencyStore {
             let Some(entry) = self.entry(model, *p, false) else {
                 continue;
             };
-            let mut w = entry.windows.lock().unwrap_or_else(|e| e.into_inner());
+            let mut w = lock(&entry.windows);
             self.rotate(&mut w, now);
             w.current.gap.saturating_record(v);
         }
@@ -395,7 +393,7 @@ impl LatencyStore {
         q: f64,
     ) -> Option<Duration> {
         let entry = self.entry(model, provider, false)?;
-        let mut w = entry.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = lock(&entry.windows);
         self.rotate(&mut w, Instant::now());
         let mut gap = w.previous.gap.clone();
         let _ = gap.add(&w.current.gap);
@@ -428,17 +426,17 @@ impl LatencyStore {
         let entry = self.entry(model, provider, false)?;
         let now = Instant::now();
         {
-            let c = entry.cache.read().unwrap_or_else(|e| e.into_inner());
+            let c = read(&entry.cache);
             if now.saturating_duration_since(c.0) < self.inner.refresh
                 && c.1.calls + c.1.ttft_samples + c.1.censored > 0
             {
                 return Some(c.1);
             }
         }
-        let mut w = entry.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = lock(&entry.windows);
         self.rotate(&mut w, now);
         let stats = compute(&w);
-        *entry.cache.write().unwrap_or_else(|e| e.into_inner()) = (now, stats);
+        *write(&entry.cache) = (now, stats);
         Some(stats)
     }
 
@@ -451,11 +449,7 @@ impl LatencyStore {
 
     /// Every model the store holds keys for, by name.
     pub fn models(&self) -> Vec<String> {
-        let mut m: Vec<String> = self
-            .inner
-            .entries
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        let mut m: Vec<String> = read(&self.inner.entries)
             .keys()
             .map(|k| k.to_string())
             .collect();
@@ -466,11 +460,7 @@ impl LatencyStore {
     /// Every provider seen for `model`, with its stats, by name (a stable order: what is
     /// decided from it must not depend on a hash map's).
     pub fn providers(&self, model: &str) -> Vec<(String, Stats)> {
-        let mut names: Vec<Arc<str>> = self
-            .inner
-            .entries
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        let mut names: Vec<Arc<str>> = read(&self.inner.entries)
             .get(model)
             .map(|m| m.providers.keys().cloned().collect())
             .unwrap_or_default();

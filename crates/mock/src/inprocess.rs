@@ -1,5 +1,6 @@
 //! [`MockChat::scenario`]: a [`Scenario`] played in process, with no sockets.
 
+use llm_layers_core::sync::lock;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
@@ -46,7 +47,7 @@ impl MockChat {
             bytes.hash(&mut h);
             let body_hash = h.finish();
             let repeat = {
-                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                let mut seen = lock(&seen);
                 if seen.len() > 100_000 {
                     seen.clear();
                 }

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[must_use]
 pub struct Scenario {
     /// Seed of every random choice (with the request's body and repeat count).
     #[serde(default)]

@@ -1,5 +1,6 @@
 //! [`MockChat`]: a scripted in-process `Service<ChatRequest>` for unit tests of one layer.
 
+use llm_layers_core::sync::lock;
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
@@ -45,6 +46,7 @@ enum Step {
 /// # let _ = (ok, err, cut);
 /// ```
 #[derive(Debug, Clone, Default)]
+#[must_use]
 pub struct Script {
     steps: Vec<Step>,
     provider: Option<String>,
@@ -315,10 +317,6 @@ impl MockChat {
             w.wake();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl tower_service::Service<ChatRequest> for MockChat {

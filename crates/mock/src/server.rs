@@ -1,5 +1,6 @@
 //! [`MockServer`]: a mock OpenRouter HTTP server on an ephemeral loopback port.
 
+use llm_layers_core::sync::lock;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -126,10 +127,7 @@ impl Counters {
     }
     /// Requests by (provider slug, outcome label); the provider is `""` when none was chosen.
     pub fn outcomes(&self) -> HashMap<(String, String), u64> {
-        self.outcomes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.outcomes).clone()
     }
     /// Requests served by provider `slug` (any outcome).
     pub fn requests_to(&self, slug: &str) -> u64 {
@@ -155,10 +153,7 @@ impl Counters {
     }
 
     fn record(&self, provider: &str, outcome: &str) {
-        *self
-            .outcomes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        *lock(&self.outcomes)
             .entry((provider.to_owned(), outcome.to_owned()))
             .or_default() += 1;
         self.changed.notify_waiters();
@@ -263,6 +258,12 @@ const MAX_H2_STREAMS: u32 = 100_000;
 /// when the client went away.
 pub struct MockBody {
     kind: BodyKind,
+}
+
+impl std::fmt::Debug for MockBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockBody").finish_non_exhaustive()
+    }
 }
 
 enum BodyKind {
@@ -410,7 +411,7 @@ async fn chat(
     bytes.hash(&mut h);
     let body_hash = h.finish();
     let repeat = {
-        let mut seen = state.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = lock(&state.seen);
         if seen.len() > 100_000 {
             seen.clear();
         }

@@ -35,6 +35,7 @@ pub const DEFAULT_BASE_URL: &str = "https://openrouter.ai/api/v1";
 /// assert!(err.to_string().contains("API key"));
 /// ```
 #[derive(Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct Builder {
     api_key: String,
     base_url: String,

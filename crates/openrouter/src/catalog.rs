@@ -1,5 +1,6 @@
 //! The model and provider catalog: a TTL cache with single-flight fetches.
 
+use llm_layers_core::sync::{read, write};
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -103,24 +104,19 @@ impl<T> Default for Cache<T> {
 
 impl<T> Cache<T> {
     fn fresh(&self, ttl: Duration) -> Option<Arc<T>> {
-        let guard = self.value.read().unwrap_or_else(|e| e.into_inner());
+        let guard = read(&self.value);
         let (at, v) = guard.as_ref()?;
         (Instant::now().saturating_duration_since(*at) < ttl).then(|| v.clone())
     }
 
     /// The stale value, if any, else the error of a fetch that failed within `ERROR_TTL`.
     fn recent_failure(&self) -> Option<Result<Arc<T>, LlmError>> {
-        let guard = self.error.read().unwrap_or_else(|e| e.into_inner());
+        let guard = read(&self.error);
         let (at, e) = guard.as_ref()?;
         if Instant::now().saturating_duration_since(*at) >= ERROR_TTL {
             return None;
         }
-        let stale = self
-            .value
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|(_, v)| v.clone());
+        let stale = read(&self.value).as_ref().map(|(_, v)| v.clone());
         Some(stale.ok_or_else(|| e.clone()))
     }
 
@@ -152,14 +148,12 @@ impl<T> Cache<T> {
         match fetched {
             Ok(v) => {
                 let v = Arc::new(v);
-                *self.value.write().unwrap_or_else(|e| e.into_inner()) =
-                    Some((Instant::now(), v.clone()));
-                *self.error.write().unwrap_or_else(|e| e.into_inner()) = None;
+                *write(&self.value) = Some((Instant::now(), v.clone()));
+                *write(&self.error) = None;
                 Ok(v)
             }
             Err(e) => {
-                *self.error.write().unwrap_or_else(|e| e.into_inner()) =
-                    Some((Instant::now(), e.clone()));
+                *write(&self.error) = Some((Instant::now(), e.clone()));
                 match self.recent_failure() {
                     Some(r) => r,
                     None => Err(e),

@@ -6,6 +6,7 @@
 //! `poll_ready`, and is `Pending` while no call could be admitted (every slot taken and the
 //! queue full), so `LoadShed` or `Buffer` above see the backpressure.
 
+use llm_layers_core::sync::lock;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -111,7 +112,7 @@ impl Concurrency {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere while holding it left counts that are still consistent (every
         // change is one statement): go on with them.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// A slot now, if one is free.

@@ -97,6 +97,7 @@ pub(crate) struct Shared {
 /// Applies [`RateLimit`]. Every service built from one layer (and its clones) shares one
 /// store: the limits hold across clones.
 #[derive(Clone)]
+#[must_use = "a layer does nothing until it wraps a service"]
 pub struct RateLimitLayer {
     shared: Arc<Shared>,
 }
@@ -151,6 +152,7 @@ impl<S> Layer<S> for RateLimitLayer {
 }
 
 /// Builds a [`RateLimitLayer`].
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct RateLimitLayerBuilder {
     requests: Vec<Limit>,
     tokens: Option<(Limit, Box<dyn TokenEstimator>)>,

@@ -81,6 +81,7 @@ pub enum Mode {
 
 /// One rate limit: `amount` units per `period`, a burst, a key, a mode.
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct Limit {
     pub(crate) rate: Rate,
     pub(crate) key: Key,

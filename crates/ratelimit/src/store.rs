@@ -1,5 +1,6 @@
 //! Bucket state: the [`Store`] trait and the in-process [`MemoryStore`].
 
+use llm_layers_core::sync::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -122,7 +123,7 @@ impl MemoryStore {
         let mut h = std::hash::DefaultHasher::new();
         std::hash::Hash::hash(key, &mut h);
         let shard = &self.shards[std::hash::Hasher::finish(&h) as usize % SHARDS];
-        let mut guard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = lock(shard);
         let (map, next_sweep) = &mut *guard;
         if let Some(b) = map.get_mut(key) {
             return f(b);
@@ -187,9 +188,6 @@ impl Store for MemoryStore {
     }
 
     fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).0.len())
-            .sum()
+        self.shards.iter().map(|s| lock(s).0.len()).sum()
     }
 }

@@ -1,5 +1,6 @@
 //! Rate limits under paused time, against the scripted mock.
 
+use llm_layers_core::sync::lock;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -246,7 +247,7 @@ async fn when_full_low_priority_is_shed_and_high_priority_goes_first() {
         let (svc, order) = (svc.clone(), order.clone());
         tasks.push(tokio::spawn(async move {
             let s = svc.oneshot(with(p, name)).await.unwrap();
-            order.lock().unwrap().push(name);
+            lock(&order).push(name);
             s.collect().await.unwrap();
         }));
         tokio::task::yield_now().await;
@@ -255,7 +256,7 @@ async fn when_full_low_priority_is_shed_and_high_priority_goes_first() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(*order.lock().unwrap(), ["high", "mid", "mid2"]);
+    assert_eq!(*lock(&order), ["high", "mid", "mid2"]);
 }
 
 #[test]

@@ -23,6 +23,7 @@ pub trait Backoff: Send + Sync + 'static {
 /// # let _ = b;
 /// ```
 #[derive(Debug, Clone, Copy)]
+#[must_use]
 pub struct ExponentialBackoff {
     base: Duration,
     factor: f64,

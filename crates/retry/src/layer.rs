@@ -24,6 +24,7 @@ pub(crate) struct Shared {
 /// Applies [`Retry`]. Every service built from one layer (and from its clones) shares one
 /// policy, one backoff and **one retry budget**.
 #[derive(Clone)]
+#[must_use = "a layer does nothing until it wraps a service"]
 pub struct RetryLayer {
     shared: Arc<Shared>,
 }
@@ -76,6 +77,7 @@ impl<S> Layer<S> for RetryLayer {
 }
 
 /// Builds a [`RetryLayer`], validating every value.
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct RetryLayerBuilder {
     policy: Box<dyn Policy>,
     backoff: Box<dyn Backoff>,

@@ -55,6 +55,7 @@ where
 /// assert!(!p.retry(&mut req, &e, 3), "two retries at most");
 /// ```
 #[derive(Clone)]
+#[must_use]
 pub struct DefaultPolicy {
     classify: Arc<dyn Classify>,
     max_retries: u32,

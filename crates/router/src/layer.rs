@@ -88,6 +88,7 @@ impl Shared {
 /// Applies [`Router`]. Every service built from one layer (and its clones) shares the tiers'
 /// state and the learned orders.
 #[derive(Clone)]
+#[must_use = "a layer does nothing until it wraps a service"]
 pub struct RouterLayer {
     shared: Arc<Shared>,
 }
@@ -159,6 +160,7 @@ impl<S> Layer<S> for RouterLayer {
 
 /// Builds a [`RouterLayer`], validating every value.
 #[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct RouterLayerBuilder {
     store: LatencyStore,
     config: RouterConfig,

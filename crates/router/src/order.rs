@@ -1,5 +1,6 @@
 //! Learned provider order: per model, fastest measured provider first.
 
+use llm_layers_core::sync::{read, write};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -58,7 +59,7 @@ impl LearnedOrder {
     /// The order for `model` as of `now`, from the cache or the store.
     fn learned(&self, store: &LatencyStore, model: &str, now: Instant) -> Learned {
         let previous = {
-            let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+            let cache = read(&self.cache);
             match cache.get(model) {
                 Some(l)
                     if l.at
@@ -71,7 +72,7 @@ impl LearnedOrder {
             }
         };
         let learned = self.compute(store, model, previous.as_deref(), now);
-        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        let mut cache = write(&self.cache);
         if cache.len() >= MAX_MODELS && !cache.contains_key(model) {
             cache.clear();
         }

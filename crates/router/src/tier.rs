@@ -1,5 +1,6 @@
 //! A tier at run time: its candidates, SLA and downgrade state.
 
+use llm_layers_core::sync::lock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -160,7 +161,7 @@ impl Tier {
         let explore_turn = self.explore.tick().is_some();
         let mut standing = Vec::with_capacity(measures.len());
         {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = lock(&self.state);
             for (i, m) in measures.iter().enumerate() {
                 let st = &mut state[i];
                 let s = match (st.skipped_until, *m) {

@@ -2,6 +2,7 @@
 //! exploration share, learned provider order, configuration errors, and a fat-tailed
 //! upstream where routing keeps the tier inside its SLA.
 
+use llm_layers_core::sync::lock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -488,7 +489,7 @@ fn fat_tail_upstream(
     };
     tower::service_fn(move |r: ChatRequest| {
         let ms = {
-            let mut rng = rng.lock().unwrap();
+            let mut rng = lock(&rng);
             if r.model() == "big/model" {
                 use rand::Rng;
                 if rng.random_bool(0.1) {

@@ -18,6 +18,7 @@ use crate::service::Timeout;
 /// req.extensions_mut().insert(Timeouts { total: Some(Duration::from_secs(600)), ..Timeouts::default() });
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use]
 pub struct Timeouts {
     /// Time to first token.
     pub first_token: Option<Duration>,
@@ -53,6 +54,7 @@ impl Timeouts {
 /// assert_eq!(layer.limits().idle, None);
 /// ```
 #[derive(Debug, Clone)]
+#[must_use = "a layer does nothing until it wraps a service"]
 pub struct TimeoutLayer {
     limits: Timeouts,
     adaptive: Option<Arc<Adaptive>>,
@@ -129,6 +131,7 @@ impl<S> Layer<S> for TimeoutLayer {
 
 /// Builds a [`TimeoutLayer`]; zero durations are rejected.
 #[derive(Debug, Clone, Default)]
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct TimeoutLayerBuilder {
     limits: Timeouts,
     store: Option<LatencyStore>,

@@ -375,6 +375,7 @@ pub struct Caller(pub Option<GatewayKey>);
 /// `admin`), or is answered 401 (403 for a non-admin key on an admin route) before anything
 /// else runs. With no keys configured, requests pass.
 #[derive(Debug, Clone)]
+#[must_use = "a layer does nothing until it wraps a service"]
 pub struct KeyAuthLayer {
     keys: Arc<Keys>,
     admin: bool,

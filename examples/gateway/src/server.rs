@@ -146,6 +146,15 @@ pub struct Gateway {
     server: JoinHandle<std::io::Result<()>>,
 }
 
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("addr", &self.addr)
+            .field("mock", &self.mock.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Gateway {
     /// The address it listens on.
     pub fn addr(&self) -> std::net::SocketAddr {

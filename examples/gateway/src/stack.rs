@@ -91,7 +91,7 @@ fn shed_error(e: tower::BoxError) -> LlmError {
 
 /// What the stack has learned, for the status page: the latency store, the breakers, the
 /// router (learned orders).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Parts {
     /// Per (model, provider) latency and outcomes.
     pub store: LatencyStore,

@@ -1,6 +1,7 @@
 //! `GET /status` (a page that polls) and `GET /status.json` (what it shows): what the stack
 //! has learned, per model and provider.
 
+use llm_layers_core::sync::lock;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,7 +49,7 @@ impl Counters {
         if let (Some(start), Some(first), Some(p)) = (t.started, t.first_token, &meta.provider) {
             let ms = first.saturating_duration_since(start).as_secs_f64() * 1000.0;
             let ms = (ms * 10.0).round() / 10.0;
-            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            let mut recent = lock(&self.recent);
             // Names are copied only the first time a (model, provider) is seen.
             let seen = recent
                 .get(meta.model.as_str())
@@ -80,7 +81,7 @@ impl Counters {
     /// Notes one call of `tenant` (counted per minute).
     pub fn tenant_call(&self, tenant: &Arc<str>, now: Instant, started: Instant) {
         let minute = now.saturating_duration_since(started).as_secs() / 60;
-        let mut t = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = lock(&self.tenants);
         if t.len() >= MAX_KEYS && !t.contains_key(tenant) {
             return;
         }
@@ -92,9 +93,7 @@ impl Counters {
     }
 
     fn recent(&self, model: &str, provider: &str) -> Vec<f64> {
-        self.recent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.recent)
             .get(model)
             .and_then(|m| m.get(provider))
             .map(|q| q.iter().copied().collect())
@@ -102,7 +101,7 @@ impl Counters {
     }
 
     fn tenants(&self, now_minute: u64) -> Vec<(String, u64, u64)> {
-        let t = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        let t = lock(&self.tenants);
         let mut v: Vec<(String, u64, u64)> = t
             .iter()
             .map(|(name, &(m, this, last))| {

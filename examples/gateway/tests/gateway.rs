@@ -1,5 +1,6 @@
 //! The gateway end to end over real HTTP: OpenAI request shapes in, the mock upstream behind.
 
+use llm_layers_core::sync::lock;
 use std::io::{Read, Write};
 use std::net::TcpListener as StdListener;
 use std::sync::mpsc;
@@ -1223,7 +1224,7 @@ struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl std::io::Write for LogBuf {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
+        lock(&self.0).extend_from_slice(b);
         Ok(b.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -1254,7 +1255,7 @@ async fn keys_never_reach_the_logs() {
         let _ = post_as(&c, &gw, Some(key), &[], m.to_string()).await;
     }
     gw.shutdown().await.unwrap();
-    let logs = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+    let logs = String::from_utf8_lossy(&lock(&buf.0)).into_owned();
     assert!(!logs.is_empty(), "the subscriber saw the calls");
     assert!(!logs.contains("sk-gw-ops"), "a gateway key in the logs");
     assert!(

@@ -50,6 +50,12 @@ pub struct ChatService {
     stack: Stack,
 }
 
+impl std::fmt::Debug for ChatService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatService").finish_non_exhaustive()
+    }
+}
+
 impl ChatService {
     /// Serves `stack`.
     pub fn new(stack: Stack) -> Self {
