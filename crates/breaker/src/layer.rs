@@ -13,6 +13,7 @@ use crate::service::Breaker;
 
 /// When a call that succeeded still counts as a failure: it was too slow to its first token.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum SlowCall {
     /// Slower than this.
     Fixed(Duration),

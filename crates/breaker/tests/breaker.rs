@@ -524,10 +524,8 @@ async fn a_404_our_ignore_list_caused_becomes_circuit_open() {
     let svc = b.layer(mock.clone());
     trip_bad(&svc, &mock).await;
     // The upstream has only "bad" for this request: ignoring it leaves nothing.
-    let api = llm_layers_core::ApiError {
-        availability_code: Some("no_endpoints".into()),
-        ..Default::default()
-    };
+    let mut api = llm_layers_core::ApiError::default();
+    api.availability_code = Some("no_endpoints".into());
     mock.push(Script::error(LlmError::status(
         StatusCode::NOT_FOUND,
         Some(api),
@@ -536,10 +534,8 @@ async fn a_404_our_ignore_list_caused_becomes_circuit_open() {
     assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
     assert_eq!(e.open_providers(), ["bad"]);
     // A 404 for a model that does not exist is still the caller's.
-    let api = llm_layers_core::ApiError {
-        availability_code: Some("model_not_found".into()),
-        ..Default::default()
-    };
+    let mut api = llm_layers_core::ApiError::default();
+    api.availability_code = Some("model_not_found".into());
     mock.push(Script::error(LlmError::status(
         StatusCode::NOT_FOUND,
         Some(api),

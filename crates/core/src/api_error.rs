@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 /// The `code` of an OpenRouter error body: a number in current docs, a string in older ones.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ErrorCode {
     /// `"code": 429`
     Number(i64),
@@ -39,6 +40,7 @@ impl fmt::Display for ErrorCode {
 /// assert_eq!(e.provider_name.as_deref(), Some("OpenAI"));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct ApiError {
     /// `error.code`, a number or a string.
     pub code: Option<ErrorCode>,

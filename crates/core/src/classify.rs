@@ -4,8 +4,12 @@ use std::sync::Arc;
 
 use crate::error::{ErrorKind, LlmError, TimeoutKind};
 
-/// What a [`Classify`] decides about one error.
+/// What a [`Classify`] decides about one error. Start from a constant
+/// ([`TRANSIENT`](Self::TRANSIENT), [`THROTTLED`](Self::THROTTLED),
+/// [`CALLER`](Self::CALLER)) and set the fields you disagree with: the struct may gain
+/// fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ErrorClass {
     /// Worth another attempt before the commit point (possibly after `retry_after`).
     pub retriable: bool,
@@ -57,7 +61,7 @@ impl ErrorClass {
 ///     c
 /// };
 /// let e = LlmError::status(StatusCode::SERVICE_UNAVAILABLE, None);
-/// assert_eq!(mine.classify(&e), ErrorClass { retriable: true, provider_failure: false, throttled: true });
+/// assert_eq!(mine.classify(&e), ErrorClass::THROTTLED);
 /// ```
 pub trait Classify: Send + Sync + 'static {
     /// Classifies one error.

@@ -50,6 +50,7 @@ pub struct ResponseMeta {
 
 /// Instants of one call, from `tokio::time` (so they follow paused time in tests).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
 pub struct Timings {
     /// When the attempt that served was sent.
     pub started: Option<Instant>,

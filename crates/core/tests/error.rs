@@ -32,13 +32,10 @@ fn status_table() {
     ];
     for &(code, retriable, provider_failure) in cases {
         let e = status(code);
+        let c = DefaultClassify.classify(&e);
         assert_eq!(
-            DefaultClassify.classify(&e),
-            ErrorClass {
-                retriable,
-                provider_failure,
-                throttled: code == 429,
-            },
+            (c.retriable, c.provider_failure, c.throttled),
+            (retriable, provider_failure, code == 429),
             "status {code}"
         );
         assert_eq!(e.is_retriable(), retriable, "status {code}");
@@ -105,9 +102,10 @@ fn error_body_shapes() {
     // The provider is lifted onto the error.
     let err = LlmError::status(
         StatusCode::BAD_GATEWAY,
-        Some(ApiError {
-            provider_name: Some("Groq".into()),
-            ..Default::default()
+        Some({
+            let mut api = ApiError::default();
+            api.provider_name = Some("Groq".into());
+            api
         }),
     );
     assert_eq!(err.provider(), Some("Groq"));
@@ -156,9 +154,10 @@ fn display_and_debug_name_the_kind() {
 /// `availability.retryable` decides when the upstream says.
 #[test]
 fn in_stream_errors_are_classified_by_their_code() {
-    let api = |code: i64| ApiError {
-        code: Some(llm_layers_core::ErrorCode::Number(code)),
-        ..ApiError::default()
+    let api = |code: i64| {
+        let mut api = ApiError::default();
+        api.code = Some(llm_layers_core::ErrorCode::Number(code));
+        api
     };
     let bad = LlmError::upstream(api(400));
     assert_eq!(DefaultClassify.classify(&bad), ErrorClass::CALLER);

@@ -106,6 +106,7 @@ const WARM_FACTOR: u64 = 4;
 
 /// When to hedge.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum HedgeDelay {
     /// Always after this long without a first token.
     Fixed(Duration),

@@ -64,13 +64,12 @@ impl MockChat {
 
 /// An upstream error as the leaf would make it from the mock server's answer.
 fn api_error(code: u16, message: &str, error_type: &str, provider: Option<&str>) -> ApiError {
-    ApiError {
-        code: Some(ErrorCode::Number(i64::from(code))),
-        message: Some(message.to_owned()),
-        error_type: Some(error_type.to_owned()),
-        provider_name: provider.map(str::to_owned),
-        ..ApiError::default()
-    }
+    let mut api = ApiError::default();
+    api.code = Some(ErrorCode::Number(i64::from(code)));
+    api.message = Some(message.to_owned());
+    api.error_type = Some(error_type.to_owned());
+    api.provider_name = provider.map(str::to_owned);
+    api
 }
 
 /// The script of one drawn plan.

@@ -71,6 +71,7 @@ impl Key {
 
 /// What to do when a bucket is empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Mode {
     /// Wait until it fits, up to this long (and never past the request's deadline); then
     /// reject.
