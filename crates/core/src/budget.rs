@@ -1,5 +1,5 @@
 //! The budget a retry or hedge layer spends from: tower's
-//! [`Budget`](tower::retry::budget::Budget) trait, built from named parameters or given
+//! [`tower::retry::budget::Budget`] trait, built from named parameters or given
 //! whole (to share one budget between layers).
 
 use std::fmt;

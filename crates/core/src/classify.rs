@@ -83,8 +83,8 @@ impl Classify for Arc<dyn Classify> {
     }
 }
 
-/// The default classification, following the OpenRouter status table
-/// (`openrouter-wire.md` §1.6):
+/// The default classification, following OpenRouter's documented error codes
+/// (<https://openrouter.ai/docs/api-reference/errors>):
 ///
 /// | error | retriable | provider failure |
 /// |---|---|---|

@@ -1,4 +1,5 @@
-//! The chunk decoder and the commit point, on the OpenRouter stream of `openrouter-wire.md` §1.5.
+//! The chunk decoder and the commit point, on OpenRouter's streaming format (role-only first
+//! chunk, `: OPENROUTER PROCESSING` comments, usage in the last chunk, `data: [DONE]`).
 
 use std::convert::Infallible;
 

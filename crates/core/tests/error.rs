@@ -1,4 +1,5 @@
-//! `LlmError` and the default classification, one case per status of `openrouter-wire.md` §1.6.
+//! `LlmError` and the default classification, one case per status OpenRouter documents
+//! (<https://openrouter.ai/docs/api-reference/errors>).
 
 use std::time::{Duration, UNIX_EPOCH};
 

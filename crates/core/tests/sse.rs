@@ -1,4 +1,5 @@
-//! The SSE parser against the vectors of `openrouter-wire.md` §2.2, split at every byte
+//! The SSE parser against the event-stream rules of the WHATWG HTML standard (§9.2.6:
+//! `data:` lines joined by `\n`, comments ignored, CR/LF/CRLF line ends), split at every byte
 //! boundary and re-chunked arbitrarily.
 
 use bytes::Bytes;

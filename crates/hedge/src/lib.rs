@@ -16,7 +16,7 @@
 //! - **What a hedge sends** is a [`HedgePolicy`]: [`SameRequest`], [`SortByLatency`],
 //!   [`OtherModels`] (race another model), or a closure; up to `max_attempts` in all;
 //! - **Readiness**: the inner service is made ready only when a hedge fires, right before
-//!   its call, never long before (tower PR #472);
+//!   its call, never long before ([tower#472](https://github.com/tower-rs/tower/pull/472));
 //! - the stream's [`ResponseMeta`](llm_layers_core::ResponseMeta) says how many attempts
 //!   ran, and its extensions which won ([`HedgeWinner`]); metrics `llm_hedge_sent_total`,
 //!   `llm_hedge_won_total`, `llm_hedge_wasted_total`, `llm_hedge_budget_exhausted_total`.

@@ -49,8 +49,8 @@ impl HedgePolicy for SortByLatency {
     }
 }
 
-/// Races other models: hedge `n` asks for `models[n - 1]` (seed 000's "race a fast model
-/// against a slow one"); past the list, no hedge.
+/// Races other models: hedge `n` asks for `models[n - 1]` (a slow, strong model raced by a
+/// fast one: the caller takes whichever commits first); past the list, no hedge.
 #[derive(Debug, Clone, Default)]
 pub struct OtherModels {
     models: Vec<String>,

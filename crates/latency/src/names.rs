@@ -18,7 +18,9 @@ pub const CALLS: &str = "llm_client_calls_total";
 /// left), recorded in the store as censored samples.
 pub const ABANDONED: &str = "llm_client_abandoned_total";
 
-/// Buckets of the duration metrics (`openrouter-wire.md` §3.1).
+/// Buckets of the duration metrics: the explicit bucket advice of the OpenTelemetry GenAI
+/// semantic conventions for `gen_ai.client.operation.duration` (seconds, doubling from
+/// 10 ms).
 pub const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
 ];

@@ -26,7 +26,7 @@
 //!   is left to OpenRouter's own routing or sent to the least-sampled provider, so every
 //!   provider keeps being measured and a change shows within the store's window.
 //! - The decision and its reason are in the stream's
-//!   [`ResponseMeta::route`](llm_layers_core::ResponseMeta::route) and in the metric
+//!   [`Route`] in [`ResponseMeta::extensions`](llm_layers_core::ResponseMeta::extensions) and in the metric
 //!   `llm_router_decisions_total{tier, reason, order}`; `llm_router_downgrades_total{tier,
 //!   model}` counts SLA breaks.
 //!
