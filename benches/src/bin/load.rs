@@ -123,7 +123,9 @@ fn child_mock(which: &str) -> Result<(), String> {
 
 fn child_gateway(args: Vec<String>) -> Result<(), String> {
     let config = example_gateway::Config::from_args_env(args, |k| std::env::var(k).ok())?;
-    runtime()?.block_on(example_gateway::serve(config))
+    runtime()?
+        .block_on(example_gateway::serve(config))
+        .map_err(|e| e.to_string())
 }
 
 /// A child process, killed when dropped.

@@ -2,9 +2,11 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::response::{IntoResponse, Response};
+use http::request::Parts;
 use http::{StatusCode, header};
 use llm_layers_core::{ChatCompletion, ChatRequest, Priority, Tenant, WholeAnswer};
 use llm_layers_router::TIER_PREFIX;
@@ -15,41 +17,83 @@ use crate::error::ApiFailure;
 use crate::server::AppState;
 use crate::{keys, now_secs, sse, status};
 
-async fn read_body(state: &AppState, req: Request) -> Result<bytes::Bytes, ApiFailure> {
-    let limit = state.config.max_body_bytes;
-    let read = axum::body::to_bytes(req.into_body(), limit);
-    match tokio::time::timeout(state.config.body_read_timeout, read).await {
-        Err(_) => Err(ApiFailure::invalid(
+/// The body as axum's `Bytes` extractor read it, under the route's `DefaultBodyLimit` and
+/// `RequestBodyTimeoutLayer`: a refusal becomes the OpenAI-shaped 413, 408 or 400.
+fn body_of(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiFailure> {
+    let rejection = match body {
+        Ok(b) => return Ok(b),
+        Err(r) => r,
+    };
+    let mut chain = std::iter::successors(
+        Some(&rejection as &(dyn std::error::Error + 'static)),
+        |e| e.source(),
+    );
+    if chain.any(|e| e.is::<tower_http::timeout::TimeoutError>()) {
+        return Err(ApiFailure::invalid(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
             "the request body was not received in time",
-        )),
-        Ok(Ok(b)) => Ok(b),
-        Ok(Err(e)) => {
-            let too_large =
-                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
-                    e.source()
-                })
-                .any(|e| e.is::<http_body_util_limit::LengthLimitError>());
-            if too_large {
-                Err(ApiFailure::invalid(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request_too_large",
-                    format!("the request body is larger than {limit} bytes"),
-                ))
-            } else {
-                Err(ApiFailure::invalid(
-                    StatusCode::BAD_REQUEST,
-                    "bad_body",
-                    "the request body could not be read",
-                ))
-            }
-        }
+        ));
     }
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return Err(ApiFailure::invalid(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        ));
+    }
+    Err(ApiFailure::invalid(
+        StatusCode::BAD_REQUEST,
+        "bad_body",
+        "the request body could not be read",
+    ))
 }
 
-mod http_body_util_limit {
-    pub(crate) use http_body_util::LengthLimitError;
+/// Who is calling and how urgently, from the gateway key `KeyAuth` found and the
+/// `x-tenant` / `x-priority` headers: a key's tenant and priority win unless the key is
+/// trusted, and the header may only lower a key's priority.
+pub(crate) struct CallerHints {
+    key: Option<keys::GatewayKey>,
+    tenant: Option<Tenant>,
+    priority: Priority,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CallerHints {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let key = parts
+            .extensions
+            .get::<keys::Caller>()
+            .and_then(|c| c.0.clone());
+        let trusted = key.as_ref().is_none_or(|k| k.trusted);
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let header_tenant = header("x-tenant")
+            .filter(|t| !t.is_empty() && t.len() <= 128)
+            .map(|t| Tenant(Arc::from(t)));
+        let tenant = match &key {
+            Some(k) if !trusted => Some(Tenant(k.tenant.clone())),
+            Some(k) => header_tenant.or_else(|| Some(Tenant(k.tenant.clone()))),
+            None => header_tenant,
+        };
+        let asked = match header("x-priority") {
+            Some("low") => Some(Priority(0)),
+            Some("high") => Some(Priority(2)),
+            Some("normal") => Some(Priority(1)),
+            _ => None,
+        };
+        let priority = match (&key, asked) {
+            (Some(k), Some(p)) if !trusted => p.min(k.priority),
+            (Some(k), None) => k.priority,
+            (_, Some(p)) => p,
+            (None, None) => Priority(1),
+        };
+        Ok(CallerHints {
+            key,
+            tenant,
+            priority,
+        })
+    }
 }
 
 fn parse_request(bytes: &[u8]) -> Result<ChatRequest, ApiFailure> {
@@ -113,42 +157,18 @@ fn apply_key(key: &keys::GatewayKey, req: &mut ChatRequest) -> Result<(), ApiFai
     Ok(())
 }
 
-pub(crate) async fn chat(State(state): State<AppState>, req: Request) -> Response {
+pub(crate) async fn chat(
+    State(state): State<AppState>,
+    hints: CallerHints,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     // `KeyAuth` checked the key before the body was read: a caller without one costs nothing.
-    let key = req
-        .extensions()
-        .get::<keys::Caller>()
-        .and_then(|c| c.0.clone());
-    let trusted = key.as_ref().is_none_or(|k| k.trusted);
-    let header_tenant = req
-        .headers()
-        .get("x-tenant")
-        .and_then(|v| v.to_str().ok())
-        .filter(|t| !t.is_empty() && t.len() <= 128)
-        .map(|t| Tenant(Arc::from(t)));
-    let tenant = match &key {
-        Some(k) if !trusted => Some(Tenant(k.tenant.clone())),
-        Some(k) => header_tenant.or_else(|| Some(Tenant(k.tenant.clone()))),
-        None => header_tenant,
-    };
-    let asked = match req
-        .headers()
-        .get("x-priority")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some("low") => Some(Priority(0)),
-        Some("high") => Some(Priority(2)),
-        Some("normal") => Some(Priority(1)),
-        _ => None,
-    };
-    // A key's priority is a ceiling: the header may only lower it, unless the key is trusted.
-    let priority = match (&key, asked) {
-        (Some(k), Some(p)) if !trusted => p.min(k.priority),
-        (Some(k), None) => k.priority,
-        (_, Some(p)) => p,
-        (None, None) => Priority(1),
-    };
-    let bytes = match read_body(&state, req).await {
+    let CallerHints {
+        key,
+        tenant,
+        priority,
+    } = hints;
+    let bytes = match body_of(body, state.config.max_body_bytes) {
         Ok(b) => b,
         Err(f) => return f.into_response(),
     };

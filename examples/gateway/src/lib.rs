@@ -20,7 +20,7 @@ pub mod status;
 use std::time::SystemTime;
 
 pub use config::Config;
-pub use server::{Gateway, Phase, install_metrics, serve, start};
+pub use server::{Gateway, Phase, StartError, install_metrics, serve, start};
 pub use stack::{ChatService, Parts, Stack, build_leaf, build_stack, build_stack_with_parts};
 
 pub(crate) fn now_secs() -> u64 {

@@ -1,16 +1,21 @@
 //! Starting, serving and stopping the gateway: the routes, the metrics recorder, shutdown.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use llm_layers_core::ConfigError;
 use llm_layers_mock::{MockServer, Scenario};
 use llm_layers_openrouter::OpenRouter;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tower::ServiceBuilder;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::config::Config;
 use crate::handlers::{
@@ -18,6 +23,59 @@ use crate::handlers::{
 };
 use crate::stack::{Parts, Stack, build_leaf, build_stack_with_parts};
 use crate::{keys, status};
+
+/// Why the gateway could not start or serve.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration names a mock preset that does not exist.
+    UnknownPreset(String),
+    /// The stack refused its configuration.
+    Config(ConfigError),
+    /// The metrics recorder could not be installed (there is one per process).
+    Metrics(String),
+    /// A socket failed: `what` says which (the listen address, the mock upstream, serving).
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+        let what = what.into();
+        move |source| StartError::Io { what, source }
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::UnknownPreset(p) => write!(f, "unknown mock preset {p:?}"),
+            StartError::Config(e) => e.fmt(f),
+            StartError::Metrics(m) => write!(f, "cannot install the metrics recorder: {m}"),
+            StartError::Io { what, source } => write!(f, "{what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Config(e) => Some(e),
+            StartError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<ConfigError> for StartError {
+    fn from(e: ConfigError) -> Self {
+        StartError::Config(e)
+    }
+}
 
 /// Where a shutdown is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -49,7 +107,14 @@ fn router(state: AppState) -> Router {
     // The API wants a gateway key, the operator's pages an admin key (when keys are on);
     // /healthz and the status page's shell are open.
     let api = Router::new()
-        .route("/v1/chat/completions", post(chat))
+        .route(
+            "/v1/chat/completions",
+            post(chat).layer::<_, Infallible>(
+                ServiceBuilder::new()
+                    .layer(RequestBodyTimeoutLayer::new(state.config.body_read_timeout))
+                    .layer(DefaultBodyLimit::max(state.config.max_body_bytes)),
+            ),
+        )
         .route("/v1/models", get(models))
         .route_layer(keys::KeyAuthLayer::new(keys.clone()));
     let admin = Router::new()
@@ -70,16 +135,16 @@ fn router(state: AppState) -> Router {
 /// Installs the process-wide Prometheus recorder, with the GenAI histograms' buckets, and
 /// spawns its upkeep; returns the handle that `GET /metrics` renders. Call it once per
 /// process, from inside a Tokio runtime.
-pub fn install_metrics() -> Result<PrometheusHandle, String> {
+pub fn install_metrics() -> Result<PrometheusHandle, StartError> {
     let mut builder = PrometheusBuilder::new();
     for (name, buckets) in llm_layers_latency::names::HISTOGRAM_BUCKETS {
         builder = builder
             .set_buckets_for_metric(Matcher::Full((*name).into()), buckets)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| StartError::Metrics(e.to_string()))?;
     }
     let handle = builder
         .install_recorder()
-        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+        .map_err(|e| StartError::Metrics(e.to_string()))?;
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -94,7 +159,7 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
 /// Runs the gateway as the `gateway` binary does: installs the metrics recorder, starts,
 /// prints its configuration and address (the last line says
 /// `llm-layers gateway on http://ADDR`), and on SIGINT or SIGTERM drains and stops.
-pub async fn serve(config: Config) -> Result<(), String> {
+pub async fn serve(config: Config) -> Result<(), StartError> {
     let handle = install_metrics()?;
     let described = config.describe();
     let no_key = config.api_key.is_none();
@@ -113,7 +178,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     );
     shutdown_signal().await;
     println!("shutting down: draining in-flight streams");
-    gateway.shutdown().await.map_err(|e| e.to_string())
+    gateway.shutdown().await.map_err(StartError::io("serving"))
 }
 
 async fn shutdown_signal() {
@@ -183,21 +248,24 @@ impl Gateway {
 
 /// Starts the gateway (and the mock upstream when there is no key). `metrics` is the
 /// Prometheus handle to render on `/metrics`, if a recorder was installed.
-pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> Result<Gateway, String> {
+pub async fn start(
+    config: Config,
+    metrics: Option<PrometheusHandle>,
+) -> Result<Gateway, StartError> {
     let (mock, base_url, key) = match &config.api_key {
         Some(k) => (None, config.base_url.clone(), k.clone()),
         None => {
             let scenario = Scenario::preset(&config.mock_preset)
-                .ok_or_else(|| format!("unknown mock preset {:?}", config.mock_preset))?
+                .ok_or_else(|| StartError::UnknownPreset(config.mock_preset.clone()))?
                 .with_time_scale(config.mock_time_scale);
             let server = MockServer::start(scenario)
                 .await
-                .map_err(|e| format!("cannot start the mock upstream: {e}"))?;
+                .map_err(StartError::io("cannot start the mock upstream"))?;
             let url = server.base_url().to_owned();
             (Some(server), url, "sk-or-v1-mock".to_owned())
         }
     };
-    let leaf = build_leaf(&config, &base_url, &key).map_err(|e| e.to_string())?;
+    let leaf = build_leaf(&config, &base_url, &key)?;
     // With tiers configured, their models are checked against the upstream's catalog
     // (when it answers within 10 s; otherwise they are taken on trust).
     let catalog = if config.router.tiers.is_empty() {
@@ -208,12 +276,16 @@ pub async fn start(config: Config, metrics: Option<PrometheusHandle>) -> Result<
             _ => None,
         }
     };
-    let (stack, parts) =
-        build_stack_with_parts(&config, leaf.clone(), catalog).map_err(|e| e.to_string())?;
+    let (stack, parts) = build_stack_with_parts(&config, leaf.clone(), catalog)?;
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(StartError::io(format!(
+            "cannot listen on {}",
+            config.listen
+        )))?;
+    let addr = listener
+        .local_addr()
+        .map_err(StartError::io("cannot read the listen address"))?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let grace = config.shutdown_grace;
     let state = AppState {

@@ -420,6 +420,37 @@ async fn every_error_path_is_openai_shaped_with_the_right_status() {
     }
 }
 
+/// A body that stops coming is cut by tower-http's `RequestBodyTimeoutLayer` with an
+/// OpenAI-shaped 408, and nothing reaches the upstream.
+#[tokio::test]
+async fn a_stalled_request_body_gets_an_openai_shaped_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, mock) = gateway_on(
+        Scenario::healthy().with_time_scale(0.0),
+        Config {
+            body_read_timeout: Duration::from_millis(100),
+            ..config()
+        },
+    )
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    tcp.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+          content-length: 100\r\nconnection: close\r\n\r\n{\"model\": ",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_openai_error(&v);
+    assert_eq!(v["error"]["code"], "request_timeout");
+    assert_eq!(mock.counters().requests(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_after_the_first_token_ends_with_an_error_event_not_done() {
     let mut s = Scenario::healthy().with_time_scale(0.0);
@@ -894,7 +925,10 @@ async fn tiers_are_models_unknown_tiers_are_400_and_unknown_candidates_refused()
     .await
     .err()
     .unwrap();
-    assert!(e.contains("unknown model `no/such-model`"), "{e}");
+    assert!(
+        e.to_string().contains("unknown model `no/such-model`"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
