@@ -252,6 +252,10 @@ impl BreakerLayerBuilder {
     }
 
     /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] saying what is wrong: a ratio, window, open period, jitter or hold out of range, or a slow-call threshold of zero.
     pub fn build(self) -> Result<BreakerLayer, ConfigError> {
         let c = &self.cfg;
         if c.consecutive == 0 {

@@ -119,6 +119,10 @@ impl HedgeLayerBuilder {
     }
 
     /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] saying what is wrong: a budget out of range (window 1 to 60 s, ratio 0 to 1), `max_attempts` outside 2 to 8, or a zero or inverted delay.
     pub fn build(self) -> Result<HedgeLayer, ConfigError> {
         let budget = self.budget.build("hedge", 1.0)?;
         if !(2..=8).contains(&self.max_attempts) {

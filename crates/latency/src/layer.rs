@@ -169,6 +169,10 @@ impl LatencyLayerBuilder {
     }
 
     /// Validates and builds; describes the metrics to the recorder once per process.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] saying what is wrong: `max_models` of zero.
     pub fn build(self) -> Result<LatencyLayer, ConfigError> {
         if self.max_models == 0 {
             return Err(ConfigError::new("max_models must be at least 1"));

@@ -33,6 +33,16 @@ impl<S> Latency<S> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, this one dropped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 /// The prompt-size bucket of a request: its message text in bytes / 4 (≈ tokens), rounded

@@ -187,6 +187,10 @@ impl LatencyStoreBuilder {
     }
 
     /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] saying what is wrong: a window under 2 ms, or a quantile or sample count out of range.
     pub fn build(self) -> Result<LatencyStore, ConfigError> {
         if self.window < Duration::from_millis(2) {
             return Err(ConfigError::new("latency window must be at least 2 ms"));

@@ -185,6 +185,10 @@ impl Builder {
     }
 
     /// Validates the configuration and builds the service with its connection pool.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] saying what is wrong: an empty API key or one that cannot be a header, a base URL that is not an `http(s)` URL with a host, a zero timeout or size, or a TLS configuration that fails.
     pub fn build(self) -> Result<OpenRouter, ConfigError> {
         if self.api_key.trim().is_empty() {
             return Err(ConfigError::new("the API key is empty"));

@@ -227,6 +227,10 @@ impl RateLimitLayerBuilder {
     }
 
     /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] saying what is wrong: no limit at all, a limit with a zero amount, burst or period, a concurrency or `max_keys` of zero.
     pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
         for l in &self.requests {
             l.validate("request")?;

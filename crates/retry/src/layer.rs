@@ -174,6 +174,10 @@ impl RetryLayerBuilder {
     }
 
     /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] saying what is wrong: a budget out of range (window 1 to 60 s, ratio 0 to 1000).
     pub fn build(self) -> Result<RetryLayer, ConfigError> {
         let budget = self.budget.build("retry", 1000.0)?;
         let seed = self.seed.unwrap_or_else(|| {

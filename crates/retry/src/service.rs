@@ -35,7 +35,12 @@ impl<S> Retry<S> {
         &self.inner
     }
 
-    /// Unwraps the inner service.
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, this one dropped.
     pub fn into_inner(self) -> S {
         self.inner
     }

@@ -220,6 +220,10 @@ impl RouterLayerBuilder {
     }
 
     /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] saying what is wrong: a share or quantile out of range, or a tier that is empty, defined twice, or names a model twice.
     pub fn build(self) -> Result<RouterLayer, ConfigError> {
         let c = self.config;
         if !(c.explore.is_finite() && (0.0..=0.5).contains(&c.explore)) {

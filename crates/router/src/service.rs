@@ -33,6 +33,16 @@ impl<S> Router<S> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, this one dropped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S> Service<ChatRequest> for Router<S>

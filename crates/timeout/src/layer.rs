@@ -201,6 +201,10 @@ impl TimeoutLayerBuilder {
     }
 
     /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] saying what is wrong: a zero limit, an adaptive limit out of range, or adaptive limits without a latency store.
     pub fn build(self) -> Result<TimeoutLayer, ConfigError> {
         for (name, d) in [
             ("first_token", self.limits.first_token),
