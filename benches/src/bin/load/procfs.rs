@@ -1,0 +1,113 @@
+//! What `/proc` says of a child process: CPU seconds, resident set, its peak.
+
+use super::*;
+
+/// A child process, killed when dropped.
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+}
+
+impl Proc {
+    /// Starts this binary with `args` and waits for the stdout line that contains `marker`;
+    /// returns the process and the word after the marker.
+    pub(crate) fn spawn(
+        args: &[&str],
+        env: &[(&str, &str)],
+        marker: &str,
+    ) -> Result<(Proc, String), String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .env_remove("OPENROUTER_API_KEY")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {args:?}: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let proc = Proc { child };
+        let mut lines = BufReader::new(stdout).lines();
+        let found = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(rest) = line.split(marker).nth(1) {
+                        break rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned();
+                    }
+                }
+                _ => return Err(format!("{args:?} ended before saying {marker:?}")),
+            }
+        };
+        // Keep draining what it prints, so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok((proc, found))
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
+    pub(crate) fn status_kib(&self, field: &str) -> u64 {
+        proc_status_kib(self.pid(), field)
+    }
+}
+
+/// User + system CPU time of process `pid` so far, in seconds.
+pub(crate) fn proc_cpu_seconds(pid: u32) -> f64 {
+    let stat = read_proc(pid, "stat");
+    // Fields after the command name's closing parenthesis start at field 3 (state);
+    // utime and stime are fields 14 and 15, in clock ticks.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() as f64 / clock_ticks()
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    read_proc(pid, "status")
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resets the peak resident set (`VmHWM`) of `pid` to the current one (Linux `clear_refs` 5).
+pub(crate) fn reset_peak(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `/proc/PID/FILE`, or empty (and a word on stderr) when it cannot be read.
+pub(crate) fn read_proc(pid: u32, file: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_else(|e| {
+        eprintln!("load: cannot read /proc/{pid}/{file}: {e}");
+        String::new()
+    })
+}
+
+pub(crate) fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
