@@ -13,7 +13,7 @@
 //! providers' own p99, `chaos` whole answers at 99.9 %, and `all_down` a fast error for
 //! every call with at most 0.2 upstream requests per call after the first second.
 //!
-//! `cargo test -p example-gateway --test matrix -- --nocapture` prints the table.
+//! `cargo test --test matrix -- --nocapture` prints the table.
 
 use std::time::Duration;
 
