@@ -34,6 +34,7 @@ pub mod chunk;
 pub mod classify;
 mod collect;
 mod config;
+pub mod continuation;
 pub mod decode;
 pub mod error;
 mod kind;

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use http::StatusCode;
 use llm_layers_core::{ApiError, ChatRequest, ErrorCode, ErrorKind, LlmError};
 
-use crate::answer::{answer_tag, answer_token};
+use crate::answer::answer_pieces;
 use crate::plan::{self, Cut, Outcome, Plan};
 use crate::scenario::Scenario;
 use crate::scripted::{MockChat, Script};
@@ -123,13 +123,14 @@ fn script_of(scenario: &Scenario, req: &ChatRequest, plan: &Plan) -> Script {
         )),
         Outcome::Answer { cut } => {
             let name = provider.unwrap_or_default();
-            let tag = answer_tag(req.body());
+            let pieces = answer_pieces(req.body(), plan.tokens);
+            let n = pieces.len() as u64;
             let mut s = Script::new().provider(name).wait(plan.ttft).role();
-            for i in 0..plan.tokens {
+            for (i, piece) in (0u32..).zip(pieces) {
                 if i > 0 {
                     s = s.wait(plan.gaps[i as usize]);
                 }
-                s = s.token(answer_token(&tag, i));
+                s = s.token(piece);
                 if let Some((how, after)) = cut {
                     if i + 1 == *after {
                         if *how == Cut::Hang {
@@ -148,8 +149,7 @@ fn script_of(scenario: &Scenario, req: &ChatRequest, plan: &Plan) -> Script {
                     }
                 }
             }
-            s.finish("stop")
-                .usage(req.body().approx_prompt_tokens(), u64::from(plan.tokens))
+            s.finish("stop").usage(req.body().approx_prompt_tokens(), n)
         }
     }
 }

@@ -37,7 +37,7 @@ mod scripted;
 mod server;
 mod writer;
 
-pub use answer::{answer_tag, answer_token, expected_answer};
+pub use answer::{answer_pieces, answer_tag, answer_token, expected_answer};
 pub use scenario::{Dist, Faults, ProviderSpec, Scenario, ScenarioError, StatusFault};
 pub use scripted::{MockChat, Script, ScriptStream};
 pub use server::{Counters, MockBody, MockServer};

@@ -166,6 +166,20 @@ pub fn draw<R: Rng + ?Sized>(scenario: &Scenario, body: &ChatBody, rng: &mut R) 
     };
     let p = &scenario.providers[pi];
     let ttft = scenario.scaled(p.ttft.sample_ms(rng));
+    let prefill = llm_layers_core::continuation::continued(body)
+        .is_some_and(|c| c.mode != llm_layers_core::continuation::ContinueMode::Instruction);
+    if p.refuses_prefill && prefill {
+        return Plan {
+            provider: Some(pi),
+            outcome: Outcome::Status {
+                code: 400,
+                retry_after_s: None,
+            },
+            ttft,
+            gaps: Vec::new(),
+            tokens,
+        };
+    }
     let gaps = (0..tokens)
         .map(|_| scenario.scaled(p.gap.sample_ms(rng)))
         .collect();

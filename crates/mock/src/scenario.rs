@@ -107,6 +107,10 @@ pub struct ProviderSpec {
     /// Faults and their rates.
     #[serde(default)]
     pub faults: Faults,
+    /// Answers a continuation by assistant prefill (or `prefix: true`) with a 400, as
+    /// recent Claude models do ("does not support assistant message prefill").
+    #[serde(default)]
+    pub refuses_prefill: bool,
 }
 
 fn default_ttft() -> Dist {
@@ -356,6 +360,7 @@ impl Scenario {
                 max_ms: 30.0,
             },
             faults: Faults::default(),
+            refuses_prefill: false,
         }
     }
 

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::answer::answer_tag;
+use crate::answer::answer_pieces;
 use crate::plan::{self, Outcome};
 use crate::scenario::Scenario;
 use crate::writer::{AnswerMeta, write_answer};
@@ -471,7 +471,7 @@ async fn chat(
                 created: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
-                tag: answer_tag(body),
+                pieces: answer_pieces(body, plan.tokens),
                 prompt_tokens: body.approx_prompt_tokens(),
             };
             let (tx, rx) = mpsc::channel(16);

@@ -10,7 +10,6 @@ use rand::Rng;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::answer::answer_token;
 use crate::plan::{Cut, Outcome, Plan};
 use crate::scenario::Scenario;
 use crate::server::Counters;
@@ -20,7 +19,8 @@ pub(crate) struct AnswerMeta {
     pub(crate) model: String,
     pub(crate) provider: String,
     pub(crate) created: u64,
-    pub(crate) tag: String,
+    /// What to send, one piece per token ([`crate::answer_pieces`]).
+    pub(crate) pieces: Vec<String>,
     pub(crate) prompt_tokens: u64,
 }
 
@@ -190,14 +190,14 @@ async fn stream_answer(
         },
         None,
     ));
-    for i in 0..plan.tokens {
+    for (i, piece) in (0u32..).zip(&meta.pieces) {
         if i > 0 && !w.wait(plan.gaps[i as usize], None).await {
             return false;
         }
         w.chunk(&meta.chunk(
             Delta {
                 role: Some("assistant".into()),
-                content: Some(answer_token(&meta.tag, i)),
+                content: Some(piece.clone()),
                 ..Delta::default()
             },
             None,
@@ -217,7 +217,7 @@ async fn stream_answer(
     ));
     let mut usage_chunk = meta.chunk(Delta::default(), None);
     usage_chunk.choices.clear();
-    usage_chunk.usage = Some(meta.usage(u64::from(plan.tokens)));
+    usage_chunk.usage = Some(meta.usage(meta.pieces.len() as u64));
     w.chunk(&usage_chunk);
     w.event(b"[DONE]");
     w.flush().await
@@ -310,7 +310,12 @@ async fn json_answer(w: &mut Writer, plan: &Plan, meta: &AnswerMeta) -> bool {
             return true;
         }
         Some((Cut::ErrorEvent | Cut::ErrorEventEof, after)) => {
-            let partial: String = (0..after).map(|i| answer_token(&meta.tag, i)).collect();
+            let partial: String = meta
+                .pieces
+                .iter()
+                .take(after as usize)
+                .map(String::as_str)
+                .collect();
             send(
                 w,
                 json!({
@@ -325,9 +330,7 @@ async fn json_answer(w: &mut Writer, plan: &Plan, meta: &AnswerMeta) -> bool {
             );
         }
         None => {
-            let text: String = (0..plan.tokens)
-                .map(|i| answer_token(&meta.tag, i))
-                .collect();
+            let text: String = meta.pieces.concat();
             send(
                 w,
                 json!({
@@ -335,7 +338,7 @@ async fn json_answer(w: &mut Writer, plan: &Plan, meta: &AnswerMeta) -> bool {
                     "model": meta.model, "provider": meta.provider,
                     "choices": [{"index": 0, "finish_reason": "stop", "native_finish_reason": "stop",
                         "message": {"role": "assistant", "content": text}}],
-                    "usage": meta.usage(u64::from(plan.tokens)),
+                    "usage": meta.usage(meta.pieces.len() as u64),
                 }),
             );
         }
