@@ -58,6 +58,8 @@ pub use llm_layers_mock as mock;
 pub use llm_layers_openrouter as openrouter;
 #[cfg(feature = "ratelimit")]
 pub use llm_layers_ratelimit as ratelimit;
+#[cfg(feature = "resume")]
+pub use llm_layers_resume as resume;
 #[cfg(feature = "retry")]
 pub use llm_layers_retry as retry;
 #[cfg(feature = "router")]

@@ -11,7 +11,8 @@
 //! 95 % or better with at most 2.5 upstream requests per call, `outage` (with a provider
 //! that hangs after its headers) at 99.9 % with a TTFT p99 within 2× of the healthy
 //! providers' own p99, `chaos` whole answers at 99.9 %, and `all_down` a fast error for
-//! every call with at most 0.2 upstream requests per call after the first second.
+//! every call with at most 0.2 upstream requests per call after the first second; and
+//! `chaos` streaming with mid-stream resume on at 99.5 % or better, 0 corrupted.
 //!
 //! `cargo test --test matrix -- --nocapture` prints the table.
 
@@ -134,12 +135,14 @@ async fn row(
     pace: Option<Duration>,
     whole: bool,
     stack: bool,
+    resume: bool,
 ) -> Row {
     // In process: the scenario's draws with no sockets, so the row is deterministic
     // (a connect or a frame in flight is real I/O the paused clock could run past).
     let upstream = MockChat::scenario(scenario.clone().with_seed(seed()));
     let svc: Svc = if stack {
-        build_stack(&config(), upstream.clone(), None).unwrap()
+        let cfg = Config { resume, ..config() };
+        build_stack(&cfg, upstream.clone(), None).unwrap()
     } else {
         BoxCloneSyncService::new(upstream.clone())
     };
@@ -239,10 +242,21 @@ async fn every_preset_through_the_stack_is_never_worse_than_the_plain_leaf() {
         for whole in [false, true] {
             // all_down's calls arrive every 10 ms, so the row spans three seconds.
             let pace = (preset == "all_down").then_some(Duration::from_millis(10));
-            let leaf = row(&scenario, calls, pace, whole, false).await;
-            let stack = row(&scenario, calls, pace, whole, true).await;
+            let leaf = row(&scenario, calls, pace, whole, false, false).await;
+            let stack = row(&scenario, calls, pace, whole, true, false).await;
             print(preset, whole, "leaf", &leaf);
             print(preset, whole, "stack", &stack);
+            if preset == "chaos" && !whole {
+                // Mid-stream resume on: a stream that breaks after its first token goes on.
+                let resumed = row(&scenario, calls, pace, whole, true, true).await;
+                print(preset, whole, "resume", &resumed);
+                assert_eq!(resumed.corrupted, 0, "chaos resume: corrupted");
+                assert!(
+                    resumed.ok_rate() >= 0.995,
+                    "chaos streaming with resume: {}",
+                    resumed.ok_rate()
+                );
+            }
             let what = format!("{preset} whole={whole}");
             assert_eq!(leaf.corrupted + stack.corrupted, 0, "{what}: corrupted");
             assert!(

@@ -292,7 +292,8 @@ fn main() {
 }
 
 /// The plain leaf against the gateway's whole stack (`example_gateway::build_stack`, its
-/// defaults but 5 s first-token and idle timeouts) on the fault presets in
+/// defaults but 5 s first-token and idle timeouts; for streams, also with mid-stream resume
+/// on) on the fault presets in
 /// real time, streaming and whole answers: success rate, and answers returned as a success
 /// that were not exactly the mock's (corrupted: must be 0).
 async fn faults(n: usize) {
@@ -327,9 +328,20 @@ async fn faults(n: usize) {
             ..Default::default()
         };
         let full: Svc = example_gateway::build_stack(&config, leaf.clone(), None).unwrap();
+        let resume_config = example_gateway::Config {
+            resume: true,
+            ..config.clone()
+        };
+        let resumed: Svc =
+            example_gateway::build_stack(&resume_config, leaf.clone(), None).unwrap();
         let plain: Svc = BoxCloneSyncService::new(leaf);
         for whole in [false, true] {
-            for (arm, svc) in [("plain leaf", &plain), ("gateway stack", &full)] {
+            let mut arms = vec![("plain leaf", &plain), ("gateway stack", &full)];
+            if !whole {
+                // Mid-stream resume only changes streams: a whole answer is retried whole.
+                arms.push(("stack + resume", &resumed));
+            }
+            for (arm, svc) in arms {
                 let r = run(arm, svc.clone(), &server, n, 8, whole).await;
                 println!(
                     "{:<12} {:<7} {:<14} {:>7.1}% {:>10} {:>7.0}ms {:>7.0}ms {:>8.0}ms {:>13.3}",

@@ -37,6 +37,9 @@ pub struct Config {
     /// (`--adaptive-idle on|off`, `ADAPTIVE_IDLE`; on). A stream that hangs midway is cut
     /// in seconds, and a whole answer retried, instead of waiting 30 s.
     pub adaptive_idle: bool,
+    /// Continue a stream that breaks after its first token (`--resume on|off`, `RESUME`;
+    /// off): the default for requests without an `x-llm-resume: on|off` header.
+    pub resume: bool,
     /// Whole-call limit (`--total-timeout-ms`; 300 s; 0 off).
     pub total_timeout: Option<Duration>,
     /// Retries per call before the first token (`--max-retries`; 4; 0 off; throttles have
@@ -96,6 +99,7 @@ impl Default for Config {
             first_token_timeout: Some(Duration::from_secs(30)),
             idle_timeout: Some(Duration::from_secs(30)),
             adaptive_idle: true,
+            resume: false,
             total_timeout: Some(Duration::from_secs(300)),
             max_retries: 4,
             connect_timeout: Duration::from_secs(5),
@@ -129,6 +133,7 @@ impl std::fmt::Debug for Config {
             .field("first_token_timeout", &self.first_token_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("adaptive_idle", &self.adaptive_idle)
+            .field("resume", &self.resume)
             .field("total_timeout", &self.total_timeout)
             .field("max_retries", &self.max_retries)
             .field("connect_timeout", &self.connect_timeout)
@@ -160,14 +165,15 @@ usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
                [--max-concurrency N] [--requests-per-minute N] [--tokens-per-minute N]
                [--tenant-requests-per-minute N]
                [--tiers FILE.json] [--learned-order on|off] [--upstream-h2c on|off]
-               [--adaptive-idle on|off] [--keys FILE.json]
+               [--adaptive-idle on|off] [--resume on|off] [--keys FILE.json]
 headers:     authorization: Bearer <gateway key> (when keys are configured);
              x-tenant (key of --tenant-requests-per-minute; with gateway keys, the key's tenant
              wins unless the key is trusted), x-priority: low|normal|high (with keys: may only
-             lower the key's priority unless trusted)
+             lower the key's priority unless trusted), x-llm-resume: on|off (continue a stream
+             that breaks after its first token; --resume sets the default)
 environment: OPENROUTER_API_KEY, OPENROUTER_BASE_URL, LLM_GATEWAY_KEYS, LISTEN_ADDR, MOCK_PRESET, MOCK_TIME_SCALE,
              FIRST_TOKEN_TIMEOUT_MS, IDLE_TIMEOUT_MS, TOTAL_TIMEOUT_MS, MAX_RETRIES,
-             HEDGE_QUANTILE, ROUTER_TIERS, LEARNED_ORDER, UPSTREAM_H2C, ADAPTIVE_IDLE (flags win)";
+             HEDGE_QUANTILE, ROUTER_TIERS, LEARNED_ORDER, UPSTREAM_H2C, ADAPTIVE_IDLE, RESUME (flags win)";
 
 fn ms(v: &str, name: &str) -> Result<Option<Duration>, String> {
     let n: u64 = v
@@ -217,6 +223,7 @@ impl Config {
             ("LEARNED_ORDER", "--learned-order"),
             ("UPSTREAM_H2C", "--upstream-h2c"),
             ("ADAPTIVE_IDLE", "--adaptive-idle"),
+            ("RESUME", "--resume"),
         ] {
             if let Some(v) = non_empty(k) {
                 pairs.push((flag.to_owned(), v));
@@ -342,6 +349,7 @@ impl Config {
                 }
                 "--upstream-h2c" => c.upstream_h2c = on_off(&flag, &v)?,
                 "--adaptive-idle" => c.adaptive_idle = on_off(&flag, &v)?,
+                "--resume" => c.resume = on_off(&flag, &v)?,
                 other => return Err(format!("unknown flag {other:?}")),
             }
         }
@@ -388,6 +396,11 @@ impl Config {
             }
         );
         let _ = writeln!(s, "total timeout       {}", d(self.total_timeout));
+        let _ = writeln!(
+            s,
+            "mid-stream resume   {} by default (x-llm-resume: on|off per request), up to twice per call, from the retry budget",
+            if self.resume { "on" } else { "off" }
+        );
         let _ = writeln!(
             s,
             "connect timeout     {}ms",

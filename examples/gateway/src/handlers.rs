@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{StatusCode, header};
 use llm_layers_core::{ChatCompletion, ChatRequest, Priority, Tenant, WholeAnswer};
+use llm_layers_resume::ResumeChoice;
 use llm_layers_router::TIER_PREFIX;
 use serde_json::json;
 use tower::ServiceExt;
@@ -56,6 +57,8 @@ pub(crate) struct CallerHints {
     key: Option<keys::GatewayKey>,
     tenant: Option<Tenant>,
     priority: Priority,
+    /// `x-llm-resume: on|off`, when given.
+    resume: Option<ResumeChoice>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for CallerHints {
@@ -88,10 +91,16 @@ impl<S: Send + Sync> FromRequestParts<S> for CallerHints {
             (_, Some(p)) => p,
             (None, None) => Priority(1),
         };
+        let resume = match header("x-llm-resume") {
+            Some("on") => Some(ResumeChoice::On),
+            Some("off") => Some(ResumeChoice::Off),
+            _ => None,
+        };
         Ok(CallerHints {
             key,
             tenant,
             priority,
+            resume,
         })
     }
 }
@@ -167,6 +176,7 @@ pub(crate) async fn chat(
         key,
         tenant,
         priority,
+        resume,
     } = hints;
     let bytes = match body_of(body, state.config.max_body_bytes) {
         Ok(b) => b,
@@ -183,6 +193,9 @@ pub(crate) async fn chat(
         req.extensions_mut().insert(KeyTenant(k.tenant.clone()));
     }
     req.extensions_mut().insert(priority);
+    if let Some(choice) = resume {
+        req.extensions_mut().insert(choice);
+    }
     let counted_tenant = tenant.as_ref().map(|t| t.0.clone());
     if let Some(t) = tenant {
         req.extensions_mut().insert(t);

@@ -9,10 +9,12 @@ use llm_layers_hedge::{HedgeDelay, HedgeLayer};
 use llm_layers_latency::{LatencyLayer, LatencyStore, Scope};
 use llm_layers_openrouter::OpenRouter;
 use llm_layers_ratelimit::{Key, Limit, Mode, RateLimitLayer};
+use llm_layers_resume::ResumeLayer;
 use llm_layers_retry::{DefaultPolicy, RetryLayer};
 use llm_layers_router::RouterLayer;
 use llm_layers_timeout::{AdaptiveLimit, TimeoutLayer, Timeouts};
 use tower::ServiceBuilder;
+use tower::retry::budget::{Budget, TpsBudget};
 use tower::util::BoxCloneSyncService;
 
 use crate::config::Config;
@@ -164,10 +166,19 @@ pub fn build_stack_with_parts<S: ChatService>(
         );
     }
     let per_attempt = per_attempt.build()?;
-    let mut retry = RetryLayer::builder();
+    // One budget for retries and continuations: both are extra upstream requests.
+    let budget: Arc<dyn Budget + Send + Sync> =
+        Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2));
+    let mut retry = RetryLayer::builder().budget(budget.clone());
     if let Some(seed) = config.seed {
         retry = retry.seed(seed);
     }
+    let resume = ResumeLayer::builder()
+        .on_by_default(config.resume)
+        // A continuation can break too: a second one, from the same budget.
+        .max_resumes(2)
+        .budget(budget)
+        .build()?;
     let retry = retry
         .policy(
             // `--max-retries 0` turns every retry off, throttles included.
@@ -272,6 +283,7 @@ pub fn build_stack_with_parts<S: ChatService>(
         .load_shed()
         .layer(limits)
         .layer(overall)
+        .layer(resume)
         .layer(retry)
         .option_layer(hedge)
         .layer(breaker)

@@ -476,6 +476,43 @@ async fn a_failure_after_the_first_token_ends_with_an_error_event_not_done() {
     assert_openai_error(&v);
 }
 
+/// `x-llm-resume: on` over the wire: streams that break after their first token are
+/// continued (here a provider that refuses prefill, so by instruction) and every answer is
+/// exactly the mock's, with one `[DONE]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_streams_arrive_whole_over_sse() {
+    let mut s = Scenario::healthy().with_time_scale(0.0).with_seed(11);
+    s.providers.truncate(1);
+    s.providers[0].refuses_prefill = true;
+    s.providers[0].faults = Faults {
+        truncate: 0.3,
+        ..Faults::default()
+    };
+    let (gw, mock) = gateway_on(s, config()).await;
+    let c = client();
+    for i in 0..20 {
+        let m = json!({"model": "m", "messages": [{"role": "user", "content": format!("resume {i}")}],
+            "max_tokens": 8, "stream": true});
+        let req = hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr()))
+            .header("content-type", "application/json")
+            .header("x-llm-resume", "on")
+            .body(Full::new(Bytes::from(m.to_string())))
+            .unwrap();
+        let r = c.request(req).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let evs = events(&r.into_body().collect().await.unwrap().to_bytes());
+        assert_eq!(evs.last().map(String::as_str), Some("[DONE]"), "{i}: {evs:?}");
+        let text: String = evs
+            .iter()
+            .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+            .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(text, expected_answer(&body_of(&m), 8), "{i}");
+    }
+    // Some broke and were continued: more upstream requests than calls.
+    assert!(mock.counters().requests() > 20, "{}", mock.counters().requests());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_cancels_the_upstream_stream() {
     let mut s = Scenario::healthy();
