@@ -185,6 +185,11 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
+        // `TAIL_ONLY=faults` skips the fat-tail table (for a look at the fault rows).
+        if std::env::var("TAIL_ONLY").as_deref() == Ok("faults") {
+            faults(n / 10).await;
+            return;
+        }
         let scenario = Scenario::fat_tail().with_time_scale(SCALE).with_seed(42);
         let server = MockServer::start(scenario.clone()).await.unwrap();
         let leaf = OpenRouter::builder()
@@ -313,7 +318,15 @@ async fn faults(n: usize) {
         "total p99",
         "upstream/call"
     );
+    // `TAIL_PRESETS=a,b` runs only those fault presets.
+    let only = std::env::var("TAIL_PRESETS").ok();
     for preset in ["outage", "rate_limited", "chaos", "all_down"] {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|p| p == preset))
+        {
+            continue;
+        }
         let scenario = Scenario::preset(preset).unwrap().with_seed(42);
         let server = MockServer::start(scenario).await.unwrap();
         let leaf = OpenRouter::builder()

@@ -477,18 +477,47 @@ async fn a_failure_after_the_first_token_ends_with_an_error_event_not_done() {
 }
 
 /// `x-llm-resume: on` over the wire: streams that break after their first token are
-/// continued (here a provider that refuses prefill, so by instruction) and every answer is
-/// exactly the mock's, with one `[DONE]`.
+/// continued (by prefill, or by instruction from a provider that refuses prefill), whatever
+/// broke them (a reset, an error event with or without `[DONE]`, a hang cut by the idle
+/// limit), and every answer is exactly the mock's, with one `[DONE]`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumed_streams_arrive_whole_over_sse() {
+    let faults = [
+        Faults {
+            truncate: 0.15,
+            ..Faults::default()
+        },
+        Faults {
+            midstream_error: 0.15,
+            ..Faults::default()
+        },
+        Faults {
+            midstream_error_eof: 0.15,
+            ..Faults::default()
+        },
+        Faults {
+            hang_midstream: 0.15,
+            ..Faults::default()
+        },
+    ];
+    for (k, f) in faults.into_iter().enumerate() {
+        resumed_over_sse(f, k % 2 == 0).await;
+    }
+}
+
+async fn resumed_over_sse(faults: Faults, refuses_prefill: bool) {
     let mut s = Scenario::healthy().with_time_scale(0.0).with_seed(11);
     s.providers.truncate(1);
-    s.providers[0].refuses_prefill = true;
-    s.providers[0].faults = Faults {
-        truncate: 0.3,
-        ..Faults::default()
-    };
-    let (gw, mock) = gateway_on(s, config()).await;
+    s.providers[0].refuses_prefill = refuses_prefill;
+    s.providers[0].faults = faults.clone();
+    let (gw, mock) = gateway_on(
+        s,
+        Config {
+            idle_timeout: Some(Duration::from_millis(300)),
+            ..config()
+        },
+    )
+    .await;
     let c = client();
     for i in 0..20 {
         let m = json!({"model": "m", "messages": [{"role": "user", "content": format!("resume {i}")}],
@@ -501,16 +530,28 @@ async fn resumed_streams_arrive_whole_over_sse() {
         let r = c.request(req).await.unwrap();
         assert_eq!(r.status(), 200);
         let evs = events(&r.into_body().collect().await.unwrap().to_bytes());
-        assert_eq!(evs.last().map(String::as_str), Some("[DONE]"), "{i}: {evs:?}");
+        assert_eq!(
+            evs.last().map(String::as_str),
+            Some("[DONE]"),
+            "{faults:?} {i}: {evs:?}"
+        );
         let text: String = evs
             .iter()
             .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-            .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+            .filter_map(|v| {
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
             .collect();
-        assert_eq!(text, expected_answer(&body_of(&m), 8), "{i}");
+        assert_eq!(text, expected_answer(&body_of(&m), 8), "{faults:?} {i}");
     }
     // Some broke and were continued: more upstream requests than calls.
-    assert!(mock.counters().requests() > 20, "{}", mock.counters().requests());
+    assert!(
+        mock.counters().requests() > 20,
+        "{}",
+        mock.counters().requests()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
