@@ -23,6 +23,23 @@ fn req() -> ChatRequest {
     r
 }
 
+/// An answer from provider P that breaks after `text`.
+fn broken_after(text: &str) -> Script {
+    Script::new()
+        .provider("P")
+        .token(text)
+        .fail(LlmError::truncated())
+}
+
+/// A continuation from provider P: `pieces`, then the end.
+fn answered(pieces: &[&str]) -> Script {
+    let mut s = Script::new().provider("P");
+    for p in pieces {
+        s = s.token(*p);
+    }
+    s.finish("stop")
+}
+
 fn pieces_script(pieces: Vec<String>) -> Script {
     let mut s = Script::new().provider("P").wait(MS * 20).role();
     for p in pieces {
@@ -161,20 +178,12 @@ async fn tool_call_and_reasoning_streams_are_not_resumed() {
 #[tokio::test(start_paused = true)]
 async fn a_continuation_that_does_not_join_ends_with_an_error_not_a_quiet_end() {
     let mock = MockChat::new();
-    mock.push(
-        Script::new()
-            .provider("P")
-            .token("The quick brown fox jumps ")
-            .fail(LlmError::truncated()),
-    );
+    mock.push(broken_after("The quick brown fox jumps "));
     // Asked to repeat its last 16 characters, it starts somewhere else.
-    mock.push(
-        Script::new()
-            .provider("P")
-            .token("Once upon a time, in a land far away, ")
-            .token("there was a fox.")
-            .finish("stop"),
-    );
+    mock.push(answered(&[
+        "Once upon a time, in a land far away, ",
+        "there was a fox.",
+    ]));
     let svc = ResumeLayer::builder()
         .pin("m", "P", ContinueMode::Instruction)
         .build()
@@ -197,19 +206,8 @@ async fn a_continuation_that_does_not_join_ends_with_an_error_not_a_quiet_end() 
 #[tokio::test(start_paused = true)]
 async fn an_instruction_continuation_cuts_its_repeated_overlap() {
     let mock = MockChat::new();
-    mock.push(
-        Script::new()
-            .provider("P")
-            .token("The quick brown fox jumps ")
-            .fail(LlmError::truncated()),
-    );
-    mock.push(
-        Script::new()
-            .provider("P")
-            .token("brown fox jumps over")
-            .token(" the lazy dog.")
-            .finish("stop"),
-    );
+    mock.push(broken_after("The quick brown fox jumps "));
+    mock.push(answered(&["brown fox jumps over", " the lazy dog."]));
     let svc = ResumeLayer::builder()
         .pin("m", "P", ContinueMode::Instruction)
         .build()
@@ -253,12 +251,7 @@ async fn usage_is_summed_over_both_attempts_and_reported() {
 #[tokio::test(start_paused = true)]
 async fn cancelling_the_caller_cancels_the_continuation() {
     let mock = MockChat::new();
-    mock.push(
-        Script::new()
-            .provider("P")
-            .token("a ")
-            .fail(LlmError::truncated()),
-    );
+    mock.push(broken_after("a "));
     mock.push(
         Script::new()
             .provider("P")
