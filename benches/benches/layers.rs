@@ -18,6 +18,7 @@ use llm_layers_hedge::{HedgeDelay, HedgeLayer};
 use llm_layers_latency::{LatencyLayer, LatencyStore, Outcome, Scope};
 use llm_layers_mock::{MockChat, Script};
 use llm_layers_ratelimit::{Key, Limit, RateLimitLayer};
+use llm_layers_resume::ResumeLayer;
 use llm_layers_retry::RetryLayer;
 use llm_layers_router::RouterLayer;
 use llm_layers_timeout::TimeoutLayer;
@@ -66,6 +67,10 @@ fn bench(c: &mut Criterion) {
     let breaker = BreakerLayer::builder().build().unwrap();
     let router = RouterLayer::builder(store.clone()).build().unwrap();
     let per_call = LatencyLayer::builder().scope(Scope::Call).build().unwrap();
+    // Mid-stream resume: on, it watches every chunk; in the stack, off by default as in the
+    // gateway (a request turns it on).
+    let resume = ResumeLayer::new();
+    let resume_off = ResumeLayer::builder().on_by_default(false).build().unwrap();
     // The gateway's stack, outermost first.
     let full = |mock: MockChat| -> Svc {
         BoxCloneService::new(
@@ -79,6 +84,7 @@ fn bench(c: &mut Criterion) {
                         .build()
                         .unwrap(),
                 )
+                .layer(resume_off.clone())
                 .layer(retry.clone())
                 .layer(hedge.clone())
                 .layer(breaker.clone())
@@ -96,7 +102,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("layers");
     for chunks in [1usize, 101] {
         let mock = MockChat::with_default(Script::tokens(Duration::ZERO, chunks, Duration::ZERO));
-        let arms: [(&str, Svc); 9] = [
+        let arms: [(&str, Svc); 10] = [
             ("bare", BoxCloneService::new(mock.clone())),
             ("timeout", BoxCloneService::new(timeout.layer(mock.clone()))),
             ("retry", BoxCloneService::new(retry.layer(mock.clone()))),
@@ -108,6 +114,7 @@ fn bench(c: &mut Criterion) {
             ),
             ("breaker", BoxCloneService::new(breaker.layer(mock.clone()))),
             ("router", BoxCloneService::new(router.layer(mock.clone()))),
+            ("resume", BoxCloneService::new(resume.layer(mock.clone()))),
             ("full_stack", full(mock.clone())),
         ];
         for (name, svc) in arms {
