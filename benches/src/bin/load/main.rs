@@ -35,6 +35,7 @@ mod memory;
 mod open_loop;
 mod opts;
 mod procfs;
+mod proxy;
 mod report;
 
 use llm_layers_core::sync::lock;
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("--child-mock") => child_mock(args.get(1).map_or("healthy", String::as_str)),
         Some("--child-gateway") => child_gateway(args[1..].to_vec()),
+        Some("--child-proxy") => proxy::child_proxy(args.get(1).map_or("", String::as_str)),
         _ if std::env::var_os(RAISED_NOFILE).is_none() => reexec_with_more_files(&args),
         _ => parent(&args),
     };

@@ -11,12 +11,19 @@ pub(crate) async fn load(o: &Opts) -> Result<(), String> {
         }
     };
     let (gw, gw_addr) = gateway(&mock_url, &[])?;
+    let (proxy, proxy_url) = Proc::spawn(&["--child-proxy", &mock_url], &[], "ready ")?;
     let mut targets = vec![
         Target {
             name: "mock".into(),
             url: http_url("--mock-url", &format!("{mock_url}/chat/completions"))?,
             auth: Some(HeaderValue::from_static("Bearer sk-or-v1-load")),
             pid: None,
+        },
+        Target {
+            name: "bare proxy".into(),
+            url: http_url("bare proxy", &format!("{proxy_url}/v1/chat/completions"))?,
+            auth: None,
+            pid: Some(proxy.pid()),
         },
         Target {
             name: "gateway".into(),
@@ -76,6 +83,8 @@ pub(crate) async fn load(o: &Opts) -> Result<(), String> {
     for stream in [false, true] {
         for &rate in &o.rates {
             let mut base: Option<Outcome> = None;
+            // (CPU µs per request, added p50, added p99) of the bare proxy and the gateway.
+            let mut costs: Vec<(String, f64, f64, f64)> = Vec::new();
             for t in &targets {
                 let pid = t.pid.filter(|&p| pid_alive(p));
                 let cpu0 = pid.map(proc_cpu_seconds);
@@ -113,13 +122,33 @@ pub(crate) async fn load(o: &Opts) -> Result<(), String> {
                     added(0.999),
                     cost.unwrap_or_default()
                 );
+                if let (Some(a), Some((p, c0))) = (&base, pid.zip(cpu0)) {
+                    costs.push((
+                        t.name.clone(),
+                        (proc_cpu_seconds(p) - c0) * 1e6 / r.sent.max(1) as f64,
+                        ms(&r.latency, 0.5) - ms(&a.latency, 0.5),
+                        ms(&r.latency, 0.99) - ms(&a.latency, 0.99),
+                    ));
+                }
                 if base.is_none() {
                     base = Some(r);
                 }
             }
+            let of = |name: &str| costs.iter().find(|c| c.0 == name);
+            if let (Some(p), Some(g)) = (of("bare proxy"), of("gateway")) {
+                println!(
+                    "{:<6} {:>5} gateway / bare proxy: CPU per request x{:.2}, added p50 x{:.2}, added p99 x{:.2}",
+                    "",
+                    rate,
+                    g.1 / p.1,
+                    g.2 / p.2,
+                    g.3 / p.3
+                );
+            }
         }
     }
     drop(gw);
+    drop(proxy);
     drop(mock);
     Ok(())
 }
