@@ -63,15 +63,20 @@ struct ChoiceAcc {
     extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The error a chunk carries (an `{"error": ...}` object in an answer or a stream event),
+/// as an upstream error naming the chunk's provider when the error itself does not.
+pub(crate) fn carried_error(chunk: &ChatChunk) -> Option<LlmError> {
+    let e = chunk.error.as_ref()?;
+    let err = LlmError::upstream(ApiError::from_value(e).unwrap_or_default());
+    Some(match (&chunk.provider, err.provider().is_none()) {
+        (Some(p), true) => err.with_provider(p.clone()),
+        _ => err,
+    })
+}
+
 impl Collector {
     pub(crate) fn push(&mut self, chunk: ChatChunk) -> Result<(), LlmError> {
-        if let Some(e) = &chunk.error {
-            let mut err = LlmError::upstream(ApiError::from_value(e).unwrap_or_default());
-            if err.provider().is_none() {
-                if let Some(p) = &chunk.provider {
-                    err = err.with_provider(p.clone());
-                }
-            }
+        if let Some(err) = carried_error(&chunk) {
             return Err(err);
         }
         if !self.seen_head && !chunk.id.is_empty() {

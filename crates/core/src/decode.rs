@@ -99,13 +99,7 @@ pub fn decode_event(data: &[u8]) -> Result<Option<ChatChunk>, LlmError> {
     {
         return Err(shapeless(data, &chunk));
     }
-    if let Some(e) = &chunk.error {
-        let mut err = LlmError::upstream(ApiError::from_value(e).unwrap_or_default());
-        if err.provider().is_none() {
-            if let Some(p) = &chunk.provider {
-                err = err.with_provider(p.clone());
-            }
-        }
+    if let Some(err) = crate::collect::carried_error(&chunk) {
         return Err(err);
     }
     if let Some(c) = chunk

@@ -61,24 +61,17 @@ pub struct TimeoutLayer {
 }
 
 impl TimeoutLayer {
-    /// A layer enforcing these limits.
-    ///
-    /// # Panics
-    ///
-    /// If a limit is zero (leave it `None` to disable it); [`TimeoutLayer::builder`] returns
-    /// the error instead.
+    /// A layer enforcing these limits. Never fails: a zero limit fires at once, as tower's
+    /// `Timeout` does with a zero duration ([`TimeoutLayer::builder`] refuses zero instead, as
+    /// a likely mistake).
     pub fn new(limits: Timeouts) -> TimeoutLayer {
-        match TimeoutLayer::builder().limits(limits).build() {
-            Ok(layer) => layer,
-            Err(e) => panic!("{e}"),
+        TimeoutLayer {
+            limits,
+            adaptive: None,
         }
     }
 
     /// A layer limiting the time to first token only.
-    ///
-    /// # Panics
-    ///
-    /// If `d` is zero.
     pub fn first_token(d: Duration) -> TimeoutLayer {
         TimeoutLayer::new(Timeouts {
             first_token: Some(d),
@@ -87,10 +80,6 @@ impl TimeoutLayer {
     }
 
     /// A layer limiting the gap between two chunks of a committed stream only.
-    ///
-    /// # Panics
-    ///
-    /// If `d` is zero.
     pub fn idle(d: Duration) -> TimeoutLayer {
         TimeoutLayer::new(Timeouts {
             idle: Some(d),
@@ -99,10 +88,6 @@ impl TimeoutLayer {
     }
 
     /// A layer limiting the time from the call to the end of the stream only.
-    ///
-    /// # Panics
-    ///
-    /// If `d` is zero.
     pub fn total(d: Duration) -> TimeoutLayer {
         TimeoutLayer::new(Timeouts {
             total: Some(d),

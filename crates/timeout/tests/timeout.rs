@@ -185,10 +185,19 @@ fn zero_durations_are_rejected() {
     assert!(TimeoutLayer::builder().build().is_ok(), "all off is valid");
 }
 
-#[test]
-#[should_panic(expected = "timeout first_token must be above zero")]
-fn a_shortcut_with_a_zero_limit_panics_with_the_reason() {
-    let _ = TimeoutLayer::first_token(Duration::ZERO);
+/// The shortcuts never panic: a zero limit fires at once (tower's `Timeout` semantics).
+#[tokio::test(start_paused = true)]
+async fn a_shortcut_with_a_zero_limit_fires_at_once_instead_of_panicking() {
+    let mock = MockChat::new();
+    mock.push(Script::tokens(Duration::from_millis(1), 1, Duration::ZERO));
+    let start = Instant::now();
+    let e = TimeoutLayer::first_token(Duration::ZERO)
+        .layer(mock.clone())
+        .oneshot(req())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout(TimeoutKind::FirstToken));
+    assert_eq!(Instant::now(), start);
 }
 
 #[tokio::test(start_paused = true)]
