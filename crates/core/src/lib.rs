@@ -36,6 +36,7 @@ mod collect;
 mod config;
 pub mod continuation;
 pub mod decode;
+pub mod endpoints;
 pub mod error;
 mod kind;
 pub mod request;
@@ -54,7 +55,7 @@ pub use error::{
     parse_retry_after,
 };
 pub use request::{
-    Alternatives, ChatBody, ChatRequest, Content, Deadline, Message, Priority, ProviderPreferences,
-    ProviderSort, Tenant, WholeAnswer, default_slug, slug_matches,
+    Alternatives, ChatBody, ChatRequest, Content, Deadline, Message, Priority, ProviderPlan,
+    ProviderPreferences, ProviderSort, Tenant, WholeAnswer, default_slug, slug_matches,
 };
 pub use stream::{BoxChunkStream, ChatStream, Commit, ResponseMeta, Timings};

@@ -140,6 +140,54 @@ pub struct Priority(pub u8);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alternatives(pub Arc<[String]>);
 
+/// A request extension: which provider a router sent the first attempt to and what a
+/// hedge should do about it. A hedge reads its delay from the quantile of `first` (the
+/// provider the call is actually waiting on, not the model's whole mixture), races no
+/// later than `race_after`, and sends its request with `hedge_order` when set.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ProviderPlan {
+    /// The provider the first attempt is sent to, by display name (as streams and the
+    /// latency store name it); `None` when routing is left to the upstream.
+    pub first: Option<Arc<str>>,
+    /// The provider order (slugs) a hedge should send; `None`: the same request again (a
+    /// fresh draw from the same provider's pool).
+    pub hedge_order: Option<Arc<[String]>>,
+    /// Race a hedge no later than this: set when the first attempt *explores* (goes to a
+    /// provider that is not the best known), so exploring never costs more than the best
+    /// provider's own typical first token.
+    pub race_after: Option<std::time::Duration>,
+}
+
+impl ProviderPlan {
+    /// A plan whose first attempt goes to `first`.
+    pub fn new(first: Option<Arc<str>>) -> Self {
+        ProviderPlan {
+            first,
+            ..ProviderPlan::default()
+        }
+    }
+
+    /// Sets the order a hedge sends.
+    #[must_use]
+    pub fn hedge_order(mut self, order: Arc<[String]>) -> Self {
+        self.hedge_order = Some(order);
+        self
+    }
+
+    /// Sets the latest delay before a hedge races.
+    #[must_use]
+    pub fn race_after(mut self, d: std::time::Duration) -> Self {
+        self.race_after = Some(d);
+        self
+    }
+
+    /// Whether the first attempt explores (a race is planned no later than `race_after`).
+    pub fn is_exploring(&self) -> bool {
+        self.race_after.is_some()
+    }
+}
+
 /// The JSON body of `POST /chat/completions`.
 ///
 /// Fields we do not model are kept in [`extra`](ChatBody::extra) and sent on unchanged.

@@ -54,6 +54,7 @@
 mod future;
 mod layer;
 pub mod names;
+mod priors;
 mod service;
 mod stats;
 mod store;
@@ -61,5 +62,6 @@ mod stream;
 
 pub use future::ResponseFuture;
 pub use layer::{LatencyLayer, LatencyLayerBuilder, Scope};
+pub use priors::{FetchEndpoints, OnEndpoints, PriorFeed, PriorFeedBuilder};
 pub use service::{Latency, prompt_bucket};
-pub use store::{LatencyStore, LatencyStoreBuilder, OTHER, Outcome, Stats};
+pub use store::{LatencyStore, LatencyStoreBuilder, OTHER, Outcome, Prior, Stats};

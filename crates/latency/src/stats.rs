@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use llm_layers_core::endpoints::EndpointStats;
 use llm_layers_core::{Classify, DefaultClassify, LlmError};
 
 /// Quantiles and rates of one key over the recent window.
@@ -35,9 +36,19 @@ pub struct Stats {
     /// window: *censored* samples, whose TTFT is only known to exceed the time they ran;
     /// not in the quantiles.
     pub censored: u64,
+    /// The weight a published [`Prior`] still has in the TTFT quantiles, in `[0, 1]`: 1
+    /// with no measurement, `k / (k + n)` after `n` samples with a prior worth `k` calls,
+    /// 0 with no prior.
+    pub prior_weight: f64,
 }
 
 impl Stats {
+    /// Whether the TTFT quantiles say something: at least `min_samples` measured, or a
+    /// prior blended in.
+    pub fn is_known(&self, min_samples: u64) -> bool {
+        self.ttft_samples >= min_samples.max(1) || self.prior_weight > 0.0
+    }
+
     /// The TTFT quantile `q` in `[0, 1]`, read from the sketch's cached points (p50, p90,
     /// p95, p99), interpolating linearly between them; below the median it is the median
     /// (the sketch keeps no lower point, and a line from zero would invent one).
@@ -61,6 +72,80 @@ impl Stats {
         self.ttft_p99
     }
 }
+
+/// A published first guess about one (model, provider)'s time to first token, e.g. from
+/// OpenRouter's endpoint stats ([`Prior::from_endpoint`]). The store blends it into the
+/// quantiles as if it were worth a few calls ([`LatencyStoreBuilder::prior_weight`](crate::LatencyStoreBuilder::prior_weight)):
+/// each quantile is the weighted geometric mean `exp((k·ln prior + n·ln measured) / (k + n))`,
+/// so five local samples halve its say and fifty leave it under a tenth.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct Prior {
+    /// Median TTFT.
+    pub ttft_p50: Duration,
+    /// 75th percentile.
+    pub ttft_p75: Duration,
+    /// 90th percentile.
+    pub ttft_p90: Duration,
+    /// 99th percentile.
+    pub ttft_p99: Duration,
+    /// Uptime over the last 5 minutes, in percent, when published.
+    pub uptime_5m: Option<f64>,
+}
+
+impl Prior {
+    /// A prior from a median and a 99th percentile (the other points on the lognormal
+    /// through them).
+    pub fn lognormal(p50: Duration, p99: Duration) -> Prior {
+        let p50s = p50.as_secs_f64().max(1e-6);
+        let sigma = (p99.as_secs_f64().max(p50s) / p50s).ln() / Z99;
+        let at = |z: f64| Duration::from_secs_f64(p50s * (sigma * z).exp());
+        Prior {
+            ttft_p50: p50,
+            ttft_p75: at(Z75),
+            ttft_p90: at(Z90),
+            ttft_p99: p99.max(p50),
+            uptime_5m: None,
+        }
+    }
+
+    /// The prior an endpoint's published stats give: its `latency_last_30m` (seconds) and
+    /// `uptime_last_5m`. `None` without a published median; missing upper points are
+    /// filled in from the ones given, never below the median.
+    pub fn from_endpoint(e: &EndpointStats) -> Option<Prior> {
+        let l = e.latency_last_30m?;
+        let secs = |x: Option<f64>| x.filter(|v| v.is_finite() && *v > 0.0);
+        let p50 = secs(l.p50)?;
+        let p99 = secs(l.p99)
+            .or(secs(l.p90).map(|v| v * 1.8))
+            .unwrap_or(p50 * 4.0)
+            .max(p50);
+        let mut p = Prior::lognormal(Duration::from_secs_f64(p50), Duration::from_secs_f64(p99));
+        if let Some(v) = secs(l.p75) {
+            p.ttft_p75 = Duration::from_secs_f64(v.clamp(p50, p99));
+        }
+        if let Some(v) = secs(l.p90) {
+            p.ttft_p90 = Duration::from_secs_f64(v.clamp(p50, p99));
+        }
+        p.uptime_5m = e.uptime_last_5m.filter(|u| u.is_finite());
+        Some(p)
+    }
+
+    /// The 95th percentile, between the 90th and 99th on a lognormal.
+    pub fn ttft_p95(&self) -> Duration {
+        let (a, b) = (
+            self.ttft_p90.as_secs_f64().max(1e-6),
+            self.ttft_p99.as_secs_f64().max(1e-6),
+        );
+        let t = (Z95 - Z90) / (Z99 - Z90);
+        Duration::from_secs_f64((a.ln() + t * (b.ln() - a.ln())).exp())
+    }
+}
+
+const Z75: f64 = 0.674_489_750;
+const Z90: f64 = 1.281_551_566;
+const Z95: f64 = 1.644_853_627;
+const Z99: f64 = 2.326_347_874;
 
 /// How a call ended, for the store's rates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

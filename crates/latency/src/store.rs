@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-pub use crate::stats::{Outcome, Stats};
+pub use crate::stats::{Outcome, Prior, Stats};
 use tokio::time::Instant;
 
 /// The model key that unknown models fold into once the store is full.
@@ -64,6 +64,8 @@ struct Windows {
     current: Half,
     previous: Half,
     rotated_at: Instant,
+    /// A published first guess, blended into the TTFT quantiles.
+    prior: Option<Prior>,
 }
 
 struct Entry {
@@ -78,6 +80,7 @@ impl Entry {
                 current: Half::new(),
                 previous: Half::new(),
                 rotated_at: now,
+                prior: None,
             }),
             cache: RwLock::new((now, Stats::default())),
         }
@@ -91,6 +94,7 @@ struct ModelEntries {
 
 struct Inner {
     half: Duration,
+    prior_weight: f64,
     max_keys: usize,
     min_samples: u64,
     refresh: Duration,
@@ -165,9 +169,18 @@ pub struct LatencyStoreBuilder {
     window: Duration,
     max_keys: usize,
     min_samples: u64,
+    prior_weight: u32,
 }
 
 impl LatencyStoreBuilder {
+    /// How many calls a [`Prior`] is worth (default 5, at most 1000): after that many
+    /// local TTFT samples the prior has half the say in a quantile. Published stats are
+    /// everyone's traffic over 30 minutes; a few of our own calls should outweigh them.
+    pub fn prior_weight(mut self, calls: u32) -> Self {
+        self.prior_weight = calls;
+        self
+    }
+
     /// The window samples count in (default 60 s, at least 2 ms).
     pub fn window(mut self, w: Duration) -> Self {
         self.window = w;
@@ -200,10 +213,16 @@ impl LatencyStoreBuilder {
                 "latency store needs room for at least one key",
             ));
         }
+        if self.prior_weight == 0 || self.prior_weight > 1000 {
+            return Err(ConfigError::new(
+                "latency prior weight must be 1..=1000 calls",
+            ));
+        }
         let half = self.window / 2;
         Ok(LatencyStore {
             inner: Arc::new(Inner {
                 half,
+                prior_weight: f64::from(self.prior_weight),
                 max_keys: self.max_keys,
                 min_samples: self.min_samples,
                 refresh: Duration::from_millis(250).min(half),
@@ -225,6 +244,7 @@ impl LatencyStore {
             window: Duration::from_secs(60),
             max_keys: 256,
             min_samples: 20,
+            prior_weight: 5,
         }
     }
 
@@ -432,23 +452,46 @@ impl LatencyStore {
         {
             let c = read(&entry.cache);
             if now.saturating_duration_since(c.0) < self.inner.refresh
-                && c.1.calls + c.1.ttft_samples + c.1.censored > 0
+                && (c.1.calls + c.1.ttft_samples + c.1.censored > 0 || c.1.prior_weight > 0.0)
             {
                 return Some(c.1);
             }
         }
         let mut w = lock(&entry.windows);
         self.rotate(&mut w, now);
-        let stats = compute(&w);
+        let stats = compute(&w, self.inner.prior_weight);
         *write(&entry.cache) = (now, stats);
         Some(stats)
     }
 
     /// The TTFT quantile `q` of `(model, provider)` (or of the model with `None`), when at
-    /// least `min_samples` were seen in the window.
+    /// least `min_samples` were seen in the window or a [`Prior`] is blended in.
     pub fn ttft_quantile(&self, model: &str, provider: Option<&str>, q: f64) -> Option<Duration> {
         let s = self.stats(model, provider)?;
-        (s.ttft_samples >= self.inner.min_samples.max(1)).then(|| s.ttft_quantile(q))
+        s.is_known(self.inner.min_samples)
+            .then(|| s.ttft_quantile(q))
+    }
+
+    /// Sets (or with `None` clears) the published first guess for `(model, provider)`,
+    /// making room for its keys: the store then knows the provider before any call went
+    /// there. Local samples replace it as they come (see [`Prior`]).
+    pub fn set_prior(&self, model: &str, provider: &str, prior: Option<Prior>) {
+        let Some(entry) = self.entry(model, Some(provider), true) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut w = lock(&entry.windows);
+        w.prior = prior;
+        self.rotate(&mut w, now);
+        let stats = compute(&w, self.inner.prior_weight);
+        *write(&entry.cache) = (now, stats);
+    }
+
+    /// The published first guess for `(model, provider)`, if one was set.
+    pub fn prior(&self, model: &str, provider: &str) -> Option<Prior> {
+        let entry = self.entry(model, Some(provider), false)?;
+        let w = lock(&entry.windows);
+        w.prior
     }
 
     /// Every model the store holds keys for, by name.
@@ -479,9 +522,14 @@ impl LatencyStore {
     pub fn min_samples(&self) -> u64 {
         self.inner.min_samples
     }
+
+    /// How many calls a [`Prior`] is worth.
+    pub fn prior_weight(&self) -> f64 {
+        self.inner.prior_weight
+    }
 }
 
-fn compute(w: &Windows) -> Stats {
+fn compute(w: &Windows, prior_weight: f64) -> Stats {
     let mut ttft = w.previous.ttft.clone();
     let _ = ttft.add(&w.current.ttft);
     let mut tps = w.previous.tps.clone();
@@ -500,13 +548,26 @@ fn compute(w: &Windows) -> Stats {
             Duration::from_secs_f64(h.value_at_quantile(q) as f64 * TTFT_UNIT_US / 1e6)
         }
     };
+    // A prior worth `k` calls against `n` samples: a weighted geometric mean per point.
+    let n = ttft.len() as f64;
+    let share = w.prior.map_or(0.0, |_| prior_weight / (prior_weight + n));
+    let blend = |measured: Duration, published: Option<Duration>| match published {
+        Some(p) if n == 0.0 => p,
+        Some(p) => {
+            let (m, p) = (measured.as_secs_f64().max(1e-6), p.as_secs_f64().max(1e-6));
+            Duration::from_secs_f64((share * p.ln() + (1.0 - share) * m.ln()).exp())
+        }
+        None => measured,
+    };
+    let pr = w.prior;
     Stats {
         calls,
         ttft_samples: ttft.len(),
-        ttft_p50: q(&ttft, 0.5),
-        ttft_p90: q(&ttft, 0.9),
-        ttft_p95: q(&ttft, 0.95),
-        ttft_p99: q(&ttft, 0.99),
+        ttft_p50: blend(q(&ttft, 0.5), pr.map(|p| p.ttft_p50)),
+        ttft_p90: blend(q(&ttft, 0.9), pr.map(|p| p.ttft_p90)),
+        ttft_p95: blend(q(&ttft, 0.95), pr.map(|p| p.ttft_p95())),
+        ttft_p99: blend(q(&ttft, 0.99), pr.map(|p| p.ttft_p99)),
+        prior_weight: share,
         tokens_per_sec_p50: if tps.is_empty() {
             0.0
         } else {

@@ -537,3 +537,64 @@ async fn a_whole_answer_per_call_records_no_ttft() {
     assert!(histogram_values(&rows, TIME_TO_FIRST_CHUNK).is_empty());
     assert_eq!(histogram_values(&rows, OPERATION_DURATION).len(), 1);
 }
+
+/// A published prior stands in until samples come: worth 5 calls by default, it has half
+/// the say after 5 samples and little after 50; set from endpoint stats, missing points are
+/// filled in on a lognormal.
+#[tokio::test(start_paused = true)]
+async fn a_prior_is_replaced_by_samples_as_they_come() {
+    use llm_layers_core::endpoints::{EndpointStats, Percentiles};
+    use llm_layers_latency::Prior;
+    let store = LatencyStore::builder().min_samples(20).build().unwrap();
+    let published = EndpointStats {
+        provider_name: "P".into(),
+        latency_last_30m: Some(Percentiles {
+            p50: Some(0.1),
+            p75: None,
+            p90: None,
+            p99: Some(0.4),
+        }),
+        uptime_last_5m: Some(97.0),
+        ..Default::default()
+    };
+    let prior = Prior::from_endpoint(&published).unwrap();
+    assert_eq!(prior.uptime_5m, Some(97.0));
+    assert!(prior.ttft_p90 > prior.ttft_p75 && prior.ttft_p75 > prior.ttft_p50);
+    assert!(Prior::from_endpoint(&EndpointStats::default()).is_none());
+    store.set_prior("m", "P", Some(prior));
+    let p50 = |s: &LatencyStore| s.stats("m", Some("P")).unwrap().ttft_p50.as_secs_f64();
+    assert!((p50(&store) - 0.1).abs() < 1e-9);
+    assert_eq!(
+        store.ttft_quantile("m", Some("P"), 0.5),
+        Some(Duration::from_millis(100)),
+        "a prior is known without min_samples"
+    );
+    let record = |ms: u64, n: usize| {
+        for _ in 0..n {
+            store.record(
+                ("m", Some("P")),
+                Some(Duration::from_millis(ms)),
+                None,
+                Outcome::Ok,
+            );
+        }
+    };
+    // Five samples at 1 s: halfway (in logs) between 0.1 and 1 s.
+    record(1_000, 5);
+    tokio::time::advance(Duration::from_millis(300)).await;
+    let s = store.stats("m", Some("P")).unwrap();
+    assert!((s.prior_weight - 0.5).abs() < 1e-9);
+    assert!(
+        (p50(&store) - (0.1f64 * 1.0).sqrt()).abs() < 0.01,
+        "{}",
+        p50(&store)
+    );
+    // Fifty more: the prior has under a tenth of the say.
+    record(1_000, 50);
+    tokio::time::advance(Duration::from_millis(300)).await;
+    assert!(store.stats("m", Some("P")).unwrap().prior_weight < 0.1);
+    assert!(p50(&store) > 0.8, "{}", p50(&store));
+    // Cleared: the samples alone.
+    store.set_prior("m", "P", None);
+    assert!((p50(&store) - 1.0).abs() < 0.01);
+}

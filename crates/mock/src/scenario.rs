@@ -111,6 +111,10 @@ pub struct ProviderSpec {
     /// recent Claude models do ("does not support assistant message prefill").
     #[serde(default)]
     pub refuses_prefill: bool,
+    /// The TTFT distribution `GET /models/{id}/endpoints` publishes for this provider
+    /// (default: its real `ttft`). Set it to make the published stats lie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_ttft: Option<Dist>,
 }
 
 fn default_ttft() -> Dist {
@@ -152,6 +156,54 @@ fn default_cap() -> f64 {
     120_000.0
 }
 
+/// The standard normal's quantile (Acklam's rational approximation, error < 1.2e-9).
+fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.383_577_518_672_69e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    const B: [f64; 5] = [
+        -5.447609879822406e1,
+        1.615858368580409e2,
+        -1.556989798598866e2,
+        6.680131188771972e1,
+        -1.328068155288572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
+    const D: [f64; 4] = [
+        7.784695709041462e-3,
+        3.224671290700398e-1,
+        2.445134137142996,
+        3.754408661907416,
+    ];
+    let p = p.clamp(1e-12, 1.0 - 1e-12);
+    let tail = |q: f64| {
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    };
+    if p < 0.02425 {
+        tail((-2.0 * p.ln()).sqrt())
+    } else if p > 1.0 - 0.02425 {
+        -tail((-2.0 * (1.0 - p).ln()).sqrt())
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    }
+}
+
 /// The z-score of the 99th percentile of a standard normal.
 const Z99: f64 = 2.326_347_874;
 
@@ -176,6 +228,24 @@ impl Dist {
                 let sigma = (p99_ms.ln() - mu) / Z99;
                 let z: f64 = StandardNormal.sample(rng);
                 (mu + sigma * z).exp().min(cap_ms)
+            }
+        }
+    }
+
+    /// The `q` quantile in milliseconds (before time scaling).
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        let q = q.clamp(0.0, 1.0);
+        match *self {
+            Dist::Fixed { ms } => ms,
+            Dist::Uniform { min_ms, max_ms } => min_ms + q * (max_ms - min_ms).max(0.0),
+            Dist::Lognormal {
+                p50_ms,
+                p99_ms,
+                cap_ms,
+            } => {
+                let sigma = (p99_ms.ln() - p50_ms.ln()) / Z99;
+                let z = normal_quantile(q);
+                (p50_ms.ln() + sigma * z).exp().min(cap_ms)
             }
         }
     }
@@ -361,6 +431,7 @@ impl Scenario {
             },
             faults: Faults::default(),
             refuses_prefill: false,
+            published_ttft: None,
         }
     }
 
@@ -483,6 +554,63 @@ impl Scenario {
     pub fn with_time_scale(mut self, scale: f64) -> Self {
         self.time_scale = scale;
         self
+    }
+
+    /// Makes the published endpoint stats lie: each provider publishes the TTFT of its
+    /// mirror in the ranking by median (the slowest is published as the fastest and the
+    /// fastest as the slowest), as stale or everyone-else's stats can.
+    pub fn with_wrong_stats(mut self) -> Self {
+        let mut by_speed: Vec<usize> = (0..self.providers.len()).collect();
+        by_speed.sort_by(|&a, &b| {
+            self.providers[a]
+                .ttft
+                .quantile_ms(0.5)
+                .total_cmp(&self.providers[b].ttft.quantile_ms(0.5))
+        });
+        let dists: Vec<Dist> = self.providers.iter().map(|p| p.ttft.clone()).collect();
+        for (rank, &i) in by_speed.iter().enumerate() {
+            let mirror = by_speed[by_speed.len() - 1 - rank];
+            self.providers[i].published_ttft = Some(dists[mirror].clone());
+        }
+        self
+    }
+
+    /// What `GET /models/{id}/endpoints` answers: per provider its published TTFT
+    /// percentiles (seconds, at this time scale), throughput from its token gap, and an
+    /// uptime of 100 % less its error-status rates.
+    pub fn endpoint_stats(&self, model: &str) -> serde_json::Value {
+        let scale = self.time_scale;
+        let endpoints: Vec<serde_json::Value> = self
+            .providers
+            .iter()
+            .map(|p| {
+                let d = p.published_ttft.as_ref().unwrap_or(&p.ttft);
+                let secs = |q: f64| d.quantile_ms(q) * scale / 1000.0;
+                // Tokens per second: its p99 is the slow end, so the gap's p99.
+                let tps = |q: f64| {
+                    let gap = p.gap.quantile_ms(q) * scale / 1000.0;
+                    if gap > 0.0 { 1.0 / gap } else { 10_000.0 }
+                };
+                let failing: f64 = p.faults.status.iter().map(|f| f.rate).sum::<f64>()
+                    + p.faults.reset_before_headers
+                    + p.faults.hang_after_headers;
+                let uptime = 100.0 * (1.0 - failing.min(1.0));
+                serde_json::json!({
+                    "name": format!("{} | {model}", p.name),
+                    "model_name": model,
+                    "provider_name": p.name,
+                    "tag": p.slug,
+                    "status": if uptime < 50.0 { -2 } else { 0 },
+                    "context_length": 128_000,
+                    "latency_last_30m": {"p50": secs(0.5), "p75": secs(0.75), "p90": secs(0.9), "p99": secs(0.99)},
+                    "throughput_last_30m": {"p50": tps(0.5), "p75": tps(0.75), "p90": tps(0.9), "p99": tps(0.99)},
+                    "uptime_last_5m": uptime,
+                    "uptime_last_30m": uptime,
+                    "uptime_last_1d": uptime,
+                })
+            })
+            .collect();
+        serde_json::json!({"data": {"id": model, "name": model, "endpoints": endpoints}})
     }
 
     /// Sets the seed (builder style).

@@ -33,7 +33,8 @@ use crate::writer::{AnswerMeta, write_answer};
 /// A running mock OpenRouter. Its base URL ends in `/api/v1`, like the real one's.
 ///
 /// Serves `POST /api/v1/chat/completions` (SSE and JSON), `GET /api/v1/models`,
-/// `GET /api/v1/providers`, and `HEAD` of them; HTTP/1.1 and h2c (prior knowledge) on the
+/// `GET /api/v1/providers`, `GET /api/v1/models/{author}/{slug}/endpoints` (published
+/// stats from the scenario, see [`Scenario::endpoint_stats`]), and `HEAD` of them; HTTP/1.1 and h2c (prior knowledge) on the
 /// same port. Dropping it stops accepting connections.
 ///
 /// ```
@@ -343,7 +344,7 @@ async fn handle(
         }
     }
     let head = method == Method::HEAD;
-    if path.ends_with("/models") || path.ends_with("/providers") {
+    if path.ends_with("/models") || path.ends_with("/providers") || path.ends_with("/endpoints") {
         state
             .counters
             .catalog_requests
@@ -379,6 +380,24 @@ async fn handle(
             Ok(full(StatusCode::OK, "application/json", body))
         }
         (Method::POST, "/api/v1/chat/completions") => chat(state, req).await,
+        (Method::GET | Method::HEAD, p)
+            if p.starts_with("/api/v1/models/") && p.ends_with("/endpoints") =>
+        {
+            let id = &p["/api/v1/models/".len()..p.len() - "/endpoints".len()];
+            if !state.scenario.models.iter().any(|m| m == id) {
+                return Ok(error_json(
+                    StatusCode::NOT_FOUND,
+                    "No endpoints found for this model",
+                    json!({}),
+                ));
+            }
+            let body = if head {
+                String::new()
+            } else {
+                state.scenario.endpoint_stats(id).to_string()
+            };
+            Ok(full(StatusCode::OK, "application/json", body))
+        }
         _ => Ok(error_json(StatusCode::NOT_FOUND, "Not Found", json!({}))),
     }
 }

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use llm_layers_core::decode::SseChatDecoder;
+use llm_layers_core::endpoints::{EndpointStats, ModelEndpoints};
 use llm_layers_core::sse::SseParser;
 use llm_layers_core::{
     ApiError, ChatCompletion, ChatRequest, ChatStream, ErrorKind, LlmError, ProtocolKind,
@@ -99,6 +100,61 @@ impl OpenRouter {
             .catalog
             .providers(|| async move { get_data(&shared, &shared.providers_url).await })
             .await
+    }
+
+    /// The per-endpoint stats OpenRouter publishes for `model`
+    /// (`GET /models/{author}/{slug}/endpoints`: each provider's TTFT and throughput
+    /// percentiles over 30 minutes and its uptime), not cached: a
+    /// `llm_layers_latency::PriorFeed` calls it in the background and keeps the result. A
+    /// variant suffix (`:nitro`) is dropped; a model id that is not `author/slug` is a bad
+    /// request. Answers within 10 s or fails with a timeout.
+    ///
+    /// # Errors
+    ///
+    /// The upstream's error, a timeout, or a [`ProtocolKind::Json`] error for a body that is
+    /// not the documented shape.
+    pub async fn endpoint_stats(&self, model: &str) -> Result<Vec<EndpointStats>, LlmError> {
+        let id = model.split(':').next().unwrap_or(model);
+        let valid = id.split('/').count() == 2
+            && id.split('/').all(|part| {
+                !part.is_empty()
+                    && part != "."
+                    && part != ".."
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            });
+        if !valid {
+            return Err(LlmError::bad_request(format!(
+                "`{model}` is not an `author/slug` model id"
+            )));
+        }
+        let url: Uri = format!("{}/{id}/endpoints", self.shared.models_url)
+            .parse()
+            .map_err(|e| LlmError::bad_request("bad endpoints URL").with_source(e))?;
+        let shared = &self.shared;
+        let fetch = async {
+            let req = shared.get(Method::GET, &url)?;
+            let resp = shared.client.request(req).await.map_err(from_client)?;
+            let (parts, body) = resp.into_parts();
+            if !parts.status.is_success() {
+                return Err(read_error(parts, body).await);
+            }
+            let bytes = Limited::new(body, shared.max_body_size)
+                .collect()
+                .await
+                .map_err(|e| body_error(e, shared.max_body_size))?
+                .to_bytes();
+            let parsed: ModelEndpoints = serde_json::from_slice(&bytes).map_err(|e| {
+                LlmError::protocol(ProtocolKind::Json, format!("bad endpoints JSON: {e}"))
+            })?;
+            Ok(parsed.data.endpoints)
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(10), fetch).await {
+            Ok(r) => r,
+            Err(_) => Err(LlmError::timeout(llm_layers_core::TimeoutKind::Total)
+                .with_message("the endpoint stats did not come in time")),
+        }
     }
 
     /// The routing slug (`"openai"`) of a provider display name (`"OpenAI"`), from the
