@@ -3,6 +3,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use llm_layers_core::endpoints::EndpointStats;
 use llm_layers_core::{Classify, DefaultClassify, default_slug};
 use llm_layers_latency::LatencyStore;
 use tokio::time::Instant;
@@ -116,6 +117,37 @@ impl BreakerLayer {
     /// The state of every breaker.
     pub fn snapshot(&self) -> Vec<BreakerInfo> {
         self.shared.registry.snapshot(Instant::now())
+    }
+
+    /// Starts `(model, provider slug)` half-open, unless its breaker already saw calls:
+    /// until one call through it succeeds, one probe at a time goes there and other calls
+    /// avoid it. For a provider published as failing (see
+    /// [`suspect_low_uptime`](Self::suspect_low_uptime)).
+    pub fn suspect(&self, model: &str, provider: &str) -> bool {
+        self.shared
+            .registry
+            .suspect(model, provider, Instant::now())
+    }
+
+    /// Starts half-open every endpoint of `model` whose published `uptime_last_5m` is
+    /// under `min_uptime` percent (a `PriorFeed` hook); returns how many.
+    pub fn suspect_low_uptime(
+        &self,
+        model: &str,
+        endpoints: &[EndpointStats],
+        min_uptime: f64,
+    ) -> usize {
+        endpoints
+            .iter()
+            .filter(|e| e.uptime_last_5m.is_some_and(|u| u < min_uptime))
+            .filter(|e| {
+                let slug = e
+                    .tag
+                    .clone()
+                    .unwrap_or_else(|| default_slug(&e.provider_name));
+                self.suspect(model, &slug)
+            })
+            .count()
     }
 }
 

@@ -82,6 +82,9 @@ struct Entry {
     period: u32,
     last_used: Instant,
     held_until: Option<Instant>,
+    /// Started half-open on published evidence ([`Registry::suspect`]) and not called
+    /// since: no evidence of ours.
+    suspected: bool,
 }
 
 impl Entry {
@@ -96,6 +99,7 @@ impl Entry {
             period: 0,
             last_used: now,
             held_until: None,
+            suspected: false,
         }
     }
 
@@ -249,6 +253,7 @@ impl Registry {
         let prefs = req.body().provider.as_ref();
         let mut allowed_known = 0usize;
         let mut blocked: Vec<(String, Blocked)> = Vec::new();
+        let mut suspected: Vec<Arc<str>> = Vec::new();
         for (slug, e) in me.providers.iter_mut() {
             if prefs.is_some_and(|p| !p.allows(slug)) {
                 continue;
@@ -268,7 +273,12 @@ impl Registry {
                     e.probes_in_flight += 1;
                     adm.probes.push((Some(slug.clone()), e.period));
                 }
-                State::HalfOpen => blocked.push((slug.to_string(), Blocked::Open(None))),
+                State::HalfOpen => {
+                    if e.suspected {
+                        suspected.push(slug.clone());
+                    }
+                    blocked.push((slug.to_string(), Blocked::Open(None)));
+                }
             }
         }
         // The caller's `only` names providers we have not seen: nothing to say about them.
@@ -276,6 +286,11 @@ impl Registry {
             only.iter()
                 .any(|o| !me.providers.keys().any(|k| slug_matches(o, k)))
         });
+        if allowed_known > 0 && blocked.len() == allowed_known && !suspected.is_empty() {
+            // Only published doubts block the rest: no evidence of ours, and the upstream
+            // may serve the model elsewhere. Let those through rather than fail.
+            blocked.retain(|(s, _)| !suspected.iter().any(|x| **x == **s));
+        }
         if allowed_known > 0 && blocked.len() == allowed_known && !only_unknown {
             // Never ask the upstream for nothing: an ignore list of every provider we know
             // would come back as a 404 "no endpoints". Fail fast instead, saying when.
@@ -353,6 +368,37 @@ impl Registry {
         }
     }
 
+    /// Starts `(model, provider)` half-open (one probe at a time until a call succeeds)
+    /// when its breaker has seen no call yet; returns whether it did.
+    pub(crate) fn suspect(&self, model: &str, provider: &str, now: Instant) -> bool {
+        let mut guard = lock(&self.map);
+        let (map, count) = &mut *guard;
+        if map
+            .get(model)
+            .and_then(|me| me.providers.get(provider))
+            .is_some()
+        {
+            return false;
+        }
+        if !make_room(map, count, now, &self.cfg) {
+            return false;
+        }
+        let me = map.entry(Arc::from(model)).or_default();
+        let mut e = Entry::new(now);
+        e.state = State::HalfOpen;
+        e.period = 1;
+        e.suspected = true;
+        me.providers.insert(Arc::from(provider), e);
+        *count += 1;
+        metrics::gauge!(
+            "llm_breaker_state",
+            "gen_ai.request.model" => model.to_owned(),
+            "openrouter.provider" => provider.to_owned(),
+        )
+        .set(State::HalfOpen.gauge());
+        true
+    }
+
     /// Releases probe slots taken by `admit`.
     pub(crate) fn release(&self, model: &str, probes: &[Probe]) {
         if probes.is_empty() {
@@ -413,6 +459,7 @@ impl Registry {
                 .or_insert_with(|| Entry::new(now)),
         };
         e.last_used = now;
+        e.suspected = false;
         e.refresh(now);
         let before = e.state;
         match e.state {

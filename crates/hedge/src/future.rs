@@ -157,7 +157,7 @@ where
                 if *this.cold {
                     // Still on the cold guess: has the store learned the model meanwhile?
                     let now = Instant::now();
-                    let (delay, cold) = this.shared.delay.lookup(this.request.model());
+                    let (delay, cold) = this.shared.delay.lookup(this.request);
                     *this.cold = cold;
                     if !cold {
                         *this.delay = delay;

@@ -6,7 +6,7 @@ use llm_layers_core::budget::{BudgetChoice, TpsParams};
 use tower::retry::budget::Budget;
 use tower_layer::Layer;
 
-use crate::policy::{HedgeDelay, HedgePolicy, SameRequest};
+use crate::policy::{FollowPlan, HedgeDelay, HedgePolicy};
 use crate::service::Hedge;
 
 pub(crate) struct Shared {
@@ -38,7 +38,7 @@ impl HedgeLayer {
     pub fn builder() -> HedgeLayerBuilder {
         HedgeLayerBuilder {
             delay: HedgeDelay::Fixed(Duration::from_secs(2)),
-            policy: Box::new(SameRequest),
+            policy: Box::new(FollowPlan),
             budget: BudgetChoice::new(TpsParams::new(1, 0.1)),
             max_attempts: 2,
         }
@@ -79,7 +79,7 @@ impl HedgeLayerBuilder {
         self
     }
 
-    /// What a hedge sends.
+    /// What a hedge sends (default [`FollowPlan`](crate::FollowPlan)).
     pub fn policy(mut self, p: impl HedgePolicy) -> Self {
         self.policy = Box::new(p);
         self

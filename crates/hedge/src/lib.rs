@@ -7,13 +7,16 @@
 //! every attempt failed, with the most informative error. Hedging races on the first token,
 //! not on headers (which OpenRouter sends at once) and not on the whole answer.
 //!
-//! - **Delay**: [`HedgeDelay::Fixed`], or [`HedgeDelay::Quantile`] of the model's recent
-//!   TTFT from a [`LatencyStore`](llm_layers_latency::LatencyStore), clamped, with a cold
-//!   start value;
+//! - **Delay**: [`HedgeDelay::Fixed`], or [`HedgeDelay::Quantile`] of the recent TTFT of the
+//!   provider the router sent the first attempt to ([`ProviderPlan`](llm_layers_core::ProviderPlan);
+//!   the model's when that provider is unknown, and no later than the plan's race for an
+//!   exploring call), read from a [`LatencyStore`](llm_layers_latency::LatencyStore),
+//!   clamped, with a cold start value;
 //! - **Budget**: hedges are at most a share of requests plus a floor (tower's `TpsBudget`),
 //!   shared by clones; a hedge that would break it is not sent. No hedge fires past the
 //!   request's deadline;
-//! - **What a hedge sends** is a [`HedgePolicy`]: [`SameRequest`], [`SortByLatency`],
+//! - **What a hedge sends** is a [`HedgePolicy`]: [`FollowPlan`] (the default: the
+//!   router's plan, else the same request), [`SameRequest`], [`SortByLatency`],
 //!   [`OtherModels`] (race another model), or a closure; up to `max_attempts` in all;
 //! - **Readiness**: the inner service is made ready only when a hedge fires, right before
 //!   its call, never long before ([tower#472](https://github.com/tower-rs/tower/pull/472));
@@ -59,7 +62,9 @@ mod service;
 
 pub use future::ResponseFuture;
 pub use layer::{HedgeLayer, HedgeLayerBuilder};
-pub use policy::{HedgeDelay, HedgePolicy, NextCandidate, OtherModels, SameRequest, SortByLatency};
+pub use policy::{
+    FollowPlan, HedgeDelay, HedgePolicy, NextCandidate, OtherModels, SameRequest, SortByLatency,
+};
 pub use service::Hedge;
 
 /// Which attempt won a call that sent a hedge (0 = the original, 1 = the first hedge), in

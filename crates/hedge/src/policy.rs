@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use llm_layers_core::{Alternatives, ChatRequest, ProviderSort};
+use llm_layers_core::{Alternatives, ChatRequest, ProviderPlan, ProviderSort};
 use llm_layers_latency::LatencyStore;
 
 /// Builds the request of hedge number `hedge` (1 for the first hedge) from the original.
@@ -29,6 +29,41 @@ pub struct SameRequest;
 impl HedgePolicy for SameRequest {
     fn hedge(&self, original: &ChatRequest, _hedge: u32) -> Option<ChatRequest> {
         Some(original.clone())
+    }
+}
+
+/// Follows the router's [`ProviderPlan`]: the hedge is sent with the plan's `hedge_order`
+/// (the best known provider first, when the original went elsewhere to explore), or as the
+/// same request again when the plan has none (the original went to the best known
+/// provider: a fresh draw from its pool beats a slower provider). Without a plan, the
+/// same request. The default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FollowPlan;
+
+impl HedgePolicy for FollowPlan {
+    fn hedge(&self, original: &ChatRequest, _hedge: u32) -> Option<ChatRequest> {
+        let mut r = original.clone();
+        let order = original
+            .extensions()
+            .get::<ProviderPlan>()
+            .and_then(|p| p.hedge_order.as_ref());
+        if let Some(order) = order {
+            let allowed: Vec<String> = order
+                .iter()
+                .filter(|s| {
+                    original
+                        .body()
+                        .provider
+                        .as_ref()
+                        .is_none_or(|p| p.allows(s))
+                })
+                .cloned()
+                .collect();
+            if !allowed.is_empty() {
+                r.body_mut().provider_mut().order = Some(allowed);
+            }
+        }
+        Some(r)
     }
 }
 
@@ -130,16 +165,27 @@ pub enum HedgeDelay {
 }
 
 impl HedgeDelay {
-    /// The delay for a request to `model`.
+    /// The delay for a request to `model` with no [`ProviderPlan`].
     pub fn for_model(&self, model: &str) -> Duration {
-        self.lookup(model).0
+        self.lookup_plan(model, None).0
     }
 
-    /// The delay for `model`, and whether it is the `cold` guess (the store knows too
-    /// little yet). A cold call looks again as it waits: the first samples of a new model
-    /// arrive within its first p50, long before a cold delay.
-    pub(crate) fn lookup(&self, model: &str) -> (Duration, bool) {
-        match self {
+    /// The delay for `req`: with a router's [`ProviderPlan`], the quantile of the provider
+    /// its first attempt went to (the model's while that provider is unknown), and no later
+    /// than the plan's `race_after`.
+    pub fn for_request(&self, req: &ChatRequest) -> Duration {
+        self.lookup(req).0
+    }
+
+    pub(crate) fn lookup(&self, req: &ChatRequest) -> (Duration, bool) {
+        self.lookup_plan(req.model(), req.extensions().get::<ProviderPlan>())
+    }
+
+    /// The delay, and whether it is the `cold` guess (the store knows too little yet). A
+    /// cold call looks again as it waits: the first samples of a new model arrive within
+    /// its first p50, long before a cold delay.
+    fn lookup_plan(&self, model: &str, plan: Option<&ProviderPlan>) -> (Duration, bool) {
+        let (delay, cold) = match self {
             HedgeDelay::Fixed(d) => (*d, false),
             HedgeDelay::Quantile {
                 store,
@@ -148,26 +194,41 @@ impl HedgeDelay {
                 max,
                 cold,
             } => {
-                let Some(stats) = store.stats(model, None) else {
-                    return (*cold, true);
-                };
-                let n = stats.ttft_samples;
                 let floor = store.min_samples().max(1);
-                if n < floor {
-                    return (*cold, true);
+                let first = plan.and_then(|p| p.first.as_deref());
+                let stats = first
+                    .and_then(|p| store.stats(model, Some(p)))
+                    .filter(|s| s.is_known(floor))
+                    .or_else(|| store.stats(model, None));
+                match stats.filter(|s| s.is_known(floor)) {
+                    None => (*cold, true),
+                    Some(s) => {
+                        // The first samples of a key are its fastest (the slow attempts of
+                        // the first wave are still running): a high quantile read from them
+                        // is biased low and would hedge much of the wave at once, spending
+                        // the budget a hung attempt needs. The median is robust once half
+                        // the wave is in, so until there are a few times the minimum of
+                        // samples (and no published prior), hedge no earlier than 3x the
+                        // median seen.
+                        let d = if s.ttft_samples < WARM_FACTOR * floor && s.prior_weight == 0.0 {
+                            s.ttft_quantile(*quantile).max(s.ttft_p50 * 3)
+                        } else {
+                            s.ttft_quantile(*quantile)
+                        };
+                        (d.clamp(*min, *max), false)
+                    }
                 }
-                // The first samples of a model are its fastest (the slow attempts of the first
-                // wave are still running): a high quantile read from them is biased low and
-                // would hedge much of the wave at once, spending the budget a hung attempt
-                // needs. The median is robust once half the wave is in, so until there are a
-                // few times the minimum of samples, hedge no earlier than 3x the median seen.
-                let d = if n < WARM_FACTOR * floor {
-                    stats.ttft_quantile(*quantile).max(stats.ttft_p50 * 3)
-                } else {
-                    stats.ttft_quantile(*quantile)
-                };
-                (d.clamp(*min, *max), false)
             }
+        };
+        match plan.and_then(|p| p.race_after) {
+            Some(race) => {
+                let race = match self {
+                    HedgeDelay::Quantile { min, max, .. } => race.clamp(*min, *max),
+                    HedgeDelay::Fixed(_) => race,
+                };
+                (delay.min(race), false)
+            }
+            None => (delay, cold),
         }
     }
 }

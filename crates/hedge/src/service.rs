@@ -61,7 +61,7 @@ where
         // when a hedge fires, serves the hedges.
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
-        let (delay, cold) = self.shared.delay.lookup(req.model());
+        let (delay, cold) = self.shared.delay.lookup(&req);
         let first = ready.call(req.clone());
         ResponseFuture::new(first, ready, req, self.shared.clone(), delay, cold)
     }

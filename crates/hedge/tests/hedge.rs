@@ -6,10 +6,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use http::StatusCode;
 use llm_layers_core::{
-    Alternatives, ChatRequest, Deadline, ErrorKind, LlmError, Message, TimeoutKind,
+    Alternatives, ChatRequest, Deadline, ErrorKind, LlmError, Message, ProviderPlan, TimeoutKind,
 };
 use llm_layers_hedge::{HedgeDelay, HedgeLayer, HedgeWinner, NextCandidate, OtherModels};
-use llm_layers_latency::{LatencyStore, Outcome};
+use llm_layers_latency::{LatencyStore, Outcome, Prior};
 use llm_layers_mock::{MockChat, Script};
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
@@ -502,4 +502,94 @@ async fn the_budget_is_drawn_when_a_hedge_is_sent() {
         s.meta().extensions.get::<HedgeWinner>().map(|w| w.0),
         Some(1)
     );
+}
+
+/// The delay reads the quantile of the provider the router sent the first attempt to
+/// (the model's while that one is unknown), an exploring call races no later than its
+/// plan says, and the hedge follows the plan's order.
+#[tokio::test(start_paused = true)]
+async fn the_delay_is_the_first_providers_and_an_exploring_call_races_the_best() {
+    let store = LatencyStore::builder().min_samples(10).build().unwrap();
+    let delay = HedgeDelay::Quantile {
+        store: store.clone(),
+        quantile: 0.9,
+        min: Duration::from_millis(100),
+        max: S(30),
+        cold: S(5),
+    };
+    for i in 1..=50u64 {
+        // Fast: 10..500 ms; Slow: 1..5 s. The model as a whole: the mixture.
+        let fast = Duration::from_millis(i * 10);
+        store.record(("m", Some("Fast")), Some(fast), None, Outcome::Ok);
+        store.record(("m", Some("Slow")), Some(fast * 100), None, Outcome::Ok);
+    }
+    let with_plan = |plan: Option<ProviderPlan>| {
+        let mut r = req();
+        if let Some(p) = plan {
+            r.extensions_mut().insert(p);
+        }
+        delay.for_request(&r)
+    };
+    let model = with_plan(None);
+    let fast = with_plan(Some(ProviderPlan::new(Some("Fast".into()))));
+    let slow = with_plan(Some(ProviderPlan::new(Some("Slow".into()))));
+    let unknown = with_plan(Some(ProviderPlan::new(Some("New".into()))));
+    assert!(fast < Duration::from_millis(500), "{fast:?}");
+    assert!(slow > S(4), "{slow:?}");
+    assert_eq!(unknown, model, "an unknown provider: the model's quantile");
+    // A published prior is enough to read a provider's delay from.
+    store.set_prior(
+        "m",
+        "New",
+        Some(Prior::lognormal(
+            Duration::from_millis(200),
+            Duration::from_millis(800),
+        )),
+    );
+    let new = with_plan(Some(ProviderPlan::new(Some("New".into()))));
+    assert!(
+        new > Duration::from_millis(350) && new < Duration::from_millis(500),
+        "{new:?}"
+    );
+    // Exploring: raced at the plan's time even though its own quantile is far later.
+    let exploring = ProviderPlan::new(Some("Slow".into()))
+        .hedge_order(vec!["fast".to_owned(), "slow".to_owned()].into())
+        .race_after(Duration::from_millis(300));
+    assert_eq!(
+        with_plan(Some(exploring.clone())),
+        Duration::from_millis(300)
+    );
+
+    // In use (the default policy follows the plan): the hedge goes to `fast` first.
+    let mock = MockChat::new();
+    mock.push(answer("Slow", S(3), &["s"]));
+    mock.push(answer("Fast", Duration::from_millis(50), &["f"]));
+    let svc = HedgeLayer::builder()
+        .delay(delay)
+        .budget_window(S(10))
+        .budget_floor(100)
+        .budget_ratio(1.0)
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let mut r = req();
+    r.body_mut().provider_mut().order = Some(vec!["slow".into(), "fast".into()]);
+    r.extensions_mut().insert(exploring);
+    let start = Instant::now();
+    let s = svc.oneshot(r).await.unwrap();
+    assert_eq!(Instant::now() - start, Duration::from_millis(350));
+    assert_eq!(s.meta().provider.as_deref(), Some("Fast"));
+    let sent = mock.requests();
+    let order = |i: usize| {
+        sent[i]
+            .body()
+            .provider
+            .as_ref()
+            .unwrap()
+            .order
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(order(0), ["slow", "fast"]);
+    assert_eq!(order(1), ["fast", "slow"]);
 }

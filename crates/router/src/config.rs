@@ -132,9 +132,11 @@ pub struct LearnedOrderConfig {
     /// (0 to 1; default 0.1), so equal providers do not swap on noise.
     #[serde(default = "default_stickiness")]
     pub stickiness: f64,
-    /// Share of calls left to OpenRouter's own routing or sent to the least-sampled
-    /// provider, so every provider keeps being measured (0 to 0.5; default 0.05).
-    #[serde(default = "default_explore")]
+    /// Share of calls left to the upstream's own routing, so a provider nobody has
+    /// published or measured yet shows up (0 to 0.5; default 0.02). Such a call is raced
+    /// against the best known provider after that one's p75. Known providers are
+    /// re-measured by the order's own draws (see the crate docs), not by this share.
+    #[serde(default = "default_order_explore")]
     pub explore: f64,
 }
 
@@ -145,13 +147,16 @@ impl Default for LearnedOrderConfig {
             quantile: default_order_quantile(),
             max_error_rate: default_max_error(),
             stickiness: default_stickiness(),
-            explore: default_explore(),
+            explore: default_order_explore(),
         }
     }
 }
 
 fn default_explore() -> f64 {
     0.05
+}
+fn default_order_explore() -> f64 {
+    0.02
 }
 fn default_cooldown() -> f64 {
     60.0

@@ -6,7 +6,7 @@ use std::time::Duration;
 use llm_layers_core::{Alternatives, ChatRequest, LlmError};
 
 use crate::{Route, RouteReason};
-use llm_layers_latency::LatencyStore;
+use llm_layers_latency::{LatencyStore, PriorFeed};
 use tokio::time::Instant;
 use tower_layer::Layer;
 
@@ -109,6 +109,8 @@ impl RouterLayer {
             store,
             config: RouterConfig::default(),
             catalog: None,
+            seed: 0,
+            priors: None,
         }
     }
 
@@ -136,7 +138,7 @@ impl RouterLayer {
     /// upstream (a call that started before anything was learned).
     ///
     /// ```
-    /// use llm_layers_latency::LatencyStore;
+    /// use llm_layers_latency::{LatencyStore, PriorFeed};
     /// use llm_layers_router::RouterLayer;
     /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
     /// let router = RouterLayer::builder(LatencyStore::new()).build().unwrap();
@@ -147,7 +149,43 @@ impl RouterLayer {
         self.shared
             .order
             .current(&self.shared.store, model, Instant::now())
+            .order
     }
+
+    /// What the router believes about `model`'s providers now, best first: each one's
+    /// ranking quantile, local samples and the weight of its published prior. A status
+    /// page shows it.
+    pub fn rankings(&self, model: &str) -> Vec<ProviderRank> {
+        self.shared
+            .order
+            .current(&self.shared.store, model, Instant::now())
+            .arms
+            .iter()
+            .map(|a| ProviderRank {
+                provider: a.name.to_string(),
+                slug: a.slug.to_string(),
+                ttft_quantile: a.ttft_q,
+                samples: a.samples,
+                prior_weight: a.prior,
+            })
+            .collect()
+    }
+}
+
+/// One provider as the router ranks it ([`RouterLayer::rankings`]).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ProviderRank {
+    /// Display name.
+    pub provider: String,
+    /// Routing slug.
+    pub slug: String,
+    /// The TTFT quantile it is ranked by (prior and samples blended).
+    pub ttft_quantile: Duration,
+    /// Local TTFT samples in the store's window.
+    pub samples: u64,
+    /// How many calls its published prior is worth (0: no prior).
+    pub prior_weight: f64,
 }
 
 impl<S> Layer<S> for RouterLayer {
@@ -165,6 +203,8 @@ pub struct RouterLayerBuilder {
     store: LatencyStore,
     config: RouterConfig,
     catalog: Option<HashSet<String>>,
+    seed: u64,
+    priors: Option<PriorFeed>,
 }
 
 fn in_0_1(x: f64) -> bool {
@@ -209,6 +249,22 @@ impl RouterLayerBuilder {
     /// How provider order is learned (on by default).
     pub fn learned_order(mut self, cfg: LearnedOrderConfig) -> Self {
         self.config.learned_order = cfg;
+        self
+    }
+
+    /// Seeds the draws that pick a provider (default 0): the same seed and call order make
+    /// the same choices.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Published endpoint stats as priors: every routed model is
+    /// [touched](PriorFeed::touch) (fetched in the background when missing or stale), and
+    /// providers take the slugs the stats publish. The feed must write into the router's
+    /// store.
+    pub fn priors(mut self, feed: PriorFeed) -> Self {
+        self.priors = Some(feed);
         self
     }
 
@@ -337,7 +393,7 @@ impl RouterLayerBuilder {
                     cooldown: Duration::from_secs_f64(c.cooldown_secs),
                     recover_ratio: c.recover_ratio,
                 },
-                order: LearnedOrder::new(c.learned_order, c.slugs),
+                order: LearnedOrder::new(c.learned_order, c.slugs, self.seed, self.priors),
             }),
         })
     }

@@ -19,16 +19,38 @@
 //!   `models` fallback list. An unknown tier is
 //!   [`ErrorKind::BadRequest`](llm_layers_core::ErrorKind::BadRequest).
 //! - **Learned provider order** ([`LearnedOrderConfig`], on by default): every request's
-//!   `provider.order` is set to the providers of its model, fastest measured first (by a
-//!   TTFT quantile, leaving out those failing too often; the leader keeps its place until
-//!   clearly beaten). `allow_fallbacks` is kept, and a caller's own `order` or `sort` is
-//!   never overwritten; its `only` and `ignore` filter the order. A bounded share of calls
-//!   is left to OpenRouter's own routing or sent to the least-sampled provider, so every
-//!   provider keeps being measured and a change shows within the store's window.
+//!   `provider.order` is set to the providers of its model, the one a Thompson draw finds
+//!   fastest first (by a TTFT quantile, leaving out those failing too often), the others by
+//!   measured TTFT. A provider known to be clearly slower is drawn only as often as its
+//!   uncertainty allows (few samples, or samples gone stale), and such an *exploring* call
+//!   carries a [`ProviderPlan`](llm_layers_core::ProviderPlan) asking the hedge to race the
+//!   best provider after that one's own p75: learning costs no tail. `allow_fallbacks` is
+//!   kept, and a caller's own `order` or `sort` is never overwritten; its `only` and
+//!   `ignore` filter the order. A small share (`explore`, 2 %) is left to the upstream's own
+//!   routing, raced the same way, so new providers show up. See [the
+//!   estimator](#the-estimator-and-how-fast-it-forgets).
+//! - **Priors** ([`RouterLayerBuilder::priors`]): a
+//!   [`PriorFeed`](llm_layers_latency::PriorFeed) fetches the upstream's published
+//!   per-endpoint stats (OpenRouter's `/models/{id}/endpoints`) in the background and puts
+//!   them in the store as priors worth a few calls, so a new process ranks providers from
+//!   its first calls; its own samples replace them (a wrong prior costs a few dozen calls).
 //! - The decision and its reason are in the stream's
 //!   [`Route`] in [`ResponseMeta::extensions`](llm_layers_core::ResponseMeta::extensions) and in the metric
 //!   `llm_router_decisions_total{tier, reason, order}`; `llm_router_downgrades_total{tier,
 //!   model}` counts SLA breaks.
+//!
+//! # The estimator and how fast it forgets
+//!
+//! Per (model, provider) the store keeps HDR sketches over a sliding window (60 s by
+//! default, two halves: a sample counts for between half and all of it), so what happened
+//! more than one window ago is forgotten and a provider not called for a window is unknown
+//! again. A provider's belief is the log of its ranking quantile (`quantile`, p90) from
+//! the window blended with its prior (a weighted geometric mean, the prior worth
+//! `LatencyStoreBuilder::prior_weight` calls, 5 by default), with an uncertainty
+//! `1.7·σ/√(n + k)` (`σ` its log-spread from p50 and p90, `n` its samples, `k` the prior's
+//! weight): the standard error of a lognormal's log-quantile. Each call draws once per
+//! provider from those beliefs (seeded, [`RouterLayerBuilder::seed`]); the lowest draw goes
+//! first. Providers within `stickiness` (10 %) of the best share the calls.
 //!
 //! Configuration is a serde type ([`RouterConfig`]), validated by
 //! [`RouterLayer::from_config`] with typed errors.
@@ -82,6 +104,6 @@ mod tier;
 
 pub use config::{CandidateConfig, LearnedOrderConfig, RouterConfig, SlaConfig, TierConfig};
 pub use future::ResponseFuture;
-pub use layer::{RouterLayer, RouterLayerBuilder, TIER_PREFIX, UseTier};
+pub use layer::{ProviderRank, RouterLayer, RouterLayerBuilder, TIER_PREFIX, UseTier};
 pub use route::{OrderDecision, Route, RouteReason};
 pub use service::Router;

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use llm_layers_core::{
-    Alternatives, ChatRequest, ChatStream, ErrorKind, LlmError, Message, ProviderPreferences,
-    ProviderSort,
+    Alternatives, ChatRequest, ChatStream, ErrorKind, LlmError, Message, ProviderPlan,
+    ProviderPreferences, ProviderSort,
 };
-use llm_layers_latency::{LatencyLayer, LatencyStore, Outcome};
+use llm_layers_latency::{LatencyLayer, LatencyStore, Outcome, Prior};
 use llm_layers_mock::{Dist, MockChat, Script};
 use llm_layers_router::{
     CandidateConfig, LearnedOrderConfig, OrderDecision, Route, RouteReason, RouterConfig,
@@ -319,32 +319,32 @@ async fn learned_order_puts_the_fastest_first_and_flips_when_it_slows() {
     );
 }
 
+/// Who leads over `n` routed calls: slug -> count.
+fn leaders(router: &RouterLayer, n: usize) -> std::collections::HashMap<String, usize> {
+    let mut m = std::collections::HashMap::new();
+    for _ in 0..n {
+        if let (Some(order), _) = routed_order(router, &mut req("m")) {
+            *m.entry(order[0].clone()).or_default() += 1;
+        }
+    }
+    m
+}
+
 #[tokio::test(start_paused = true)]
-async fn learned_order_is_sticky_between_near_equals() {
+async fn near_equals_share_the_calls_and_a_clearly_faster_one_takes_them() {
     let s = store(5);
     let router = order_router(&s, 0.0);
-    feed(&s, "m", Some("Alpha"), 100, 10);
-    feed(&s, "m", Some("Beta"), 150, 10);
-    assert_eq!(
-        routed_order(&router, &mut req("m")).0,
-        strings(&["alpha", "beta"])
-    );
-    // Beta now measures a little faster than Alpha (within 10 %): Alpha keeps first place.
-    tokio::time::advance(Duration::from_secs(61)).await;
+    // Beta measures a little faster than Alpha (within 10 %): equals, calls spread.
     feed(&s, "m", Some("Alpha"), 100, 10);
     feed(&s, "m", Some("Beta"), 95, 10);
-    assert_eq!(
-        routed_order(&router, &mut req("m")).0,
-        strings(&["alpha", "beta"])
-    );
-    // Clearly faster: Beta leads.
+    let lead = leaders(&router, 1_000);
+    assert!(lead["alpha"] > 100 && lead["beta"] > 100, "{lead:?}");
+    // Clearly faster: Beta leads every call.
     tokio::time::advance(Duration::from_secs(61)).await;
     feed(&s, "m", Some("Alpha"), 100, 10);
     feed(&s, "m", Some("Beta"), 60, 10);
-    assert_eq!(
-        routed_order(&router, &mut req("m")).0,
-        strings(&["beta", "alpha"])
-    );
+    let lead = leaders(&router, 1_000);
+    assert_eq!(lead.get("beta"), Some(&1_000), "{lead:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -382,34 +382,93 @@ async fn learned_order_never_overwrites_the_callers_routing() {
     );
 }
 
+/// Samples spread around `ms` (×0.6 to ×1.6), as real first tokens are.
+fn feed_spread(store: &LatencyStore, provider: &str, ms: u64, n: usize) {
+    for i in 0..n {
+        let f = [0.6, 0.8, 1.0, 1.25, 1.6][i % 5];
+        store.record(
+            ("m", Some(provider)),
+            Some(Duration::from_millis(ms).mul_f64(f)),
+            None,
+            Outcome::Ok,
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn learned_order_exploration_share_holds() {
+async fn a_provider_is_explored_as_its_uncertainty_allows_and_raced_against_the_best() {
     let s = store(5);
     let router = order_router(&s, 0.05);
-    feed(&s, "m", Some("Alpha"), 100, 10);
-    feed(&s, "m", Some("Beta"), 200, 10);
-    feed(&s, "m", Some("Gamma"), 300, 3); // under-sampled: not ranked, explored
-    let mut learned = 0;
-    let mut left_alone = 0;
-    let mut gamma_first = 0;
+    feed_spread(&s, "Alpha", 100, 50);
+    feed_spread(&s, "Beta", 300, 50);
+    // Gamma: three samples, slower than Alpha by what they say: uncertain.
+    feed_spread(&s, "Gamma", 250, 3);
+    let best_p75 = s.stats("m", Some("Alpha")).unwrap().ttft_quantile(0.75);
+    let (mut left_alone, mut learned, mut gamma, mut beta) = (0, 0, 0, 0);
     for _ in 0..10_000 {
-        let (order, d) = routed_order(&router, &mut req("m"));
-        match d {
-            OrderDecision::Learned => {
-                assert_eq!(order, strings(&["alpha", "beta"]));
+        let mut r = req("m");
+        let (order, d) = routed_order(&router, &mut r);
+        let plan = r.extensions().get::<ProviderPlan>().cloned().unwrap();
+        match (d, order) {
+            (OrderDecision::Explore, None) => {
+                // Left to the upstream, raced against the best known after its p75.
+                assert_eq!(plan.first, None);
+                assert_eq!(plan.race_after, Some(best_p75));
+                left_alone += 1;
+            }
+            (OrderDecision::Learned, Some(order)) => {
+                assert_eq!(order, strings(&["alpha", "gamma", "beta"]).unwrap());
+                assert_eq!(plan.first.as_deref(), Some("Alpha"));
+                assert!(!plan.is_exploring());
                 learned += 1;
             }
-            OrderDecision::Explore if order.is_none() => left_alone += 1,
-            OrderDecision::Explore => {
-                assert_eq!(order, strings(&["gamma", "alpha", "beta"]));
-                gamma_first += 1;
+            (OrderDecision::Explore, Some(order)) => {
+                assert_eq!(plan.race_after, Some(best_p75), "{order:?}");
+                assert_eq!(plan.hedge_order.as_deref().unwrap()[0], "alpha");
+                match order[0].as_str() {
+                    "gamma" => gamma += 1,
+                    "beta" => beta += 1,
+                    other => panic!("{other}"),
+                }
             }
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(left_alone + gamma_first, 500);
-    assert_eq!((left_alone, gamma_first), (250, 250));
-    assert_eq!(learned, 9_500);
+    // The upstream's share is exact; Gamma (uncertain) is explored, Beta (known slow)
+    // almost never.
+    assert_eq!(left_alone, 500);
+    assert!(gamma > 100 && gamma < 3_000, "gamma {gamma}");
+    assert!(beta < 20, "beta {beta}");
+    assert_eq!(learned + gamma + beta, 9_500);
+    // Measured as slower, Gamma is explored far less.
+    feed_spread(&s, "Gamma", 250, 50);
+    tokio::time::advance(Duration::from_millis(300)).await;
+    let lead = leaders(&router, 10_000);
+    assert!(
+        lead.get("gamma").copied().unwrap_or(0) < gamma / 4,
+        "{lead:?} vs {gamma}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_published_prior_ranks_providers_before_any_call_and_samples_replace_it() {
+    let s = store(5);
+    let router = order_router(&s, 0.0);
+    let prior =
+        |ms: u64| Prior::lognormal(Duration::from_millis(ms), Duration::from_millis(ms * 4));
+    // Published: Sloth is the fastest (wrong), Alpha slower.
+    s.set_prior("m", "Sloth", Some(prior(100)));
+    s.set_prior("m", "Alpha", Some(prior(800)));
+    assert_eq!(leaders(&router, 100).get("sloth"), Some(&100));
+    // Our own calls say otherwise: a dozen samples each outweigh the prior (worth 5).
+    feed_spread(&s, "Sloth", 2_000, 12);
+    feed_spread(&s, "Alpha", 200, 12);
+    tokio::time::advance(Duration::from_millis(300)).await;
+    let lead = leaders(&router, 1_000);
+    assert!(lead.get("alpha").copied().unwrap_or(0) > 990, "{lead:?}");
+    let ranks = router.rankings("m");
+    assert_eq!(ranks[0].provider, "Alpha");
+    assert_eq!((ranks[0].samples, ranks[0].prior_weight), (12, 5.0));
 }
 
 #[test]
