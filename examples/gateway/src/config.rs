@@ -40,6 +40,10 @@ pub struct Config {
     /// Continue a stream that breaks after its first token (`--resume on|off`, `RESUME`;
     /// off): the default for requests without an `x-llm-resume: on|off` header.
     pub resume: bool,
+    /// Seed the router with the upstream's published per-endpoint latency
+    /// (`GET /models/{id}/endpoints`, fetched in the background per model, every 5 min) as
+    /// priors worth a few calls (`--priors on|off`, `PRIORS`; on).
+    pub priors: bool,
     /// Whole-call limit (`--total-timeout-ms`; 300 s; 0 off).
     pub total_timeout: Option<Duration>,
     /// Retries per call before the first token (`--max-retries`; 4; 0 off; throttles have
@@ -100,6 +104,7 @@ impl Default for Config {
             idle_timeout: Some(Duration::from_secs(30)),
             adaptive_idle: true,
             resume: false,
+            priors: true,
             total_timeout: Some(Duration::from_secs(300)),
             max_retries: 4,
             connect_timeout: Duration::from_secs(5),
@@ -134,6 +139,7 @@ impl std::fmt::Debug for Config {
             .field("idle_timeout", &self.idle_timeout)
             .field("adaptive_idle", &self.adaptive_idle)
             .field("resume", &self.resume)
+            .field("priors", &self.priors)
             .field("total_timeout", &self.total_timeout)
             .field("max_retries", &self.max_retries)
             .field("connect_timeout", &self.connect_timeout)
@@ -165,7 +171,8 @@ usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
                [--max-concurrency N] [--requests-per-minute N] [--tokens-per-minute N]
                [--tenant-requests-per-minute N]
                [--tiers FILE.json] [--learned-order on|off] [--upstream-h2c on|off]
-               [--adaptive-idle on|off] [--resume on|off] [--keys FILE.json]
+               [--adaptive-idle on|off] [--resume on|off] [--priors on|off]
+               [--keys FILE.json]
 headers:     authorization: Bearer <gateway key> (when keys are configured);
              x-tenant (key of --tenant-requests-per-minute; with gateway keys, the key's tenant
              wins unless the key is trusted), x-priority: low|normal|high (with keys: may only
@@ -173,7 +180,7 @@ headers:     authorization: Bearer <gateway key> (when keys are configured);
              that breaks after its first token; --resume sets the default)
 environment: OPENROUTER_API_KEY, OPENROUTER_BASE_URL, LLM_GATEWAY_KEYS, LISTEN_ADDR, MOCK_PRESET, MOCK_TIME_SCALE,
              FIRST_TOKEN_TIMEOUT_MS, IDLE_TIMEOUT_MS, TOTAL_TIMEOUT_MS, MAX_RETRIES,
-             HEDGE_QUANTILE, ROUTER_TIERS, LEARNED_ORDER, UPSTREAM_H2C, ADAPTIVE_IDLE, RESUME (flags win)";
+             HEDGE_QUANTILE, ROUTER_TIERS, LEARNED_ORDER, UPSTREAM_H2C, ADAPTIVE_IDLE, RESUME, PRIORS (flags win)";
 
 fn ms(v: &str, name: &str) -> Result<Option<Duration>, String> {
     let n: u64 = v
@@ -224,6 +231,7 @@ impl Config {
             ("UPSTREAM_H2C", "--upstream-h2c"),
             ("ADAPTIVE_IDLE", "--adaptive-idle"),
             ("RESUME", "--resume"),
+            ("PRIORS", "--priors"),
         ] {
             if let Some(v) = non_empty(k) {
                 pairs.push((flag.to_owned(), v));
@@ -350,6 +358,7 @@ impl Config {
                 "--upstream-h2c" => c.upstream_h2c = on_off(&flag, &v)?,
                 "--adaptive-idle" => c.adaptive_idle = on_off(&flag, &v)?,
                 "--resume" => c.resume = on_off(&flag, &v)?,
+                "--priors" => c.priors = on_off(&flag, &v)?,
                 other => return Err(format!("unknown flag {other:?}")),
             }
         }
@@ -400,6 +409,15 @@ impl Config {
             s,
             "mid-stream resume   {} by default (x-llm-resume: on|off per request), up to twice per call, from the retry budget",
             if self.resume { "on" } else { "off" }
+        );
+        let _ = writeln!(
+            s,
+            "endpoint priors     {}",
+            if self.priors {
+                "on: published per-endpoint latency seeds the provider order (worth 5 calls)"
+            } else {
+                "off"
+            }
         );
         let _ = writeln!(
             s,

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::handlers::{
     chat, healthz, method_not_allowed, metrics_text, models, not_found, status_json, status_page,
 };
-use crate::stack::{Parts, Stack, build_leaf, build_stack_with_parts};
+use crate::stack::{Parts, Stack, build_leaf, build_stack_with_priors, endpoint_stats_of};
 use crate::{keys, status};
 
 /// Why the gateway could not start or serve.
@@ -276,7 +276,12 @@ pub async fn start(
             _ => None,
         }
     };
-    let (stack, parts) = build_stack_with_parts(&config, leaf.clone(), catalog)?;
+    let (stack, parts) = build_stack_with_priors(
+        &config,
+        leaf.clone(),
+        catalog,
+        Some(endpoint_stats_of(&leaf)),
+    )?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(StartError::io(format!(

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use llm_layers_breaker::{BreakerLayer, SlowCall};
 use llm_layers_core::{ChatRequest, ChatStream, ConfigError, LlmError, Priority, Tenant};
-use llm_layers_hedge::{HedgeDelay, HedgeLayer};
-use llm_layers_latency::{LatencyLayer, LatencyStore, Scope};
+use llm_layers_hedge::{FollowPlan, HedgeDelay, HedgeLayer};
+use llm_layers_latency::{FetchEndpoints, LatencyLayer, LatencyStore, PriorFeed, Scope};
 use llm_layers_openrouter::OpenRouter;
 use llm_layers_ratelimit::{Key, Limit, Mode, RateLimitLayer};
 use llm_layers_resume::ResumeLayer;
@@ -101,6 +101,8 @@ pub struct Parts {
     pub breaker: llm_layers_breaker::BreakerLayer,
     /// The router (learned provider orders).
     pub router: RouterLayer,
+    /// The published endpoint stats it was seeded with, when priors are on.
+    pub priors: Option<PriorFeed>,
 }
 
 /// [`build_stack`], also returning the [`Parts`] a status page reads.
@@ -109,40 +111,61 @@ pub fn build_stack_with_parts<S: ChatService>(
     leaf: S,
     catalog: Option<Vec<String>>,
 ) -> Result<(Stack, Parts), ConfigError> {
+    build_stack_with_priors(config, leaf, catalog, None)
+}
+
+/// What fetches an OpenRouter leaf's published endpoint stats, for
+/// [`build_stack_with_priors`].
+pub fn endpoint_stats_of(leaf: &OpenRouter) -> FetchEndpoints {
+    let leaf = leaf.clone();
+    Arc::new(move |model: String| {
+        let leaf = leaf.clone();
+        Box::pin(async move { leaf.endpoint_stats(&model).await })
+    })
+}
+
+/// [`build_stack_with_parts`] with published endpoint stats as priors (when
+/// `config.priors` and `fetch_priors` is given: see [`endpoint_stats_of`]).
+pub fn build_stack_with_priors<S: ChatService>(
+    config: &Config,
+    leaf: S,
+    catalog: Option<Vec<String>>,
+    fetch_priors: Option<FetchEndpoints>,
+) -> Result<(Stack, Parts), ConfigError> {
     // Quantiles from 10 samples: a p95 read that early is rough, but a hedge or an order
     // from it beats the cold guess by far (the first ten calls of a model arrive within
     // its first p50).
     let store = LatencyStore::builder().min_samples(10).build()?;
-    let mut router = RouterLayer::builder(store.clone()).config(config.router.clone());
+    let breaker = BreakerLayer::builder()
+        .seed(config.seed.unwrap_or(0))
+        .slow_call(SlowCall::P50Multiple {
+            store: store.clone(),
+            factor: config.slow_call_factor,
+            min: Duration::from_millis(500),
+        })
+        .build()?;
+    let mut router = RouterLayer::builder(store.clone())
+        .config(config.router.clone())
+        .seed(config.seed.unwrap_or(0));
+    // Published per-endpoint stats: priors for the order and the hedge delay; an endpoint
+    // published below 90 % uptime over 5 minutes starts half-open in the breaker.
+    let priors = match fetch_priors.filter(|_| config.priors) {
+        Some(fetch) => {
+            let suspects = breaker.clone();
+            let feed = PriorFeed::builder(store.clone(), fetch)
+                .on_endpoints(Arc::new(move |model, endpoints| {
+                    suspects.suspect_low_uptime(model, endpoints, 90.0);
+                }))
+                .build()?;
+            router = router.priors(feed.clone());
+            Some(feed)
+        }
+        None => None,
+    };
     if let Some(models) = catalog {
         router = router.catalog(models);
     }
     let router = router.build()?;
-    // A hedge goes to a measured provider other than the one the original was sent to
-    // first: the request's order rotated by one per hedge, or (for a call that started
-    // before anything was learned) the order learned since.
-    let hedge_router = router.clone();
-    let hedge_policy = move |original: &ChatRequest, n: u32| {
-        let mut r = original.clone();
-        let own =
-            r.body().provider.as_ref().is_some_and(|p| {
-                p.sort.is_some() || p.order.as_ref().is_some_and(|o| !o.is_empty())
-            });
-        let mut order: Vec<String> = match r.body().provider.as_ref().and_then(|p| p.order.clone())
-        {
-            Some(o) if !o.is_empty() => o,
-            _ if own => return Some(r),
-            _ => hedge_router.learned_order(r.model()).to_vec(),
-        };
-        let allows = |s: &str| r.body().provider.as_ref().is_none_or(|p| p.allows(s));
-        order.retain(|s| allows(s));
-        if !order.is_empty() {
-            let k = n as usize % order.len();
-            order.rotate_left(k);
-            r.body_mut().provider_mut().order = Some(order);
-        }
-        Some(r)
-    };
     let overall = TimeoutLayer::builder()
         .limits(Timeouts {
             total: config.total_timeout,
@@ -200,7 +223,9 @@ pub fn build_stack_with_parts<S: ChatService>(
                     // A model not measured yet: about OpenRouter's typical median.
                     cold: Duration::from_secs(1),
                 })
-                .policy(hedge_policy)
+                // The router's plan: an exploring call races the best known provider
+                // after its p75; otherwise the same request, a fresh draw.
+                .policy(FollowPlan)
                 .budget_window(Duration::from_secs(10))
                 .budget_floor(5)
                 .budget_ratio(config.hedge_budget as f32)
@@ -209,14 +234,6 @@ pub fn build_stack_with_parts<S: ChatService>(
                 .build()
         })
         .transpose()?;
-    let breaker = BreakerLayer::builder()
-        .seed(config.seed.unwrap_or(0))
-        .slow_call(SlowCall::P50Multiple {
-            store: store.clone(),
-            factor: config.slow_call_factor,
-            min: Duration::from_millis(500),
-        })
-        .build()?;
     let mut limits =
         RateLimitLayer::builder().concurrency(config.max_concurrency, Key::global(), Priority(1));
     let minute = Duration::from_secs(60);
@@ -273,6 +290,7 @@ pub fn build_stack_with_parts<S: ChatService>(
         store: status_store,
         breaker: status_breaker,
         router: router.clone(),
+        priors,
     };
     let stack = ServiceBuilder::new()
         .layer(per_call)

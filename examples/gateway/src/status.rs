@@ -170,10 +170,15 @@ pub fn snapshot(parts: &Parts, config: &Config, started: Instant, counters: &Cou
                     let slow = best.is_some_and(|best| {
                         s.ttft_samples > 0 && s.ttft_p50 > best * 2
                     });
+                    let prior = parts.store.prior(&model, name).map(|p| {
+                        json!({"p50": ms(p.ttft_p50), "p95": ms(p.ttft_p95()), "p99": ms(p.ttft_p99),
+                               "uptime_5m": p.uptime_5m, "weight": s.prior_weight})
+                    });
                     json!({
                         "provider": name,
                         "slug": slug,
                         "ttft_ms": {"p50": ms(s.ttft_p50), "p95": ms(s.ttft_p95), "p99": ms(s.ttft_p99)},
+                        "prior_ttft_ms": prior,
                         "samples": s.ttft_samples,
                         "calls": s.calls,
                         "success_rate": 1.0 - s.error_rate,
@@ -189,9 +194,9 @@ pub fn snapshot(parts: &Parts, config: &Config, started: Instant, counters: &Cou
             let lo = &config.router.learned_order;
             let rule = if lo.enabled {
                 format!(
-                    "fastest TTFT p{:.0} first, among providers with at least {} samples and at most {:.0} % errors; {:.0} % of calls explore",
+                    "a Thompson draw over each provider's TTFT p{:.0} (measured, blended with the published prior worth {} calls; uncertainty shrinks with samples) picks who goes first, the rest by TTFT; providers failing over {:.0} % are left out; a call that explores a slower provider is raced against the best after its p75; {:.0} % of calls are left to the upstream's routing",
                     lo.quantile * 100.0,
-                    parts.store.min_samples(),
+                    parts.store.prior_weight(),
                     lo.max_error_rate * 100.0,
                     lo.explore * 100.0
                 )
@@ -201,6 +206,14 @@ pub fn snapshot(parts: &Parts, config: &Config, started: Instant, counters: &Cou
             json!({
                 "model": model,
                 "learned_order": parts.router.learned_order(&model).to_vec(),
+                "rankings": parts.router.rankings(&model).iter().map(|r| json!({
+                    "provider": r.provider,
+                    "slug": r.slug,
+                    "ttft_ms": ms(r.ttft_quantile),
+                    "samples": r.samples,
+                    "prior_weight": r.prior_weight,
+                    "from": if r.samples == 0 { "prior" } else if r.prior_weight > 0.0 { "prior + measured" } else { "measured" },
+                })).collect::<Vec<_>>(),
                 "order_rule": rule,
                 "providers": rows,
             })
@@ -288,11 +301,11 @@ async function poll() {
       <h2>${esc(m.model)}</h2>
       <div class="meta">learned order: ${m.learned_order.length ? m.learned_order.map(esc).join(" → ") : "not yet"}
         <span title="how it is decided">(${esc(m.order_rule)})</span></div>
-      <table><thead><tr><th>provider</th><th>TTFT p50</th><th>p95</th><th>p99</th><th>samples</th>
+      <table><thead><tr><th>provider</th><th>TTFT p50</th><th>p95</th><th>p99</th><th>samples</th><th>prior p50/p99</th>
         <th>success</th><th>breaker</th><th class="why">why</th><th>hold</th><th>recent TTFT</th><th></th></tr></thead><tbody>
       ${m.providers.map(p => `<tr class="${p.slow ? "slow" : ""}" data-provider="${esc(p.provider)}">
         <td>${esc(p.provider)}</td><td>${p.ttft_ms.p50} ms</td><td>${p.ttft_ms.p95} ms</td><td>${p.ttft_ms.p99} ms</td>
-        <td>${p.samples}</td><td>${(100 * p.success_rate).toFixed(1)} %</td>
+        <td>${p.samples}</td><td>${p.prior_ttft_ms ? `${p.prior_ttft_ms.p50} / ${p.prior_ttft_ms.p99} ms` : ""}</td><td>${(100 * p.success_rate).toFixed(1)} %</td>
         <td><span class="tag ${p.breaker.state}">${p.breaker.state}</span></td><td class="why">${esc(p.breaker.why)}</td>
         <td>${p.held_for_s == null ? "" : `<span class="tag held">${p.held_for_s.toFixed(1)} s</span>`}</td>
         <td>${spark(p.recent_ttft_ms)}</td>
