@@ -15,7 +15,7 @@ use std::time::Duration;
 use llm_layers_breaker::{BreakerLayer, SlowCall};
 use llm_layers_core::{ChatRequest, ChatStream, LlmError, Message, WholeAnswer};
 use llm_layers_hedge::{HedgeDelay, HedgeLayer};
-use llm_layers_latency::{LatencyLayer, LatencyStore, Scope};
+use llm_layers_latency::{LatencyLayer, LatencyStore, PriorFeed, Scope};
 use llm_layers_mock::{Dist, MockServer, Scenario, expected_answer};
 use llm_layers_openrouter::OpenRouter;
 use llm_layers_router::RouterLayer;
@@ -36,6 +36,7 @@ fn quantile(xs: &mut [f64], q: f64) -> f64 {
     xs[((xs.len() as f64 * q) as usize).min(xs.len() - 1)]
 }
 
+#[derive(Clone)]
 struct Row {
     name: String,
     p50: f64,
@@ -176,6 +177,412 @@ fn median(d: &Dist) -> f64 {
     }
 }
 
+/// A second mixture: the fastest provider (by median) has a heavy tail of its own, a
+/// middle one is only somewhat slower and steadier, a third is slow. The hedge matters as
+/// much as the routing here.
+fn heavy_fast() -> Scenario {
+    let mut s = Scenario::fat_tail();
+    let dist = |p50_ms: f64, p99_ms: f64| Dist::Lognormal {
+        p50_ms,
+        p99_ms,
+        cap_ms: 90_000.0,
+    };
+    s.providers.truncate(3);
+    s.providers[0].ttft = dist(800.0, 9_000.0);
+    s.providers[0].weight = 0.4;
+    s.providers[1].name = "Middle".into();
+    s.providers[1].slug = "middle".into();
+    s.providers[1].ttft = dist(1_300.0, 3_000.0);
+    s.providers[1].weight = 0.4;
+    s.providers[2].name = "Sloth".into();
+    s.providers[2].slug = "sloth".into();
+    s.providers[2].ttft = dist(6_000.0, 30_000.0);
+    s.providers[2].weight = 0.2;
+    s
+}
+
+/// The learned stack, as the gateway builds it but at the bench's time scale: router
+/// (Thompson order, published priors when `priors`) → hedge (p95 of the first attempt's
+/// provider, 5 % budget, the router's plan) → breaker → attempt latency → idle timeout.
+fn learned(leaf: &OpenRouter, priors: bool) -> Svc {
+    learned_with_router(leaf, priors).0
+}
+
+fn learned_with_router(leaf: &OpenRouter, priors: bool) -> (Svc, RouterLayer) {
+    // Snapshots reused for 250 ms of real time, as in the gateway: 2.5 ms at this scale.
+    let store = LatencyStore::builder()
+        .min_samples(10)
+        .refresh(Duration::from_secs_f64(0.25 * SCALE))
+        .build()
+        .unwrap();
+    let mut router = RouterLayer::builder(store.clone()).seed(42);
+    if priors {
+        let fetcher = leaf.clone();
+        let feed = PriorFeed::builder(
+            store.clone(),
+            std::sync::Arc::new(move |model: String| {
+                let leaf = fetcher.clone();
+                Box::pin(async move { leaf.endpoint_stats(&model).await })
+            }),
+        )
+        .build()
+        .unwrap();
+        router = router.priors(feed);
+    }
+    let router = router.build().unwrap();
+    let breaker = breaker_on(&store);
+    (
+        BoxCloneSyncService::new(router.layer(hedged(leaf, store, Some(breaker)))),
+        router,
+    )
+}
+
+fn hedged(leaf: &OpenRouter, store: LatencyStore, breaker: Option<BreakerLayer>) -> Svc {
+    let hedge = HedgeLayer::builder()
+        .delay(HedgeDelay::Quantile {
+            store: store.clone(),
+            quantile: 0.95,
+            min: Duration::from_millis(5),
+            max: Duration::from_secs(30),
+            cold: Duration::from_millis(50),
+        })
+        .budget_window(Duration::from_secs(10))
+        .budget_floor(0)
+        .budget_ratio(0.05)
+        .build()
+        .unwrap();
+    let attempt = ServiceBuilder::new()
+        .layer(
+            TimeoutLayer::builder()
+                .idle(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        )
+        .layer(
+            LatencyLayer::builder()
+                .scope(Scope::Attempt)
+                .store(store)
+                .build()
+                .unwrap(),
+        )
+        .service(leaf.clone());
+    match breaker {
+        Some(b) => BoxCloneSyncService::new(hedge.layer(b.layer(attempt))),
+        None => BoxCloneSyncService::new(hedge.layer(attempt)),
+    }
+}
+
+fn breaker_on(store: &LatencyStore) -> BreakerLayer {
+    BreakerLayer::builder()
+        .slow_call(SlowCall::P50Multiple {
+            store: store.clone(),
+            factor: 3.0,
+            min: Duration::from_millis(1),
+        })
+        .seed(3)
+        .build()
+        .unwrap()
+}
+
+fn leaf_for(server: &MockServer) -> OpenRouter {
+    OpenRouter::builder()
+        .api_key("sk-or-v1-bench")
+        .base_url(server.base_url())
+        .build()
+        .unwrap()
+}
+
+fn print_rows(title: &str, rows: &[Row]) {
+    println!("{title}");
+    println!(
+        "{:<50} {:>9} {:>9} {:>9} {:>10} {:>8} {:>10}",
+        "arm", "TTFT p50", "p95", "p99", "total p99", "ok", "upstream/call"
+    );
+    for r in rows {
+        // Computed rows have no end-to-end time.
+        let total = if r.total_p99.is_nan() {
+            "-".to_owned()
+        } else {
+            format!("{:.1}ms", r.total_p99)
+        };
+        println!(
+            "{:<50} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>10} {:>7.1}% {:>10.3}",
+            r.name,
+            r.p50,
+            r.p95,
+            r.p99,
+            total,
+            r.ok * 100.0,
+            r.upstream_per_call
+        );
+    }
+}
+
+/// "x p95 / x p99 over the plain leaf = A % / B % of the oracle's".
+fn against_oracle(plain: &Row, s: &Row, oracle: &Row) -> String {
+    format!(
+        "{}: p95 x{:.2} p99 x{:.2} over the plain leaf = {:.0} % (p95) and {:.0} % (p99) of the oracle's x{:.2} / x{:.2}; {:+.1} % upstream requests",
+        s.name.trim(),
+        plain.p95 / s.p95,
+        plain.p99 / s.p99,
+        100.0 * (plain.p95 / s.p95) / (plain.p95 / oracle.p95),
+        100.0 * (plain.p99 / s.p99) / (plain.p99 / oracle.p99),
+        plain.p95 / oracle.p95,
+        plain.p99 / oracle.p99,
+        100.0 * (s.upstream_per_call - 1.0),
+    )
+}
+
+/// Steady state on `scenario`: each stack warmed with `n / 4` calls, then `n` calls.
+async fn steady(name: &str, scenario: Scenario, n: usize, full_table: bool) {
+    let server = MockServer::start(scenario.clone()).await.unwrap();
+    let leaf = leaf_for(&server);
+    let plain: Svc = BoxCloneSyncService::new(leaf.clone());
+    let stack = hedged(&leaf, LatencyStore::new(), None);
+    let store_b = LatencyStore::new();
+    let with_breaker = hedged(&leaf, store_b.clone(), Some(breaker_on(&store_b)));
+    let routed = learned(&leaf, true);
+    // Learned provider order alone, against always sending to the fastest provider.
+    let store_o = LatencyStore::builder().min_samples(10).build().unwrap();
+    let order_only: Svc = BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            .layer(
+                RouterLayer::builder(store_o.clone())
+                    .seed(42)
+                    .build()
+                    .unwrap(),
+            )
+            .layer(
+                LatencyLayer::builder()
+                    .scope(Scope::Attempt)
+                    .store(store_o)
+                    .build()
+                    .unwrap(),
+            )
+            .service(leaf.clone()),
+    );
+    // Warm each stack's store (and the pool) so delays and rankings are learned, not cold.
+    let _ = run("warm-up", routed.clone(), &server, n / 4, 5, false).await;
+    let mut rows = vec![run("plain leaf", plain, &server, n, 2, false).await];
+    if full_table {
+        let _ = run("warm-up", stack.clone(), &server, n / 4, 1, false).await;
+        let _ = run("warm-up", with_breaker.clone(), &server, n / 4, 3, false).await;
+        let _ = run("warm-up", order_only.clone(), &server, n / 4, 6, false).await;
+        rows.push(
+            run(
+                "leaf + latency store + hedge (p95, 5 % budget)",
+                stack,
+                &server,
+                n,
+                2,
+                false,
+            )
+            .await,
+        );
+        rows.push(
+            run(
+                "  + breaker (slow call = 3x recorded p50)",
+                with_breaker,
+                &server,
+                n,
+                2,
+                false,
+            )
+            .await,
+        );
+    }
+    rows.push(
+        run(
+            "  + router (Thompson order, priors, plan)",
+            routed,
+            &server,
+            n,
+            2,
+            false,
+        )
+        .await,
+    );
+    rows.push(oracle(&scenario, n));
+    if full_table {
+        rows.push(
+            run(
+                "leaf + router (learned provider order only)",
+                order_only,
+                &server,
+                n,
+                2,
+                false,
+            )
+            .await,
+        );
+        rows.push(fastest_only(&scenario));
+    }
+    print_rows(
+        &format!(
+            "{name} at time scale {SCALE}, {n} streaming calls after {} warm-up, 64 concurrent, seed 42",
+            n / 4
+        ),
+        &rows,
+    );
+    let oracle_row = rows.iter().find(|r| r.name.starts_with("oracle")).unwrap();
+    if full_table {
+        let (order, best) = (&rows[rows.len() - 2], &rows[rows.len() - 1]);
+        println!(
+            "{}: p95 {:.1} ms and p99 {:.1} ms against {:.1} / {:.1} ms always on the fastest provider (x{:.2} / x{:.2})",
+            order.name,
+            order.p95,
+            order.p99,
+            best.p95,
+            best.p99,
+            order.p95 / best.p95,
+            order.p99 / best.p99,
+        );
+    }
+    for s in rows
+        .iter()
+        .filter(|r| r.name.starts_with("leaf +") || r.name.starts_with("  +"))
+    {
+        if s.name.contains("order only") {
+            continue;
+        }
+        println!("{}", against_oracle(&rows[0], s, oracle_row));
+    }
+    println!();
+}
+
+/// Cold start: a fresh stack, 16 warm-up calls, then the first 400 calls at 16 in flight,
+/// with true, no and wrong priors; the plain leaf on the same 400 calls. A p99 of 400
+/// calls is their fourth slowest: each arm runs on five mock seeds (42..=46, the same for
+/// every arm) and the table shows medians, with the p99's range.
+async fn cold_start(name: &str, scenario: Scenario) {
+    const ARMS: [&str; 4] = [
+        "plain leaf",
+        "learned stack, no priors",
+        "learned stack, published priors",
+        "learned stack, wrong priors (slowest published fastest)",
+    ];
+    let (n, warm, conc) = (400, 16, 16);
+    let seeds = 42..47u64;
+    // Per arm: its row and its calls-past-50 p99, per seed.
+    let mut runs: Vec<Vec<(Row, f64)>> = vec![Vec::new(); ARMS.len()];
+    for seed in seeds.clone() {
+        let scenario = scenario.clone().with_seed(seed);
+        let server = MockServer::start(scenario.clone()).await.unwrap();
+        let liar = MockServer::start(scenario.with_wrong_stats())
+            .await
+            .unwrap();
+        for (i, arm) in ARMS.iter().enumerate() {
+            let srv = if i == 3 { &liar } else { &server };
+            let leaf = leaf_for(srv);
+            let svc = match i {
+                0 => BoxCloneSyncService::new(leaf),
+                _ => {
+                    let (svc, router) = learned_with_router(&leaf, i > 1);
+                    let _ = run_at("warm-up", svc.clone(), srv, warm, 11, conc).await;
+                    if std::env::var("TAIL_DEBUG").is_ok() {
+                        println!(
+                            "{arm} seed {seed} after warm-up: {:?}",
+                            router.rankings("mock/echo")
+                        );
+                    }
+                    svc
+                }
+            };
+            runs[i].push(run_at(arm, svc, srv, n, 12, conc).await);
+        }
+    }
+    let median = |xs: &mut Vec<f64>| quantile(xs, 0.5);
+    let mut rows: Vec<Row> = Vec::new();
+    let mut spread: Vec<(f64, f64, f64)> = Vec::new();
+    for (arm, r) in ARMS.iter().zip(&runs) {
+        let col = |f: &dyn Fn(&(Row, f64)) -> f64| r.iter().map(f).collect::<Vec<f64>>();
+        let p99s = col(&|x| x.0.p99);
+        rows.push(Row {
+            name: (*arm).into(),
+            p50: median(&mut col(&|x| x.0.p50)),
+            p95: median(&mut col(&|x| x.0.p95)),
+            p99: median(&mut p99s.clone()),
+            total_p99: median(&mut col(&|x| x.0.total_p99)),
+            ok: median(&mut col(&|x| x.0.ok)),
+            corrupted: r.iter().map(|x| x.0.corrupted).sum(),
+            upstream_per_call: median(&mut col(&|x| x.0.upstream_per_call)),
+        });
+        let lo = p99s.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = p99s.iter().copied().fold(0.0, f64::max);
+        spread.push((lo, hi, median(&mut col(&|x| x.1))));
+    }
+    rows.push(oracle(&scenario, n));
+    print_rows(
+        &format!(
+            "{name}, cold start: the first {n} streaming calls after {warm} warm-up, {conc} concurrent; medians over mock seeds 42..=46"
+        ),
+        &rows,
+    );
+    for (i, r) in rows[1..4].iter().enumerate() {
+        let (lo, hi, late) = spread[i + 1];
+        println!(
+            "{}; p99 over the seeds {lo:.1}..{hi:.1} ms; calls 51..{n} alone: p99 {late:.1} ms (plain leaf {:.1} ms)",
+            against_oracle(&rows[0], r, &rows[4]),
+            spread[0].2
+        );
+    }
+    println!();
+}
+
+/// `run` at `conc` concurrent callers in call order (call `i` starts when a caller frees),
+/// also returning the p99 of calls past the 50th.
+async fn run_at(
+    name: &str,
+    svc: Svc,
+    server: &MockServer,
+    n: usize,
+    seed: u64,
+    conc: usize,
+) -> (Row, f64) {
+    let before = server.counters().requests();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..conc {
+        let (svc, next) = (svc.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut calls: Vec<(usize, Call)> = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break calls;
+                }
+                calls.push((i, one_call(svc.clone(), seed, i, false).await));
+            }
+        });
+    }
+    let mut calls = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        calls.extend(r.unwrap());
+    }
+    let upstream = server.counters().requests() - before;
+    let mut late: Vec<f64> = calls
+        .iter()
+        .filter(|c| c.0 >= 50)
+        .filter_map(|c| c.1.map(|x| x.0))
+        .collect();
+    let done: Vec<_> = calls.iter().filter_map(|c| c.1).collect();
+    let mut ttfts: Vec<f64> = done.iter().map(|c| c.0).collect();
+    let mut totals: Vec<f64> = done.iter().map(|c| c.1).collect();
+    (
+        Row {
+            name: name.into(),
+            p50: quantile(&mut ttfts, 0.5),
+            p95: quantile(&mut ttfts, 0.95),
+            p99: quantile(&mut ttfts, 0.99),
+            total_p99: quantile(&mut totals, 0.99),
+            ok: done.iter().filter(|c| c.2).count() as f64 / n as f64,
+            corrupted: done.iter().filter(|c| !c.2).count(),
+            upstream_per_call: upstream as f64 / n as f64,
+        },
+        quantile(&mut late, 0.99),
+    )
+}
+
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let n = if quick { 200 } else { 10_000 };
@@ -185,114 +592,28 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        // `TAIL_ONLY=faults` skips the fat-tail table (for a look at the fault rows).
-        if std::env::var("TAIL_ONLY").as_deref() == Ok("faults") {
-            faults(n / 10).await;
-            return;
-        }
-        let scenario = Scenario::fat_tail().with_time_scale(SCALE).with_seed(42);
-        let server = MockServer::start(scenario.clone()).await.unwrap();
-        let leaf = OpenRouter::builder()
-            .api_key("sk-or-v1-bench")
-            .base_url(server.base_url())
-            .build()
-            .unwrap();
-        let plain: Svc = BoxCloneSyncService::new(leaf.clone());
-        let hedged = |store: LatencyStore, breaker: Option<BreakerLayer>| -> Svc {
-            let hedge = HedgeLayer::builder()
-                .delay(HedgeDelay::Quantile {
-                    store: store.clone(),
-                    quantile: 0.95,
-                    min: Duration::from_millis(5),
-                    max: Duration::from_secs(30),
-                    cold: Duration::from_millis(50),
-                })
-                .budget_window(Duration::from_secs(10)).budget_floor(0).budget_ratio(0.05)
-                .build()
-                .unwrap();
-            let attempt = ServiceBuilder::new()
-                .layer(TimeoutLayer::builder().idle(Duration::from_secs(5)).build().unwrap())
-                .layer(LatencyLayer::builder().scope(Scope::Attempt).store(store).build().unwrap())
-                .service(leaf.clone());
-            match breaker {
-                Some(b) => BoxCloneSyncService::new(hedge.layer(b.layer(attempt))),
-                None => BoxCloneSyncService::new(hedge.layer(attempt)),
+        // `TAIL_ONLY=faults`: only the fault rows; `learning`: only the learning tables;
+        // `cold`: only the cold starts.
+        let only = std::env::var("TAIL_ONLY").ok();
+        if only.as_deref() != Some("faults") {
+            let fat = Scenario::fat_tail().with_time_scale(SCALE).with_seed(42);
+            let heavy = heavy_fast().with_time_scale(SCALE).with_seed(42);
+            if only.as_deref() != Some("cold") {
+                steady("fat_tail preset", fat.clone(), n, true).await;
+                steady(
+                    "heavy-tailed fastest + steady middle",
+                    heavy.clone(),
+                    n,
+                    false,
+                )
+                .await;
             }
-        };
-        let store = LatencyStore::new();
-        let stack = hedged(store.clone(), None);
-        let store_b = LatencyStore::new();
-        let breaker_on = |store: &LatencyStore| {
-            BreakerLayer::builder()
-                .slow_call(SlowCall::P50Multiple { store: store.clone(), factor: 3.0, min: Duration::from_millis(1) })
-                .seed(3)
-                .build()
-                .unwrap()
-        };
-        let breaker = breaker_on(&store_b);
-        let with_breaker = hedged(store_b, Some(breaker));
-        // The whole learned stack: the router orders providers by the TTFT it measured,
-        // the breaker drops slow ones, the hedge fires at the recorded p95.
-        let store_r = LatencyStore::new();
-        let breaker_r = breaker_on(&store_r);
-        let router = RouterLayer::builder(store_r.clone()).build().unwrap();
-        // Learned provider order alone, against always sending to the fastest provider.
-        let store_o = LatencyStore::new();
-        let order_only: Svc = BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .layer(RouterLayer::builder(store_o.clone()).build().unwrap())
-                .layer(LatencyLayer::builder().scope(Scope::Attempt).store(store_o).build().unwrap())
-                .service(leaf.clone()),
-        );
-        let routed: Svc = BoxCloneSyncService::new(router.layer(hedged(store_r, Some(breaker_r))));
-        // Warm each stack's store (and the pool) so delays and rankings are learned, not cold.
-        let _ = run("warm-up", stack.clone(), &server, n / 4, 1, false).await;
-        let _ = run("warm-up", with_breaker.clone(), &server, n / 4, 3, false).await;
-        let _ = run("warm-up", routed.clone(), &server, n / 4, 5, false).await;
-        let _ = run("warm-up", order_only.clone(), &server, n / 4, 6, false).await;
-        let rows = [
-            run("plain leaf", plain, &server, n, 2, false).await,
-            run("leaf + latency store + hedge (p95, 5 % budget)", stack, &server, n, 2, false).await,
-            run("  + breaker (slow call = 3x recorded p50)", with_breaker, &server, n, 2, false).await,
-            run("  + router (learned provider order)", routed, &server, n, 2, false).await,
-            oracle(&scenario, n),
-            run("leaf + router (learned provider order only)", order_only, &server, n, 2, false).await,
-            fastest_only(&scenario),
-        ];
-        println!("fat_tail preset at time scale {SCALE}, {n} streaming calls, 64 concurrent, seed 42");
-        println!(
-            "{:<50} {:>9} {:>9} {:>9} {:>10} {:>8} {:>10}",
-            "arm", "TTFT p50", "p95", "p99", "total p99", "ok", "upstream/call"
-        );
-        for r in &rows {
-            // Computed rows have no end-to-end time.
-            let total = if r.total_p99.is_nan() {
-                "-".to_owned()
-            } else {
-                format!("{:.1}ms", r.total_p99)
-            };
-            println!(
-                "{:<50} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>10} {:>7.1}% {:>10.3}",
-                r.name, r.p50, r.p95, r.p99, total, r.ok * 100.0, r.upstream_per_call
-            );
+            cold_start("fat_tail preset", fat).await;
+            cold_start("heavy-tailed fastest + steady middle", heavy).await;
         }
-        let (p, o) = (&rows[0], &rows[4]);
-        let (order, best) = (&rows[5], &rows[6]);
-        println!(
-            "{}: p95 {:.1} ms and p99 {:.1} ms against {:.1} / {:.1} ms always on the fastest provider (x{:.2} / x{:.2})",
-            order.name, order.p95, order.p99, best.p95, best.p99, order.p95 / best.p95, order.p99 / best.p99,
-        );
-        for s in &rows[1..4] {
-            println!(
-                "{}: p95 x{:.2} p99 x{:.2} over the plain leaf = {:.0} % (p95) and {:.0} % (p99) of the oracle's x{:.2} / x{:.2}",
-                s.name.trim(), p.p95 / s.p95, p.p99 / s.p99,
-                100.0 * (p.p95 / s.p95) / (p.p95 / o.p95),
-                100.0 * (p.p99 / s.p99) / (p.p99 / o.p99),
-                p.p95 / o.p95, p.p99 / o.p99,
-            );
+        if only.is_none() {
+            faults(n / 10).await;
         }
-
-        faults(n / 10).await;
     });
 }
 

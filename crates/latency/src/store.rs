@@ -26,6 +26,8 @@ struct Half {
     ttft: Histogram<u32>,
     tps: Histogram<u32>,
     gap: Histogram<u32>,
+    /// How long censored attempts ran (lower bounds of their TTFT).
+    cens: Histogram<u32>,
     ok: u64,
     errors: u64,
     timeouts: u64,
@@ -38,6 +40,7 @@ impl Half {
             ttft: hist(TTFT_MAX),
             tps: hist(TPS_MAX),
             gap: hist(TTFT_MAX),
+            cens: hist(TTFT_MAX),
             ok: 0,
             errors: 0,
             timeouts: 0,
@@ -49,6 +52,7 @@ impl Half {
         self.ttft.reset();
         self.tps.reset();
         self.gap.reset();
+        self.cens.reset();
         self.ok = 0;
         self.errors = 0;
         self.timeouts = 0;
@@ -113,7 +117,7 @@ fn count_keys(map: &HashMap<Arc<str>, ModelEntries>) -> usize {
 /// Recording takes one short lock per key; reading takes a read lock on a cached snapshot
 /// that is recomputed at most every 250 ms.
 ///
-/// Memory: about 30 KiB per key (six HDR histograms of 2 significant digits); keys are
+/// Memory: about 40 KiB per key (eight HDR histograms of 2 significant digits); keys are
 /// capped (default 256). A model gets keys when it is [admitted](LatencyStore::admit) (the
 /// router admits its tiers' models) or at its first success: a stream of junk model names
 /// that only ever fail takes no room. When full, keys idle for a whole window are evicted
@@ -126,7 +130,11 @@ fn count_keys(map: &HashMap<Arc<str>, ModelEntries>) -> usize {
 /// the hedge delay that cut it (mixing exact and censored values needs an estimator such
 /// as Kaplan–Meier, which wants the at-risk set per value that a two-digit sketch does not
 /// keep). Attempts that ran out of time are in the timeout rate; so the tail is seen
-/// three ways: quantiles of what committed, the timeout rate, the censored count.
+/// three ways: quantiles of what committed, the timeout rate, the censored count. How long
+/// censored attempts ran is kept too: it is what a [`Prior`] answers to (a censored attempt
+/// counts against the prior's weight like a sample, and with no sample the median time
+/// censored attempts ran stands in for the measurement), so a provider published as fast
+/// whose attempts keep losing races loses its published rank in a few calls.
 ///
 /// ```
 /// use std::time::Duration;
@@ -170,9 +178,18 @@ pub struct LatencyStoreBuilder {
     max_keys: usize,
     min_samples: u64,
     prior_weight: u32,
+    refresh: Duration,
 }
 
 impl LatencyStoreBuilder {
+    /// How long a computed snapshot of a key's stats is reused (default 250 ms, at most
+    /// half the window). Readers that cache what they derive from it (the router's order)
+    /// use the same period.
+    pub fn refresh(mut self, d: Duration) -> Self {
+        self.refresh = d;
+        self
+    }
+
     /// How many calls a [`Prior`] is worth (default 5, at most 1000): after that many
     /// local TTFT samples the prior has half the say in a quantile. Published stats are
     /// everyone's traffic over 30 minutes; a few of our own calls should outweigh them.
@@ -225,7 +242,7 @@ impl LatencyStoreBuilder {
                 prior_weight: f64::from(self.prior_weight),
                 max_keys: self.max_keys,
                 min_samples: self.min_samples,
-                refresh: Duration::from_millis(250).min(half),
+                refresh: self.refresh.min(half),
                 entries: RwLock::new(HashMap::new()),
             }),
         })
@@ -245,6 +262,7 @@ impl LatencyStore {
             max_keys: 256,
             min_samples: 20,
             prior_weight: 5,
+            refresh: Duration::from_millis(250),
         }
     }
 
@@ -369,9 +387,13 @@ impl LatencyStore {
             self.rotate(&mut w, now);
             // A censored sample is a lower bound, not a TTFT: counted apart, kept out of
             // the quantiles.
-            if let Some(t) = ttft.filter(|_| outcome != Outcome::Censored) {
+            if let Some(t) = ttft {
                 let v = ((t.as_secs_f64() * 1e6 / TTFT_UNIT_US) as u64).clamp(1, TTFT_MAX);
-                w.current.ttft.saturating_record(v);
+                if outcome == Outcome::Censored {
+                    w.current.cens.saturating_record(v);
+                } else {
+                    w.current.ttft.saturating_record(v);
+                }
             }
             if let Some(tps) = tokens_per_sec.filter(|x| x.is_finite() && *x > 0.0) {
                 w.current
@@ -527,6 +549,11 @@ impl LatencyStore {
     pub fn prior_weight(&self) -> f64 {
         self.inner.prior_weight
     }
+
+    /// How long a computed snapshot is reused.
+    pub fn refresh(&self) -> Duration {
+        self.inner.refresh
+    }
 }
 
 fn compute(w: &Windows, prior_weight: f64) -> Stats {
@@ -540,6 +567,8 @@ fn compute(w: &Windows, prior_weight: f64) -> Stats {
     let errors = w.previous.errors + w.current.errors;
     let timeouts = w.previous.timeouts + w.current.timeouts;
     let censored = w.previous.censored + w.current.censored;
+    let mut cens = w.previous.cens.clone();
+    let _ = cens.add(&w.current.cens);
     let calls = ok + errors;
     let q = |h: &Histogram<u32>, q: f64| {
         if h.is_empty() {
@@ -548,11 +577,24 @@ fn compute(w: &Windows, prior_weight: f64) -> Stats {
             Duration::from_secs_f64(h.value_at_quantile(q) as f64 * TTFT_UNIT_US / 1e6)
         }
     };
-    // A prior worth `k` calls against `n` samples: a weighted geometric mean per point.
+    // A prior worth `k` calls against `n` samples and `c` censored attempts: a weighted
+    // geometric mean per point. A censored attempt counts against the prior as a sample
+    // does (it is evidence of ours), and with no sample at all the median time censored
+    // attempts ran stands for the measurement: a lower bound, which is what a prior
+    // claiming a provider fast must answer to when its attempts keep losing races.
     let n = ttft.len() as f64;
-    let share = w.prior.map_or(0.0, |_| prior_weight / (prior_weight + n));
+    let c = cens.len() as f64;
+    let share = w
+        .prior
+        .map_or(0.0, |_| prior_weight / (prior_weight + n + c));
+    let floor = (n == 0.0 && c > 0.0).then(|| q(&cens, 0.5));
     let blend = |measured: Duration, published: Option<Duration>| match published {
-        Some(p) if n == 0.0 => p,
+        Some(p) if n == 0.0 && c == 0.0 => p,
+        Some(p) if n == 0.0 => {
+            let m = floor.unwrap_or(p).max(p).as_secs_f64().max(1e-6);
+            let p = p.as_secs_f64().max(1e-6);
+            Duration::from_secs_f64((share * p.ln() + (1.0 - share) * m.ln()).exp())
+        }
         Some(p) => {
             let (m, p) = (measured.as_secs_f64().max(1e-6), p.as_secs_f64().max(1e-6));
             Duration::from_secs_f64((share * p.ln() + (1.0 - share) * m.ln()).exp())

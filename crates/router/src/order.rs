@@ -33,8 +33,6 @@ use crate::OrderDecision;
 use crate::config::LearnedOrderConfig;
 use crate::tier::Share;
 
-/// How long a computed belief is reused before the store is read again.
-const REFRESH: Duration = Duration::from_millis(250);
 /// The most models whose belief is cached; past it the cache starts over.
 const MAX_MODELS: usize = 1024;
 /// The standard error of a lognormal's log-quantile near p90, in units of σ/√n.
@@ -140,8 +138,9 @@ impl LearnedOrder {
             let cache = read(&self.cache);
             match cache.get(model) {
                 Some(l)
-                    if l.at
-                        .is_some_and(|at| now.saturating_duration_since(at) < REFRESH) =>
+                    if l.at.is_some_and(|at| {
+                        now.saturating_duration_since(at) < store.refresh() && !l.arms.is_empty()
+                    }) =>
                 {
                     return l.clone();
                 }
@@ -290,7 +289,12 @@ impl LearnedOrder {
             .map(|a| (a.mu + a.se * self.normal(), *a))
             .min_by(|x, y| x.0.total_cmp(&y.0))
             .map_or(best, |(_, a)| a);
-        let equal = drawn.ttft_q <= best.ttft_q.mul_f64(1.0 + self.cfg.stickiness);
+        // Equals: well measured, and not told apart from the best by more than the margin
+        // and their noise. Anything else the draw put first is explored, and raced.
+        let noise = 2.0 * (drawn.se * drawn.se + best.se * best.se).sqrt();
+        let equal = drawn.slug == best.slug
+            || (drawn.samples >= store.min_samples().max(1)
+                && drawn.mu - best.mu <= (1.0 + self.cfg.stickiness).ln() + noise);
         let mut order = Vec::with_capacity(arms.len());
         order.push(drawn.slug.to_string());
         order.extend(
