@@ -25,6 +25,20 @@
 //! `gen_ai.response.model`, `openrouter.provider`, `llm.prompt_size_bucket` (powers of 4 of
 //! the prompt's ≈ tokens), `llm.scope` (`call` or `attempt`). No label holds user text or ids.
 //!
+//! # The store's estimator, and how fast it forgets
+//!
+//! Per key, HDR sketches (2 significant digits: ±1 % on any quantile) of TTFT, tokens per
+//! second, the longest gap per stream and how long censored attempts ran, in two halves of
+//! a sliding window (60 s by default): a sample counts for between half and all of the
+//! window, so a provider that changed shows within one window and one not called for a
+//! window is unknown again. Reads come from a snapshot recomputed at most every 250 ms.
+//! A published [`Prior`] (OpenRouter's per-endpoint stats, fetched by a [`PriorFeed`])
+//! stands in before the first sample and is worth `prior_weight` calls (5) after it:
+//! each quantile is `exp((k·ln prior + n·ln measured) / (k + n))`, `n` counting samples and
+//! censored attempts, so it has half the say after 5 of our calls and under a tenth after
+//! 50. A prior does not age with the window: it stays until the feed replaces it (every 5
+//! minutes by default).
+//!
 //! # Ordering
 //!
 //! Twice in a typical stack: outermost with [`Scope::Call`] (what the caller saw, retries

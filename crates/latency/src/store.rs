@@ -509,6 +509,15 @@ impl LatencyStore {
         *write(&entry.cache) = (now, stats);
     }
 
+    /// The stats of `(model, provider)` from local measurements alone (no prior blended
+    /// in), computed now; `None` when the store never saw it.
+    pub fn measured(&self, model: &str, provider: Option<&str>) -> Option<Stats> {
+        let entry = self.entry(model, provider, false)?;
+        let mut w = lock(&entry.windows);
+        self.rotate(&mut w, Instant::now());
+        Some(compute_with(&w, None, self.inner.prior_weight))
+    }
+
     /// The published first guess for `(model, provider)`, if one was set.
     pub fn prior(&self, model: &str, provider: &str) -> Option<Prior> {
         let entry = self.entry(model, Some(provider), false)?;
@@ -557,6 +566,10 @@ impl LatencyStore {
 }
 
 fn compute(w: &Windows, prior_weight: f64) -> Stats {
+    compute_with(w, w.prior, prior_weight)
+}
+
+fn compute_with(w: &Windows, prior: Option<Prior>, prior_weight: f64) -> Stats {
     let mut ttft = w.previous.ttft.clone();
     let _ = ttft.add(&w.current.ttft);
     let mut tps = w.previous.tps.clone();
@@ -584,9 +597,7 @@ fn compute(w: &Windows, prior_weight: f64) -> Stats {
     // claiming a provider fast must answer to when its attempts keep losing races.
     let n = ttft.len() as f64;
     let c = cens.len() as f64;
-    let share = w
-        .prior
-        .map_or(0.0, |_| prior_weight / (prior_weight + n + c));
+    let share = prior.map_or(0.0, |_| prior_weight / (prior_weight + n + c));
     let floor = (n == 0.0 && c > 0.0).then(|| q(&cens, 0.5));
     let blend = |measured: Duration, published: Option<Duration>| match published {
         Some(p) if n == 0.0 && c == 0.0 => p,
@@ -601,7 +612,7 @@ fn compute(w: &Windows, prior_weight: f64) -> Stats {
         }
         None => measured,
     };
-    let pr = w.prior;
+    let pr = prior;
     Stats {
         calls,
         ttft_samples: ttft.len(),

@@ -174,10 +174,18 @@ pub fn snapshot(parts: &Parts, config: &Config, started: Instant, counters: &Cou
                         json!({"p50": ms(p.ttft_p50), "p95": ms(p.ttft_p95()), "p99": ms(p.ttft_p99),
                                "uptime_5m": p.uptime_5m, "weight": s.prior_weight})
                     });
+                    let measured = parts
+                        .store
+                        .measured(&model, Some(name))
+                        .filter(|m| m.ttft_samples > 0)
+                        .map(|m| json!({"p50": ms(m.ttft_p50), "p95": ms(m.ttft_p95), "p99": ms(m.ttft_p99)}));
                     json!({
                         "provider": name,
                         "slug": slug,
+                        // What the router ranks by: the measurements, blended with the
+                        // published prior while there are few.
                         "ttft_ms": {"p50": ms(s.ttft_p50), "p95": ms(s.ttft_p95), "p99": ms(s.ttft_p99)},
+                        "measured_ttft_ms": measured,
                         "prior_ttft_ms": prior,
                         "samples": s.ttft_samples,
                         "calls": s.calls,

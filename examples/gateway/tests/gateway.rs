@@ -1300,6 +1300,10 @@ async fn the_status_page_shows_breaker_trips_and_the_learned_order() {
         .find(|m| m["model"] == "mock/echo")
         .unwrap_or_else(|| panic!("{v}"));
     assert_eq!(model["learned_order"], json!(["alpha"]), "{model}");
+    // The mock published its stats: priors next to what was measured, and the router's
+    // ranking says which it stands on.
+    assert_eq!(model["rankings"][0]["provider"], "Alpha", "{model}");
+    assert_eq!(model["rankings"][0]["from"], "prior + measured", "{model}");
     let provider = |name: &str| {
         model["providers"]
             .as_array()
@@ -1312,6 +1316,13 @@ async fn the_status_page_shows_breaker_trips_and_the_learned_order() {
     assert_eq!(provider("Down")["breaker"]["state"], "open", "{model}");
     assert_eq!(provider("Down")["success_rate"], 0.0);
     assert!(provider("Alpha")["samples"].as_u64().unwrap() >= 10);
+    assert!(
+        provider("Alpha")["measured_ttft_ms"]["p50"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert_eq!(provider("Alpha")["prior_ttft_ms"]["p50"], 1.0, "{model}");
     assert!(
         !provider("Alpha")["recent_ttft_ms"]
             .as_array()
