@@ -611,7 +611,7 @@ fn main() {
             cold_start("fat_tail preset", fat).await;
             cold_start("heavy-tailed fastest + steady middle", heavy).await;
         }
-        if only.is_none() {
+        if only.is_none() || only.as_deref() == Some("faults") {
             faults(n / 10).await;
         }
     });

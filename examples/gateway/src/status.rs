@@ -137,7 +137,7 @@ pub fn snapshot(parts: &Parts, config: &Config, started: Instant, counters: &Cou
             let providers = parts.store.providers(&model);
             let best = providers
                 .iter()
-                .filter(|(_, s)| s.ttft_samples > 0)
+                .filter(|(_, s)| s.ttft_samples > 0 || s.prior_weight > 0.0)
                 .map(|(_, s)| s.ttft_p50)
                 .min();
             let rows: Vec<Value> = providers
@@ -168,7 +168,7 @@ pub fn snapshot(parts: &Parts, config: &Config, started: Instant, counters: &Cou
                         .and_then(|b| b.held_until)
                         .map(|h| h.saturating_duration_since(now).as_secs_f64());
                     let slow = best.is_some_and(|best| {
-                        s.ttft_samples > 0 && s.ttft_p50 > best * 2
+                        (s.ttft_samples > 0 || s.prior_weight > 0.0) && s.ttft_p50 > best * 2
                     });
                     let prior = parts.store.prior(&model, name).map(|p| {
                         json!({"p50": ms(p.ttft_p50), "p95": ms(p.ttft_p95()), "p99": ms(p.ttft_p99),
