@@ -59,10 +59,28 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// Parses a whole body of the form `{"error": {...}}`; `None` if it is not one.
+    /// Parses a whole error body: OpenRouter's and OpenAI's `{"error": {...}}`,
+    /// Anthropic's `{"type": "error", "error": {"type": ..., "message": ...}}`, or vLLM's
+    /// flat `{"object": "error", "message": ..., "type": ..., "code": 400}`; `None` if it is
+    /// none of them.
+    ///
+    /// ```
+    /// use llm_layers_core::ApiError;
+    /// let anthropic = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+    /// assert_eq!(ApiError::from_body(anthropic).unwrap().error_type.as_deref(), Some("overloaded_error"));
+    /// let vllm = br#"{"object":"error","message":"bad","type":"BadRequestError","param":null,"code":400}"#;
+    /// let e = ApiError::from_body(vllm).unwrap();
+    /// assert_eq!((e.message.as_deref(), e.status_code().map(|s| s.as_u16())), (Some("bad"), Some(400)));
+    /// ```
     pub fn from_body(body: &[u8]) -> Option<ApiError> {
         let v: Value = serde_json::from_slice(body).ok()?;
-        ApiError::from_value(v.get("error")?)
+        match v.get("error") {
+            Some(e) => ApiError::from_value(e),
+            None if v.get("object").and_then(Value::as_str) == Some("error") => {
+                ApiError::from_value(&v)
+            }
+            None => None,
+        }
     }
 
     /// Parses the inner error object (the value of the `error` key).
@@ -98,7 +116,9 @@ impl ApiError {
                 .get("message")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
-            error_type: str_field("error_type"),
+            // OpenRouter's `metadata.error_type`; OpenAI's, Anthropic's and vLLM's `type`.
+            error_type: str_field("error_type")
+                .or_else(|| obj.get("type").and_then(Value::as_str).map(str::to_owned)),
             provider_name: str_field("provider_name"),
             retryable: availability
                 .and_then(|a| a.get("retryable"))

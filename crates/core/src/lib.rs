@@ -55,7 +55,8 @@ pub use error::{
     parse_retry_after,
 };
 pub use request::{
-    Alternatives, ChatBody, ChatRequest, Content, Deadline, Message, Priority, ProviderPlan,
-    ProviderPreferences, ProviderSort, Tenant, WholeAnswer, default_slug, slug_matches,
+    Alternatives, ChatBody, ChatRequest, Content, Deadline, KeyId, Message, OPENROUTER_ONLY_FIELDS,
+    Priority, ProviderPlan, ProviderPreferences, ProviderSort, Tenant, UpstreamName, WholeAnswer,
+    default_slug, slug_matches,
 };
 pub use stream::{BoxChunkStream, ChatStream, Commit, ResponseMeta, Timings};

@@ -159,6 +159,17 @@ pub struct ProviderPlan {
     pub race_after: Option<std::time::Duration>,
 }
 
+/// In [`ResponseMeta::extensions`](crate::ResponseMeta::extensions): the API key that
+/// served the call, by its id (a name, or `…` and its last four characters), never its
+/// text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyId(pub Arc<str>);
+
+/// In [`ResponseMeta::extensions`](crate::ResponseMeta::extensions): the upstream that
+/// served the call, by the name it was configured with (`"openrouter"`, `"direct"`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamName(pub Arc<str>);
+
 impl ProviderPlan {
     /// A plan whose first attempt goes to `first`.
     pub fn new(first: Option<Arc<str>>) -> Self {
@@ -309,7 +320,64 @@ impl ChatBody {
             stream_options: &self.stream_options,
             provider: &self.provider,
             models: &self.models,
-            extra: &self.extra,
+            extra: Extra::All(&self.extra),
+        };
+        let mut out =
+            Vec::with_capacity(256 + self.messages.iter().map(Message::text_len).sum::<usize>());
+        serde_json::to_writer(&mut out, &wire)?;
+        Ok(out)
+    }
+
+    /// The JSON an OpenAI-compatible endpoint (OpenAI, vLLM, a provider's own API) takes:
+    /// as [`to_json_with`](Self::to_json_with), with `model` as given and nothing only
+    /// OpenRouter understands ([`OPENROUTER_ONLY_FIELDS`]: `provider`, `models`,
+    /// `transforms`, `route`, `plugins`, `usage`, `reasoning`).
+    ///
+    /// ```
+    /// use llm_layers_core::{ChatBody, ChatRequest, Message};
+    /// let mut r = ChatRequest::new("openai/gpt-4o-mini:nitro", vec![Message::user("hi")]);
+    /// r.body_mut().provider_mut().order = Some(vec!["openai".into()]);
+    /// r.body_mut().extra.insert("transforms".into(), serde_json::json!(["middle-out"]));
+    /// r.body_mut().extra.insert("logprobs".into(), serde_json::json!(true));
+    /// let json = r.body().to_openai_json(Some(true), None, "gpt-4o-mini").unwrap();
+    /// let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    /// assert_eq!(v["model"], "gpt-4o-mini");
+    /// assert!(v.get("provider").is_none() && v.get("transforms").is_none());
+    /// assert_eq!(v["logprobs"], true);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// When serde cannot serialize a value (a non-finite float).
+    pub fn to_openai_json(
+        &self,
+        stream: Option<bool>,
+        default_max_tokens: Option<u32>,
+        model: &str,
+    ) -> serde_json::Result<Vec<u8>> {
+        let max_tokens = match (self.max_tokens, self.max_completion_tokens) {
+            (None, None) => default_max_tokens,
+            (m, _) => m,
+        };
+        let model = Some(model.to_owned());
+        let wire = WireBody {
+            model: &model,
+            messages: &self.messages,
+            stream: stream.or(self.stream),
+            max_tokens,
+            max_completion_tokens: self.max_completion_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            stop: &self.stop,
+            seed: self.seed,
+            tools: &self.tools,
+            tool_choice: &self.tool_choice,
+            response_format: &self.response_format,
+            user: &self.user,
+            stream_options: &self.stream_options,
+            provider: &None,
+            models: &None,
+            extra: Extra::Without(&self.extra, OPENROUTER_ONLY_FIELDS),
         };
         let mut out =
             Vec::with_capacity(256 + self.messages.iter().map(Message::text_len).sum::<usize>());
@@ -359,7 +427,35 @@ struct WireBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     models: &'a Option<Vec<String>>,
     #[serde(flatten)]
-    extra: &'a Map<String, Value>,
+    extra: Extra<'a>,
+}
+
+/// Request fields only OpenRouter understands: an OpenAI-compatible dialect leaves them out.
+pub const OPENROUTER_ONLY_FIELDS: &[&str] = &[
+    "provider",
+    "models",
+    "transforms",
+    "route",
+    "plugins",
+    "usage",
+    "reasoning",
+];
+
+/// The unmodelled fields, all of them or without some (no copy either way).
+enum Extra<'a> {
+    All(&'a Map<String, Value>),
+    Without(&'a Map<String, Value>, &'a [&'a str]),
+}
+
+impl Serialize for Extra<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Extra::All(m) => s.collect_map(m.iter()),
+            Extra::Without(m, skip) => {
+                s.collect_map(m.iter().filter(|(k, _)| !skip.contains(&k.as_str())))
+            }
+        }
+    }
 }
 
 /// One message of the conversation.

@@ -38,6 +38,8 @@ mod server;
 mod writer;
 
 pub use answer::{answer_pieces, answer_tag, answer_token, expected_answer};
-pub use scenario::{Dist, Faults, ProviderSpec, Scenario, ScenarioError, StatusFault};
+pub use scenario::{
+    Dist, Faults, OPENAI_CHAT_FIELDS, ProviderSpec, Scenario, ScenarioError, StatusFault,
+};
 pub use scripted::{MockChat, Script, ScriptStream};
 pub use server::{Counters, MockBody, MockServer};

@@ -69,7 +69,50 @@ pub struct Scenario {
     /// Require `Authorization: Bearer …` (401 without).
     #[serde(default = "yes")]
     pub require_auth: bool,
+    /// Behave as a strict OpenAI-compatible endpoint: a chat request with a field OpenAI's
+    /// API does not take (OpenRouter's `provider`, `models`, `transforms` ...) is a 400 in
+    /// OpenAI's error shape.
+    #[serde(default)]
+    pub strict_openai: bool,
+    /// API keys answered with a status instead of an answer: 401 (invalid key), 402 (no
+    /// credit) or 429 (the key's own limit, with `X-RateLimit-*` headers and
+    /// `Retry-After: 1`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub key_statuses: std::collections::BTreeMap<String, u16>,
 }
+
+/// The request fields an OpenAI-compatible chat endpoint takes (what `strict_openai`
+/// accepts).
+pub const OPENAI_CHAT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "reasoning_effort",
+    "modalities",
+    "prediction",
+    "audio",
+];
 
 fn one() -> f64 {
     1.0
@@ -416,6 +459,8 @@ impl Scenario {
             default_tokens: default_tokens(),
             max_tokens: max_tokens_cap(),
             require_auth: true,
+            strict_openai: false,
+            key_statuses: std::collections::BTreeMap::new(),
         }
     }
 

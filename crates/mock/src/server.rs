@@ -83,6 +83,8 @@ pub struct Counters {
     completed_streams: AtomicU64,
     catalog_requests: AtomicU64,
     outcomes: Mutex<HashMap<(String, String), u64>>,
+    bodies: Mutex<std::collections::VecDeque<Bytes>>,
+    keys: Mutex<HashMap<String, u64>>,
     changed: Notify,
 }
 
@@ -151,6 +153,16 @@ impl Counters {
             }
         };
         tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+
+    /// The bodies of the last 1,024 chat requests, oldest first.
+    pub fn bodies(&self) -> Vec<Bytes> {
+        lock(&self.bodies).iter().cloned().collect()
+    }
+
+    /// Chat requests per API key (the bearer token as sent).
+    pub fn requests_by_key(&self) -> HashMap<String, u64> {
+        lock(&self.keys).clone()
     }
 
     fn record(&self, provider: &str, outcome: &str) {
@@ -407,6 +419,14 @@ async fn chat(
     req: Request<Incoming>,
 ) -> Result<Response<MockBody>, Reset> {
     state.counters.requests.fetch_add(1, Ordering::SeqCst);
+    let key = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_owned();
+    *lock(&state.counters.keys).entry(key.clone()).or_default() += 1;
     let bytes = match Limited::new(req.into_body(), 16 * 1024 * 1024)
         .collect()
         .await
@@ -414,6 +434,45 @@ async fn chat(
         Ok(c) => c.to_bytes(),
         Err(_) => return Err(Reset),
     };
+    {
+        let mut bodies = lock(&state.counters.bodies);
+        if bodies.len() >= 1024 {
+            bodies.pop_front();
+        }
+        bodies.push_back(bytes.clone());
+    }
+    if let Some(&code) = state.scenario.key_statuses.get(&key) {
+        state.counters.record("", &format!("key_{code}"));
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::UNAUTHORIZED);
+        let mut r = error_json(status, &format!("mock: this key gets {code}"), json!({}));
+        if code == 429 {
+            let h = r.headers_mut();
+            h.insert("x-ratelimit-limit", http::HeaderValue::from_static("10"));
+            h.insert("x-ratelimit-remaining", http::HeaderValue::from_static("0"));
+            h.insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        }
+        return Ok(r);
+    }
+    if state.scenario.strict_openai {
+        let unknown = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes)
+            .ok()
+            .and_then(|m| {
+                m.keys()
+                    .find(|k| !crate::scenario::OPENAI_CHAT_FIELDS.contains(&k.as_str()))
+                    .cloned()
+            });
+        if let Some(field) = unknown {
+            state.counters.record("", "strict_rejected");
+            let body = json!({"error": {
+                "message": format!("Unrecognized request argument supplied: {field}"),
+                "type": "invalid_request_error", "param": null, "code": null}});
+            return Ok(full(
+                StatusCode::BAD_REQUEST,
+                "application/json",
+                body.to_string(),
+            ));
+        }
+    }
     let request: ChatRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => {

@@ -10,8 +10,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use std::collections::HashMap;
+
 use crate::catalog::Catalog;
-use crate::service::{OpenRouter, Shared};
+use crate::keys::{KeyChoice, KeyRing, key_id};
+use crate::service::{Dialect, OpenRouter, Shared};
 
 /// The public OpenRouter API base URL.
 pub const DEFAULT_BASE_URL: &str = "https://openrouter.ai/api/v1";
@@ -37,7 +40,10 @@ pub const DEFAULT_BASE_URL: &str = "https://openrouter.ai/api/v1";
 #[derive(Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct Builder {
-    api_key: String,
+    keys: Vec<(Option<String>, String)>,
+    key_choice: KeyChoice,
+    dialect: Dialect,
+    model_map: HashMap<String, String>,
     base_url: String,
     referer: Option<String>,
     title: Option<String>,
@@ -56,7 +62,8 @@ pub struct Builder {
 impl fmt::Debug for Builder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
-            .field("api_key", &"<redacted>")
+            .field("api_keys", &self.keys.len())
+            .field("dialect", &self.dialect)
             .field("base_url", &self.base_url)
             .field("connect_timeout", &self.connect_timeout)
             .field("http2_prior_knowledge", &self.http2_prior_knowledge)
@@ -69,7 +76,10 @@ impl fmt::Debug for Builder {
 impl Default for Builder {
     fn default() -> Self {
         Builder {
-            api_key: String::new(),
+            keys: Vec::new(),
+            key_choice: KeyChoice::default(),
+            dialect: Dialect::default(),
+            model_map: HashMap::new(),
             base_url: DEFAULT_BASE_URL.to_owned(),
             referer: None,
             title: None,
@@ -88,9 +98,52 @@ impl Default for Builder {
 }
 
 impl Builder {
-    /// The OpenRouter API key (`sk-or-v1-…`). Required.
+    /// The API key (`sk-or-v1-…`): the only one, replacing any set before. A key (this or
+    /// [`api_keys`](Self::api_keys)) is required.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = key.into();
+        self.keys = vec![(None, key.into())];
+        self
+    }
+
+    /// Several API keys, each with a name that stands for it in metrics, logs and
+    /// [`KeyId`](llm_layers_core::KeyId) (the key text never appears anywhere but in the
+    /// request header): calls take them in turn ([`key_choice`](Self::key_choice)); a key
+    /// answered with 401/403 is retired until the process restarts (logged as an error),
+    /// one answered with 402 (no credit) for 10 minutes, one at its own rate limit (a 429
+    /// with `X-RateLimit-*` headers) is held for its `Retry-After`, and the call goes on at
+    /// once with the next key. Replaces any key set before.
+    pub fn api_keys<N: Into<String>, K: Into<String>>(
+        mut self,
+        keys: impl IntoIterator<Item = (N, K)>,
+    ) -> Self {
+        self.keys = keys
+            .into_iter()
+            .map(|(n, k)| (Some(n.into()), k.into()))
+            .collect();
+        self
+    }
+
+    /// How the next key is chosen (default round-robin).
+    pub fn key_choice(mut self, choice: KeyChoice) -> Self {
+        self.key_choice = choice;
+        self
+    }
+
+    /// What the upstream speaks (default [`Dialect::OpenRouter`]).
+    pub fn dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
+        self
+    }
+
+    /// Model ids to send instead of the caller's, for an
+    /// [`OpenAiCompatible`](Dialect::OpenAiCompatible) upstream
+    /// (`"openai/gpt-4o-mini"` → `"gpt-4o-mini"`); ids not in the map go as they are, less
+    /// an OpenRouter variant suffix (`:nitro`, `:floor` ...).
+    pub fn model_map<A: Into<String>, B: Into<String>>(
+        mut self,
+        map: impl IntoIterator<Item = (A, B)>,
+    ) -> Self {
+        self.model_map = map.into_iter().map(|(a, b)| (a.into(), b.into())).collect();
         self
     }
 
@@ -190,12 +243,28 @@ impl Builder {
     ///
     /// A [`ConfigError`] saying what is wrong: an empty API key or one that cannot be a header, a base URL that is not an `http(s)` URL with a host, a zero timeout or size, or a TLS configuration that fails.
     pub fn build(self) -> Result<OpenRouter, ConfigError> {
-        if self.api_key.trim().is_empty() {
+        if self.keys.is_empty() || self.keys.iter().any(|(_, k)| k.trim().is_empty()) {
             return Err(ConfigError::new("the API key is empty"));
         }
-        let mut auth = HeaderValue::try_from(format!("Bearer {}", self.api_key.trim()))
-            .map_err(|_| ConfigError::new("the API key has characters not allowed in a header"))?;
-        auth.set_sensitive(true);
+        let mut ring = Vec::with_capacity(self.keys.len());
+        for (name, key) in &self.keys {
+            let mut auth =
+                HeaderValue::try_from(format!("Bearer {}", key.trim())).map_err(|_| {
+                    ConfigError::new("the API key has characters not allowed in a header")
+                })?;
+            auth.set_sensitive(true);
+            if name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+                return Err(ConfigError::new("an API key's name is empty"));
+            }
+            let id = key_id(name.as_deref(), key.trim());
+            if ring
+                .iter()
+                .any(|(other, _): &(Arc<str>, HeaderValue)| *other == id)
+            {
+                return Err(ConfigError::new(format!("two API keys are named {id}")));
+            }
+            ring.push((id, auth));
+        }
         let base = self.base_url.trim_end_matches('/');
         let uri: Uri = base
             .parse()
@@ -262,7 +331,9 @@ impl Builder {
             models_url: endpoint("/models")?,
             providers_url: endpoint("/providers")?,
             base_url: base.to_owned(),
-            auth,
+            keys: KeyRing::new(ring, self.key_choice),
+            dialect: self.dialect,
+            model_map: self.model_map,
             referer: header(&self.referer, "HTTP-Referer")?,
             title: header(&self.title, "title")?,
             default_max_tokens: self.default_max_tokens,

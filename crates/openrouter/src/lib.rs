@@ -40,9 +40,11 @@ mod builder;
 mod catalog;
 mod error;
 mod future;
+mod keys;
 mod service;
 
 pub use builder::{Builder, DEFAULT_BASE_URL};
 pub use catalog::{ModelInfo, ProviderInfo};
 pub use future::ResponseFuture;
-pub use service::OpenRouter;
+pub use keys::KeyChoice;
+pub use service::{Dialect, OpenRouter};

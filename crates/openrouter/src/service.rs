@@ -21,10 +21,13 @@ use llm_layers_core::{
 };
 use tokio::time::Instant;
 
+use std::collections::HashMap;
+
 use crate::builder::Builder;
 use crate::catalog::{Catalog, ModelInfo, ProviderInfo};
 use crate::error::from_client;
 use crate::future::ResponseFuture;
+use crate::keys::KeyRing;
 
 pub(crate) type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -40,13 +43,42 @@ pub struct OpenRouter {
     shared: Arc<Shared>,
 }
 
+/// What an upstream speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Dialect {
+    /// OpenRouter: provider routing (`provider`, `models`, `transforms` ...) and its
+    /// attribution headers are sent (default).
+    #[default]
+    OpenRouter,
+    /// Any OpenAI-compatible endpoint (OpenAI, a provider's own API, vLLM): nothing only
+    /// OpenRouter understands is sent ([`OPENROUTER_ONLY_FIELDS`](llm_layers_core::OPENROUTER_ONLY_FIELDS),
+    /// the attribution headers), model ids go through the builder's `model_map` and lose an
+    /// OpenRouter variant suffix. Errors in OpenAI's, Anthropic's and vLLM's shapes are read
+    /// as OpenRouter's are.
+    OpenAiCompatible,
+}
+
+/// OpenRouter's model variant suffixes, dropped for an OpenAI-compatible upstream.
+const VARIANTS: &[&str] = &[
+    ":nitro",
+    ":floor",
+    ":free",
+    ":online",
+    ":extended",
+    ":thinking",
+    ":exacto",
+];
+
 pub(crate) struct Shared {
     pub(crate) client: HttpClient,
     pub(crate) chat_url: Uri,
     pub(crate) models_url: Uri,
     pub(crate) providers_url: Uri,
     pub(crate) base_url: String,
-    pub(crate) auth: HeaderValue,
+    pub(crate) keys: KeyRing,
+    pub(crate) dialect: Dialect,
+    pub(crate) model_map: HashMap<String, String>,
     pub(crate) referer: Option<HeaderValue>,
     pub(crate) title: Option<HeaderValue>,
     pub(crate) default_max_tokens: Option<u32>,
@@ -61,7 +93,8 @@ impl fmt::Debug for OpenRouter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenRouter")
             .field("base_url", &self.shared.base_url)
-            .field("api_key", &"<redacted>")
+            .field("api_keys", &self.shared.keys.ids())
+            .field("dialect", &self.shared.dialect)
             .field("stream_upstream", &self.shared.stream_upstream)
             .field("default_max_tokens", &self.shared.default_max_tokens)
             .finish_non_exhaustive()
@@ -225,11 +258,16 @@ impl tower_service::Service<ChatRequest> for OpenRouter {
 }
 
 impl Shared {
+    /// A usable key for catalog reads (the first if none is).
+    fn any_key(&self) -> usize {
+        self.keys.pick(Instant::now(), &[]).unwrap_or(0)
+    }
+
     fn get(&self, method: Method, url: &Uri) -> Result<http::Request<Full<Bytes>>, LlmError> {
         let mut b = http::Request::builder()
             .method(method)
             .uri(url.clone())
-            .header(AUTHORIZATION, self.auth.clone())
+            .header(AUTHORIZATION, self.keys.auth(self.any_key()).clone())
             .header(ACCEPT, "application/json");
         if let Some(r) = &self.referer {
             b = b.header("http-referer", r.clone());
@@ -266,40 +304,71 @@ async fn send(shared: Arc<Shared>, req: ChatRequest) -> Result<ChatStream, LlmEr
         shared.check_model(&this, req.model()).await?;
     }
     let upstream_stream = req.is_stream() || shared.stream_upstream;
-    let body = req
-        .body()
-        .to_json_with(upstream_stream.then_some(true), shared.default_max_tokens)
-        .map_err(|e| LlmError::bad_request("the request could not be serialized").with_source(e))?;
-    let mut b = http::Request::builder()
-        .method(Method::POST)
-        .uri(shared.chat_url.clone())
-        .header(AUTHORIZATION, shared.auth.clone())
-        .header(CONTENT_TYPE, "application/json")
-        .header(
-            ACCEPT,
-            if upstream_stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            },
-        );
-    if let Some(r) = &shared.referer {
-        b = b.header("http-referer", r.clone());
+    let stream = upstream_stream.then_some(true);
+    let openrouter = shared.dialect == Dialect::OpenRouter;
+    let body = match shared.dialect {
+        Dialect::OpenRouter => req.body().to_json_with(stream, shared.default_max_tokens),
+        Dialect::OpenAiCompatible => {
+            let model = req.model();
+            let base = VARIANTS
+                .iter()
+                .find_map(|v| model.strip_suffix(v))
+                .unwrap_or(model);
+            let mapped = shared
+                .model_map
+                .get(model)
+                .or_else(|| shared.model_map.get(base))
+                .map_or(base, String::as_str);
+            req.body()
+                .to_openai_json(stream, shared.default_max_tokens, mapped)
+        }
     }
-    if let Some(t) = &shared.title {
-        b = b.header("x-openrouter-title", t.clone());
-    }
-    let request = b
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| LlmError::bad_request("could not build the request").with_source(e))?;
-
-    let started = Instant::now();
-    let resp = shared.client.request(request).await.map_err(from_client)?;
-    let (parts, body) = resp.into_parts();
-    if !parts.status.is_success() {
-        return Err(read_error(parts, body).await);
-    }
+    .map_err(|e| LlmError::bad_request("the request could not be serialized").with_source(e))?;
+    let body = Bytes::from(body);
+    let mut tried: Vec<usize> = Vec::new();
+    let (key, started, parts, body) = loop {
+        let key = shared.keys.pick(Instant::now(), &tried)?;
+        let mut b = http::Request::builder()
+            .method(Method::POST)
+            .uri(shared.chat_url.clone())
+            .header(AUTHORIZATION, shared.keys.auth(key).clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(
+                ACCEPT,
+                if upstream_stream {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
+            );
+        if openrouter {
+            if let Some(r) = &shared.referer {
+                b = b.header("http-referer", r.clone());
+            }
+            if let Some(t) = &shared.title {
+                b = b.header("x-openrouter-title", t.clone());
+            }
+        }
+        let request = b
+            .body(Full::new(body.clone()))
+            .map_err(|e| LlmError::bad_request("could not build the request").with_source(e))?;
+        let started = Instant::now();
+        let resp = shared.client.request(request).await.map_err(from_client)?;
+        let (parts, resp_body) = resp.into_parts();
+        if parts.status.is_success() {
+            break (key, started, parts, resp_body);
+        }
+        let err = read_error(parts, resp_body).await;
+        // A key-level refusal: the next key may serve the call at once.
+        if shared.keys.learn(key, &err, Instant::now()) && tried.len() + 1 < shared.keys.len() {
+            tried.push(key);
+            continue;
+        }
+        return Err(err);
+    };
     let mut meta = ResponseMeta::default();
+    meta.extensions
+        .insert(llm_layers_core::KeyId(shared.keys.id(key).clone()));
     meta.attempt = 1;
     meta.attempts = 1;
     meta.timings.started = Some(started);
