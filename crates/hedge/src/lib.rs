@@ -59,6 +59,7 @@ mod future;
 mod layer;
 mod policy;
 mod service;
+mod upstreams;
 
 pub use future::ResponseFuture;
 pub use layer::{HedgeLayer, HedgeLayerBuilder};
@@ -66,6 +67,7 @@ pub use policy::{
     FollowPlan, HedgeDelay, HedgePolicy, NextCandidate, OtherModels, SameRequest, SortByLatency,
 };
 pub use service::Hedge;
+pub use upstreams::{NextUpstream, Upstreams, UseUpstream};
 
 /// Which attempt won a call that sent a hedge (0 = the original, 1 = the first hedge), in
 /// the stream's [`ResponseMeta::extensions`](llm_layers_core::ResponseMeta::extensions);
