@@ -81,3 +81,52 @@ async fn racing_two_upstreams_returns_one_exact_answer_and_cancels_the_other() {
     assert_eq!(openrouter.counters().cancelled_streams(), 1);
     assert_eq!(openrouter.counters().completed_streams(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_start_on_the_upstream_measured_faster() {
+    use llm_layers::hedge::ChooseUpstreamLayer;
+    use llm_layers::latency::LatencyStore;
+    let openrouter = MockServer::start(upstream(400.0, 1)).await.unwrap();
+    let direct = MockServer::start(upstream(20.0, 2)).await.unwrap();
+    let leaf = |s: &MockServer| {
+        OpenRouter::builder()
+            .api_key("sk-test-key-0001")
+            .base_url(s.base_url())
+            .build()
+            .unwrap()
+    };
+    let store = LatencyStore::builder().min_samples(3).build().unwrap();
+    let upstreams = Upstreams::new([("openrouter", leaf(&openrouter)), ("direct", leaf(&direct))])
+        .unwrap()
+        .record_into(store.clone());
+    let svc = ChooseUpstreamLayer::new(store, ["openrouter", "direct"], 0).layer(
+        HedgeLayer::builder()
+            .delay(HedgeDelay::Fixed(Duration::from_millis(100)))
+            .policy(NextUpstream)
+            .budget_ratio(1.0)
+            .budget_floor(100)
+            .build()
+            .unwrap()
+            .layer(upstreams),
+    );
+    let mut served = Vec::new();
+    for i in 0..12 {
+        let mut r = ChatRequest::new("mock/echo", vec![Message::user(format!("c{i}"))]);
+        r.body_mut().max_tokens = Some(1);
+        let s = svc.clone().oneshot(r).await.unwrap();
+        served.push(
+            s.meta()
+                .extensions
+                .get::<UpstreamName>()
+                .unwrap()
+                .0
+                .to_string(),
+        );
+        s.collect().await.unwrap();
+    }
+    // Every call was answered by the direct endpoint (raced at 100 ms while OpenRouter was
+    // being measured); after three lost races OpenRouter is no longer tried first.
+    assert!(served.iter().all(|s| s == "direct"), "{served:?}");
+    assert_eq!(openrouter.counters().requests(), 3);
+    assert_eq!(direct.counters().requests(), 12);
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use llm_layers_breaker::{BreakerLayer, SlowCall};
 use llm_layers_core::{ChatRequest, ChatStream, LlmError, Message, WholeAnswer};
-use llm_layers_hedge::{HedgeDelay, HedgeLayer};
+use llm_layers_hedge::{ChooseUpstreamLayer, HedgeDelay, HedgeLayer, NextUpstream, Upstreams};
 use llm_layers_latency::{LatencyLayer, LatencyStore, PriorFeed, Scope};
 use llm_layers_mock::{Dist, MockServer, Scenario, expected_answer};
 use llm_layers_openrouter::OpenRouter;
@@ -583,6 +583,128 @@ async fn run_at(
     )
 }
 
+/// Two upstreams: the `fat_tail` mock as OpenRouter and a second mock as a provider's own
+/// endpoint (OpenAI-compatible dialect, one provider, TTFT p50 0.9 s, p99 2.5 s), alone and
+/// together: each call starts on the upstream measured faster for its model (one call in 50
+/// on the other), the other raced at the hedge delay (p95 of recent TTFT, 5 % budget);
+/// against the oracle on the pair (every call to the faster one, hedged at its p95).
+async fn two_upstreams(n: usize) {
+    let fat = Scenario::fat_tail().with_time_scale(SCALE).with_seed(42);
+    let mut direct_scenario = Scenario::healthy().with_time_scale(SCALE).with_seed(43);
+    direct_scenario.providers.truncate(1);
+    direct_scenario.providers[0].ttft = Dist::Lognormal {
+        p50_ms: 900.0,
+        p99_ms: 2_500.0,
+        cap_ms: 90_000.0,
+    };
+    direct_scenario.strict_openai = true;
+    let openrouter = MockServer::start(fat.clone()).await.unwrap();
+    let direct = MockServer::start(direct_scenario.clone()).await.unwrap();
+    let or_leaf = leaf_for(&openrouter);
+    let direct_leaf = OpenRouter::builder()
+        .api_key("sk-direct-bench")
+        .base_url(direct.base_url())
+        .dialect(llm_layers_openrouter::Dialect::OpenAiCompatible)
+        .build()
+        .unwrap();
+    let store = LatencyStore::builder()
+        .min_samples(10)
+        .refresh(Duration::from_secs_f64(0.25 * SCALE))
+        .build()
+        .unwrap();
+    let upstreams = Upstreams::new([
+        ("openrouter", or_leaf.clone()),
+        ("direct", direct_leaf.clone()),
+    ])
+    .unwrap()
+    .record_into(store.clone());
+    let choose = ChooseUpstreamLayer::new(store.clone(), ["openrouter", "direct"], 50);
+    let raced: Svc = BoxCloneSyncService::new(
+        choose.layer(
+            HedgeLayer::builder()
+                .delay(HedgeDelay::Quantile {
+                    store: store.clone(),
+                    quantile: 0.95,
+                    min: Duration::from_millis(5),
+                    max: Duration::from_secs(30),
+                    cold: Duration::from_millis(50),
+                })
+                .policy(NextUpstream)
+                .budget_window(Duration::from_secs(10))
+                .budget_floor(0)
+                .budget_ratio(0.05)
+                .build()
+                .unwrap()
+                .layer(
+                    LatencyLayer::builder()
+                        .scope(Scope::Attempt)
+                        .store(store)
+                        .build()
+                        .unwrap()
+                        .layer(upstreams),
+                ),
+        ),
+    );
+    let _ = run("warm-up", raced.clone(), &openrouter, n / 4, 5, false).await;
+    let both = |r: Row, extra: f64| Row {
+        upstream_per_call: r.upstream_per_call + extra,
+        ..r
+    };
+    let d0 = direct.counters().requests();
+    let row = run(
+        "learned first upstream, the other raced at the p95",
+        raced,
+        &openrouter,
+        n,
+        2,
+        false,
+    )
+    .await;
+    let raced_row = both(row, (direct.counters().requests() - d0) as f64 / n as f64);
+    let rows = vec![
+        run(
+            "OpenRouter alone (fat_tail)",
+            BoxCloneSyncService::new(or_leaf),
+            &openrouter,
+            n,
+            2,
+            false,
+        )
+        .await,
+        run(
+            "direct endpoint alone",
+            BoxCloneSyncService::new(direct_leaf),
+            &direct,
+            n,
+            2,
+            false,
+        )
+        .await,
+        raced_row,
+        oracle(&direct_scenario, n),
+    ];
+    print_rows(
+        &format!(
+            "two upstreams at time scale {SCALE}, {n} streaming calls after {} warm-up, 64 concurrent (upstream/call counts both)",
+            n / 4
+        ),
+        &rows,
+    );
+    for base in &rows[..2] {
+        println!(
+            "raced vs {}: p95 x{:.2} p99 x{:.2}",
+            base.name,
+            base.p95 / rows[2].p95,
+            base.p99 / rows[2].p99
+        );
+    }
+    println!(
+        "raced vs the oracle on the pair: p95 {:.1} / {:.1} ms, p99 {:.1} / {:.1} ms",
+        rows[2].p95, rows[3].p95, rows[2].p99, rows[3].p99
+    );
+    println!();
+}
+
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let n = if quick { 200 } else { 10_000 };
@@ -593,11 +715,15 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         // `TAIL_ONLY=faults`: only the fault rows; `learning`: only the learning tables;
-        // `cold`: only the cold starts.
+        // `cold`: only the cold starts; `upstreams`: only the two-upstream race.
         let only = std::env::var("TAIL_ONLY").ok();
         if only.as_deref() != Some("faults") {
             let fat = Scenario::fat_tail().with_time_scale(SCALE).with_seed(42);
             let heavy = heavy_fast().with_time_scale(SCALE).with_seed(42);
+            if only.as_deref() == Some("upstreams") {
+                two_upstreams(n).await;
+                return;
+            }
             if only.as_deref() != Some("cold") {
                 steady("fat_tail preset", fat.clone(), n, true).await;
                 steady(
@@ -607,6 +733,9 @@ fn main() {
                     false,
                 )
                 .await;
+            }
+            if only.as_deref() != Some("cold") {
+                two_upstreams(n).await;
             }
             cold_start("fat_tail preset", fat).await;
             cold_start("heavy-tailed fastest + steady middle", heavy).await;

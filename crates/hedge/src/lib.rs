@@ -67,7 +67,7 @@ pub use policy::{
     FollowPlan, HedgeDelay, HedgePolicy, NextCandidate, OtherModels, SameRequest, SortByLatency,
 };
 pub use service::Hedge;
-pub use upstreams::{NextUpstream, Upstreams, UseUpstream};
+pub use upstreams::{ChooseUpstream, ChooseUpstreamLayer, NextUpstream, Upstreams, UseUpstream};
 
 /// Which attempt won a call that sent a hedge (0 = the original, 1 = the first hedge), in
 /// the stream's [`ResponseMeta::extensions`](llm_layers_core::ResponseMeta::extensions);

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use llm_layers_core::{ChatRequest, ChatStream, LlmError, UpstreamName};
+use llm_layers_latency::{LatencyStore, Outcome};
+use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::HedgePolicy;
@@ -51,6 +53,7 @@ type BoxFuture = Pin<Box<dyn Future<Output = Result<ChatStream, LlmError>> + Sen
 #[derive(Clone)]
 pub struct Upstreams<S> {
     upstreams: Arc<[(Arc<str>, S)]>,
+    learn: Option<LatencyStore>,
 }
 
 impl<S> std::fmt::Debug for Upstreams<S> {
@@ -87,7 +90,17 @@ impl<S> Upstreams<S> {
         }
         Ok(Upstreams {
             upstreams: upstreams.into(),
+            learn: None,
         })
+    }
+
+    /// Records each attempt's time to first token in `store` under (model, upstream name)
+    /// (an attempt dropped before its first token as a censored sample), for
+    /// [`ChooseUpstream`] to read.
+    #[must_use]
+    pub fn record_into(mut self, store: LatencyStore) -> Self {
+        self.learn = Some(store);
+        self
     }
 
     /// How many upstreams.
@@ -126,12 +139,170 @@ where
             .map_or(0, |u| u.0 % self.upstreams.len());
         let (name, svc) = &self.upstreams[i];
         let (name, mut svc) = (name.clone(), svc.clone());
+        let learn = self.learn.clone();
         Box::pin(async move {
+            let model = learn.as_ref().map(|_| req.model().to_owned());
+            let mut pending = Pending {
+                learn: learn
+                    .as_ref()
+                    .zip(model.as_deref())
+                    .map(|(s, m)| (s, m, &*name)),
+                start: Instant::now(),
+            };
             std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
-            let mut stream = svc.call(req).await?;
-            stream.meta_mut().extensions.insert(UpstreamName(name));
+            let result = svc.call(req).await;
+            let learned = pending.learn.take();
+            if let Some((store, model, up)) = learned {
+                let ttft = Instant::now().saturating_duration_since(pending.start);
+                let outcome = match &result {
+                    Ok(_) => Outcome::Ok,
+                    Err(e) => Outcome::of(e),
+                };
+                store.record(
+                    (model, Some(up)),
+                    result.is_ok().then_some(ttft),
+                    None,
+                    outcome,
+                );
+            }
+            drop(pending);
+            let mut stream = result?;
+            stream
+                .meta_mut()
+                .extensions
+                .insert(UpstreamName(name.clone()));
             Ok(stream)
         })
+    }
+}
+
+/// An attempt not answered yet: dropped before its first token, it is a censored sample.
+struct Pending<'a> {
+    learn: Option<(&'a LatencyStore, &'a str, &'a str)>,
+    start: Instant,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some((store, model, up)) = self.learn.take() {
+            store.record(
+                (model, Some(up)),
+                Some(Instant::now().saturating_duration_since(self.start)),
+                None,
+                Outcome::Censored,
+            );
+        }
+    }
+}
+
+/// Chooses the upstream a call starts on: the one with the lowest median TTFT for its model
+/// in the store an [`Upstreams`] records into ([`Upstreams::record_into`]; one that lost
+/// most of its races ranks after those that won theirs), an upstream with fewer than the
+/// store's minimum of attempts first (so each gets measured), and a share of
+/// calls (`explore`, counted exactly) on the others so a change shows. Sets
+/// [`UseUpstream`]; a caller's own is kept. Put it above the hedge, so [`NextUpstream`]
+/// races the *other* upstream.
+#[derive(Debug, Clone)]
+pub struct ChooseUpstreamLayer {
+    inner: Arc<Chooser>,
+}
+
+#[derive(Debug)]
+struct Chooser {
+    store: LatencyStore,
+    names: Vec<Arc<str>>,
+    explore_every: u64,
+    calls: std::sync::atomic::AtomicU64,
+}
+
+impl ChooseUpstreamLayer {
+    /// Chooses among `names` (as given to [`Upstreams::new`], in order), exploring one
+    /// call in `explore_every` (0: never).
+    pub fn new<'a>(
+        store: LatencyStore,
+        names: impl IntoIterator<Item = &'a str>,
+        explore_every: u64,
+    ) -> Self {
+        ChooseUpstreamLayer {
+            inner: Arc::new(Chooser {
+                store,
+                names: names.into_iter().map(Arc::from).collect(),
+                explore_every,
+                calls: std::sync::atomic::AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+impl Chooser {
+    fn choose(&self, model: &str) -> usize {
+        let n = self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let min = self.store.min_samples().max(1);
+        let mut best = (0usize, std::time::Duration::MAX);
+        for (i, name) in self.names.iter().enumerate() {
+            match self.store.stats(model, Some(name)) {
+                Some(s) if s.ttft_samples + s.censored >= min => {
+                    // Losing most of its races (given up before its first token) says it
+                    // is slower than one that wins them, whatever its few samples say.
+                    let score = if s.censored > s.ttft_samples {
+                        std::time::Duration::MAX / 2 + s.ttft_p50
+                    } else {
+                        s.ttft_p50
+                    };
+                    if score < best.1 {
+                        best = (i, score);
+                    }
+                }
+                _ => return i,
+            }
+        }
+        if self.explore_every > 0 && n % self.explore_every == self.explore_every - 1 {
+            (best.0 + 1 + (n / self.explore_every) as usize % (self.names.len() - 1).max(1))
+                % self.names.len()
+        } else {
+            best.0
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for ChooseUpstreamLayer {
+    type Service = ChooseUpstream<S>;
+
+    fn layer(&self, inner: S) -> ChooseUpstream<S> {
+        ChooseUpstream {
+            inner,
+            chooser: self.inner.clone(),
+        }
+    }
+}
+
+/// Sets each call's [`UseUpstream`] (see [`ChooseUpstreamLayer`]).
+#[derive(Debug, Clone)]
+pub struct ChooseUpstream<S> {
+    inner: S,
+    chooser: Arc<Chooser>,
+}
+
+impl<S> Service<ChatRequest> for ChooseUpstream<S>
+where
+    S: Service<ChatRequest, Response = ChatStream, Error = LlmError>,
+{
+    type Response = ChatStream;
+    type Error = LlmError;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: ChatRequest) -> S::Future {
+        if req.extensions().get::<UseUpstream>().is_none() && !self.chooser.names.is_empty() {
+            let i = self.chooser.choose(req.model());
+            req.extensions_mut().insert(UseUpstream(i));
+        }
+        self.inner.call(req)
     }
 }
 
