@@ -44,6 +44,10 @@ pub struct Config {
     /// (`GET /models/{id}/endpoints`, fetched in the background per model, every 5 min) as
     /// priors worth a few calls (`--priors on|off`, `PRIORS`; on).
     pub priors: bool,
+    /// Upstreams from the config file (`--config FILE.toml`, `LLM_GATEWAY_CONFIG`): the
+    /// first is the primary (it replaces `OPENROUTER_API_KEY`/`OPENROUTER_BASE_URL`), the
+    /// others race it for the models they list. Empty: one upstream from the environment.
+    pub upstreams: Vec<crate::upstreams::UpstreamConfig>,
     /// Whole-call limit (`--total-timeout-ms`; 300 s; 0 off).
     pub total_timeout: Option<Duration>,
     /// Retries per call before the first token (`--max-retries`; 4; 0 off; throttles have
@@ -105,6 +109,7 @@ impl Default for Config {
             adaptive_idle: true,
             resume: false,
             priors: true,
+            upstreams: Vec::new(),
             total_timeout: Some(Duration::from_secs(300)),
             max_retries: 4,
             connect_timeout: Duration::from_secs(5),
@@ -140,6 +145,7 @@ impl std::fmt::Debug for Config {
             .field("adaptive_idle", &self.adaptive_idle)
             .field("resume", &self.resume)
             .field("priors", &self.priors)
+            .field("upstreams", &self.upstreams)
             .field("total_timeout", &self.total_timeout)
             .field("max_retries", &self.max_retries)
             .field("connect_timeout", &self.connect_timeout)
@@ -161,6 +167,87 @@ impl std::fmt::Debug for Config {
     }
 }
 
+/// Every flag that takes a value, with what its value is.
+const FLAGS: &[(&str, &str)] = &[
+    ("listen", "ADDR"),
+    ("mock-preset", "NAME"),
+    ("mock-time-scale", "X"),
+    ("max-body-bytes", "N"),
+    ("body-read-timeout-ms", "MS"),
+    ("shutdown-grace-ms", "MS"),
+    ("default-max-tokens", "N"),
+    ("first-token-timeout-ms", "MS"),
+    ("idle-timeout-ms", "MS"),
+    ("total-timeout-ms", "MS"),
+    ("max-retries", "N"),
+    ("connect-timeout-ms", "MS"),
+    ("hedge-quantile", "Q"),
+    ("hedge-budget", "SHARE"),
+    ("slow-call-factor", "X"),
+    ("max-concurrency", "N"),
+    ("requests-per-minute", "N"),
+    ("tenant-requests-per-minute", "N"),
+    ("tokens-per-minute", "N"),
+    ("tiers", "FILE.json"),
+    ("learned-order", "on|off"),
+    ("upstream-h2c", "on|off"),
+    ("adaptive-idle", "on|off"),
+    ("resume", "on|off"),
+    ("priors", "on|off"),
+    ("keys", "FILE.json"),
+];
+
+/// The command line: every flag of [`FLAGS`] and `--config`, each taking one value.
+fn command() -> clap::Command {
+    let mut cmd = clap::Command::new("gateway")
+        .args_override_self(true)
+        .disable_help_flag(true)
+        .arg(
+            clap::Arg::new("help")
+                .short('h')
+                .long("help")
+                .action(clap::ArgAction::Help),
+        )
+        .arg(
+            clap::Arg::new("config")
+                .long("config")
+                .value_name("FILE.toml"),
+        );
+    for (name, value) in FLAGS {
+        cmd = cmd.arg(clap::Arg::new(*name).long(*name).value_name(*value));
+    }
+    cmd
+}
+
+/// The config file: `[settings]` (any flag, by its name without `--`) and `[[upstreams]]`.
+///
+/// ```toml
+/// [settings]
+/// first-token-timeout-ms = 20000
+/// resume = true
+///
+/// [[upstreams]]
+/// name = "openrouter"
+/// base_url = "https://openrouter.ai/api/v1"
+/// keys = [{ name = "main", env = "OPENROUTER_API_KEY" }, { name = "backup", env = "OPENROUTER_API_KEY_2" }]
+///
+/// [[upstreams]]
+/// name = "direct"
+/// dialect = "openai-compatible"
+/// base_url = "https://api.openai.com/v1"
+/// keys = [{ name = "openai", env = "OPENAI_API_KEY" }]
+/// model_map = { "openai/gpt-4o-mini" = "gpt-4o-mini" }
+/// race = ["openai/gpt-4o-mini"]
+/// ```
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    settings: std::collections::BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    upstreams: Vec<crate::upstreams::UpstreamConfig>,
+}
+
 /// The usage text.
 pub const USAGE: &str = "\
 usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
@@ -172,7 +259,7 @@ usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
                [--tenant-requests-per-minute N]
                [--tiers FILE.json] [--learned-order on|off] [--upstream-h2c on|off]
                [--adaptive-idle on|off] [--resume on|off] [--priors on|off]
-               [--keys FILE.json]
+               [--keys FILE.json] [--config FILE.toml]
 headers:     authorization: Bearer <gateway key> (when keys are configured);
              x-tenant (key of --tenant-requests-per-minute; with gateway keys, the key's tenant
              wins unless the key is trusted), x-priority: low|normal|high (with keys: may only
@@ -232,24 +319,60 @@ impl Config {
             ("ADAPTIVE_IDLE", "--adaptive-idle"),
             ("RESUME", "--resume"),
             ("PRIORS", "--priors"),
+            ("LLM_GATEWAY_CONFIG", "--config"),
         ] {
             if let Some(v) = non_empty(k) {
                 pairs.push((flag.to_owned(), v));
             }
         }
-        let mut args = args.into_iter();
-        while let Some(a) = args.next() {
-            if a == "-h" || a == "--help" {
-                return Err(String::new());
+        // One parser for all three sources, lowest first: the config file's `[settings]`,
+        // the environment, the flags (the last occurrence of a flag wins).
+        let mut argv: Vec<String> = vec!["gateway".into()];
+        for (flag, v) in pairs {
+            argv.push(format!("{flag}={v}"));
+        }
+        argv.extend(args);
+        let matches = command()
+            .try_get_matches_from(argv)
+            .map_err(|e| match e.kind() {
+                clap::error::ErrorKind::DisplayHelp => String::new(),
+                _ => e.to_string().trim_end().to_owned(),
+            })?;
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        if let Some(path) = matches.get_one::<String>("config") {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--config: cannot read {path:?}: {e}"))?;
+            let file: ConfigFile =
+                toml::from_str(&text).map_err(|e| format!("--config: {path:?}: {e}"))?;
+            for (name, v) in file.settings {
+                let v = match v {
+                    toml::Value::String(s) => s,
+                    toml::Value::Boolean(b) => if b { "on" } else { "off" }.to_owned(),
+                    toml::Value::Integer(n) => n.to_string(),
+                    toml::Value::Float(x) => x.to_string(),
+                    _ => {
+                        return Err(format!(
+                            "--config: setting `{name}` must be a string, number or boolean"
+                        ));
+                    }
+                };
+                pairs.push((format!("--{}", name.replace('_', "-")), v));
             }
-            let (flag, value) = match a.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f.to_owned(), v.to_owned()),
-                _ => {
-                    let v = args.next().ok_or_else(|| format!("{a} needs a value"))?;
-                    (a, v)
+            let mut names = std::collections::HashSet::new();
+            for u in &file.upstreams {
+                if !names.insert(u.name.clone()) {
+                    return Err(format!("--config: upstream `{}` is named twice", u.name));
                 }
-            };
-            pairs.push((flag, value));
+                if u.keys.is_empty() {
+                    return Err(format!("--config: upstream `{}` has no keys", u.name));
+                }
+            }
+            c.upstreams = file.upstreams;
+        }
+        for (name, _) in FLAGS {
+            if let Some(v) = matches.get_one::<String>(name) {
+                pairs.push((format!("--{name}"), v.clone()));
+            }
         }
         for (flag, v) in pairs {
             match flag.as_str() {

@@ -16,6 +16,7 @@ mod server;
 mod sse;
 pub mod stack;
 pub mod status;
+pub mod upstreams;
 
 use std::time::SystemTime;
 

@@ -265,7 +265,24 @@ pub async fn start(
             (Some(server), url, "sk-or-v1-mock".to_owned())
         }
     };
-    let leaf = build_leaf(&config, &base_url, &key)?;
+    // With upstreams from the config file, the first is the primary and the others race it
+    // for the models they list; without, one upstream from the environment (or the mock).
+    let leaves: Vec<(String, llm_layers_openrouter::OpenRouter, Vec<String>)> = config
+        .upstreams
+        .iter()
+        .map(|u| {
+            u.leaf(
+                &|k| std::env::var(k).ok(),
+                config.connect_timeout,
+                config.default_max_tokens,
+            )
+            .map(|l| (u.name.clone(), l, u.race.clone()))
+        })
+        .collect::<Result<_, _>>()?;
+    let leaf = match leaves.first() {
+        Some((_, primary, _)) => primary.clone(),
+        None => build_leaf(&config, &base_url, &key)?,
+    };
     // With tiers configured, their models are checked against the upstream's catalog
     // (when it answers within 10 s; otherwise they are taken on trust).
     let catalog = if config.router.tiers.is_empty() {
@@ -276,12 +293,17 @@ pub async fn start(
             _ => None,
         }
     };
-    let (stack, parts) = build_stack_with_priors(
-        &config,
-        leaf.clone(),
-        catalog,
-        Some(endpoint_stats_of(&leaf)),
-    )?;
+    let (stack, parts) = if leaves.is_empty() {
+        build_stack_with_priors(
+            &config,
+            leaf.clone(),
+            catalog,
+            Some(endpoint_stats_of(&leaf)),
+        )?
+    } else {
+        let raced = crate::upstreams::leaf_for(&leaves)?;
+        build_stack_with_priors(&config, raced, catalog, Some(endpoint_stats_of(&leaf)))?
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(StartError::io(format!(

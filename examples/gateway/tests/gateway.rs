@@ -1386,3 +1386,114 @@ async fn keys_never_reach_the_logs() {
         "the upstream key in the logs"
     );
 }
+
+/// A config file with two upstreams: OpenRouter (slow today) and a provider's own strict
+/// OpenAI-compatible endpoint racing it for one model. Settings in the file give way to the
+/// environment and flags; the raced model is answered by the faster upstream, the others by
+/// OpenRouter; no key text in the configuration's `Debug`, `/metrics` or `/status.json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_races_two_upstreams_and_flags_override_it() {
+    let mut slow = Scenario::healthy();
+    for p in &mut slow.providers {
+        p.ttft = Dist::Fixed { ms: 1_500.0 };
+    }
+    let openrouter = MockServer::start(slow).await.unwrap();
+    let mut fast = Scenario::healthy();
+    fast.strict_openai = true;
+    fast.models.push("gpt-4o-mini".into());
+    let direct = MockServer::start(fast).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("llm-layers-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[settings]
+listen = "127.0.0.1:0"
+max-retries = 3
+resume = true
+
+[[upstreams]]
+name = "openrouter"
+base_url = "{}"
+keys = [{{ name = "main", key = "sk-or-v1-file-secret-0001" }}]
+
+[[upstreams]]
+name = "direct"
+dialect = "openai-compatible"
+base_url = "{}"
+keys = [{{ name = "direct-key", key = "sk-direct-file-secret-0002" }}]
+model_map = {{ "openai/gpt-4o-mini" = "gpt-4o-mini" }}
+race = ["openai/gpt-4o-mini"]
+"#,
+            openrouter.base_url(),
+            direct.base_url()
+        ),
+    )
+    .unwrap();
+    let env = |k: &str| (k == "MAX_RETRIES").then(|| "2".to_owned());
+    let args = vec![
+        "--config".to_owned(),
+        path.display().to_string(),
+        "--max-retries=1".to_owned(),
+    ];
+    let cfg = Config::from_args_env(args, env).unwrap();
+    assert_eq!(
+        cfg.max_retries, 1,
+        "flags win over the environment and the file"
+    );
+    assert!(cfg.resume, "the file's settings apply");
+    assert_eq!(cfg.upstreams.len(), 2);
+    let debug = format!("{cfg:?}");
+    assert!(!debug.contains("file-secret"), "{debug}");
+    let e = Config::from_args_env(
+        vec![
+            "--config".into(),
+            path.display().to_string(),
+            "--max-retries".into(),
+            "x".into(),
+        ],
+        |_| None,
+    )
+    .unwrap_err();
+    assert!(e.contains("--max-retries"), "{e}");
+
+    let gw = start(
+        Config {
+            first_token_timeout: Some(Duration::from_secs(5)),
+            ..cfg
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client();
+    let raced = json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "r"}], "max_tokens": 2});
+    let (status, v, _) = json_of(post(&c, &gw, raced.to_string()).await).await;
+    assert_eq!(status, 200, "{v}");
+    let plain = json!({"model": "mock/echo", "messages": [{"role": "user", "content": "p"}], "max_tokens": 2});
+    let (status, v, _) = json_of(post(&c, &gw, plain.to_string()).await).await;
+    assert_eq!(status, 200, "{v}");
+    // The raced model reached the strict endpoint, with nothing OpenRouter-only in it; the
+    // other model only OpenRouter.
+    assert!(direct.counters().requests() >= 1);
+    let sent: Value = serde_json::from_slice(direct.counters().bodies().last().unwrap()).unwrap();
+    assert_eq!(sent["model"], "gpt-4o-mini");
+    assert!(openrouter.counters().requests() >= 1);
+    for path in ["/metrics", "/status.json"] {
+        let r = c
+            .request(
+                hyper::Request::get(format!("http://{}{path}", gw.addr()))
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let text =
+            String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert!(!text.contains("file-secret"), "{path}: {text}");
+    }
+    gw.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
