@@ -47,6 +47,8 @@
 
 #[cfg(feature = "breaker")]
 pub use llm_layers_breaker as breaker;
+#[cfg(feature = "coalesce")]
+pub use llm_layers_coalesce as coalesce;
 pub use llm_layers_core as core;
 #[cfg(feature = "hedge")]
 pub use llm_layers_hedge as hedge;

@@ -44,6 +44,10 @@ pub struct Config {
     /// (`GET /models/{id}/endpoints`, fetched in the background per model, every 5 min) as
     /// priors worth a few calls (`--priors on|off`, `PRIORS`; on).
     pub priors: bool,
+    /// Share one upstream call between identical concurrent calls that are deterministic
+    /// (`temperature: 0`) or marked `x-llm-coalesce: on` (`--coalesce on|off`,
+    /// `COALESCE`; off).
+    pub coalesce: bool,
     /// Upstreams from the config file (`--config FILE.toml`, `LLM_GATEWAY_CONFIG`): the
     /// first is the primary (it replaces `OPENROUTER_API_KEY`/`OPENROUTER_BASE_URL`), the
     /// others race it for the models they list. Empty: one upstream from the environment.
@@ -109,6 +113,7 @@ impl Default for Config {
             adaptive_idle: true,
             resume: false,
             priors: true,
+            coalesce: false,
             upstreams: Vec::new(),
             total_timeout: Some(Duration::from_secs(300)),
             max_retries: 4,
@@ -145,6 +150,7 @@ impl std::fmt::Debug for Config {
             .field("adaptive_idle", &self.adaptive_idle)
             .field("resume", &self.resume)
             .field("priors", &self.priors)
+            .field("coalesce", &self.coalesce)
             .field("upstreams", &self.upstreams)
             .field("total_timeout", &self.total_timeout)
             .field("max_retries", &self.max_retries)
@@ -194,6 +200,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("adaptive-idle", "on|off"),
     ("resume", "on|off"),
     ("priors", "on|off"),
+    ("coalesce", "on|off"),
     ("keys", "FILE.json"),
 ];
 
@@ -258,7 +265,7 @@ usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
                [--max-concurrency N] [--requests-per-minute N] [--tokens-per-minute N]
                [--tenant-requests-per-minute N]
                [--tiers FILE.json] [--learned-order on|off] [--upstream-h2c on|off]
-               [--adaptive-idle on|off] [--resume on|off] [--priors on|off]
+               [--adaptive-idle on|off] [--resume on|off] [--priors on|off] [--coalesce on|off]
                [--keys FILE.json] [--config FILE.toml]
 headers:     authorization: Bearer <gateway key> (when keys are configured);
              x-tenant (key of --tenant-requests-per-minute; with gateway keys, the key's tenant
@@ -267,7 +274,7 @@ headers:     authorization: Bearer <gateway key> (when keys are configured);
              that breaks after its first token; --resume sets the default)
 environment: OPENROUTER_API_KEY, OPENROUTER_BASE_URL, LLM_GATEWAY_KEYS, LISTEN_ADDR, MOCK_PRESET, MOCK_TIME_SCALE,
              FIRST_TOKEN_TIMEOUT_MS, IDLE_TIMEOUT_MS, TOTAL_TIMEOUT_MS, MAX_RETRIES,
-             HEDGE_QUANTILE, ROUTER_TIERS, LEARNED_ORDER, UPSTREAM_H2C, ADAPTIVE_IDLE, RESUME, PRIORS (flags win)";
+             HEDGE_QUANTILE, ROUTER_TIERS, LEARNED_ORDER, UPSTREAM_H2C, ADAPTIVE_IDLE, RESUME, PRIORS, COALESCE, LLM_GATEWAY_CONFIG (flags win)";
 
 fn ms(v: &str, name: &str) -> Result<Option<Duration>, String> {
     let n: u64 = v
@@ -319,6 +326,7 @@ impl Config {
             ("ADAPTIVE_IDLE", "--adaptive-idle"),
             ("RESUME", "--resume"),
             ("PRIORS", "--priors"),
+            ("COALESCE", "--coalesce"),
             ("LLM_GATEWAY_CONFIG", "--config"),
         ] {
             if let Some(v) = non_empty(k) {
@@ -482,6 +490,7 @@ impl Config {
                 "--adaptive-idle" => c.adaptive_idle = on_off(&flag, &v)?,
                 "--resume" => c.resume = on_off(&flag, &v)?,
                 "--priors" => c.priors = on_off(&flag, &v)?,
+                "--coalesce" => c.coalesce = on_off(&flag, &v)?,
                 other => return Err(format!("unknown flag {other:?}")),
             }
         }
@@ -532,6 +541,15 @@ impl Config {
             s,
             "mid-stream resume   {} by default (x-llm-resume: on|off per request), up to twice per call, from the retry budget",
             if self.resume { "on" } else { "off" }
+        );
+        let _ = writeln!(
+            s,
+            "coalescing          {}",
+            if self.coalesce {
+                "on: identical concurrent temperature-0 (or x-llm-coalesce: on) calls share one upstream call"
+            } else {
+                "off (--coalesce on)"
+            }
         );
         let _ = writeln!(
             s,

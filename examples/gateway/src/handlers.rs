@@ -59,6 +59,8 @@ pub(crate) struct CallerHints {
     priority: Priority,
     /// `x-llm-resume: on|off`, when given.
     resume: Option<ResumeChoice>,
+    /// `x-llm-coalesce: on`: this caller's answer may be shared with identical calls.
+    coalesce: bool,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for CallerHints {
@@ -96,11 +98,13 @@ impl<S: Send + Sync> FromRequestParts<S> for CallerHints {
             Some("off") => Some(ResumeChoice::Off),
             _ => None,
         };
+        let coalesce = header("x-llm-coalesce") == Some("on");
         Ok(CallerHints {
             key,
             tenant,
             priority,
             resume,
+            coalesce,
         })
     }
 }
@@ -177,6 +181,7 @@ pub(crate) async fn chat(
         tenant,
         priority,
         resume,
+        coalesce,
     } = hints;
     let bytes = match body_of(body, state.config.max_body_bytes) {
         Ok(b) => b,
@@ -195,6 +200,9 @@ pub(crate) async fn chat(
     req.extensions_mut().insert(priority);
     if let Some(choice) = resume {
         req.extensions_mut().insert(choice);
+    }
+    if coalesce {
+        req.extensions_mut().insert(llm_layers_coalesce::Coalesce);
     }
     let counted_tenant = tenant.as_ref().map(|t| t.0.clone());
     if let Some(t) = tenant {

@@ -292,8 +292,15 @@ pub fn build_stack_with_priors<S: ChatService>(
         router: router.clone(),
         priors,
     };
+    // Coalescing stands outside the router: identical calls are compared as the callers
+    // sent them, before each gets its own provider order; a joiner costs no upstream call
+    // and so spends no rate-limit quota.
+    let coalesce = config
+        .coalesce
+        .then(llm_layers_coalesce::CoalesceLayer::new);
     let stack = ServiceBuilder::new()
         .layer(per_call)
+        .option_layer(coalesce)
         .layer(router)
         // The concurrency limit is a readiness concern: when every slot is taken and its
         // queue is full, `LoadShed` refuses at once (a 429) instead of waiting for readiness.

@@ -1497,3 +1497,53 @@ race = ["openai/gpt-4o-mini"]
     gw.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--coalesce on`: identical concurrent temperature-0 calls share one upstream call, each
+/// caller gets the whole answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalescing_serves_identical_calls_with_one_upstream_call() {
+    let mut s = Scenario::healthy();
+    for p in &mut s.providers {
+        // Long enough that all four callers arrive while the first call runs.
+        p.ttft = Dist::Fixed { ms: 1_500.0 };
+    }
+    let (gw, mock) = gateway_on(
+        s,
+        Config {
+            coalesce: true,
+            first_token_timeout: Some(Duration::from_secs(5)),
+            ..config()
+        },
+    )
+    .await;
+    let c = client();
+    let body = json!({"model": "mock/echo", "messages": [{"role": "user", "content": "same"}],
+                      "max_tokens": 4, "temperature": 0});
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (c, gw_addr, body) = (c.clone(), gw.addr(), body.to_string());
+        set.spawn(async move {
+            let req = hyper::Request::post(format!("http://{gw_addr}/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            json_of(c.request(req).await.unwrap()).await
+        });
+    }
+    let mut texts = Vec::new();
+    while let Some(r) = set.join_next().await {
+        let (status, v, _) = r.unwrap();
+        assert_eq!(status, 200, "{v}");
+        texts.push(v["choices"][0]["message"]["content"].clone());
+    }
+    assert!(
+        texts.iter().all(|t| t == &texts[0] && t.is_string()),
+        "{texts:?}"
+    );
+    assert_eq!(
+        mock.counters().requests(),
+        1,
+        "four callers, one upstream call"
+    );
+    gw.shutdown().await.unwrap();
+}
