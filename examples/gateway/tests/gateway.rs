@@ -1511,6 +1511,8 @@ async fn coalescing_serves_identical_calls_with_one_upstream_call() {
         s,
         Config {
             coalesce: true,
+            // No hedge: one upstream request is then exactly one upstream call.
+            hedge_quantile: 0.0,
             first_token_timeout: Some(Duration::from_secs(5)),
             ..config()
         },
