@@ -100,6 +100,11 @@ async fn run(name: &str, svc: Svc, server: &MockServer, n: usize, seed: u64, who
         calls.extend(r.unwrap());
     }
     let upstream = server.counters().requests() - before;
+    row_of(name, &calls, n, upstream)
+}
+
+/// The row of `n` calls that cost `upstream` upstream requests.
+fn row_of(name: &str, calls: &[Call], n: usize, upstream: u64) -> Row {
     let done: Vec<_> = calls.iter().flatten().collect();
     let mut ttfts: Vec<f64> = done.iter().map(|c| c.0).collect();
     let mut totals: Vec<f64> = done.iter().map(|c| c.1).collect();
@@ -565,22 +570,8 @@ async fn run_at(
         .filter(|c| c.0 >= 50)
         .filter_map(|c| c.1.map(|x| x.0))
         .collect();
-    let done: Vec<_> = calls.iter().filter_map(|c| c.1).collect();
-    let mut ttfts: Vec<f64> = done.iter().map(|c| c.0).collect();
-    let mut totals: Vec<f64> = done.iter().map(|c| c.1).collect();
-    (
-        Row {
-            name: name.into(),
-            p50: quantile(&mut ttfts, 0.5),
-            p95: quantile(&mut ttfts, 0.95),
-            p99: quantile(&mut ttfts, 0.99),
-            total_p99: quantile(&mut totals, 0.99),
-            ok: done.iter().filter(|c| c.2).count() as f64 / n as f64,
-            corrupted: done.iter().filter(|c| !c.2).count(),
-            upstream_per_call: upstream as f64 / n as f64,
-        },
-        quantile(&mut late, 0.99),
-    )
+    let calls: Vec<Call> = calls.into_iter().map(|c| c.1).collect();
+    (row_of(name, &calls, n, upstream), quantile(&mut late, 0.99))
 }
 
 /// Two upstreams: the `fat_tail` mock as OpenRouter and a second mock as a provider's own

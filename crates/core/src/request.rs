@@ -299,33 +299,12 @@ impl ChatBody {
         stream: Option<bool>,
         default_max_tokens: Option<u32>,
     ) -> serde_json::Result<Vec<u8>> {
-        let max_tokens = match (self.max_tokens, self.max_completion_tokens) {
-            (None, None) => default_max_tokens,
-            (m, _) => m,
-        };
-        let wire = WireBody {
-            model: &self.model,
-            messages: &self.messages,
-            stream: stream.or(self.stream),
-            max_tokens,
-            max_completion_tokens: self.max_completion_tokens,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            stop: &self.stop,
-            seed: self.seed,
-            tools: &self.tools,
-            tool_choice: &self.tool_choice,
-            response_format: &self.response_format,
-            user: &self.user,
-            stream_options: &self.stream_options,
-            provider: &self.provider,
-            models: &self.models,
-            extra: Extra::All(&self.extra),
-        };
-        let mut out =
-            Vec::with_capacity(256 + self.messages.iter().map(Message::text_len).sum::<usize>());
-        serde_json::to_writer(&mut out, &wire)?;
-        Ok(out)
+        write_wire(self.wire(
+            stream,
+            default_max_tokens,
+            &self.model,
+            Extra::All(&self.extra),
+        ))
     }
 
     /// The JSON an OpenAI-compatible endpoint (OpenAI, vLLM, a provider's own API) takes:
@@ -355,13 +334,32 @@ impl ChatBody {
         default_max_tokens: Option<u32>,
         model: &str,
     ) -> serde_json::Result<Vec<u8>> {
+        let model = Some(model.to_owned());
+        let mut wire = self.wire(
+            stream,
+            default_max_tokens,
+            &model,
+            Extra::Without(&self.extra, OPENROUTER_ONLY_FIELDS),
+        );
+        wire.provider = &None;
+        wire.models = &None;
+        write_wire(wire)
+    }
+
+    /// The body as sent, borrowed, with the per-call overrides.
+    fn wire<'a>(
+        &'a self,
+        stream: Option<bool>,
+        default_max_tokens: Option<u32>,
+        model: &'a Option<String>,
+        extra: Extra<'a>,
+    ) -> WireBody<'a> {
         let max_tokens = match (self.max_tokens, self.max_completion_tokens) {
             (None, None) => default_max_tokens,
             (m, _) => m,
         };
-        let model = Some(model.to_owned());
-        let wire = WireBody {
-            model: &model,
+        WireBody {
+            model,
             messages: &self.messages,
             stream: stream.or(self.stream),
             max_tokens,
@@ -375,14 +373,10 @@ impl ChatBody {
             response_format: &self.response_format,
             user: &self.user,
             stream_options: &self.stream_options,
-            provider: &None,
-            models: &None,
-            extra: Extra::Without(&self.extra, OPENROUTER_ONLY_FIELDS),
-        };
-        let mut out =
-            Vec::with_capacity(256 + self.messages.iter().map(Message::text_len).sum::<usize>());
-        serde_json::to_writer(&mut out, &wire)?;
-        Ok(out)
+            provider: &self.provider,
+            models: &self.models,
+            extra,
+        }
     }
 
     /// The provider preferences, created empty if absent.
@@ -428,6 +422,13 @@ struct WireBody<'a> {
     models: &'a Option<Vec<String>>,
     #[serde(flatten)]
     extra: Extra<'a>,
+}
+
+fn write_wire(wire: WireBody<'_>) -> serde_json::Result<Vec<u8>> {
+    let mut out =
+        Vec::with_capacity(256 + wire.messages.iter().map(Message::text_len).sum::<usize>());
+    serde_json::to_writer(&mut out, &wire)?;
+    Ok(out)
 }
 
 /// Request fields only OpenRouter understands: an OpenAI-compatible dialect leaves them out.

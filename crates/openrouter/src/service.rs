@@ -165,22 +165,8 @@ impl OpenRouter {
         let url: Uri = format!("{}/{id}/endpoints", self.shared.models_url)
             .parse()
             .map_err(|e| LlmError::bad_request("bad endpoints URL").with_source(e))?;
-        let shared = &self.shared;
         let fetch = async {
-            let req = shared.get(Method::GET, &url)?;
-            let resp = shared.client.request(req).await.map_err(from_client)?;
-            let (parts, body) = resp.into_parts();
-            if !parts.status.is_success() {
-                return Err(read_error(parts, body).await);
-            }
-            let bytes = Limited::new(body, shared.max_body_size)
-                .collect()
-                .await
-                .map_err(|e| body_error(e, shared.max_body_size))?
-                .to_bytes();
-            let parsed: ModelEndpoints = serde_json::from_slice(&bytes).map_err(|e| {
-                LlmError::protocol(ProtocolKind::Json, format!("bad endpoints JSON: {e}"))
-            })?;
+            let parsed: ModelEndpoints = get_json(&self.shared, &url, "endpoints").await?;
             Ok(parsed.data.endpoints)
         };
         match tokio::time::timeout(std::time::Duration::from_secs(10), fetch).await {
@@ -474,6 +460,16 @@ async fn get_data<T: serde::de::DeserializeOwned>(
     struct Data<T> {
         data: Vec<T>,
     }
+    let data: Data<T> = get_json(shared, url, "catalog").await?;
+    Ok(data.data)
+}
+
+/// `GET` a JSON document (`what` names it in a parse error).
+async fn get_json<T: serde::de::DeserializeOwned>(
+    shared: &Shared,
+    url: &Uri,
+    what: &str,
+) -> Result<T, LlmError> {
     let req = shared.get(Method::GET, url)?;
     let resp = shared.client.request(req).await.map_err(from_client)?;
     let (parts, body) = resp.into_parts();
@@ -485,7 +481,6 @@ async fn get_data<T: serde::de::DeserializeOwned>(
         .await
         .map_err(|e| body_error(e, shared.max_body_size))?
         .to_bytes();
-    let data: Data<T> = serde_json::from_slice(&bytes)
-        .map_err(|e| LlmError::protocol(ProtocolKind::Json, format!("bad catalog JSON: {e}")))?;
-    Ok(data.data)
+    serde_json::from_slice(&bytes)
+        .map_err(|e| LlmError::protocol(ProtocolKind::Json, format!("bad {what} JSON: {e}")))
 }
