@@ -81,7 +81,7 @@ async fn published_stats_rank_providers_before_the_first_call() {
         .unwrap();
     // The first call finds nothing and starts the fetch in the background (never waits).
     assert_eq!(first_provider(&router), None);
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if !feed.endpoints("mock/echo").is_empty() {
             break;
         }

@@ -95,7 +95,12 @@ async fn calls_start_on_the_upstream_measured_faster() {
             .build()
             .unwrap()
     };
-    let store = LatencyStore::builder().min_samples(3).build().unwrap();
+    // Snapshots recomputed on every read: each lost race counts from the next call on.
+    let store = LatencyStore::builder()
+        .min_samples(3)
+        .refresh(Duration::ZERO)
+        .build()
+        .unwrap();
     let upstreams = Upstreams::new([("openrouter", leaf(&openrouter)), ("direct", leaf(&direct))])
         .unwrap()
         .record_into(store.clone());

@@ -76,7 +76,7 @@ pub struct Scenario {
     pub strict_openai: bool,
     /// API keys answered with a status instead of an answer: 401 (invalid key), 402 (no
     /// credit) or 429 (the key's own limit, with `X-RateLimit-*` headers and
-    /// `Retry-After: 1`).
+    /// `Retry-After: 30`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub key_statuses: std::collections::BTreeMap<String, u16>,
 }

@@ -449,7 +449,7 @@ async fn chat(
             let h = r.headers_mut();
             h.insert("x-ratelimit-limit", http::HeaderValue::from_static("10"));
             h.insert("x-ratelimit-remaining", http::HeaderValue::from_static("0"));
-            h.insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            h.insert(header::RETRY_AFTER, http::HeaderValue::from_static("30"));
         }
         return Ok(r);
     }

@@ -79,8 +79,8 @@ async fn calls_rotate_over_keys_a_rejected_key_is_retired_and_no_key_text_leaks(
     // Every call succeeded, spread over the two good keys.
     assert_eq!(served.len(), 2, "{served:?}");
     assert!(served["a"] >= 15 && served["b"] >= 15, "{served:?}");
-    // Each bad key was tried once and then left alone (retired, or held for a second:
-    // 40 calls at this scale take less).
+    // Each bad key was tried once and then left alone (retired, or held for its 30 s
+    // Retry-After).
     let by_key = server.counters().requests_by_key();
     assert_eq!(by_key.get(REVOKED), Some(&1), "{by_key:?}");
     assert_eq!(by_key.get(BROKE), Some(&1), "{by_key:?}");
