@@ -48,6 +48,10 @@ pub struct Config {
     /// (`temperature: 0`) or marked `x-llm-coalesce: on` (`--coalesce on|off`,
     /// `COALESCE`; off).
     pub coalesce: bool,
+    /// `--stack full|leaf` (full): `leaf` serves every call straight from the leaf, no layer
+    /// at all (the SSE re-encoding, keys and endpoints stay): for measuring what the layers
+    /// cost, never for production.
+    pub leaf_only: bool,
     /// Upstreams from the config file (`--config FILE.toml`, `LLM_GATEWAY_CONFIG`): the
     /// first is the primary (it replaces `OPENROUTER_API_KEY`/`OPENROUTER_BASE_URL`), the
     /// others race it for the models they list. Empty: one upstream from the environment.
@@ -114,6 +118,7 @@ impl Default for Config {
             resume: false,
             priors: true,
             coalesce: false,
+            leaf_only: false,
             upstreams: Vec::new(),
             total_timeout: Some(Duration::from_secs(300)),
             max_retries: 4,
@@ -151,6 +156,7 @@ impl std::fmt::Debug for Config {
             .field("resume", &self.resume)
             .field("priors", &self.priors)
             .field("coalesce", &self.coalesce)
+            .field("leaf_only", &self.leaf_only)
             .field("upstreams", &self.upstreams)
             .field("total_timeout", &self.total_timeout)
             .field("max_retries", &self.max_retries)
@@ -201,6 +207,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("resume", "on|off"),
     ("priors", "on|off"),
     ("coalesce", "on|off"),
+    ("stack", "full|leaf"),
     ("keys", "FILE.json"),
 ];
 
@@ -266,6 +273,7 @@ usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
                [--tenant-requests-per-minute N]
                [--tiers FILE.json] [--learned-order on|off] [--upstream-h2c on|off]
                [--adaptive-idle on|off] [--resume on|off] [--priors on|off] [--coalesce on|off]
+               [--stack full|leaf]
                [--keys FILE.json] [--config FILE.toml]
 headers:     authorization: Bearer <gateway key> (when keys are configured);
              x-tenant (key of --tenant-requests-per-minute; with gateway keys, the key's tenant
@@ -491,6 +499,13 @@ impl Config {
                 "--resume" => c.resume = on_off(&flag, &v)?,
                 "--priors" => c.priors = on_off(&flag, &v)?,
                 "--coalesce" => c.coalesce = on_off(&flag, &v)?,
+                "--stack" => {
+                    c.leaf_only = match v.as_str() {
+                        "full" => false,
+                        "leaf" => true,
+                        _ => return Err(format!("--stack: {v:?} is not full or leaf")),
+                    }
+                }
                 other => return Err(format!("unknown flag {other:?}")),
             }
         }

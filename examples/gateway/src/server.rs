@@ -304,6 +304,13 @@ pub async fn start(
         let raced = crate::upstreams::leaf_for(&leaves)?;
         build_stack_with_priors(&config, raced, catalog, Some(endpoint_stats_of(&leaf)))?
     };
+    // `--stack leaf`: no layer at all, for measuring what the layers cost.
+    let stack: Stack = if config.leaf_only {
+        tracing::warn!("--stack leaf: every call goes straight to the leaf, no layer at all");
+        tower::util::BoxCloneSyncService::new(leaf.clone())
+    } else {
+        stack
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(StartError::io(format!(

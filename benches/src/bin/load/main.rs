@@ -29,7 +29,12 @@
 //! Flags: `--duration-s S` per row (10), `--rates R,R,...` (1000,2000,5000),
 //! `--connections N` most connections of the load client at once (256; requests beyond wait
 //! for one, and the wait counts in their latency, so an overloaded server is not flooded
-//! with new connections), `--streams N` (10000; 0 skips), `--only load|memory`.
+//! with new connections), `--streams N` (10000; 0 skips), `--only load|memory`,
+//! `--repeats N` (3: the targets' rows run interleaved N times, medians printed).
+//!
+//! Targets: the mock alone, a bare pass-through proxy (the floor any gateway pays), the
+//! gateway with no layer (`--stack leaf`: parsing and SSE re-encoding only) and the
+//! gateway: the table shows what the layers cost and what the parse/re-encode costs.
 
 mod memory;
 mod open_loop;

@@ -11,6 +11,7 @@ pub(crate) struct Opts {
     pub(crate) others: Vec<Target>,
     pub(crate) load: bool,
     pub(crate) memory: bool,
+    pub(crate) repeats: usize,
 }
 
 pub(crate) fn opts(args: &[String]) -> Result<Opts, String> {
@@ -23,6 +24,7 @@ pub(crate) fn opts(args: &[String]) -> Result<Opts, String> {
         others: Vec::new(),
         load: true,
         memory: true,
+        repeats: 3,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -51,6 +53,12 @@ pub(crate) fn opts(args: &[String]) -> Result<Opts, String> {
                 o.mock_url = Some(url.trim_end_matches('/').to_owned());
             }
             "--compare" => o.others.push(compare_target(v()?)?),
+            "--repeats" => {
+                o.repeats = v()?.parse().map_err(|e| format!("--repeats: {e}"))?;
+                if o.repeats == 0 {
+                    return Err("--repeats must be at least 1".into());
+                }
+            }
             "--only" => match v()?.as_str() {
                 "load" => o.memory = false,
                 "memory" => o.load = false,

@@ -11,6 +11,7 @@ pub(crate) async fn load(o: &Opts) -> Result<(), String> {
         }
     };
     let (gw, gw_addr) = gateway(&mock_url, &[])?;
+    let (leaf_gw, leaf_addr) = gateway(&mock_url, &["--stack", "leaf"])?;
     let (proxy, proxy_url) = Proc::spawn(&["--child-proxy", &mock_url], &[], "ready ")?;
     let mut targets = vec![
         Target {
@@ -24,6 +25,15 @@ pub(crate) async fn load(o: &Opts) -> Result<(), String> {
             url: http_url("bare proxy", &format!("{proxy_url}/v1/chat/completions"))?,
             auth: None,
             pid: Some(proxy.pid()),
+        },
+        Target {
+            name: "leaf only".into(),
+            url: http_url(
+                "leaf only",
+                &format!("http://{leaf_addr}/v1/chat/completions"),
+            )?,
+            auth: None,
+            pid: Some(leaf_gw.pid()),
         },
         Target {
             name: "gateway".into(),
@@ -57,97 +67,138 @@ pub(crate) async fn load(o: &Opts) -> Result<(), String> {
     }
     println!(
         "open-loop load, healthy preset at time scale 0 (no upstream delay), {:.0} s a row, at most {} client \
-         connections; latency in ms (streams: to the first token); CPU is the target's user+system time over the row",
+         connections; the targets' rows interleaved (mock, bare proxy, gateway with no layer, gateway), {} times, \
+         medians shown with the range over the runs in brackets; latency in ms (streams: to the first token); \
+         CPU is the target's user+system time over its rows",
         o.duration.as_secs_f64(),
-        o.connections
+        o.connections,
+        o.repeats
     );
     println!(
-        "{:<6} {:>5} {:<10} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>9} {:>9} {:>9} | {:>8} {:>9} {:>9}",
+        "{:<6} {:>5} {:<10} {:>6} {:>8} {:>8} {:>18} {:>8} {:>8} | {:>9} {:>18} | {:>18} {:>9}",
         "mode",
         "rps",
         "target",
-        "sent",
         "errors",
         "p50",
         "p99",
+        "(range)",
         "p99.9",
-        "max",
         "lag p99",
         "added p50",
-        "p99",
-        "p99.9",
-        "CPU s",
-        "µs/req",
+        "added p99 (range)",
+        "µs/req (range)",
         "peak RSS"
     );
     for stream in [false, true] {
         for &rate in &o.rates {
-            let mut base: Option<Outcome> = None;
-            // (CPU µs per request, added p50, added p99) of the bare proxy and the gateway.
-            let mut costs: Vec<(String, f64, f64, f64)> = Vec::new();
-            for t in &targets {
-                let pid = t.pid.filter(|&p| pid_alive(p));
-                let cpu0 = pid.map(proc_cpu_seconds);
-                if let Some(p) = pid {
-                    reset_peak(p);
+            // Per target, per run: (p50, p99, p99.9, lag p99, CPU µs per request, errors, peak RSS MiB).
+            let mut runs: Vec<Vec<[f64; 7]>> = vec![Vec::new(); targets.len()];
+            for _ in 0..o.repeats {
+                for (i, t) in targets.iter().enumerate() {
+                    let pid = t.pid.filter(|&p| pid_alive(p));
+                    let cpu0 = pid.map(proc_cpu_seconds);
+                    if let Some(p) = pid {
+                        reset_peak(p);
+                    }
+                    let r = open_loop(&c, t, stream, rate, o.duration, o.connections).await;
+                    let (cpu_us, rss) = pid.zip(cpu0).map_or((f64::NAN, f64::NAN), |(p, c0)| {
+                        (
+                            (proc_cpu_seconds(p) - c0) * 1e6 / r.sent.max(1) as f64,
+                            proc_status_kib(p, "VmHWM") as f64 / 1024.0,
+                        )
+                    });
+                    runs[i].push([
+                        ms(&r.latency, 0.5),
+                        ms(&r.latency, 0.99),
+                        ms(&r.latency, 0.999),
+                        ms(&r.lag, 0.99),
+                        cpu_us,
+                        r.errors as f64,
+                        rss,
+                    ]);
                 }
-                let r = open_loop(&c, t, stream, rate, o.duration, o.connections).await;
-                let cost = pid.zip(cpu0).map(|(p, c0)| {
-                    let cpu = proc_cpu_seconds(p) - c0;
-                    format!(
-                        "{:>8.2} {:>9.1} {:>5.1} MiB",
-                        cpu,
-                        cpu * 1e6 / r.sent.max(1) as f64,
-                        proc_status_kib(p, "VmHWM") as f64 / 1024.0
-                    )
-                });
-                let added = |q| match &base {
-                    Some(a) => format!("{:>9.3}", ms(&r.latency, q) - ms(&a.latency, q)),
-                    None => format!("{:>9}", ""),
-                };
+            }
+            let median = |xs: &mut Vec<f64>| {
+                xs.sort_by(f64::total_cmp);
+                xs[xs.len() / 2]
+            };
+            let col = |i: usize, k: usize| runs[i].iter().map(|r| r[k]).collect::<Vec<f64>>();
+            let range = |xs: &[f64]| {
+                let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                format!("({lo:.3}–{hi:.3})")
+            };
+            // Added latency per run against the mock's same run, then the median of those.
+            let added = |i: usize, k: usize| -> Vec<f64> {
+                runs[i]
+                    .iter()
+                    .zip(&runs[0])
+                    .map(|(r, m)| r[k] - m[k])
+                    .collect()
+            };
+            let mut summary: Vec<(String, f64, f64, f64)> = Vec::new();
+            for (i, t) in targets.iter().enumerate() {
+                let cpu = col(i, 4);
+                let a99 = added(i, 1);
+                let (cpu_m, a50_m, a99_m) = (
+                    median(&mut cpu.clone()),
+                    median(&mut added(i, 0)),
+                    median(&mut a99.clone()),
+                );
                 println!(
-                    "{:<6} {:>5} {:<10} {:>7} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} | {} {} {} | {}",
+                    "{:<6} {:>5} {:<10} {:>6} {:>8.3} {:>8.3} {:>18} {:>8.3} {:>8.3} | {:>9} {:>18} | {:>18} {:>9}",
                     if stream { "stream" } else { "whole" },
                     rate,
                     t.name,
-                    r.sent,
-                    r.errors,
-                    ms(&r.latency, 0.5),
-                    ms(&r.latency, 0.99),
-                    ms(&r.latency, 0.999),
-                    r.latency.max() as f64 / 1000.0,
-                    ms(&r.lag, 0.99),
-                    added(0.5),
-                    added(0.99),
-                    added(0.999),
-                    cost.unwrap_or_default()
+                    col(i, 5).iter().sum::<f64>(),
+                    median(&mut col(i, 0)),
+                    median(&mut col(i, 1)),
+                    range(&col(i, 1)),
+                    median(&mut col(i, 2)),
+                    median(&mut col(i, 3)),
+                    if i == 0 {
+                        String::new()
+                    } else {
+                        format!("{a50_m:.3}")
+                    },
+                    if i == 0 {
+                        String::new()
+                    } else {
+                        format!("{a99_m:.3} {}", range(&a99))
+                    },
+                    if cpu_m.is_nan() {
+                        String::new()
+                    } else {
+                        format!("{cpu_m:.1} {}", range(&cpu).replace(".000", ""))
+                    },
+                    if cpu_m.is_nan() {
+                        String::new()
+                    } else {
+                        format!("{:.1} MiB", median(&mut col(i, 6)))
+                    },
                 );
-                if let (Some(a), Some((p, c0))) = (&base, pid.zip(cpu0)) {
-                    costs.push((
-                        t.name.clone(),
-                        (proc_cpu_seconds(p) - c0) * 1e6 / r.sent.max(1) as f64,
-                        ms(&r.latency, 0.5) - ms(&a.latency, 0.5),
-                        ms(&r.latency, 0.99) - ms(&a.latency, 0.99),
-                    ));
-                }
-                if base.is_none() {
-                    base = Some(r);
-                }
+                summary.push((t.name.clone(), cpu_m, a50_m, a99_m));
             }
-            let of = |name: &str| costs.iter().find(|c| c.0 == name);
-            if let (Some(p), Some(g)) = (of("bare proxy"), of("gateway")) {
-                println!(
-                    "{:<6} {:>5} gateway / bare proxy: CPU per request x{:.2}, added p50 x{:.2}, added p99 x{:.2}",
-                    "",
-                    rate,
-                    g.1 / p.1,
-                    g.2 / p.2,
-                    g.3 / p.3
-                );
+            let of = |name: &str| summary.iter().find(|c| c.0 == name);
+            if let Some(p) = of("bare proxy") {
+                for name in ["leaf only", "gateway"] {
+                    if let Some(g) = of(name) {
+                        println!(
+                            "{:<6} {:>5} {name} / bare proxy: CPU per request x{:.2}, added p50 x{:.2}, added p99 x{:.2}",
+                            "",
+                            rate,
+                            g.1 / p.1,
+                            g.2 / p.2,
+                            g.3 / p.3
+                        );
+                    }
+                }
             }
         }
     }
     drop(gw);
+    drop(leaf_gw);
     drop(proxy);
     drop(mock);
     Ok(())
