@@ -272,13 +272,14 @@ impl LearnedOrder {
         let Some(best) = arms.first().copied() else {
             return OrderDecision::Unchanged;
         };
-        let exploit: Arc<[String]> = arms.iter().map(|a| a.slug.to_string()).collect();
+        // The order by belief, best first: built only for a call that explores.
+        let exploit = || -> Arc<[String]> { arms.iter().map(|a| a.slug.to_string()).collect() };
         if self.explore.tick().is_some() {
             // Left to the upstream's own routing (a provider nobody published shows up),
             // raced against the best known after its p75.
             req.extensions_mut().insert(
                 ProviderPlan::new(None)
-                    .hedge_order(exploit)
+                    .hedge_order(exploit())
                     .race_after(best.race_after),
             );
             return OrderDecision::Explore;
@@ -309,7 +310,7 @@ impl LearnedOrder {
             OrderDecision::Learned
         } else {
             req.extensions_mut()
-                .insert(plan.hedge_order(exploit).race_after(best.race_after));
+                .insert(plan.hedge_order(exploit()).race_after(best.race_after));
             OrderDecision::Explore
         }
     }
