@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use llm_layers_breaker::{BreakerLayer, SlowCall};
 use llm_layers_core::{ChatRequest, ChatStream, LlmError, Message, WholeAnswer};
-use llm_layers_hedge::{ChooseUpstreamLayer, HedgeDelay, HedgeLayer, NextUpstream, Upstreams};
+use llm_layers_hedge::{
+    ChooseUpstreamLayer, FollowPlan, HedgeDelay, HedgeLayer, HedgePolicy, NextUpstream, Upstreams,
+};
 use llm_layers_latency::{LatencyLayer, LatencyStore, PriorFeed, Scope};
 use llm_layers_mock::{Dist, MockServer, Scenario, expected_answer};
 use llm_layers_openrouter::OpenRouter;
@@ -242,8 +244,9 @@ fn learned_with_router(leaf: &OpenRouter, priors: bool) -> (Svc, RouterLayer) {
     )
 }
 
-fn hedged(leaf: &OpenRouter, store: LatencyStore, breaker: Option<BreakerLayer>) -> Svc {
-    let hedge = HedgeLayer::builder()
+/// A hedge at the recorded p95 (5 ms to 30 s, 50 ms while cold) within a 5 % budget.
+fn hedge_at_p95(store: &LatencyStore, policy: impl HedgePolicy) -> HedgeLayer {
+    HedgeLayer::builder()
         .delay(HedgeDelay::Quantile {
             store: store.clone(),
             quantile: 0.95,
@@ -251,11 +254,16 @@ fn hedged(leaf: &OpenRouter, store: LatencyStore, breaker: Option<BreakerLayer>)
             max: Duration::from_secs(30),
             cold: Duration::from_millis(50),
         })
+        .policy(policy)
         .budget_window(Duration::from_secs(10))
         .budget_floor(0)
         .budget_ratio(0.05)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn hedged(leaf: &OpenRouter, store: LatencyStore, breaker: Option<BreakerLayer>) -> Svc {
+    let hedge = hedge_at_p95(&store, FollowPlan);
     let attempt = ServiceBuilder::new()
         .layer(
             TimeoutLayer::builder()
@@ -612,28 +620,14 @@ async fn two_upstreams(n: usize) {
     let choose = ChooseUpstreamLayer::new(store.clone(), ["openrouter", "direct"], 50);
     let raced: Svc = BoxCloneSyncService::new(
         choose.layer(
-            HedgeLayer::builder()
-                .delay(HedgeDelay::Quantile {
-                    store: store.clone(),
-                    quantile: 0.95,
-                    min: Duration::from_millis(5),
-                    max: Duration::from_secs(30),
-                    cold: Duration::from_millis(50),
-                })
-                .policy(NextUpstream)
-                .budget_window(Duration::from_secs(10))
-                .budget_floor(0)
-                .budget_ratio(0.05)
-                .build()
-                .unwrap()
-                .layer(
-                    LatencyLayer::builder()
-                        .scope(Scope::Attempt)
-                        .store(store)
-                        .build()
-                        .unwrap()
-                        .layer(upstreams),
-                ),
+            hedge_at_p95(&store, NextUpstream).layer(
+                LatencyLayer::builder()
+                    .scope(Scope::Attempt)
+                    .store(store)
+                    .build()
+                    .unwrap()
+                    .layer(upstreams),
+            ),
         ),
     );
     let _ = run("warm-up", raced.clone(), &openrouter, n / 4, 5, false).await;

@@ -93,8 +93,8 @@ async fn no_hedge_when_the_first_token_comes_before_the_delay() {
     assert_eq!((mock.calls(), mock.cancelled()), (2, 1));
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_delay_follows_the_recorded_quantile() {
+/// A store needing 10 samples and a delay at its p90 (100 ms to 30 s, 5 s while cold).
+fn p90_delay() -> (LatencyStore, HedgeDelay) {
     let store = LatencyStore::builder().min_samples(10).build().unwrap();
     let delay = HedgeDelay::Quantile {
         store: store.clone(),
@@ -103,6 +103,12 @@ async fn the_delay_follows_the_recorded_quantile() {
         max: S(30),
         cold: S(5),
     };
+    (store, delay)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_delay_follows_the_recorded_quantile() {
+    let (store, delay) = p90_delay();
     assert_eq!(delay.for_model("m"), S(5), "cold start");
     for i in 1..=100u64 {
         store.record(
@@ -509,14 +515,7 @@ async fn the_budget_is_drawn_when_a_hedge_is_sent() {
 /// plan says, and the hedge follows the plan's order.
 #[tokio::test(start_paused = true)]
 async fn the_delay_is_the_first_providers_and_an_exploring_call_races_the_best() {
-    let store = LatencyStore::builder().min_samples(10).build().unwrap();
-    let delay = HedgeDelay::Quantile {
-        store: store.clone(),
-        quantile: 0.9,
-        min: Duration::from_millis(100),
-        max: S(30),
-        cold: S(5),
-    };
+    let (store, delay) = p90_delay();
     for i in 1..=50u64 {
         // Fast: 10..500 ms; Slow: 1..5 s. The model as a whole: the mixture.
         let fast = Duration::from_millis(i * 10);
