@@ -19,7 +19,7 @@
 //! Inside the per-call latency layer.
 //!
 //! ```
-//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
 //! use std::time::Duration;
 //! use llm_layers_coalesce::CoalesceLayer;
 //! use llm_layers_core::{ChatRequest, Message};
@@ -34,10 +34,12 @@
 //!     r
 //! };
 //! let (a, b) = tokio::join!(svc.clone().oneshot(req()), svc.clone().oneshot(req()));
-//! let (a, b) = (a.unwrap().collect().await.unwrap(), b.unwrap().collect().await.unwrap());
+//! let (a, b) = (a?.collect().await?, b?.collect().await?);
 //! assert_eq!(a.choices[0].message.content, b.choices[0].message.content);
 //! assert_eq!(mock.calls(), 1, "one upstream call for both");
-//! # });
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::collections::HashMap;

@@ -67,9 +67,10 @@ impl ApiError {
     /// ```
     /// use llm_layers_core::ApiError;
     /// let anthropic = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
-    /// assert_eq!(ApiError::from_body(anthropic).unwrap().error_type.as_deref(), Some("overloaded_error"));
+    /// let e = ApiError::from_body(anthropic).unwrap_or_default();
+    /// assert_eq!(e.error_type.as_deref(), Some("overloaded_error"));
     /// let vllm = br#"{"object":"error","message":"bad","type":"BadRequestError","param":null,"code":400}"#;
-    /// let e = ApiError::from_body(vllm).unwrap();
+    /// let e = ApiError::from_body(vllm).unwrap_or_default();
     /// assert_eq!((e.message.as_deref(), e.status_code().map(|s| s.as_u16())), (Some("bad"), Some(400)));
     /// ```
     pub fn from_body(body: &[u8]) -> Option<ApiError> {

@@ -11,11 +11,12 @@
 //!     "latency_last_30m":{"p50":0.25,"p75":0.35,"p90":0.48,"p99":0.85},
 //!     "throughput_last_30m":{"p50":45.2,"p75":38.0,"p90":25.0,"p99":15.1},
 //!     "uptime_last_5m":99.5,"uptime_last_30m":99.9,"uptime_last_1d":null}]}}"#;
-//! let parsed: ModelEndpoints = serde_json::from_str(body).unwrap();
+//! let parsed: ModelEndpoints = serde_json::from_str(body)?;
 //! let e: &EndpointStats = &parsed.data.endpoints[0];
 //! assert_eq!((e.provider_name.as_str(), e.tag.as_deref()), ("OpenAI", Some("openai")));
-//! assert_eq!(e.latency_last_30m.unwrap().p90, Some(0.48));
+//! assert_eq!(e.latency_last_30m.map(|l| l.p90), Some(Some(0.48)));
 //! assert_eq!(e.uptime_last_1d, None);
+//! # Ok::<(), serde_json::Error>(())
 //! ```
 
 use serde::{Deserialize, Serialize};

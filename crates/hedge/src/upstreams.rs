@@ -30,7 +30,7 @@ type BoxFuture = Pin<Box<dyn Future<Output = Result<ChatStream, LlmError>> + Sen
 /// this service is always ready: one slow upstream never holds back calls to another.
 ///
 /// ```
-/// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+/// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
 /// use std::time::Duration;
 /// use llm_layers_core::{ChatRequest, Message, UpstreamName};
 /// use llm_layers_hedge::{HedgeDelay, HedgeLayer, NextUpstream, Upstreams};
@@ -43,12 +43,14 @@ type BoxFuture = Pin<Box<dyn Future<Output = Result<ChatStream, LlmError>> + Sen
 ///     .delay(HedgeDelay::Fixed(Duration::from_millis(500)))
 ///     .policy(NextUpstream)
 ///     .budget_ratio(1.0)
-///     .build()
-///     .unwrap()
-///     .layer(Upstreams::new([("openrouter", slow), ("direct", fast)]).unwrap());
-/// let stream = race.oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await.unwrap();
-/// assert_eq!(stream.meta().extensions.get::<UpstreamName>().unwrap().0.as_ref(), "direct");
-/// # });
+///     .build()?
+///     .layer(Upstreams::new([("openrouter", slow), ("direct", fast)])?);
+/// let stream = race.oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await?;
+/// let winner = stream.meta().extensions.get::<UpstreamName>().map(|u| u.0.to_string());
+/// assert_eq!(winner.as_deref(), Some("direct"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
 pub struct Upstreams<S> {

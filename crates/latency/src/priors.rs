@@ -60,7 +60,7 @@ struct Inner {
 /// use std::sync::Arc;
 /// use llm_layers_core::endpoints::{EndpointStats, Percentiles};
 /// use llm_layers_latency::{LatencyStore, PriorFeed};
-/// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+/// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
 /// let store = LatencyStore::new();
 /// let feed = PriorFeed::builder(store.clone(), Arc::new(|_model: String| {
 ///     Box::pin(async {
@@ -71,13 +71,14 @@ struct Inner {
 ///         }])
 ///     }) as _
 /// }))
-/// .build()
-/// .unwrap();
-/// assert_eq!(feed.refresh("m/x").await.unwrap(), 1);
-/// let s = store.stats("m/x", Some("Alpha")).unwrap();
+/// .build()?;
+/// assert_eq!(feed.refresh("m/x").await?, 1);
+/// let s = store.stats("m/x", Some("Alpha")).unwrap_or_default();
 /// assert_eq!((s.ttft_samples, s.prior_weight), (0, 1.0));
 /// assert_eq!(s.ttft_p50.as_millis(), 400);
-/// # });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
 pub struct PriorFeed {

@@ -16,10 +16,11 @@ impl ChatBody {
     /// ```
     /// use llm_layers_core::{ChatBody, Message};
     /// let body = ChatBody { model: Some("m".into()), messages: vec![Message::user("hi")], ..Default::default() };
-    /// let json = body.to_json_with(Some(true), Some(512)).unwrap();
-    /// let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    /// let json = body.to_json_with(Some(true), Some(512))?;
+    /// let v: serde_json::Value = serde_json::from_slice(&json)?;
     /// assert_eq!(v["stream"], true);
     /// assert_eq!(v["max_tokens"], 512);
+    /// # Ok::<(), serde_json::Error>(())
     /// ```
     pub fn to_json_with(
         &self,
@@ -45,11 +46,12 @@ impl ChatBody {
     /// r.body_mut().provider_mut().order = Some(vec!["openai".into()]);
     /// r.body_mut().extra.insert("transforms".into(), serde_json::json!(["middle-out"]));
     /// r.body_mut().extra.insert("logprobs".into(), serde_json::json!(true));
-    /// let json = r.body().to_openai_json(Some(true), None, "gpt-4o-mini").unwrap();
-    /// let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    /// let json = r.body().to_openai_json(Some(true), None, "gpt-4o-mini")?;
+    /// let v: serde_json::Value = serde_json::from_slice(&json)?;
     /// assert_eq!(v["model"], "gpt-4o-mini");
     /// assert!(v.get("provider").is_none() && v.get("transforms").is_none());
     /// assert_eq!(v["logprobs"], true);
+    /// # Ok::<(), serde_json::Error>(())
     /// ```
     ///
     /// # Errors
