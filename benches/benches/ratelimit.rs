@@ -37,7 +37,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("admission");
     g.bench_function("llm-layers/uncontended", |b| {
         b.iter(|| {
-            ours.take(&key0, 1, &rate, tokio::time::Instant::now())
+            ours.take_now(&key0, 1, &rate, tokio::time::Instant::now())
                 .is_ok()
         })
     });
@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
                                     key: k,
                                 };
                                 for _ in 0..PER_TASK {
-                                    let _ = s.take(&key, 1, &rate2, tokio::time::Instant::now());
+                                    let _ = s.take_now(&key, 1, &rate2, tokio::time::Instant::now());
                                 }
                             });
                         }

@@ -14,21 +14,30 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::concurrency::{Concurrency, Permit};
-use crate::store::{self, BucketKey, LimitId, Store};
+use crate::store::{self, BucketKey, LimitId, Pending, Store, Take};
 use crate::{Limit, Mode, Shared};
 
-/// Takes `cost` from one limit's bucket, waiting as its mode allows.
+/// Takes `cost` from one limit's bucket, waiting as its mode allows; `pending` is a round
+/// trip the fast path already started for it.
 async fn take(
     store: &dyn Store,
     key: &BucketKey,
     cost: u64,
     limit: &Limit,
     deadline: Option<Instant>,
+    mut pending: Option<Pending>,
 ) -> Result<(), LlmError> {
     let mut waited = Duration::ZERO;
     loop {
+        let decided = match pending.take() {
+            Some(p) => p.await,
+            None => match store.take(key, cost, &limit.rate, Instant::now()) {
+                Take::Ready(r) => r,
+                Take::Pending(p) => p.await,
+            },
+        };
         let now = Instant::now();
-        let wait = match store.take(key, cost, &limit.rate, now) {
+        let wait = match decided {
             Ok(()) => return Ok(()),
             Err(w) => w,
         };
@@ -171,8 +180,9 @@ fn step<'a>(shared: &'a Shared, req: &ChatRequest, step: usize) -> Step<'a> {
 pub(crate) enum Progress {
     /// Every limit admitted the call.
     Admitted(Admitted),
-    /// A limit would wait or refuse: the slow way goes on from here, nothing taken twice.
-    Partial(Admitted),
+    /// A limit would wait or refuse, or its store must ask: the slow way goes on from here
+    /// (with the round trip started, if any), nothing taken twice.
+    Partial(Admitted, Option<Pending>),
 }
 
 /// Admits `req` as far as it can without waiting. `reserved` is a slot taken in
@@ -188,18 +198,18 @@ pub(crate) fn try_admit(
         match step(shared, req, a.step) {
             Step::Done => return Progress::Admitted(a),
             Step::Skip => {}
-            Step::Bucket(key, cost, limit) => {
-                if shared.store.take(&key, cost, &limit.rate, now).is_err() {
-                    return Progress::Partial(a);
-                }
-                a.took(key, cost, req);
-            }
+            Step::Bucket(key, cost, limit) => match shared.store.take(&key, cost, &limit.rate, now)
+            {
+                Take::Ready(Ok(())) => a.took(key, cost, req),
+                Take::Ready(Err(_)) => return Progress::Partial(a, None),
+                Take::Pending(p) => return Progress::Partial(a, Some(p)),
+            },
             Step::Slot(c, key) => {
                 let permit = match reserved.take() {
                     Some(p) => p,
                     None => match c.try_acquire(&key) {
                         Some(p) => p,
-                        None => return Progress::Partial(a),
+                        None => return Progress::Partial(a, None),
                     },
                 };
                 a.permit = Some(permit);
@@ -214,6 +224,7 @@ async fn admit(
     mut a: Admitted,
     req: &ChatRequest,
     mut reserved: Option<Permit>,
+    mut pending: Option<Pending>,
 ) -> Result<Admitted, LlmError> {
     let deadline = req.deadline();
     let shared = a.shared.clone();
@@ -223,7 +234,7 @@ async fn admit(
             Step::Done => return Ok(a),
             Step::Skip => {}
             Step::Bucket(key, cost, limit) => {
-                take(&*shared.store, &key, cost, limit, deadline).await?;
+                take(&*shared.store, &key, cost, limit, deadline, pending.take()).await?;
                 a.took(key, cost, req);
             }
             Step::Slot(c, key) => {
@@ -249,7 +260,7 @@ async fn admit(
 /// ready (a clone: the ready one stays in the service, its slot below not held across the
 /// wait), then the call.
 pub(crate) async fn admit_then_call<S>(
-    partial: Admitted,
+    (partial, pending): (Admitted, Option<Pending>),
     mut inner: S,
     req: ChatRequest,
     reserved: Option<Permit>,
@@ -257,7 +268,7 @@ pub(crate) async fn admit_then_call<S>(
 where
     S: Service<ChatRequest, Response = ChatStream, Error = LlmError>,
 {
-    let admitted = admit(partial, &req, reserved).await?;
+    let admitted = admit(partial, &req, reserved, pending).await?;
     ServiceExt::ready(&mut inner).await?;
     let result = inner.call(req).await;
     finish(admitted, result)

@@ -81,7 +81,7 @@ use admit::{Admitted, Progress, admit_then_call};
 use concurrency::{Concurrency, Permit};
 pub use limit::{DefaultEstimator, Key, Limit, Mode, TokenEstimator};
 use pin_project_lite::pin_project;
-pub use store::{BucketKey, LimitId, MemoryStore, Rate, Store};
+pub use store::{BucketKey, LimitId, MemoryStore, Pending, Rate, Store, Take};
 
 /// The key that overflowing keys share.
 pub const OTHER: &str = "_OTHER";
@@ -411,9 +411,9 @@ where
                 fut: self.inner.call(req),
                 admitted: Some(admitted),
             },
-            Progress::Partial(partial) => State::Waiting {
+            Progress::Partial(partial, pending) => State::Waiting {
                 fut: Box::pin(admit_then_call(
-                    partial,
+                    (partial, pending),
                     self.inner.clone(),
                     req,
                     self.reserved.take(),

@@ -2,6 +2,9 @@
 
 use llm_layers_core::sync::lock;
 use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,12 +24,12 @@ pub struct Rate {
 impl Rate {
     /// Time that one unit stands for, computed in nanoseconds as `u128` (no truncation of
     /// the amount, however large; `Limit::validate` refuses a zero interval).
-    pub(crate) fn interval(&self) -> Duration {
+    pub fn interval(&self) -> Duration {
         nanos(self.period.as_nanos() / u128::from(self.amount.max(1)))
     }
 
     /// `n` intervals, saturating.
-    pub(crate) fn times(&self, n: u64) -> Duration {
+    pub fn times(&self, n: u64) -> Duration {
         nanos(self.interval().as_nanos().saturating_mul(u128::from(n)))
     }
 }
@@ -42,14 +45,38 @@ pub(crate) fn later(at: Instant, d: Duration) -> Instant {
     at.checked_add(d.min(YEAR)).unwrap_or(at)
 }
 
-/// Where bucket state lives. The in-process [`MemoryStore`] is the default; a distributed
-/// store (Redis with a GCRA script) implements the same three calls.
+/// A decision a store could only make with a round trip (a shared store): it resolves to
+/// what [`Take::Ready`] would have said. It must do nothing until polled, and taking units is
+/// its only effect (dropped after it resolved, the units stay taken: safe, never over-admits).
+pub type Pending = Pin<Box<dyn Future<Output = Result<(), Duration>> + Send>>;
+
+/// What [`Store::take`] decided.
+#[must_use = "a take that is not looked at may have taken units"]
+pub enum Take {
+    /// Decided from state at hand: taken, or how long until the units would fit.
+    Ready(Result<(), Duration>),
+    /// Only a round trip can tell (admission then awaits it, off the fast path).
+    Pending(Pending),
+}
+
+impl fmt::Debug for Take {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Take::Ready(r) => f.debug_tuple("Ready").field(r).finish(),
+            Take::Pending(_) => f.write_str("Pending(..)"),
+        }
+    }
+}
+
+/// Where bucket state lives. The in-process [`MemoryStore`] is the default; a shared store
+/// (`llm-layers-redis`: a GCRA script in Redis, with leases) implements the same calls.
 ///
 /// Buckets are GCRA: a bucket is its theoretical arrival time (TAT); taking `cost` units moves
 /// it by `cost` intervals, and is allowed while it stays within the burst of now.
 pub trait Store: Send + Sync + 'static {
-    /// Takes `cost` units from `key`'s bucket, or says how long until they would fit.
-    fn take(&self, key: &BucketKey, cost: u64, rate: &Rate, now: Instant) -> Result<(), Duration>;
+    /// Takes `cost` units from `key`'s bucket, or says how long until they would fit; a
+    /// shared store that cannot tell from what it holds answers [`Take::Pending`].
+    fn take(&self, key: &BucketKey, cost: u64, rate: &Rate, now: Instant) -> Take;
 
     /// Gives `units` back (a reservation that was too large), or takes more (negative:
     /// usage above the reservation). Never fails: a debit may push the bucket into debt.
@@ -149,24 +176,8 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn take(&self, key: &BucketKey, cost: u64, rate: &Rate, now: Instant) -> Result<(), Duration> {
-        let tolerance = rate.times(rate.burst.max(1));
-        self.with(key, now, |b| {
-            if let Some(h) = b.hold_until {
-                if h > now {
-                    return Err(h - now);
-                }
-                b.hold_until = None;
-            }
-            let new_tat = later(b.tat.max(now), rate.times(cost));
-            let ahead = new_tat.saturating_duration_since(now);
-            if ahead > tolerance {
-                Err(ahead - tolerance)
-            } else {
-                b.tat = new_tat;
-                Ok(())
-            }
-        })
+    fn take(&self, key: &BucketKey, cost: u64, rate: &Rate, now: Instant) -> Take {
+        Take::Ready(self.take_now(key, cost, rate, now))
     }
 
     fn settle(&self, key: &BucketKey, units: i64, rate: &Rate, now: Instant) {
@@ -189,5 +200,34 @@ impl Store for MemoryStore {
 
     fn len(&self) -> usize {
         self.shards.iter().map(|s| lock(s).0.len()).sum()
+    }
+}
+
+impl MemoryStore {
+    /// The GCRA decision, from the bucket in this process.
+    pub fn take_now(
+        &self,
+        key: &BucketKey,
+        cost: u64,
+        rate: &Rate,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        let tolerance = rate.times(rate.burst.max(1));
+        self.with(key, now, |b| {
+            if let Some(h) = b.hold_until {
+                if h > now {
+                    return Err(h - now);
+                }
+                b.hold_until = None;
+            }
+            let new_tat = later(b.tat.max(now), rate.times(cost));
+            let ahead = new_tat.saturating_duration_since(now);
+            if ahead > tolerance {
+                Err(ahead - tolerance)
+            } else {
+                b.tat = new_tat;
+                Ok(())
+            }
+        })
     }
 }

@@ -9,7 +9,7 @@ use http::StatusCode;
 use llm_layers_core::{ChatRequest, Deadline, ErrorKind, LlmError, Message, Priority, Tenant};
 use llm_layers_mock::{MockChat, Script};
 use llm_layers_ratelimit::{
-    BucketKey, Key, Limit, LimitId, MemoryStore, Mode, Rate, RateLimitLayer, Store,
+    BucketKey, Key, Limit, LimitId, MemoryStore, Mode, Rate, RateLimitLayer, Store, Take,
 };
 use std::task::Poll;
 
@@ -273,7 +273,7 @@ fn a_million_keys_stay_under_the_cap() {
             limit: LimitId::Requests(0),
             key: Arc::from(format!("k{i}")),
         };
-        let _ = store.take(&key, 1, &rate, now);
+        let _ = store.take_now(&key, 1, &rate, now);
     }
     assert!(store.len() <= 10_000 + 16, "{}", store.len());
 }
@@ -334,8 +334,8 @@ fn limits_of_two_to_the_32_and_more_are_exact() {
             burst: amount,
         };
         // A whole burst fits at once; one unit more does not.
-        assert!(store.take(&key, amount, &rate, now).is_ok(), "{amount}");
-        let wait = store.take(&key, 1, &rate, now).unwrap_err();
+        assert!(store.take_now(&key, amount, &rate, now).is_ok(), "{amount}");
+        let wait = store.take_now(&key, 1, &rate, now).unwrap_err();
         assert!(wait <= Duration::from_micros(1), "{amount}: {wait:?}");
         store.settle(&key, i64::try_from(amount).unwrap(), &rate, now);
     }
@@ -387,7 +387,7 @@ struct Refunds {
 }
 
 impl Store for Refunds {
-    fn take(&self, key: &BucketKey, cost: u64, rate: &Rate, now: Instant) -> Result<(), Duration> {
+    fn take(&self, key: &BucketKey, cost: u64, rate: &Rate, now: Instant) -> Take {
         self.inner.take(key, cost, rate, now)
     }
     fn settle(&self, key: &BucketKey, units: i64, rate: &Rate, now: Instant) {
@@ -438,6 +438,56 @@ async fn a_rejected_call_refunds_the_request_units_it_took() {
         2,
         "one unit back per refused call"
     );
+}
+
+/// A shared store that must ask for every decision (each a 5 ms round trip).
+struct RoundTrip {
+    inner: Arc<MemoryStore>,
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Store for RoundTrip {
+    fn take(&self, key: &BucketKey, cost: u64, rate: &Rate, _now: Instant) -> Take {
+        let (inner, key, rate) = (self.inner.clone(), key.clone(), *rate);
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Take::Pending(Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            inner.take_now(&key, cost, &rate, Instant::now())
+        }))
+    }
+    fn settle(&self, key: &BucketKey, units: i64, rate: &Rate, now: Instant) {
+        self.inner.settle(key, units, rate, now);
+    }
+    fn hold(&self, key: &BucketKey, until: Instant) {
+        self.inner.hold(key, until);
+    }
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+}
+
+/// A store that answers after a round trip is awaited once per decision (the fast path's
+/// started round trip is not thrown away and asked again), admits exactly the limit, waits
+/// and rejects as a local one does.
+#[tokio::test(start_paused = true)]
+async fn a_store_that_must_ask_is_awaited_once_per_decision() {
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let svc = RateLimitLayer::builder()
+        .requests(Limit::new(2, Duration::from_secs(1)).mode(Mode::Reject))
+        .store(RoundTrip {
+            inner: Arc::new(MemoryStore::new(64)),
+            asked: asked.clone(),
+        })
+        .build()
+        .unwrap()
+        .layer(instant());
+    let start = Instant::now();
+    assert!(svc.clone().oneshot(req("m")).await.is_ok());
+    assert!(svc.clone().oneshot(req("m")).await.is_ok());
+    let e = svc.clone().oneshot(req("m")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RateLimited);
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(Instant::now() - start, Duration::from_millis(15));
 }
 
 /// The concurrency queue is bounded in length and in wait, and a refusal says when to come
