@@ -66,7 +66,8 @@ fn bench(c: &mut Criterion) {
                                     key: k,
                                 };
                                 for _ in 0..PER_TASK {
-                                    let _ = s.take_now(&key, 1, &rate2, tokio::time::Instant::now());
+                                    let _ =
+                                        s.take_now(&key, 1, &rate2, tokio::time::Instant::now());
                                 }
                             });
                         }

@@ -9,7 +9,7 @@ use llm_layers_latency::LatencyStore;
 use tokio::time::Instant;
 use tower_layer::Layer;
 
-use crate::registry::{BreakerInfo, Config, Registry};
+use crate::registry::{BreakerInfo, Change, Config, Registry};
 use crate::service::Breaker;
 
 /// When a call that succeeded still counts as a failure: it was too slow to its first token.
@@ -117,6 +117,19 @@ impl BreakerLayer {
     /// The state of every breaker.
     pub fn snapshot(&self) -> Vec<BreakerInfo> {
         self.shared.registry.snapshot(Instant::now())
+    }
+
+    /// The trips, closes and holds made here since the last call, for a sharer to publish
+    /// to other replicas (`llm-layers-redis` does). From the first call on, changes are
+    /// kept until taken (at most 4,096; older ones are dropped).
+    pub fn changes(&self) -> Vec<Change> {
+        self.shared.registry.drain_changes()
+    }
+
+    /// Applies a change another replica made: an open or a hold only lengthens what is
+    /// here, a close ends an open or half-open breaker (a probe elsewhere succeeded).
+    pub fn apply(&self, change: &Change) {
+        self.shared.registry.apply(change, Instant::now());
     }
 
     /// Starts `(model, provider slug)` half-open, unless its breaker already saw calls:

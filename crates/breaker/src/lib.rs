@@ -80,5 +80,5 @@ mod service;
 
 pub use future::ResponseFuture;
 pub use layer::{BreakerLayer, BreakerLayerBuilder, SlowCall};
-pub use registry::{BreakerInfo, State};
+pub use registry::{BreakerInfo, Change, State};
 pub use service::Breaker;

@@ -2,6 +2,7 @@
 
 use llm_layers_core::sync::lock;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +12,11 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 mod blocked;
+mod room;
+mod shared;
 pub(crate) use blocked::{Blocked, blocked_error};
+use room::make_room;
+pub use shared::Change;
 
 /// The state of one breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +93,10 @@ struct Entry {
     /// Started half-open on published evidence ([`Registry::suspect`]) and not called
     /// since: no evidence of ours.
     suspected: bool,
+    /// Opened by another replica's trip ([`Registry::apply`]) and not called here since:
+    /// like a suspicion, it never makes a call fail fast on its own (this replica may not
+    /// know the providers the other one saw answer).
+    remote: bool,
 }
 
 impl Entry {
@@ -103,6 +112,7 @@ impl Entry {
             last_used: now,
             held_until: None,
             suspected: false,
+            remote: false,
         }
     }
 
@@ -155,6 +165,9 @@ pub(crate) struct Registry {
     cfg: Config,
     map: Mutex<(HashMap<Arc<str>, ModelEntry>, usize)>,
     rng: Mutex<SmallRng>,
+    /// Whether a sharer reads our changes ([`Registry::drain_changes`]).
+    sharing: AtomicBool,
+    outbox: Mutex<Vec<Change>>,
 }
 
 impl Registry {
@@ -163,6 +176,8 @@ impl Registry {
             cfg,
             map: Mutex::new((HashMap::new(), 0)),
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            sharing: AtomicBool::new(false),
+            outbox: Mutex::new(Vec::new()),
         }
     }
 
@@ -214,6 +229,9 @@ impl Registry {
             match e.state {
                 State::Closed => {}
                 State::Open { until } => {
+                    if e.remote {
+                        suspected.push(slug.clone());
+                    }
                     blocked.push((slug.to_string(), Blocked::Open(Some(until))))
                 }
                 State::HalfOpen if e.probes_in_flight < self.cfg.probes => {
@@ -234,8 +252,9 @@ impl Registry {
                 .any(|o| !me.providers.keys().any(|k| slug_matches(o, k)))
         });
         if allowed_known > 0 && blocked.len() == allowed_known && !suspected.is_empty() {
-            // Only published doubts block the rest: no evidence of ours, and the upstream
-            // may serve the model elsewhere. Let those through rather than fail.
+            // Only published doubts or other replicas' trips block the rest: no evidence of
+            // ours, and the upstream may serve the model elsewhere. Let those through rather
+            // than fail.
             blocked.retain(|(s, _)| !suspected.iter().any(|x| **x == **s));
         }
         if allowed_known > 0 && blocked.len() == allowed_known && !only_unknown {
@@ -284,6 +303,11 @@ impl Registry {
             .or_insert_with(|| Entry::new(now));
         e.last_used = now;
         e.held_until = Some(e.held_until.map_or(until, |h| h.max(until)));
+        self.emit(|| Change::Held {
+            model: Arc::from(model),
+            provider: Arc::from(provider),
+            held_for: until.saturating_duration_since(now),
+        });
         let prefs = body.provider.as_ref();
         me.providers.iter_mut().any(|(slug, e)| {
             &**slug != provider
@@ -407,6 +431,7 @@ impl Registry {
         };
         e.last_used = now;
         e.suspected = false;
+        e.remote = false;
         e.refresh(now);
         let before = e.state;
         match e.state {
@@ -468,6 +493,18 @@ impl Registry {
             if matches!(e.state, State::Open { .. }) {
                 metrics::counter!("llm_breaker_trips_total", &labels).increment(1);
             }
+            let (state, provider) = (e.state, provider.map(Arc::from));
+            self.emit(|| match state {
+                State::Open { until } => Change::Opened {
+                    model: Arc::from(model),
+                    provider,
+                    open_for: until.saturating_duration_since(now),
+                },
+                _ => Change::Closed {
+                    model: Arc::from(model),
+                    provider,
+                },
+            });
         }
     }
 
@@ -514,66 +551,4 @@ impl Registry {
     pub(crate) fn entries(&self) -> usize {
         lock(&self.map).1
     }
-}
-
-/// Frees one entry's room when the table is full: idle entries first, else the least
-/// recently used closed, unheld one (an open or held entry is worth more than a new key).
-/// Returns whether there is room now.
-fn make_room(
-    map: &mut HashMap<Arc<str>, ModelEntry>,
-    count: &mut usize,
-    now: Instant,
-    cfg: &Config,
-) -> bool {
-    evict_idle(map, count, now, cfg.idle_ttl);
-    if *count < cfg.max_entries {
-        return true;
-    }
-    let lru = map
-        .iter()
-        .flat_map(|(m, me)| {
-            me.providers
-                .iter()
-                .filter(|(_, e)| e.state == State::Closed && e.held_until.is_none_or(|h| h <= now))
-                .map(move |(p, e)| (e.last_used, m.clone(), p.clone()))
-        })
-        .min_by_key(|(t, _, _)| *t);
-    let Some((_, m, p)) = lru else {
-        return false;
-    };
-    if let Some(me) = map.get_mut(&m) {
-        me.providers.remove(&p);
-        *count -= 1;
-    }
-    true
-}
-
-/// Drops closed entries unused for `ttl`.
-fn evict_idle(
-    map: &mut HashMap<Arc<str>, ModelEntry>,
-    count: &mut usize,
-    now: Instant,
-    ttl: Duration,
-) {
-    // Closed (or open and long expired) and not held, unused for `ttl`.
-    let idle = |e: &Entry| {
-        let settled = match e.state {
-            State::Closed => true,
-            State::Open { until } => now.saturating_duration_since(until) >= ttl,
-            State::HalfOpen => e.probes_in_flight == 0,
-        };
-        settled
-            && e.held_until.is_none_or(|h| h <= now)
-            && now.saturating_duration_since(e.last_used) >= ttl
-    };
-    map.retain(|_, me| {
-        if me.model.as_ref().is_some_and(idle) {
-            me.model = None;
-            *count -= 1;
-        }
-        let before = me.providers.len();
-        me.providers.retain(|_, e| !idle(e));
-        *count -= before - me.providers.len();
-        me.model.is_some() || !me.providers.is_empty()
-    });
 }

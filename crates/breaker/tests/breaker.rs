@@ -756,3 +756,56 @@ async fn a_full_table_evicts_instead_of_dropping_outcomes() {
     // c, unused for 80 s, was idle as well.
     assert_eq!(providers(&b), ["d"]);
 }
+
+/// What one replica's breaker learned goes to another through `changes` and `apply`: a trip
+/// keeps the other's calls off the provider, a close lets them back, nothing echoes.
+#[tokio::test(start_paused = true)]
+async fn a_trip_and_a_close_move_between_replicas() {
+    let (a, b) = (layer(), layer());
+    assert!(a.changes().is_empty(), "sharing starts with the first read");
+    let (mock_a, mock_b) = (MockChat::new(), MockChat::new());
+    let (svc_a, svc_b) = (a.layer(mock_a.clone()), b.layer(mock_b.clone()));
+    trip_bad(&svc_a, &mock_a).await;
+    let changes = a.changes();
+    // Another replica's trip alone never makes a call fail fast here: this replica has not
+    // seen another provider answer.
+    let lone = layer();
+    for c in &changes {
+        lone.apply(c);
+    }
+    let mock_lone = MockChat::new();
+    mock_lone.push(ok("Good"));
+    run(&lone.layer(mock_lone.clone())).await.unwrap();
+    assert!(
+        matches!(&changes[..], [llm_layers_breaker::Change::Opened { provider: Some(p), open_for, .. }]
+            if &**p == "bad" && *open_for == S(10)),
+        "{changes:?}"
+    );
+    mock_b.push(ok("Good"));
+    run(&svc_b).await.unwrap();
+    for c in &changes {
+        b.apply(c);
+    }
+    assert!(
+        b.changes().is_empty(),
+        "an applied change is not ours to share"
+    );
+    mock_b.push(ok("Good"));
+    run(&svc_b).await.unwrap();
+    assert_eq!(ignored(mock_b.requests().last().unwrap()), ["bad"]);
+    // A's probe succeeds: the close reaches B, which sends to Bad again.
+    tokio::time::advance(S(10)).await;
+    mock_a.push(ok("Bad"));
+    run(&svc_a).await.unwrap();
+    let closed = a.changes();
+    assert!(
+        matches!(&closed[..], [llm_layers_breaker::Change::Closed { .. }]),
+        "{closed:?}"
+    );
+    for c in &closed {
+        b.apply(c);
+    }
+    mock_b.push(ok("Good"));
+    run(&svc_b).await.unwrap();
+    assert!(ignored(mock_b.requests().last().unwrap()).is_empty());
+}
