@@ -78,4 +78,4 @@ pub use future::ResponseFuture;
 pub use layer::{LatencyLayer, LatencyLayerBuilder, Scope};
 pub use priors::{FetchEndpoints, OnEndpoints, PriorFeed, PriorFeedBuilder};
 pub use service::{Latency, prompt_bucket};
-pub use store::{LatencyStore, LatencyStoreBuilder, OTHER, Outcome, Prior, Stats};
+pub use store::{LatencyStore, LatencyStoreBuilder, OTHER, Outcome, Prior, Stats, Summary};

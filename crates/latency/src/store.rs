@@ -9,7 +9,9 @@ use std::time::Duration;
 pub use crate::stats::{Outcome, Prior, Stats};
 use tokio::time::Instant;
 
+mod fleet;
 mod window;
+pub use fleet::Summary;
 use window::{Half, TPS_MAX, TTFT_MAX, TTFT_UNIT_US, Windows, compute, compute_with};
 
 /// The model key that unknown models fold into once the store is full.
@@ -28,6 +30,7 @@ impl Entry {
                 previous: Half::new(),
                 rotated_at: now,
                 prior: None,
+                fleet: None,
             }),
             cache: RwLock::new((now, Stats::default())),
         }

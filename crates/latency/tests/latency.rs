@@ -598,3 +598,51 @@ async fn a_prior_is_replaced_by_samples_as_they_come() {
     store.set_prior("m", "P", None);
     assert!((p50(&store) - 1.0).abs() < 0.01);
 }
+
+/// A replica's own samples, exported as summaries and merged into another's store, read
+/// there as if measured there (within the sketch's 1 %), are never exported again by it, and
+/// fade when no newer merge comes.
+#[tokio::test(start_paused = true)]
+async fn fleet_summaries_merge_exactly_and_are_not_echoed() {
+    use llm_layers_latency::Summary;
+    let a = LatencyStore::builder().min_samples(10).build().unwrap();
+    let b = LatencyStore::builder().min_samples(10).build().unwrap();
+    for i in 1..=200u64 {
+        a.record(
+            ("m", Some("Fast")),
+            Some(Duration::from_millis(100 + i)),
+            Some(50.0),
+            Outcome::Ok,
+        );
+    }
+    a.record(("m", Some("Fast")), None, None, Outcome::Error);
+    let exported = a.export();
+    assert_eq!(
+        exported.len(),
+        2,
+        "the provider and the model: {exported:?}"
+    );
+    for (model, provider, s) in &exported {
+        let text = s.encode();
+        let back = Summary::decode(&text).unwrap();
+        assert_eq!(&back, s, "{text}");
+        b.merge_fleet(model, provider.as_deref(), &[back], Duration::from_secs(10));
+    }
+    assert!(Summary::decode("1 2 3|x").is_none());
+    let (sa, sb) = (
+        a.stats("m", Some("Fast")).unwrap(),
+        b.stats("m", Some("Fast")).unwrap(),
+    );
+    assert_eq!((sb.ttft_samples, sb.calls), (200, 201));
+    let (pa, pb) = (sa.ttft_p90.as_secs_f64(), sb.ttft_p90.as_secs_f64());
+    assert!((pa - pb).abs() / pa < 0.01, "{pa} vs {pb}");
+    assert!(b.export().is_empty(), "merged samples are not b's own");
+    tokio::time::advance(Duration::from_secs(11)).await;
+    b.merge_fleet("m", None, &[], Duration::from_secs(10));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        b.measured("m", Some("Fast")).unwrap().ttft_samples,
+        0,
+        "faded"
+    );
+}

@@ -52,6 +52,10 @@ impl Half {
         self.censored = 0;
     }
 
+    pub(super) fn counts(&self) -> [u64; 4] {
+        [self.ok, self.errors, self.timeouts, self.censored]
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.ttft.is_empty() && self.gap.is_empty() && self.ok + self.errors + self.censored == 0
     }
@@ -63,6 +67,20 @@ pub(super) struct Windows {
     pub(super) rotated_at: Instant,
     /// A published first guess, blended into the TTFT quantiles.
     pub(super) prior: Option<Prior>,
+    /// What other replicas measured (merged summaries), read with ours until then.
+    pub(super) fleet: Option<(Box<Half>, Instant)>,
+}
+
+impl Windows {
+    /// The halves read: ours, and the fleet's while it is fresh.
+    fn halves(&self) -> impl Iterator<Item = &Half> {
+        let fleet = self
+            .fleet
+            .as_ref()
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(h, _)| &**h);
+        [&self.previous, &self.current].into_iter().chain(fleet)
+    }
 }
 
 pub(super) fn compute(w: &Windows, prior_weight: f64) -> Stats {
@@ -71,17 +89,18 @@ pub(super) fn compute(w: &Windows, prior_weight: f64) -> Stats {
 
 pub(super) fn compute_with(w: &Windows, prior: Option<Prior>, prior_weight: f64) -> Stats {
     let mut ttft = w.previous.ttft.clone();
-    let _ = ttft.add(&w.current.ttft);
     let mut tps = w.previous.tps.clone();
-    let _ = tps.add(&w.current.tps);
     let mut gap = w.previous.gap.clone();
-    let _ = gap.add(&w.current.gap);
-    let ok = w.previous.ok + w.current.ok;
-    let errors = w.previous.errors + w.current.errors;
-    let timeouts = w.previous.timeouts + w.current.timeouts;
-    let censored = w.previous.censored + w.current.censored;
     let mut cens = w.previous.cens.clone();
-    let _ = cens.add(&w.current.cens);
+    let [mut ok, mut errors, mut timeouts, mut censored] = w.previous.counts();
+    for h in w.halves().skip(1) {
+        let _ = ttft.add(&h.ttft);
+        let _ = tps.add(&h.tps);
+        let _ = gap.add(&h.gap);
+        let _ = cens.add(&h.cens);
+        let [a, b, c, d] = h.counts();
+        (ok, errors, timeouts, censored) = (ok + a, errors + b, timeouts + c, censored + d);
+    }
     let calls = ok + errors;
     let q = |h: &Histogram<u32>, q: f64| {
         if h.is_empty() {
