@@ -15,6 +15,8 @@
 //! | `ratelimit` | `ratelimit` | keyed buckets for requests and tokens, priority concurrency |
 //! | `router` | `router` | latency tiers with SLAs, learned provider order per model |
 //! | `mock` | `mock` | a scripted service and a mock OpenRouter server |
+//! | `coalesce` | `coalesce` | identical concurrent calls share one upstream call |
+//! | `redis` | `redis` | limits, holds, breakers and latency shared by replicas through Redis |
 //! | `full` | all of the above | |
 //!
 //! Every service is a `Service<ChatRequest, Response = ChatStream, Error = LlmError>` whose
@@ -60,6 +62,8 @@ pub use llm_layers_mock as mock;
 pub use llm_layers_openrouter as openrouter;
 #[cfg(feature = "ratelimit")]
 pub use llm_layers_ratelimit as ratelimit;
+#[cfg(feature = "redis")]
+pub use llm_layers_redis as redis;
 #[cfg(feature = "resume")]
 pub use llm_layers_resume as resume;
 #[cfg(feature = "retry")]

@@ -50,6 +50,29 @@ pub enum Change {
 }
 
 impl Change {
+    /// `(model, provider)` opened for `open_for` from now.
+    pub fn opened(model: Arc<str>, provider: Option<Arc<str>>, open_for: Duration) -> Change {
+        Change::Opened {
+            model,
+            provider,
+            open_for,
+        }
+    }
+
+    /// `(model, provider)` closed.
+    pub fn closed(model: Arc<str>, provider: Option<Arc<str>>) -> Change {
+        Change::Closed { model, provider }
+    }
+
+    /// `(model, provider)` held for `held_for` from now.
+    pub fn held(model: Arc<str>, provider: Arc<str>, held_for: Duration) -> Change {
+        Change::Held {
+            model,
+            provider,
+            held_for,
+        }
+    }
+
     /// The model and provider it is about.
     pub fn key(&self) -> (&str, Option<&str>) {
         match self {

@@ -1,0 +1,225 @@
+//! Four stacks sharing one real Redis hold one limit: requests and tokens, exact and leased.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use llm_layers_core::{ChatRequest, Message};
+use llm_layers_mock::{MockChat, Script};
+use llm_layers_ratelimit::{Limit, Mode, RateLimitLayer};
+use llm_layers_redis::{LimitMode, Redis};
+use support::RedisServer;
+use tower::{Layer, ServiceExt};
+
+fn req() -> ChatRequest {
+    ChatRequest::new("m", vec![Message::user("hi")])
+}
+
+/// `calls` calls spread over `replicas` stacks (each its own connection, as replicas are),
+/// 8 in flight per stack; returns the admitted calls.
+async fn load(
+    server: &RedisServer,
+    replicas: usize,
+    calls: usize,
+    layer: impl Fn(&Redis) -> RateLimitLayer,
+    script: Script,
+    request: fn() -> ChatRequest,
+) -> u64 {
+    let admitted = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for r in 0..replicas {
+        let redis = Redis::builder(server.url())
+            .replica(format!("r{r}"))
+            .budget(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let svc = layer(&redis).layer(MockChat::with_default(script.clone()));
+        for _ in 0..8 {
+            let (svc, admitted) = (svc.clone(), admitted.clone());
+            let n = calls / replicas / 8;
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..n {
+                    if let Ok(s) = svc.clone().oneshot(request()).await {
+                        s.collect().await.unwrap();
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    admitted.load(Ordering::Relaxed)
+}
+
+fn within(got: u64, want: u64, share: f64) -> bool {
+    (got as f64 - want as f64).abs() <= want as f64 * share
+}
+
+async fn requests_limit_holds(mode: LimitMode) {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    // R = 400 per 10 minutes (the refill during the run is under one call), load 3R.
+    const R: u64 = 400;
+    let layer = |redis: &Redis| {
+        RateLimitLayer::builder()
+            .requests(Limit::new(R, Duration::from_secs(600)).mode(Mode::Reject))
+            .store(redis.limit_store().mode(mode).replicas(4).build().unwrap())
+            .build()
+            .unwrap()
+    };
+    let ok = Script::tokens(Duration::ZERO, 1, Duration::ZERO);
+    let admitted = load(&server, 4, 3 * R as usize, layer, ok, req).await;
+    assert!(
+        within(admitted, R, 0.02),
+        "{mode:?}: admitted {admitted} of R = {R}"
+    );
+    // Four replicas alone (no shared store) would have admitted 4R.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_replicas_share_one_request_limit_exactly() {
+    requests_limit_holds(LimitMode::Exact).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_replicas_share_one_request_limit_with_leases() {
+    requests_limit_holds(LimitMode::Lease).await;
+}
+
+/// A token limit reserves an estimate (here twice the real use) and settles to the usage:
+/// the fleet spends the whole budget in real tokens, not half of it in estimates.
+async fn token_limit_settles(mode: LimitMode) {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    const T: u64 = 100_000;
+    let layer = |redis: &Redis| {
+        RateLimitLayer::builder()
+            .tokens(Limit::new(T, Duration::from_secs(600)).mode(Mode::Reject))
+            .store(redis.limit_store().mode(mode).replicas(4).build().unwrap())
+            .build()
+            .unwrap()
+    };
+    // Estimate: 1 prompt token + max_tokens 199 = 200; usage: 100.
+    let request = || {
+        let mut r = req();
+        r.body_mut().max_tokens = Some(199);
+        r
+    };
+    let used = Script::new().token("a").finish("stop").usage(1, 99);
+    let admitted = load(&server, 4, 3_200, layer, used, request).await;
+    let spent = admitted * 100;
+    assert!(
+        within(spent, T, 0.02),
+        "{mode:?}: {admitted} calls spent {spent} of {T}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_token_limit_settles_to_usage_exactly() {
+    token_limit_settles(LimitMode::Exact).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_token_limit_settles_to_usage_with_leases() {
+    token_limit_settles(LimitMode::Lease).await;
+}
+
+/// At a high rate, leases cut the round trips and still hold the limit: 4 replicas at 3× a
+/// limit of 2,000 per second (burst 200) for about a second admit what the limit allows over
+/// the time the load ran (its burst + rate × elapsed), within 2 %, never more, with a round
+/// trip for a small share of the calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_hold_a_high_rate_with_few_round_trips() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    const RATE: u64 = 2_000;
+    const BURST: u64 = 200;
+    let admitted = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let start = tokio::time::Instant::now();
+    for r in 0..4 {
+        let redis = Redis::builder(server.url())
+            .replica(format!("r{r}"))
+            .budget(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let store = redis
+            .limit_store()
+            .mode(LimitMode::Lease)
+            .replicas(4)
+            .build()
+            .unwrap();
+        let svc = RateLimitLayer::builder()
+            .requests(
+                Limit::new(RATE, Duration::from_secs(1))
+                    .burst(BURST)
+                    .mode(Mode::Reject),
+            )
+            .store(store)
+            .build()
+            .unwrap()
+            .layer(MockChat::with_default(Script::tokens(
+                Duration::ZERO,
+                1,
+                Duration::ZERO,
+            )));
+        // 1,500 calls per second per replica, paced, for a second.
+        let admitted = admitted.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(667));
+            let mut calls = Vec::new();
+            for _ in 0..1_500 {
+                tick.tick().await;
+                let (svc, admitted) = (svc.clone(), admitted.clone());
+                calls.push(tokio::spawn(async move {
+                    if let Ok(s) = svc.oneshot(req()).await {
+                        let _ = s.collect().await;
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+            for c in calls {
+                c.await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = tokio::time::Instant::now()
+        .saturating_duration_since(start)
+        .as_secs_f64();
+    let allowed = BURST as f64 + RATE as f64 * elapsed;
+    let got = admitted.load(Ordering::Relaxed) as f64;
+    assert!(got <= allowed + 1.0, "over-admitted: {got} > {allowed:.0}");
+    assert!(
+        got >= allowed * 0.98,
+        "admitted {got} of {allowed:.0} allowed over {elapsed:.3} s"
+    );
+    let stats = server.cli(&["INFO", "commandstats"]).unwrap();
+    let trips: f64 = stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .sum();
+    eprintln!("leases: {got} admitted of {allowed:.0}, {trips} scripts for 6,000 calls");
+    // Exact mode asks once per call (6,000) less the refusals it remembers.
+    assert!(
+        trips < 0.25 * 6_000.0,
+        "{trips} round trips for 6,000 calls"
+    );
+}

@@ -1,0 +1,150 @@
+//! A real `redis-server` per test, on an ephemeral loopback port, no persistence, killed on
+//! drop. Missing, it is installed with `apt-get` when we can; when it cannot be, a test
+//! skips with a loud message, unless `LLM_LAYERS_REQUIRE_REDIS` is set (CI sets it: there a
+//! missing Redis fails the run).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+fn have_redis() -> bool {
+    Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn install() -> bool {
+    eprintln!("redis-server is missing: trying apt-get install redis-server");
+    let ok = |c: &mut Command| {
+        c.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let _ = ok(Command::new("apt-get").arg("update"));
+    ok(Command::new("apt-get").args(["install", "-y", "redis-server"])) && have_redis()
+}
+
+impl RedisServer {
+    /// A fresh server, or `None` (after a loud message) when none can be had here.
+    pub fn start() -> Option<RedisServer> {
+        static CHECK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if !*CHECK.get_or_init(|| have_redis() || install()) {
+            if std::env::var_os("LLM_LAYERS_REQUIRE_REDIS").is_some() {
+                panic!(
+                    "redis-server is required (LLM_LAYERS_REQUIRE_REDIS) and cannot be installed"
+                );
+            }
+            eprintln!(
+                "\n!!! SKIPPED: redis-server is not installed and cannot be installed here !!!\n"
+            );
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("an ephemeral port");
+        let mut s = RedisServer { child: None, port };
+        s.spawn();
+        Some(s)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                "--enable-debug-command",
+                "local",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        for _ in 0..500 {
+            if self.cli(&["PING"]).is_some_and(|r| r.contains("PONG")) {
+                return;
+            }
+            // Waiting for another process to listen (not a timing under test).
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not answer on port {}", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs one command on a connection of its own, returning the raw reply.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut cmd = format!("*{}\r\n", args.len());
+        for a in args {
+            cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(cmd.as_bytes()).ok()?;
+        let mut buf = [0u8; 65536];
+        let n = s.read(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
+    /// `SIGSTOP`: the server hangs with its connections open.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// `SIGCONT`.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Kills the server.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: no persistence).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill();
+    }
+}
