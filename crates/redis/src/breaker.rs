@@ -9,7 +9,7 @@ use llm_layers_breaker::{BreakerLayer, Change};
 use llm_layers_core::sync::lock;
 use redis::Script;
 
-use crate::{Redis, StoreError, fell_back};
+use crate::{Redis, StoreError};
 
 /// One round trip per sync. KEYS: open hash, hold hash, probe-claim prefix (all under one
 /// hash tag). ARGV: this replica, the sync interval (ms), how long a probe may take (ms),
@@ -194,7 +194,7 @@ impl BreakerSync {
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
-                fell_back("breaker");
+                i.redis.fell_back("breaker");
                 // Not lost: said again at the next round that reaches the store.
                 let mut unsent = lock(&i.unsent);
                 let room = 4096usize.saturating_sub(unsent.len());
@@ -215,9 +215,13 @@ impl BreakerSync {
                 }
                 continue;
             }
-            // Someone else probes: keep it out here until that is decided.
-            let open_for = if prober.is_empty() || prober == me {
+            // Someone else probes: keep it out here until that is decided. Nobody yet: keep
+            // it out one interval past its end, so the probe is claimed (at a sync within
+            // an interval of the end) before this replica would half-open on its own.
+            let open_for = if prober == me {
                 left
+            } else if prober.is_empty() {
+                left + i.every
             } else {
                 left.max(i.every * 2)
             };

@@ -8,7 +8,7 @@ use std::time::Duration;
 use llm_layers_latency::{LatencyStore, Summary};
 use redis::Script;
 
-use crate::{Redis, StoreError, fell_back};
+use crate::{Redis, StoreError};
 
 /// KEYS: the summaries hash. ARGV: this instance, how long a summary counts (ms), then
 /// (field, summary) pairs of ours. Each value is stored as `at_ms|summary`; entries older
@@ -130,7 +130,7 @@ impl LatencySync {
                 inv.invoke_async::<Vec<(String, String)>>(&mut con).await
             })
             .await
-            .inspect_err(|_| fell_back("latency"))?;
+            .inspect_err(|_| i.redis.fell_back("latency"))?;
         let mut by_key: HashMap<(String, String), Vec<Summary>> = HashMap::new();
         for (field, text) in rows {
             let mut parts = field.split(SEP);

@@ -30,19 +30,28 @@
 //!
 //! One [`Redis`] per process: one multiplexed `ConnectionManager` (no pool on top).
 //!
-//! ```no_run
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
 //! use std::time::Duration;
+//! use llm_layers_breaker::BreakerLayer;
+//! use llm_layers_latency::LatencyStore;
 //! use llm_layers_ratelimit::{Limit, RateLimitLayer};
-//! use llm_layers_redis::{LimitMode, Redis};
+//! use llm_layers_redis::{BreakerSync, LatencySync, LimitMode, Redis};
 //!
+//! // Nothing connects yet: a Redis that is down is local state, not an error.
 //! let redis = Redis::builder("redis://127.0.0.1:6379").replica("gw-1").build()?;
 //! let limits = RateLimitLayer::builder()
 //!     .requests(Limit::new(600, Duration::from_secs(60)))
-//!     .store(redis.limit_store().mode(LimitMode::Lease).replicas(4).build())
+//!     .store(redis.limit_store().mode(LimitMode::Lease).replicas(4).build()?)
 //!     .build()?;
-//! # let _ = limits;
-//! # Ok(())
+//! let breaker = BreakerLayer::builder().build()?;
+//! let latency = LatencyStore::new();
+//! let breaker_sync = BreakerSync::new(&redis, &breaker, Duration::from_secs(1)).spawn();
+//! let latency_sync = LatencySync::new(&redis, &latency, Duration::from_secs(5)).spawn();
+//! # let _ = (limits, breaker_sync, latency_sync);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })
 //! # }
 //! ```
 
@@ -93,6 +102,7 @@ struct Inner {
     budget: Duration,
     prefix: Arc<str>,
     replica: Arc<str>,
+    fallbacks: std::sync::atomic::AtomicU64,
 }
 
 /// A connection to Redis shared by every sharer of this process, with its health.
@@ -178,6 +188,7 @@ impl RedisBuilder {
                 budget: self.budget,
                 prefix: Arc::from(self.prefix),
                 replica: Arc::from(replica),
+                fallbacks: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -198,6 +209,22 @@ impl Redis {
     /// Whether the store answered the last call (`false`: layers use local state).
     pub fn is_healthy(&self) -> bool {
         self.inner.health.is_healthy()
+    }
+
+    /// How many answers came from local state because the store gave none (also
+    /// `llm_store_fallback_total{op}`).
+    pub fn fallbacks(&self) -> u64 {
+        self.inner
+            .fallbacks
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts one answer from local state because the store gave none.
+    pub(crate) fn fell_back(&self, op: &'static str) {
+        self.inner
+            .fallbacks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("llm_store_fallback_total", "op" => op).increment(1);
     }
 
     /// This replica's name.
@@ -239,9 +266,4 @@ impl Redis {
             }
         }
     }
-}
-
-/// Counts one answer from local state because the store gave none.
-pub(crate) fn fell_back(op: &'static str) {
-    metrics::counter!("llm_store_fallback_total", "op" => op).increment(1);
 }

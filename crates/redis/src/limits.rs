@@ -14,7 +14,7 @@ use llm_layers_ratelimit::{BucketKey, LimitId, MemoryStore, Rate, Store, Take};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::{Redis, fell_back};
+use crate::Redis;
 use flight::{Flight, Landing};
 use scripts::Scripts;
 
@@ -199,7 +199,7 @@ impl Shared {
     }
 
     fn fallback(&self, key: &BucketKey, cost: u64, rate: &Rate) -> Result<(), Duration> {
-        fell_back("take");
+        self.redis.fell_back("take");
         self.local
             .take_now(key, cost, &self.share(rate), Instant::now())
     }
@@ -277,12 +277,12 @@ impl Shared {
     fn apply_locally(&self, op: &Op) {
         match op {
             Op::Settle(key, units, rate) => {
-                fell_back("settle");
+                self.redis.fell_back("settle");
                 self.local
                     .settle(key, *units, &self.share(rate), Instant::now());
             }
             Op::Hold(key, d) => {
-                fell_back("hold");
+                self.redis.fell_back("hold");
                 self.local.hold(key, Instant::now() + *d);
             }
         }
