@@ -59,6 +59,8 @@ mod breaker;
 mod health;
 mod latency;
 mod limits;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::fmt;
 use std::future::Future;

@@ -1,16 +1,14 @@
 //! Four replicas' breakers through one real Redis: a trip on one keeps the provider out of
 //! all after one sync; when it half-opens, one replica probes.
 
-mod support;
-
 use std::time::Duration;
 
 use http::StatusCode;
 use llm_layers_breaker::{Breaker, BreakerLayer};
 use llm_layers_core::{ChatRequest, LlmError, Message};
 use llm_layers_mock::{MockChat, Script};
+use llm_layers_redis::testing::RedisServer;
 use llm_layers_redis::{BreakerSync, Redis};
-use support::RedisServer;
 use tower::{Layer, ServiceExt};
 
 fn req() -> ChatRequest {

@@ -3,8 +3,6 @@
 //! (`DEBUG SLEEP`), cut (`CLIENT KILL`) or loses its scripts (`SCRIPT FLUSH`); the fallback
 //! shows in the metrics and the store is used again when it comes back.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,9 +12,9 @@ use llm_layers_core::{ChatRequest, Message};
 use llm_layers_latency::LatencyStore;
 use llm_layers_mock::{MockChat, Script};
 use llm_layers_ratelimit::{Limit, Mode, RateLimit, RateLimitLayer};
+use llm_layers_redis::testing::RedisServer;
 use llm_layers_redis::{BreakerSync, LatencySync, LimitMode, Redis};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use support::RedisServer;
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 
@@ -150,7 +148,7 @@ async fn no_call_fails_because_redis_failed() {
             Box::new(|s| {
                 let port = s.port;
                 std::thread::spawn(move || {
-                    let _ = support::cli_at(port, &["DEBUG", "SLEEP", "1"]);
+                    let _ = llm_layers_redis::testing::cli_at(port, &["DEBUG", "SLEEP", "1"]);
                 });
             }),
             Box::new(|_| {}),

@@ -1,15 +1,13 @@
 //! A fleet learns once: a replica started after 2,000 calls through the others routes like
 //! them from its first call.
 
-mod support;
-
 use std::time::Duration;
 
 use llm_layers_core::{ChatRequest, Message};
 use llm_layers_latency::{LatencyStore, Outcome};
+use llm_layers_redis::testing::RedisServer;
 use llm_layers_redis::{LatencySync, Redis};
 use llm_layers_router::RouterLayer;
-use support::RedisServer;
 
 fn replica(server: &RedisServer, name: &str) -> (LatencyStore, LatencySync, RouterLayer) {
     let redis = Redis::builder(server.url())

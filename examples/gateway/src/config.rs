@@ -52,6 +52,17 @@ pub struct Config {
     /// (`temperature: 0`) or marked `x-llm-coalesce: on` (`--coalesce on|off`,
     /// `COALESCE`; off).
     pub coalesce: bool,
+    /// Share rate limits, holds, breaker trips and latency profiles with the other replicas
+    /// through Redis or Valkey (`--redis-url`, `REDIS_URL`; none: everything stays in this
+    /// process). The URL may carry a password: it is never logged nor shown.
+    pub redis_url: Option<String>,
+    /// How many replicas share the limits (`--replicas`, `LLM_GATEWAY_REPLICAS`; 1): with
+    /// Redis unreachable, each replica limits to its share (limit ÷ replicas).
+    pub replicas: u64,
+    /// Shared limits decided per call (`exact`) or from leases of about 250 ms of this
+    /// replica's rate (`lease`, the default: never over-admits, a round trip per lease)
+    /// (`--redis-limits exact|lease`).
+    pub redis_limits: llm_layers_redis::LimitMode,
     /// `--stack full|leaf` (full): `leaf` serves every call straight from the leaf, no layer
     /// at all (the SSE re-encoding, keys and endpoints stay): for measuring what the layers
     /// cost, never for production.
@@ -122,6 +133,9 @@ impl Default for Config {
             resume: false,
             priors: true,
             coalesce: false,
+            redis_url: None,
+            replicas: 1,
+            redis_limits: llm_layers_redis::LimitMode::Lease,
             leaf_only: false,
             upstreams: Vec::new(),
             total_timeout: Some(Duration::from_secs(300)),
@@ -160,6 +174,9 @@ impl std::fmt::Debug for Config {
             .field("resume", &self.resume)
             .field("priors", &self.priors)
             .field("coalesce", &self.coalesce)
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("replicas", &self.replicas)
+            .field("redis_limits", &self.redis_limits)
             .field("leaf_only", &self.leaf_only)
             .field("upstreams", &self.upstreams)
             .field("total_timeout", &self.total_timeout)
@@ -215,6 +232,8 @@ impl Config {
             ("RESUME", "--resume"),
             ("PRIORS", "--priors"),
             ("COALESCE", "--coalesce"),
+            ("REDIS_URL", "--redis-url"),
+            ("LLM_GATEWAY_REPLICAS", "--replicas"),
             ("LLM_GATEWAY_CONFIG", "--config"),
         ] {
             if let Some(v) = non_empty(k) {
@@ -379,6 +398,26 @@ impl Config {
                 "--resume" => c.resume = on_off(&flag, &v)?,
                 "--priors" => c.priors = on_off(&flag, &v)?,
                 "--coalesce" => c.coalesce = on_off(&flag, &v)?,
+                "--redis-url" => {
+                    if !(v.starts_with("redis://") || v.starts_with("valkey://")) {
+                        return Err(format!(
+                            "--redis-url: expected redis://[:password@]host:port[/db] (rediss:// is not built in)"
+                        ));
+                    }
+                    c.redis_url = Some(v.replacen("valkey://", "redis://", 1));
+                }
+                "--replicas" => {
+                    c.replicas = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                        format!("--replicas: {v:?} is not a whole number of at least 1")
+                    })?;
+                }
+                "--redis-limits" => {
+                    c.redis_limits = match v.as_str() {
+                        "exact" => llm_layers_redis::LimitMode::Exact,
+                        "lease" => llm_layers_redis::LimitMode::Lease,
+                        _ => return Err(format!("--redis-limits: {v:?} is not exact or lease")),
+                    }
+                }
                 "--stack" => {
                     c.leaf_only = match v.as_str() {
                         "full" => false,
@@ -444,6 +483,18 @@ impl Config {
                 "on: identical concurrent temperature-0 (or x-llm-coalesce: on) calls share one upstream call"
             } else {
                 "off (--coalesce on)"
+            }
+        );
+        let _ = writeln!(
+            s,
+            "shared state        {}",
+            match &self.redis_url {
+                Some(_) => format!(
+                    "Redis (limits {:?}, {} replica(s): limit / {} each while Redis is down)",
+                    self.redis_limits, self.replicas, self.replicas
+                ),
+                None =>
+                    "none: limits, breakers and latency are this process's (--redis-url)".into(),
             }
         );
         let _ = writeln!(

@@ -23,7 +23,7 @@ use std::time::SystemTime;
 pub use config::Config;
 pub use server::{Gateway, Phase, StartError, install_metrics, serve, start};
 pub use stack::{
-    ChatService, Parts, Stack, build_leaf, build_stack, build_stack_with_parts,
+    ChatService, Parts, Shared, Stack, build_leaf, build_stack, build_stack_with_parts,
     build_stack_with_priors, endpoint_stats_of,
 };
 

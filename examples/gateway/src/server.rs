@@ -304,6 +304,14 @@ pub async fn start(
         let raced = crate::upstreams::leaf_for(&leaves)?;
         build_stack_with_priors(&config, raced, catalog, Some(endpoint_stats_of(&leaf)))?
     };
+    // A replica joining a fleet starts from what the fleet measured (one round, within
+    // the store's budget: a Redis that is down only means starting cold).
+    if let Some(sh) = &parts.shared {
+        match sh.latency.sync().await {
+            Ok(keys) => tracing::info!(keys, "latency profiles merged from the fleet"),
+            Err(e) => tracing::warn!(error = %e, "shared store unreachable at start: local state"),
+        }
+    }
     // `--stack leaf`: no layer at all, for measuring what the layers cost.
     let stack: Stack = if config.leaf_only {
         tracing::warn!("--stack leaf: every call goes straight to the leaf, no layer at all");

@@ -103,6 +103,38 @@ pub struct Parts {
     pub router: RouterLayer,
     /// The published endpoint stats it was seeded with, when priors are on.
     pub priors: Option<PriorFeed>,
+    /// The state shared with other replicas, when `--redis-url` is set.
+    pub shared: Option<Shared>,
+}
+
+/// The state shared with other replicas through Redis: the connection (its health and
+/// fallbacks for the status page) and the latency sync (one round before serving, so a
+/// new replica starts from the fleet's profile). Breaker and latency syncs run on tasks of
+/// their own, which end with the runtime.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    /// The connection.
+    pub redis: llm_layers_redis::Redis,
+    /// The latency profiles' sync.
+    pub latency: llm_layers_redis::LatencySync,
+}
+
+/// Connects the shared state (lazily: a Redis that is down is local state, never an error
+/// at start) and starts its syncs: breaker trips every second, latency every 2 s.
+fn share(
+    config: &Config,
+    store: &LatencyStore,
+    breaker: &BreakerLayer,
+) -> Result<Option<Shared>, ConfigError> {
+    let Some(url) = &config.redis_url else {
+        return Ok(None);
+    };
+    let redis = llm_layers_redis::Redis::builder(url.as_str()).build()?;
+    let _breaker =
+        llm_layers_redis::BreakerSync::new(&redis, breaker, Duration::from_secs(1)).spawn();
+    let latency = llm_layers_redis::LatencySync::new(&redis, store, Duration::from_secs(2));
+    let _latency = latency.clone().spawn();
+    Ok(Some(Shared { redis, latency }))
 }
 
 /// [`build_stack`], also returning the [`Parts`] a status page reads.
@@ -278,6 +310,16 @@ pub fn build_stack_with_priors<S: ChatService>(
         let n = config.tokens_per_minute;
         limits = limits.tokens(Limit::new(n, minute).key(Key::model()).mode(Mode::Reject));
     }
+    let shared = share(config, &store, &breaker)?;
+    if let Some(sh) = &shared {
+        limits = limits.store(
+            sh.redis
+                .limit_store()
+                .mode(config.redis_limits)
+                .replicas(config.replicas)
+                .build()?,
+        );
+    }
     let limits = limits.build()?;
     let per_call = LatencyLayer::builder().scope(Scope::Call).build()?;
     let status_store = store.clone();
@@ -291,6 +333,7 @@ pub fn build_stack_with_priors<S: ChatService>(
         breaker: status_breaker,
         router: router.clone(),
         priors,
+        shared,
     };
     // Coalescing stands outside the router: identical calls are compared as the callers
     // sent them, before each gets its own provider order; a joiner costs no upstream call

@@ -257,6 +257,12 @@ pub fn snapshot(parts: &Parts, config: &Config, started: Instant, counters: &Cou
             "hedge_won": counters.hedge_won.load(Ordering::Relaxed),
         },
         "models": models,
+        "shared_state": parts.shared.as_ref().map(|sh| json!({
+            "store": "redis",
+            "healthy": sh.redis.is_healthy(),
+            "fallbacks": sh.redis.fallbacks(),
+            "replica": sh.redis.replica(),
+        })),
     })
 }
 

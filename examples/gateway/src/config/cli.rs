@@ -30,6 +30,9 @@ pub(super) const FLAGS: &[(&str, &str)] = &[
     ("resume", "on|off"),
     ("priors", "on|off"),
     ("coalesce", "on|off"),
+    ("redis-url", "URL"),
+    ("replicas", "N"),
+    ("redis-limits", "exact|lease"),
     ("stack", "full|leaf"),
     ("keys", "FILE.json"),
 ];
@@ -96,6 +99,7 @@ usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
                [--tenant-requests-per-minute N]
                [--tiers FILE.json] [--learned-order on|off] [--upstream-h2c on|off]
                [--adaptive-idle on|off] [--resume on|off] [--priors on|off] [--coalesce on|off]
+               [--redis-url URL] [--replicas N] [--redis-limits exact|lease]
                [--stack full|leaf]
                [--keys FILE.json] [--config FILE.toml]
 headers:     authorization: Bearer <gateway key> (when keys are configured);
@@ -105,7 +109,8 @@ headers:     authorization: Bearer <gateway key> (when keys are configured);
              that breaks after its first token; --resume sets the default)
 environment: OPENROUTER_API_KEY, OPENROUTER_BASE_URL, LLM_GATEWAY_KEYS, LISTEN_ADDR, MOCK_PRESET, MOCK_TIME_SCALE,
              FIRST_TOKEN_TIMEOUT_MS, IDLE_TIMEOUT_MS, TOTAL_TIMEOUT_MS, MAX_RETRIES,
-             HEDGE_QUANTILE, ROUTER_TIERS, LEARNED_ORDER, UPSTREAM_H2C, ADAPTIVE_IDLE, RESUME, PRIORS, COALESCE, LLM_GATEWAY_CONFIG (flags win)";
+             HEDGE_QUANTILE, ROUTER_TIERS, LEARNED_ORDER, UPSTREAM_H2C, ADAPTIVE_IDLE, RESUME, PRIORS, COALESCE,
+             REDIS_URL, LLM_GATEWAY_REPLICAS, LLM_GATEWAY_CONFIG (flags win)";
 
 pub(super) fn ms(v: &str, name: &str) -> Result<Option<Duration>, String> {
     let n: u64 = v

@@ -1,16 +1,19 @@
-//! A real `redis-server` per test, on an ephemeral loopback port, no persistence, killed on
-//! drop. Missing, it is installed with `apt-get` when we can; when it cannot be, a test
-//! skips with a loud message, unless `LLM_LAYERS_REQUIRE_REDIS` is set (CI sets it: there a
-//! missing Redis fails the run).
-
-#![allow(dead_code, unreachable_pub)]
+//! For tests (feature `testing`): a real `redis-server` on an ephemeral loopback port, no
+//! persistence, killed on drop. Missing, it is installed with `apt-get` when that can be
+//! done; when it cannot, [`RedisServer::start`] says so loudly and returns `None` (the test
+//! skips), unless `LLM_LAYERS_REQUIRE_REDIS` is set (CI sets it: there a missing Redis
+//! fails the run).
+#![allow(clippy::disallowed_methods)] // a test helper waiting for another process, not a timing
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// A `redis-server` process of this test's own.
+#[derive(Debug)]
 pub struct RedisServer {
     child: Option<Child>,
+    /// Its loopback port.
     pub port: u16,
 }
 
@@ -52,7 +55,7 @@ impl RedisServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
-            .expect("an ephemeral port");
+            .unwrap_or_else(|e| panic!("no ephemeral port: {e}"));
         let mut s = RedisServer { child: None, port };
         s.spawn();
         Some(s)
@@ -77,19 +80,18 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server starts");
+            .unwrap_or_else(|e| panic!("redis-server does not start: {e}"));
         self.child = Some(child);
         for _ in 0..500 {
             if self.cli(&["PING"]).is_some_and(|r| r.contains("PONG")) {
                 return;
             }
-            // Waiting for another process to listen (not a timing under test).
-            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!("redis-server did not answer on port {}", self.port);
     }
 
+    /// Its `redis://` URL.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
