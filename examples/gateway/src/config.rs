@@ -400,9 +400,10 @@ impl Config {
                 "--coalesce" => c.coalesce = on_off(&flag, &v)?,
                 "--redis-url" => {
                     if !(v.starts_with("redis://") || v.starts_with("valkey://")) {
-                        return Err(format!(
+                        return Err(
                             "--redis-url: expected redis://[:password@]host:port[/db] (rediss:// is not built in)"
-                        ));
+                                .to_owned(),
+                        );
                     }
                     c.redis_url = Some(v.replacen("valkey://", "redis://", 1));
                 }
