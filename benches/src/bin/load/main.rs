@@ -30,7 +30,9 @@
 //! `--connections N` most connections of the load client at once (256; requests beyond wait
 //! for one, and the wait counts in their latency, so an overloaded server is not flooded
 //! with new connections), `--streams N` (10000; 0 skips), `--only load|memory`,
-//! `--repeats N` (3: the targets' rows run interleaved N times, medians printed).
+//! `--repeats N` (3: the targets' rows run interleaved N times, medians printed),
+//! `--redis-url redis://HOST:PORT` (two more rows: the gateway with a request limit on its
+//! memory store, and on that Redis).
 //!
 //! Targets: the mock alone, a bare pass-through proxy (the floor any gateway pays), the
 //! gateway with no layer (`--stack leaf`: parsing and SSE re-encoding only) and the

@@ -12,6 +12,9 @@ pub(crate) struct Opts {
     pub(crate) load: bool,
     pub(crate) memory: bool,
     pub(crate) repeats: usize,
+    /// With a Redis URL: two more rows, the gateway with a request limit on its memory
+    /// store and the same on Redis (`--redis-url`).
+    pub(crate) redis_url: Option<String>,
 }
 
 pub(crate) fn opts(args: &[String]) -> Result<Opts, String> {
@@ -25,6 +28,7 @@ pub(crate) fn opts(args: &[String]) -> Result<Opts, String> {
         load: true,
         memory: true,
         repeats: 3,
+        redis_url: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -64,6 +68,13 @@ pub(crate) fn opts(args: &[String]) -> Result<Opts, String> {
                 "memory" => o.load = false,
                 x => return Err(format!("--only: {x:?} is not load or memory")),
             },
+            "--redis-url" => {
+                let url = v()?;
+                if !url.starts_with("redis://") {
+                    return Err(format!("--redis-url: {url:?} is not redis://HOST:PORT"));
+                }
+                o.redis_url = Some(url.clone());
+            }
             // `cargo bench` passes this to every bench target.
             "--bench" => {}
             x => return Err(format!("unknown argument {x:?}")),

@@ -42,6 +42,35 @@ pub(crate) async fn load(o: &Opts) -> Result<(), String> {
             pid: Some(gw.pid()),
         },
     ];
+    // The same request limit (twice the highest rate: it never refuses, every call takes a
+    // decision) on the memory store and on Redis, leased and exact, for what sharing state
+    // costs per call.
+    let mut limited = Vec::new();
+    if let Some(redis) = &o.redis_url {
+        let per_minute = (o.rates.iter().copied().max().unwrap_or(1000) * 120).to_string();
+        let limit = ["--requests-per-minute", per_minute.as_str()];
+        for (name, extra) in [
+            ("lim memory", vec![]),
+            (
+                "lim lease",
+                vec!["--redis-url", redis.as_str(), "--redis-limits", "lease"],
+            ),
+            (
+                "lim exact",
+                vec!["--redis-url", redis.as_str(), "--redis-limits", "exact"],
+            ),
+        ] {
+            let args: Vec<&str> = limit.iter().copied().chain(extra).collect();
+            let (p, addr) = gateway(&mock_url, &args)?;
+            targets.push(Target {
+                name: name.into(),
+                url: http_url(name, &format!("http://{addr}/v1/chat/completions"))?,
+                auth: None,
+                pid: Some(p.pid()),
+            });
+            limited.push(p);
+        }
+    }
     for other in &o.others {
         targets.push(other.clone());
     }
