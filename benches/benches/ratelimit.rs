@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use governor::{Quota, RateLimiter};
-use llm_layers_ratelimit::{BucketKey, LimitId, MemoryStore, Rate, Store};
+use llm_layers_ratelimit::{BucketKey, LimitId, MemoryStore, Rate};
 
 const TASKS: usize = 64;
 const PER_TASK: usize = 2_000;
