@@ -122,4 +122,24 @@ async fn a_trip_reaches_every_replica_in_one_sync_and_one_replica_probes() {
     for (i, r) in replicas.iter().enumerate() {
         assert!(!r.call(ok("Good")).await, "replica {i} sends to Bad again");
     }
+
+    // A provider's 429 on replica 2 holds it on every replica after one sync (a hold, not
+    // a trip: nothing opens).
+    replicas[2]
+        .call(Script::error(
+            LlmError::status(StatusCode::TOO_MANY_REQUESTS, None)
+                .with_provider("Hot")
+                .with_retry_after(Duration::from_secs(30)),
+        ))
+        .await;
+    replicas[2].sync.sync().await.unwrap();
+    for r in &replicas {
+        r.sync.sync().await.unwrap();
+    }
+    for (i, r) in replicas.iter().enumerate() {
+        r.mock.push(ok("Good"));
+        let _ = run(&r.svc).await;
+        let sent = ignored(r.mock.requests().last().unwrap());
+        assert!(sent.contains(&"hot".to_string()), "replica {i}: {sent:?}");
+    }
 }

@@ -232,3 +232,62 @@ async fn leases_hold_a_high_rate_with_few_round_trips() {
         "{trips} round trips for 12,000 calls"
     );
 }
+
+/// An upstream 429 about our own key, seen by one replica, holds the key on all: the hold
+/// is in Redis (`SET PX`, extended by a longer one, never shortened), and the others are
+/// refused with the time left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_hold_on_one_replica_holds_it_on_all() {
+    use llm_layers_ratelimit::{BucketKey, LimitId, Rate, Store, Take};
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = |name: &str| {
+        Redis::builder(server.url())
+            .replica(name)
+            .budget(Duration::from_secs(2))
+            .build()
+            .unwrap()
+            .limit_store()
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (store("a"), store("b"));
+    let key = BucketKey {
+        limit: LimitId::Requests(0),
+        key: Arc::from("tenant"),
+    };
+    let rate = Rate {
+        amount: 100,
+        period: Duration::from_secs(1),
+        burst: 100,
+    };
+    let decide = |s: &llm_layers_redis::RedisStore| {
+        let t = s.take(&key, 1, &rate, tokio::time::Instant::now());
+        async move {
+            match t {
+                Take::Ready(r) => r,
+                Take::Pending(p) => p.await,
+            }
+        }
+    };
+    assert!(decide(&b).await.is_ok());
+    let now = tokio::time::Instant::now();
+    a.hold(&key, now + Duration::from_secs(20));
+    a.hold(&key, now + Duration::from_secs(5)); // shorter: changes nothing
+    // The hold travels off the call path: give it a moment to land.
+    let mut wait = None;
+    for _ in 0..100 {
+        if let Err(w) = decide(&b).await {
+            wait = Some(w);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let wait = wait.expect("replica b is held");
+    assert!(
+        wait > Duration::from_secs(18) && wait <= Duration::from_secs(20),
+        "{wait:?}"
+    );
+    assert!(decide(&a).await.is_err(), "and a, without a round trip");
+}
