@@ -149,6 +149,27 @@ struct ModelEntry {
     in_flight: usize,
 }
 
+impl ModelEntry {
+    /// The breaker of `provider` (`None`: the model as a whole), created closed if new.
+    fn entry(&mut self, provider: Option<&str>, now: Instant) -> &mut Entry {
+        match provider {
+            None => self.model.get_or_insert_with(|| Entry::new(now)),
+            Some(p) => self
+                .providers
+                .entry(Arc::from(p))
+                .or_insert_with(|| Entry::new(now)),
+        }
+    }
+}
+
+/// Whether `(model, provider)` has a breaker (`None`: the model as a whole).
+fn has(map: &HashMap<Arc<str>, ModelEntry>, model: &str, provider: Option<&str>) -> bool {
+    map.get(model).is_some_and(|m| match provider {
+        None => m.model.is_some(),
+        Some(p) => m.providers.contains_key(p),
+    })
+}
+
 /// A probe slot: the provider (`None`: the model as a whole) and the half-open period.
 pub(crate) type Probe = (Option<Arc<str>>, u32);
 
@@ -286,10 +307,7 @@ impl Registry {
         let model = body.model.as_deref().unwrap_or("");
         let mut guard = lock(&self.map);
         let (map, count) = &mut *guard;
-        let exists = map
-            .get(model)
-            .is_some_and(|m| m.providers.contains_key(provider));
-        if !exists {
+        if !has(map, model, Some(provider)) {
             if *count >= self.cfg.max_entries && !make_room(map, count, now, &self.cfg) {
                 metrics::counter!("llm_breaker_dropped_outcomes_total").increment(1);
                 return false;
@@ -400,11 +418,7 @@ impl Registry {
         }
         let mut guard = lock(&self.map);
         let (map, count) = &mut *guard;
-        let exists = map.get(model).is_some_and(|m| match provider {
-            None => m.model.is_some(),
-            Some(p) => m.providers.contains_key(p),
-        });
-        if !exists {
+        if !has(map, model, provider) {
             if *count >= self.cfg.max_entries && !make_room(map, count, now, &self.cfg) {
                 metrics::counter!("llm_breaker_dropped_outcomes_total").increment(1);
                 return;
@@ -422,13 +436,7 @@ impl Registry {
             Some(_) => in_flight.div_ceil(me.providers.len().max(1)),
         }
         .min(self.cfg.window);
-        let e = match provider {
-            None => me.model.get_or_insert_with(|| Entry::new(now)),
-            Some(p) => me
-                .providers
-                .entry(Arc::from(p))
-                .or_insert_with(|| Entry::new(now)),
-        };
+        let e = me.entry(provider, now);
         e.last_used = now;
         e.suspected = false;
         e.remote = false;

@@ -154,12 +154,10 @@ impl LatencySync {
 
     /// Syncs every interval on a task of its own until the returned handle is aborted.
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(self.inner.every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let _ = self.sync().await;
+        crate::every(self.inner.every, move || {
+            let s = self.clone();
+            async move {
+                let _ = s.sync().await;
             }
         })
     }

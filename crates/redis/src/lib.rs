@@ -74,6 +74,22 @@ use health::Health;
 pub use latency::LatencySync;
 pub use limits::{LimitMode, LimitStoreBuilder, RedisStore};
 
+/// Runs `round` every `period` (a missed tick is not made up) on a task of its own.
+fn every<F, Fut>(period: Duration, mut round: F) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            round().await;
+        }
+    })
+}
+
 /// Why a call to Redis gave no answer (the caller falls back to local state).
 #[derive(Debug)]
 #[non_exhaustive]

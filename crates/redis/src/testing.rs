@@ -96,6 +96,16 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A connection to it as replica `name`, with a budget (2 s) that a loaded test
+    /// machine never exceeds: these tests are about sharing, not about the fallback.
+    pub fn connect(&self, name: &str) -> crate::Redis {
+        crate::Redis::builder(self.url())
+            .replica(name)
+            .budget(std::time::Duration::from_secs(2))
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Runs one command on a connection of its own, returning the raw reply.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
         cli_at(self.port, args)

@@ -8,7 +8,7 @@ use llm_layers_breaker::{Breaker, BreakerLayer};
 use llm_layers_core::{ChatRequest, LlmError, Message};
 use llm_layers_mock::{MockChat, Script};
 use llm_layers_redis::testing::RedisServer;
-use llm_layers_redis::{BreakerSync, Redis};
+use llm_layers_redis::BreakerSync;
 use tower::{Layer, ServiceExt};
 
 fn req() -> ChatRequest {
@@ -60,11 +60,7 @@ async fn a_trip_reaches_every_replica_in_one_sync_and_one_replica_probes() {
     let open = Duration::from_millis(400);
     let mut replicas = Vec::new();
     for r in 0..4 {
-        let redis = Redis::builder(server.url())
-            .replica(format!("r{r}"))
-            .budget(Duration::from_secs(2))
-            .build()
-            .unwrap();
+        let redis = server.connect(&format!("r{r}"));
         let layer = BreakerLayer::builder()
             .consecutive_failures(3)
             .open_for(open)

@@ -6,15 +6,11 @@ use std::time::Duration;
 use llm_layers_core::{ChatRequest, Message};
 use llm_layers_latency::{LatencyStore, Outcome};
 use llm_layers_redis::testing::RedisServer;
-use llm_layers_redis::{LatencySync, Redis};
+use llm_layers_redis::LatencySync;
 use llm_layers_router::RouterLayer;
 
 fn replica(server: &RedisServer, name: &str) -> (LatencyStore, LatencySync, RouterLayer) {
-    let redis = Redis::builder(server.url())
-        .replica(name)
-        .budget(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let redis = server.connect(name);
     let store = LatencyStore::builder().min_samples(20).build().unwrap();
     let sync = LatencySync::new(&redis, &store, Duration::from_secs(2));
     let router = RouterLayer::builder(store.clone()).seed(7).build().unwrap();

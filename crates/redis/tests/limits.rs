@@ -28,11 +28,7 @@ async fn load(
     let admitted = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for r in 0..replicas {
-        let redis = Redis::builder(server.url())
-            .replica(format!("r{r}"))
-            .budget(Duration::from_secs(2))
-            .build()
-            .unwrap();
+        let redis = server.connect(&format!("r{r}"));
         let svc = layer(&redis).layer(MockChat::with_default(script.clone()));
         for _ in 0..8 {
             let (svc, admitted) = (svc.clone(), admitted.clone());
@@ -145,11 +141,7 @@ async fn leases_hold_a_high_rate_with_few_round_trips() {
     let admitted = Arc::new(AtomicU64::new(0));
     let mut services = Vec::new();
     for r in 0..4 {
-        let redis = Redis::builder(server.url())
-            .replica(format!("r{r}"))
-            .budget(Duration::from_secs(2))
-            .build()
-            .unwrap();
+        let redis = server.connect(&format!("r{r}"));
         let store = redis
             .limit_store()
             .mode(LimitMode::Lease)
@@ -242,16 +234,7 @@ async fn a_key_hold_on_one_replica_holds_it_on_all() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let store = |name: &str| {
-        Redis::builder(server.url())
-            .replica(name)
-            .budget(Duration::from_secs(2))
-            .build()
-            .unwrap()
-            .limit_store()
-            .build()
-            .unwrap()
-    };
+    let store = |name: &str| server.connect(name).limit_store().build().unwrap();
     let (a, b) = (store("a"), store("b"));
     let key = BucketKey {
         limit: LimitId::Requests(0),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use llm_layers_core::sync::lock;
 use tokio::time::Instant;
 
-use super::{Entry, Registry, State, make_room};
+use super::{Registry, State, has, make_room};
 
 /// The most changes kept for a sharer that does not drain them (older ones are dropped:
 /// the next trip says it again).
@@ -113,11 +113,7 @@ impl Registry {
         let (model, provider) = change.key();
         let mut guard = lock(&self.map);
         let (map, count) = &mut *guard;
-        let exists = map.get(model).is_some_and(|m| match provider {
-            None => m.model.is_some(),
-            Some(p) => m.providers.contains_key(p),
-        });
-        if !exists {
+        if !has(map, model, provider) {
             if matches!(change, Change::Closed { .. }) {
                 return;
             }
@@ -126,14 +122,10 @@ impl Registry {
             }
             *count += 1;
         }
-        let me = map.entry(Arc::from(model)).or_default();
-        let e = match provider {
-            None => me.model.get_or_insert_with(|| Entry::new(now)),
-            Some(p) => me
-                .providers
-                .entry(Arc::from(p))
-                .or_insert_with(|| Entry::new(now)),
-        };
+        let e = map
+            .entry(Arc::from(model))
+            .or_default()
+            .entry(provider, now);
         e.refresh(now);
         let before = e.state;
         match change {
