@@ -188,6 +188,11 @@ impl RedisBuilder {
         if self.budget.is_zero() || self.retry.is_zero() {
             return Err(bad(&"budget and retry must be above zero"));
         }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(bad(
+                &"build it inside a Tokio runtime (it reconnects on one)",
+            ));
+        }
         let client = redis::Client::open(self.url.as_str()).map_err(|e| bad(&e))?;
         let cfg = ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.budget))

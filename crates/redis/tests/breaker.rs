@@ -7,8 +7,8 @@ use http::StatusCode;
 use llm_layers_breaker::{Breaker, BreakerLayer};
 use llm_layers_core::{ChatRequest, LlmError, Message};
 use llm_layers_mock::{MockChat, Script};
-use llm_layers_redis::testing::RedisServer;
 use llm_layers_redis::BreakerSync;
+use llm_layers_redis::testing::RedisServer;
 use tower::{Layer, ServiceExt};
 
 fn req() -> ChatRequest {

@@ -215,3 +215,26 @@ async fn a_limit_falls_back_to_its_share_when_the_store_is_down() {
     }
     assert!(!redis.is_healthy());
 }
+
+/// Bad settings are refused with a word on what is wrong, never a panic.
+#[test]
+fn bad_settings_are_refused() {
+    let e = Redis::builder("redis://127.0.0.1:1").build().unwrap_err();
+    assert!(e.to_string().contains("Tokio runtime"), "{e}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let e = Redis::builder("http://nope").build().unwrap_err();
+        assert!(e.to_string().contains("redis: Redis URL"), "{e}");
+        let e = Redis::builder("redis://127.0.0.1:1")
+            .budget(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("budget"), "{e}");
+        let redis = Redis::builder("redis://127.0.0.1:1").build().unwrap();
+        assert!(redis.limit_store().replicas(0).build().is_err());
+        assert!(!format!("{redis:?}").is_empty());
+    });
+}

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use llm_layers_core::{ChatRequest, Message};
 use llm_layers_latency::{LatencyStore, Outcome};
-use llm_layers_redis::testing::RedisServer;
 use llm_layers_redis::LatencySync;
+use llm_layers_redis::testing::RedisServer;
 use llm_layers_router::RouterLayer;
 
 fn replica(server: &RedisServer, name: &str) -> (LatencyStore, LatencySync, RouterLayer) {
