@@ -216,6 +216,12 @@ fn learned(leaf: &OpenRouter, priors: bool) -> Svc {
 }
 
 fn learned_with_router(leaf: &OpenRouter, priors: bool) -> (Svc, RouterLayer) {
+    let (svc, router, _) = learned_parts(leaf, priors);
+    (svc, router)
+}
+
+/// [`learned_with_router`], also returning its latency store (for a fleet to share).
+fn learned_parts(leaf: &OpenRouter, priors: bool) -> (Svc, RouterLayer, LatencyStore) {
     // Snapshots reused for 250 ms of real time, as in the gateway: 2.5 ms at this scale.
     let store = LatencyStore::builder()
         .min_samples(10)
@@ -239,9 +245,34 @@ fn learned_with_router(leaf: &OpenRouter, priors: bool) -> (Svc, RouterLayer) {
     let router = router.build().unwrap();
     let breaker = breaker_on(&store);
     (
-        BoxCloneSyncService::new(router.layer(hedged(leaf, store, Some(breaker)))),
+        BoxCloneSyncService::new(router.layer(hedged(leaf, store.clone(), Some(breaker)))),
         router,
+        store,
     )
+}
+
+/// A replica joining a warm fleet: another replica (no priors) makes 2,000 calls and pushes
+/// its latency profile to Redis; a fresh stack merges it once before its first call.
+async fn joining_a_warm_fleet(
+    redis: &llm_layers_redis::testing::RedisServer,
+    leaf: &OpenRouter,
+    srv: &MockServer,
+    seed: u64,
+) -> Svc {
+    let fleet_redis = redis.connect(&format!("fleet-{seed}"));
+    let (fleet, _, fleet_store) = learned_parts(leaf, false);
+    let _ = run_at("fleet", fleet, srv, 2_000, 13, 16).await;
+    let pushed =
+        llm_layers_redis::LatencySync::new(&fleet_redis, &fleet_store, Duration::from_secs(2));
+    let _ = pushed.sync().await;
+    let (svc, _, store) = learned_parts(leaf, false);
+    let joined = llm_layers_redis::LatencySync::new(
+        &redis.connect(&format!("new-{seed}")),
+        &store,
+        Duration::from_secs(2),
+    );
+    let _ = joined.sync().await;
+    svc
 }
 
 /// A hedge at the recorded p95 (5 ms to 30 s, 50 ms while cold) within a 5 % budget.
@@ -468,17 +499,23 @@ async fn steady(name: &str, scenario: Scenario, n: usize, full_table: bool) {
 /// calls is their fourth slowest: each arm runs on five mock seeds (42..=46, the same for
 /// every arm) and the table shows medians, with the p99's range.
 async fn cold_start(name: &str, scenario: Scenario) {
-    const ARMS: [&str; 4] = [
+    const ARMS: [&str; 5] = [
         "plain leaf",
         "learned stack, no priors",
         "learned stack, published priors",
         "learned stack, wrong priors (slowest published fastest)",
+        "learned stack joining a warm fleet (Redis, 2,000 calls)",
     ];
+    let redis = llm_layers_redis::testing::RedisServer::start();
     let (n, warm, conc) = (400, 16, 16);
     let seeds = 42..47u64;
     // Per arm: its row and its calls-past-50 p99, per seed.
     let mut runs: Vec<Vec<(Row, f64)>> = vec![Vec::new(); ARMS.len()];
     for seed in seeds.clone() {
+        // Each seed's fleet starts from an empty Redis.
+        if let Some(r) = &redis {
+            let _ = r.cli(&["FLUSHALL"]);
+        }
         let scenario = scenario.clone().with_seed(seed);
         let server = MockServer::start(scenario.clone()).await.unwrap();
         let liar = MockServer::start(scenario.with_wrong_stats())
@@ -489,6 +526,14 @@ async fn cold_start(name: &str, scenario: Scenario) {
             let leaf = leaf_for(srv);
             let svc = match i {
                 0 => BoxCloneSyncService::new(leaf),
+                4 => match &redis {
+                    Some(r) => {
+                        let svc = joining_a_warm_fleet(r, &leaf, srv, seed).await;
+                        let _ = run_at("warm-up", svc.clone(), srv, warm, 11, conc).await;
+                        svc
+                    }
+                    None => continue,
+                },
                 _ => {
                     let (svc, router) = learned_with_router(&leaf, i > 1);
                     let _ = run_at("warm-up", svc.clone(), srv, warm, 11, conc).await;
@@ -507,7 +552,7 @@ async fn cold_start(name: &str, scenario: Scenario) {
     let median = |xs: &mut Vec<f64>| quantile(xs, 0.5);
     let mut rows: Vec<Row> = Vec::new();
     let mut spread: Vec<(f64, f64, f64)> = Vec::new();
-    for (arm, r) in ARMS.iter().zip(&runs) {
+    for (arm, r) in ARMS.iter().zip(&runs).filter(|(_, r)| !r.is_empty()) {
         let col = |f: &dyn Fn(&(Row, f64)) -> f64| r.iter().map(f).collect::<Vec<f64>>();
         let p99s = col(&|x| x.0.p99);
         rows.push(Row {
@@ -524,6 +569,7 @@ async fn cold_start(name: &str, scenario: Scenario) {
         let hi = p99s.iter().copied().fold(0.0, f64::max);
         spread.push((lo, hi, median(&mut col(&|x| x.1))));
     }
+    let arms = rows.len();
     rows.push(oracle(&scenario, n));
     print_rows(
         &format!(
@@ -531,13 +577,16 @@ async fn cold_start(name: &str, scenario: Scenario) {
         ),
         &rows,
     );
-    for (i, r) in rows[1..4].iter().enumerate() {
+    for (i, r) in rows[1..arms].iter().enumerate() {
         let (lo, hi, late) = spread[i + 1];
         println!(
             "{}; p99 over the seeds {lo:.1}..{hi:.1} ms; calls 51..{n} alone: p99 {late:.1} ms (plain leaf {:.1} ms)",
-            against_oracle(&rows[0], r, &rows[4]),
+            against_oracle(&rows[0], r, &rows[arms]),
             spread[0].2
         );
+    }
+    if redis.is_none() {
+        println!("(no redis-server here: the warm-fleet arm was left out)");
     }
     println!();
 }
