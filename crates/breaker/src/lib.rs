@@ -43,7 +43,10 @@
 //!   answer);
 //! - the request path takes one short lock, never across an await and never per chunk;
 //!   [`BreakerLayer::snapshot`] reads the states; metrics `llm_breaker_state` (0 closed,
-//!   1 half-open, 2 open), `llm_breaker_trips_total`, `llm_breaker_rejected_total`.
+//!   1 half-open, 2 open), `llm_breaker_trips_total`, `llm_breaker_rejected_total`;
+//! - several replicas share what they learn through [`BreakerLayer::changes`] (trips, closes
+//!   and holds made here) and [`BreakerLayer::apply`] (another replica's): `llm-layers-redis`
+//!   carries them and coordinates half-open probes.
 //!
 //! # Ordering
 //!

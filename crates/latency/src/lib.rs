@@ -45,6 +45,10 @@
 //! and hedges included) and innermost, next to the leaf, with [`Scope::Attempt`] and the
 //! store (what each provider did). A `tracing` span `llm.chat` covers each call or attempt.
 //!
+//! Several replicas learn once: [`LatencyStore::export`] gives this process's own windows as
+//! mergeable [`Summary`]s and [`LatencyStore::merge_fleet`] reads the others' with its own
+//! (`llm-layers-redis` carries them).
+//!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
 //! use std::time::Duration;

@@ -19,7 +19,9 @@
 //!   maximum wait ([`RateLimitLayerBuilder::concurrency_queue`]);
 //! - a call refused by one limit gives back what earlier limits took;
 //! - state lives behind the [`Store`] trait ([`MemoryStore`] in process, bounded), shared by
-//!   every clone of the layer;
+//!   every clone of the layer; a store may need a round trip for a decision
+//!   ([`Take::Pending`]), which is how `llm-layers-redis` shares the limits of several
+//!   replicas (awaited once, off the allocation-free path a local store takes);
 //! - a global concurrency limit is also a readiness concern (see [`RateLimit`]'s
 //!   *Readiness*); buckets act in `call`, which calls the inner service at once, without
 //!   allocation, when nothing has to wait.
