@@ -1,7 +1,40 @@
 //! [`ChatChunk`] (one stream event) and [`ChatCompletion`] (a whole answer).
 
-use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
+
+fn str_is_empty(s: &str) -> bool {
+    s.is_empty()
+}
+
+/// The `object` of a chunk: the values the API sends are borrowed statics (one allocation
+/// fewer per chunk), anything else is kept as sent.
+fn known_object<'de, D: Deserializer<'de>>(d: D) -> Result<Cow<'static, str>, D::Error> {
+    struct Object;
+    impl serde::de::Visitor<'_> for Object {
+        type Value = Cow<'static, str>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(match v {
+                "chat.completion.chunk" => Cow::Borrowed("chat.completion.chunk"),
+                "chat.completion" => Cow::Borrowed("chat.completion"),
+                "" => Cow::Borrowed(""),
+                other => Cow::Owned(other.to_owned()),
+            })
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(""))
+        }
+    }
+    d.deserialize_any(Object)
+}
 
 /// One parsed `data:` event of a chat completion stream.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -9,9 +42,13 @@ pub struct ChatChunk {
     /// The generation id (`gen-…`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub id: String,
-    /// `chat.completion.chunk`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub object: String,
+    /// `chat.completion.chunk`. Borrowed (no allocation) for the values the API sends.
+    #[serde(
+        default,
+        skip_serializing_if = "str_is_empty",
+        deserialize_with = "known_object"
+    )]
+    pub object: Cow<'static, str>,
     /// Unix seconds.
     #[serde(default)]
     pub created: u64,

@@ -273,3 +273,25 @@ async fn a_whole_answer_without_finish_reason_is_truncated() {
     assert_eq!(err.provider(), Some("OpenAI"));
     assert!(err.is_retriable());
 }
+
+/// The `object` the API sends is a borrowed static (no allocation per chunk); anything else
+/// is kept as sent, and round-trips.
+#[test]
+fn a_known_object_costs_no_allocation_and_others_are_kept() {
+    use std::borrow::Cow;
+    let c: llm_layers_core::ChatChunk =
+        serde_json::from_str(r#"{"object":"chat.completion.chunk","choices":[]}"#).unwrap();
+    assert!(matches!(c.object, Cow::Borrowed("chat.completion.chunk")));
+    let c: llm_layers_core::ChatChunk =
+        serde_json::from_str(r#"{"object":"something.else","choices":[]}"#).unwrap();
+    assert!(matches!(&c.object, Cow::Owned(s) if s == "something.else"));
+    assert!(
+        serde_json::to_string(&c)
+            .unwrap()
+            .contains(r#""object":"something.else""#)
+    );
+    let c: llm_layers_core::ChatChunk =
+        serde_json::from_str(r#"{"object":null,"choices":[]}"#).unwrap();
+    assert!(c.object.is_empty());
+    assert!(!serde_json::to_string(&c).unwrap().contains("object"));
+}
