@@ -407,8 +407,8 @@ impl Shared {
 
     /// How many units to lease beyond `cost`: about the local rate × the lease period,
     /// from what was spent since the last lease; never more than the limit itself allows in
-    /// a lease period, nor a sixteenth of its burst (a low limit leases one unit: exact, in
-    /// effect; what replicas hold unspent stays a small share of the limit).
+    /// a lease period, nor a sixteenth of its burst (a low limit leases nothing ahead: exact,
+    /// in effect; what replicas hold unspent stays a small share of the limit).
     fn lease_size(&self, l: &mut Local, cost: u64, rate: &Rate, now: Instant) -> u64 {
         let local = match l.leased_at {
             Some(at) => {
@@ -422,7 +422,11 @@ impl Shared {
         l.spent = cost;
         let cap = (rate.amount as f64 * self.lease_for.as_secs_f64()
             / rate.period.as_secs_f64().max(1e-9)) as u64;
-        local.clamp(1, cap.min(rate.burst / 16).max(1))
+        match cap.min(rate.burst / 16) {
+            // Under one unit per lease period (or a burst under 16): no unit is held ahead.
+            0 => 0,
+            most => local.clamp(1, most),
+        }
     }
 }
 
