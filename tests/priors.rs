@@ -79,8 +79,11 @@ async fn published_stats_rank_providers_before_the_first_call() {
         .priors(feed.clone())
         .build()
         .unwrap();
-    // The first call finds nothing and starts the fetch in the background (never waits).
-    assert_eq!(first_provider(&router), None);
+    // The first call starts the fetch in the background and never waits for it: it routes
+    // with whatever is known by then (nothing, unless the fetch on the other worker thread
+    // already landed: a race this test does not pin down), never to the slow provider.
+    let first = first_provider(&router);
+    assert_ne!(first.as_deref(), Some("sloth"));
     for _ in 0..1000 {
         if !feed.endpoints("mock/echo").is_empty() {
             break;
