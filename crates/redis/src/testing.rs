@@ -3,7 +3,6 @@
 //! done; when it cannot, [`RedisServer::start`] says so loudly and returns `None` (the test
 //! skips), unless `LLM_LAYERS_REQUIRE_REDIS` is set (CI sets it: there a missing Redis
 //! fails the run).
-#![allow(clippy::disallowed_methods)] // a test helper waiting for another process, not a timing
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -62,7 +61,7 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -77,18 +76,23 @@ impl RedisServer {
                 "--enable-debug-command",
                 "local",
             ])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("redis-server does not start: {e}"));
+        // Ready when its log says so (no polling, no sleep); the rest of its log is drained
+        // on a thread of its own so the pipe never fills.
+        let mut log = child.stdout.take().map(std::io::BufReader::new);
         self.child = Some(child);
-        for _ in 0..500 {
-            if self.cli(&["PING"]).is_some_and(|r| r.contains("PONG")) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let ready = log.as_mut().is_some_and(|log| {
+            std::io::BufRead::lines(log)
+                .map_while(Result::ok)
+                .any(|line| line.contains("Ready to accept connections"))
+        });
+        if let Some(mut rest) = log {
+            std::thread::spawn(move || std::io::copy(&mut rest, &mut std::io::sink()));
         }
-        panic!("redis-server did not answer on port {}", self.port);
+        assert!(ready, "redis-server did not start on port {}", self.port);
     }
 
     /// Its `redis://` URL.
