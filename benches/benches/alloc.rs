@@ -6,7 +6,8 @@
 //! `ChatChunk`s by `SseChatDecoder`, the parser slicing the input), bare and under the
 //! timeout layer's stream wrapper; then the gateway's whole stack
 //! (`example_gateway::build_stack`) over an instant scripted service against that service
-//! alone: what the stack adds per call and per chunk.
+//! alone: what the stack adds per call and per chunk; then each layer alone, as the `layers`
+//! bench times them (`llm_layers_bench::layer_arms`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
@@ -16,16 +17,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::StreamBody;
 use hyper::body::Frame;
-use llm_layers_bench::request;
-use llm_layers_bench::sse_body;
+use llm_layers_bench::{Svc, layer_arms, request, sse_body};
 use llm_layers_core::decode::SseChatDecoder;
-use llm_layers_core::{ChatRequest, ChatStream, LlmError, ResponseMeta};
+use llm_layers_core::{ChatStream, ResponseMeta};
 use llm_layers_mock::{MockChat, Script};
 use std::time::Duration;
 use tower::ServiceExt;
-use tower::util::BoxCloneSyncService;
-
-type Svc = BoxCloneSyncService<ChatRequest, ChatStream, LlmError>;
 
 struct Counting;
 
@@ -105,7 +102,7 @@ async fn stack(calls: usize) -> (f64, f64) {
         let mock = MockChat::with_default(Script::tokens(Duration::ZERO, chunks, Duration::ZERO));
         let config = example_gateway::Config::default();
         let full: Svc = example_gateway::build_stack(&config, mock.clone(), None).unwrap();
-        (BoxCloneSyncService::new(mock) as Svc, full)
+        (Svc::new(mock), full)
     };
     let (bare1, full1) = svc_of(1);
     let (bare101, full101) = svc_of(101);
@@ -120,6 +117,24 @@ async fn stack(calls: usize) -> (f64, f64) {
         through(&bare101, calls).await,
     );
     (one, (many - one) / 100.0)
+}
+
+/// Allocations per call each arm of [`layer_arms`] adds over the bare service (1 chunk).
+async fn per_layer(calls: usize) -> Vec<(&'static str, f64)> {
+    let mock = MockChat::with_default(Script::tokens(Duration::ZERO, 1, Duration::ZERO));
+    let arms = layer_arms(mock);
+    for (_, svc) in &arms {
+        through(svc, 50).await;
+    }
+    let bare = through(&arms[0].1, calls).await;
+    let mut out = Vec::new();
+    for (name, svc) in &arms[1..] {
+        out.push((
+            *name,
+            (through(svc, calls).await as f64 - bare as f64) / calls as f64,
+        ));
+    }
+    out
 }
 
 fn main() {
@@ -153,4 +168,10 @@ fn main() {
         "{:<34} {:>10.2}",
         "allocations per further chunk", per_chunk
     );
+    println!();
+    println!("each layer alone over the same service (the `layers` bench's arms)");
+    println!("{:<34} {:>10}", "layer", "per call");
+    for (name, n) in rt.block_on(per_layer(if quick { 100 } else { 5_000 })) {
+        println!("{name:<34} {n:>10.1}");
+    }
 }

@@ -11,21 +11,10 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::StreamExt;
-use llm_layers_bench::request;
-use llm_layers_breaker::BreakerLayer;
-use llm_layers_core::{ChatStream, LlmError, Priority};
-use llm_layers_hedge::{HedgeDelay, HedgeLayer};
-use llm_layers_latency::{LatencyLayer, LatencyStore, Outcome, Scope};
+use llm_layers_bench::{Svc, layer_arms, request};
+use llm_layers_latency::{LatencyStore, Outcome};
 use llm_layers_mock::{MockChat, Script};
-use llm_layers_ratelimit::{Key, Limit, RateLimitLayer};
-use llm_layers_resume::ResumeLayer;
-use llm_layers_retry::RetryLayer;
-use llm_layers_router::RouterLayer;
-use llm_layers_timeout::TimeoutLayer;
-use tower::util::BoxCloneService;
-use tower::{Layer, ServiceBuilder, ServiceExt};
-
-type Svc = BoxCloneService<llm_layers_core::ChatRequest, ChatStream, LlmError>;
+use tower::ServiceExt;
 
 async fn drain(svc: Svc) -> usize {
     let mut s = svc.oneshot(request(8)).await.unwrap();
@@ -42,81 +31,10 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let timeout = TimeoutLayer::builder()
-        .first_token(Duration::from_secs(30))
-        .idle(Duration::from_secs(30))
-        .total(Duration::from_secs(300))
-        .build()
-        .unwrap();
-    let retry = RetryLayer::builder().seed(1).build().unwrap();
-    let store = LatencyStore::new();
-    let latency = LatencyLayer::builder()
-        .scope(Scope::Attempt)
-        .store(store.clone())
-        .build()
-        .unwrap();
-    let hedge = HedgeLayer::builder()
-        .delay(HedgeDelay::Fixed(Duration::from_secs(5)))
-        .build()
-        .unwrap();
-    let ratelimit = RateLimitLayer::builder()
-        .concurrency(10_000, Key::global(), Priority(1))
-        .requests(Limit::new(1_000_000_000, Duration::from_secs(1)).key(Key::model()))
-        .build()
-        .unwrap();
-    let breaker = BreakerLayer::builder().build().unwrap();
-    let router = RouterLayer::builder(store.clone()).build().unwrap();
-    let per_call = LatencyLayer::builder().scope(Scope::Call).build().unwrap();
-    // Mid-stream resume: on, it watches every chunk; in the stack, off by default as in the
-    // gateway (a request turns it on).
-    let resume = ResumeLayer::new();
-    let resume_off = ResumeLayer::builder().on_by_default(false).build().unwrap();
-    // The gateway's stack, outermost first.
-    let full = |mock: MockChat| -> Svc {
-        BoxCloneService::new(
-            ServiceBuilder::new()
-                .layer(per_call.clone())
-                .layer(ratelimit.clone())
-                .layer(router.clone())
-                .layer(
-                    TimeoutLayer::builder()
-                        .total(Duration::from_secs(300))
-                        .build()
-                        .unwrap(),
-                )
-                .layer(resume_off.clone())
-                .layer(retry.clone())
-                .layer(hedge.clone())
-                .layer(breaker.clone())
-                .layer(
-                    TimeoutLayer::builder()
-                        .first_token(Duration::from_secs(30))
-                        .idle(Duration::from_secs(30))
-                        .build()
-                        .unwrap(),
-                )
-                .layer(latency.clone())
-                .service(mock),
-        )
-    };
     let mut g = c.benchmark_group("layers");
     for chunks in [1usize, 101] {
         let mock = MockChat::with_default(Script::tokens(Duration::ZERO, chunks, Duration::ZERO));
-        let arms: [(&str, Svc); 10] = [
-            ("bare", BoxCloneService::new(mock.clone())),
-            ("timeout", BoxCloneService::new(timeout.layer(mock.clone()))),
-            ("retry", BoxCloneService::new(retry.layer(mock.clone()))),
-            ("latency", BoxCloneService::new(latency.layer(mock.clone()))),
-            ("hedge", BoxCloneService::new(hedge.layer(mock.clone()))),
-            (
-                "ratelimit",
-                BoxCloneService::new(ratelimit.layer(mock.clone())),
-            ),
-            ("breaker", BoxCloneService::new(breaker.layer(mock.clone()))),
-            ("router", BoxCloneService::new(router.layer(mock.clone()))),
-            ("resume", BoxCloneService::new(resume.layer(mock.clone()))),
-            ("full_stack", full(mock.clone())),
-        ];
+        let arms = layer_arms(mock);
         for (name, svc) in arms {
             g.bench_function(format!("{name}/{chunks}_chunks"), |b| {
                 b.to_async(&rt).iter(|| drain(svc.clone()))
@@ -126,6 +44,7 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     // One call's record into the store: the (model, provider) key and the model key.
+    let store = LatencyStore::new();
     c.bench_function("latency_store/record", |b| {
         b.iter(|| {
             store.record(
