@@ -1,7 +1,7 @@
 //! [`ChatRequest`]: the OpenAI-compatible body plus OpenRouter routing and per-request
 //! extensions.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -14,9 +14,10 @@ pub use wire::OPENROUTER_ONLY_FIELDS;
 /// One chat completion request, as it flows through the stack.
 ///
 /// The body sits behind an [`Arc`], so cloning a request (which retry and hedge do per
-/// attempt) is one reference-count increment plus the extensions; a layer that rewrites
-/// the body (a breaker adding to `provider.ignore`) copies it once with
-/// [`body_mut`](ChatRequest::body_mut).
+/// attempt) is one reference-count increment, and so are the extensions: a layer that
+/// rewrites the body (a breaker adding to `provider.ignore`) copies it once with
+/// [`body_mut`](ChatRequest::body_mut), and a layer that adds an extension to a shared
+/// request copies the extensions once with [`extensions_mut`](ChatRequest::extensions_mut).
 ///
 /// ```
 /// use llm_layers_core::{ChatRequest, Message};
@@ -29,7 +30,8 @@ pub use wire::OPENROUTER_ONLY_FIELDS;
 #[derive(Debug, Clone, Default)]
 pub struct ChatRequest {
     body: Arc<ChatBody>,
-    extensions: http::Extensions,
+    /// Shared by clones until one of them writes; `None` until the first write.
+    extensions: Option<Arc<http::Extensions>>,
 }
 
 impl ChatRequest {
@@ -46,7 +48,7 @@ impl ChatRequest {
     pub fn from_body(body: ChatBody) -> ChatRequest {
         ChatRequest {
             body: Arc::new(body),
-            extensions: http::Extensions::new(),
+            extensions: None,
         }
     }
 
@@ -77,17 +79,29 @@ impl ChatRequest {
 
     /// Per-request extensions (deadline, tenant, priority, or your own types).
     pub fn extensions(&self) -> &http::Extensions {
-        &self.extensions
+        static NONE: LazyLock<http::Extensions> = LazyLock::new(http::Extensions::new);
+        self.extensions.as_deref().unwrap_or(&NONE)
     }
 
-    /// Per-request extensions, mutably.
+    /// Per-request extensions, mutably: copied first if another clone shares them.
+    ///
+    /// ```
+    /// use llm_layers_core::{ChatRequest, Message};
+    /// let mut a = ChatRequest::new("openai/gpt-4o", vec![Message::user("hi")]);
+    /// a.extensions_mut().insert(7u32);
+    /// let mut b = a.clone();
+    /// assert!(std::ptr::eq(a.extensions(), b.extensions()), "a clone shares them");
+    /// b.extensions_mut().insert(8u32); // b's own copy now
+    /// assert_eq!(a.extensions().get::<u32>(), Some(&7));
+    /// assert_eq!(b.extensions().get::<u32>(), Some(&8));
+    /// ```
     pub fn extensions_mut(&mut self) -> &mut http::Extensions {
-        &mut self.extensions
+        Arc::make_mut(self.extensions.get_or_insert_with(Default::default))
     }
 
     /// The request's deadline, if one was set by the caller or a timeout layer.
     pub fn deadline(&self) -> Option<Instant> {
-        self.extensions.get::<Deadline>().map(|d| d.0)
+        self.extensions().get::<Deadline>().map(|d| d.0)
     }
 
     /// Sets the deadline, or tightens it if one earlier than `at` is already set.
@@ -96,7 +110,7 @@ impl ChatRequest {
             Some(existing) if existing <= at => existing,
             _ => at,
         };
-        self.extensions.insert(Deadline(at));
+        self.extensions_mut().insert(Deadline(at));
     }
 
     /// Time left before the deadline from `now` (`None` when there is no deadline).

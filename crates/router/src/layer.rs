@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use llm_layers_core::{Alternatives, ChatRequest, LlmError};
 
+use crate::route::Decisions;
 use crate::{Route, RouteReason};
 use llm_layers_latency::{LatencyStore, PriorFeed};
 use tokio::time::Instant;
@@ -28,6 +29,8 @@ pub(crate) struct Shared {
     names: Vec<Arc<str>>,
     knobs: Knobs,
     order: LearnedOrder,
+    /// The decision counters of calls naming a concrete model.
+    concrete: Decisions,
 }
 
 impl Shared {
@@ -38,8 +41,8 @@ impl Shared {
             Some(t) => Some(t.0.clone()),
             None => req.model().strip_prefix(TIER_PREFIX).map(Arc::from),
         };
-        let (tier, reason) = match named {
-            None => (None, RouteReason::Concrete),
+        let (tier, reason, decisions) = match named {
+            None => (None, RouteReason::Concrete, &self.concrete),
             Some(name) => {
                 let Some(tier) = self.tiers.get(&name) else {
                     let known: Vec<&str> = self.names.iter().map(|n| &**n).collect();
@@ -64,18 +67,11 @@ impl Shared {
                 }
                 req.extensions_mut()
                     .insert(Alternatives(tier.others[i].clone()));
-                (Some(tier.name.clone()), reason)
+                (Some(tier.name.clone()), reason, &tier.decisions)
             }
         };
         let order = self.order.apply(&self.store, req, now);
-        let tier_label = tier.as_deref().unwrap_or("").to_owned();
-        metrics::counter!(
-            "llm_router_decisions_total",
-            "tier" => tier_label,
-            "reason" => reason.as_str(),
-            "order" => order.as_str(),
-        )
-        .increment(1);
+        decisions.count(tier.as_deref(), reason, order);
         Ok(Route {
             tier,
             model: req.model().to_owned(),
@@ -394,6 +390,7 @@ impl RouterLayerBuilder {
                     recover_ratio: c.recover_ratio,
                 },
                 order: LearnedOrder::new(c.learned_order, c.slugs, self.seed, self.priors),
+                concrete: Decisions::default(),
             }),
         })
     }

@@ -1,7 +1,9 @@
 //! What a router decided for one call: carried in the response's
 //! [`ResponseMeta::extensions`](llm_layers_core::ResponseMeta::extensions).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use metrics::Counter;
 
 /// What a router decided for one call, in the stream's `meta().extensions`.
 ///
@@ -80,5 +82,28 @@ impl OrderDecision {
             OrderDecision::Caller => "caller",
             OrderDecision::Unchanged => "unchanged",
         }
+    }
+}
+
+/// The `llm_router_decisions_total` handles of one tier (or of the calls naming none), one
+/// per (reason, order), each registered the first time it counts (with the recorder in
+/// force then): a routed call builds no labels and looks nothing up in the registry.
+#[derive(Debug, Default)]
+pub(crate) struct Decisions {
+    handles: [[OnceLock<Counter>; 4]; 5],
+}
+
+impl Decisions {
+    pub(crate) fn count(&self, tier: Option<&str>, reason: RouteReason, order: OrderDecision) {
+        self.handles[reason as usize][order as usize]
+            .get_or_init(|| {
+                metrics::counter!(
+                    "llm_router_decisions_total",
+                    "tier" => tier.unwrap_or("").to_owned(),
+                    "reason" => reason.as_str(),
+                    "order" => order.as_str(),
+                )
+            })
+            .increment(1);
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use llm_layers_core::ProviderPreferences;
 
 use crate::RouteReason;
+use crate::route::Decisions;
 use llm_layers_latency::LatencyStore;
 use tokio::time::Instant;
 
@@ -84,6 +85,8 @@ pub(crate) struct Tier {
     state: Mutex<Vec<State>>,
     explore: Share,
     explore_rr: AtomicU64,
+    /// The decision counters of calls to this tier.
+    pub(crate) decisions: Decisions,
 }
 
 /// The tier-wide knobs a choice needs.
@@ -121,6 +124,7 @@ impl Tier {
             others,
             explore: Share::new(explore),
             explore_rr: AtomicU64::new(0),
+            decisions: Decisions::default(),
         }
     }
 
