@@ -22,7 +22,10 @@ pin_project_lite::pin_project! {
     where
         S: Service<ChatRequest>,
     {
-        attempts: Vec<Attempt<S::Future>>,
+        // The original, in place (a call that never hedges boxes nothing); the hedges.
+        #[pin]
+        first: Option<S::Future>,
+        hedges: Vec<Attempt<S::Future>>,
         #[pin]
         sleep: Sleep,
         service: S,
@@ -43,7 +46,10 @@ impl<S: Service<ChatRequest>> std::fmt::Debug for ResponseFuture<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("started", &self.started)
-            .field("running", &self.attempts.len())
+            .field(
+                "running",
+                &(usize::from(self.first.is_some()) + self.hedges.len()),
+            )
             .field("delay", &self.delay)
             .finish_non_exhaustive()
     }
@@ -63,7 +69,8 @@ where
     ) -> Self {
         let first_wake = if cold { delay.min(COLD_RECHECK) } else { delay };
         ResponseFuture {
-            attempts: vec![(0, Box::pin(first))],
+            first: Some(first),
+            hedges: Vec::new(),
             sleep: sleep(first_wake),
             service,
             request,
@@ -109,13 +116,23 @@ where
         loop {
             // The race: the first attempt to commit wins.
             let mut i = 0;
-            while i < this.attempts.len() {
-                match this.attempts[i].1.as_mut().poll(cx) {
+            while i <= this.hedges.len() {
+                // Attempt 0 is the original (while it runs), then the hedges.
+                let polled = if i == 0 {
+                    match this.first.as_mut().as_pin_mut() {
+                        Some(f) => f.poll(cx).map(|r| (0, r)),
+                        None => Poll::Pending,
+                    }
+                } else {
+                    let (n, f) = &mut this.hedges[i - 1];
+                    f.as_mut().poll(cx).map(|r| (*n, r))
+                };
+                match polled {
                     Poll::Pending => i += 1,
-                    Poll::Ready(Ok(mut stream)) => {
-                        let winner = this.attempts[i].0;
+                    Poll::Ready((winner, Ok(mut stream))) => {
                         // Dropping the losers cancels them upstream, now.
-                        this.attempts.clear();
+                        this.first.set(None);
+                        this.hedges.clear();
                         let started = *this.started;
                         if started > 1 {
                             metrics::counter!("llm_hedge_wasted_total")
@@ -131,14 +148,20 @@ where
                         meta.attempts = meta.attempts.max(1) + (started - 1);
                         return Poll::Ready(Ok(stream));
                     }
-                    Poll::Ready(Err(e)) => {
+                    Poll::Ready((_, Err(e))) => {
                         keep_best(this.error, e);
-                        drop(this.attempts.swap_remove(i));
+                        if i == 0 {
+                            this.first.set(None);
+                            i = 1;
+                        } else {
+                            drop(this.hedges.swap_remove(i - 1));
+                        }
                         // A hedge that failed while an attempt is still waiting is replaced
                         // at once (within `max_attempts`): a failed hedge must not leave the
                         // call to wait out a hung original.
+                        let running = this.first.is_some() || !this.hedges.is_empty();
                         if *this.started > 1
-                            && !this.attempts.is_empty()
+                            && running
                             && *this.started < this.shared.max_attempts
                             && this.pending_hedge.is_none()
                         {
@@ -171,7 +194,7 @@ where
                 }
                 *this.hedging = false;
                 let past_deadline = this.request.deadline().is_some_and(|d| Instant::now() >= d);
-                if !this.attempts.is_empty()
+                if (this.first.is_some() || !this.hedges.is_empty())
                     && *this.started < this.shared.max_attempts
                     && !past_deadline
                 {
@@ -200,7 +223,7 @@ where
                             continue;
                         }
                         let fut = this.service.call(req);
-                        this.attempts.push((*this.started, Box::pin(fut)));
+                        this.hedges.push((*this.started, Box::pin(fut)));
                         *this.started += 1;
                         metrics::counter!("llm_hedge_sent_total").increment(1);
                         if *this.started < this.shared.max_attempts {
@@ -214,7 +237,7 @@ where
             if fired {
                 continue;
             }
-            if this.attempts.is_empty() && this.pending_hedge.is_none() {
+            if this.first.is_none() && this.hedges.is_empty() && this.pending_hedge.is_none() {
                 // Every attempt failed before committing: the most informative error.
                 let e = this.error.take().unwrap_or_else(|| {
                     LlmError::new(ErrorKind::Cancelled).with_message("no attempt left")

@@ -74,7 +74,7 @@ pub(crate) struct Learned {
 pub(crate) struct LearnedOrder {
     cfg: LearnedOrderConfig,
     slugs: HashMap<String, String>,
-    cache: RwLock<HashMap<Arc<str>, Learned>>,
+    cache: RwLock<llm_layers_core::hash::HashMap<Arc<str>, Learned>>,
     explore: Share,
     draws: AtomicU64,
     seed: u64,
@@ -105,7 +105,7 @@ impl LearnedOrder {
             explore: Share::new(cfg.explore),
             cfg,
             slugs,
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(Default::default()),
             draws: AtomicU64::new(0),
             seed,
             priors,
@@ -134,7 +134,7 @@ impl LearnedOrder {
 
     /// The belief about `model` as of `now`, from the cache or the store.
     pub(crate) fn learned(&self, store: &LatencyStore, model: &str, now: Instant) -> Learned {
-        let previous = {
+        let (cached, previous) = {
             let cache = read(&self.cache);
             match cache.get(model) {
                 Some(l)
@@ -144,11 +144,19 @@ impl LearnedOrder {
                 {
                     return l.clone();
                 }
-                Some(l) => l.order.first().cloned(),
-                None => None,
+                Some(l) => (true, l.order.first().cloned()),
+                None => (false, None),
             }
         };
         let learned = self.compute(store, model, previous.as_deref(), now);
+        if learned.arms.is_empty() {
+            // An empty belief is never cached (the first measurement or prior counts on the
+            // next call), so a model nothing is known of costs no write lock per call.
+            if cached {
+                write(&self.cache).remove(model);
+            }
+            return learned;
+        }
         let mut cache = write(&self.cache);
         if cache.len() >= MAX_MODELS && !cache.contains_key(model) {
             cache.clear();
@@ -223,6 +231,9 @@ impl LearnedOrder {
             .filter(|(p, s)| !failing(p, s))
             .filter_map(|(p, s)| self.arm(store, (model, p), s, pooled))
             .collect();
+        if arms.is_empty() {
+            return Learned::default();
+        }
         arms.sort_by(|a, b| a.mu.total_cmp(&b.mu).then_with(|| a.slug.cmp(&b.slug)));
         // Stickiness: the leader keeps first place unless beaten by a clear margin.
         if let Some(pos) = leader.and_then(|l| arms.iter().position(|a| &*a.slug == l)) {
