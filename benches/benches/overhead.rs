@@ -8,6 +8,12 @@
 //! each round; an arm's added cost in a round is its time per call minus the bare service's
 //! in the same round. The table gives the median over the rounds and the spread (25th to
 //! 75th percentile). `cargo test --benches` runs it once, quickly, as a smoke test.
+//!
+//! Wall time on a shared VM drifts by more than the differences measured; instructions do
+//! not. `OVERHEAD_ONLY=<arm> OVERHEAD_CALLS=<n>` runs only that arm for `n` calls (after the
+//! same warm-up), to be counted by `valgrind --tool=cachegrind --cache-sim=no`: the
+//! difference between two call counts, divided by the calls between them, is the arm's
+//! instructions per call (`benches/instructions.sh` does it for every arm).
 
 use std::time::Duration;
 
@@ -44,6 +50,23 @@ fn main() {
         .expect("a runtime");
     let mock = MockChat::with_default(Script::tokens(Duration::ZERO, 1, Duration::ZERO));
     let arms = layer_arms(mock);
+    if let Ok(only) = std::env::var("OVERHEAD_ONLY") {
+        let calls = std::env::var("OVERHEAD_CALLS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1_000);
+        let (_, svc) = arms
+            .iter()
+            .find(|(name, _)| *name == only)
+            .expect("OVERHEAD_ONLY names an arm");
+        rt.block_on(async {
+            batch(svc, 200).await;
+            if calls > 0 {
+                batch(svc, calls).await;
+            }
+        });
+        return;
+    }
     let mut added: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); arms.len()];
     let mut bare_ns = Vec::with_capacity(rounds);
     rt.block_on(async {

@@ -1,7 +1,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use futures_core::Stream;
 use llm_layers_core::{ChatBody, ChatChunk, ChatStream, LlmError};
@@ -285,10 +285,13 @@ impl Stream for BreakerStream {
     type Item = Result<ChatChunk, LlmError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let item = ready!(Pin::new(&mut self.inner).poll_next(cx));
+        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        let Poll::Ready(item) = &polled else {
+            return polled;
+        };
         let w = &mut self.watch;
         if !w.done {
-            match &item {
+            match item {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     w.done = true;
@@ -309,6 +312,6 @@ impl Stream for BreakerStream {
                 }
             }
         }
-        Poll::Ready(item)
+        polled
     }
 }

@@ -1,7 +1,8 @@
 //! The shared registry of breakers, keyed by (model, provider slug).
 
+use llm_layers_core::hash::HashMap;
 use llm_layers_core::sync::lock;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -195,7 +196,7 @@ impl Registry {
     pub(crate) fn new(cfg: Config, seed: u64) -> Registry {
         Registry {
             cfg,
-            map: Mutex::new((HashMap::new(), 0)),
+            map: Mutex::new((HashMap::default(), 0)),
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             sharing: AtomicBool::new(false),
             outbox: Mutex::new(Vec::new()),

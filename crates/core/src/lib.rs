@@ -38,6 +38,7 @@ pub mod continuation;
 pub mod decode;
 pub mod endpoints;
 pub mod error;
+pub mod hash;
 mod kind;
 pub mod request;
 pub mod sse;

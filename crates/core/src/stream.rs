@@ -277,13 +277,13 @@ impl Stream for ChatStream {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let item = ready!(inner.as_mut().poll_next(cx));
-        match &item {
-            Some(Ok(_)) => {}
+        // Returned as polled (no move of the item on the way out).
+        let polled = inner.as_mut().poll_next(cx);
+        if let Poll::Ready(Some(Err(_)) | None) = &polled {
             // An error ends the stream; dropping the source cancels the upstream at once.
-            Some(Err(_)) | None => self.inner = None,
+            self.inner = None;
         }
-        Poll::Ready(item)
+        polled
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -1,6 +1,6 @@
 use llm_layers_core::ConfigError;
+use llm_layers_core::hash::{HashMap, HashSet};
 use llm_layers_core::sync::lock;
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Once};
 
 use tower_layer::Layer;
@@ -183,8 +183,8 @@ impl LatencyLayerBuilder {
                 store: self.store,
                 scope: self.scope,
                 max_models: self.max_models,
-                models: Mutex::new(HashSet::new()),
-                handles: Mutex::new(HashMap::new()),
+                models: Mutex::new(HashSet::default()),
+                handles: Mutex::new(HashMap::default()),
             }),
         })
     }

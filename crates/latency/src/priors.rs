@@ -1,7 +1,7 @@
 //! [`PriorFeed`]: published endpoint stats, fetched in the background, as priors in a
 //! [`LatencyStore`].
 
-use std::collections::HashMap;
+use llm_layers_core::hash::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -150,7 +150,7 @@ impl PriorFeedBuilder {
                 ttl: self.ttl,
                 retry_after_failure: self.retry_after_failure,
                 hooks: self.hooks,
-                models: RwLock::new(HashMap::new()),
+                models: RwLock::new(HashMap::default()),
             }),
         })
     }

@@ -1,8 +1,8 @@
 //! [`LatencyStore`]: recent latency per (model, provider) and per model, shared and windowed.
 
 use llm_layers_core::ConfigError;
+use llm_layers_core::hash::HashMap;
 use llm_layers_core::sync::{lock, read, write};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -189,7 +189,7 @@ impl LatencyStoreBuilder {
                 max_keys: self.max_keys,
                 min_samples: self.min_samples,
                 refresh: self.refresh.min(half),
-                entries: RwLock::new(HashMap::new()),
+                entries: RwLock::new(HashMap::default()),
             }),
         })
     }
@@ -267,7 +267,7 @@ impl LatencyStore {
         };
         let m = map.entry(Arc::from(model)).or_insert_with(|| ModelEntries {
             all: Arc::new(Entry::new(now)),
-            providers: HashMap::new(),
+            providers: HashMap::default(),
         });
         Some(match provider {
             None => m.all.clone(),

@@ -326,12 +326,12 @@ impl Stream for RecordingStream {
     type Item = Result<ChatChunk, LlmError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let item = match Pin::new(&mut self.inner).poll_next(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(item) => item,
+        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        let Poll::Ready(item) = &polled else {
+            return polled;
         };
         let this = &mut *self;
-        match &item {
+        match item {
             Some(Ok(c)) => {
                 if c.has_output() {
                     let now = Instant::now();
@@ -350,6 +350,6 @@ impl Stream for RecordingStream {
             Some(Err(e)) => this.finish(error_type(e), Some(e)),
             None => this.finish("ok", None),
         }
-        Poll::Ready(item)
+        polled
     }
 }

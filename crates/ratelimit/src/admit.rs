@@ -368,9 +368,9 @@ impl Stream for Settling {
     type Item = Result<ChatChunk, LlmError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let item = match Pin::new(&mut self.inner).poll_next(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(i) => i,
+        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        let Poll::Ready(item) = &polled else {
+            return polled;
         };
         if let Some(r) = self.reservation.as_mut() {
             if let Some(Ok(c)) = &item {
@@ -385,6 +385,6 @@ impl Stream for Settling {
                 r.finish(None);
             }
         }
-        Poll::Ready(item)
+        polled
     }
 }

@@ -6,9 +6,10 @@
 //! `poll_ready`, and is `Pending` while no call could be admitted (every slot taken and the
 //! queue full), so `LoadShed` or `Buffer` above see the backpressure.
 
+use llm_layers_core::hash::HashMap;
 use llm_layers_core::sync::lock;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Bucket state: the [`Store`] trait and the in-process [`MemoryStore`].
 
+use llm_layers_core::hash::HashMap;
 use llm_layers_core::sync::lock;
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -140,7 +140,7 @@ impl MemoryStore {
     pub fn new(max_keys: usize) -> MemoryStore {
         MemoryStore {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new((HashMap::new(), None)))
+                .map(|_| Mutex::new((HashMap::default(), None)))
                 .collect(),
             max_per_shard: max_keys.div_ceil(SHARDS).max(1),
         }

@@ -72,8 +72,9 @@ impl Stream for TimeoutStream {
         if *this.done {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(item) = Pin::new(&mut *this.inner).poll_next(cx) {
-            match &item {
+        let polled = Pin::new(&mut *this.inner).poll_next(cx);
+        if let Poll::Ready(item) = &polled {
+            match item {
                 Some(Ok(_)) => {
                     let now = Instant::now();
                     *this.last = now;
@@ -88,7 +89,7 @@ impl Stream for TimeoutStream {
                 }
                 _ => *this.done = true,
             }
-            return Poll::Ready(item);
+            return polled;
         }
         loop {
             if this.sleep.as_mut().poll(cx).is_pending() {

@@ -1,6 +1,6 @@
 //! Room in the table: idle entries go first, then the least recently used closed one.
 
-use std::collections::HashMap;
+use llm_layers_core::hash::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
