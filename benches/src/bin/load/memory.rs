@@ -25,6 +25,7 @@ pub(crate) async fn memory(n: usize, h2c: bool) -> Result<(), String> {
         url: http_url("gateway", &format!("http://{gw_addr}/v1/chat/completions"))?,
         auth: None,
         pid: Some(gw.pid()),
+        headers: Vec::new(),
     };
     let c = client();
     // Warm: a few hundred streams opened and closed, so the runtime's pools exist already.

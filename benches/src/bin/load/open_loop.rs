@@ -9,6 +9,8 @@ pub(crate) struct Target {
     /// Parsed once: every request of a row shares it.
     pub(crate) url: http::Uri,
     pub(crate) auth: Option<HeaderValue>,
+    /// More headers every request carries (another gateway's routing headers).
+    pub(crate) headers: Vec<(http::HeaderName, HeaderValue)>,
     /// Its process, for CPU and peak RSS, when known.
     pub(crate) pid: Option<u32>,
 }
@@ -44,6 +46,9 @@ pub(crate) fn request(t: &Target, body: Bytes) -> Request<Full<Bytes>> {
         .expect("a parsed URI and a static header make a valid request");
     if let Some(a) = &t.auth {
         r.headers_mut().insert(header::AUTHORIZATION, a.clone());
+    }
+    for (k, v) in &t.headers {
+        r.headers_mut().insert(k.clone(), v.clone());
     }
     r
 }

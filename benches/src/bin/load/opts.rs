@@ -57,6 +57,14 @@ pub(crate) fn opts(args: &[String]) -> Result<Opts, String> {
                 o.mock_url = Some(url.trim_end_matches('/').to_owned());
             }
             "--compare" => o.others.push(compare_target(v()?)?),
+            "--compare-header" => {
+                let h = compare_header(v()?)?;
+                o.others
+                    .last_mut()
+                    .ok_or("--compare-header goes after the --compare it is for")?
+                    .headers
+                    .push(h);
+            }
             "--repeats" => {
                 o.repeats = v()?.parse().map_err(|e| format!("--repeats: {e}"))?;
                 if o.repeats == 0 {
@@ -115,7 +123,21 @@ pub(crate) fn compare_target(spec: &str) -> Result<Target, String> {
         url: http_url("--compare", url)?,
         auth: Some(HeaderValue::from_static("Bearer sk-or-v1-load")),
         pid,
+        headers: Vec::new(),
     })
+}
+
+/// `NAME: VALUE`: a header every request to the last `--compare` target carries (Portkey's
+/// `x-portkey-provider`, say).
+pub(crate) fn compare_header(spec: &str) -> Result<(http::HeaderName, HeaderValue), String> {
+    let (k, v) = spec
+        .split_once(':')
+        .ok_or_else(|| format!("--compare-header: {spec:?} is not NAME: VALUE"))?;
+    let name = http::HeaderName::from_bytes(k.trim().as_bytes())
+        .map_err(|e| format!("--compare-header: {k:?}: {e}"))?;
+    let value =
+        HeaderValue::from_str(v.trim()).map_err(|e| format!("--compare-header: {v:?}: {e}"))?;
+    Ok((name, value))
 }
 
 #[cfg(test)]
@@ -148,6 +170,13 @@ mod tests {
         assert_eq!(t.pid, None);
         assert!(compare_target("no-equals-sign").is_err());
         assert!(compare_target("x=http://h@notapid").is_err());
+        let (k, v) = compare_header("x-portkey-provider: openai").unwrap();
+        assert_eq!(
+            (k.as_str(), v.to_str().unwrap()),
+            ("x-portkey-provider", "openai")
+        );
+        assert!(compare_header("no colon").is_err());
+        assert!(compare_header("bad name: x").is_err());
     }
 
     #[test]

@@ -19,12 +19,14 @@ pub(crate) async fn load(o: &Opts) -> Result<(), String> {
             url: http_url("--mock-url", &format!("{mock_url}/chat/completions"))?,
             auth: Some(HeaderValue::from_static("Bearer sk-or-v1-load")),
             pid: None,
+            headers: Vec::new(),
         },
         Target {
             name: "bare proxy".into(),
             url: http_url("bare proxy", &format!("{proxy_url}/v1/chat/completions"))?,
             auth: None,
             pid: Some(proxy.pid()),
+            headers: Vec::new(),
         },
         Target {
             name: "leaf only".into(),
@@ -34,12 +36,14 @@ pub(crate) async fn load(o: &Opts) -> Result<(), String> {
             )?,
             auth: None,
             pid: Some(leaf_gw.pid()),
+            headers: Vec::new(),
         },
         Target {
             name: "gateway".into(),
             url: http_url("gateway", &format!("http://{gw_addr}/v1/chat/completions"))?,
             auth: None,
             pid: Some(gw.pid()),
+            headers: Vec::new(),
         },
     ];
     // The same request limit (twice the highest rate: it never refuses, every call takes a
@@ -67,6 +71,7 @@ pub(crate) async fn load(o: &Opts) -> Result<(), String> {
                 url: http_url(name, &format!("http://{addr}/v1/chat/completions"))?,
                 auth: None,
                 pid: Some(p.pid()),
+                headers: Vec::new(),
             });
             limited.push(p);
         }
@@ -172,6 +177,8 @@ pub(crate) async fn load(o: &Opts) -> Result<(), String> {
             for (i, t) in targets.iter().enumerate() {
                 let cpu = col(i, 4);
                 let a99 = added(i, 1);
+                // A row with errors has no latency to compare (a failed request is not fast).
+                let failed = col(i, 5).iter().sum::<f64>() > 0.0;
                 let (cpu_m, a50_m, a99_m) = (
                     median(&mut cpu.clone()),
                     median(&mut added(i, 0)),
@@ -190,11 +197,15 @@ pub(crate) async fn load(o: &Opts) -> Result<(), String> {
                     median(&mut col(i, 3)),
                     if i == 0 {
                         String::new()
+                    } else if failed {
+                        "errors".into()
                     } else {
                         format!("{a50_m:.3}")
                     },
                     if i == 0 {
                         String::new()
+                    } else if failed {
+                        "errors".into()
                     } else {
                         format!("{a99_m:.3} {}", range(&a99))
                     },
@@ -210,7 +221,7 @@ pub(crate) async fn load(o: &Opts) -> Result<(), String> {
                     },
                 );
                 summary.push((t.name.clone(), cpu_m, a50_m, a99_m));
-                if i > 0 && a99_m < 1.0 {
+                if i > 0 && a99_m < 1.0 && !failed {
                     under_1ms[i] = Some(under_1ms[i].map_or(rate, |r| r.max(rate)));
                 }
             }
