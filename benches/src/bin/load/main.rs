@@ -19,7 +19,8 @@
 //! that sends one token and then nothing for ten minutes; the gateway's resident set with all
 //! of them open, less its resident set before, divided by the streams open. Twice: with an
 //! HTTP/1.1 upstream (a connection per stream) and with h2c (one shared connection, as
-//! OpenRouter's HTTPS upstream negotiates HTTP/2 by ALPN).
+//! OpenRouter's HTTPS upstream negotiates HTTP/2 by ALPN), then h2c on both sides (the
+//! client's streams multiplexed too, as a service mesh's proxy sends them).
 //!
 //! Side by side with another gateway: start the mock (`llm-layers-mock --preset healthy
 //! --time-scale 0 --listen 127.0.0.1:8090`), point the other gateway at it, and pass
@@ -159,8 +160,9 @@ fn parent(args: &[String]) -> Result<(), String> {
         rt.block_on(load(&o))?;
     }
     if o.memory && o.streams > 0 {
-        rt.block_on(memory(o.streams, false))?;
-        rt.block_on(memory(o.streams, true))?;
+        rt.block_on(memory(o.streams, false, false))?;
+        rt.block_on(memory(o.streams, true, false))?;
+        rt.block_on(memory(o.streams, true, true))?;
     }
     Ok(())
 }

@@ -4,7 +4,9 @@ use super::*;
 
 /// Opens `n` streams through the gateway to a mock that goes quiet after the first token,
 /// and reports the gateway's resident set per open stream.
-pub(crate) async fn memory(n: usize, h2c: bool) -> Result<(), String> {
+/// `h2c`: HTTP/2 to the upstream; `h2_client`: HTTP/2 from the client too (prior knowledge,
+/// [`PER_H2_CONNECTION`] streams per connection).
+pub(crate) async fn memory(n: usize, h2c: bool, h2_client: bool) -> Result<(), String> {
     let (mock, mock_url) = Proc::spawn(&["--child-mock", "idle"], &[], "ready ")?;
     let max = (n + 100).to_string();
     let (gw, gw_addr) = gateway(
@@ -27,7 +29,11 @@ pub(crate) async fn memory(n: usize, h2c: bool) -> Result<(), String> {
         pid: Some(gw.pid()),
         headers: Vec::new(),
     };
-    let c = client();
+    let c = if h2_client {
+        Conns::H2(h2_connections(&gw_addr, n.max(200)).await?)
+    } else {
+        Conns::Pool(client())
+    };
     // Warm: a few hundred streams opened and closed, so the runtime's pools exist already.
     open_streams(&c, &target, 200, 0).await.close();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -38,10 +44,10 @@ pub(crate) async fn memory(n: usize, h2c: bool) -> Result<(), String> {
     let opened = held.opened;
     held.close();
     let per = |before: u64, after: u64| after.saturating_sub(before) as f64 / opened.max(1) as f64;
-    let upstream = if h2c {
-        "upstream HTTP/2 (h2c), one shared connection"
-    } else {
-        "upstream HTTP/1.1, a connection per stream"
+    let upstream = match (h2c, h2_client) {
+        (true, true) => "client and upstream HTTP/2 (h2c), streams multiplexed on both sides",
+        (true, false) => "upstream HTTP/2 (h2c), one shared connection",
+        _ => "upstream HTTP/1.1, a connection per stream",
     };
     println!();
     println!(
@@ -76,21 +82,60 @@ impl Held {
     }
 }
 
+/// Streams per client HTTP/2 connection: under the 200 a hyper server allows at once.
+pub(crate) const PER_H2_CONNECTION: usize = 190;
+
+/// How the client reaches the gateway: a pool of HTTP/1.1 connections, or HTTP/2 connections
+/// made here ([`PER_H2_CONNECTION`] streams each; hyper's pooled client would queue every
+/// stream past a server's limit on its one connection).
+pub(crate) enum Conns {
+    Pool(HttpClient),
+    H2(Vec<hyper::client::conn::http2::SendRequest<Full<Bytes>>>),
+}
+
+/// Enough prior-knowledge HTTP/2 connections to `addr` for `n` streams.
+async fn h2_connections(
+    addr: &str,
+    n: usize,
+) -> Result<Vec<hyper::client::conn::http2::SendRequest<Full<Bytes>>>, String> {
+    let mut out = Vec::new();
+    for _ in 0..n.div_ceil(PER_H2_CONNECTION) {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("h2 connect {addr}: {e}"))?;
+        let (send, conn) = hyper::client::conn::http2::handshake(
+            TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .map_err(|e| format!("h2 handshake {addr}: {e}"))?;
+        tokio::spawn(conn);
+        out.push(send);
+    }
+    Ok(out)
+}
+
 /// Opens `n` streams, at most 256 connecting at once, and waits until each has its first
 /// token (or failed). `seq` makes the prompts distinct from earlier calls.
-pub(crate) async fn open_streams(c: &HttpClient, t: &Target, n: usize, seq: u64) -> Held {
+pub(crate) async fn open_streams(c: &Conns, t: &Target, n: usize, seq: u64) -> Held {
     let (close, closed) = tokio::sync::watch::channel(false);
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
     let gate = Arc::new(tokio::sync::Semaphore::new(256));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let req = request(t, body(seq + i as u64, true));
-        let (c, ready, gate, mut closed) =
-            (c.clone(), ready_tx.clone(), gate.clone(), closed.clone());
+        let send = match c {
+            Conns::Pool(c) => Ok(c.clone()),
+            Conns::H2(conns) => Err(conns[i / PER_H2_CONNECTION % conns.len()].clone()),
+        };
+        let (ready, gate, mut closed) = (ready_tx.clone(), gate.clone(), closed.clone());
         tasks.spawn(async move {
             let permit = gate.acquire_owned().await;
             let open = async {
-                let resp = c.request(req).await.map_err(|e| format!("{e:?}"))?;
+                let resp = match send {
+                    Ok(c) => c.request(req).await.map_err(|e| format!("{e:?}"))?,
+                    Err(mut h2) => h2.send_request(req).await.map_err(|e| format!("{e:?}"))?,
+                };
                 if resp.status() != StatusCode::OK {
                     return Err(format!("status {}", resp.status()));
                 }
