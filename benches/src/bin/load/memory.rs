@@ -32,7 +32,7 @@ pub(crate) async fn memory(n: usize, h2c: bool, h2_client: bool) -> Result<(), S
     let c = if h2_client {
         Conns::H2(h2_connections(&gw_addr, n.max(200)).await?)
     } else {
-        Conns::Pool(client())
+        Conns::Pool(Box::new(client()))
     };
     // Warm: a few hundred streams opened and closed, so the runtime's pools exist already.
     open_streams(&c, &target, 200, 0).await.close();
@@ -89,7 +89,7 @@ pub(crate) const PER_H2_CONNECTION: usize = 190;
 /// made here ([`PER_H2_CONNECTION`] streams each; hyper's pooled client would queue every
 /// stream past a server's limit on its one connection).
 pub(crate) enum Conns {
-    Pool(HttpClient),
+    Pool(Box<HttpClient>),
     H2(Vec<hyper::client::conn::http2::SendRequest<Full<Bytes>>>),
 }
 
@@ -125,7 +125,7 @@ pub(crate) async fn open_streams(c: &Conns, t: &Target, n: usize, seq: u64) -> H
     for i in 0..n {
         let req = request(t, body(seq + i as u64, true));
         let send = match c {
-            Conns::Pool(c) => Ok(c.clone()),
+            Conns::Pool(c) => Ok(HttpClient::clone(c)),
             Conns::H2(conns) => Err(conns[i / PER_H2_CONNECTION % conns.len()].clone()),
         };
         let (ready, gate, mut closed) = (ready_tx.clone(), gate.clone(), closed.clone());
