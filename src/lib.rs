@@ -24,7 +24,7 @@
 //!
 //! ```
 //! # #[cfg(all(feature = "mock", feature = "timeout", feature = "retry"))]
-//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
 //! use std::time::Duration;
 //! use llm_layers::core::{ChatRequest, Message};
 //! use llm_layers::mock::{MockChat, Script};
@@ -37,14 +37,16 @@
 //! upstream.push(Script::tokens(Duration::from_secs(60), 1, Duration::ZERO)); // stuck provider
 //! upstream.push(Script::tokens(Duration::from_millis(800), 3, Duration::from_millis(20)));
 //! let svc = ServiceBuilder::new()
-//!     .layer(RetryLayer::builder().seed(1).build().unwrap())
-//!     .layer(TimeoutLayer::builder().first_token(Duration::from_secs(5)).build().unwrap())
+//!     .layer(RetryLayer::builder().seed(1).build()?)
+//!     .layer(TimeoutLayer::builder().first_token(Duration::from_secs(5)).build()?)
 //!     .service(upstream);
 //! let answer = svc.oneshot(ChatRequest::new("openai/gpt-4o-mini", vec![Message::user("hi")]))
-//!     .await.unwrap()
-//!     .collect().await.unwrap();
+//!     .await?
+//!     .collect().await?;
 //! assert_eq!(answer.choices[0].message.content.as_deref(), Some("t0 t1 t2 "));
-//! # });
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 #[cfg(feature = "breaker")]

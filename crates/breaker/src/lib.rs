@@ -54,7 +54,7 @@
 //! elsewhere), outside the per-attempt timeout (so first-token timeouts count as failures).
 //!
 //! ```
-//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
 //! use std::time::Duration;
 //! use llm_layers_breaker::BreakerLayer;
 //! use llm_layers_core::{ChatRequest, LlmError, Message};
@@ -64,7 +64,7 @@
 //! let bad = LlmError::status(http::StatusCode::BAD_GATEWAY, None).with_provider("Flaky Host");
 //! let mock = MockChat::with_default(Script::error(bad));
 //! let svc = ServiceBuilder::new()
-//!     .layer(BreakerLayer::builder().consecutive_failures(2).build().unwrap())
+//!     .layer(BreakerLayer::builder().consecutive_failures(2).build()?)
 //!     .service(mock.clone());
 //! for _ in 0..2 {
 //!     let _ = svc.clone().oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await;
@@ -73,7 +73,9 @@
 //! let e = svc.oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await.unwrap_err();
 //! assert_eq!(e.open_providers(), ["flaky-host"]);
 //! assert_eq!(mock.calls(), 2);
-//! # });
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod future;

@@ -34,10 +34,11 @@ impl fmt::Display for ErrorCode {
 /// use llm_layers_core::ApiError;
 /// let body = br#"{"error":{"code":429,"message":"Rate limit exceeded",
 ///   "metadata":{"error_type":"rate_limit_exceeded","provider_name":"OpenAI"}}}"#;
-/// let e = ApiError::from_body(body).unwrap();
+/// let e = ApiError::from_body(body).ok_or("not an error body")?;
 /// assert_eq!(e.message.as_deref(), Some("Rate limit exceeded"));
 /// assert_eq!(e.error_type.as_deref(), Some("rate_limit_exceeded"));
 /// assert_eq!(e.provider_name.as_deref(), Some("OpenAI"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]

@@ -51,8 +51,9 @@ repeated verbatim, then go on with the rest. Write nothing else.";
 /// use llm_layers_core::{ChatRequest, Message};
 /// let req = ChatRequest::new("m", vec![Message::user("count")]);
 /// let body = continuation_body(req.body(), "one two ", ContinueMode::Prefill);
-/// let c = continued(&body).unwrap();
+/// let c = continued(&body).ok_or("not a continuation")?;
 /// assert_eq!((c.delivered, c.mode, c.original.len()), ("one two", ContinueMode::Prefill, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn continuation_body(original: &ChatBody, delivered: &str, mode: ContinueMode) -> ChatBody {
     let mut body = original.clone();

@@ -28,7 +28,7 @@ pin_project_lite::pin_project! {
     /// After its first `Err` or its clean end it yields `None` forever.
     ///
     /// ```
-    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
     /// use bytes::Bytes;
     /// use http_body_util::Full;
     /// use llm_layers_core::{ChatStream, ResponseMeta, decode::SseChatDecoder};
@@ -37,11 +37,13 @@ pin_project_lite::pin_project! {
     ///       data: {\"id\":\"gen-1\",\"provider\":\"OpenAI\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\n\
     ///       data: [DONE]\n\n",
     /// ));
-    /// let stream = ChatStream::commit(SseChatDecoder::new(body), ResponseMeta::default()).await.unwrap();
+    /// let stream = ChatStream::commit(SseChatDecoder::new(body), ResponseMeta::default()).await?;
     /// assert_eq!(stream.meta().provider.as_deref(), Some("OpenAI"));
-    /// let done = stream.collect().await.unwrap();
+    /// let done = stream.collect().await?;
     /// assert_eq!(done.choices[0].message.content.as_deref(), Some("Hi"));
-    /// # });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub struct SseChatDecoder<B> {
         #[pin]

@@ -7,7 +7,7 @@
 //! may time out, retry, hedge or reroute; after it, the caller owns the stream.
 //!
 //! ```
-//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
 //! use llm_layers_core::{ChatRequest, ChatStream, Message};
 //! use std::convert::Infallible;
 //! // The smallest service honouring the contract: an echo.
@@ -16,14 +16,16 @@
 //!     Ok::<_, llm_layers_core::LlmError>(ChatStream::from_chunks(vec![
 //!         serde_json::from_value(serde_json::json!({
 //!             "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": "stop"}]
-//!         })).unwrap(),
+//!         })).expect("a valid chunk"),
 //!     ]))
 //! });
-//! let answer = svc(ChatRequest::new("m", vec![Message::user("hi")])).await.unwrap();
-//! let done = answer.collect().await.unwrap();
+//! let answer = svc(ChatRequest::new("m", vec![Message::user("hi")])).await?;
+//! let done = answer.collect().await?;
 //! assert_eq!(done.choices[0].message.content.as_deref(), Some("you said 1 messages"));
 //! # fn tower_service_fn<F>(f: F) -> F { f }
-//! # });
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! [llm-layers]: https://github.com/llm-layers/llm-layers

@@ -24,8 +24,9 @@ pub use wire::OPENROUTER_ONLY_FIELDS;
 /// let req = ChatRequest::new("openai/gpt-4o", vec![Message::user("Hello")]);
 /// let copy = req.clone(); // cheap: the body is shared
 /// assert_eq!(copy.body().model.as_deref(), Some("openai/gpt-4o"));
-/// let json = serde_json::to_string(&req).unwrap();
+/// let json = serde_json::to_string(&req)?;
 /// assert!(json.contains(r#""content":"Hello""#));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct ChatRequest {

@@ -20,9 +20,10 @@
 //! p.push(Bytes::from_static(b": OPENROUTER PROCESSING\n\ndata: {\"a\""));
 //! assert!(p.next_event().is_none()); // the comment yields nothing; the event is partial
 //! p.push(Bytes::from_static(b":1}\r\n\r\n"));
-//! let ev = p.next_event().unwrap().unwrap();
+//! let ev = p.next_event().ok_or("no event")??;
 //! assert_eq!(ev.data(), r#"{"a":1}"#);
 //! assert!(p.next_event().is_none());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::fmt;

@@ -88,13 +88,15 @@ impl Timings {
 ///     }
 /// }
 /// let stream = ChatStream::from_chunks(vec![chunk("Hel", None), chunk("lo", Some("stop"))]);
-/// let done = stream.collect().await.unwrap();
+/// let done = stream.collect().await?;
 /// assert_eq!(done.choices[0].message.content.as_deref(), Some("Hello"));
 /// assert_eq!(done.choices[0].finish_reason.as_deref(), Some("stop"));
-/// # });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
 /// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
-/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// #     tokio::runtime::Builder::new_current_thread().build().expect("a runtime").block_on(f)
 /// # }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct ChatStream {
     pending: VecDeque<ChatChunk>,

@@ -33,7 +33,7 @@
 //! to the fastest provider: see the README's tail table).
 //!
 //! ```
-//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
 //! use std::time::Duration;
 //! use llm_layers_core::{ChatRequest, Message};
 //! use llm_layers_hedge::{HedgeDelay, HedgeLayer, HedgeWinner};
@@ -44,15 +44,17 @@
 //! mock.push(Script::tokens(Duration::from_secs(20), 2, Duration::ZERO).provider("Slow"));
 //! mock.push(Script::tokens(Duration::from_secs(1), 2, Duration::ZERO).provider("Fast"));
 //! let svc = ServiceBuilder::new()
-//!     .layer(HedgeLayer::builder().delay(HedgeDelay::Fixed(Duration::from_secs(2))).build().unwrap())
+//!     .layer(HedgeLayer::builder().delay(HedgeDelay::Fixed(Duration::from_secs(2))).build()?)
 //!     .service(mock.clone());
 //! let start = tokio::time::Instant::now();
-//! let stream = svc.oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await.unwrap();
+//! let stream = svc.oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await?;
 //! assert_eq!(tokio::time::Instant::now() - start, Duration::from_secs(3)); // 2 s delay + 1 s
 //! assert_eq!(stream.meta().provider.as_deref(), Some("Fast"));
 //! assert_eq!(stream.meta().extensions.get::<HedgeWinner>(), Some(&HedgeWinner(1)));
 //! assert_eq!(mock.cancelled(), 1); // the slow attempt was dropped
-//! # });
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod future;

@@ -50,23 +50,25 @@
 //! (`llm-layers-redis` carries them).
 //!
 //! ```
-//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
 //! use std::time::Duration;
 //! use llm_layers_core::{ChatRequest, Message};
 //! use llm_layers_latency::{LatencyLayer, LatencyStore, Scope};
 //! use llm_layers_mock::{MockChat, Script};
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
-//! let store = LatencyStore::builder().min_samples(1).build().unwrap();
+//! let store = LatencyStore::builder().min_samples(1).build()?;
 //! let mock = MockChat::with_default(Script::tokens(Duration::from_millis(700), 3, Duration::ZERO).provider("Alpha"));
 //! let svc = ServiceBuilder::new()
-//!     .layer(LatencyLayer::builder().scope(Scope::Attempt).store(store.clone()).build().unwrap())
+//!     .layer(LatencyLayer::builder().scope(Scope::Attempt).store(store.clone()).build()?)
 //!     .service(mock);
-//! svc.oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await.unwrap().collect().await.unwrap();
-//! let p50 = store.ttft_quantile("m", Some("Alpha"), 0.5).unwrap();
+//! svc.oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await?.collect().await?;
+//! let p50 = store.ttft_quantile("m", Some("Alpha"), 0.5).ok_or("no p50")?;
 //! // The sketch keeps 2 significant digits: within 1 %.
 //! assert!(p50 >= Duration::from_millis(700) && p50 <= Duration::from_millis(707));
-//! # });
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod future;

@@ -85,14 +85,16 @@ fn count_keys(map: &HashMap<Arc<str>, ModelEntries>) -> usize {
 /// ```
 /// use std::time::Duration;
 /// use llm_layers_latency::{LatencyStore, Outcome};
-/// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
-/// let store = LatencyStore::builder().min_samples(3).build().unwrap();
+/// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
+/// let store = LatencyStore::builder().min_samples(3).build()?;
 /// for ms in [100, 200, 300, 400] {
 ///     store.record(("m", Some("Alpha")), Some(Duration::from_millis(ms)), None, Outcome::Ok);
 /// }
-/// let p50 = store.ttft_quantile("m", None, 0.5).unwrap();
+/// let p50 = store.ttft_quantile("m", None, 0.5).ok_or("no p50")?;
 /// assert!(p50 >= Duration::from_millis(195) && p50 <= Duration::from_millis(205));
-/// # });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
 pub struct LatencyStore {

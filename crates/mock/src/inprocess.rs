@@ -26,7 +26,7 @@ impl MockChat {
     /// (keep-alive comments, split writes, CRLF) have no meaning here and are ignored.
     ///
     /// ```
-    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
     /// use llm_layers_core::{ChatRequest, Message};
     /// use llm_layers_mock::{MockChat, Scenario, expected_answer};
     /// use tower::ServiceExt;
@@ -34,10 +34,12 @@ impl MockChat {
     /// let mut req = ChatRequest::new("mock/echo", vec![Message::user("hi")]);
     /// req.body_mut().max_tokens = Some(3);
     /// let want = expected_answer(req.body(), 3);
-    /// let answer = mock.clone().oneshot(req).await.unwrap().collect().await.unwrap();
+    /// let answer = mock.clone().oneshot(req).await?.collect().await?;
     /// assert_eq!(answer.choices[0].message.content.as_deref(), Some(want.as_str()));
     /// assert_eq!(mock.calls(), 1);
-    /// # });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn scenario(scenario: Scenario) -> MockChat {
         let seen: Mutex<HashMap<u64, u64>> = Mutex::new(HashMap::new());

@@ -16,12 +16,14 @@
 //!   token is missing, duplicated, reordered or taken from another request.
 //!
 //! ```
-//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
 //! use llm_layers_mock::{MockServer, Scenario};
 //! // A real-world fat tail, run 1000 times faster.
-//! let server = MockServer::start(Scenario::fat_tail().with_time_scale(0.001)).await.unwrap();
+//! let server = MockServer::start(Scenario::fat_tail().with_time_scale(0.001)).await?;
 //! println!("OPENROUTER_BASE_URL={}", server.base_url());
-//! # });
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! The binary `llm-layers-mock --preset fat_tail --listen 127.0.0.1:8090` (or

@@ -22,10 +22,11 @@ pub use dist::Dist;
 ///         {"name": "Flaky", "slug": "flaky", "weight": 1,
 ///          "faults": {"status": [{"code": 429, "rate": 0.5, "retry_after_s": 2}]}}
 ///     ]
-/// }"#).unwrap();
+/// }"#)?;
 /// assert_eq!(s.providers.len(), 2);
 /// let err = Scenario::from_json(r#"{"providers": [{"name": "A", "slug": "a", "weight": -1}]}"#).unwrap_err();
 /// assert_eq!(err.field(), "providers[0].weight");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -197,7 +197,7 @@ struct Gate {
 /// prove a layer dropped what it should.
 ///
 /// ```
-/// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+/// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
 /// use std::time::Duration;
 /// use llm_layers_core::{ChatRequest, Message};
 /// use llm_layers_mock::{MockChat, Script};
@@ -205,13 +205,15 @@ struct Gate {
 /// let mock = MockChat::new();
 /// mock.push(Script::tokens(Duration::from_secs(2), 3, Duration::from_millis(10)));
 /// let start = tokio::time::Instant::now();
-/// let stream = mock.clone().oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await.unwrap();
+/// let stream = mock.clone().oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await?;
 /// assert_eq!(tokio::time::Instant::now() - start, Duration::from_secs(2)); // at the first token
-/// let done = stream.collect().await.unwrap();
+/// let done = stream.collect().await?;
 /// assert_eq!(done.choices[0].message.content.as_deref(), Some("t0 t1 t2 "));
 /// assert_eq!(mock.requests().len(), 1);
 /// assert_eq!(mock.completed(), 1);
-/// # });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Default)]
 pub struct MockChat {

@@ -38,12 +38,14 @@ use crate::writer::{AnswerMeta, write_answer};
 /// same port. Dropping it stops accepting connections.
 ///
 /// ```
-/// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+/// # tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
 /// use llm_layers_mock::{MockServer, Scenario};
-/// let server = MockServer::start(Scenario::healthy().with_time_scale(0.0)).await.unwrap();
+/// let server = MockServer::start(Scenario::healthy().with_time_scale(0.0)).await?;
 /// assert!(server.base_url().starts_with("http://127.0.0.1:"));
 /// assert_eq!(server.counters().requests(), 0);
-/// # });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct MockServer {
     addr: SocketAddr,

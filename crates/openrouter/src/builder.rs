@@ -31,11 +31,12 @@ pub const DEFAULT_BASE_URL: &str = "https://openrouter.ai/api/v1";
 ///     .connect_timeout(Duration::from_secs(2))
 ///     .default_max_tokens(Some(1024))
 ///     .build()
-///     .unwrap();
+///     ?;
 /// assert!(!format!("{leaf:?}").contains("sk-or-v1-example"));
 ///
 /// let err = OpenRouter::builder().api_key("").build().unwrap_err();
 /// assert!(err.to_string().contains("API key"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
 #[must_use = "a builder does nothing until `build` is called"]

@@ -39,7 +39,7 @@
 //! counts calls, not attempts), inside the per-call latency layer.
 //!
 //! ```
-//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
 //! use std::time::Duration;
 //! use llm_layers_core::{ChatRequest, ErrorKind, Message};
 //! use llm_layers_mock::{MockChat, Script};
@@ -49,7 +49,7 @@
 //! let layer = RateLimitLayer::builder()
 //!     .requests(Limit::new(2, Duration::from_secs(1)).burst(2).key(Key::model()).mode(Mode::Reject))
 //!     .build()
-//!     .unwrap();
+//!     ?;
 //! let svc = ServiceBuilder::new()
 //!     .layer(layer)
 //!     .service(MockChat::with_default(Script::tokens(Duration::ZERO, 1, Duration::ZERO)));
@@ -59,7 +59,9 @@
 //! let e = svc.clone().oneshot(req()).await.unwrap_err();
 //! assert_eq!(e.kind(), ErrorKind::RateLimited);
 //! assert_eq!(e.retry_after(), Some(Duration::from_millis(500)));
-//! # });
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod admit;

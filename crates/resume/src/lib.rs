@@ -42,7 +42,7 @@
 //! and hedged like a call) and **below** the total timeout (which bounds the whole answer).
 //!
 //! ```
-//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
 //! use std::time::Duration;
 //! use llm_layers_core::{ChatRequest, ErrorKind, LlmError, Message};
 //! use llm_layers_mock::{MockChat, Script};
@@ -54,15 +54,17 @@
 //! mock.push(Script::new().provider("P").token("Hello, ").fail(LlmError::truncated()));
 //! mock.push(Script::new().provider("P").token(" world").finish("stop"));
 //! let svc = ResumeLayer::new().layer(mock.clone());
-//! let stream = svc.oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await.unwrap();
-//! let report = stream.meta().extensions.get::<ResumeReport>().cloned().unwrap();
-//! let answer = stream.collect().await.unwrap();
+//! let stream = svc.oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await?;
+//! let report = stream.meta().extensions.get::<ResumeReport>().cloned().ok_or("no report")?;
+//! let answer = stream.collect().await?;
 //! assert_eq!(answer.choices[0].message.content.as_deref(), Some("Hello, world"));
 //! assert_eq!(report.resumed(), 1);
 //! // The continuation was a prefill of the delivered text, trailing space trimmed.
 //! let sent = &mock.requests()[1];
-//! assert_eq!(sent.body().messages.last().unwrap().role, "assistant");
-//! # });
+//! assert_eq!(sent.body().messages.last().map(|m| m.role.as_str()), Some("assistant"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! [llm-layers]: https://github.com/llm-layers/llm-layers

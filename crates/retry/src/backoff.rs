@@ -18,9 +18,10 @@ pub trait Backoff: Send + Sync + 'static {
 /// ```
 /// use std::time::Duration;
 /// use llm_layers_retry::ExponentialBackoff;
-/// let b = ExponentialBackoff::new(Duration::from_millis(100), 2.0, Duration::from_secs(10)).unwrap();
+/// let b = ExponentialBackoff::new(Duration::from_millis(100), 2.0, Duration::from_secs(10))?;
 /// assert!(ExponentialBackoff::new(Duration::ZERO, 2.0, Duration::from_secs(1)).is_err());
 /// # let _ = b;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Copy)]
 #[must_use]

@@ -152,8 +152,9 @@ impl RetryLayerBuilder {
     /// use tower::retry::budget::{Budget, TpsBudget};
     /// let shared: Arc<dyn Budget + Send + Sync> =
     ///     Arc::new(TpsBudget::new(Duration::from_secs(10), 5, 0.1));
-    /// let retry = RetryLayer::builder().budget(shared.clone()).build().unwrap();
+    /// let retry = RetryLayer::builder().budget(shared.clone()).build()?;
     /// # let _ = retry;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn budget(mut self, budget: Arc<dyn Budget + Send + Sync>) -> Self {
         self.budget.given = Some(budget);

@@ -28,7 +28,7 @@
 //! total-time `TimeoutLayer` whose deadline bounds the retries.
 //!
 //! ```
-//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
 //! use std::time::Duration;
 //! use llm_layers_core::{ChatRequest, LlmError, Message};
 //! use llm_layers_mock::{MockChat, Script};
@@ -39,12 +39,14 @@
 //! mock.push(Script::error(LlmError::status(http::StatusCode::SERVICE_UNAVAILABLE, None)));
 //! mock.push(Script::tokens(Duration::ZERO, 2, Duration::ZERO));
 //! let svc = ServiceBuilder::new()
-//!     .layer(RetryLayer::builder().policy(DefaultPolicy::new(3)).seed(7).build().unwrap())
+//!     .layer(RetryLayer::builder().policy(DefaultPolicy::new(3)).seed(7).build()?)
 //!     .service(mock.clone());
-//! let stream = svc.oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await.unwrap();
+//! let stream = svc.oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await?;
 //! assert_eq!(stream.meta().attempt, 2);
 //! assert_eq!(mock.calls(), 2);
-//! # });
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod backoff;

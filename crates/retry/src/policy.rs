@@ -51,7 +51,7 @@ where
 /// let mut req = ChatRequest::new("m", vec![Message::user("hi")]);
 /// let e = LlmError::status(http::StatusCode::BAD_GATEWAY, None).with_provider("DeepInfra");
 /// assert!(p.retry(&mut req, &e, 1));
-/// assert_eq!(req.body().provider.as_ref().unwrap().ignore.as_deref(), Some(&["deepinfra".to_owned()][..]));
+/// assert_eq!(req.body().provider.as_ref().and_then(|p| p.ignore.as_deref()), Some(&["deepinfra".to_owned()][..]));
 /// assert!(!p.retry(&mut req, &e, 3), "two retries at most");
 /// ```
 #[derive(Clone)]

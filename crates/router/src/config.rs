@@ -16,9 +16,10 @@ use serde::{Deserialize, Serialize};
 ///                                      "provider": {"only": ["groq", "cerebras"]}}],
 ///     "sla": {"ttft_ms": 1500, "ttft_quantile": 0.95}
 ///   }]
-/// }"#).unwrap();
+/// }"#)?;
 /// assert_eq!(cfg.tiers[0].sla.min_success_rate, 0.95);
 /// assert!(cfg.learned_order.enabled);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -136,10 +136,12 @@ impl RouterLayer {
     /// ```
     /// use llm_layers_latency::{LatencyStore, PriorFeed};
     /// use llm_layers_router::RouterLayer;
-    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
-    /// let router = RouterLayer::builder(LatencyStore::new()).build().unwrap();
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
+    /// let router = RouterLayer::builder(LatencyStore::new()).build()?;
     /// assert!(router.learned_order("openai/gpt-4o").is_empty(), "nothing measured yet");
-    /// # });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn learned_order(&self, model: &str) -> Arc<[String]> {
         self.shared

@@ -62,7 +62,7 @@
 //! per-attempt `LatencyLayer` next to the leaf.
 //!
 //! ```
-//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
 //! use std::time::Duration;
 //! use llm_layers_core::{ChatRequest, Message};
 //! use llm_layers_latency::{LatencyLayer, LatencyStore, Outcome};
@@ -70,16 +70,16 @@
 //! use llm_layers_router::{Route, RouteReason, RouterConfig, RouterLayer};
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
-//! let store = LatencyStore::builder().min_samples(5).build().unwrap();
+//! let store = LatencyStore::builder().min_samples(5).build()?;
 //! let config: RouterConfig = serde_json::from_value(serde_json::json!({
 //!     "tiers": [{"name": "fast", "models": ["big/slow", "small/quick"],
 //!                "sla": {"ttft_ms": 1500, "ttft_quantile": 0.95}}]
-//! })).unwrap();
-//! let router = RouterLayer::from_config(config, store.clone()).unwrap();
+//! }))?;
+//! let router = RouterLayer::from_config(config, store.clone())?;
 //! let mock = MockChat::with_default(Script::tokens(Duration::from_millis(100), 2, Duration::ZERO));
 //! let svc = ServiceBuilder::new()
 //!     .layer(router)
-//!     .layer(LatencyLayer::builder().store(store.clone()).build().unwrap())
+//!     .layer(LatencyLayer::builder().store(store.clone()).build()?)
 //!     .service(mock.clone());
 //!
 //! // The slow model's recent p95 breaks the 1.5 s SLA; the quick one meets it.
@@ -87,11 +87,13 @@
 //!     store.record(("big/slow", None), Some(Duration::from_secs(4)), None, Outcome::Ok);
 //!     store.record(("small/quick", None), Some(Duration::from_millis(300)), None, Outcome::Ok);
 //! }
-//! let stream = svc.oneshot(ChatRequest::new("tier:fast", vec![Message::user("hi")])).await.unwrap();
-//! let route = stream.meta().extensions.get::<Route>().cloned().unwrap();
+//! let stream = svc.oneshot(ChatRequest::new("tier:fast", vec![Message::user("hi")])).await?;
+//! let route = stream.meta().extensions.get::<Route>().cloned().ok_or("no route")?;
 //! assert_eq!((route.model.as_str(), route.reason), ("small/quick", RouteReason::Sla));
 //! assert_eq!(mock.requests()[0].model(), "small/quick");
-//! # });
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod config;

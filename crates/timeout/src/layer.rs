@@ -148,7 +148,7 @@ impl TimeoutLayerBuilder {
     /// model is unmeasured. A per-request [`Timeouts`] override still wins.
     ///
     /// ```
-    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
     /// use std::time::Duration;
     /// use llm_layers_latency::LatencyStore;
     /// use llm_layers_timeout::{AdaptiveLimit, TimeoutLayer};
@@ -159,9 +159,11 @@ impl TimeoutLayerBuilder {
     ///         min: Duration::from_secs(5), max: Duration::from_secs(60),
     ///     })
     ///     .build()
-    ///     .unwrap();
+    ///     ?;
     /// # let _ = layer;
-    /// # });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn first_token_adaptive(mut self, store: LatencyStore, limit: AdaptiveLimit) -> Self {
         self.store = Some(store);

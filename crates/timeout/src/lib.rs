@@ -46,7 +46,7 @@
 //! deadline stops retries and hedges that could not finish.
 //!
 //! ```
-//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
 //! use std::time::Duration;
 //! use llm_layers_core::{ChatRequest, ErrorKind, Message, TimeoutKind};
 //! use llm_layers_mock::{MockChat, Script};
@@ -60,11 +60,13 @@
 //!         .idle(Duration::from_secs(10))
 //!         .total(Duration::from_secs(120))
 //!         .build()
-//!         .unwrap())
+//!         ?)
 //!     .service(mock);
 //! let err = svc.oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await.unwrap_err();
 //! assert_eq!(err.kind(), ErrorKind::Timeout(TimeoutKind::FirstToken));
-//! # });
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod future;
