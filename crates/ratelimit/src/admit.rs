@@ -59,6 +59,27 @@ async fn take(
     }
 }
 
+/// The request-limit keys a call took a unit from: the first in place (a stack has one
+/// request limit, most often), any others in a vector.
+#[derive(Default)]
+struct TakenKeys {
+    first: Option<BucketKey>,
+    rest: Vec<BucketKey>,
+}
+
+impl TakenKeys {
+    fn push(&mut self, key: BucketKey) {
+        match self.first {
+            None => self.first = Some(key),
+            Some(_) => self.rest.push(key),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &BucketKey> {
+        self.first.iter().chain(&self.rest)
+    }
+}
+
 /// What a call was admitted with: the request units taken, the token reservation, the
 /// concurrency slot, and how far admission got (`step`: the request limits in order, then
 /// the token limit, then the concurrency limit). Dropped before the call was made, it gives
@@ -67,7 +88,7 @@ async fn take(
 pub(crate) struct Admitted {
     shared: Arc<Shared>,
     step: usize,
-    request_keys: Vec<BucketKey>,
+    request_keys: TakenKeys,
     reservation: Option<Reservation>,
     permit: Option<Permit>,
     called: bool,
@@ -78,7 +99,7 @@ impl Admitted {
         Admitted {
             shared: shared.clone(),
             step: 0,
-            request_keys: Vec::with_capacity(shared.requests.len()),
+            request_keys: TakenKeys::default(),
             reservation: None,
             permit: None,
             called: false,
@@ -109,7 +130,7 @@ impl Drop for Admitted {
             return;
         }
         let now = Instant::now();
-        for k in &self.request_keys {
+        for k in self.request_keys.iter() {
             if let LimitId::Requests(i) = k.limit {
                 if let Some(limit) = self.shared.requests.get(i) {
                     self.shared.store.settle(k, 1, &limit.rate, now);
@@ -289,7 +310,7 @@ pub(crate) fn finish(
             if e.is_key_limited() {
                 if let Some(after) = e.retry_after() {
                     let until = store::later(Instant::now(), after.min(a.shared.max_hold));
-                    for k in &a.request_keys {
+                    for k in a.request_keys.iter() {
                         a.shared.store.hold(k, until);
                     }
                 }
