@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll, ready};
 
 use futures_core::Stream;
@@ -101,15 +102,20 @@ impl Timings {
 pub struct ChatStream {
     pending: VecDeque<ChatChunk>,
     inner: Option<BoxChunkStream>,
-    meta: ResponseMeta,
+    /// Boxed, so the stream a layer wraps and each layer's future output stay small (they
+    /// move through every layer); `None` once a wrapper took it.
+    meta: Option<Box<ResponseMeta>>,
 }
+
+/// What [`ChatStream::meta`] reads when a stream has none (it was wrapped).
+static NO_META: LazyLock<ResponseMeta> = LazyLock::new(ResponseMeta::default);
 
 impl fmt::Debug for ChatStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChatStream")
             .field("pending", &self.pending.len())
             .field("ended", &self.inner.is_none())
-            .field("meta", &self.meta)
+            .field("meta", self.meta())
             .finish()
     }
 }
@@ -123,7 +129,7 @@ impl ChatStream {
         ChatStream {
             pending,
             inner: Some(Box::pin(rest)),
-            meta,
+            meta: Some(Box::new(meta)),
         }
     }
 
@@ -140,7 +146,7 @@ impl ChatStream {
         ChatStream {
             pending: chunks.into(),
             inner: None,
-            meta,
+            meta: Some(Box::new(meta)),
         }
     }
 
@@ -218,19 +224,19 @@ impl ChatStream {
         Commit {
             source: Some(source),
             pending: VecDeque::new(),
-            meta: Some(meta),
+            meta: Some(Box::new(meta)),
             first_byte: None,
         }
     }
 
     /// What is known about the response.
     pub fn meta(&self) -> &ResponseMeta {
-        &self.meta
+        self.meta.as_deref().unwrap_or(&NO_META)
     }
 
     /// What is known about the response, mutably (layers fill in attempts and timings).
     pub fn meta_mut(&mut self) -> &mut ResponseMeta {
-        &mut self.meta
+        self.meta.get_or_insert_with(Box::default)
     }
 
     /// The chunks already received and not yet yielded (the commit chunk among them).
@@ -246,7 +252,7 @@ impl ChatStream {
         F: FnOnce(ChatStream) -> S,
         S: Stream<Item = Result<ChatChunk, LlmError>> + Send + 'static,
     {
-        let meta = std::mem::take(&mut self.meta);
+        let meta = self.meta.take();
         ChatStream {
             pending: VecDeque::new(),
             inner: Some(Box::pin(f(self))),
@@ -301,7 +307,7 @@ impl Stream for ChatStream {
 pub struct Commit<S> {
     source: Option<S>,
     pending: VecDeque<ChatChunk>,
-    meta: Option<ResponseMeta>,
+    meta: Option<Box<ResponseMeta>>,
     first_byte: Option<fn(&S) -> Option<Instant>>,
 }
 
@@ -341,7 +347,7 @@ where
                 Some(Ok(chunk)) => {
                     let token = chunk.is_token();
                     if this.pending.is_empty() {
-                        note_first_chunk(this.meta.as_mut(), &chunk);
+                        note_first_chunk(this.meta.as_deref_mut(), &chunk);
                     }
                     this.pending.push_back(chunk);
                     if token {
@@ -378,7 +384,7 @@ where
             } else {
                 None
             },
-            meta,
+            meta: Some(meta),
         }
     }
 }
