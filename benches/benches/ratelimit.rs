@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use governor::{Quota, RateLimiter};
+use llm_layers_bench::per_op_concurrent;
 use llm_layers_ratelimit::{BucketKey, LimitId, MemoryStore, Rate};
 
 const TASKS: usize = 64;
@@ -53,52 +54,31 @@ fn bench(c: &mut Criterion) {
         let (ours, keys2, rate2) = (ours.clone(), keys.clone(), rate);
         g.bench_function(format!("llm-layers/{TASKS}_tasks_{name}"), |b| {
             b.iter_custom(|iters| {
-                let start = tokio::time::Instant::now(); // unpaused here: wall time of the batch
-                for _ in 0..iters {
-                    rt.block_on(async {
-                        let mut set = tokio::task::JoinSet::new();
-                        for t in 0..TASKS {
-                            let (s, k) =
-                                (ours.clone(), keys2[if distinct { t } else { 0 }].clone());
-                            set.spawn(async move {
-                                let key = BucketKey {
-                                    limit: LimitId::Requests(0),
-                                    key: k,
-                                };
-                                for _ in 0..PER_TASK {
-                                    let _ =
-                                        s.take_now(&key, 1, &rate2, tokio::time::Instant::now());
-                                }
-                            });
+                per_op_concurrent(&rt, iters, TASKS, PER_TASK, |t| {
+                    let (s, k) = (ours.clone(), keys2[if distinct { t } else { 0 }].clone());
+                    async move {
+                        let key = BucketKey {
+                            limit: LimitId::Requests(0),
+                            key: k,
+                        };
+                        for _ in 0..PER_TASK {
+                            let _ = s.take_now(&key, 1, &rate2, tokio::time::Instant::now());
                         }
-                        while set.join_next().await.is_some() {}
-                    });
-                }
-                tokio::time::Instant::now().saturating_duration_since(start)
-                    / (TASKS * PER_TASK) as u32
+                    }
+                })
             })
         });
         let (theirs, keys3) = (theirs.clone(), keys.clone());
         g.bench_function(format!("governor/{TASKS}_tasks_{name}"), |b| {
             b.iter_custom(|iters| {
-                let start = tokio::time::Instant::now();
-                for _ in 0..iters {
-                    rt.block_on(async {
-                        let mut set = tokio::task::JoinSet::new();
-                        for t in 0..TASKS {
-                            let (l, k) =
-                                (theirs.clone(), keys3[if distinct { t } else { 0 }].clone());
-                            set.spawn(async move {
-                                for _ in 0..PER_TASK {
-                                    let _ = l.check_key(&k);
-                                }
-                            });
+                per_op_concurrent(&rt, iters, TASKS, PER_TASK, |t| {
+                    let (l, k) = (theirs.clone(), keys3[if distinct { t } else { 0 }].clone());
+                    async move {
+                        for _ in 0..PER_TASK {
+                            let _ = l.check_key(&k);
                         }
-                        while set.join_next().await.is_some() {}
-                    });
-                }
-                tokio::time::Instant::now().saturating_duration_since(start)
-                    / (TASKS * PER_TASK) as u32
+                    }
+                })
             })
         });
     }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use llm_layers_bench::per_op_concurrent;
 use llm_layers_ratelimit::{BucketKey, LimitId, MemoryStore, Rate, Store, Take};
 use llm_layers_redis::testing::RedisServer;
 use llm_layers_redis::{LimitMode, Redis};
@@ -69,23 +70,14 @@ fn bench(c: &mut Criterion) {
         });
         g.bench_function(format!("{name}/{TASKS}_callers"), |b| {
             b.iter_custom(|iters| {
-                let start = tokio::time::Instant::now();
-                for _ in 0..iters {
-                    rt.block_on(async {
-                        let mut set = tokio::task::JoinSet::new();
-                        for _ in 0..TASKS {
-                            let (s, k) = (store.clone(), key.clone());
-                            set.spawn(async move {
-                                for _ in 0..PER_TASK {
-                                    decide(&*s, &k, &rate).await;
-                                }
-                            });
+                per_op_concurrent(&rt, iters, TASKS, PER_TASK, |_| {
+                    let (s, k) = (store.clone(), key.clone());
+                    async move {
+                        for _ in 0..PER_TASK {
+                            decide(&*s, &k, &rate).await;
                         }
-                        while set.join_next().await.is_some() {}
-                    });
-                }
-                tokio::time::Instant::now().saturating_duration_since(start)
-                    / (TASKS * PER_TASK) as u32
+                    }
+                })
             })
         });
     }

@@ -1,5 +1,6 @@
 //! Shared pieces of the llm-layers benchmarks.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -112,4 +113,30 @@ pub fn layer_arms(mock: MockChat) -> Vec<(&'static str, Svc)> {
         ("resume", Svc::new(resume.layer(mock))),
         ("full_stack", Svc::new(full)),
     ]
+}
+
+/// Time per operation of `tasks` tasks run at once on `rt`, each doing `per_task` operations:
+/// `task(t)` is task `t`'s whole loop. Repeated `iters` times (criterion's `iter_custom`).
+pub fn per_op_concurrent<F>(
+    rt: &tokio::runtime::Runtime,
+    iters: u64,
+    tasks: usize,
+    per_task: usize,
+    task: impl Fn(usize) -> F,
+) -> Duration
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    // Not paused here: the wall time of the batch.
+    let start = tokio::time::Instant::now();
+    for _ in 0..iters {
+        rt.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for t in 0..tasks {
+                set.spawn(task(t));
+            }
+            while set.join_next().await.is_some() {}
+        });
+    }
+    tokio::time::Instant::now().saturating_duration_since(start) / (tasks * per_task) as u32
 }
