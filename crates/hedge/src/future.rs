@@ -86,6 +86,11 @@ where
     }
 }
 
+/// Whether an attempt is still racing: the original, or a hedge.
+fn running<F>(first: bool, hedges: &[Attempt<F>]) -> bool {
+    first || !hedges.is_empty()
+}
+
 /// How much an error says: an upstream answer beats a transport failure beats a timeout
 /// beats a cancellation.
 fn weight(e: &LlmError) -> u8 {
@@ -159,9 +164,8 @@ where
                         // A hedge that failed while an attempt is still waiting is replaced
                         // at once (within `max_attempts`): a failed hedge must not leave the
                         // call to wait out a hung original.
-                        let running = this.first.is_some() || !this.hedges.is_empty();
                         if *this.started > 1
-                            && running
+                            && running(this.first.is_some(), this.hedges)
                             && *this.started < this.shared.max_attempts
                             && this.pending_hedge.is_none()
                         {
@@ -194,7 +198,7 @@ where
                 }
                 *this.hedging = false;
                 let past_deadline = this.request.deadline().is_some_and(|d| Instant::now() >= d);
-                if (this.first.is_some() || !this.hedges.is_empty())
+                if running(this.first.is_some(), this.hedges)
                     && *this.started < this.shared.max_attempts
                     && !past_deadline
                 {
@@ -237,7 +241,7 @@ where
             if fired {
                 continue;
             }
-            if this.first.is_none() && this.hedges.is_empty() && this.pending_hedge.is_none() {
+            if !running(this.first.is_some(), this.hedges) && this.pending_hedge.is_none() {
                 // Every attempt failed before committing: the most informative error.
                 let e = this.error.take().unwrap_or_else(|| {
                     LlmError::new(ErrorKind::Cancelled).with_message("no attempt left")
