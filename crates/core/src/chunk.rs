@@ -5,6 +5,35 @@ use std::borrow::Cow;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
+mod extra;
+use extra::deserialize_with_extra;
+
+deserialize_with_extra!(
+    Delta {
+        role: "role",
+        content: "content",
+        reasoning: "reasoning",
+        tool_calls: "tool_calls",
+    } + extra
+);
+
+deserialize_with_extra!(
+    Usage {
+        prompt_tokens: "prompt_tokens",
+        completion_tokens: "completion_tokens",
+        total_tokens: "total_tokens",
+    } + extra
+);
+
+deserialize_with_extra!(
+    AssistantMessage {
+        role: "role",
+        content: "content",
+        reasoning: "reasoning",
+        tool_calls: "tool_calls",
+    } + extra
+);
+
 fn str_is_empty(s: &str) -> bool {
     s.is_empty()
 }
@@ -124,7 +153,7 @@ pub struct ChunkChoice {
 }
 
 /// The incremental part of a streamed message.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Delta {
     /// `assistant` on the first chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,7 +201,7 @@ pub struct FunctionDelta {
 }
 
 /// Token usage of one call.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Usage {
     /// Input tokens.
     #[serde(default)]
@@ -244,7 +273,7 @@ pub struct Choice {
 }
 
 /// The message of a [`Choice`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct AssistantMessage {
     /// `assistant`.
     #[serde(default)]

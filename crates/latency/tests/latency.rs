@@ -646,3 +646,47 @@ async fn fleet_summaries_merge_exactly_and_are_not_echoed() {
         "faded"
     );
 }
+
+/// The longest-gap p99 (read by an adaptive idle limit on every call) comes from the
+/// snapshot the store caches for `refresh`; another quantile is computed at once.
+#[tokio::test(start_paused = true)]
+async fn the_max_gap_p99_is_read_from_the_cached_snapshot() {
+    let store = LatencyStore::builder().min_samples(3).build().unwrap();
+    let key = ("m", Some("A"));
+    for ms in [10, 20, 30, 40] {
+        store.record(key, Some(Duration::from_millis(100)), None, Outcome::Ok);
+        store.record_max_gap(key, Duration::from_millis(ms));
+    }
+    let p99 = store.max_gap_quantile("m", Some("A"), 0.99).unwrap();
+    assert!(
+        p99 >= Duration::from_millis(39) && p99 <= Duration::from_millis(41),
+        "{p99:?}"
+    );
+    let p50 = store.max_gap_quantile("m", Some("A"), 0.5).unwrap();
+    assert!(
+        p50 >= Duration::from_millis(19) && p50 <= Duration::from_millis(21),
+        "{p50:?}"
+    );
+    // Longer gaps now: the p99 stays the cached one until the snapshot is refreshed, the
+    // median moves at once.
+    for _ in 0..20 {
+        store.record(key, Some(Duration::from_millis(100)), None, Outcome::Ok);
+        store.record_max_gap(key, Duration::from_millis(500));
+    }
+    assert_eq!(store.max_gap_quantile("m", Some("A"), 0.99), Some(p99));
+    let p50 = store.max_gap_quantile("m", Some("A"), 0.5).unwrap();
+    assert!(p50 >= Duration::from_millis(490), "{p50:?}");
+    tokio::time::advance(store.refresh()).await;
+    let p99 = store.max_gap_quantile("m", Some("A"), 0.99).unwrap();
+    assert!(p99 >= Duration::from_millis(490), "{p99:?}");
+    // Too few samples for another key: nothing.
+    store.record(
+        ("m", Some("B")),
+        Some(Duration::from_millis(100)),
+        None,
+        Outcome::Ok,
+    );
+    store.record_max_gap(("m", Some("B")), Duration::from_millis(10));
+    assert_eq!(store.max_gap_quantile("m", Some("B"), 0.99), None);
+    assert_eq!(store.max_gap_quantile("m", Some("B"), 0.5), None);
+}

@@ -1,0 +1,92 @@
+//! Chunk and completion JSON: known fields typed, every other field kept in `extra`.
+
+use llm_layers_core::decode::{decode_event, decode_event_str};
+use llm_layers_core::{ChatChunk, ChatCompletion, ErrorKind, ProtocolKind};
+use serde_json::json;
+
+#[test]
+fn unknown_fields_of_a_delta_and_of_usage_are_kept_in_extra() {
+    let c: ChatChunk = serde_json::from_value(json!({
+        "id": "gen-1",
+        "choices": [{"index": 0, "delta": {
+            "role": "assistant", "content": "hi", "refusal": null,
+            "annotations": [{"type": "url_citation", "url": "https://x"}]
+        }}],
+        "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5,
+                  "cost": 0.25, "prompt_tokens_details": {"cached_tokens": 1}}
+    }))
+    .unwrap();
+    let d = &c.choices[0].delta;
+    assert_eq!(d.role.as_deref(), Some("assistant"));
+    assert_eq!(d.content.as_deref(), Some("hi"));
+    assert_eq!(d.extra.len(), 2);
+    assert_eq!(d.extra["refusal"], json!(null));
+    assert_eq!(d.extra["annotations"][0]["url"], json!("https://x"));
+    let u = c.usage.as_ref().unwrap();
+    assert_eq!(
+        (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+        (2, 3, 5)
+    );
+    assert_eq!(u.extra["cost"], json!(0.25));
+    assert_eq!(u.extra["prompt_tokens_details"]["cached_tokens"], json!(1));
+    // And back out: the extra fields sit beside the typed ones.
+    let back = serde_json::to_value(&c).unwrap();
+    assert_eq!(
+        back["choices"][0]["delta"]["annotations"][0]["type"],
+        "url_citation"
+    );
+    assert_eq!(back["usage"]["cost"], json!(0.25));
+    let again: ChatChunk = serde_json::from_value(back).unwrap();
+    assert_eq!(again, c);
+}
+
+#[test]
+fn escaped_keys_and_values_decode_like_plain_ones() {
+    // `\u0063ontent` is `content`; the value has escapes too.
+    let text = r#"{"choices":[{"index":0,"delta":{"\u0063ontent":"a\"b\n\u00e9","x\ty":1}}]}"#;
+    let c = decode_event_str(text).unwrap().unwrap();
+    assert_eq!(c.content(), Some("a\"b\né"));
+    assert_eq!(c.choices[0].delta.extra["x\ty"], json!(1));
+    assert_eq!(decode_event(text.as_bytes()).unwrap().unwrap(), c);
+}
+
+#[test]
+fn missing_fields_are_defaults_and_wrong_types_are_errors() {
+    let c = decode_event_str(r#"{"choices":[{"delta":{}}]}"#)
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.choices[0].delta, Default::default());
+    for bad in [
+        r#"{"choices":[{"delta":{"content":5}}]}"#,
+        r#"{"choices":[{"delta":[]}]}"#,
+        r#"{"choices":[],"usage":{"prompt_tokens":"two"}}"#,
+    ] {
+        let e = decode_event_str(bad).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol(ProtocolKind::Json), "{bad}");
+    }
+}
+
+#[test]
+fn event_bytes_that_are_not_utf8_are_a_utf8_error() {
+    let e = decode_event(b"{\"choices\":[{\"delta\":{\"content\":\"\xff\"}}]}").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Protocol(ProtocolKind::Utf8));
+}
+
+#[test]
+fn a_whole_completion_keeps_the_unknown_fields_of_its_message() {
+    let c: ChatCompletion = serde_json::from_value(json!({
+        "id": "gen-2", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "ok", "refusal": null}}]
+    }))
+    .unwrap();
+    let m = &c.choices[0].message;
+    assert_eq!(
+        (m.role.as_str(), m.content.as_deref()),
+        ("assistant", Some("ok"))
+    );
+    assert_eq!(m.extra["refusal"], json!(null));
+    assert!(
+        serde_json::from_value::<ChatCompletion>(json!({"choices": [{"message": 1}]})).is_err()
+    );
+}
