@@ -56,6 +56,57 @@ impl Proc {
     }
 }
 
+/// What process `pid` has run on a CPU so far: each thread's run time from
+/// `/proc/PID/task/TID/schedstat` (nanoseconds), and the process's user + system time from
+/// `/proc/PID/stat` (clock ticks, 10 ms here: too coarse for a 3 s row by itself).
+pub(crate) struct CpuSnapshot {
+    threads: Vec<(u32, u64)>,
+    ticks_s: f64,
+}
+
+impl CpuSnapshot {
+    pub(crate) fn of(pid: u32) -> CpuSnapshot {
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let tid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                let ns = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
+                    .ok()?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((tid, ns))
+            })
+            .collect();
+        CpuSnapshot {
+            threads,
+            ticks_s: proc_cpu_seconds(pid),
+        }
+    }
+
+    /// CPU seconds from `self` to `later`: to the nanosecond from the threads' run times
+    /// when every thread seen in `self` still runs (a thread that ended took its run time
+    /// with it), from the clock ticks otherwise.
+    pub(crate) fn seconds_until(&self, later: &CpuSnapshot) -> f64 {
+        let before = |tid: u32| self.threads.iter().find(|t| t.0 == tid).map(|t| t.1);
+        let all_alive = self
+            .threads
+            .iter()
+            .all(|(tid, _)| later.threads.iter().any(|t| t.0 == *tid));
+        if self.threads.is_empty() || !all_alive {
+            return later.ticks_s - self.ticks_s;
+        }
+        let ns: u64 = later
+            .threads
+            .iter()
+            .map(|&(tid, ns)| ns.saturating_sub(before(tid).unwrap_or(0)))
+            .sum();
+        ns as f64 / 1e9
+    }
+}
+
 /// User + system CPU time of process `pid` so far, in seconds.
 pub(crate) fn proc_cpu_seconds(pid: u32) -> f64 {
     let stat = read_proc(pid, "stat");

@@ -133,14 +133,14 @@ pub(crate) async fn load(o: &Opts) -> Result<(), String> {
             for _ in 0..o.repeats {
                 for (i, t) in targets.iter().enumerate() {
                     let pid = t.pid.filter(|&p| pid_alive(p));
-                    let cpu0 = pid.map(proc_cpu_seconds);
+                    let cpu0 = pid.map(CpuSnapshot::of);
                     if let Some(p) = pid {
                         reset_peak(p);
                     }
                     let r = open_loop(&c, t, stream, rate, o.duration, o.connections).await;
                     let (cpu_us, rss) = pid.zip(cpu0).map_or((f64::NAN, f64::NAN), |(p, c0)| {
                         (
-                            (proc_cpu_seconds(p) - c0) * 1e6 / r.sent.max(1) as f64,
+                            c0.seconds_until(&CpuSnapshot::of(p)) * 1e6 / r.sent.max(1) as f64,
                             proc_status_kib(p, "VmHWM") as f64 / 1024.0,
                         )
                     });
