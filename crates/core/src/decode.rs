@@ -13,6 +13,9 @@ use crate::collect::choice_error;
 use crate::error::{ApiError, BoxError, ErrorKind, LlmError, ProtocolKind};
 use crate::sse::SseParser;
 
+mod head;
+use head::HeadCache;
+
 pin_project_lite::pin_project! {
     /// Decodes an OpenRouter (OpenAI-compatible) event stream into chunks.
     ///
@@ -51,6 +54,7 @@ pin_project_lite::pin_project! {
         parser: SseParser,
         done: bool,
         first_byte: Option<Instant>,
+        head: HeadCache,
     }
 }
 
@@ -76,6 +80,7 @@ impl<B> SseChatDecoder<B> {
             parser,
             done: false,
             first_byte: None,
+            head: HeadCache::default(),
         }
     }
 
@@ -99,13 +104,21 @@ pub fn decode_event(data: &[u8]) -> Result<Option<ChatChunk>, LlmError> {
 ///
 /// [`SseEvent`]: crate::sse::SseEvent
 pub fn decode_event_str(text: &str) -> Result<Option<ChatChunk>, LlmError> {
-    let data = text.as_bytes();
-    if data.starts_with(b"[DONE]") {
+    if text.starts_with("[DONE]") {
         return Ok(None);
     }
-    let chunk: ChatChunk = serde_json::from_str(text).map_err(|e| {
+    checked(parse_whole(text)?, text).map(Some)
+}
+
+pub(crate) fn parse_whole(text: &str) -> Result<ChatChunk, LlmError> {
+    serde_json::from_str(text).map_err(|e| {
         LlmError::protocol(ProtocolKind::Json, format!("bad chunk JSON: {e}")).with_source(e)
-    })?;
+    })
+}
+
+/// The chunk, or the error it is or carries.
+pub(crate) fn checked(chunk: ChatChunk, text: &str) -> Result<ChatChunk, LlmError> {
+    let data = text.as_bytes();
     if chunk.choices.is_empty()
         && chunk.usage.is_none()
         && chunk.error.is_none()
@@ -123,7 +136,7 @@ pub fn decode_event_str(text: &str) -> Result<Option<ChatChunk>, LlmError> {
     {
         return Err(choice_error(c.error.as_ref(), chunk.provider.as_deref()));
     }
-    Ok(Some(chunk))
+    Ok(chunk)
 }
 
 /// The error for an event with neither `choices`, `usage` nor `error`: an
@@ -160,7 +173,7 @@ where
             if let Some(ev) = this.parser.next_event() {
                 let out = ev
                     .map_err(LlmError::from)
-                    .and_then(|ev| decode_event_str(ev.data()));
+                    .and_then(|ev| this.head.decode(ev.data()));
                 match out {
                     Ok(Some(chunk)) => return Poll::Ready(Some(Ok(chunk))),
                     Ok(None) => {

@@ -295,3 +295,193 @@ fn a_known_object_costs_no_allocation_and_others_are_kept() {
     assert!(c.object.is_empty());
     assert!(!serde_json::to_string(&c).unwrap().contains("object"));
 }
+
+mod head_reuse {
+    //! The decoder parses the head a stream repeats once; whatever the events, it must
+    //! give what parsing each event on its own gives.
+    use super::*;
+    use llm_layers_core::decode::decode_event_str;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    fn member(key: &str, value: &Value) -> String {
+        format!("{}:{}", serde_json::to_string(key).unwrap(), value)
+    }
+
+    /// Head members: the usual ones, an unknown one, one with a nested `"choices"` key, in
+    /// any order and subset; string values that hold JSON-looking text.
+    fn head() -> impl Strategy<Value = Vec<(String, Value)>> {
+        let text = prop::sample::select(vec![
+            "gen-1",
+            "a,\"choices\":[]",
+            "é\u{1F600}",
+            "",
+            "openai/gpt-4o",
+        ]);
+        let fields = (text.clone(), text.clone(), text, 0u64..3).prop_map(|(a, b, c, t)| {
+            vec![
+                ("id".to_owned(), json!(a)),
+                ("object".to_owned(), json!("chat.completion.chunk")),
+                ("created".to_owned(), json!(1_700_000_000 + t)),
+                ("model".to_owned(), json!(b)),
+                ("provider".to_owned(), json!(c)),
+                ("system_fingerprint".to_owned(), json!("fp_1")),
+                ("service_tier".to_owned(), json!("default")),
+                ("meta".to_owned(), json!({"choices": [], "x": 1})),
+            ]
+        });
+        (
+            fields,
+            prop::collection::vec(any::<bool>(), 8),
+            any::<u64>(),
+        )
+            .prop_map(|(fields, keep, seed)| {
+                let mut kept: Vec<_> = fields
+                    .into_iter()
+                    .zip(keep)
+                    .filter_map(|(f, k)| k.then_some(f))
+                    .collect();
+                // A seeded shuffle: any order of the members.
+                let n = kept.len();
+                for i in (1..n).rev() {
+                    kept.swap(i, (seed.rotate_left(i as u32) as usize) % (i + 1));
+                }
+                kept
+            })
+    }
+
+    /// One event after the head: its tail, and how it changes the head first.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Same head, a content delta (and maybe usage or a finish).
+        Delta(String, bool, bool),
+        /// The head's `created` moves on (a timestamp per chunk).
+        NewCreated,
+        /// The tail repeats a head field (`"id"` after `"choices"`).
+        DuplicateId,
+        /// The event is cut short: not JSON.
+        Broken,
+        /// An error event in the same head.
+        Error,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            6 => ("[a-z \"\\\\]{0,6}", any::<bool>(), any::<bool>())
+                .prop_map(|(t, u, f)| Step::Delta(t, u, f)),
+            1 => Just(Step::NewCreated),
+            1 => Just(Step::DuplicateId),
+            1 => Just(Step::Broken),
+            1 => Just(Step::Error),
+        ]
+    }
+
+    fn events(mut head: Vec<(String, Value)>, steps: &[Step]) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in steps {
+            if let Step::NewCreated = s {
+                for (k, v) in &mut head {
+                    if k == "created" {
+                        *v = json!(v.as_u64().unwrap_or(0) + 1);
+                    }
+                }
+            }
+            let mut members: Vec<String> = head.iter().map(|(k, v)| member(k, v)).collect();
+            let choice = |text: &str, finish: bool| {
+                json!([{"index": 0, "delta": {"content": text},
+                        "finish_reason": if finish { json!("stop") } else { Value::Null }}])
+            };
+            match s {
+                Step::Delta(t, usage, finish) => {
+                    members.push(member("choices", &choice(t, *finish)));
+                    if *usage {
+                        members.push(member("usage", &json!({"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3, "cost": 0.5})));
+                    }
+                }
+                Step::NewCreated => members.push(member("choices", &choice("t", false))),
+                Step::DuplicateId => {
+                    members.push(member("choices", &choice("d", false)));
+                    members.push(member("id", &json!("gen-other")));
+                }
+                Step::Broken => members.push("\"choices\":[{\"delta\":".to_owned()),
+                Step::Error => {
+                    members.push(member("choices", &json!([])));
+                    members.push(member("error", &json!({"code": 502, "message": "down"})));
+                }
+            }
+            out.push(format!("{{{}}}", members.join(",")));
+        }
+        out
+    }
+
+    /// What parsing each event alone gives, up to the first error.
+    fn expected(events: &[String]) -> Vec<Result<llm_layers_core::ChatChunk, ErrorKind>> {
+        let mut out = Vec::new();
+        for e in events {
+            match decode_event_str(e) {
+                Ok(Some(c)) => out.push(Ok(c)),
+                Ok(None) => break,
+                Err(err) => {
+                    out.push(Err(err.kind()));
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    async fn decoded(events: &[String]) -> Vec<Result<llm_layers_core::ChatChunk, ErrorKind>> {
+        let mut text = String::new();
+        for e in events {
+            text.push_str("data: ");
+            text.push_str(e);
+            text.push_str("\n\n");
+        }
+        text.push_str("data: [DONE]\n\n");
+        let bytes: &'static [u8] = Box::leak(text.into_bytes().into_boxed_slice());
+        SseChatDecoder::new(body(bytes.chunks(61).collect()))
+            .map(|r| r.map_err(|e| e.kind()))
+            .collect()
+            .await
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn the_decoder_gives_what_each_event_parsed_alone_gives(
+            head in head(),
+            steps in prop::collection::vec(step(), 1..12),
+        ) {
+            let events = events(head, &steps);
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let got = rt.block_on(decoded(&events));
+            prop_assert_eq!(got, expected(&events));
+        }
+    }
+
+    /// The head bytes are kept and reused: a long stream with one head decodes the same as
+    /// its events parsed alone (the common case the property above also draws).
+    #[tokio::test]
+    async fn a_stream_with_one_head_decodes_like_its_events_alone() {
+        let head = vec![
+            ("id".to_owned(), json!("gen-1")),
+            ("provider".to_owned(), json!("OpenAI")),
+            ("model".to_owned(), json!("openai/gpt-4o")),
+            ("object".to_owned(), json!("chat.completion.chunk")),
+            ("created".to_owned(), json!(1_700_000_000u64)),
+        ];
+        let steps: Vec<Step> = (0..20)
+            .map(|i| Step::Delta(format!("w{i} "), false, i == 19))
+            .collect();
+        let events = events(head, &steps);
+        let got = decoded(&events).await;
+        assert_eq!(got.len(), 20);
+        assert_eq!(got, expected(&events));
+        let last = got[19].as_ref().unwrap();
+        assert_eq!(
+            (last.id.as_str(), last.provider.as_deref()),
+            ("gen-1", Some("OpenAI"))
+        );
+        assert_eq!(last.content(), Some("w19 "));
+    }
+}
