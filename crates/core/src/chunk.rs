@@ -6,6 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 mod extra;
+mod json;
 use extra::deserialize_with_extra;
 
 deserialize_with_extra!(

@@ -90,3 +90,151 @@ fn a_whole_completion_keeps_the_unknown_fields_of_its_message() {
         serde_json::from_value::<ChatCompletion>(json!({"choices": [{"message": 1}]})).is_err()
     );
 }
+
+mod write_json {
+    //! `ChatChunk::write_json` writes exactly what `serde_json::to_writer` writes.
+    use llm_layers_core::{ChatChunk, ChunkChoice, Delta, FunctionDelta, ToolCallDelta, Usage};
+    use proptest::prelude::*;
+    use serde_json::{Map, Value, json};
+
+    /// Text that needs no escape, text that does (quotes, backslashes, every control
+    /// character, DEL, non-ASCII) and the empty string.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9 ,:./-]{0,12}",
+            "[\"\\\\\u{0}-\u{1f}\u{7f}é😀a]{0,8}",
+            Just(String::new()),
+        ]
+    }
+
+    fn opt_text() -> impl Strategy<Value = Option<String>> {
+        prop::option::of(text())
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            text().prop_map(Value::from),
+            (text(), any::<u32>()).prop_map(|(k, n)| json!({ k: [n, "x\n"] })),
+        ]
+    }
+
+    fn extra() -> impl Strategy<Value = Map<String, Value>> {
+        prop::collection::vec((text(), value()), 0..3).prop_map(|kv| kv.into_iter().collect())
+    }
+
+    fn tool_call() -> impl Strategy<Value = ToolCallDelta> {
+        (
+            any::<u32>(),
+            opt_text(),
+            opt_text(),
+            prop::option::of((opt_text(), opt_text())),
+        )
+            .prop_map(|(index, id, kind, f)| ToolCallDelta {
+                index,
+                id,
+                kind,
+                function: f.map(|(name, arguments)| FunctionDelta { name, arguments }),
+            })
+    }
+
+    fn choice() -> impl Strategy<Value = ChunkChoice> {
+        let delta = (
+            opt_text(),
+            opt_text(),
+            opt_text(),
+            prop::option::of(prop::collection::vec(tool_call(), 0..3)),
+            extra(),
+        )
+            .prop_map(|(role, content, reasoning, tool_calls, extra)| Delta {
+                role,
+                content,
+                reasoning,
+                tool_calls,
+                extra,
+            });
+        (
+            any::<u32>(),
+            delta,
+            opt_text(),
+            opt_text(),
+            prop::option::of(value()),
+            prop::option::of(value()),
+        )
+            .prop_map(
+                |(index, delta, finish_reason, native_finish_reason, logprobs, error)| {
+                    ChunkChoice {
+                        index,
+                        delta,
+                        finish_reason,
+                        native_finish_reason,
+                        logprobs,
+                        error,
+                    }
+                },
+            )
+    }
+
+    fn chunk() -> impl Strategy<Value = ChatChunk> {
+        let usage = prop::option::of(
+            (any::<u64>(), any::<u64>(), any::<u64>(), extra()).prop_map(
+                |(prompt_tokens, completion_tokens, total_tokens, extra)| Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                    total_tokens,
+                    extra,
+                },
+            ),
+        );
+        (
+            (text(), text(), any::<u64>(), text(), opt_text()),
+            prop::collection::vec(choice(), 0..3),
+            usage,
+            prop::option::of(value()),
+            opt_text(),
+        )
+            .prop_map(
+                |((id, object, created, model, provider), choices, usage, error, fp)| ChatChunk {
+                    id,
+                    object: object.into(),
+                    created,
+                    model,
+                    provider,
+                    choices,
+                    usage,
+                    error,
+                    system_fingerprint: fp,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn the_same_bytes_as_serde_json(c in chunk()) {
+            let mut out = b"data: ".to_vec();
+            c.write_json(&mut out);
+            let mut want = b"data: ".to_vec();
+            serde_json::to_writer(&mut want, &c).unwrap();
+            prop_assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&want));
+        }
+    }
+
+    #[test]
+    fn an_empty_chunk_and_an_empty_delta() {
+        let c = ChatChunk {
+            choices: vec![ChunkChoice::default()],
+            ..ChatChunk::default()
+        };
+        let mut out = Vec::new();
+        c.write_json(&mut out);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"created":0,"choices":[{"index":0,"delta":{},"finish_reason":null}]}"#
+        );
+        assert_eq!(out, serde_json::to_vec(&c).unwrap());
+    }
+}

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::response::Response;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_core::Stream;
 use http::{HeaderValue, header};
 use llm_layers_core::{ChatChunk, ChatStream};
@@ -58,21 +58,22 @@ struct SseBody {
 const BATCH_BYTES: usize = 16 * 1024;
 
 /// Appends one `data: {json}` event to `out`.
-fn write_event(out: &mut BytesMut, json: &impl serde::Serialize) {
+fn write_event(out: &mut Vec<u8>, json: &impl serde::Serialize) {
     out.extend_from_slice(b"data: ");
     // Serializing our own types to memory cannot fail.
-    let _ = serde_json::to_writer(out.writer(), json);
+    let _ = serde_json::to_writer(&mut *out, json);
     out.extend_from_slice(b"\n\n");
 }
 
 fn event(json: &impl serde::Serialize) -> Bytes {
-    let mut out = BytesMut::with_capacity(256);
+    let mut out = Vec::with_capacity(256);
     write_event(&mut out, json);
-    out.freeze()
+    Bytes::from(out)
 }
 
 impl SseBody {
-    fn chunk(&self, out: &mut BytesMut, mut c: ChatChunk) {
+    /// Appends `c` as an event, the fields OpenAI clients rely on filled in.
+    fn chunk(&self, out: &mut Vec<u8>, mut c: ChatChunk) {
         if c.object.is_empty() {
             c.object = "chat.completion.chunk".into();
         }
@@ -82,7 +83,9 @@ impl SseBody {
         if c.id.is_empty() {
             c.id = self.stream.meta().generation_id.clone().unwrap_or_default();
         }
-        write_event(out, &c);
+        out.extend_from_slice(b"data: ");
+        c.write_json(out);
+        out.extend_from_slice(b"\n\n");
     }
 }
 
@@ -107,7 +110,7 @@ impl Stream for SseBody {
             };
             return Poll::Ready(Some(Ok(event(&f.body()))));
         }
-        let mut out = BytesMut::new();
+        let mut out = Vec::new();
         while out.len() < BATCH_BYTES {
             match Pin::new(&mut this.stream).poll_next(cx) {
                 Poll::Pending => break,
@@ -137,7 +140,7 @@ impl Stream for SseBody {
             // Nothing ready: the inner stream has registered the waker.
             Poll::Pending
         } else {
-            Poll::Ready(Some(Ok(out.freeze())))
+            Poll::Ready(Some(Ok(Bytes::from(out))))
         }
     }
 }
