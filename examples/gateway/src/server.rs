@@ -88,9 +88,21 @@ pub enum Phase {
     Cut,
 }
 
-/// What every handler shares.
+/// What every handler shares, behind one `Arc`: axum clones the state for every request, and
+/// a clone of the fields themselves would clone the whole boxed stack (one allocation and an
+/// `Arc` per layer) on top of the clone a call needs.
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<AppInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+pub(crate) struct AppInner {
     pub(crate) stack: Stack,
     pub(crate) leaf: OpenRouter,
     pub(crate) metrics: Option<PrometheusHandle>,
@@ -330,7 +342,7 @@ pub async fn start(
         .map_err(StartError::io("cannot read the listen address"))?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let grace = config.shutdown_grace;
-    let state = AppState {
+    let state = AppState(Arc::new(AppInner {
         stack,
         leaf,
         metrics,
@@ -339,7 +351,7 @@ pub async fn start(
         parts,
         started: tokio::time::Instant::now(),
         counters: Arc::default(),
-    };
+    }));
     let app = router(state);
     let mut draining = phase_rx;
     let server = tokio::spawn(async move {
