@@ -2,7 +2,11 @@
 //! `sse-stream`, on OpenRouter-like chunk events delivered in reads of 64 B, 1460 B (one TCP
 //! segment) and 16 KiB. Each parser gets the same `Bytes` slices and must find every event.
 //!
-//! `cargo bench -p llm-layers-bench --bench sse`
+//! Then the chunk codec on the same events: the stream decoder (which parses the head a
+//! stream repeats once) against parsing each event on its own with `decode_event_str`, and
+//! `ChatChunk::write_json` against `serde_json::to_writer` for re-encoding them.
+//!
+//! `cargo bench -p llm-layers-bench --bench sse` (`-- chunk/` for the codec alone)
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
@@ -13,6 +17,8 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eventsource_stream::Eventsource;
 use futures_util::Stream;
+use llm_layers_core::ChatChunk;
+use llm_layers_core::decode::{SseChatDecoder, decode_event_str};
 use llm_layers_core::sse::SseParser;
 
 const EVENTS: usize = 4_000;
@@ -94,5 +100,70 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Every event parsed on its own (no head carried from one to the next).
+fn each_alone(chunks: &[Bytes]) -> usize {
+    let mut p = SseParser::new();
+    let mut n = 0;
+    for c in chunks {
+        p.push(c.clone());
+        while let Some(ev) = p.next_event() {
+            if decode_event_str(ev.unwrap().data()).unwrap().is_some() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+fn decoder(chunks: &[Bytes]) -> usize {
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(
+        chunks
+            .iter()
+            .cloned()
+            .map(|b| Ok::<_, std::convert::Infallible>(http_body::Frame::data(b))),
+    ));
+    drain(SseChatDecoder::new(body))
+}
+
+fn codec(c: &mut Criterion) {
+    let all = payload();
+    let chunks = chunks(&all, 1460);
+    let mut g = c.benchmark_group("chunk");
+    g.throughput(Throughput::Elements(EVENTS as u64));
+    assert_eq!(each_alone(&chunks), EVENTS);
+    assert_eq!(decoder(&chunks), EVENTS);
+    g.bench_function("decode/each event alone", |b| {
+        b.iter(|| each_alone(&chunks))
+    });
+    g.bench_function("decode/stream decoder (head once)", |b| {
+        b.iter(|| decoder(&chunks))
+    });
+    let parsed: Vec<ChatChunk> = {
+        let mut p = SseParser::new();
+        p.push(all.clone());
+        std::iter::from_fn(|| p.next_event())
+            .filter_map(|ev| decode_event_str(ev.unwrap().data()).unwrap())
+            .collect()
+    };
+    let mut out = Vec::with_capacity(512);
+    g.bench_function("encode/serde_json::to_writer", |b| {
+        b.iter(|| {
+            for c in &parsed {
+                out.clear();
+                serde_json::to_writer(&mut out, c).unwrap();
+            }
+        })
+    });
+    g.bench_function("encode/ChatChunk::write_json", |b| {
+        b.iter(|| {
+            for c in &parsed {
+                out.clear();
+                c.write_json(&mut out);
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, codec);
 criterion_main!(benches);
