@@ -1,8 +1,8 @@
 //! [`ChatChunk::write_json`]: the bytes `serde_json` writes for a chunk, without its
 //! per-byte escaping machinery on the common path.
 //!
-//! A gateway re-encodes every chunk it relays. Through `serde_json` that is about 3,700
-//! instructions for a 220-byte chunk, as much as parsing it: each key and string goes
+//! A gateway re-encodes every chunk it relays. Through `serde_json` that is about 3,600
+//! instructions for a 220-byte chunk, half as much as parsing it: each key and string goes
 //! through the escaper byte by byte and through a writer call per fragment. Here a string
 //! that needs no escape (almost all of them) is one check and one copy; one that does, and
 //! every free-form JSON value (`extra`, `logprobs`, `error`), is written by `serde_json`
@@ -196,8 +196,9 @@ impl Out<'_> {
 
 impl ChatChunk {
     /// Appends this chunk's JSON to `out`: the same bytes as
-    /// `serde_json::to_writer(out, self)`, at about a quarter of the instructions (a
-    /// string that needs no escape is copied whole). For relaying chunks on a hot path.
+    /// `serde_json::to_writer(out, self)`, at a little over half the instructions (2.0k
+    /// against 3.6k for a typical 220-byte chunk: a string that needs no escape is copied
+    /// whole). For relaying chunks on a hot path.
     ///
     /// ```
     /// use llm_layers_core::ChatChunk;

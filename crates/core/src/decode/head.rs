@@ -18,7 +18,8 @@ const MAX_MISSES: u8 = 2;
 
 /// [`decode_event_str`](super::decode_event_str) for the events of one stream, with the
 /// head they repeat parsed once: a chunk that starts with the head bytes of the chunk
-/// before is parsed from `"choices"` on (a third fewer instructions on a typical chunk).
+/// before is parsed from `"choices"` on (a quarter fewer instructions on a typical chunk:
+/// 5.8k against 7.6k).
 /// The same chunks and errors either way.
 #[derive(Default)]
 pub(super) struct HeadCache {
