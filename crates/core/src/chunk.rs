@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-mod extra;
+pub(crate) mod extra;
 mod json;
 use extra::deserialize_with_extra;
 

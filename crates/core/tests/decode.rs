@@ -359,6 +359,11 @@ mod head_reuse {
         NewCreated,
         /// The tail repeats a head field (`"id"` after `"choices"`).
         DuplicateId,
+        /// The tail repeats a head field with an empty value (`"provider":null`,
+        /// `"created":0`), plainly or under an escaped key.
+        DuplicateEmpty(u8),
+        /// A tool call delta: its `"id"` is a nested key like a head's.
+        ToolCall,
         /// The event is cut short: not JSON.
         Broken,
         /// An error event in the same head.
@@ -371,6 +376,8 @@ mod head_reuse {
                 .prop_map(|(t, u, f)| Step::Delta(t, u, f)),
             1 => Just(Step::NewCreated),
             1 => Just(Step::DuplicateId),
+            1 => (0u8..4).prop_map(Step::DuplicateEmpty),
+            1 => Just(Step::ToolCall),
             1 => Just(Step::Broken),
             1 => Just(Step::Error),
         ]
@@ -403,6 +410,24 @@ mod head_reuse {
                     members.push(member("choices", &choice("d", false)));
                     members.push(member("id", &json!("gen-other")));
                 }
+                Step::DuplicateEmpty(which) => {
+                    members.push(member("choices", &choice("e", false)));
+                    members.push(
+                        match which {
+                            0 => "\"provider\":null",
+                            1 => "\"created\":0",
+                            2 => "\"\\u0070rovider\":null",
+                            _ => "\"\\u0069d\":\"gen-esc\"",
+                        }
+                        .to_owned(),
+                    );
+                }
+                Step::ToolCall => members.push(member(
+                    "choices",
+                    &json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1",
+                        "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                        "finish_reason": null}]),
+                )),
                 Step::Broken => members.push("\"choices\":[{\"delta\":".to_owned()),
                 Step::Error => {
                     members.push(member("choices", &json!([])));

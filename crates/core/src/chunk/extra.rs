@@ -14,7 +14,7 @@ use std::fmt;
 use serde::de::{Deserializer, MapAccess, Visitor};
 
 /// An object key, borrowed from the input when it has no escapes.
-pub(super) struct Key<'de>(pub(super) Cow<'de, str>);
+pub(crate) struct Key<'de>(pub(crate) Cow<'de, str>);
 
 impl<'de> serde::Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
