@@ -63,6 +63,25 @@ impl Out<'_> {
         }
     }
 
+    fn opt_value(&mut self, first: &mut bool, key: &str, v: Option<&Value>) {
+        if let Some(v) = v {
+            self.key(first, key);
+            self.value(v);
+        }
+    }
+
+    /// `[a,b,...]`, each item written by `item`.
+    fn array<T>(&mut self, items: &[T], mut item: impl FnMut(&mut Self, &T)) {
+        self.raw(b"[");
+        for (i, x) in items.iter().enumerate() {
+            if i > 0 {
+                self.raw(b",");
+            }
+            item(self, x);
+        }
+        self.raw(b"]");
+    }
+
     fn extra(&mut self, first: &mut bool, extra: &Map<String, Value>) {
         for (k, v) in extra {
             self.raw(if std::mem::take(first) { b"{" } else { b"," });
@@ -94,22 +113,12 @@ impl Out<'_> {
         }
         self.opt_str(first, "provider", c.provider.as_deref());
         self.key(first, "choices");
-        self.raw(b"[");
-        for (i, choice) in c.choices.iter().enumerate() {
-            if i > 0 {
-                self.raw(b",");
-            }
-            self.choice(choice);
-        }
-        self.raw(b"]");
+        self.array(&c.choices, Self::choice);
         if let Some(u) = &c.usage {
             self.key(first, "usage");
             self.usage(u);
         }
-        if let Some(e) = &c.error {
-            self.key(first, "error");
-            self.value(e);
-        }
+        self.opt_value(first, "error", c.error.as_ref());
         self.opt_str(first, "system_fingerprint", c.system_fingerprint.as_deref());
         self.end(*first);
     }
@@ -130,14 +139,8 @@ impl Out<'_> {
             "native_finish_reason",
             c.native_finish_reason.as_deref(),
         );
-        if let Some(l) = &c.logprobs {
-            self.key(first, "logprobs");
-            self.value(l);
-        }
-        if let Some(e) = &c.error {
-            self.key(first, "error");
-            self.value(e);
-        }
+        self.opt_value(first, "logprobs", c.logprobs.as_ref());
+        self.opt_value(first, "error", c.error.as_ref());
         self.end(*first);
     }
 
@@ -148,14 +151,7 @@ impl Out<'_> {
         self.opt_str(first, "reasoning", d.reasoning.as_deref());
         if let Some(calls) = &d.tool_calls {
             self.key(first, "tool_calls");
-            self.raw(b"[");
-            for (i, call) in calls.iter().enumerate() {
-                if i > 0 {
-                    self.raw(b",");
-                }
-                self.tool_call(call);
-            }
-            self.raw(b"]");
+            self.array(calls, Self::tool_call);
         }
         self.extra(first, &d.extra);
         self.end(*first);
