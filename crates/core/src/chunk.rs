@@ -5,35 +5,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-pub(crate) mod extra;
 mod json;
-use extra::deserialize_with_extra;
-
-deserialize_with_extra!(
-    Delta {
-        role: "role",
-        content: "content",
-        reasoning: "reasoning",
-        tool_calls: "tool_calls",
-    } + extra
-);
-
-deserialize_with_extra!(
-    Usage {
-        prompt_tokens: "prompt_tokens",
-        completion_tokens: "completion_tokens",
-        total_tokens: "total_tokens",
-    } + extra
-);
-
-deserialize_with_extra!(
-    AssistantMessage {
-        role: "role",
-        content: "content",
-        reasoning: "reasoning",
-        tool_calls: "tool_calls",
-    } + extra
-);
 
 fn str_is_empty(s: &str) -> bool {
     s.is_empty()
@@ -154,7 +126,7 @@ pub struct ChunkChoice {
 }
 
 /// The incremental part of a streamed message.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Delta {
     /// `assistant` on the first chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -202,7 +174,7 @@ pub struct FunctionDelta {
 }
 
 /// Token usage of one call.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     /// Input tokens.
     #[serde(default)]
@@ -274,7 +246,7 @@ pub struct Choice {
 }
 
 /// The message of a [`Choice`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AssistantMessage {
     /// `assistant`.
     #[serde(default)]

@@ -4,12 +4,12 @@
 //! that starts with them is parsed from its `"choices"` on and gets the fields by copy.
 
 use std::borrow::Cow;
+use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
 use super::{checked, parse_whole};
-use crate::chunk::extra::Key;
 use crate::chunk::{ChatChunk, ChunkChoice, Usage};
 use crate::error::LlmError;
 
@@ -138,7 +138,7 @@ impl<'de> Deserialize<'de> for Tail {
         impl<'de> Visitor<'de> for TailVisitor {
             type Value = Tail;
 
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("the fields of a chunk after its head")
             }
 
@@ -168,5 +168,31 @@ impl<'de> Deserialize<'de> for Tail {
             }
         }
         d.deserialize_map(TailVisitor)
+    }
+}
+
+/// An object key, borrowed from the input when it has no escapes (unescaped otherwise, so
+/// `"\u0069d"` is `id`).
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
     }
 }
