@@ -57,17 +57,23 @@ struct SseBody {
 /// The most bytes one body frame gathers from events that are already there.
 const BATCH_BYTES: usize = 16 * 1024;
 
-/// Appends one `data: {json}` event to `out`.
-fn write_event(out: &mut Vec<u8>, json: &impl serde::Serialize) {
+/// Appends one `data: {json}` event to `out`, its JSON written by `json`.
+fn write_event(out: &mut Vec<u8>, json: impl FnOnce(&mut Vec<u8>)) {
     out.extend_from_slice(b"data: ");
-    // Serializing our own types to memory cannot fail.
-    let _ = serde_json::to_writer(&mut *out, json);
+    json(out);
     out.extend_from_slice(b"\n\n");
+}
+
+/// Appends one event holding `v` (our own types: serializing them to memory cannot fail).
+fn write_value(out: &mut Vec<u8>, v: &impl serde::Serialize) {
+    write_event(out, |o| {
+        let _ = serde_json::to_writer(o, v);
+    });
 }
 
 fn event(json: &impl serde::Serialize) -> Bytes {
     let mut out = Vec::with_capacity(256);
-    write_event(&mut out, json);
+    write_value(&mut out, json);
     Bytes::from(out)
 }
 
@@ -83,9 +89,7 @@ impl SseBody {
         if c.id.is_empty() {
             c.id = self.stream.meta().generation_id.clone().unwrap_or_default();
         }
-        out.extend_from_slice(b"data: ");
-        c.write_json(out);
-        out.extend_from_slice(b"\n\n");
+        write_event(out, |o| c.write_json(o));
     }
 }
 
@@ -126,7 +130,7 @@ impl Stream for SseBody {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.done = true;
-                    write_event(&mut out, &ApiFailure::from(&e).body());
+                    write_value(&mut out, &ApiFailure::from(&e).body());
                     break;
                 }
                 Poll::Ready(None) => {
