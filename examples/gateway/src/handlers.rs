@@ -187,7 +187,12 @@ pub(crate) async fn chat(
         Ok(b) => b,
         Err(f) => return f.into_response(),
     };
-    let mut req = match parse_request(&bytes) {
+    let parsed = parse_request(&bytes);
+    // The body's bytes are a slice of hyper's read buffer for the connection: released
+    // before the call waits, hyper reads the connection's next bytes into the same 8 KiB
+    // instead of allocating another one for the life of the stream.
+    drop(bytes);
+    let mut req = match parsed {
         Ok(r) => r,
         Err(f) => return f.into_response(),
     };

@@ -9,6 +9,7 @@
 //! - [`keys`]: gateway keys; [`status`]: the status page; [`config`]: flags and environment.
 
 pub mod config;
+mod conn;
 pub mod error;
 mod handlers;
 pub mod keys;

@@ -355,11 +355,10 @@ pub async fn start(
     let app = router(state);
     let mut draining = phase_rx;
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = draining.wait_for(|p| *p >= Phase::Draining).await;
-            })
-            .await
+        crate::conn::serve(listener, app, async move {
+            let _ = draining.wait_for(|p| *p >= Phase::Draining).await;
+        })
+        .await
     });
     Ok(Gateway {
         addr,

@@ -1628,3 +1628,179 @@ async fn replicas_sharing_redis_share_one_limit_and_a_dead_redis_is_local_state(
     assert_eq!(st["shared_state"]["healthy"], json!(false), "{st}");
     alone.shutdown().await.unwrap();
 }
+
+/// A client that speaks HTTP/2 with prior knowledge (h2c), as a service mesh does.
+fn h2c_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// The text a streamed or whole answer carries.
+async fn answer_text(r: hyper::Response<Incoming>, stream: bool) -> String {
+    assert_eq!(r.status(), 200);
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    if !stream {
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        return v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    let evs = events(&body);
+    assert_eq!(evs.last().unwrap(), "[DONE]");
+    evs[..evs.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_speak_http1_or_h2c_on_the_same_port() {
+    let (gw, _mock) = gateway_on(Scenario::healthy().with_time_scale(0.0), config()).await;
+    for (name, c) in [("http/1.1", client()), ("h2c", h2c_client())] {
+        for stream in [true, false] {
+            let m = json!({"model": "m", "messages": [{"role": "user", "content": format!("{name} {stream}")}], "max_tokens": 4, "stream": stream});
+            let r = post(&c, &gw, m.to_string()).await;
+            let want = if name == "h2c" {
+                hyper::Version::HTTP_2
+            } else {
+                hyper::Version::HTTP_11
+            };
+            assert_eq!(r.version(), want, "{name}");
+            let text = answer_text(r, stream).await;
+            assert_eq!(
+                text,
+                expected_answer(&body_of(&m), 4),
+                "{name} stream={stream}"
+            );
+        }
+    }
+}
+
+/// A connection whose first write sends one byte, and whose next write waits 50 ms: the
+/// gateway sees a lone `P`, which could start the HTTP/2 preface or `POST`.
+struct SplitFirstWrite {
+    tcp: hyper_util::rt::TokioIo<tokio::net::TcpStream>,
+    writes: usize,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::rt::Read for SplitFirstWrite {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for SplitFirstWrite {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        this.writes += 1;
+        let buf = match this.writes {
+            1 => &buf[..1],
+            2 => {
+                let pause = this
+                    .pause
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(50))));
+                if pause.as_mut().poll(cx).is_pending() {
+                    this.writes -= 1;
+                    return std::task::Poll::Pending;
+                }
+                buf
+            }
+            _ => buf,
+        };
+        std::pin::Pin::new(&mut this.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preface_or_a_request_that_arrives_in_pieces_is_served() {
+    let (gw, _mock) = gateway_on(Scenario::healthy().with_time_scale(0.0), config()).await;
+    let m = json!({"model": "m", "messages": [{"role": "user", "content": "in pieces"}], "max_tokens": 3, "stream": true});
+    let req = || {
+        hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr()))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(m.to_string())))
+            .unwrap()
+    };
+    let open = || async {
+        SplitFirstWrite {
+            tcp: hyper_util::rt::TokioIo::new(
+                tokio::net::TcpStream::connect(gw.addr()).await.unwrap(),
+            ),
+            writes: 0,
+            pause: None,
+        }
+    };
+    // HTTP/2: "P", then the rest of the preface.
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), open().await)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let r = send.send_request(req()).await.unwrap();
+    assert_eq!(r.version(), hyper::Version::HTTP_2);
+    assert_eq!(answer_text(r, true).await, expected_answer(&body_of(&m), 3));
+    // HTTP/1.1: "P", then "OST /v1/chat/completions ...".
+    let (mut send, conn) = hyper::client::conn::http1::handshake(open().await)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let r = send.send_request(req()).await.unwrap();
+    assert_eq!(r.version(), hyper::Version::HTTP_11);
+    assert_eq!(answer_text(r, true).await, expected_answer(&body_of(&m), 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_stream_in_flight_at_shutdown_is_cut_with_an_error_event() {
+    let mut s = Scenario::healthy();
+    s.providers.truncate(1);
+    s.providers[0].ttft = Dist::Fixed { ms: 0.0 };
+    s.providers[0].gap = Dist::Fixed { ms: 60_000.0 };
+    let (gw, _mock) = gateway_on(
+        s,
+        Config {
+            idle_timeout: None,
+            ..config()
+        },
+    )
+    .await;
+    let m = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": true});
+    let r = post(&h2c_client(), &gw, m.to_string()).await;
+    assert_eq!(r.version(), hyper::Version::HTTP_2);
+    let reader = tokio::spawn(async move { r.into_body().collect().await.unwrap().to_bytes() });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // shutdown returns only once every connection has ended.
+    gw.shutdown().await.unwrap();
+    let evs = events(&reader.await.unwrap());
+    let last: Value = serde_json::from_str(evs.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "server_shutting_down");
+}
