@@ -280,6 +280,11 @@ impl Stream for ChatStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if let Some(c) = self.pending.pop_front() {
+            if self.pending.is_empty() {
+                // The chunks read before the commit are out: a stream that then idles for
+                // minutes should not hold room for four more (≈ 1 KiB).
+                self.pending = VecDeque::new();
+            }
             return Poll::Ready(Some(Ok(c)));
         }
         let Some(inner) = self.inner.as_mut() else {
@@ -399,5 +404,34 @@ fn note_first_chunk(meta: Option<&mut ResponseMeta>, chunk: &ChatChunk) {
     }
     if meta.generation_id.is_none() && !chunk.id.is_empty() {
         meta.generation_id = Some(chunk.id.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[tokio::test]
+    async fn the_room_of_chunks_read_before_the_commit_is_freed_once_they_are_out() {
+        let chunk = |t: &str| -> ChatChunk {
+            serde_json::from_value(serde_json::json!({
+                "choices": [{"index": 0, "delta": {"content": t}}]
+            }))
+            .unwrap()
+        };
+        let pending: VecDeque<_> = [chunk("a"), chunk("b")].into();
+        let rest = futures_util::stream::iter([Ok(chunk("c"))]);
+        let mut s = ChatStream::from_parts(pending, rest, ResponseMeta::default());
+        assert!(s.pending.capacity() >= 2);
+        let a = s.next().await.unwrap().unwrap();
+        assert_eq!(a.content(), Some("a"));
+        assert!(s.pending.capacity() >= 1, "one chunk still waits");
+        let b = s.next().await.unwrap().unwrap();
+        assert_eq!(b.content(), Some("b"));
+        assert_eq!(s.pending.capacity(), 0, "an idle stream holds no room");
+        let c = s.next().await.unwrap().unwrap();
+        assert_eq!(c.content(), Some("c"));
+        assert!(s.next().await.is_none());
     }
 }
