@@ -33,7 +33,9 @@
 //! with new connections), `--streams N` (10000; 0 skips), `--only load|memory`,
 //! `--repeats N` (3: the targets' rows run interleaved N times, medians printed),
 //! `--redis-url redis://HOST:PORT` (two more rows: the gateway with a request limit on its
-//! memory store, and on that Redis).
+//! memory store, and on that Redis), `--wrap-gateway CMD` (the memory rows' gateway runs
+//! under `CMD`, a heap profiler such as `heaptrack`; it exits normally when its row ends, so
+//! the profiler writes its profile, whose peak is the row's open streams).
 //!
 //! Targets: the mock alone, a bare pass-through proxy (the floor any gateway pays), the
 //! gateway with no layer (`--stack leaf`: parsing and SSE re-encoding only) and the
@@ -144,6 +146,13 @@ fn child_mock(which: &str) -> Result<(), String> {
 }
 
 fn child_gateway(args: Vec<String>) -> Result<(), String> {
+    if std::env::var_os(procfs::EXIT_ON_EOF).is_some() {
+        // Run under a profiler: end normally when the parent is done, so it writes its profile.
+        std::thread::spawn(|| {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            std::process::exit(0);
+        });
+    }
     let config = example_gateway::Config::from_args_env(args, |k| std::env::var(k).ok())?;
     runtime()?
         .block_on(example_gateway::serve(config))
@@ -160,17 +169,28 @@ fn parent(args: &[String]) -> Result<(), String> {
         rt.block_on(load(&o))?;
     }
     if o.memory && o.streams > 0 {
-        rt.block_on(memory(o.streams, false, false))?;
-        rt.block_on(memory(o.streams, true, false))?;
-        rt.block_on(memory(o.streams, true, true))?;
+        let wrap = o.wrap_gateway.as_deref();
+        rt.block_on(memory(o.streams, false, false, wrap))?;
+        rt.block_on(memory(o.streams, true, false, wrap))?;
+        rt.block_on(memory(o.streams, true, true, wrap))?;
     }
     Ok(())
 }
 
 fn gateway(upstream: &str, extra: &[&str]) -> Result<(Proc, String), String> {
+    gateway_under(None, upstream, extra)
+}
+
+/// The gateway as a child process, run under `wrapper` (a profiler) when given.
+fn gateway_under(
+    wrapper: Option<&str>,
+    upstream: &str,
+    extra: &[&str],
+) -> Result<(Proc, String), String> {
     let mut args = vec!["--child-gateway", "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    Proc::spawn(
+    Proc::spawn_wrapped(
+        wrapper,
         &args,
         &[
             ("OPENROUTER_BASE_URL", upstream),

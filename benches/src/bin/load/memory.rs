@@ -5,11 +5,17 @@ use super::*;
 /// Opens `n` streams through the gateway to a mock that goes quiet after the first token,
 /// and reports the gateway's resident set per open stream.
 /// `h2c`: HTTP/2 to the upstream; `h2_client`: HTTP/2 from the client too (prior knowledge,
-/// [`PER_H2_CONNECTION`] streams per connection).
-pub(crate) async fn memory(n: usize, h2c: bool, h2_client: bool) -> Result<(), String> {
+/// [`PER_H2_CONNECTION`] streams per connection). `wrap`: a profiler to run the gateway under.
+pub(crate) async fn memory(
+    n: usize,
+    h2c: bool,
+    h2_client: bool,
+    wrap: Option<&str>,
+) -> Result<(), String> {
     let (mock, mock_url) = Proc::spawn(&["--child-mock", "idle"], &[], "ready ")?;
     let max = (n + 100).to_string();
-    let (gw, gw_addr) = gateway(
+    let (gw, gw_addr) = gateway_under(
+        wrap,
         &mock_url,
         &[
             "--max-concurrency",
@@ -59,6 +65,11 @@ pub(crate) async fn memory(n: usize, h2c: bool, h2_client: bool) -> Result<(), S
         gw_after as f64 / 1024.0,
         per(gw_before, gw_after)
     );
+    if let Some(w) = wrap {
+        println!(
+            "(the gateway ran under {w:?}: its RSS above is the wrapper's; the profile's peak is these streams)"
+        );
+    }
     println!(
         "mock    RSS {:.1} MiB -> {:.1} MiB: {:.1} KiB per open stream (for comparison)",
         mock_before as f64 / 1024.0,

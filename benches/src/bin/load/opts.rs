@@ -15,6 +15,8 @@ pub(crate) struct Opts {
     /// With a Redis URL: two more rows, the gateway with a request limit on its memory
     /// store and the same on Redis (`--redis-url`).
     pub(crate) redis_url: Option<String>,
+    /// `--wrap-gateway CMD`: the memory rows' gateway runs under a profiler.
+    pub(crate) wrap_gateway: Option<String>,
 }
 
 pub(crate) fn opts(args: &[String]) -> Result<Opts, String> {
@@ -29,6 +31,7 @@ pub(crate) fn opts(args: &[String]) -> Result<Opts, String> {
         memory: true,
         repeats: 3,
         redis_url: None,
+        wrap_gateway: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -83,6 +86,7 @@ pub(crate) fn opts(args: &[String]) -> Result<Opts, String> {
                 }
                 o.redis_url = Some(url.clone());
             }
+            "--wrap-gateway" => o.wrap_gateway = Some(v()?.clone()),
             // `cargo bench` passes this to every bench target.
             "--bench" => {}
             x => return Err(format!("unknown argument {x:?}")),

@@ -2,10 +2,14 @@
 
 use super::*;
 
-/// A child process, killed when dropped.
+/// A child process, killed when dropped (a wrapped one is told to end, and waited for).
 pub(crate) struct Proc {
     pub(crate) child: Child,
+    wrapped: bool,
 }
+
+/// The environment variable that tells a child to exit when its stdin closes.
+pub(crate) const EXIT_ON_EOF: &str = "LLM_LAYERS_LOAD_EXIT_ON_EOF";
 
 impl Proc {
     /// Starts this binary with `args` and waits for the stdout line that contains `marker`;
@@ -15,17 +19,47 @@ impl Proc {
         env: &[(&str, &str)],
         marker: &str,
     ) -> Result<(Proc, String), String> {
+        Proc::spawn_wrapped(None, args, env, marker)
+    }
+
+    /// As [`Proc::spawn`], run under `wrapper` when given (a profiler: `heaptrack`,
+    /// `valgrind --tool=dhat`). The child then exits when its stdin closes (as this process
+    /// drops it), so the wrapper sees a normal exit and writes its profile; its PID (and so
+    /// the RSS read from `/proc`) is the wrapper's.
+    pub(crate) fn spawn_wrapped(
+        wrapper: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+        marker: &str,
+    ) -> Result<(Proc, String), String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut child = Command::new(exe)
+        let mut cmd = match wrapper.map(|w| w.split_whitespace().collect::<Vec<_>>()) {
+            Some(w) if !w.is_empty() => {
+                let mut c = Command::new(w[0]);
+                c.args(&w[1..])
+                    .arg(&exe)
+                    .env(EXIT_ON_EOF, "1")
+                    .stdin(Stdio::piped());
+                c
+            }
+            _ => {
+                let mut c = Command::new(&exe);
+                c.stdin(Stdio::null());
+                c
+            }
+        };
+        let mut child = cmd
             .args(args)
             .env_remove("OPENROUTER_API_KEY")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stdin(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start {args:?}: {e}"))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
-        let proc = Proc { child };
+        let proc = Proc {
+            child,
+            wrapped: wrapper.is_some(),
+        };
         let mut lines = BufReader::new(stdout).lines();
         let found = loop {
             match lines.next() {
@@ -138,6 +172,12 @@ pub(crate) fn reset_peak(pid: u32) {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if self.wrapped {
+            // The child exits when its stdin closes; the profiler then writes its profile.
+            drop(self.child.stdin.take());
+            let _ = self.child.wait();
+            return;
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
