@@ -200,6 +200,7 @@ impl SseParser {
             }
             let rest = &self.chunk[self.pos..];
             if rest.is_empty() {
+                self.release_chunk();
                 return None;
             }
             let Some(eol) = memchr::memchr2(b'\r', b'\n', rest) else {
@@ -301,8 +302,16 @@ impl SseParser {
         } else {
             self.line.extend_from_slice(&self.chunk[self.pos..]);
         }
-        self.pos = self.chunk.len();
+        self.release_chunk();
         out
+    }
+
+    /// Lets go of a chunk read to its end. It is a slice of the HTTP client's read buffer:
+    /// held while a stream idles, it would keep that buffer from being reused (hyper then
+    /// allocates another for the connection's next read).
+    fn release_chunk(&mut self) {
+        self.chunk = Bytes::new();
+        self.pos = 0;
     }
 
     fn start_discarding(&mut self) -> Result<SseEvent, SseError> {

@@ -284,3 +284,28 @@ proptest! {
         p.finish();
     }
 }
+
+/// A chunk read to its end is a slice of the HTTP client's read buffer: the parser must not
+/// keep it while the stream idles, whole events or a cut line alike.
+#[test]
+fn a_chunk_read_to_its_end_is_let_go() {
+    for input in [&b"data: a\n\n"[..], b"data: a\n\ndata: b", b"data: cut"] {
+        let chunk = Bytes::from(input.to_vec());
+        let mut p = SseParser::new();
+        p.push(chunk.clone());
+        while let Some(ev) = p.next_event() {
+            drop(ev);
+        }
+        assert!(
+            chunk.is_unique(),
+            "{:?}: the parser still holds the chunk",
+            String::from_utf8_lossy(input)
+        );
+    }
+    // The cut line is kept (copied) and completed by the next chunk.
+    let mut p = SseParser::new();
+    assert_eq!(
+        run(&mut p, &[b"data: c", b"ut\n\n"]),
+        vec![Out::Ev("cut".into())]
+    );
+}
