@@ -1804,3 +1804,42 @@ async fn an_h2c_stream_in_flight_at_shutdown_is_cut_with_an_error_event() {
     let last: Value = serde_json::from_str(evs.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "server_shutting_down");
 }
+
+#[test]
+fn worker_threads_pick_the_runtime() {
+    use tokio::runtime::RuntimeFlavor;
+    let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let env = |k: &str| (k == "WORKER_THREADS").then(|| "3".to_owned());
+    // The default: one worker per core.
+    let c = Config::from_args_env(args(&[]), |_| None).unwrap();
+    assert_eq!(c.worker_threads, 0);
+    let rt = c.runtime().unwrap();
+    assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+    // The environment, then the flag, which wins.
+    let c = Config::from_args_env(args(&[]), env).unwrap();
+    assert_eq!(c.runtime().unwrap().metrics().num_workers(), 3);
+    let c = Config::from_args_env(args(&["--worker-threads", "1"]), env).unwrap();
+    let rt = c.runtime().unwrap();
+    assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+    assert!(
+        c.describe().contains("1 (single-threaded runtime)"),
+        "{}",
+        c.describe()
+    );
+    // A single-threaded gateway serves like any other.
+    rt.block_on(async {
+        let mut cfg = config();
+        cfg.worker_threads = 1;
+        cfg.mock_preset = "healthy".into();
+        let gw = start(cfg, None).await.unwrap();
+        let m = json!({"model": "m", "messages": [{"role": "user", "content": "one thread"}], "max_tokens": 3, "stream": true});
+        let text = answer_text(post(&client(), &gw, m.to_string()).await, true).await;
+        assert_eq!(text, expected_answer(&body_of(&m), 3));
+        gw.shutdown().await.unwrap();
+    });
+    for bad in ["many", "-1", "100000"] {
+        let flag = format!("--worker-threads={bad}");
+        let e = Config::from_args_env(args(&[&flag]), |_| None).unwrap_err();
+        assert!(e.contains("--worker-threads"), "{e}");
+    }
+}

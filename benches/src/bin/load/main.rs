@@ -154,7 +154,9 @@ fn child_gateway(args: Vec<String>) -> Result<(), String> {
         });
     }
     let config = example_gateway::Config::from_args_env(args, |k| std::env::var(k).ok())?;
-    runtime()?
+    config
+        .runtime()
+        .map_err(|e| e.to_string())?
         .block_on(example_gateway::serve(config))
         .map_err(|e| e.to_string())
 }

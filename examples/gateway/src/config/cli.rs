@@ -19,6 +19,7 @@ pub(super) const FLAGS: &[(&str, &str)] = &[
     ("hedge-quantile", "Q"),
     ("hedge-budget", "SHARE"),
     ("slow-call-factor", "X"),
+    ("worker-threads", "N"),
     ("max-concurrency", "N"),
     ("requests-per-minute", "N"),
     ("tenant-requests-per-minute", "N"),
@@ -100,7 +101,7 @@ usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
                [--tiers FILE.json] [--learned-order on|off] [--upstream-h2c on|off]
                [--adaptive-idle on|off] [--resume on|off] [--priors on|off] [--coalesce on|off]
                [--redis-url URL] [--replicas N] [--redis-limits exact|lease]
-               [--stack full|leaf]
+               [--stack full|leaf] [--worker-threads N]
                [--keys FILE.json] [--config FILE.toml]
 headers:     authorization: Bearer <gateway key> (when keys are configured);
              x-tenant (key of --tenant-requests-per-minute; with gateway keys, the key's tenant
@@ -110,7 +111,7 @@ headers:     authorization: Bearer <gateway key> (when keys are configured);
 environment: OPENROUTER_API_KEY, OPENROUTER_BASE_URL, LLM_GATEWAY_KEYS, LISTEN_ADDR, MOCK_PRESET, MOCK_TIME_SCALE,
              FIRST_TOKEN_TIMEOUT_MS, IDLE_TIMEOUT_MS, TOTAL_TIMEOUT_MS, MAX_RETRIES,
              HEDGE_QUANTILE, ROUTER_TIERS, LEARNED_ORDER, UPSTREAM_H2C, ADAPTIVE_IDLE, RESUME, PRIORS, COALESCE,
-             REDIS_URL, LLM_GATEWAY_REPLICAS, LLM_GATEWAY_CONFIG (flags win)";
+             REDIS_URL, LLM_GATEWAY_REPLICAS, WORKER_THREADS, LLM_GATEWAY_CONFIG (flags win)";
 
 pub(super) fn ms(v: &str, name: &str) -> Result<Option<Duration>, String> {
     let n: u64 = v
