@@ -43,6 +43,25 @@ async fn gateway_on(scenario: Scenario, mut cfg: Config) -> (Gateway, MockServer
     (start(cfg, None).await.unwrap(), mock)
 }
 
+/// One provider that sends its first token at once, then one every `gap_ms`: streams that
+/// stay open.
+fn open_stream_scenario(gap_ms: f64) -> Scenario {
+    let mut s = Scenario::healthy();
+    s.providers.truncate(1);
+    s.providers[0].ttft = Dist::Fixed { ms: 0.0 };
+    s.providers[0].gap = Dist::Fixed { ms: gap_ms };
+    s
+}
+
+/// A gateway with no idle limit in front of [`open_stream_scenario`].
+async fn gateway_with_open_streams(gap_ms: f64) -> (Gateway, MockServer) {
+    let cfg = Config {
+        idle_timeout: None,
+        ..config()
+    };
+    gateway_on(open_stream_scenario(gap_ms), cfg).await
+}
+
 async fn post(c: &HttpClient, gw: &Gateway, body: impl Into<Bytes>) -> hyper::Response<Incoming> {
     let req = hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr()))
         .header("content-type", "application/json")
@@ -556,18 +575,7 @@ async fn resumed_over_sse(faults: Faults, refuses_prefill: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_cancels_the_upstream_stream() {
-    let mut s = Scenario::healthy();
-    s.providers.truncate(1);
-    s.providers[0].ttft = Dist::Fixed { ms: 0.0 };
-    s.providers[0].gap = Dist::Fixed { ms: 2_000.0 };
-    let (gw, mock) = gateway_on(
-        s,
-        Config {
-            idle_timeout: None,
-            ..config()
-        },
-    )
-    .await;
+    let (gw, mock) = gateway_with_open_streams(2_000.0).await;
     let m = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50, "stream": true});
     let r = post(&client(), &gw, m.to_string()).await;
     let mut body = r.into_body();
@@ -652,18 +660,7 @@ async fn two_hundred_concurrent_streams_on_chaos_are_never_corrupted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_health_and_graceful_shutdown_cut() {
-    let mut s = Scenario::healthy();
-    s.providers.truncate(1);
-    s.providers[0].ttft = Dist::Fixed { ms: 0.0 };
-    s.providers[0].gap = Dist::Fixed { ms: 60_000.0 };
-    let (gw, _mock) = gateway_on(
-        s,
-        Config {
-            idle_timeout: None,
-            ..config()
-        },
-    )
-    .await;
+    let (gw, _mock) = gateway_with_open_streams(60_000.0).await;
     let c = client();
     let r = c
         .request(
@@ -687,14 +684,22 @@ async fn models_health_and_graceful_shutdown_cut() {
         .unwrap();
     assert_eq!(r.status(), 200);
     // A stream in flight when shutdown starts is cut with an error event after the grace.
+    let (_, last) = shut_down_mid_stream(&c, gw).await;
+    assert_eq!(last["error"]["code"], "server_shutting_down");
+}
+
+/// Opens a stream, shuts the gateway down while it is in flight, and returns the HTTP
+/// version it was served in and its last event.
+async fn shut_down_mid_stream(c: &HttpClient, gw: Gateway) -> (hyper::Version, Value) {
     let m = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": true});
-    let r = post(&c, &gw, m.to_string()).await;
+    let r = post(c, &gw, m.to_string()).await;
+    let version = r.version();
     let reader = tokio::spawn(async move { r.into_body().collect().await.unwrap().to_bytes() });
     tokio::time::sleep(Duration::from_millis(50)).await;
+    // shutdown returns only once every connection has ended.
     gw.shutdown().await.unwrap();
     let evs = events(&reader.await.unwrap());
-    let last: Value = serde_json::from_str(evs.last().unwrap()).unwrap();
-    assert_eq!(last["error"]["code"], "server_shutting_down");
+    (version, serde_json::from_str(evs.last().unwrap()).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -900,10 +905,7 @@ async fn rate_limits_answer_429_and_low_priority_is_shed_when_full() {
     gw.shutdown().await.unwrap();
 
     // One slot; a slow stream holds it; a low-priority call is shed at once.
-    let mut s = Scenario::healthy();
-    s.providers.truncate(1);
-    s.providers[0].ttft = Dist::Fixed { ms: 0.0 };
-    s.providers[0].gap = Dist::Fixed { ms: 1_000.0 };
+    let s = open_stream_scenario(1_000.0);
     let (gw, _mock) = gateway_on(
         s,
         Config {
@@ -1229,10 +1231,7 @@ async fn gateway_keys_are_checked_before_the_body_and_decide_tenant_model_and_ca
 /// A low-priority key cannot raise itself with `x-priority: high`: when full, it is shed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_low_priority_key_cannot_raise_itself() {
-    let mut s = Scenario::healthy();
-    s.providers.truncate(1);
-    s.providers[0].ttft = Dist::Fixed { ms: 0.0 };
-    s.providers[0].gap = Dist::Fixed { ms: 1_000.0 };
+    let s = open_stream_scenario(1_000.0);
     let (gw, _mock) = gateway_on(
         s,
         Config {
@@ -1781,27 +1780,9 @@ async fn a_preface_or_a_request_that_arrives_in_pieces_is_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_stream_in_flight_at_shutdown_is_cut_with_an_error_event() {
-    let mut s = Scenario::healthy();
-    s.providers.truncate(1);
-    s.providers[0].ttft = Dist::Fixed { ms: 0.0 };
-    s.providers[0].gap = Dist::Fixed { ms: 60_000.0 };
-    let (gw, _mock) = gateway_on(
-        s,
-        Config {
-            idle_timeout: None,
-            ..config()
-        },
-    )
-    .await;
-    let m = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": true});
-    let r = post(&h2c_client(), &gw, m.to_string()).await;
-    assert_eq!(r.version(), hyper::Version::HTTP_2);
-    let reader = tokio::spawn(async move { r.into_body().collect().await.unwrap().to_bytes() });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    // shutdown returns only once every connection has ended.
-    gw.shutdown().await.unwrap();
-    let evs = events(&reader.await.unwrap());
-    let last: Value = serde_json::from_str(evs.last().unwrap()).unwrap();
+    let (gw, _mock) = gateway_with_open_streams(60_000.0).await;
+    let (version, last) = shut_down_mid_stream(&h2c_client(), gw).await;
+    assert_eq!(version, hyper::Version::HTTP_2);
     assert_eq!(last["error"]["code"], "server_shutting_down");
 }
 
