@@ -25,6 +25,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Time allowed to read a request body (`--body-read-timeout-ms`; 30 s): then 408.
     pub body_read_timeout: Duration,
+    /// Time allowed for a new connection's first bytes and for each HTTP/1.1 request's head
+    /// (`--header-read-timeout-ms`; 30 s): then the connection is closed, so a client that
+    /// connects and sends nothing, or trickles its headers, holds no socket for long.
+    pub header_read_timeout: Duration,
     /// On SIGINT/SIGTERM, how long in-flight streams may run on before they are cut with an
     /// error event (`--shutdown-grace-ms`; 10 s).
     pub shutdown_grace: Duration,
@@ -130,6 +134,7 @@ impl Default for Config {
             mock_time_scale: 1.0,
             max_body_bytes: 4 * 1024 * 1024,
             body_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             default_max_tokens: None,
             first_token_timeout: Some(Duration::from_secs(30)),
@@ -172,6 +177,7 @@ impl std::fmt::Debug for Config {
             .field("mock_time_scale", &self.mock_time_scale)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("body_read_timeout", &self.body_read_timeout)
+            .field("header_read_timeout", &self.header_read_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("default_max_tokens", &self.default_max_tokens)
             .field("first_token_timeout", &self.first_token_timeout)
@@ -326,6 +332,7 @@ impl Config {
                     })?
                 }
                 "--body-read-timeout-ms" => c.body_read_timeout = ms_required(&v, &flag)?,
+                "--header-read-timeout-ms" => c.header_read_timeout = ms_required(&v, &flag)?,
                 "--shutdown-grace-ms" => c.shutdown_grace = ms(&v, &flag)?.unwrap_or_default(),
                 "--default-max-tokens" => {
                     let n: u32 = v

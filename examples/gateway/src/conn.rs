@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
@@ -46,13 +46,16 @@ fn version_of(first: &[u8]) -> Version {
     }
 }
 
-/// Accepts connections on `listener` and serves `app` on each until `stop` resolves; then
+/// Accepts connections on `listener` and serves `app` on each until `stop` resolves (a
+/// connection whose first bytes, or an HTTP/1.1 request head, take longer than
+/// `head_timeout` is closed); then
 /// stops accepting, asks every connection to finish gracefully (an HTTP/1.1 connection closes
 /// after its answer in flight, an HTTP/2 one sends GOAWAY and ends its open streams) and
 /// waits for all of them to end.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
+    head_timeout: Duration,
     stop: impl Future<Output = ()>,
 ) -> io::Result<()> {
     // One channel both ways: the flag tells connections to finish, and the server waits
@@ -77,7 +80,7 @@ pub(crate) async fn serve(
         };
         // Small SSE events must leave when written, not wait for the last one's ACK.
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(connection(tcp, app.clone(), stopped.clone()));
+        tokio::spawn(connection(tcp, app.clone(), head_timeout, stopped.clone()));
     }
     drop(listener);
     let _ = stopping.send(true);
@@ -97,19 +100,28 @@ fn is_per_connection(e: &io::Error) -> bool {
 }
 
 /// Serves one connection in the version its first bytes show.
-async fn connection(tcp: TcpStream, app: Router, mut stopped: watch::Receiver<bool>) {
+async fn connection(
+    tcp: TcpStream,
+    app: Router,
+    head_timeout: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut first = [0u8; PREFACE.len()];
     let peeked = tokio::select! {
-        p = tcp.peek(&mut first) => p,
+        p = tokio::time::timeout(head_timeout, tcp.peek(&mut first)) => p,
         () = until_stopped(&mut stopped) => return,
     };
-    // Closed (or failed) before its first byte: nothing to serve.
-    let Ok(n @ 1..) = peeked else { return };
+    // Closed, failed or silent before its first byte: nothing to serve.
+    let Ok(Ok(n @ 1..)) = peeked else { return };
     let io = TokioIo::new(tcp);
     let svc = TowerToHyperService::new(app);
     match version_of(&first[..n]) {
         Version::Http1 => {
-            let conn = std::pin::pin!(http1::Builder::new().serve_connection(io, svc));
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(head_timeout);
+            let conn = std::pin::pin!(builder.serve_connection(io, svc));
             drive(conn, stopped, |c| c.graceful_shutdown()).await;
         }
         // Boxed, so that the task of every HTTP/1.1 connection is not the size of these: it
@@ -121,7 +133,11 @@ async fn connection(tcp: TcpStream, app: Router, mut stopped: watch::Receiver<bo
             drive(conn.as_mut(), stopped, |c| c.graceful_shutdown()).await;
         }
         Version::Unsure => {
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(head_timeout);
             let mut conn = Box::pin(builder.serve_connection(io, svc));
             drive(conn.as_mut(), stopped, |c| c.graceful_shutdown()).await;
         }

@@ -342,6 +342,7 @@ pub async fn start(
         .map_err(StartError::io("cannot read the listen address"))?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let grace = config.shutdown_grace;
+    let head_timeout = config.header_read_timeout;
     let state = AppState(Arc::new(AppInner {
         stack,
         leaf,
@@ -355,7 +356,7 @@ pub async fn start(
     let app = router(state);
     let mut draining = phase_rx;
     let server = tokio::spawn(async move {
-        crate::conn::serve(listener, app, async move {
+        crate::conn::serve(listener, app, head_timeout, async move {
             let _ = draining.wait_for(|p| *p >= Phase::Draining).await;
         })
         .await

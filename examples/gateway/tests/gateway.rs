@@ -1824,3 +1824,48 @@ fn worker_threads_pick_the_runtime() {
         assert!(e.contains("--worker-threads"), "{e}");
     }
 }
+
+/// A client that connects and says nothing, or trickles a request head, loses its connection
+/// after `--header-read-timeout-ms`, not before; one that sends its request in time is served.
+#[tokio::test(start_paused = true)]
+async fn silent_and_trickling_clients_are_cut_at_the_head_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg = Config {
+        header_read_timeout: Duration::from_secs(5),
+        ..config()
+    };
+    let (gw, _mock) = gateway_on(Scenario::healthy().with_time_scale(0.0), cfg).await;
+    let silent = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let mut trickle = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    trickle
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut conns = [("silent", silent), ("trickling", trickle)];
+    // Still open just before the limit...
+    for (name, s) in &mut conns {
+        let mut buf = [0u8; 64];
+        let early =
+            tokio::time::timeout_at(started + Duration::from_millis(4_900), s.read(&mut buf)).await;
+        assert!(early.is_err(), "{name}: closed before the head timeout");
+    }
+    // ...and closed after it (hyper may say 408 first).
+    for (name, s) in &mut conns {
+        let mut buf = Vec::new();
+        tokio::time::timeout_at(started + Duration::from_secs(6), s.read_to_end(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: still open a second after the head timeout"))
+            .unwrap();
+        let closed_at = tokio::time::Instant::now().saturating_duration_since(started);
+        assert!(closed_at >= Duration::from_secs(5), "{name}: {closed_at:?}");
+        let said = String::from_utf8_lossy(&buf);
+        assert!(
+            buf.is_empty() || said.starts_with("HTTP/1.1 408"),
+            "{name}: {said}"
+        );
+    }
+    let m = json!({"model": "m", "messages": [{"role": "user", "content": "in time"}], "max_tokens": 3, "stream": true});
+    let text = answer_text(post(&client(), &gw, m.to_string()).await, true).await;
+    assert_eq!(text, expected_answer(&body_of(&m), 3));
+}

@@ -9,6 +9,7 @@ pub(super) const FLAGS: &[(&str, &str)] = &[
     ("mock-time-scale", "X"),
     ("max-body-bytes", "N"),
     ("body-read-timeout-ms", "MS"),
+    ("header-read-timeout-ms", "MS"),
     ("shutdown-grace-ms", "MS"),
     ("default-max-tokens", "N"),
     ("first-token-timeout-ms", "MS"),
@@ -92,7 +93,8 @@ pub(super) struct ConfigFile {
 /// The usage text.
 pub const USAGE: &str = "\
 usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
-               [--max-body-bytes N] [--body-read-timeout-ms MS] [--shutdown-grace-ms MS]
+               [--max-body-bytes N] [--body-read-timeout-ms MS] [--header-read-timeout-ms MS]
+               [--shutdown-grace-ms MS]
                [--default-max-tokens N] [--first-token-timeout-ms MS] [--idle-timeout-ms MS]
                [--total-timeout-ms MS] [--max-retries N] [--connect-timeout-ms MS]
                [--hedge-quantile Q] [--hedge-budget SHARE] [--slow-call-factor X]
