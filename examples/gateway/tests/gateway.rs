@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use llm_layers_core::{ChatBody, Message};
 use llm_layers_mock::{
     Dist, Faults, MockServer, Scenario, StatusFault, answer_tag, answer_token, expected_answer,
@@ -1825,10 +1825,11 @@ fn worker_threads_pick_the_runtime() {
     }
 }
 
-/// A client that connects and says nothing, or trickles a request head, loses its connection
-/// after `--header-read-timeout-ms`, not before; one that sends its request in time is served.
+/// A client that connects and says nothing, trickles a request head or leaves a keep-alive
+/// connection idle loses its connection after `--header-read-timeout-ms`, not before; one that
+/// sends its request in time is served.
 #[tokio::test(start_paused = true)]
-async fn silent_and_trickling_clients_are_cut_at_the_head_timeout() {
+async fn silent_trickling_and_idle_clients_are_cut_at_the_head_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cfg = Config {
         header_read_timeout: Duration::from_secs(5),
@@ -1865,7 +1866,27 @@ async fn silent_and_trickling_clients_are_cut_at_the_head_timeout() {
             "{name}: {said}"
         );
     }
+    // A client that sends its request in time is served; its keep-alive connection may then
+    // sit idle for as long, and no longer.
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
     let m = json!({"model": "m", "messages": [{"role": "user", "content": "in time"}], "max_tokens": 3, "stream": true});
-    let text = answer_text(post(&client(), &gw, m.to_string()).await, true).await;
+    let req = hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(m.to_string())))
+        .unwrap();
+    let text = answer_text(send.send_request(req).await.unwrap(), true).await;
     assert_eq!(text, expected_answer(&body_of(&m), 3));
+    let idle = tokio::time::Instant::now();
+    let mut conn = conn;
+    let early = tokio::time::timeout_at(idle + Duration::from_millis(4_900), &mut conn).await;
+    assert!(early.is_err(), "an idle keep-alive connection closed early");
+    tokio::time::timeout_at(idle + Duration::from_secs(6), conn)
+        .await
+        .expect("an idle keep-alive connection outlived the head timeout")
+        .unwrap()
+        .unwrap();
 }
