@@ -46,12 +46,12 @@ fn version_of(first: &[u8]) -> Version {
     }
 }
 
-/// Accepts connections on `listener` and serves `app` on each until `stop` resolves (a
-/// connection whose first bytes, or an HTTP/1.1 request head, take longer than
-/// `head_timeout` is closed); then
+/// Accepts connections on `listener` and serves `app` on each until `stop` resolves; then
 /// stops accepting, asks every connection to finish gracefully (an HTTP/1.1 connection closes
 /// after its answer in flight, an HTTP/2 one sends GOAWAY and ends its open streams) and
-/// waits for all of them to end.
+/// waits for all of them to end. A connection whose first bytes, or an HTTP/1.1 request head
+/// (the next one on a kept-alive connection included), take longer than `head_timeout` is
+/// closed.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
@@ -62,6 +62,7 @@ pub(crate) async fn serve(
     // until every connection's receiver is gone.
     let (stopping, stopped) = watch::channel(false);
     tokio::pin!(stop);
+    let mut warned: Option<tokio::time::Instant> = None;
     loop {
         let tcp = tokio::select! {
             biased;
@@ -72,7 +73,13 @@ pub(crate) async fn serve(
                 // Out of descriptors (EMFILE) or memory: the error repeats at once, so
                 // retrying at once would spin a core; wait for connections to close.
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed; retrying in 50 ms");
+                    // Said at most once a minute, not twenty times a second.
+                    let now = tokio::time::Instant::now();
+                    let minute = Duration::from_secs(60);
+                    if warned.is_none_or(|w| now.saturating_duration_since(w) >= minute) {
+                        tracing::warn!(error = %e, "accept failed; retrying every 50 ms");
+                        warned = Some(now);
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
