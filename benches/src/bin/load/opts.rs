@@ -86,7 +86,13 @@ pub(crate) fn opts(args: &[String]) -> Result<Opts, String> {
                 }
                 o.redis_url = Some(url.clone());
             }
-            "--wrap-gateway" => o.wrap_gateway = Some(v()?.clone()),
+            "--wrap-gateway" => {
+                let cmd = v()?;
+                if cmd.trim().is_empty() {
+                    return Err("--wrap-gateway needs a command, e.g. heaptrack".into());
+                }
+                o.wrap_gateway = Some(cmd.clone());
+            }
             // `cargo bench` passes this to every bench target.
             "--bench" => {}
             x => return Err(format!("unknown argument {x:?}")),

@@ -33,8 +33,12 @@ impl Proc {
         marker: &str,
     ) -> Result<(Proc, String), String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut cmd = match wrapper.map(|w| w.split_whitespace().collect::<Vec<_>>()) {
-            Some(w) if !w.is_empty() => {
+        let wrap = wrapper
+            .map(|w| w.split_whitespace().collect::<Vec<_>>())
+            .filter(|w| !w.is_empty());
+        let wrapped = wrap.is_some();
+        let mut cmd = match wrap {
+            Some(w) => {
                 let mut c = Command::new(w[0]);
                 c.args(&w[1..])
                     .arg(&exe)
@@ -42,7 +46,7 @@ impl Proc {
                     .stdin(Stdio::piped());
                 c
             }
-            _ => {
+            None => {
                 let mut c = Command::new(&exe);
                 c.stdin(Stdio::null());
                 c
@@ -56,10 +60,7 @@ impl Proc {
             .spawn()
             .map_err(|e| format!("cannot start {args:?}: {e}"))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
-        let proc = Proc {
-            child,
-            wrapped: wrapper.is_some(),
-        };
+        let proc = Proc { child, wrapped };
         let mut lines = BufReader::new(stdout).lines();
         let found = loop {
             match lines.next() {
