@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::Config;
+
 /// Every flag that takes a value, with what its value is.
 pub(super) const FLAGS: &[(&str, &str)] = &[
     ("listen", "ADDR"),
@@ -132,4 +134,244 @@ pub(super) fn on_off(flag: &str, v: &str) -> Result<bool, String> {
 
 pub(super) fn ms_required(v: &str, name: &str) -> Result<Duration, String> {
     ms(v, name)?.ok_or_else(|| format!("{name} must be above zero"))
+}
+
+impl Config {
+    /// Reads the environment (through `env`) and then the flags (which win).
+    pub fn from_args_env(
+        args: impl IntoIterator<Item = String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, String> {
+        let mut c = Config::default();
+        let non_empty = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        c.api_key = non_empty("OPENROUTER_API_KEY");
+        if let Some(pairs) = non_empty("LLM_GATEWAY_KEYS") {
+            c.keys = crate::keys::Keys::from_pairs(&pairs)?;
+        }
+        if let Some(u) = non_empty("OPENROUTER_BASE_URL") {
+            c.base_url = u;
+        }
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for (k, flag) in [
+            ("LISTEN_ADDR", "--listen"),
+            ("MOCK_PRESET", "--mock-preset"),
+            ("MOCK_TIME_SCALE", "--mock-time-scale"),
+            ("FIRST_TOKEN_TIMEOUT_MS", "--first-token-timeout-ms"),
+            ("IDLE_TIMEOUT_MS", "--idle-timeout-ms"),
+            ("TOTAL_TIMEOUT_MS", "--total-timeout-ms"),
+            ("MAX_RETRIES", "--max-retries"),
+            ("HEDGE_QUANTILE", "--hedge-quantile"),
+            ("ROUTER_TIERS", "--tiers"),
+            ("LEARNED_ORDER", "--learned-order"),
+            ("UPSTREAM_H2C", "--upstream-h2c"),
+            ("ADAPTIVE_IDLE", "--adaptive-idle"),
+            ("RESUME", "--resume"),
+            ("PRIORS", "--priors"),
+            ("COALESCE", "--coalesce"),
+            ("REDIS_URL", "--redis-url"),
+            ("LLM_GATEWAY_REPLICAS", "--replicas"),
+            ("WORKER_THREADS", "--worker-threads"),
+            ("LLM_GATEWAY_CONFIG", "--config"),
+        ] {
+            if let Some(v) = non_empty(k) {
+                pairs.push((flag.to_owned(), v));
+            }
+        }
+        // One parser for all three sources, lowest first: the config file's `[settings]`,
+        // the environment, the flags (the last occurrence of a flag wins).
+        let mut argv: Vec<String> = vec!["gateway".into()];
+        for (flag, v) in pairs {
+            argv.push(format!("{flag}={v}"));
+        }
+        argv.extend(args);
+        let matches = command()
+            .try_get_matches_from(argv)
+            .map_err(|e| match e.kind() {
+                clap::error::ErrorKind::DisplayHelp => String::new(),
+                _ => e.to_string().trim_end().to_owned(),
+            })?;
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        if let Some(path) = matches.get_one::<String>("config") {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--config: cannot read {path:?}: {e}"))?;
+            let file: ConfigFile =
+                toml::from_str(&text).map_err(|e| format!("--config: {path:?}: {e}"))?;
+            for (name, v) in file.settings {
+                let v = match v {
+                    toml::Value::String(s) => s,
+                    toml::Value::Boolean(b) => if b { "on" } else { "off" }.to_owned(),
+                    toml::Value::Integer(n) => n.to_string(),
+                    toml::Value::Float(x) => x.to_string(),
+                    _ => {
+                        return Err(format!(
+                            "--config: setting `{name}` must be a string, number or boolean"
+                        ));
+                    }
+                };
+                pairs.push((format!("--{}", name.replace('_', "-")), v));
+            }
+            let mut names = std::collections::HashSet::new();
+            for u in &file.upstreams {
+                if !names.insert(u.name.clone()) {
+                    return Err(format!("--config: upstream `{}` is named twice", u.name));
+                }
+                if u.keys.is_empty() {
+                    return Err(format!("--config: upstream `{}` has no keys", u.name));
+                }
+            }
+            c.upstreams = file.upstreams;
+        }
+        for (name, _) in FLAGS {
+            if let Some(v) = matches.get_one::<String>(name) {
+                pairs.push((format!("--{name}"), v.clone()));
+            }
+        }
+        for (flag, v) in pairs {
+            match flag.as_str() {
+                "--listen" => {
+                    c.listen = v.parse().map_err(|_| {
+                        format!("--listen: {v:?} is not an address like 127.0.0.1:8080")
+                    })?
+                }
+                "--mock-preset" => {
+                    if llm_layers_mock::Scenario::preset(&v).is_none() {
+                        return Err(format!(
+                            "--mock-preset: unknown preset {v:?}; known: {:?}",
+                            llm_layers_mock::Scenario::PRESETS
+                        ));
+                    }
+                    c.mock_preset = v;
+                }
+                "--mock-time-scale" => {
+                    c.mock_time_scale = v
+                        .parse()
+                        .ok()
+                        .filter(|x: &f64| *x >= 0.0 && x.is_finite())
+                        .ok_or_else(|| format!("--mock-time-scale: {v:?} is not a number >= 0"))?
+                }
+                "--max-body-bytes" => {
+                    c.max_body_bytes = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        format!("--max-body-bytes: {v:?} is not a size above zero")
+                    })?
+                }
+                "--body-read-timeout-ms" => c.body_read_timeout = ms_required(&v, &flag)?,
+                "--header-read-timeout-ms" => c.header_read_timeout = ms_required(&v, &flag)?,
+                "--shutdown-grace-ms" => c.shutdown_grace = ms(&v, &flag)?.unwrap_or_default(),
+                "--default-max-tokens" => {
+                    let n: u32 = v
+                        .parse()
+                        .map_err(|_| format!("{flag}: {v:?} is not a number"))?;
+                    c.default_max_tokens = (n > 0).then_some(n);
+                }
+                "--first-token-timeout-ms" => c.first_token_timeout = ms(&v, &flag)?,
+                "--idle-timeout-ms" => c.idle_timeout = ms(&v, &flag)?,
+                "--total-timeout-ms" => c.total_timeout = ms(&v, &flag)?,
+                "--max-retries" => {
+                    c.max_retries = v
+                        .parse()
+                        .map_err(|_| format!("{flag}: {v:?} is not a number"))?
+                }
+                "--connect-timeout-ms" => c.connect_timeout = ms_required(&v, &flag)?,
+                "--hedge-quantile" => {
+                    c.hedge_quantile = v
+                        .parse()
+                        .ok()
+                        .filter(|q: &f64| (0.0..1.0).contains(q))
+                        .ok_or_else(|| format!("{flag}: {v:?} is not in 0..1 (0 = off)"))?
+                }
+                "--worker-threads" => {
+                    c.worker_threads = v.parse().ok().filter(|n| *n <= 1024).ok_or_else(|| {
+                        format!("{flag}: {v:?} is not a thread count (0 = one per core, 1 = single-threaded)")
+                    })?
+                }
+                "--max-concurrency" => {
+                    c.max_concurrency = v
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| format!("{flag}: {v:?} is not a number above zero"))?
+                }
+                "--requests-per-minute" => {
+                    c.requests_per_minute = v
+                        .parse()
+                        .map_err(|_| format!("{flag}: {v:?} is not a number"))?
+                }
+                "--tenant-requests-per-minute" => {
+                    c.tenant_requests_per_minute = v
+                        .parse()
+                        .map_err(|_| format!("{flag}: {v:?} is not a number"))?
+                }
+                "--tokens-per-minute" => {
+                    c.tokens_per_minute = v
+                        .parse()
+                        .map_err(|_| format!("{flag}: {v:?} is not a number"))?
+                }
+                "--slow-call-factor" => {
+                    c.slow_call_factor = v
+                        .parse()
+                        .ok()
+                        .filter(|x: &f64| *x >= 1.0 && x.is_finite())
+                        .ok_or_else(|| format!("{flag}: {v:?} is not a number >= 1"))?
+                }
+                "--hedge-budget" => {
+                    c.hedge_budget = v
+                        .parse()
+                        .ok()
+                        .filter(|q: &f64| (0.0..=1.0).contains(q))
+                        .ok_or_else(|| format!("{flag}: {v:?} is not a share in 0..=1"))?
+                }
+                "--tiers" => {
+                    let text = std::fs::read_to_string(&v)
+                        .map_err(|e| format!("{flag}: cannot read {v:?}: {e}"))?;
+                    let learned = c.router.learned_order.enabled;
+                    c.router = serde_json::from_str(&text)
+                        .map_err(|e| format!("{flag}: {v:?} is not a router configuration: {e}"))?;
+                    // A `--learned-order off` given before the file still holds.
+                    c.router.learned_order.enabled &= learned;
+                }
+                "--learned-order" => c.router.learned_order.enabled = on_off(&flag, &v)?,
+                "--keys" => {
+                    let text = std::fs::read_to_string(&v)
+                        .map_err(|e| format!("{flag}: cannot read {v:?}: {e}"))?;
+                    c.keys = crate::keys::Keys::from_json(&text)
+                        .map_err(|e| format!("{flag}: {v:?}: {e}"))?;
+                }
+                "--upstream-h2c" => c.upstream_h2c = on_off(&flag, &v)?,
+                "--adaptive-idle" => c.adaptive_idle = on_off(&flag, &v)?,
+                "--resume" => c.resume = on_off(&flag, &v)?,
+                "--priors" => c.priors = on_off(&flag, &v)?,
+                "--coalesce" => c.coalesce = on_off(&flag, &v)?,
+                "--redis-url" => {
+                    if !(v.starts_with("redis://") || v.starts_with("valkey://")) {
+                        return Err(
+                            "--redis-url: expected redis://[:password@]host:port[/db] (rediss:// is not built in)"
+                                .to_owned(),
+                        );
+                    }
+                    c.redis_url = Some(v.replacen("valkey://", "redis://", 1));
+                }
+                "--replicas" => {
+                    c.replicas = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                        format!("--replicas: {v:?} is not a whole number of at least 1")
+                    })?;
+                }
+                "--redis-limits" => {
+                    c.redis_limits = match v.as_str() {
+                        "exact" => llm_layers_redis::LimitMode::Exact,
+                        "lease" => llm_layers_redis::LimitMode::Lease,
+                        _ => return Err(format!("--redis-limits: {v:?} is not exact or lease")),
+                    }
+                }
+                "--stack" => {
+                    c.leaf_only = match v.as_str() {
+                        "full" => false,
+                        "leaf" => true,
+                        _ => return Err(format!("--stack: {v:?} is not full or leaf")),
+                    }
+                }
+                other => return Err(format!("unknown flag {other:?}")),
+            }
+        }
+        Ok(c)
+    }
 }
