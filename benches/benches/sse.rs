@@ -4,7 +4,8 @@
 //!
 //! Then the chunk codec on the same events: the stream decoder (which parses the head a
 //! stream repeats once) against parsing each event on its own with `decode_event_str`, and
-//! `ChatChunk::write_json` against `serde_json::to_writer` for re-encoding them.
+//! `ChatChunk::write_json` (and `ChunkWriter`, which writes the repeated head once) against
+//! `serde_json::to_writer` for re-encoding them.
 //!
 //! `cargo bench -p llm-layers-bench --bench sse` (`-- chunk/` for the codec alone)
 
@@ -17,9 +18,9 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eventsource_stream::Eventsource;
 use futures_util::Stream;
-use llm_layers_core::ChatChunk;
 use llm_layers_core::decode::{SseChatDecoder, decode_event_str};
 use llm_layers_core::sse::SseParser;
+use llm_layers_core::{ChatChunk, ChunkWriter};
 
 const EVENTS: usize = 4_000;
 
@@ -155,6 +156,15 @@ fn codec(c: &mut Criterion) {
             for c in &parsed {
                 out.clear();
                 c.write_json(&mut out);
+            }
+        })
+    });
+    g.bench_function("encode/ChunkWriter (head once)", |b| {
+        b.iter(|| {
+            let mut writer = ChunkWriter::default();
+            for c in &parsed {
+                out.clear();
+                writer.write(c, &mut out);
             }
         })
     });

@@ -6,6 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 mod json;
+pub use json::ChunkWriter;
 
 fn str_is_empty(s: &str) -> bool {
     s.is_empty()

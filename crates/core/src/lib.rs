@@ -48,8 +48,8 @@ pub mod stream;
 pub mod sync;
 
 pub use chunk::{
-    AssistantMessage, ChatChunk, ChatCompletion, Choice, ChunkChoice, Delta, FunctionCall,
-    FunctionDelta, ToolCall, ToolCallDelta, Usage,
+    AssistantMessage, ChatChunk, ChatCompletion, Choice, ChunkChoice, ChunkWriter, Delta,
+    FunctionCall, FunctionDelta, ToolCall, ToolCallDelta, Usage,
 };
 pub use classify::{Classify, DefaultClassify, ErrorClass};
 pub use config::ConfigError;

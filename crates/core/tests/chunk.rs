@@ -92,17 +92,23 @@ fn a_whole_completion_keeps_the_unknown_fields_of_its_message() {
 }
 
 mod write_json {
-    //! `ChatChunk::write_json` writes exactly what `serde_json::to_writer` writes.
-    use llm_layers_core::{ChatChunk, ChunkChoice, Delta, FunctionDelta, ToolCallDelta, Usage};
+    //! `ChatChunk::write_json`, `ChunkWriter` and `ChatCompletion::write_json` write exactly
+    //! what `serde_json::to_writer` writes.
+    use llm_layers_core::{
+        AssistantMessage, ChatChunk, ChatCompletion, Choice, ChunkChoice, ChunkWriter, Delta,
+        FunctionCall, FunctionDelta, ToolCall, ToolCallDelta, Usage,
+    };
     use proptest::prelude::*;
     use serde_json::{Map, Value, json};
 
     /// Text that needs no escape, text that does (quotes, backslashes, every control
-    /// character, DEL, non-ASCII) and the empty string.
+    /// character, DEL, non-ASCII; one such character anywhere in a longer text) and the
+    /// empty string.
     fn text() -> impl Strategy<Value = String> {
         prop_oneof![
-            "[a-zA-Z0-9 ,:./-]{0,12}",
+            "[a-zA-Z0-9 ,:./-]{0,40}",
             "[\"\\\\\u{0}-\u{1f}\u{7f}é😀a]{0,8}",
+            "[a-z é]{0,30}[\"\\\\\u{0}-\u{1f}][a-z]{0,20}",
             Just(String::new()),
         ]
     }
@@ -211,6 +217,71 @@ mod write_json {
             )
     }
 
+    fn answer() -> impl Strategy<Value = ChatCompletion> {
+        let call =
+            (text(), text(), text(), text()).prop_map(|(id, kind, name, arguments)| ToolCall {
+                id,
+                kind,
+                function: FunctionCall { name, arguments },
+            });
+        let message = (
+            text(),
+            opt_text(),
+            opt_text(),
+            prop::option::of(prop::collection::vec(call, 0..3)),
+            extra(),
+        )
+            .prop_map(
+                |(role, content, reasoning, tool_calls, extra)| AssistantMessage {
+                    role,
+                    content,
+                    reasoning,
+                    tool_calls,
+                    extra,
+                },
+            );
+        let choice = (
+            any::<u32>(),
+            message,
+            opt_text(),
+            opt_text(),
+            prop::option::of(value()),
+            prop::option::of(value()),
+        )
+            .prop_map(
+                |(index, message, finish_reason, native_finish_reason, logprobs, error)| Choice {
+                    index,
+                    message,
+                    finish_reason,
+                    native_finish_reason,
+                    logprobs,
+                    error,
+                },
+            );
+        (
+            (text(), text(), any::<u64>(), text(), opt_text()),
+            prop::collection::vec(choice, 0..3),
+            chunk().prop_map(|c| c.usage),
+            opt_text(),
+            prop::option::of(value()),
+        )
+            .prop_map(
+                |((id, object, created, model, provider), choices, usage, fp, error)| {
+                    ChatCompletion {
+                        id,
+                        object,
+                        created,
+                        model,
+                        provider,
+                        choices,
+                        usage,
+                        system_fingerprint: fp,
+                        error,
+                    }
+                },
+            )
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
         #[test]
@@ -220,6 +291,48 @@ mod write_json {
             let mut want = b"data: ".to_vec();
             serde_json::to_writer(&mut want, &c).unwrap();
             prop_assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&want));
+        }
+
+        #[test]
+        fn an_answer_has_the_same_bytes_as_serde_json(a in answer()) {
+            let mut out = Vec::new();
+            a.write_json(&mut out);
+            let want = serde_json::to_vec(&a).unwrap();
+            prop_assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&want));
+        }
+
+        /// A stream's chunks through one writer: each is its own `serde_json` bytes, whether
+        /// its head is the one before (`keep` 1: the fields copied from it), the one before
+        /// but for one field (2 to 6), or another (0).
+        #[test]
+        fn a_writer_gives_each_chunk_its_own_bytes(
+            chunks in prop::collection::vec((chunk(), 0..7u8), 1..8),
+        ) {
+            let mut writer = ChunkWriter::default();
+            let mut before: Option<ChatChunk> = None;
+            for (fresh, keep) in chunks {
+                let mut c = fresh.clone();
+                if let (1.., Some(b)) = (keep, &before) {
+                    c.id.clone_from(&b.id);
+                    c.object.clone_from(&b.object);
+                    c.created = b.created;
+                    c.model.clone_from(&b.model);
+                    c.provider.clone_from(&b.provider);
+                    match keep {
+                        2 => c.id = fresh.id,
+                        3 => c.object = fresh.object,
+                        4 => c.created = fresh.created,
+                        5 => c.model = fresh.model,
+                        6 => c.provider = fresh.provider,
+                        _ => {}
+                    }
+                }
+                let mut out = Vec::new();
+                writer.write(&c, &mut out);
+                let want = serde_json::to_vec(&c).unwrap();
+                prop_assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&want));
+                before = Some(c);
+            }
         }
     }
 

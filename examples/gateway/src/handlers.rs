@@ -239,9 +239,22 @@ pub(crate) async fn chat(
         return sse::response(stream, include_usage, state.phase.clone());
     }
     match stream.collect().await {
-        Ok(c) => axum::Json(normalize(c)).into_response(),
+        Ok(c) => answer_response(&normalize(c)),
         Err(e) => ApiFailure::from(&e).into_response(),
     }
+}
+
+/// A whole answer as JSON: the bytes `axum::Json` would send, written by
+/// [`ChatCompletion::write_json`] (a string that needs no escape copied whole).
+fn answer_response(c: &ChatCompletion) -> Response {
+    let mut out = Vec::with_capacity(512);
+    c.write_json(&mut out);
+    let mut r = Response::new(Body::from(out));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// Fills the fields OpenAI clients rely on when an upstream left them out.

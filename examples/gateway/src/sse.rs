@@ -11,7 +11,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_core::Stream;
 use http::{HeaderValue, header};
-use llm_layers_core::{ChatChunk, ChatStream};
+use llm_layers_core::{ChatChunk, ChatStream, ChunkWriter};
 use tokio::sync::watch;
 
 use crate::Phase;
@@ -28,6 +28,7 @@ pub(crate) fn response(
         cut: Box::pin(wait_cut(phase)),
         done: false,
         created: crate::now_secs(),
+        writer: ChunkWriter::default(),
     };
     let mut r = Response::new(Body::from_stream(body));
     let h = r.headers_mut();
@@ -52,6 +53,8 @@ struct SseBody {
     cut: Pin<Box<dyn Future<Output = ()> + Send>>,
     done: bool,
     created: u64,
+    /// Writes the head the chunks of the answer repeat once.
+    writer: ChunkWriter,
 }
 
 /// The most bytes one body frame gathers from events that are already there.
@@ -79,7 +82,7 @@ fn event(json: &impl serde::Serialize) -> Bytes {
 
 impl SseBody {
     /// Appends `c` as an event, the fields OpenAI clients rely on filled in.
-    fn chunk(&self, out: &mut Vec<u8>, mut c: ChatChunk) {
+    fn chunk(&mut self, out: &mut Vec<u8>, mut c: ChatChunk) {
         if c.object.is_empty() {
             c.object = "chat.completion.chunk".into();
         }
@@ -89,7 +92,8 @@ impl SseBody {
         if c.id.is_empty() {
             c.id = self.stream.meta().generation_id.clone().unwrap_or_default();
         }
-        write_event(out, |o| c.write_json(o));
+        let writer = &mut self.writer;
+        write_event(out, |o| writer.write(&c, o));
     }
 }
 

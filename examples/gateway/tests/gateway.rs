@@ -185,7 +185,9 @@ async fn openai_shapes_stream_and_not_with_tools_and_unknown_fields() {
     // Non-streaming: one chat.completion body.
     let mut plain = request.clone();
     plain["stream"] = json!(false);
-    let (status, v, _) = json_of(post(&c, &gw, plain.to_string()).await).await;
+    let r = post(&c, &gw, plain.to_string()).await;
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let (status, v, _) = json_of(r).await;
     assert_eq!(status, 200);
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["choices"][0]["message"]["role"], "assistant");
