@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 mod json;
 pub use json::ChunkWriter;
+pub(crate) use json::plain_bytes;
 
 fn str_is_empty(s: &str) -> bool {
     s.is_empty()

@@ -368,6 +368,41 @@ mod head_reuse {
         Broken,
         /// An error event in the same head.
         Error,
+        /// A content delta in one of the shapes the decoder may learn and reuse (or must
+        /// not), by number: see `shaped`.
+        Shaped(String, String, u8),
+    }
+
+    /// The choices of a [`Step::Shaped`] event with content `t` (and `u` where another
+    /// string may or may not be the same).
+    fn shaped(t: &str, u: &str, shape: u8) -> Value {
+        match shape {
+            0 => json!([{"index": 0, "delta": {"content": t}, "finish_reason": null,
+                         "native_finish_reason": null, "logprobs": null}]),
+            1 => json!([{"index": 0, "delta": {"refusal": null, "content": t},
+                         "finish_reason": null}]),
+            // The same text (or another) earlier, under the same key, somewhere else.
+            2 => json!([{"index": 0, "delta": {"annotations": [{"content": u}], "content": t},
+                         "finish_reason": null}]),
+            3 => json!([{"index": 0, "delta": {"role": "assistant", "content": t},
+                         "finish_reason": null}]),
+            4 => json!([{"index": 0, "delta": {"reasoning": t, "content": t},
+                         "finish_reason": null}]),
+            5 => json!([{"index": 0, "delta": {"content": "llm-layers shape probe"},
+                         "finish_reason": null}]),
+            6 => json!([{"index": 1, "delta": {"content": t}, "finish_reason": null},
+                        {"index": 0, "delta": {"content": t}, "finish_reason": null}]),
+            // The text as the start of a longer string first.
+            _ => json!([{"index": 0, "delta": {"x": {"content": format!("{t}{t}!")}, "content": t},
+                         "finish_reason": null}]),
+        }
+    }
+
+    fn shaped_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => prop::sample::select(vec!["", "a", "b c", "é"]).prop_map(str::to_owned),
+            1 => "[a-z é\"\\\\]{0,6}",
+        ]
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -380,6 +415,11 @@ mod head_reuse {
             1 => Just(Step::ToolCall),
             1 => Just(Step::Broken),
             1 => Just(Step::Error),
+            // Texts from a few, so that events repeat each other's: a shape learned from one
+            // is read on the next.
+            6 => (shaped_text(), shaped_text(), any::<bool>(), 0u8..8).prop_map(
+                |(t, u, same, n)| Step::Shaped(t.clone(), if same { t } else { u }, n)
+            ),
         ]
     }
 
@@ -432,6 +472,12 @@ mod head_reuse {
                 Step::Error => {
                     members.push(member("choices", &json!([])));
                     members.push(member("error", &json!({"code": 502, "message": "down"})));
+                }
+                Step::Shaped(t, u, n) => {
+                    members.push(member("choices", &shaped(t, u, *n)));
+                    if *n == 0 {
+                        members.push("\"usage\":null".to_owned());
+                    }
                 }
             }
             out.push(format!("{{{}}}", members.join(",")));

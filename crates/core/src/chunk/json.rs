@@ -25,7 +25,7 @@ fn plain(s: &str) -> bool {
 /// [`plain`] on bytes, eight at a time: a chunk's strings (ids, model names, tokens) are
 /// mostly longer than that, and a byte-by-byte test was half the writer's work. Also what a
 /// JSON string's body must be to mean its bytes unescaped (the decoder's shape cache).
-fn plain_bytes(bytes: &[u8]) -> bool {
+pub(crate) fn plain_bytes(bytes: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     /// The high bit of each byte of `w` that is below `n` (`n` ≤ 0x80), and maybe of bytes

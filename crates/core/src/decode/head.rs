@@ -2,6 +2,12 @@
 //! (`{"id":"gen-…","object":"chat.completion.chunk","created":…,"model":"…","provider":"…",`),
 //! about half of its strings. [`Head`] keeps those bytes and the fields they hold; a chunk
 //! that starts with them is parsed from its `"choices"` on and gets the fields by copy.
+//!
+//! What follows the head is, for most chunks of an answer, the same bytes around a new
+//! token (`"choices":[{"index":0,"delta":{"content":"` … `"},"finish_reason":null}]}`).
+//! [`Shape`] keeps those bytes and the choice they hold; a tail made of them and a string
+//! that needs no unescaping is that choice with that string as its content, and is not
+//! parsed at all.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -10,7 +16,7 @@ use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
 use super::{checked, parse_whole};
-use crate::chunk::{ChatChunk, ChunkChoice, Usage};
+use crate::chunk::{ChatChunk, ChunkChoice, Usage, plain_bytes};
 use crate::error::LlmError;
 
 /// The key that ends a head: what comes before it at the top level is the head.
@@ -19,6 +25,14 @@ const CHOICES_KEY: &[u8] = b",\"choices\":";
 /// How many chunks in a row may fail to start with the learned head before a stream is
 /// taken as one whose head changes (a timestamp per chunk) and no longer compared.
 const MAX_MISSES: u8 = 2;
+
+/// How many shapes one head may learn: each costs a parse more, so a stream whose tails
+/// keep changing their shape stops paying for it.
+const MAX_SHAPES: u8 = 3;
+
+/// The content a learned shape is proven with: put in the place the content was found, it
+/// must come out as the content and change nothing else.
+const PROBE: &str = "llm-layers shape probe";
 
 /// [`decode_event_str`](super::decode_event_str) for the events of one stream, with the
 /// head they repeat parsed once: a chunk that starts with the head bytes of the chunk
@@ -63,6 +77,10 @@ struct Head {
     system_fingerprint: Option<String>,
     /// `{` and the rest of the chunk, rebuilt in place for each chunk.
     scratch: String,
+    /// The bytes the tails of this head repeat around their content, once learned.
+    shape: Option<Shape>,
+    /// How many shapes were learned (at most [`MAX_SHAPES`]).
+    shapes: u8,
 }
 
 impl Head {
@@ -85,7 +103,17 @@ impl Head {
             && alone.model == chunk.model
             && alone.provider == chunk.provider
             && alone.system_fingerprint == chunk.system_fingerprint;
-        same.then(|| Head {
+        if !same {
+            return None;
+        }
+        // The first chunk's tail may be the shape of the ones after it (OpenRouter's first
+        // delta is the role and an empty content, as every delta after it but for the text).
+        let rest = &text[at + 1..];
+        let shape = match (&chunk.usage, &chunk.error) {
+            (None, None) => Shape::learn_choices(rest, &chunk.choices, &mut scratch),
+            _ => None,
+        };
+        Some(Head {
             prefix: text.as_bytes()[..=at].into(),
             id: alone.id,
             object: alone.object,
@@ -94,6 +122,8 @@ impl Head {
             provider: alone.provider,
             system_fingerprint: alone.system_fingerprint,
             scratch,
+            shapes: u8::from(shape.is_some()),
+            shape,
         })
     }
 
@@ -104,21 +134,128 @@ impl Head {
         let rest = text.as_bytes().strip_prefix(&*self.prefix)?;
         // The prefix ends with an ASCII `,`: `rest` starts on a character boundary.
         let rest = &text[text.len() - rest.len()..];
-        self.scratch.clear();
-        self.scratch.push('{');
-        self.scratch.push_str(rest);
-        let tail: Tail = serde_json::from_str(&self.scratch).ok()?;
+        let (choices, usage, error) = match self.shape.as_ref().and_then(|s| s.read(rest)) {
+            Some(choice) => (vec![choice], None, None),
+            None => {
+                self.scratch.clear();
+                self.scratch.push('{');
+                self.scratch.push_str(rest);
+                let tail: Tail = serde_json::from_str(&self.scratch).ok()?;
+                if self.shapes < MAX_SHAPES {
+                    if let Some(shape) = Shape::learn(rest, &tail, &mut self.scratch) {
+                        self.shape = Some(shape);
+                        self.shapes += 1;
+                    }
+                }
+                (
+                    tail.choices.unwrap_or_default(),
+                    tail.usage.flatten(),
+                    tail.error.flatten(),
+                )
+            }
+        };
         Some(ChatChunk {
             id: self.id.clone(),
             object: self.object.clone(),
             created: self.created,
             model: self.model.clone(),
             provider: self.provider.clone(),
-            choices: tail.choices.unwrap_or_default(),
-            usage: tail.usage.flatten(),
-            error: tail.error.flatten(),
+            choices,
+            usage,
+            error,
             system_fingerprint: self.system_fingerprint.clone(),
         })
+    }
+}
+
+/// A tail's bytes around the content string of its one choice, and that choice.
+struct Shape {
+    /// The tail (after the head) up to the content string's opening quote, included.
+    prefix: Box<[u8]>,
+    /// From the content string's closing quote, included, to the end of the chunk.
+    suffix: Box<[u8]>,
+    /// The choice such a tail holds, but for its content.
+    choice: ChunkChoice,
+}
+
+impl Shape {
+    /// The shape of `rest` (a tail after the head, whose parse is `tail`), when it holds one
+    /// choice with a content and is of the stream's middle (no finish, no usage, no error:
+    /// OpenRouter repeats the role in every delta), the content needs no unescaping, and putting [`PROBE`] where the
+    /// content's bytes were found (a `"content":"…"` among the first two that hold them)
+    /// gives the same choice with the probe as content: that proves those bytes are the
+    /// content and nothing else, for any string that needs no unescaping in their place.
+    /// `scratch` is the head's buffer.
+    fn learn(rest: &str, tail: &Tail, scratch: &mut String) -> Option<Shape> {
+        if tail.usage.as_ref().is_some_and(Option::is_some)
+            || tail.error.as_ref().is_some_and(Option::is_some)
+        {
+            return None;
+        }
+        Shape::learn_choices(rest, tail.choices.as_deref()?, scratch)
+    }
+
+    /// [`learn`](Shape::learn) for a tail whose choices are `choices` and that holds no
+    /// usage and no error.
+    fn learn_choices(rest: &str, choices: &[ChunkChoice], scratch: &mut String) -> Option<Shape> {
+        let [choice] = choices else {
+            return None;
+        };
+        let content = choice.delta.content.as_deref()?;
+        if choice.finish_reason.is_some() || content == PROBE || !plain_bytes(content.as_bytes()) {
+            return None;
+        }
+        const KEY: &str = "\"content\":\"";
+        let mut want = choice.clone();
+        want.delta.content = Some(PROBE.to_owned());
+        // The places where the content's string could be, first to last (the content
+        // usually comes first, after the role, if any): the first proven is the shape.
+        let places = memchr::memmem::find_iter(rest.as_bytes(), KEY.as_bytes())
+            .map(|at| at + KEY.len())
+            .filter(|&at| {
+                let after = &rest.as_bytes()[at..];
+                after.starts_with(content.as_bytes()) && after.get(content.len()) == Some(&b'"')
+            });
+        for at in places.take(2) {
+            let end = at + content.len();
+            scratch.clear();
+            scratch.push('{');
+            scratch.push_str(&rest[..at]);
+            scratch.push_str(PROBE);
+            scratch.push_str(&rest[end..]);
+            let Ok(probe) = serde_json::from_str::<Tail>(scratch) else {
+                continue;
+            };
+            if probe.usage.flatten().is_none()
+                && probe.error.flatten().is_none()
+                && probe.choices.as_deref() == Some(std::slice::from_ref(&want))
+            {
+                want.delta.content = None;
+                return Some(Shape {
+                    prefix: rest.as_bytes()[..at].into(),
+                    suffix: rest.as_bytes()[end..].into(),
+                    choice: want,
+                });
+            }
+        }
+        None
+    }
+
+    /// The choice `rest` holds, when it is this shape's bytes around a string that needs no
+    /// unescaping.
+    fn read(&self, rest: &str) -> Option<ChunkChoice> {
+        let body = rest
+            .as_bytes()
+            .strip_prefix(&*self.prefix)?
+            .strip_suffix(&*self.suffix)?;
+        if !plain_bytes(body) {
+            return None;
+        }
+        // The prefix ends and the suffix starts with an ASCII `"`: character boundaries.
+        let at = self.prefix.len();
+        let mut choice = self.choice.clone();
+        choice.delta.content = Some(rest[at..at + body.len()].to_owned());
+        Some(choice)
     }
 }
 
@@ -194,5 +331,127 @@ impl<'de> Deserialize<'de> for Key<'de> {
             }
         }
         d.deserialize_str(KeyVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::decode_event_str;
+
+    const HEAD: &str =
+        r#"{"id":"gen-1","object":"chat.completion.chunk","created":1,"model":"m","provider":"P","#;
+
+    fn event(tail: &str) -> String {
+        format!("{HEAD}{tail}")
+    }
+
+    /// A token as OpenRouter sends it: the role in every delta.
+    fn content(t: &str) -> String {
+        event(&format!(
+            r#""choices":[{{"index":0,"delta":{{"role":"assistant","content":"{t}"}},"finish_reason":null,"native_finish_reason":null}}]}}"#
+        ))
+    }
+
+    /// Decodes `events` with one cache, checking each against its parse alone.
+    fn decode_all(cache: &mut HeadCache, events: &[String]) {
+        for e in events {
+            let got = cache.decode(e).map_err(|e| e.kind());
+            let want = decode_event_str(e).map_err(|e| e.kind());
+            assert_eq!(got, want, "{e}");
+        }
+    }
+
+    fn shape(cache: &HeadCache) -> Option<&Shape> {
+        cache.head.as_ref()?.shape.as_ref()
+    }
+
+    #[test]
+    fn a_stream_of_tokens_learns_its_shape_once_and_reads_through_it() {
+        let mut cache = HeadCache::default();
+        decode_all(&mut cache, &[content("")]);
+        let learned = shape(&cache).expect("learned from the first chunk, with the head");
+        assert_eq!(
+            &*learned.suffix,
+            br#""},"finish_reason":null,"native_finish_reason":null}]}"#
+        );
+        let tokens: Vec<String> = ["Hello", " wor", "ld", "", "é😀", "a'b"]
+            .map(content)
+            .to_vec();
+        decode_all(&mut cache, &tokens);
+        assert_eq!(
+            cache.head.as_ref().unwrap().shapes,
+            1,
+            "read, not learned again"
+        );
+        let read = shape(&cache).unwrap().read(&content(" x")[HEAD.len()..]);
+        assert_eq!(read.unwrap().delta.content.as_deref(), Some(" x"));
+        // A token that needs unescaping, a finish, usage and a role-less delta are parsed.
+        let rest = [
+            content(r#"a\"b"#),
+            content(r#"\u00e9"#),
+            event(
+                r#""choices":[{"index":0,"delta":{"content":"t"},"finish_reason":null,"native_finish_reason":null}]}"#,
+            ),
+            event(
+                r#""choices":[{"index":0,"delta":{"content":""},"finish_reason":"stop","native_finish_reason":"stop"}]}"#,
+            ),
+            event(
+                r#""choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+            ),
+        ];
+        for e in &rest {
+            assert!(
+                shape(&cache).unwrap().read(&e[HEAD.len()..]).is_none(),
+                "{e}"
+            );
+        }
+        decode_all(&mut cache, &rest);
+    }
+
+    /// The content's text found first under another `"content"` key: the probe shows the
+    /// place is not the content, so nothing is learned there, and a later event whose two
+    /// strings differ decodes as parsed.
+    #[test]
+    fn the_same_text_elsewhere_is_not_taken_for_the_content() {
+        let both = |a: &str, c: &str| {
+            event(&format!(
+                r#""choices":[{{"index":0,"delta":{{"annotations":[{{"content":"{a}"}}],"content":"{c}"}},"finish_reason":null}}]}}"#
+            ))
+        };
+        let mut cache = HeadCache::default();
+        decode_all(&mut cache, &[content("x"), both("a", "a")]);
+        let learned = shape(&cache).expect("learned at the second content string");
+        assert!(learned.prefix.ends_with(br#"}],"content":""#));
+        decode_all(
+            &mut cache,
+            &[both("b", "a"), both("a", "b"), both("c", "c")],
+        );
+    }
+
+    #[test]
+    fn the_probe_text_itself_and_two_choices_are_not_learned() {
+        let mut cache = HeadCache::default();
+        let two = event(
+            r#""choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null},{"index":1,"delta":{"content":"a"},"finish_reason":null}]}"#,
+        );
+        decode_all(&mut cache, &[content("x")]);
+        cache.head.as_mut().unwrap().shape = None;
+        decode_all(&mut cache, &[content(PROBE), two]);
+        assert!(shape(&cache).is_none());
+    }
+
+    #[test]
+    fn a_head_learns_at_most_a_few_shapes() {
+        let mut cache = HeadCache::default();
+        let events: Vec<String> = (0..8)
+            .map(|i| {
+                event(&format!(
+                    r#""choices":[{{"index":0,"delta":{{"content":"t","x{i}":1}},"finish_reason":null}}]}}"#
+                ))
+            })
+            .collect();
+        decode_all(&mut cache, &events);
+        assert_eq!(cache.head.as_ref().unwrap().shapes, MAX_SHAPES);
     }
 }
