@@ -406,6 +406,8 @@ impl ChunkWriter {
     pub fn write(&mut self, chunk: &ChatChunk, out: &mut Vec<u8>) {
         if !self.last.as_ref().is_some_and(|h| h.is_of(chunk)) {
             self.bytes.clear();
+            // A head is about 150 bytes: one allocation, not one per doubling.
+            self.bytes.reserve(256);
             Out(&mut self.bytes).head(chunk);
             self.last = Some(Head::of(chunk));
         }
