@@ -8,6 +8,13 @@
 //! `serde_json::to_writer` for re-encoding them.
 //!
 //! `cargo bench -p llm-layers-bench --bench sse` (`-- chunk/` for the codec alone)
+//!
+//! Wall time on this VM drifts by more than the codec's differences; instructions do not.
+//! `CODEC_ONLY=<arm> CODEC_ROUNDS=<n>` runs only that codec arm, `n` times over the 4,000
+//! events (after the same set-up), to be counted by valgrind: the difference between 1 and 0
+//! rounds, over 4,000, is the arm's instructions per event (`benches/codec-instructions.sh`
+//! does it for every arm). Arms: `decode-alone`, `decode-stream`, `encode-serde`,
+//! `encode-write-json`, `encode-writer`.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
@@ -15,7 +22,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use eventsource_stream::Eventsource;
 use futures_util::Stream;
 use llm_layers_core::decode::{SseChatDecoder, decode_event_str};
@@ -171,5 +178,64 @@ fn codec(c: &mut Criterion) {
     g.finish();
 }
 
+/// One codec arm, `rounds` times over the events (see the module docs).
+fn codec_only(arm: &str, rounds: usize) {
+    let all = payload();
+    let chunks = chunks(&all, 1460);
+    let parsed: Vec<ChatChunk> = {
+        let mut p = SseParser::new();
+        p.push(all.clone());
+        std::iter::from_fn(|| p.next_event())
+            .filter_map(|ev| decode_event_str(ev.unwrap().data()).unwrap())
+            .collect()
+    };
+    let mut out = Vec::with_capacity(512);
+    for _ in 0..rounds {
+        let n = match arm {
+            "decode-alone" => each_alone(&chunks),
+            "decode-stream" => decoder(&chunks),
+            "encode-serde" => parsed
+                .iter()
+                .map(|c| {
+                    out.clear();
+                    serde_json::to_writer(&mut out, c).unwrap();
+                })
+                .count(),
+            "encode-write-json" => parsed
+                .iter()
+                .map(|c| {
+                    out.clear();
+                    c.write_json(&mut out);
+                })
+                .count(),
+            "encode-writer" => {
+                let mut writer = ChunkWriter::default();
+                parsed
+                    .iter()
+                    .map(|c| {
+                        out.clear();
+                        writer.write(c, &mut out);
+                    })
+                    .count()
+            }
+            other => panic!("CODEC_ONLY={other} is not an arm"),
+        };
+        assert_eq!(n, EVENTS);
+        std::hint::black_box(&out);
+    }
+}
+
 criterion_group!(benches, bench, codec);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(arm) = std::env::var("CODEC_ONLY") {
+        let rounds = std::env::var("CODEC_ROUNDS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        codec_only(&arm, rounds);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
