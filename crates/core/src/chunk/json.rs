@@ -127,29 +127,32 @@ impl Out<'_> {
     }
 
     fn chunk(&mut self, c: &ChatChunk) {
-        self.head(c);
+        self.head(c, &mut Spans::default());
         self.rest(c);
     }
 
     /// The members before the choices, and the `"choices":` key: the part of a chunk that
-    /// every chunk of one answer repeats.
-    fn head(&mut self, c: &ChatChunk) {
+    /// every chunk of one answer repeats. `spans` gets where each of its strings' bytes went
+    /// (between the quotes; the bytes of the string itself when it needs no escape).
+    fn head(&mut self, c: &ChatChunk, spans: &mut Spans) {
         let first = &mut true;
-        if !c.id.is_empty() {
-            self.key(first, "id");
-            self.str(&c.id);
-        }
-        if !c.object.is_empty() {
-            self.key(first, "object");
-            self.str(&c.object);
-        }
+        let [id, object, model, provider] = head_strings(c);
+        let mut member =
+            |out: &mut Self, first: &mut bool, i: usize, key: &str, v: Option<&str>| {
+                if let Some(v) = v {
+                    out.key(first, key);
+                    let at = out.0.len() + 1;
+                    out.str(v);
+                    let end = out.0.len() - 1;
+                    spans[i] = u16::try_from(at).ok().zip(u16::try_from(end).ok());
+                }
+            };
+        member(self, first, 0, "id", id);
+        member(self, first, 1, "object", object);
         self.key(first, "created");
         self.u64(c.created);
-        if !c.model.is_empty() {
-            self.key(first, "model");
-            self.str(&c.model);
-        }
-        self.opt_str(first, "provider", c.provider.as_deref());
+        member(self, first, 2, "model", model);
+        member(self, first, 3, "provider", provider);
         self.key(first, "choices");
     }
 
@@ -382,58 +385,110 @@ impl ChatCompletion {
 /// ```
 #[derive(Debug, Default)]
 pub struct ChunkWriter {
-    /// The head fields of the chunk `bytes` were written for; `None` before the first.
-    last: Option<Head>,
+    /// The head last written, when each of its strings needed no escape (empty otherwise, and
+    /// before the first chunk).
     bytes: Vec<u8>,
-}
-
-#[derive(Debug)]
-struct Head {
-    id: String,
-    object: std::borrow::Cow<'static, str>,
+    /// Its `created`.
     created: u64,
-    model: String,
-    provider: Option<String>,
+    /// Where its strings are in `bytes` (see [`head_strings`]); `None` for one not written.
+    spans: Spans,
 }
 
-impl Head {
-    fn of(c: &ChatChunk) -> Head {
-        Head {
-            id: c.id.clone(),
-            object: c.object.clone(),
-            created: c.created,
-            model: c.model.clone(),
-            provider: c.provider.clone(),
-        }
-    }
+/// Where a head's strings are in its bytes, in [`head_strings`]' order (`u16`: a stream
+/// holds its writer while it idles; a longer head is not kept).
+type Spans = [Option<(u16, u16)>; 4];
 
-    fn is_of(&self, c: &ChatChunk) -> bool {
-        self.created == c.created
-            && self.id == c.id
-            && self.model == c.model
-            && self.object == c.object
-            && self.provider == c.provider
+/// The strings of a chunk's head that are written, in the order they are: the id, `object`
+/// and the model when not empty, the provider when there is one.
+fn head_strings(c: &ChatChunk) -> [Option<&str>; 4] {
+    fn non_empty(s: &str) -> Option<&str> {
+        (!s.is_empty()).then_some(s)
     }
+    [
+        non_empty(&c.id),
+        non_empty(&c.object),
+        non_empty(&c.model),
+        c.provider.as_deref(),
+    ]
 }
 
 impl ChunkWriter {
     /// Appends `chunk`'s JSON to `out`: the bytes of [`ChatChunk::write_json`].
     pub fn write(&mut self, chunk: &ChatChunk, out: &mut Vec<u8>) {
-        if !self.last.as_ref().is_some_and(|h| h.is_of(chunk)) {
-            self.bytes.clear();
-            // A head is about 150 bytes: one allocation, not one per doubling.
-            self.bytes.reserve(256);
-            Out(&mut self.bytes).head(chunk);
-            self.last = Some(Head::of(chunk));
+        if !self.holds_head_of(chunk) {
+            self.learn(chunk);
         }
-        out.extend_from_slice(&self.bytes);
+        if self.bytes.is_empty() {
+            Out(out).head(chunk, &mut Spans::default());
+        } else {
+            out.extend_from_slice(&self.bytes);
+        }
         Out(out).rest(chunk);
+    }
+
+    /// Whether `bytes` are `c`'s head. The strings kept are the bytes they were written as
+    /// (none needed an escape), so equal bytes are equal strings.
+    fn holds_head_of(&self, c: &ChatChunk) -> bool {
+        !self.bytes.is_empty()
+            && self.created == c.created
+            && self
+                .spans
+                .iter()
+                .zip(head_strings(c))
+                .all(|(span, s)| match (span, s) {
+                    (None, None) => true,
+                    (Some((a, b)), Some(s)) => {
+                        &self.bytes[usize::from(*a)..usize::from(*b)] == s.as_bytes()
+                    }
+                    _ => false,
+                })
+    }
+
+    /// Keeps `c`'s head, when none of its strings needs an escape (a head that does is
+    /// written for every chunk, as `write_json` does).
+    fn learn(&mut self, c: &ChatChunk) {
+        self.bytes.clear();
+        if head_strings(c).iter().flatten().any(|s| !plain(s)) {
+            self.bytes = Vec::new();
+            return;
+        }
+        // A head is about 150 bytes: one allocation, then only as much as it takes (a
+        // stream holds its writer while it idles).
+        self.bytes.reserve(256);
+        self.spans = Spans::default();
+        Out(&mut self.bytes).head(c, &mut self.spans);
+        if self.bytes.len() > usize::from(u16::MAX) {
+            self.bytes = Vec::new();
+            return;
+        }
+        self.bytes.shrink_to_fit();
+        self.created = c.created;
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::plain_bytes;
+    use super::{ChunkWriter, plain_bytes};
+    use crate::ChatChunk;
+
+    /// A head string that needs an escape is not kept: its written bytes are another string's
+    /// own bytes (`a"b` is written `a\"b`, the bytes of the string `a\"b`), so comparing a
+    /// chunk's strings with them would take one for the other.
+    #[test]
+    fn a_head_that_needs_an_escape_is_written_for_every_chunk() {
+        let chunk = |id: &str| ChatChunk {
+            id: id.into(),
+            model: "m".into(),
+            ..ChatChunk::default()
+        };
+        let mut writer = ChunkWriter::default();
+        for id in ["a\"b", "a\\\"b", "a\"b", "plain", "a\\\"b"] {
+            let c = chunk(id);
+            let mut out = Vec::new();
+            writer.write(&c, &mut out);
+            assert_eq!(out, serde_json::to_vec(&c).unwrap(), "{id}");
+        }
+    }
 
     fn byte_by_byte(b: &[u8]) -> bool {
         b.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
