@@ -77,8 +77,9 @@ struct Head {
     system_fingerprint: Option<String>,
     /// `{` and the rest of the chunk, rebuilt in place for each chunk.
     scratch: String,
-    /// The bytes the tails of this head repeat around their content, once learned.
-    shape: Option<Shape>,
+    /// The bytes the tails of this head repeat around their content, once learned (boxed: a
+    /// head without one stays small).
+    shape: Option<Box<Shape>>,
     /// How many shapes were learned (at most [`MAX_SHAPES`]).
     shapes: u8,
 }
@@ -113,6 +114,11 @@ impl Head {
             (None, None) => Shape::learn_choices(rest, &chunk.choices, &mut scratch),
             _ => None,
         };
+        if shape.is_some() {
+            // The chunks of a shape are not parsed: a stream that idles after its first token
+            // does not keep room for them (a miss makes it again).
+            scratch = String::new();
+        }
         Some(Head {
             prefix: text.as_bytes()[..=at].into(),
             id: alone.id,
@@ -123,7 +129,7 @@ impl Head {
             system_fingerprint: alone.system_fingerprint,
             scratch,
             shapes: u8::from(shape.is_some()),
-            shape,
+            shape: shape.map(Box::new),
         })
     }
 
@@ -138,12 +144,14 @@ impl Head {
             Some(choice) => (vec![choice], None, None),
             None => {
                 self.scratch.clear();
+                self.scratch.reserve(rest.len() + 1);
                 self.scratch.push('{');
                 self.scratch.push_str(rest);
                 let tail: Tail = serde_json::from_str(&self.scratch).ok()?;
                 if self.shapes < MAX_SHAPES {
                     if let Some(shape) = Shape::learn(rest, &tail, &mut self.scratch) {
-                        self.shape = Some(shape);
+                        self.scratch = String::new();
+                        self.shape = Some(Box::new(shape));
                         self.shapes += 1;
                     }
                 }
@@ -170,10 +178,11 @@ impl Head {
 
 /// A tail's bytes around the content string of its one choice, and that choice.
 struct Shape {
-    /// The tail (after the head) up to the content string's opening quote, included.
-    prefix: Box<[u8]>,
-    /// From the content string's closing quote, included, to the end of the chunk.
-    suffix: Box<[u8]>,
+    /// The tail (after the head) without the content string's bytes: up to its opening quote
+    /// (included) and from its closing quote (included) to the end of the chunk.
+    around: Box<[u8]>,
+    /// Where the content's bytes were in the tail: `around[..at]` came before them.
+    at: usize,
     /// The choice such a tail holds, but for its content.
     choice: ChunkChoice,
 }
@@ -231,9 +240,10 @@ impl Shape {
                 && probe.choices.as_deref() == Some(std::slice::from_ref(&want))
             {
                 want.delta.content = None;
+                let around = [&rest.as_bytes()[..at], &rest.as_bytes()[end..]].concat();
                 return Some(Shape {
-                    prefix: rest.as_bytes()[..at].into(),
-                    suffix: rest.as_bytes()[end..].into(),
+                    around: around.into(),
+                    at,
                     choice: want,
                 });
             }
@@ -241,18 +251,28 @@ impl Shape {
         None
     }
 
+    /// The bytes before the content.
+    fn prefix(&self) -> &[u8] {
+        &self.around[..self.at]
+    }
+
+    /// The bytes after the content.
+    fn suffix(&self) -> &[u8] {
+        &self.around[self.at..]
+    }
+
     /// The choice `rest` holds, when it is this shape's bytes around a string that needs no
     /// unescaping.
     fn read(&self, rest: &str) -> Option<ChunkChoice> {
         let body = rest
             .as_bytes()
-            .strip_prefix(&*self.prefix)?
-            .strip_suffix(&*self.suffix)?;
+            .strip_prefix(self.prefix())?
+            .strip_suffix(self.suffix())?;
         if !plain_bytes(body) {
             return None;
         }
         // The prefix ends and the suffix starts with an ASCII `"`: character boundaries.
-        let at = self.prefix.len();
+        let at = self.at;
         let mut choice = self.choice.clone();
         choice.delta.content = Some(rest[at..at + body.len()].to_owned());
         Some(choice)
@@ -363,7 +383,7 @@ mod tests {
     }
 
     fn shape(cache: &HeadCache) -> Option<&Shape> {
-        cache.head.as_ref()?.shape.as_ref()
+        cache.head.as_ref()?.shape.as_deref()
     }
 
     #[test]
@@ -372,7 +392,7 @@ mod tests {
         decode_all(&mut cache, &[content("")]);
         let learned = shape(&cache).expect("learned from the first chunk, with the head");
         assert_eq!(
-            &*learned.suffix,
+            learned.suffix(),
             br#""},"finish_reason":null,"native_finish_reason":null}]}"#
         );
         let tokens: Vec<String> = ["Hello", " wor", "ld", "", "é😀", "a'b"]
@@ -422,7 +442,7 @@ mod tests {
         let mut cache = HeadCache::default();
         decode_all(&mut cache, &[content("x"), both("a", "a")]);
         let learned = shape(&cache).expect("learned at the second content string");
-        assert!(learned.prefix.ends_with(br#"}],"content":""#));
+        assert!(learned.prefix().ends_with(br#"}],"content":""#));
         decode_all(
             &mut cache,
             &[both("b", "a"), both("a", "b"), both("c", "c")],
