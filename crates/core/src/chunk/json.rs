@@ -127,14 +127,15 @@ impl Out<'_> {
     }
 
     fn chunk(&mut self, c: &ChatChunk) {
-        self.head(c, &mut Spans::default());
+        self.head(c, None);
         self.rest(c);
     }
 
     /// The members before the choices, and the `"choices":` key: the part of a chunk that
-    /// every chunk of one answer repeats. `spans` gets where each of its strings' bytes went
-    /// (between the quotes; the bytes of the string itself when it needs no escape).
-    fn head(&mut self, c: &ChatChunk, spans: &mut Spans) {
+    /// every chunk of one answer repeats. `spans`, when asked for, gets where each of its
+    /// strings' bytes went (between the quotes; the bytes of the string itself when it needs
+    /// no escape).
+    fn head(&mut self, c: &ChatChunk, mut spans: Option<&mut Spans>) {
         let first = &mut true;
         let [id, object, model, provider] = head_strings(c);
         let mut member =
@@ -143,8 +144,10 @@ impl Out<'_> {
                     out.key(first, key);
                     let at = out.0.len() + 1;
                     out.str(v);
-                    let end = out.0.len() - 1;
-                    spans[i] = u16::try_from(at).ok().zip(u16::try_from(end).ok());
+                    if let Some(spans) = spans.as_deref_mut() {
+                        let end = out.0.len() - 1;
+                        spans[i] = u16::try_from(at).ok().zip(u16::try_from(end).ok());
+                    }
                 }
             };
         member(self, first, 0, "id", id);
@@ -419,7 +422,7 @@ impl ChunkWriter {
             self.learn(chunk);
         }
         if self.bytes.is_empty() {
-            Out(out).head(chunk, &mut Spans::default());
+            Out(out).head(chunk, None);
         } else {
             out.extend_from_slice(&self.bytes);
         }
@@ -456,7 +459,7 @@ impl ChunkWriter {
         // stream holds its writer while it idles).
         self.bytes.reserve(256);
         self.spans = Spans::default();
-        Out(&mut self.bytes).head(c, &mut self.spans);
+        Out(&mut self.bytes).head(c, Some(&mut self.spans));
         if self.bytes.len() > usize::from(u16::MAX) {
             self.bytes = Vec::new();
             return;
