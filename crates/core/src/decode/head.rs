@@ -111,7 +111,7 @@ impl Head {
         // delta is the role and an empty content, as every delta after it but for the text).
         let rest = &text[at + 1..];
         let shape = match (&chunk.usage, &chunk.error) {
-            (None, None) => Shape::learn_choices(rest, &chunk.choices, &mut scratch),
+            (None, None) => Shape::learn(rest, &chunk.choices, &mut scratch),
             _ => None,
         };
         if shape.is_some() {
@@ -148,18 +148,21 @@ impl Head {
                 self.scratch.push('{');
                 self.scratch.push_str(rest);
                 let tail: Tail = serde_json::from_str(&self.scratch).ok()?;
-                if self.shapes < MAX_SHAPES {
-                    if let Some(shape) = Shape::learn(rest, &tail, &mut self.scratch) {
-                        self.scratch = String::new();
-                        self.shape = Some(Box::new(shape));
-                        self.shapes += 1;
-                    }
-                }
-                (
+                let parsed = (
                     tail.choices.unwrap_or_default(),
                     tail.usage.flatten(),
                     tail.error.flatten(),
-                )
+                );
+                if let (choices, None, None) = &parsed {
+                    if self.shapes < MAX_SHAPES {
+                        if let Some(shape) = Shape::learn(rest, choices, &mut self.scratch) {
+                            self.scratch = String::new();
+                            self.shape = Some(Box::new(shape));
+                            self.shapes += 1;
+                        }
+                    }
+                }
+                parsed
             }
         };
         Some(ChatChunk {
@@ -188,7 +191,8 @@ struct Shape {
 }
 
 impl Shape {
-    /// The shape of `rest` (a tail after the head, whose parse is `tail`), when:
+    /// The shape of `rest` (a tail after the head, holding no usage and no error, whose
+    /// choices are `choices`), when:
     /// - it holds one choice with a content, of the stream's middle (no finish, no usage, no
     ///   error; a role may be there: OpenRouter repeats it in every delta);
     /// - the content needs no unescaping;
@@ -198,18 +202,7 @@ impl Shape {
     /// The last proves those bytes are the content and nothing else, for any string that
     /// needs no unescaping in their place: the tokens around it are the same bytes, so they
     /// parse the same. `scratch` is the head's buffer.
-    fn learn(rest: &str, tail: &Tail, scratch: &mut String) -> Option<Shape> {
-        if tail.usage.as_ref().is_some_and(Option::is_some)
-            || tail.error.as_ref().is_some_and(Option::is_some)
-        {
-            return None;
-        }
-        Shape::learn_choices(rest, tail.choices.as_deref()?, scratch)
-    }
-
-    /// [`learn`](Shape::learn) for a tail whose choices are `choices` and that holds no
-    /// usage and no error.
-    fn learn_choices(rest: &str, choices: &[ChunkChoice], scratch: &mut String) -> Option<Shape> {
+    fn learn(rest: &str, choices: &[ChunkChoice], scratch: &mut String) -> Option<Shape> {
         let [choice] = choices else {
             return None;
         };
