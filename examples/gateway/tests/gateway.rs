@@ -556,15 +556,7 @@ async fn resumed_over_sse(faults: Faults, refuses_prefill: bool) {
             Some("[DONE]"),
             "{faults:?} {i}: {evs:?}"
         );
-        let text: String = evs
-            .iter()
-            .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-            .filter_map(|v| {
-                v["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .collect();
+        let text = streamed_content(&evs);
         assert_eq!(text, expected_answer(&body_of(&m), 8), "{faults:?} {i}");
     }
     // Some broke and were continued: more upstream requests than calls.
@@ -1650,7 +1642,13 @@ async fn answer_text(r: hyper::Response<Incoming>, stream: bool) -> String {
     }
     let evs = events(&body);
     assert_eq!(evs.last().unwrap(), "[DONE]");
-    evs[..evs.len() - 1]
+    streamed_content(&evs)
+}
+
+/// The content of choice 0 over a stream's events (each JSON but a last `[DONE]`).
+fn streamed_content(evs: &[String]) -> String {
+    let chunks = evs.strip_suffix(&["[DONE]".to_owned()]).unwrap_or(evs);
+    chunks
         .iter()
         .map(|e| serde_json::from_str::<Value>(e).unwrap())
         .filter_map(|c| {

@@ -124,6 +124,12 @@ pub(super) fn ms(v: &str, name: &str) -> Result<Option<Duration>, String> {
     Ok((n > 0).then(|| Duration::from_millis(n)))
 }
 
+/// `v` as a number, or the error that names `flag`.
+fn number<T: std::str::FromStr>(v: &str, flag: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("{flag}: {v:?} is not a number"))
+}
+
 pub(super) fn on_off(flag: &str, v: &str) -> Result<bool, String> {
     match v {
         "on" | "true" | "1" => Ok(true),
@@ -258,19 +264,13 @@ impl Config {
                 "--header-read-timeout-ms" => c.header_read_timeout = ms_required(&v, &flag)?,
                 "--shutdown-grace-ms" => c.shutdown_grace = ms(&v, &flag)?.unwrap_or_default(),
                 "--default-max-tokens" => {
-                    let n: u32 = v
-                        .parse()
-                        .map_err(|_| format!("{flag}: {v:?} is not a number"))?;
+                    let n: u32 = number(&v, &flag)?;
                     c.default_max_tokens = (n > 0).then_some(n);
                 }
                 "--first-token-timeout-ms" => c.first_token_timeout = ms(&v, &flag)?,
                 "--idle-timeout-ms" => c.idle_timeout = ms(&v, &flag)?,
                 "--total-timeout-ms" => c.total_timeout = ms(&v, &flag)?,
-                "--max-retries" => {
-                    c.max_retries = v
-                        .parse()
-                        .map_err(|_| format!("{flag}: {v:?} is not a number"))?
-                }
+                "--max-retries" => c.max_retries = number(&v, &flag)?,
                 "--connect-timeout-ms" => c.connect_timeout = ms_required(&v, &flag)?,
                 "--hedge-quantile" => {
                     c.hedge_quantile = v
@@ -291,21 +291,9 @@ impl Config {
                         .filter(|n| *n > 0)
                         .ok_or_else(|| format!("{flag}: {v:?} is not a number above zero"))?
                 }
-                "--requests-per-minute" => {
-                    c.requests_per_minute = v
-                        .parse()
-                        .map_err(|_| format!("{flag}: {v:?} is not a number"))?
-                }
-                "--tenant-requests-per-minute" => {
-                    c.tenant_requests_per_minute = v
-                        .parse()
-                        .map_err(|_| format!("{flag}: {v:?} is not a number"))?
-                }
-                "--tokens-per-minute" => {
-                    c.tokens_per_minute = v
-                        .parse()
-                        .map_err(|_| format!("{flag}: {v:?} is not a number"))?
-                }
+                "--requests-per-minute" => c.requests_per_minute = number(&v, &flag)?,
+                "--tenant-requests-per-minute" => c.tenant_requests_per_minute = number(&v, &flag)?,
+                "--tokens-per-minute" => c.tokens_per_minute = number(&v, &flag)?,
                 "--slow-call-factor" => {
                     c.slow_call_factor = v
                         .parse()
