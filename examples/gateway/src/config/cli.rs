@@ -130,6 +130,20 @@ fn number<T: std::str::FromStr>(v: &str, flag: &str) -> Result<T, String> {
         .map_err(|_| format!("{flag}: {v:?} is not a number"))
 }
 
+/// `v` as a number that `ok` accepts, or the error that names `flag` and says the number
+/// wanted (`what`).
+fn number_where<T: std::str::FromStr>(
+    v: &str,
+    flag: &str,
+    ok: impl Fn(&T) -> bool,
+    what: &str,
+) -> Result<T, String> {
+    v.parse()
+        .ok()
+        .filter(ok)
+        .ok_or_else(|| format!("{flag}: {v:?} is not {what}"))
+}
+
 pub(super) fn on_off(flag: &str, v: &str) -> Result<bool, String> {
     match v {
         "on" | "true" | "1" => Ok(true),
@@ -249,16 +263,15 @@ impl Config {
                     c.mock_preset = v;
                 }
                 "--mock-time-scale" => {
-                    c.mock_time_scale = v
-                        .parse()
-                        .ok()
-                        .filter(|x: &f64| *x >= 0.0 && x.is_finite())
-                        .ok_or_else(|| format!("--mock-time-scale: {v:?} is not a number >= 0"))?
+                    c.mock_time_scale = number_where(
+                        &v,
+                        &flag,
+                        |x: &f64| *x >= 0.0 && x.is_finite(),
+                        "a number >= 0",
+                    )?
                 }
                 "--max-body-bytes" => {
-                    c.max_body_bytes = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        format!("--max-body-bytes: {v:?} is not a size above zero")
-                    })?
+                    c.max_body_bytes = number_where(&v, &flag, |n| *n > 0, "a size above zero")?
                 }
                 "--body-read-timeout-ms" => c.body_read_timeout = ms_required(&v, &flag)?,
                 "--header-read-timeout-ms" => c.header_read_timeout = ms_required(&v, &flag)?,
@@ -273,40 +286,42 @@ impl Config {
                 "--max-retries" => c.max_retries = number(&v, &flag)?,
                 "--connect-timeout-ms" => c.connect_timeout = ms_required(&v, &flag)?,
                 "--hedge-quantile" => {
-                    c.hedge_quantile = v
-                        .parse()
-                        .ok()
-                        .filter(|q: &f64| (0.0..1.0).contains(q))
-                        .ok_or_else(|| format!("{flag}: {v:?} is not in 0..1 (0 = off)"))?
+                    c.hedge_quantile = number_where(
+                        &v,
+                        &flag,
+                        |q: &f64| (0.0..1.0).contains(q),
+                        "in 0..1 (0 = off)",
+                    )?
                 }
                 "--worker-threads" => {
-                    c.worker_threads = v.parse().ok().filter(|n| *n <= 1024).ok_or_else(|| {
-                        format!("{flag}: {v:?} is not a thread count (0 = one per core, 1 = single-threaded)")
-                    })?
+                    c.worker_threads = number_where(
+                        &v,
+                        &flag,
+                        |n| *n <= 1024,
+                        "a thread count (0 = one per core, 1 = single-threaded)",
+                    )?
                 }
                 "--max-concurrency" => {
-                    c.max_concurrency = v
-                        .parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| format!("{flag}: {v:?} is not a number above zero"))?
+                    c.max_concurrency = number_where(&v, &flag, |n| *n > 0, "a number above zero")?
                 }
                 "--requests-per-minute" => c.requests_per_minute = number(&v, &flag)?,
                 "--tenant-requests-per-minute" => c.tenant_requests_per_minute = number(&v, &flag)?,
                 "--tokens-per-minute" => c.tokens_per_minute = number(&v, &flag)?,
                 "--slow-call-factor" => {
-                    c.slow_call_factor = v
-                        .parse()
-                        .ok()
-                        .filter(|x: &f64| *x >= 1.0 && x.is_finite())
-                        .ok_or_else(|| format!("{flag}: {v:?} is not a number >= 1"))?
+                    c.slow_call_factor = number_where(
+                        &v,
+                        &flag,
+                        |x: &f64| *x >= 1.0 && x.is_finite(),
+                        "a number >= 1",
+                    )?
                 }
                 "--hedge-budget" => {
-                    c.hedge_budget = v
-                        .parse()
-                        .ok()
-                        .filter(|q: &f64| (0.0..=1.0).contains(q))
-                        .ok_or_else(|| format!("{flag}: {v:?} is not a share in 0..=1"))?
+                    c.hedge_budget = number_where(
+                        &v,
+                        &flag,
+                        |q: &f64| (0.0..=1.0).contains(q),
+                        "a share in 0..=1",
+                    )?
                 }
                 "--tiers" => {
                     let text = std::fs::read_to_string(&v)
@@ -339,9 +354,8 @@ impl Config {
                     c.redis_url = Some(v.replacen("valkey://", "redis://", 1));
                 }
                 "--replicas" => {
-                    c.replicas = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                        format!("--replicas: {v:?} is not a whole number of at least 1")
-                    })?;
+                    c.replicas =
+                        number_where(&v, &flag, |n| *n >= 1, "a whole number of at least 1")?;
                 }
                 "--redis-limits" => {
                     c.redis_limits = match v.as_str() {
