@@ -17,9 +17,9 @@ if [ -z "$browser" ]; then
     browser=$(command -v chromium)
 fi
 
-cargo build -q -p example-gateway --bin gateway
+cargo build -q -p llm-layers-gateway --bin llm-gateway
 log="$out/gateway.log"
-target/debug/gateway --listen 127.0.0.1:0 --mock-preset fat_tail --mock-time-scale 0.02 >"$log" 2>&1 &
+target/debug/llm-gateway --listen 127.0.0.1:0 --mock-preset fat_tail --mock-time-scale 0.02 >"$log" 2>&1 &
 gw=$!
 trap 'kill $gw 2>/dev/null || true' EXIT
 addr=""

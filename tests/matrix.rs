@@ -18,9 +18,9 @@
 
 use std::time::Duration;
 
-use example_gateway::error::ApiFailure;
-use example_gateway::{Config, build_stack};
 use llm_layers_core::{ChatRequest, ChatStream, ErrorKind, LlmError, Message, WholeAnswer};
+use llm_layers_gateway::error::ApiFailure;
+use llm_layers_gateway::{Config, build_stack};
 use llm_layers_mock::{MockChat, Scenario, expected_answer};
 use tokio::time::Instant;
 use tower::ServiceExt;

@@ -5,7 +5,7 @@
 //! Paths measured: the leaf's hot path after the commit (an SSE body decoded into
 //! `ChatChunk`s by `SseChatDecoder`, the parser slicing the input), bare and under the
 //! timeout layer's stream wrapper; then the gateway's whole stack
-//! (`example_gateway::build_stack`) over an instant scripted service against that service
+//! (`llm_layers_gateway::build_stack`) over an instant scripted service against that service
 //! alone: what the stack adds per call and per chunk; then each layer alone, as the `layers`
 //! bench times them (`llm_layers_bench::layer_arms`).
 
@@ -100,8 +100,8 @@ async fn through(svc: &Svc, calls: usize) -> u64 {
 async fn stack(calls: usize) -> (f64, f64) {
     let svc_of = |chunks: usize| {
         let mock = MockChat::with_default(Script::tokens(Duration::ZERO, chunks, Duration::ZERO));
-        let config = example_gateway::Config::default();
-        let full: Svc = example_gateway::build_stack(&config, mock.clone(), None).unwrap();
+        let config = llm_layers_gateway::Config::default();
+        let full: Svc = llm_layers_gateway::build_stack(&config, mock.clone(), None).unwrap();
         (Svc::new(mock), full)
     };
     let (bare1, full1) = svc_of(1);

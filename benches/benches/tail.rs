@@ -780,7 +780,7 @@ fn main() {
     });
 }
 
-/// The plain leaf against the gateway's whole stack (`example_gateway::build_stack`, its
+/// The plain leaf against the gateway's whole stack (`llm_layers_gateway::build_stack`, its
 /// defaults but 5 s first-token and idle timeouts; for streams, also with mid-stream resume
 /// on) on the fault presets in
 /// real time, streaming and whole answers: success rate, and answers returned as a success
@@ -818,19 +818,19 @@ async fn faults(n: usize) {
             .base_url(server.base_url())
             .build()
             .unwrap();
-        let config = example_gateway::Config {
+        let config = llm_layers_gateway::Config {
             first_token_timeout: Some(Duration::from_secs(5)),
             idle_timeout: Some(Duration::from_secs(5)),
             seed: Some(42),
             ..Default::default()
         };
-        let full: Svc = example_gateway::build_stack(&config, leaf.clone(), None).unwrap();
-        let resume_config = example_gateway::Config {
+        let full: Svc = llm_layers_gateway::build_stack(&config, leaf.clone(), None).unwrap();
+        let resume_config = llm_layers_gateway::Config {
             resume: true,
             ..config.clone()
         };
         let resumed: Svc =
-            example_gateway::build_stack(&resume_config, leaf.clone(), None).unwrap();
+            llm_layers_gateway::build_stack(&resume_config, leaf.clone(), None).unwrap();
         let plain: Svc = BoxCloneSyncService::new(leaf);
         for whole in [false, true] {
             let mut arms = vec![("plain leaf", &plain), ("gateway stack", &full)];

@@ -153,11 +153,11 @@ fn child_gateway(args: Vec<String>) -> Result<(), String> {
             std::process::exit(0);
         });
     }
-    let config = example_gateway::Config::from_args_env(args, |k| std::env::var(k).ok())?;
+    let config = llm_layers_gateway::Config::from_args_env(args, |k| std::env::var(k).ok())?;
     config
         .runtime()
         .map_err(|e| e.to_string())?
-        .block_on(example_gateway::serve(config))
+        .block_on(llm_layers_gateway::serve(config))
         .map_err(|e| e.to_string())
 }
 

@@ -43,7 +43,7 @@ pub(super) const FLAGS: &[(&str, &str)] = &[
 
 /// The command line: every flag of [`FLAGS`] and `--config`, each taking one value.
 pub(super) fn command() -> clap::Command {
-    let mut cmd = clap::Command::new("gateway")
+    let mut cmd = clap::Command::new("llm-gateway")
         .args_override_self(true)
         .disable_help_flag(true)
         .arg(
@@ -94,7 +94,7 @@ pub(super) struct ConfigFile {
 
 /// The usage text.
 pub const USAGE: &str = "\
-usage: gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
+usage: llm-gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
                [--max-body-bytes N] [--body-read-timeout-ms MS] [--header-read-timeout-ms MS]
                [--shutdown-grace-ms MS]
                [--default-max-tokens N] [--first-token-timeout-ms MS] [--idle-timeout-ms MS]
@@ -199,7 +199,7 @@ impl Config {
         }
         // One parser for all three sources, lowest first: the config file's `[settings]`,
         // the environment, the flags (the last occurrence of a flag wins).
-        let mut argv: Vec<String> = vec!["gateway".into()];
+        let mut argv: Vec<String> = vec!["llm-gateway".into()];
         for (flag, v) in pairs {
             argv.push(format!("{flag}={v}"));
         }

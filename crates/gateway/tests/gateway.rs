@@ -7,13 +7,13 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use example_gateway::{Config, Gateway, start};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use llm_layers_core::{ChatBody, Message};
+use llm_layers_gateway::{Config, Gateway, start};
 use llm_layers_mock::{
     Dist, Faults, MockServer, Scenario, StatusFault, answer_tag, answer_token, expected_answer,
 };
@@ -699,7 +699,7 @@ async fn shut_down_mid_stream(c: &HttpClient, gw: Gateway) -> (hyper::Version, V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_renders_the_genai_histograms() {
     // The one test of this binary that installs the process-wide recorder.
-    let handle = example_gateway::install_metrics().unwrap();
+    let handle = llm_layers_gateway::install_metrics().unwrap();
     let _ = HANDLE.set(handle.clone());
     let mut cfg = config();
     cfg.mock_preset = "healthy".into();
@@ -1124,7 +1124,7 @@ const KEYS: &str = r#"{"keys": [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_keys_are_checked_before_the_body_and_decide_tenant_model_and_caps() {
-    let keys = example_gateway::keys::Keys::from_json(KEYS).unwrap();
+    let keys = llm_layers_gateway::keys::Keys::from_json(KEYS).unwrap();
     let (gw, mock) = gateway_on(
         Scenario::healthy().with_time_scale(0.0),
         Config { keys, ..config() },
@@ -1229,7 +1229,7 @@ async fn a_low_priority_key_cannot_raise_itself() {
     let (gw, _mock) = gateway_on(
         s,
         Config {
-            keys: example_gateway::keys::Keys::from_json(KEYS).unwrap(),
+            keys: llm_layers_gateway::keys::Keys::from_json(KEYS).unwrap(),
             max_concurrency: 1,
             idle_timeout: None,
             ..config()
@@ -1363,7 +1363,7 @@ async fn keys_never_reach_the_logs() {
     let (gw, _mock) = gateway_on(
         Scenario::healthy().with_time_scale(0.0),
         Config {
-            keys: example_gateway::keys::Keys::from_json(KEYS).unwrap(),
+            keys: llm_layers_gateway::keys::Keys::from_json(KEYS).unwrap(),
             ..config()
         },
     )

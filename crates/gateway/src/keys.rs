@@ -8,7 +8,7 @@
 //! depends on how much of a key matched. No key configured: the gateway is open, and says so.
 //!
 //! ```
-//! use example_gateway::keys::Keys;
+//! use llm_layers_gateway::keys::Keys;
 //! let keys = Keys::from_pairs("acme=sk-gw-1111111111111,globex=sk-gw-2222222222222")?;
 //! assert_eq!(keys.check(Some("Bearer sk-gw-2222222222222")).ok().map(|k| &*k.tenant), Some("globex"));
 //! assert!(keys.check(Some("Bearer sk-gw-2222222222223")).is_err());

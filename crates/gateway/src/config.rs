@@ -220,7 +220,7 @@ impl Config {
     /// sockets enabled.
     ///
     /// ```
-    /// let c = example_gateway::Config { worker_threads: 1, ..Default::default() };
+    /// let c = llm_layers_gateway::Config { worker_threads: 1, ..Default::default() };
     /// let rt = c.runtime()?;
     /// assert_eq!(rt.handle().runtime_flavor(), tokio::runtime::RuntimeFlavor::CurrentThread);
     /// # Ok::<(), std::io::Error>(())

@@ -1,13 +1,13 @@
 //! `gateway`: an OpenAI-compatible server in front of OpenRouter.
 //!
 //! ```text
-//! cargo run -p example-gateway                       # no key: the built-in mock upstream
-//! OPENROUTER_API_KEY=sk-or-... cargo run -p example-gateway -- --listen 0.0.0.0:8080
+//! cargo run -p llm-layers-gateway                       # no key: the built-in mock upstream
+//! OPENROUTER_API_KEY=sk-or-... cargo run -p llm-layers-gateway -- --listen 0.0.0.0:8080
 //! ```
 
 use std::process::ExitCode;
 
-use example_gateway::{Config, config::USAGE, serve};
+use llm_layers_gateway::{Config, config::USAGE, serve};
 
 fn main() -> ExitCode {
     let config = match Config::from_args_env(std::env::args().skip(1), |k| std::env::var(k).ok()) {
@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("gateway: {e}\n{USAGE}");
+            eprintln!("llm-gateway: {e}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
@@ -30,14 +30,14 @@ fn main() -> ExitCode {
     let rt = match config.runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("gateway: cannot start the runtime: {e}");
+            eprintln!("llm-gateway: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match rt.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gateway: {e}");
+            eprintln!("llm-gateway: {e}");
             ExitCode::FAILURE
         }
     }

@@ -2,7 +2,7 @@
 //!
 //! `POST /v1/chat/completions` (streaming and not), `GET /v1/models`, `GET /healthz`,
 //! `GET /metrics`, `GET /status`. With no `OPENROUTER_API_KEY` it starts the mock OpenRouter in
-//! process. Run it with `cargo run -p example-gateway`; see `src/main.rs`.
+//! process. Run it with `cargo run -p llm-layers-gateway`; see `src/main.rs`.
 //!
 //! - [`stack`]: the stack behind it ([`build_stack`]), what a reader comes for;
 //! - [`start`] / [`serve`]: the server, its routes and shutdown;
