@@ -1,0 +1,199 @@
+//! Flags, environment and the config file.
+
+mod common;
+use common::*;
+
+#[test]
+fn flags_win_over_the_environment_and_bad_values_are_refused() {
+    let env = |k: &str| match k {
+        "UPSTREAM_H2C" => Some("on".to_owned()),
+        "LEARNED_ORDER" => Some("off".to_owned()),
+        "MAX_RETRIES" => Some("5".to_owned()),
+        _ => None,
+    };
+    let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let c = Config::from_args_env(args(&[]), env).unwrap();
+    assert!(c.upstream_h2c);
+    assert!(!c.router.learned_order.enabled);
+    assert_eq!(c.max_retries, 5);
+    let c =
+        Config::from_args_env(args(&["--upstream-h2c", "off", "--max-retries=1"]), env).unwrap();
+    assert!(!c.upstream_h2c);
+    assert_eq!(c.max_retries, 1);
+    let e = Config::from_args_env(args(&["--upstream-h2c", "maybe"]), |_| None).unwrap_err();
+    assert!(
+        e.contains("--upstream-h2c") && e.contains("on or off"),
+        "{e}"
+    );
+    assert!(
+        !Config::default().upstream_h2c,
+        "HTTP/1.1 or ALPN by default"
+    );
+}
+
+#[test]
+fn the_configuration_never_shows_the_api_key() {
+    let c = Config::from_args_env(Vec::new(), |k| match k {
+        "OPENROUTER_API_KEY" => Some("sk-or-v1-secret-value".to_owned()),
+        "REDIS_URL" => Some("redis://:hunter2-secret-value@10.0.0.1:6379/0".to_owned()),
+        _ => None,
+    })
+    .unwrap();
+    assert!(c.redis_url.is_some());
+    assert!(c.api_key.is_some());
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("secret-value"), "{debug}");
+    assert!(debug.contains("<redacted>"), "{debug}");
+    assert!(!c.describe().contains("secret-value"));
+    assert!(c.describe().contains("429 handling"));
+}
+
+/// A config file with two upstreams: OpenRouter (slow today) and a provider's own strict
+/// OpenAI-compatible endpoint racing it for one model. Settings in the file give way to the
+/// environment and flags; the raced model is answered by the faster upstream, the others by
+/// OpenRouter; no key text in the configuration's `Debug`, `/metrics` or `/status.json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_races_two_upstreams_and_flags_override_it() {
+    let mut slow = Scenario::healthy();
+    for p in &mut slow.providers {
+        p.ttft = Dist::Fixed { ms: 1_500.0 };
+    }
+    let openrouter = MockServer::start(slow).await.unwrap();
+    let mut fast = Scenario::healthy();
+    fast.strict_openai = true;
+    fast.models.push("gpt-4o-mini".into());
+    let direct = MockServer::start(fast).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("llm-layers-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[settings]
+listen = "127.0.0.1:0"
+max-retries = 3
+resume = true
+
+[[upstreams]]
+name = "openrouter"
+base_url = "{}"
+keys = [{{ name = "main", key = "sk-or-v1-file-secret-0001" }}]
+
+[[upstreams]]
+name = "direct"
+dialect = "openai-compatible"
+base_url = "{}"
+keys = [{{ name = "direct-key", key = "sk-direct-file-secret-0002" }}]
+model_map = {{ "openai/gpt-4o-mini" = "gpt-4o-mini" }}
+race = ["openai/gpt-4o-mini"]
+"#,
+            openrouter.base_url(),
+            direct.base_url()
+        ),
+    )
+    .unwrap();
+    let env = |k: &str| (k == "MAX_RETRIES").then(|| "2".to_owned());
+    let args = vec![
+        "--config".to_owned(),
+        path.display().to_string(),
+        "--max-retries=1".to_owned(),
+    ];
+    let cfg = Config::from_args_env(args, env).unwrap();
+    assert_eq!(
+        cfg.max_retries, 1,
+        "flags win over the environment and the file"
+    );
+    assert!(cfg.resume, "the file's settings apply");
+    assert_eq!(cfg.upstreams.len(), 2);
+    let debug = format!("{cfg:?}");
+    assert!(!debug.contains("file-secret"), "{debug}");
+    let e = Config::from_args_env(
+        vec![
+            "--config".into(),
+            path.display().to_string(),
+            "--max-retries".into(),
+            "x".into(),
+        ],
+        |_| None,
+    )
+    .unwrap_err();
+    assert!(e.contains("--max-retries"), "{e}");
+
+    let gw = start(
+        Config {
+            first_token_timeout: Some(Duration::from_secs(5)),
+            ..cfg
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client();
+    let raced = json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "r"}], "max_tokens": 2});
+    let (status, v, _) = json_of(post(&c, &gw, raced.to_string()).await).await;
+    assert_eq!(status, 200, "{v}");
+    let plain = json!({"model": "mock/echo", "messages": [{"role": "user", "content": "p"}], "max_tokens": 2});
+    let (status, v, _) = json_of(post(&c, &gw, plain.to_string()).await).await;
+    assert_eq!(status, 200, "{v}");
+    // The raced model reached the strict endpoint, with nothing OpenRouter-only in it; the
+    // other model only OpenRouter.
+    assert!(direct.counters().requests() >= 1);
+    let sent: Value = serde_json::from_slice(direct.counters().bodies().last().unwrap()).unwrap();
+    assert_eq!(sent["model"], "gpt-4o-mini");
+    assert!(openrouter.counters().requests() >= 1);
+    for path in ["/metrics", "/status.json"] {
+        let r = c
+            .request(
+                hyper::Request::get(format!("http://{}{path}", gw.addr()))
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let text =
+            String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert!(!text.contains("file-secret"), "{path}: {text}");
+    }
+    gw.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn worker_threads_pick_the_runtime() {
+    use tokio::runtime::RuntimeFlavor;
+    let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let env = |k: &str| (k == "WORKER_THREADS").then(|| "3".to_owned());
+    // The default: one worker per core.
+    let c = Config::from_args_env(args(&[]), |_| None).unwrap();
+    assert_eq!(c.worker_threads, 0);
+    let rt = c.runtime().unwrap();
+    assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+    // The environment, then the flag, which wins.
+    let c = Config::from_args_env(args(&[]), env).unwrap();
+    assert_eq!(c.runtime().unwrap().metrics().num_workers(), 3);
+    let c = Config::from_args_env(args(&["--worker-threads", "1"]), env).unwrap();
+    let rt = c.runtime().unwrap();
+    assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+    assert!(
+        c.describe().contains("1 (single-threaded runtime)"),
+        "{}",
+        c.describe()
+    );
+    // A single-threaded gateway serves like any other.
+    rt.block_on(async {
+        let mut cfg = config();
+        cfg.worker_threads = 1;
+        cfg.mock_preset = "healthy".into();
+        let gw = start(cfg, None).await.unwrap();
+        let m = json!({"model": "m", "messages": [{"role": "user", "content": "one thread"}], "max_tokens": 3, "stream": true});
+        let text = answer_text(post(&client(), &gw, m.to_string()).await, true).await;
+        assert_eq!(text, expected_answer(&body_of(&m), 3));
+        gw.shutdown().await.unwrap();
+    });
+    for bad in ["many", "-1", "100000"] {
+        let flag = format!("--worker-threads={bad}");
+        let e = Config::from_args_env(args(&[&flag]), |_| None).unwrap_err();
+        assert!(e.contains("--worker-threads"), "{e}");
+    }
+}

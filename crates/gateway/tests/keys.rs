@@ -1,0 +1,316 @@
+//! Gateway keys and tenants: who may call, as whom, for which models, within which limits.
+
+mod common;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_answer_429_and_low_priority_is_shed_when_full() {
+    // Six requests a minute per model, burst 1: the second one would wait 10 s > 5 s.
+    let gw = start(
+        Config {
+            mock_preset: "healthy".into(),
+            requests_per_minute: 6,
+            ..config()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client();
+    let m = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    assert_eq!(json_of(post(&c, &gw, m.to_string()).await).await.0, 200);
+    let (status, v, retry) = json_of(post(&c, &gw, m.to_string()).await).await;
+    assert_eq!(status, 429);
+    assert_openai_error(&v);
+    assert_eq!(retry.as_deref(), Some("10"));
+    gw.shutdown().await.unwrap();
+
+    // One slot; a slow stream holds it; a low-priority call is shed at once.
+    let s = open_stream_scenario(1_000.0);
+    let (gw, _mock) = gateway_on(
+        s,
+        Config {
+            max_concurrency: 1,
+            idle_timeout: None,
+            ..config()
+        },
+    )
+    .await;
+    let held = json!({"model": "m", "messages": [{"role": "user", "content": "hold"}], "max_tokens": 3, "stream": true});
+    let r = post(&c, &gw, held.to_string()).await;
+    let reader = tokio::spawn(async move { r.into_body().collect().await.unwrap().to_bytes() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let req = hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr()))
+        .header("content-type", "application/json")
+        .header("x-priority", "low")
+        .body(Full::new(Bytes::from(m.to_string())))
+        .unwrap();
+    let (status, v, _) = json_of(c.request(req).await.unwrap()).await;
+    assert_eq!(status, 429, "{v}");
+    assert_openai_error(&v);
+    assert!(
+        events(&reader.await.unwrap()).contains(&"[DONE]".to_owned()),
+        "the held stream finished"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_keys_are_checked_before_the_body_and_decide_tenant_model_and_caps() {
+    let keys = llm_layers_gateway::keys::Keys::from_json(KEYS).unwrap();
+    let (gw, mock) = gateway_on(
+        Scenario::healthy().with_time_scale(0.0),
+        Config { keys, ..config() },
+    )
+    .await;
+    let c = client();
+    // No key, a wrong key, a revoked key: 401 before the body is even parsed, no upstream call.
+    for key in [
+        None,
+        Some("sk-gw-acme-0000000001"),
+        Some("sk-gw-gone-0000000000"),
+    ] {
+        let (status, v, text) = post_as(&c, &gw, key, &[], "{ not json").await;
+        assert_eq!(status, 401, "{key:?}: {v}");
+        assert_openai_error(&v);
+        assert_eq!(v["error"]["code"], "invalid_api_key");
+        assert!(!text.contains("sk-gw"), "no key in an error body: {text}");
+    }
+    assert_eq!(mock.counters().requests(), 0);
+    // A key limited to mock/* gets 403 for another model; its max_tokens is capped to 2.
+    let other = json!({"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, v, _) = post_as(
+        &c,
+        &gw,
+        Some("sk-gw-acme-0000000000"),
+        &[],
+        other.to_string(),
+    )
+    .await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"]["code"], "model_not_allowed");
+    let m = json!({"model": "mock/echo", "messages": [{"role": "user", "content": "capped"}], "max_tokens": 50,
+        "provider": {"only": ["nobody"]}});
+    let (status, v, _) = post_as(&c, &gw, Some("sk-gw-acme-0000000000"), &[], m.to_string()).await;
+    assert_eq!(
+        status, 200,
+        "routing fields stripped (only: nobody would be a 404): {v}"
+    );
+    let body = ChatBody {
+        messages: vec![Message::user("capped")],
+        ..ChatBody::default()
+    };
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        expected_answer(&body, 2)
+    );
+    // The key's limit binds whatever x-tenant the caller names.
+    let hi = json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1});
+    let (status, _, _) = post_as(
+        &c,
+        &gw,
+        Some("sk-gw-lowly-000000000"),
+        &[("x-tenant", "a")],
+        hi.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, v, _) = post_as(
+        &c,
+        &gw,
+        Some("sk-gw-lowly-000000000"),
+        &[("x-tenant", "b")],
+        hi.to_string(),
+    )
+    .await;
+    assert_eq!(status, 429, "{v}");
+    // /healthz stays open and says the gateway is keyed; /metrics wants an admin key.
+    let h = c
+        .request(
+            hyper::Request::get(format!("http://{}/healthz", gw.addr()))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (status, v, _) = json_of(h).await;
+    assert_eq!(
+        (status, v["auth"].as_str()),
+        (200, Some("gateway keys required"))
+    );
+    for (key, want) in [
+        (None, 401),
+        (Some("sk-gw-acme-0000000000"), 403),
+        (Some("sk-gw-ops-00000000000"), 404),
+    ] {
+        let mut r = hyper::Request::get(format!("http://{}/metrics", gw.addr()));
+        if let Some(k) = key {
+            r = r.header("authorization", format!("Bearer {k}"));
+        }
+        let (status, _, _) =
+            json_of(c.request(r.body(Full::default()).unwrap()).await.unwrap()).await;
+        // 404: the admin gets through; this test gateway has no recorder installed.
+        assert_eq!(status, want, "{key:?}");
+    }
+    gw.shutdown().await.unwrap();
+}
+
+/// A low-priority key cannot raise itself with `x-priority: high`: when full, it is shed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_priority_key_cannot_raise_itself() {
+    let s = open_stream_scenario(1_000.0);
+    let (gw, _mock) = gateway_on(
+        s,
+        Config {
+            keys: llm_layers_gateway::keys::Keys::from_json(KEYS).unwrap(),
+            max_concurrency: 1,
+            idle_timeout: None,
+            ..config()
+        },
+    )
+    .await;
+    let c = client();
+    let held = json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hold"}], "max_tokens": 3, "stream": true});
+    let req = hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr()))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-gw-ops-00000000000")
+        .body(Full::new(Bytes::from(held.to_string())))
+        .unwrap();
+    let r = c.request(req).await.unwrap();
+    let reader = tokio::spawn(async move { r.into_body().collect().await.unwrap().to_bytes() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let m = json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1});
+    let (status, v, _) = post_as(
+        &c,
+        &gw,
+        Some("sk-gw-lowly-000000000"),
+        &[("x-priority", "high")],
+        m.to_string(),
+    )
+    .await;
+    assert_eq!(status, 429, "shed as low priority: {v}");
+    assert!(events(&reader.await.unwrap()).contains(&"[DONE]".to_owned()));
+}
+
+/// `/status.json` shows what the stack learned: the dead provider's breaker open, the learned
+/// order without it; `/status` is the page that polls it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_breaker_trips_and_the_learned_order() {
+    let mut s = Scenario::healthy();
+    s.providers.truncate(2);
+    s.providers[0].ttft = Dist::Fixed { ms: 1.0 };
+    s.providers[1].name = "Down".into();
+    s.providers[1].slug = "down".into();
+    s.providers[1].faults.status.push(StatusFault {
+        code: 502,
+        rate: 1.0,
+        retry_after_s: None,
+    });
+    let (gw, _mock) = gateway_on(s, config()).await;
+    let c = client();
+    for i in 0..60 {
+        let m = json!({"model": "mock/echo", "messages": [{"role": "user", "content": format!("s{i}")}], "max_tokens": 1});
+        let (status, v, _) = json_of(post(&c, &gw, m.to_string()).await).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    // Orders are cached for 250 ms.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let get = |path: &str| {
+        hyper::Request::get(format!("http://{}{path}", gw.addr()))
+            .body(Full::default())
+            .unwrap()
+    };
+    let (status, v, _) = json_of(c.request(get("/status.json")).await.unwrap()).await;
+    assert_eq!(status, 200);
+    let model = v["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == "mock/echo")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(model["learned_order"], json!(["alpha"]), "{model}");
+    // The mock published its stats: priors next to what was measured, and the router's
+    // ranking says which it stands on.
+    assert_eq!(model["rankings"][0]["provider"], "Alpha", "{model}");
+    assert_eq!(model["rankings"][0]["from"], "prior + measured", "{model}");
+    let provider = |name: &str| {
+        model["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["provider"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {model}"))
+    };
+    assert_eq!(provider("Down")["breaker"]["state"], "open", "{model}");
+    assert_eq!(provider("Down")["success_rate"], 0.0);
+    assert!(provider("Alpha")["samples"].as_u64().unwrap() >= 10);
+    assert!(
+        provider("Alpha")["measured_ttft_ms"]["p50"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert_eq!(provider("Alpha")["prior_ttft_ms"]["p50"], 1.0, "{model}");
+    assert!(
+        !provider("Alpha")["recent_ttft_ms"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        v["configuration"]
+            .as_str()
+            .unwrap()
+            .contains("429 handling")
+    );
+    let page = c.request(get("/status")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&html).contains("/status.json"));
+}
+
+/// A writer that keeps what the log subscriber writes.
+#[derive(Clone, Default)]
+struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        lock(&self.0).extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Neither the gateway key nor the upstream key reaches a log line, at debug level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_never_reach_the_logs() {
+    let buf = LogBuf::default();
+    let writer = buf.clone();
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .try_init();
+    let (gw, _mock) = gateway_on(
+        Scenario::healthy().with_time_scale(0.0),
+        Config {
+            keys: llm_layers_gateway::keys::Keys::from_json(KEYS).unwrap(),
+            ..config()
+        },
+    )
+    .await;
+    let c = client();
+    let m = json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1});
+    for key in ["sk-gw-ops-00000000000", "sk-gw-ops-00000000001"] {
+        let _ = post_as(&c, &gw, Some(key), &[], m.to_string()).await;
+    }
+    gw.shutdown().await.unwrap();
+    let logs = String::from_utf8_lossy(&lock(&buf.0)).into_owned();
+    assert!(!logs.is_empty(), "the subscriber saw the calls");
+    assert!(!logs.contains("sk-gw-ops"), "a gateway key in the logs");
+    assert!(
+        !logs.contains("sk-or-v1-test"),
+        "the upstream key in the logs"
+    );
+}
