@@ -142,6 +142,24 @@ impl ApiError {
             _ => None,
         }
     }
+
+    /// `error.metadata.limit_source` of a `402`: whose money ran out.
+    /// `openrouter_key_limit` is the key's credit limit (the key's fault, until its reset);
+    /// `openrouter_credits` is the account's balance against *this request's* estimated cost
+    /// (a smaller request may pass: the call's); `openrouter_in_flight_budget` passes after
+    /// its `Retry-After`.
+    ///
+    /// ```
+    /// use llm_layers_core::ApiError;
+    /// let body = br#"{"error":{"code":402,"message":"no","metadata":{"limit_source":"openrouter_key_limit"}}}"#;
+    /// assert_eq!(ApiError::from_body(body).unwrap_or_default().limit_source(), Some("openrouter_key_limit"));
+    /// ```
+    pub fn limit_source(&self) -> Option<&str> {
+        self.metadata
+            .as_ref()?
+            .get("limit_source")
+            .and_then(Value::as_str)
+    }
 }
 
 /// Parses a `Retry-After` value: delay-seconds (`"30"`, or `"1.5"` leniently) or an

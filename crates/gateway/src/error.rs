@@ -19,6 +19,8 @@ pub struct ApiFailure {
     pub message: String,
     /// Seconds for `Retry-After`.
     pub retry_after: Option<u64>,
+    /// The request field at fault (OpenAI's `param`), when one is.
+    pub param: Option<String>,
 }
 
 impl ApiFailure {
@@ -30,6 +32,7 @@ impl ApiFailure {
             code: code.to_owned(),
             message: message.into(),
             retry_after: None,
+            param: None,
         }
     }
 
@@ -41,12 +44,32 @@ impl ApiFailure {
             code: "invalid_api_key".to_owned(),
             message: message.to_owned(),
             retry_after: None,
+            param: None,
+        }
+    }
+
+    /// The same failure, naming the request field at fault.
+    #[must_use]
+    pub fn with_param(mut self, param: &str) -> Self {
+        self.param = Some(param.to_owned());
+        self
+    }
+
+    /// A failure of the caller's permissions (`403`, `permission_error`).
+    pub fn forbidden(code: &str, message: impl Into<String>) -> Self {
+        ApiFailure {
+            status: StatusCode::FORBIDDEN,
+            kind: "permission_error",
+            code: code.to_owned(),
+            message: message.into(),
+            retry_after: None,
+            param: None,
         }
     }
 
     /// The `{"error": ...}` body.
     pub fn body(&self) -> Value {
-        json!({"error": {"message": self.message, "type": self.kind, "code": self.code, "param": null}})
+        json!({"error": {"message": self.message, "type": self.kind, "code": self.code, "param": self.param}})
     }
 }
 
@@ -64,10 +87,15 @@ fn openai_type(status: StatusCode) -> &'static str {
 impl From<&LlmError> for ApiFailure {
     fn from(e: &LlmError) -> Self {
         let upstream = e.status_code().map(|s| s.as_u16());
+        // A 402 about the key's own credit limit is the operator's to fix, not the caller's;
+        // one about the account's balance against this request's size is the caller's.
+        let key_out_of_credit = upstream == Some(402)
+            && e.api_error().and_then(|a| a.limit_source()) == Some("openrouter_key_limit");
         let status = match e.kind() {
             ErrorKind::Status | ErrorKind::Upstream => match upstream {
                 // Our key was refused: the caller can do nothing about it.
                 Some(401) => StatusCode::BAD_GATEWAY,
+                Some(402) if key_out_of_credit => StatusCode::SERVICE_UNAVAILABLE,
                 Some(408 | 524) => StatusCode::GATEWAY_TIMEOUT,
                 Some(429) => StatusCode::TOO_MANY_REQUESTS,
                 Some(503 | 529) => StatusCode::SERVICE_UNAVAILABLE,
@@ -90,6 +118,9 @@ impl From<&LlmError> for ApiFailure {
             ErrorKind::Status if upstream == Some(401) => {
                 "the upstream refused the gateway's API key".to_owned()
             }
+            ErrorKind::Status if key_out_of_credit => {
+                "the gateway's upstream API key has spent its credit limit".to_owned()
+            }
             _ => e.to_string(),
         };
         ApiFailure {
@@ -98,6 +129,7 @@ impl From<&LlmError> for ApiFailure {
             code,
             message,
             retry_after: e.retry_after().map(|d| d.as_secs_f64().ceil() as u64),
+            param: None,
         }
     }
 }

@@ -105,6 +105,8 @@ impl std::ops::Deref for AppState {
 pub(crate) struct AppInner {
     pub(crate) stack: Stack,
     pub(crate) leaf: OpenRouter,
+    /// Every upstream's leaf by name, for the health of their API keys.
+    pub(crate) upstreams: Vec<(String, OpenRouter)>,
     pub(crate) metrics: Option<PrometheusHandle>,
     pub(crate) config: Arc<Config>,
     pub(crate) phase: watch::Receiver<Phase>,
@@ -343,9 +345,18 @@ pub async fn start(
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let grace = config.shutdown_grace;
     let head_timeout = config.header_read_timeout;
+    let upstreams = if leaves.is_empty() {
+        vec![("openrouter".to_owned(), leaf.clone())]
+    } else {
+        leaves
+            .iter()
+            .map(|(n, l, _)| (n.clone(), l.clone()))
+            .collect()
+    };
     let state = AppState(Arc::new(AppInner {
         stack,
         leaf,
+        upstreams,
         metrics,
         config: Arc::new(config),
         phase: phase_rx.clone(),

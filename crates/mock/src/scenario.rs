@@ -77,11 +77,20 @@ pub struct Scenario {
     /// OpenAI's error shape.
     #[serde(default)]
     pub strict_openai: bool,
-    /// API keys answered with a status instead of an answer: 401 (invalid key), 402 (no
-    /// credit) or 429 (the key's own limit, with `X-RateLimit-*` headers and
+    /// API keys answered with a status instead of an answer: 401 (invalid key), 402 (the
+    /// key's credit limit is spent: `limit_source: openrouter_key_limit`) or 429 (the key's own limit, with `X-RateLimit-*` headers and
     /// `Retry-After: 30`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub key_statuses: std::collections::BTreeMap<String, u16>,
+    /// A request whose message text contains this is flagged by moderation: `403`, as
+    /// OpenRouter answers (the caller's input, never the key's fault).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderation_flag: Option<String>,
+    /// A request asking for more than this many tokens (`max_tokens` or
+    /// `max_completion_tokens`, times `n`) is more than the balance can cover: `402` with
+    /// `limit_source: openrouter_credits` (the call's size, never the key's fault).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affordable_tokens: Option<u32>,
 }
 
 /// The request fields an OpenAI-compatible chat endpoint takes (what `strict_openai`
@@ -319,6 +328,8 @@ impl Scenario {
             require_auth: true,
             strict_openai: false,
             key_statuses: std::collections::BTreeMap::new(),
+            moderation_flag: None,
+            affordable_tokens: None,
         }
     }
 

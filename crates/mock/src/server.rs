@@ -325,6 +325,52 @@ fn error_json(status: StatusCode, message: &str, extra: serde_json::Value) -> Re
     )
 }
 
+/// What OpenRouter answers a call for the caller's own input, before any provider: a
+/// moderation flag (`403`) or a request the balance cannot cover (`402`).
+fn caller_refusal(
+    scenario: &Scenario,
+    body: &llm_layers_core::ChatBody,
+) -> Option<(&'static str, Response<MockBody>)> {
+    if let Some(flag) = scenario.moderation_flag.as_deref() {
+        let flagged = body.messages.iter().any(|m| match &m.content {
+            Some(llm_layers_core::Content::Text(t)) => t.contains(flag),
+            Some(llm_layers_core::Content::Parts(ps)) => ps.iter().any(|p| {
+                p.get("text")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|t| t.contains(flag))
+            }),
+            None => false,
+        });
+        if flagged {
+            let r = error_json(
+                StatusCode::FORBIDDEN,
+                "mock: your input was flagged by moderation",
+                json!({"metadata": {"reasons": ["mock"], "flagged_input": flag}}),
+            );
+            return Some(("moderation_403", r));
+        }
+    }
+    if let Some(affordable) = scenario.affordable_tokens {
+        let n = body
+            .extra
+            .get("n")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(1);
+        let asked = u64::from(body.max_output_tokens().unwrap_or(0)).saturating_mul(n.max(1));
+        if asked > u64::from(affordable) {
+            let r = error_json(
+                StatusCode::PAYMENT_REQUIRED,
+                &format!(
+                    "mock: this request requires more credits, or fewer max_tokens. You requested up to {asked} tokens, but can only afford {affordable}."
+                ),
+                json!({"metadata": {"limit_source": "openrouter_credits"}}),
+            );
+            return Some(("credits_402", r));
+        }
+    }
+    None
+}
+
 /// The error a handler returns to make hyper drop the connection before any response.
 #[derive(Debug)]
 struct Reset;
@@ -446,7 +492,11 @@ async fn chat(
     if let Some(&code) = state.scenario.key_statuses.get(&key) {
         state.counters.record("", &format!("key_{code}"));
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::UNAUTHORIZED);
-        let mut r = error_json(status, &format!("mock: this key gets {code}"), json!({}));
+        let extra = match code {
+            402 => json!({"metadata": {"limit_source": "openrouter_key_limit"}}),
+            _ => json!({}),
+        };
+        let mut r = error_json(status, &format!("mock: this key gets {code}"), extra);
         if code == 429 {
             let h = r.headers_mut();
             h.insert("x-ratelimit-limit", http::HeaderValue::from_static("10"));
@@ -487,6 +537,10 @@ async fn chat(
         }
     };
     let body = request.body();
+    if let Some(refusal) = caller_refusal(&state.scenario, body) {
+        state.counters.record("", refusal.0);
+        return Ok(refusal.1);
+    }
     let mut h = std::hash::DefaultHasher::new();
     bytes.hash(&mut h);
     let body_hash = h.finish();

@@ -46,5 +46,5 @@ mod service;
 pub use builder::{Builder, DEFAULT_BASE_URL};
 pub use catalog::{ModelInfo, ProviderInfo};
 pub use future::ResponseFuture;
-pub use keys::KeyChoice;
+pub use keys::{KeyChoice, KeyHealth, KeyState};
 pub use service::{Dialect, OpenRouter};

@@ -59,17 +59,6 @@ pub enum Dialect {
     OpenAiCompatible,
 }
 
-/// OpenRouter's model variant suffixes, dropped for an OpenAI-compatible upstream.
-const VARIANTS: &[&str] = &[
-    ":nitro",
-    ":floor",
-    ":free",
-    ":online",
-    ":extended",
-    ":thinking",
-    ":exacto",
-];
-
 pub(crate) struct Shared {
     pub(crate) client: HttpClient,
     pub(crate) chat_url: Uri,
@@ -198,6 +187,20 @@ impl OpenRouter {
         }
     }
 
+    /// Each API key's state, by id (never its text): whether it serves, or why not.
+    ///
+    /// ```
+    /// use llm_layers_openrouter::{KeyState, OpenRouter};
+    /// let leaf = OpenRouter::builder().api_keys([("main", "sk-or-1"), ("backup", "sk-or-2")]).build()?;
+    /// let health = leaf.key_health();
+    /// assert_eq!(health.len(), 2);
+    /// assert!(health.iter().all(|k| k.state == KeyState::Ok));
+    /// # Ok::<(), llm_layers_core::ConfigError>(())
+    /// ```
+    pub fn key_health(&self) -> Vec<crate::KeyHealth> {
+        self.shared.keys.health(Instant::now())
+    }
+
     /// Opens up to `n` pooled connections ahead of traffic (concurrent `HEAD /models`
     /// requests; with HTTP/2 one connection carries them all). Returns how many answered.
     pub async fn warm_up(&self, n: usize) -> Result<usize, LlmError> {
@@ -296,7 +299,7 @@ async fn send(shared: Arc<Shared>, req: ChatRequest) -> Result<ChatStream, LlmEr
         Dialect::OpenRouter => req.body().to_json_with(stream, shared.default_max_tokens),
         Dialect::OpenAiCompatible => {
             let model = req.model();
-            let base = VARIANTS
+            let base = llm_layers_core::MODEL_VARIANTS
                 .iter()
                 .find_map(|v| model.strip_suffix(v))
                 .unwrap_or(model);
@@ -342,6 +345,7 @@ async fn send(shared: Arc<Shared>, req: ChatRequest) -> Result<ChatStream, LlmEr
         let resp = shared.client.request(request).await.map_err(from_client)?;
         let (parts, resp_body) = resp.into_parts();
         if parts.status.is_success() {
+            shared.keys.succeeded(key);
             break (key, started, parts, resp_body);
         }
         let err = read_error(parts, resp_body).await;

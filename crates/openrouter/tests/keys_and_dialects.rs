@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use llm_layers_core::{ChatRequest, ErrorKind, KeyId, Message, OPENROUTER_ONLY_FIELDS};
 use llm_layers_mock::{MockServer, Scenario};
-use llm_layers_openrouter::{Dialect, KeyChoice, OpenRouter};
+use llm_layers_openrouter::{Dialect, KeyChoice, KeyState, OpenRouter};
 use tower::ServiceExt;
 
 const GOOD_A: &str = "sk-test-good-aaaaaaaaaaaa-1111";
@@ -109,7 +109,7 @@ async fn calls_rotate_over_keys_a_rejected_key_is_retired_and_no_key_text_leaks(
 }
 
 #[tokio::test]
-async fn every_key_refused_is_an_auth_error_and_one_key_is_never_retired() {
+async fn every_key_refused_is_an_auth_error_and_the_last_key_is_never_taken_out() {
     let mut s = Scenario::healthy().with_time_scale(0.01);
     s.key_statuses.insert(REVOKED.into(), 401);
     s.key_statuses.insert(BROKE.into(), 402);
@@ -126,11 +126,28 @@ async fn every_key_refused_is_an_auth_error_and_one_key_is_never_retired() {
         matches!(e.status_code().map(|s| s.as_u16()), Some(401 | 402)),
         "{e}"
     );
-    // Both retired now: refused locally, nothing sent.
+    // One is out now; the other was the last that could serve, so it is kept in turn
+    // (failing) and the next call is sent to it: no error takes every key out.
+    let health = leaf.key_health();
+    assert!(
+        health.iter().all(|k| !k.state.is_ok()),
+        "both out of service: {health:?}"
+    );
+    assert_eq!(
+        health
+            .iter()
+            .filter(|k| matches!(k.state, KeyState::Failing(_)))
+            .count(),
+        1,
+        "{health:?}"
+    );
     let before = server.counters().requests();
     let e = leaf.clone().oneshot(req("y")).await.unwrap_err();
-    assert_eq!(e.status_code().map(|s| s.as_u16()), Some(401), "{e}");
-    assert_eq!(server.counters().requests(), before);
+    assert!(
+        matches!(e.status_code().map(|s| s.as_u16()), Some(401 | 402)),
+        "{e}"
+    );
+    assert_eq!(server.counters().requests(), before + 1);
 
     // One key: its 401 passes as it is, every time (nothing to rotate to).
     let only = OpenRouter::builder()
@@ -207,4 +224,53 @@ async fn the_openai_compatible_dialect_sends_nothing_only_openrouter_understands
     for field in OPENROUTER_ONLY_FIELDS {
         assert!(sent.get(field).is_none(), "{field} sent: {sent}");
     }
+}
+
+/// What one call's input causes (a moderation `403`, a `402` for a request the balance
+/// cannot cover) is the call's: passed on as it is, never retried on another key, and no
+/// key is taken out for it.
+#[tokio::test]
+async fn a_callers_403_or_402_never_takes_a_key_out() {
+    let mut s = Scenario::healthy().with_time_scale(0.01);
+    s.moderation_flag = Some("FLAG-ME".into());
+    s.affordable_tokens = Some(100);
+    let server = MockServer::start(s).await.unwrap();
+    let leaf = OpenRouter::builder()
+        .api_keys([("a", GOOD_A), ("b", GOOD_B)])
+        .base_url(server.base_url())
+        .build()
+        .unwrap();
+    for _ in 0..4 {
+        let e = leaf
+            .clone()
+            .oneshot(req("FLAG-ME please"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status_code().map(|s| s.as_u16()), Some(403), "{e}");
+        let mut big = req("big");
+        big.body_mut().max_tokens = Some(100_000);
+        let e = leaf.clone().oneshot(big).await.unwrap_err();
+        assert_eq!(e.status_code().map(|s| s.as_u16()), Some(402), "{e}");
+        assert_eq!(
+            e.api_error().and_then(|a| a.limit_source()),
+            Some("openrouter_credits")
+        );
+    }
+    assert_eq!(
+        server.counters().requests(),
+        8,
+        "one request per call, no rotation"
+    );
+    assert!(leaf.key_health().iter().all(|k| k.state.is_ok()));
+    for i in 0..4 {
+        leaf.clone()
+            .oneshot(req(&format!("fine {i}")))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+    }
+    let by_key = server.counters().requests_by_key();
+    assert_eq!((by_key[GOOD_A], by_key[GOOD_B]), (6, 6), "{by_key:?}");
 }
