@@ -298,6 +298,36 @@ impl ChatBody {
         self.max_completion_tokens.or(self.max_tokens)
     }
 
+    /// How many choices the caller asked for (`n`, 1 when absent or not a whole number).
+    pub fn choices(&self) -> u64 {
+        self.extra
+            .get("n")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// The most output tokens this request can cost: the larger of `max_tokens` and
+    /// `max_completion_tokens` (an upstream may honour either), times `n`; `None` when the
+    /// caller set no limit. What a token budget must reserve.
+    ///
+    /// ```
+    /// use llm_layers_core::{ChatRequest, Message};
+    /// let mut r = ChatRequest::new("m", vec![Message::user("hi")]);
+    /// let b = r.body_mut();
+    /// b.max_completion_tokens = Some(1);
+    /// b.max_tokens = Some(100);
+    /// b.extra.insert("n".into(), 3.into());
+    /// assert_eq!(r.body().output_budget(), Some(300));
+    /// ```
+    pub fn output_budget(&self) -> Option<u64> {
+        let most = match (self.max_tokens, self.max_completion_tokens) {
+            (None, None) => return None,
+            (a, b) => a.max(b).unwrap_or(0),
+        };
+        Some(u64::from(most).saturating_mul(self.choices()))
+    }
+
     /// The provider preferences, created empty if absent.
     pub fn provider_mut(&mut self) -> &mut ProviderPreferences {
         self.provider
@@ -455,6 +485,42 @@ pub fn slug_matches(pattern: &str, slug: &str) -> bool {
             head.eq_ignore_ascii_case(pattern) && (rest.is_empty() || rest.starts_with('/'))
         }
         _ => false,
+    }
+}
+
+/// OpenRouter's model variant suffixes: each changes how a model is served, and some what
+/// it costs (`:online` adds a paid web search, `:nitro` and `:floor` sort providers by
+/// speed or price, `:free` is a separate, rate-limited model).
+pub const MODEL_VARIANTS: &[&str] = &[
+    ":nitro",
+    ":floor",
+    ":free",
+    ":online",
+    ":extended",
+    ":thinking",
+    ":exacto",
+];
+
+/// A model id split into its base and its variant suffix (`:online`, `:free`, ... or any
+/// other `:suffix` after the id's last `/`); ids without a `/` (`tier:fast`, a fine-tuned
+/// `ft:gpt-4o:org:id`) have no variant.
+///
+/// ```
+/// use llm_layers_core::split_variant;
+/// assert_eq!(split_variant("openai/gpt-4o:online"), ("openai/gpt-4o", Some(":online")));
+/// assert_eq!(split_variant("openai/gpt-4o"), ("openai/gpt-4o", None));
+/// assert_eq!(split_variant("tier:fast"), ("tier:fast", None));
+/// ```
+pub fn split_variant(model: &str) -> (&str, Option<&str>) {
+    let Some(slash) = model.rfind('/') else {
+        return (model, None);
+    };
+    match model[slash..].find(':') {
+        Some(colon) => {
+            let (base, variant) = model.split_at(slash + colon);
+            (base, Some(variant))
+        }
+        None => (model, None),
     }
 }
 

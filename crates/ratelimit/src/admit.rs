@@ -82,9 +82,10 @@ impl TakenKeys {
 
 /// What a call was admitted with: the request units taken, the token reservation, the
 /// concurrency slot, and how far admission got (`step`: the request limits in order, then
-/// the token limit, then the concurrency limit). Dropped before the call was made, it gives
-/// everything back (a refused or abandoned admission costs nothing); [`finish`] settles it
-/// after the call.
+/// the token limit, then the concurrency limit). Dropped before the call was sent, it gives
+/// everything back (a refused admission, or one abandoned while it waited, costs nothing);
+/// dropped after, the request units stay spent and the token reservation settles to what
+/// was delivered; [`finish`] settles it after the call.
 pub(crate) struct Admitted {
     shared: Arc<Shared>,
     step: usize,
@@ -121,6 +122,20 @@ impl Admitted {
             usage: None,
             settled: false,
         });
+    }
+}
+
+impl Admitted {
+    /// The request is on its way: units are spent when a request is *sent*, so a caller
+    /// who leaves before its first token does not get them back (its request already
+    /// costs the upstream). Only an admission dropped before this gives back what it took.
+    pub(crate) fn sent(&mut self) {
+        self.called = true;
+    }
+
+    /// Whether admission stopped before the concurrency step (at a bucket).
+    pub(crate) fn before_slot(&self) -> bool {
+        self.step <= self.shared.requests.len()
     }
 }
 
@@ -289,8 +304,9 @@ pub(crate) async fn admit_then_call<S>(
 where
     S: Service<ChatRequest, Response = ChatStream, Error = LlmError>,
 {
-    let admitted = admit(partial, &req, reserved, pending).await?;
+    let mut admitted = admit(partial, &req, reserved, pending).await?;
     ServiceExt::ready(&mut inner).await?;
+    admitted.sent();
     let result = inner.call(req).await;
     finish(admitted, result)
 }

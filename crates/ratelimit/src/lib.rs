@@ -411,18 +411,28 @@ where
 
     fn call(&mut self, req: ChatRequest) -> ResponseFuture<S::Future> {
         let state = match admit::try_admit(&self.shared, &req, &mut self.reserved) {
-            Progress::Admitted(admitted) => State::Called {
-                fut: self.inner.call(req),
-                admitted: Some(admitted),
-            },
-            Progress::Partial(partial, pending) => State::Waiting {
-                fut: Box::pin(admit_then_call(
-                    (partial, pending),
-                    self.inner.clone(),
-                    req,
-                    self.reserved.take(),
-                )),
-            },
+            Progress::Admitted(mut admitted) => {
+                // Sent: from here a dropped call keeps what it spent.
+                admitted.sent();
+                State::Called {
+                    fut: self.inner.call(req),
+                    admitted: Some(admitted),
+                }
+            }
+            Progress::Partial(partial, pending) => {
+                // A call that waits on a bucket holds no concurrency slot while it waits:
+                // one tenant's wait must not be everyone's. It queues for a slot, by
+                // priority, once its buckets admit it.
+                let reserved = self.reserved.take().filter(|_| !partial.before_slot());
+                State::Waiting {
+                    fut: Box::pin(admit_then_call(
+                        (partial, pending),
+                        self.inner.clone(),
+                        req,
+                        reserved,
+                    )),
+                }
+            }
         };
         ResponseFuture { state }
     }

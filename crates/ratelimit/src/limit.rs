@@ -46,6 +46,33 @@ impl Key {
         Key::from_fn(|r| Some(Arc::from(r.model())))
     }
 
+    /// A bucket per base model: the id lowercased and without its variant suffix
+    /// ([`split_variant`](llm_layers_core::split_variant)), so `openai/gpt-4o:nitro` and
+    /// `OpenAI/GPT-4o` spend from the bucket of `openai/gpt-4o` (a look-alike id cannot
+    /// open a fresh bucket).
+    ///
+    /// ```
+    /// use llm_layers_core::{ChatRequest, Message};
+    /// let key = llm_layers_ratelimit::Key::base_model();
+    /// let of = |m: &str| key.of_request(&ChatRequest::new(m, vec![Message::user("hi")]));
+    /// assert_eq!(of("OpenAI/GPT-4o:nitro"), of("openai/gpt-4o"));
+    /// ```
+    pub fn base_model() -> Key {
+        Key::from_fn(|r| {
+            let (base, _) = llm_layers_core::split_variant(r.model());
+            Some(if base.bytes().any(|b| b.is_ascii_uppercase()) {
+                Arc::from(base.to_ascii_lowercase())
+            } else {
+                Arc::from(base)
+            })
+        })
+    }
+
+    /// The bucket key of `r` (`None`: the limit does not apply to it).
+    pub fn of_request(&self, r: &ChatRequest) -> Option<Arc<str>> {
+        (self.of)(r)
+    }
+
     /// A bucket per [`Tenant`] extension; requests without one are not limited.
     pub fn tenant() -> Key {
         Key::from_fn(|r| r.extensions().get::<Tenant>().map(|t| t.0.clone()))
@@ -144,7 +171,10 @@ pub trait TokenEstimator: Send + Sync + 'static {
     fn estimate(&self, req: &ChatRequest) -> u64;
 }
 
-/// Prompt bytes / 4, plus `max_tokens` (or `default_output` when the request sets none).
+/// Prompt bytes / 4, plus the most output the request can cost
+/// ([`ChatBody::output_budget`](llm_layers_core::ChatBody::output_budget): the larger of
+/// `max_tokens` and `max_completion_tokens`, times `n`), or `default_output` per choice
+/// when it sets none.
 #[derive(Debug, Clone, Copy)]
 pub struct DefaultEstimator {
     /// The output assumed when the request sets no limit.
@@ -161,10 +191,10 @@ impl Default for DefaultEstimator {
 
 impl TokenEstimator for DefaultEstimator {
     fn estimate(&self, req: &ChatRequest) -> u64 {
-        req.body().approx_prompt_tokens()
-            + req
-                .body()
-                .max_output_tokens()
-                .map_or(self.default_output, u64::from)
+        let body = req.body();
+        body.approx_prompt_tokens().saturating_add(
+            body.output_budget()
+                .unwrap_or_else(|| self.default_output.saturating_mul(body.choices())),
+        )
     }
 }

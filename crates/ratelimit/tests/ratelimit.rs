@@ -529,6 +529,140 @@ async fn the_concurrency_queue_has_a_bound_and_a_maximum_wait() {
     }
 }
 
+/// A caller who leaves before its first token does not get its request units back: its
+/// request was already sent (30 calls dropped after 0.3 s once got 30 admissions from a
+/// burst of 10).
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_after_it_was_sent_keeps_its_units() {
+    let slow = MockChat::with_default(Script::tokens(Duration::from_secs(1), 3, MS(10)));
+    let svc = RateLimitLayer::builder()
+        .requests(
+            Limit::new(3, Duration::from_secs(60))
+                .burst(3)
+                .mode(Mode::Reject),
+        )
+        .build()
+        .unwrap()
+        .layer(slow.clone());
+    let mut refused = 0;
+    for _ in 0..6 {
+        match tokio::time::timeout(MS(300), svc.clone().oneshot(req("m"))).await {
+            Err(_left) => {}
+            Ok(Err(e)) => {
+                assert_eq!(e.kind(), ErrorKind::RateLimited, "{e}");
+                refused += 1;
+            }
+            Ok(Ok(_)) => panic!("no first token within 0.3 s"),
+        }
+    }
+    assert_eq!(
+        slow.calls(),
+        3,
+        "the burst, and no more, reached the upstream"
+    );
+    assert_eq!(refused, 3);
+}
+
+/// A call waiting on its own tenant's bucket holds no concurrency slot: another tenant's
+/// low-priority call is admitted, not shed, while nothing is in flight.
+#[tokio::test(start_paused = true)]
+async fn a_call_waiting_on_its_bucket_holds_no_concurrency_slot() {
+    let svc = RateLimitLayer::builder()
+        .concurrency(1, Key::global(), Priority(1))
+        .requests(
+            Limit::new(1, Duration::from_secs(60))
+                .burst(1)
+                .key(Key::tenant())
+                .mode(Mode::Wait(Duration::from_secs(120))),
+        )
+        .build()
+        .unwrap()
+        .layer(instant());
+    let shed = tower::ServiceBuilder::new()
+        .load_shed()
+        .service(svc.clone());
+    let as_tenant = |t: &str, p: u8| {
+        let mut r = req("m");
+        r.extensions_mut().insert(Tenant(Arc::from(t)));
+        r.extensions_mut().insert(Priority(p));
+        r
+    };
+    shed.clone()
+        .oneshot(as_tenant("greedy", 1))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    // The greedy tenant's next call waits a minute for its own bucket ...
+    let waiting = tokio::spawn(shed.clone().oneshot(as_tenant("greedy", 1)));
+    tokio::time::advance(MS(10)).await;
+    assert!(!waiting.is_finished());
+    // ... and another tenant's low-priority call, which would be shed if the slot were
+    // held, is served.
+    let other = shed.clone().oneshot(as_tenant("polite", 0)).await;
+    other.unwrap().collect().await.unwrap();
+    // The waiter is served once its bucket refills.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let served = waiting.await.unwrap();
+    assert!(served.is_ok(), "{:?}", served.err());
+}
+
+/// A token reservation covers the most the request can cost: the larger of `max_tokens`
+/// and `max_completion_tokens` (an upstream may honour either), times `n`.
+#[tokio::test(start_paused = true)]
+async fn a_token_reservation_counts_every_output_field_and_n() {
+    let svc = RateLimitLayer::builder()
+        .tokens(
+            Limit::new(1000, Duration::from_secs(600))
+                .burst(1000)
+                .key(Key::global())
+                .mode(Mode::Reject),
+        )
+        .build()
+        .unwrap()
+        .layer(MockChat::with_default(Script::new().hang()));
+    let mut lookalike = req("m");
+    let b = lookalike.body_mut();
+    b.max_completion_tokens = Some(1);
+    b.max_tokens = Some(300);
+    b.extra.insert("n".into(), 3.into());
+    // Reserves 1 + 900, held while the call is in flight.
+    let held = tokio::spawn(svc.clone().oneshot(lookalike));
+    tokio::task::yield_now().await;
+    let mut small = req("m");
+    small.body_mut().max_tokens = Some(200);
+    let e = svc.clone().oneshot(small).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RateLimited, "901 of 1000 reserved");
+    held.abort();
+}
+
+/// Look-alike model ids share their base model's bucket.
+#[tokio::test(start_paused = true)]
+async fn look_alike_model_ids_share_one_bucket() {
+    let svc = RateLimitLayer::builder()
+        .requests(
+            Limit::new(2, Duration::from_secs(60))
+                .burst(2)
+                .key(Key::base_model())
+                .mode(Mode::Reject),
+        )
+        .build()
+        .unwrap()
+        .layer(instant());
+    let mut passed = 0;
+    for m in [
+        "openai/gpt-4o",
+        "OpenAI/GPT-4o",
+        "openai/gpt-4o:nitro",
+        "openai/gpt-4o:floor",
+    ] {
+        passed += usize::from(svc.clone().oneshot(req(m)).await.is_ok());
+    }
+    assert_eq!(passed, 2);
+    assert!(svc.clone().oneshot(req("anthropic/claude")).await.is_ok());
+}
+
 fn poll_ready_now<S: tower::Service<ChatRequest>>(svc: &mut S) -> Poll<Result<(), S::Error>> {
     let waker = std::task::Waker::noop();
     svc.poll_ready(&mut std::task::Context::from_waker(waker))
