@@ -124,6 +124,8 @@ pub struct Config {
     /// Gateway keys (`LLM_GATEWAY_KEYS=tenant=key,...` or `--keys FILE.json`); none: the
     /// gateway is open to anyone who reaches it, and says so.
     pub keys: crate::keys::Keys,
+    /// Bounds on what a caller sends (lengths and counts of its fields): over one, `400`.
+    pub bounds: crate::bounds::Bounds,
 }
 
 impl Default for Config {
@@ -165,6 +167,7 @@ impl Default for Config {
             upstream_h2c: false,
             seed: None,
             keys: crate::keys::Keys::default(),
+            bounds: crate::bounds::Bounds::default(),
         }
     }
 }
@@ -211,6 +214,7 @@ impl std::fmt::Debug for Config {
             .field("upstream_h2c", &self.upstream_h2c)
             .field("seed", &self.seed)
             .field("keys", &self.keys)
+            .field("bounds", &self.bounds)
             .finish()
     }
 }

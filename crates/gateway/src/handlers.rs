@@ -14,6 +14,7 @@ use llm_layers_router::TIER_PREFIX;
 use serde_json::json;
 use tower::ServiceExt;
 
+use crate::bounds::Bounds;
 use crate::error::ApiFailure;
 use crate::server::AppState;
 use crate::{keys, now_secs, sse, status};
@@ -63,29 +64,63 @@ pub(crate) struct CallerHints {
     coalesce: bool,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for CallerHints {
-    type Rejection = std::convert::Infallible;
+/// A header the gateway reads, refused when it is not one of `allowed` (or not text).
+fn one_of<'a>(
+    parts: &'a Parts,
+    name: &str,
+    allowed: &[&str],
+) -> Result<Option<&'a str>, ApiFailure> {
+    let Some(v) = parts.headers.get(name) else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(t) if allowed.contains(&t) => Ok(Some(t)),
+        _ => Err(ApiFailure::invalid(
+            StatusCode::BAD_REQUEST,
+            "invalid_value",
+            format!("header '{name}' must be one of {}", allowed.join(", ")),
+        )
+        .with_param(name)),
+    }
+}
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+impl FromRequestParts<AppState> for CallerHints {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let key = parts
             .extensions
             .get::<keys::Caller>()
             .and_then(|c| c.0.clone());
         let trusted = key.as_ref().is_none_or(|k| k.trusted);
-        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-        let header_tenant = header("x-tenant")
-            .filter(|t| !t.is_empty() && t.len() <= 128)
-            .map(|t| Tenant(Arc::from(t)));
+        let header_tenant = match parts.headers.get("x-tenant") {
+            None => None,
+            Some(v) => {
+                let t = v.to_str().map_err(|_| {
+                    ApiFailure::invalid(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_value",
+                        "header 'x-tenant' must be visible ASCII",
+                    )
+                    .with_param("x-tenant")
+                })?;
+                state.config.bounds.check_tenant(t)?;
+                Some(Tenant(Arc::from(t)))
+            }
+        };
         let tenant = match &key {
             Some(k) if !trusted => Some(Tenant(k.tenant.clone())),
             Some(k) => header_tenant.or_else(|| Some(Tenant(k.tenant.clone()))),
             None => header_tenant,
         };
-        let asked = match header("x-priority") {
+        let asked = match one_of(parts, "x-priority", &["low", "normal", "high"])? {
             Some("low") => Some(Priority(0)),
             Some("high") => Some(Priority(2)),
-            Some("normal") => Some(Priority(1)),
-            _ => None,
+            Some(_) => Some(Priority(1)),
+            None => None,
         };
         let priority = match (&key, asked) {
             (Some(k), Some(p)) if !trusted => p.min(k.priority),
@@ -93,12 +128,12 @@ impl<S: Send + Sync> FromRequestParts<S> for CallerHints {
             (_, Some(p)) => p,
             (None, None) => Priority(1),
         };
-        let resume = match header("x-llm-resume") {
+        let resume = match one_of(parts, "x-llm-resume", &["on", "off"])? {
             Some("on") => Some(ResumeChoice::On),
-            Some("off") => Some(ResumeChoice::Off),
-            _ => None,
+            Some(_) => Some(ResumeChoice::Off),
+            None => None,
         };
-        let coalesce = header("x-llm-coalesce") == Some("on");
+        let coalesce = one_of(parts, "x-llm-coalesce", &["on", "off"])? == Some("on");
         Ok(CallerHints {
             key,
             tenant,
@@ -109,7 +144,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CallerHints {
     }
 }
 
-fn parse_request(bytes: &[u8]) -> Result<ChatRequest, ApiFailure> {
+fn parse_request(bytes: &[u8], bounds: &Bounds) -> Result<ChatRequest, ApiFailure> {
     let req: ChatRequest = serde_json::from_slice(bytes).map_err(|e| {
         ApiFailure::invalid(
             StatusCode::BAD_REQUEST,
@@ -122,8 +157,10 @@ fn parse_request(bytes: &[u8]) -> Result<ChatRequest, ApiFailure> {
             StatusCode::BAD_REQUEST,
             "invalid_value",
             "'messages' is required and must not be empty",
-        ));
+        )
+        .with_param("messages"));
     }
+    bounds.check(req.body())?;
     Ok(req)
 }
 
@@ -131,44 +168,6 @@ fn parse_request(bytes: &[u8]) -> Result<ChatRequest, ApiFailure> {
 /// tenant a trusted key's caller names).
 #[derive(Debug, Clone)]
 pub(crate) struct KeyTenant(pub(crate) Arc<str>);
-
-/// What a key changes in a request: its model is allowed (else 403), `max_tokens` capped,
-/// the routing and spending fields removed unless allowed.
-fn apply_key(key: &keys::GatewayKey, req: &mut ChatRequest) -> Result<(), ApiFailure> {
-    if !key.allows_model(req.model()) {
-        return Err(ApiFailure {
-            status: StatusCode::FORBIDDEN,
-            kind: "permission_error",
-            code: "model_not_allowed".into(),
-            message: format!("this key may not use the model {:?}", req.model()),
-            retry_after: None,
-        });
-    }
-    let routing_fields = ["models", "provider", "plugins", "transforms"];
-    let strip = !key.routing
-        && (req.body().models.is_some()
-            || req.body().provider.is_some()
-            || routing_fields[2..]
-                .iter()
-                .any(|f| req.body().extra.contains_key(*f)));
-    if strip {
-        let body = req.body_mut();
-        body.models = None;
-        body.provider = None;
-        for f in &routing_fields[2..] {
-            body.extra.remove(*f);
-        }
-    }
-    if let Some(cap) = key.max_tokens {
-        let body = req.body_mut();
-        let asked = body.max_output_tokens();
-        if asked.is_none_or(|n| n > cap) {
-            body.max_tokens = Some(cap);
-            body.max_completion_tokens = None;
-        }
-    }
-    Ok(())
-}
 
 pub(crate) async fn chat(
     State(state): State<AppState>,
@@ -187,7 +186,7 @@ pub(crate) async fn chat(
         Ok(b) => b,
         Err(f) => return f.into_response(),
     };
-    let parsed = parse_request(&bytes);
+    let parsed = parse_request(&bytes, &state.config.bounds);
     // The body's bytes are a slice of hyper's read buffer for the connection: released
     // before the call waits, hyper reads the connection's next bytes into the same 8 KiB
     // instead of allocating another one for the life of the stream.
@@ -197,7 +196,7 @@ pub(crate) async fn chat(
         Err(f) => return f.into_response(),
     };
     if let Some(k) = &key {
-        if let Err(f) = apply_key(k, &mut req) {
+        if let Err(f) = k.apply(&mut req) {
             return f.into_response();
         }
         req.extensions_mut().insert(KeyTenant(k.tenant.clone()));
@@ -320,14 +319,57 @@ pub(crate) async fn status_json(State(state): State<AppState>) -> Response {
 }
 
 /// Open in every mode (load balancers probe it without a key); says whether the gateway
-/// is open.
+/// is open, and whether its upstreams' API keys can serve: `"degraded"`, with the reason,
+/// when every key of an upstream is out (retired, paused, held, or the last one failing).
+/// That is still a `200`: every replica shares the keys, so taking this one out of a load
+/// balancer would not help.
 pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
     let auth = if state.config.keys.is_empty() {
         "open: no gateway keys configured, anyone who reaches this gateway can use it"
     } else {
         "gateway keys required"
     };
-    axum::Json(json!({"status": "ok", "auth": auth})).into_response()
+    let mut reasons = Vec::new();
+    let mut upstream_keys = serde_json::Map::new();
+    for (name, leaf) in &state.upstreams {
+        let health = leaf.key_health();
+        let keys: serde_json::Map<String, serde_json::Value> = health
+            .iter()
+            .map(|k| (k.id.to_string(), json!(key_state(k.state))))
+            .collect();
+        if !health.iter().any(|k| k.state.is_ok()) {
+            let states: Vec<String> = health
+                .iter()
+                .map(|k| format!("{}: {}", k.id, key_state(k.state)))
+                .collect();
+            reasons.push(format!(
+                "every API key of upstream {name} is out ({})",
+                states.join(", ")
+            ));
+        }
+        upstream_keys.insert(name.clone(), keys.into());
+    }
+    let mut body = json!({
+        "status": if reasons.is_empty() { "ok" } else { "degraded" },
+        "auth": auth,
+        "upstream_keys": upstream_keys,
+    });
+    if !reasons.is_empty() {
+        body["reason"] = json!(reasons.join("; "));
+    }
+    axum::Json(body).into_response()
+}
+
+fn key_state(s: llm_layers_openrouter::KeyState) -> String {
+    use llm_layers_openrouter::KeyState;
+    match s {
+        KeyState::Ok => "ok".to_owned(),
+        KeyState::Retired => "retired: refused by the upstream (401)".to_owned(),
+        KeyState::Paused(d) => format!("credit limit spent (402): paused {} s", d.as_secs()),
+        KeyState::Held(d) => format!("at its rate limit (429): held {} s", d.as_secs()),
+        KeyState::Failing(status) => format!("failing ({status}), kept as the last key"),
+        _ => "out".to_owned(),
+    }
 }
 
 pub(crate) async fn metrics_text(State(state): State<AppState>) -> Response {

@@ -19,8 +19,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use llm_layers_core::Priority;
+use llm_layers_core::{ChatBody, ChatRequest, Priority};
 use serde::Deserialize;
+
+use crate::error::ApiFailure;
 use subtle::ConstantTimeEq;
 
 /// The SHA-256 of a key.
@@ -43,6 +45,7 @@ pub struct GatewayKey {
     /// `trusted`).
     pub priority: Priority,
     /// The models (exact ids, `author/*` prefixes, or `tier:NAME`) it may use; `None`: any.
+    /// A variant needs its own entry (see [`GatewayKey::allows_model`]).
     pub models: Option<Vec<String>>,
     /// Its `max_tokens` is capped to this (and set to it when the caller sets none).
     pub max_tokens: Option<u32>,
@@ -94,14 +97,124 @@ impl GatewayKey {
     }
 
     /// Whether this key may call `model` (a model id or `tier:NAME`).
+    ///
+    /// An entry is an exact id, or a prefix and `*` (`openai/*`, `tier:*`). A model
+    /// variant (`:online`, `:free`, `:nitro`, ... see
+    /// [`split_variant`](llm_layers_core::split_variant)) can change what a call costs, so
+    /// it needs an entry that says it: `openai/*:online` or the exact id; `openai/*` admits
+    /// no variant.
     pub fn allows_model(&self, model: &str) -> bool {
-        self.models.as_ref().is_none_or(|ms| {
-            ms.iter().any(|m| match m.strip_suffix('*') {
-                Some(prefix) => model.starts_with(prefix),
-                None => m == model,
-            })
-        })
+        self.models
+            .as_ref()
+            .is_none_or(|ms| ms.iter().any(|m| entry_admits(m, model)))
     }
+
+    /// Applies this key to a request: every model the body can reach (`model`, and
+    /// `models` when the key may route) is allowed, else `403`; the routing and spending
+    /// fields are removed unless allowed; the output cap holds on every field that means
+    /// output tokens (`max_tokens`, `max_completion_tokens`, `reasoning.max_tokens`,
+    /// `thinking.budget_tokens`), shared by the `n` choices, and the body sent carries the
+    /// capped values.
+    ///
+    /// ```
+    /// use llm_layers_core::ChatRequest;
+    /// use llm_layers_gateway::keys::GatewayKey;
+    /// let mut key = GatewayKey::new("acme", "sk-gw-aaaaaaaaaaaaaaaa");
+    /// key.max_tokens = Some(16);
+    /// let mut req: ChatRequest = serde_json::from_str(
+    ///     r#"{"model":"a/b","messages":[],"max_completion_tokens":1,"max_tokens":100000,"n":2}"#,
+    /// )?;
+    /// key.apply(&mut req).unwrap();
+    /// assert_eq!((req.body().max_tokens, req.body().max_completion_tokens), (Some(8), Some(1)));
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn apply(&self, req: &mut ChatRequest) -> Result<(), ApiFailure> {
+        if !self.allows_model(req.model()) {
+            return Err(not_allowed(req.model(), "model"));
+        }
+        const SPENDING: [&str; 2] = ["plugins", "transforms"];
+        if self.routing {
+            if let Some(m) = req
+                .body()
+                .models
+                .iter()
+                .flatten()
+                .find(|m| !self.allows_model(m))
+            {
+                return Err(not_allowed(m, "models"));
+            }
+        } else if req.body().models.is_some()
+            || req.body().provider.is_some()
+            || SPENDING.iter().any(|f| req.body().extra.contains_key(*f))
+        {
+            let body = req.body_mut();
+            body.models = None;
+            body.provider = None;
+            for f in SPENDING {
+                body.extra.remove(f);
+            }
+        }
+        if let Some(cap) = self.max_tokens {
+            cap_output(req.body_mut(), cap)?;
+        }
+        Ok(())
+    }
+}
+
+fn not_allowed(model: &str, param: &str) -> ApiFailure {
+    ApiFailure::forbidden(
+        "model_not_allowed",
+        format!("this key may not use the model {model:?}"),
+    )
+    .with_param(param)
+}
+
+/// Whether the allow-list entry `entry` admits `model` (see [`GatewayKey::allows_model`]).
+fn entry_admits(entry: &str, model: &str) -> bool {
+    let (base, variant) = llm_layers_core::split_variant(model);
+    let (entry_base, entry_variant) = llm_layers_core::split_variant(entry);
+    if variant != entry_variant {
+        return false;
+    }
+    match entry_base.strip_suffix('*') {
+        Some(prefix) => base.len() > prefix.len() && base.starts_with(prefix),
+        None => entry_base == base,
+    }
+}
+
+/// Caps every output-token field of `body` so that `n` choices together stay within `cap`.
+fn cap_output(body: &mut ChatBody, cap: u32) -> Result<(), ApiFailure> {
+    let n = body.choices();
+    let per_choice = u64::from(cap) / n;
+    let Ok(per @ 1..) = u32::try_from(per_choice) else {
+        return Err(ApiFailure::invalid(
+            http::StatusCode::BAD_REQUEST,
+            "integer_above_max_value",
+            format!("'n' of {n} asks for more than this key's cap of {cap} output tokens"),
+        )
+        .with_param("n"));
+    };
+    let capped = |v: Option<u32>| v.map(|t| t.min(per));
+    match (body.max_tokens, body.max_completion_tokens) {
+        // OpenAI's reasoning models refuse `max_tokens`: a caller who sent only the newer
+        // field keeps only it.
+        (None, Some(_)) => body.max_completion_tokens = capped(body.max_completion_tokens),
+        (None, None) => body.max_tokens = Some(per),
+        _ => {
+            body.max_tokens = capped(body.max_tokens);
+            body.max_completion_tokens = capped(body.max_completion_tokens);
+        }
+    }
+    // Reasoning budgets: OpenRouter's `reasoning.max_tokens`, Anthropic's
+    // `thinking.budget_tokens`.
+    for (field, budget) in [("reasoning", "max_tokens"), ("thinking", "budget_tokens")] {
+        if let Some(v) = body.extra.get_mut(field).and_then(|r| r.get_mut(budget)) {
+            if v.as_u64().is_none_or(|b| b > u64::from(per)) {
+                *v = per.into();
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One entry of a keys file.

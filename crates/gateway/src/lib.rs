@@ -8,6 +8,7 @@
 //! - [`start`] / [`serve`]: the server, its routes and shutdown;
 //! - [`keys`]: gateway keys; [`status`]: the status page; [`config`]: flags and environment.
 
+pub mod bounds;
 pub mod config;
 mod conn;
 pub mod error;

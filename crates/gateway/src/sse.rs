@@ -115,6 +115,7 @@ impl Stream for SseBody {
                 code: "server_shutting_down".into(),
                 message: "the gateway is shutting down; the answer was cut".into(),
                 retry_after: None,
+                param: None,
             };
             return Poll::Ready(Some(Ok(event(&f.body()))));
         }

@@ -274,7 +274,7 @@ pub fn build_stack_with_priors<S: ChatService>(
         limits = limits.requests(
             Limit::new(n, minute)
                 .burst(n.div_ceil(6).max(1))
-                .key(Key::model()),
+                .key(Key::base_model()),
         );
     }
     if config.tenant_requests_per_minute > 0 {
@@ -308,7 +308,11 @@ pub fn build_stack_with_priors<S: ChatService>(
     }
     if config.tokens_per_minute > 0 {
         let n = config.tokens_per_minute;
-        limits = limits.tokens(Limit::new(n, minute).key(Key::model()).mode(Mode::Reject));
+        limits = limits.tokens(
+            Limit::new(n, minute)
+                .key(Key::base_model())
+                .mode(Mode::Reject),
+        );
     }
     let shared = share(config, &store, &breaker)?;
     if let Some(sh) = &shared {
