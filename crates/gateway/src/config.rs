@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 mod cli;
+pub(crate) mod file_error;
 pub use cli::USAGE;
 
 /// Everything the gateway can be told. Its `Debug` never shows the API key.

@@ -326,8 +326,12 @@ impl Keys {
 
     /// Keys from a keys file's text.
     pub fn from_json(text: &str) -> Result<Keys, String> {
-        let file: KeysFile =
-            serde_json::from_str(text).map_err(|e| format!("not a keys file: {e}"))?;
+        let file: KeysFile = serde_json::from_str(text).map_err(|e| {
+            format!(
+                "not a keys file: {}",
+                crate::config::file_error::json_error(text, &e)
+            )
+        })?;
         let mut keys = Vec::new();
         for e in file.keys {
             valid_tenant(&e.tenant)?;

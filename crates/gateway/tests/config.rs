@@ -197,3 +197,69 @@ fn worker_threads_pick_the_runtime() {
         assert!(e.contains("--worker-threads"), "{e}");
     }
 }
+
+/// A broken config file, keys file or flag around a secret: the binary exits 2 naming the
+/// file, line and field, and no byte it prints holds the secret.
+#[test]
+fn no_secret_in_any_output_of_a_broken_configuration() {
+    const SECRET: &str = "sk-or-v1-7f3a9c0d1e2b4a6f8091a2b3c4d5e6f7";
+    let dir = std::env::temp_dir().join(format!("llm-gw-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let broken_toml = dir.join("gateway.toml");
+    std::fs::write(
+        &broken_toml,
+        format!(
+            "[[upstreams]]\nname = \"openrouter\"\nbase_url = \"http://127.0.0.1:9\"\nkeys = [{{ name = \"main\", key = \"{SECRET}\" ]\n"
+        ),
+    )
+    .unwrap();
+    let wrong_type = dir.join("wrong.toml");
+    std::fs::write(
+        &wrong_type,
+        format!("[settings]\nmax-retries = 2\n\n[[upstreams]]\nname = \"o\"\nbase_url = \"http://x\"\nkeys = [{{ name = \"main\", key = {{ text = \"{SECRET}\" }} }}]\n"),
+    )
+    .unwrap();
+    let broken_keys = dir.join("keys.json");
+    std::fs::write(
+        &broken_keys,
+        format!("{{\"keys\": [\n  {{\"tenant\": \"acme\", \"key\": \"{SECRET}\" \"admin\": true}}\n]}}\n"),
+    )
+    .unwrap();
+    let runs: [(Vec<String>, &str); 4] = [
+        (
+            vec!["--config".into(), broken_toml.display().to_string()],
+            "line 4",
+        ),
+        (
+            vec!["--config".into(), wrong_type.display().to_string()],
+            "line 7",
+        ),
+        (
+            vec!["--keys".into(), broken_keys.display().to_string()],
+            "line 2",
+        ),
+        (
+            vec![format!("--openrouter-api-key={SECRET}")],
+            "--openrouter-api-key",
+        ),
+    ];
+    for (args, says) in runs {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_llm-gateway"))
+            .args(&args)
+            .env_remove("OPENROUTER_API_KEY")
+            .env_remove("LLM_GATEWAY_CONFIG")
+            .output()
+            .unwrap();
+        let printed = [out.stdout.as_slice(), out.stderr.as_slice()].concat();
+        let printed = String::from_utf8_lossy(&printed);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {printed}");
+        assert!(printed.contains(says), "{args:?}: {printed}");
+        for part in [SECRET, &SECRET[9..], &SECRET[20..]] {
+            assert!(
+                !printed.contains(part),
+                "{args:?} printed the secret: {printed}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

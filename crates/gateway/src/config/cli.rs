@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::file_error::{Position, file_error, json_error};
+
 use super::Config;
 
 /// Every flag that takes a value, with what its value is.
@@ -117,6 +119,25 @@ environment: OPENROUTER_API_KEY, OPENROUTER_BASE_URL, LLM_GATEWAY_KEYS, LISTEN_A
              HEDGE_QUANTILE, ROUTER_TIERS, LEARNED_ORDER, UPSTREAM_H2C, ADAPTIVE_IDLE, RESUME, PRIORS, COALESCE,
              REDIS_URL, LLM_GATEWAY_REPLICAS, WORKER_THREADS, LLM_GATEWAY_CONFIG (flags win)";
 
+/// clap's message with the value of every quoted `'--flag=value'` cut: a secret passed to
+/// a misspelt flag is not printed back.
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for (i, part) in message.split('\'').enumerate() {
+        if i > 0 {
+            out.push('\'');
+        }
+        match part.split_once('=') {
+            Some((flag, _)) if i % 2 == 1 && flag.starts_with('-') => {
+                out.push_str(flag);
+                out.push_str("=…");
+            }
+            _ => out.push_str(part),
+        }
+    }
+    out
+}
+
 pub(super) fn ms(v: &str, name: &str) -> Result<Option<Duration>, String> {
     let n: u64 = v
         .parse()
@@ -208,14 +229,18 @@ impl Config {
             .try_get_matches_from(argv)
             .map_err(|e| match e.kind() {
                 clap::error::ErrorKind::DisplayHelp => String::new(),
-                _ => e.to_string().trim_end().to_owned(),
+                _ => without_values(e.to_string().trim_end()),
             })?;
         let mut pairs: Vec<(String, String)> = Vec::new();
         if let Some(path) = matches.get_one::<String>("config") {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("--config: cannot read {path:?}: {e}"))?;
-            let file: ConfigFile =
-                toml::from_str(&text).map_err(|e| format!("--config: {path:?}: {e}"))?;
+            let file: ConfigFile = toml::from_str(&text).map_err(|e| {
+                let at = e
+                    .span()
+                    .map_or(Position::Unknown, |s| Position::Offset(s.start));
+                file_error("--config", path, &text, at, e.message())
+            })?;
             for (name, v) in file.settings {
                 let v = match v {
                     toml::Value::String(s) => s,
@@ -327,8 +352,12 @@ impl Config {
                     let text = std::fs::read_to_string(&v)
                         .map_err(|e| format!("{flag}: cannot read {v:?}: {e}"))?;
                     let learned = c.router.learned_order.enabled;
-                    c.router = serde_json::from_str(&text)
-                        .map_err(|e| format!("{flag}: {v:?} is not a router configuration: {e}"))?;
+                    c.router = serde_json::from_str(&text).map_err(|e| {
+                        format!(
+                            "{flag}: {v:?} is not a router configuration: {}",
+                            json_error(&text, &e)
+                        )
+                    })?;
                     // A `--learned-order off` given before the file still holds.
                     c.router.learned_order.enabled &= learned;
                 }
