@@ -104,10 +104,8 @@ fn field_before(line: &str, column: usize) -> Option<String> {
         if let Some((word, quoted)) = token {
             let after = prefix[next..].trim_start();
             let sep = if quoted { ':' } else { '=' };
-            if after.starts_with(sep) || (quoted && after.starts_with('=')) {
-                if plain_name(word) {
-                    field = Some(word.to_owned());
-                }
+            if (after.starts_with(sep) || (quoted && after.starts_with('='))) && plain_name(word) {
+                field = Some(word.to_owned());
             }
         }
         i = next;
