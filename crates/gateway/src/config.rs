@@ -31,7 +31,17 @@ pub struct Config {
     /// for long. hyper counts an HTTP/1.1 keep-alive connection's wait for its next request
     /// in it too, so this is also how long such a connection may sit idle (clients' pools
     /// let theirs go sooner: 5 s in httpx, 4 s in undici).
+    ///
+    /// It is also every connection's deadline for its first request whatever its protocol
+    /// (an HTTP/2 client that sends its preface, or a byte of it, and no request is closed),
+    /// and how long an HTTP/2 connection may stay open with no stream in it.
     pub header_read_timeout: Duration,
+    /// Connections open at once (`--max-connections`; 4,096): one more is closed as it is
+    /// accepted, before a byte of it is read.
+    pub max_connections: usize,
+    /// Streams at once on one HTTP/2 connection (`--max-streams-per-connection`; 128), the
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` the gateway announces.
+    pub max_streams_per_connection: u32,
     /// On SIGINT/SIGTERM, how long in-flight streams may run on before they are cut with an
     /// error event (`--shutdown-grace-ms`; 10 s).
     pub shutdown_grace: Duration,
@@ -140,6 +150,8 @@ impl Default for Config {
             max_body_bytes: 4 * 1024 * 1024,
             body_read_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            max_streams_per_connection: 128,
             shutdown_grace: Duration::from_secs(10),
             default_max_tokens: None,
             first_token_timeout: Some(Duration::from_secs(30)),
@@ -184,6 +196,11 @@ impl std::fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("body_read_timeout", &self.body_read_timeout)
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("max_connections", &self.max_connections)
+            .field(
+                "max_streams_per_connection",
+                &self.max_streams_per_connection,
+            )
             .field("shutdown_grace", &self.shutdown_grace)
             .field("default_max_tokens", &self.default_max_tokens)
             .field("first_token_timeout", &self.first_token_timeout)

@@ -344,7 +344,11 @@ pub async fn start(
         .map_err(StartError::io("cannot read the listen address"))?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let grace = config.shutdown_grace;
-    let head_timeout = config.header_read_timeout;
+    let limits = crate::conn::Limits {
+        head_timeout: config.header_read_timeout,
+        max_connections: config.max_connections,
+        max_streams: config.max_streams_per_connection,
+    };
     let upstreams = if leaves.is_empty() {
         vec![("openrouter".to_owned(), leaf.clone())]
     } else {
@@ -367,7 +371,7 @@ pub async fn start(
     let app = router(state);
     let mut draining = phase_rx;
     let server = tokio::spawn(async move {
-        crate::conn::serve(listener, app, head_timeout, async move {
+        crate::conn::serve(listener, app, limits, async move {
             let _ = draining.wait_for(|p| *p >= Phase::Draining).await;
         })
         .await

@@ -195,3 +195,164 @@ async fn silent_trickling_and_idle_clients_are_cut_at_the_head_timeout() {
         .unwrap()
         .unwrap();
 }
+
+/// Reads until the peer closes, or panics if it is still open at `by`.
+async fn closed_by(s: &mut tokio::net::TcpStream, by: tokio::time::Instant, what: &str) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    tokio::time::timeout_at(by, s.read_to_end(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still open"))
+        .ok();
+    buf
+}
+
+/// Still open at `until`.
+async fn open_until(s: &mut tokio::net::TcpStream, until: tokio::time::Instant, what: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+            Err(_) => return,
+            Ok(Ok(0)) | Ok(Err(_)) => panic!("{what}: closed before {until:?}"),
+            // The server's own SETTINGS: read on.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Sockets that speak a prefix of the HTTP/2 preface (one byte), or the preface and a
+/// SETTINGS frame and then nothing, are closed at the first-request deadline (the head
+/// timeout), like a silent HTTP/1.1 client; an HTTP/2 connection that made its request and
+/// then sits with no stream is told to go away after as long.
+#[tokio::test(start_paused = true)]
+async fn http2_sockets_that_never_ask_or_sit_idle_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let cfg = Config {
+        header_read_timeout: Duration::from_secs(5),
+        max_streams_per_connection: 7,
+        ..config()
+    };
+    let (gw, _mock) = gateway_on(Scenario::healthy().with_time_scale(0.0), cfg).await;
+    let started = tokio::time::Instant::now();
+    let mut one_byte = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    one_byte.write_all(b"P").await.unwrap();
+    let mut preface = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    // The server's SETTINGS announce the cap on streams (SETTINGS_MAX_CONCURRENT_STREAMS).
+    let mut head = [0u8; 9];
+    tokio::io::AsyncReadExt::read_exact(&mut preface, &mut head)
+        .await
+        .unwrap();
+    assert_eq!(head[3], 4, "a SETTINGS frame first");
+    let mut payload = vec![
+        0u8;
+        usize::from(u16::from_be_bytes([head[1], head[2]]))
+            + usize::from(head[0]) * 65536
+    ];
+    tokio::io::AsyncReadExt::read_exact(&mut preface, &mut payload)
+        .await
+        .unwrap();
+    let streams = payload
+        .chunks(6)
+        .find(|e| e[..2] == [0, 3])
+        .map(|e| u32::from_be_bytes([e[2], e[3], e[4], e[5]]));
+    assert_eq!(streams, Some(7));
+    let early = started + Duration::from_millis(4_900);
+    open_until(&mut one_byte, early, "one byte").await;
+    open_until(&mut preface, early, "preface").await;
+    let by = started + Duration::from_secs(7);
+    closed_by(&mut one_byte, by, "one byte of the preface").await;
+    closed_by(&mut preface, by, "the preface and SETTINGS").await;
+
+    // A real HTTP/2 client: served, then idle, then told to go away.
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let m = json!({"model": "m", "messages": [{"role": "user", "content": "h2"}], "max_tokens": 3});
+    let req = hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(m.to_string())))
+        .unwrap();
+    let text = answer_text(send.send_request(req).await.unwrap(), false).await;
+    assert_eq!(text, expected_answer(&body_of(&m), 3));
+    let idle = tokio::time::Instant::now();
+    let mut conn = conn;
+    let early = tokio::time::timeout_at(idle + Duration::from_millis(4_900), &mut conn).await;
+    assert!(early.is_err(), "an idle HTTP/2 connection closed early");
+    tokio::time::timeout_at(idle + Duration::from_secs(7), conn)
+        .await
+        .expect("an idle HTTP/2 connection outlived the idle limit")
+        .unwrap()
+        .unwrap();
+}
+
+/// Past `--max-connections`, a connection is closed as it is accepted, before anything of
+/// it is read; the ones open are served, and a place that frees up is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_are_closed_at_accept() {
+    use tokio::io::AsyncWriteExt;
+    let cfg = Config {
+        max_connections: 2,
+        ..config()
+    };
+    let (gw, _mock) = gateway_on(Scenario::healthy().with_time_scale(0.0), cfg).await;
+    // Two kept-alive connections, each served once: both accepted and held.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        let conn = tokio::spawn(conn);
+        let get = hyper::Request::get("/healthz")
+            .header("host", "gw")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let r = send.send_request(get).await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.into_body().collect().await.unwrap();
+        held.push((send, conn));
+    }
+    let mut third = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let answer = closed_by(
+        &mut third,
+        tokio::time::Instant::now() + Duration::from_secs(5),
+        "a third connection",
+    )
+    .await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // The two held are still served.
+    for (send, _) in &mut held {
+        let get = hyper::Request::get("/healthz")
+            .header("host", "gw")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(send.send_request(get).await.unwrap().status(), 200);
+    }
+    for (_, conn) in &held {
+        conn.abort();
+    }
+    drop(held);
+    // Their places are free again.
+    let c = client();
+    for _ in 0..20 {
+        let r = c
+            .get(format!("http://{}/healthz", gw.addr()).parse().unwrap())
+            .await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no place freed");
+}

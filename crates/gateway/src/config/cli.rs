@@ -14,6 +14,8 @@ pub(super) const FLAGS: &[(&str, &str)] = &[
     ("max-body-bytes", "N"),
     ("body-read-timeout-ms", "MS"),
     ("header-read-timeout-ms", "MS"),
+    ("max-connections", "N"),
+    ("max-streams-per-connection", "N"),
     ("shutdown-grace-ms", "MS"),
     ("default-max-tokens", "N"),
     ("first-token-timeout-ms", "MS"),
@@ -98,7 +100,7 @@ pub(super) struct ConfigFile {
 pub const USAGE: &str = "\
 usage: llm-gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
                [--max-body-bytes N] [--body-read-timeout-ms MS] [--header-read-timeout-ms MS]
-               [--shutdown-grace-ms MS]
+               [--max-connections N] [--max-streams-per-connection N] [--shutdown-grace-ms MS]
                [--default-max-tokens N] [--first-token-timeout-ms MS] [--idle-timeout-ms MS]
                [--total-timeout-ms MS] [--max-retries N] [--connect-timeout-ms MS]
                [--hedge-quantile Q] [--hedge-budget SHARE] [--slow-call-factor X]
@@ -325,6 +327,13 @@ impl Config {
                         |n| *n <= 1024,
                         "a thread count (0 = one per core, 1 = single-threaded)",
                     )?
+                }
+                "--max-connections" => {
+                    c.max_connections = number_where(&v, &flag, |n| *n > 0, "a number above zero")?
+                }
+                "--max-streams-per-connection" => {
+                    c.max_streams_per_connection =
+                        number_where(&v, &flag, |n| *n > 0, "a number above zero")?
                 }
                 "--max-concurrency" => {
                     c.max_concurrency = number_where(&v, &flag, |n| *n > 0, "a number above zero")?
