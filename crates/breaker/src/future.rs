@@ -177,7 +177,11 @@ fn on_error(
         let unnamed_hang = slug.is_none()
             && e.kind()
                 == llm_layers_core::ErrorKind::Timeout(llm_layers_core::TimeoutKind::FirstToken);
-        if !unnamed_hang {
+        // Connecting (DNS, TCP, TLS) failed before any provider was asked: that is this
+        // process's egress, not the model. It never opens a model (through a shared store it
+        // would fail the model fast on every replica); the leaf says "this replica is sick".
+        let our_side = slug.is_none() && e.is_connect();
+        if !unnamed_hang && !our_side {
             shared.registry.record(model, slug.as_deref(), true, now);
         }
     }

@@ -216,6 +216,10 @@ impl Registry {
         if let Some(m) = me.model.as_mut() {
             m.refresh(now);
             match m.state {
+                // Opened by another replica and not called here since: its evidence may be
+                // its own trouble (its egress, its DNS), so it never fails a call fast here,
+                // as for a provider. Our own call decides ([`Registry::record`]).
+                State::Open { .. } if m.remote => {}
                 State::Open { until } => {
                     return Err(LlmError::circuit_open(
                         vec![model.to_owned()],
@@ -440,10 +444,18 @@ impl Registry {
         let e = me.entry(provider, now);
         e.last_used = now;
         e.suspected = false;
-        e.remote = false;
+        let remote = std::mem::replace(&mut e.remote, false);
         e.refresh(now);
         let before = e.state;
         match e.state {
+            // Another replica's trip that our own call just disproved: closed here.
+            State::Open { .. } if remote && !failure => {
+                e.state = State::Closed;
+                e.trips = 0;
+                e.recent.clear();
+                e.failures = 0;
+                e.consecutive = 0;
+            }
             State::Open { .. } => return, // a late result from before the trip
             State::HalfOpen => {
                 if failure {

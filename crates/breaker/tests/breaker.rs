@@ -185,9 +185,13 @@ async fn all_open_fails_fast_without_an_upstream_call() {
     assert!(e.retry_after().unwrap() <= S(10));
     assert_eq!(Instant::now(), start, "at once");
     assert_eq!(mock.calls(), calls, "no upstream call");
-    // Failures with no provider count against the model as a whole, by the failure ratio
-    // (half of the last 20, at least 10 calls), not by a run.
-    let mock = MockChat::with_default(Script::error(LlmError::new(ErrorKind::Connect)));
+    // Failures with no provider (the upstream's own 502s; not our connect errors) count
+    // against the model as a whole, by the failure ratio (half of the last 20, at least 10
+    // calls), not by a run.
+    let mock = MockChat::with_default(Script::error(LlmError::status(
+        StatusCode::BAD_GATEWAY,
+        None,
+    )));
     let svc = layer().layer(mock.clone());
     for _ in 0..9 {
         let _ = run(&svc).await;
@@ -808,4 +812,54 @@ async fn a_trip_and_a_close_move_between_replicas() {
     mock_b.push(ok("Good"));
     run(&svc_b).await.unwrap();
     assert!(ignored(mock_b.requests().last().unwrap()).is_empty());
+}
+
+/// Another replica's trip of a whole model never fails a call fast here (its evidence may
+/// be its own egress); this replica's own success closes it, and only its own failures
+/// make it fail fast.
+#[tokio::test(start_paused = true)]
+async fn another_replicas_model_wide_open_never_fails_a_call_fast_here() {
+    let b = layer();
+    b.apply(&llm_layers_breaker::Change::opened("m".into(), None, S(30)));
+    assert!(
+        b.snapshot()
+            .iter()
+            .any(|i| i.provider.is_none() && matches!(i.state, State::Open { .. })),
+        "{:?}",
+        b.snapshot()
+    );
+    let mock = MockChat::new();
+    let svc = b.layer(mock.clone());
+    mock.push(ok("Good"));
+    run(&svc).await.unwrap();
+    assert_eq!(mock.calls(), 1, "the call went upstream");
+    assert!(
+        b.snapshot().iter().all(|i| i.state == State::Closed),
+        "our success closed it: {:?}",
+        b.snapshot()
+    );
+}
+
+/// Connecting failed (DNS, TCP, TLS) before any provider was asked: that is this process's
+/// egress, and it never opens the model (through a shared store that would fail the model
+/// fast on every replica).
+#[tokio::test(start_paused = true)]
+async fn our_own_connect_failures_never_open_the_model() {
+    let mock = MockChat::new();
+    let b = layer();
+    let svc = b.layer(mock.clone());
+    for kind in [ErrorKind::Connect, ErrorKind::Tls] {
+        for _ in 0..30 {
+            mock.push(Script::error(LlmError::new(kind)));
+            let _ = run(&svc).await;
+        }
+    }
+    assert!(
+        b.snapshot().iter().all(|i| i.state == State::Closed),
+        "{:?}",
+        b.snapshot()
+    );
+    mock.push(ok("Good"));
+    run(&svc).await.unwrap();
+    assert_eq!(mock.calls(), 61);
 }

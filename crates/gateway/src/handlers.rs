@@ -322,7 +322,9 @@ pub(crate) async fn status_json(State(state): State<AppState>) -> Response {
 /// is open, and whether its upstreams' API keys can serve: `"degraded"`, with the reason,
 /// when every key of an upstream is out (retired, paused, held, or the last one failing).
 /// That is still a `200`: every replica shares the keys, so taking this one out of a load
-/// balancer would not help.
+/// balancer would not help. `"sick"` with a `503` when this replica cannot connect to an
+/// upstream (its own DNS, network or TLS: calls in a row failed to connect, none answered
+/// since): another replica may well reach it.
 pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
     let auth = if state.config.keys.is_empty() {
         "open: no gateway keys configured, anyone who reaches this gateway can use it"
@@ -330,8 +332,15 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
         "gateway keys required"
     };
     let mut reasons = Vec::new();
+    let mut sick = Vec::new();
     let mut upstream_keys = serde_json::Map::new();
     for (name, leaf) in &state.upstreams {
+        let failures = leaf.egress_failures();
+        if failures >= EGRESS_SICK {
+            sick.push(format!(
+                "this replica cannot reach upstream {name}: {failures} connect failures in a row (DNS, TCP or TLS)"
+            ));
+        }
         let health = leaf.key_health();
         let keys: serde_json::Map<String, serde_json::Value> = health
             .iter()
@@ -349,16 +358,32 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
         }
         upstream_keys.insert(name.clone(), keys.into());
     }
+    let status = if !sick.is_empty() {
+        "sick"
+    } else if reasons.is_empty() {
+        "ok"
+    } else {
+        "degraded"
+    };
+    sick.extend(reasons);
     let mut body = json!({
-        "status": if reasons.is_empty() { "ok" } else { "degraded" },
+        "status": status,
         "auth": auth,
         "upstream_keys": upstream_keys,
     });
-    if !reasons.is_empty() {
-        body["reason"] = json!(reasons.join("; "));
+    if !sick.is_empty() {
+        body["reason"] = json!(sick.join("; "));
     }
-    axum::Json(body).into_response()
+    let code = if status == "sick" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, axum::Json(body)).into_response()
 }
+
+/// Connect failures in a row after which a replica calls itself sick on `/healthz`.
+const EGRESS_SICK: u32 = 3;
 
 fn key_state(s: llm_layers_openrouter::KeyState) -> String {
     use llm_layers_openrouter::KeyState;

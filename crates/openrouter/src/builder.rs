@@ -333,6 +333,7 @@ impl Builder {
             providers_url: endpoint("/providers")?,
             base_url: base.to_owned(),
             keys: KeyRing::new(ring, self.key_choice),
+            egress_failures: std::sync::atomic::AtomicU32::new(0),
             dialect: self.dialect,
             model_map: self.model_map,
             referer: header(&self.referer, "HTTP-Referer")?,

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -66,6 +67,9 @@ pub(crate) struct Shared {
     pub(crate) providers_url: Uri,
     pub(crate) base_url: String,
     pub(crate) keys: KeyRing,
+    /// Connect (TCP, DNS, TLS) failures in a row, with no answer from the upstream since:
+    /// this process's egress, not the upstream's health.
+    pub(crate) egress_failures: std::sync::atomic::AtomicU32,
     pub(crate) dialect: Dialect,
     pub(crate) model_map: HashMap<String, String>,
     pub(crate) referer: Option<HeaderValue>,
@@ -199,6 +203,13 @@ impl OpenRouter {
     /// ```
     pub fn key_health(&self) -> Vec<crate::KeyHealth> {
         self.shared.keys.health(Instant::now())
+    }
+
+    /// Connect failures (TCP, DNS, TLS) of calls in a row with no answer from the upstream
+    /// since: above a few, this process cannot reach its upstream (its egress, its DNS, its
+    /// certificates), which says more about this replica than about any model.
+    pub fn egress_failures(&self) -> u32 {
+        self.shared.egress_failures.load(Ordering::Relaxed)
     }
 
     /// Opens up to `n` pooled connections ahead of traffic (concurrent `HEAD /models`
@@ -342,7 +353,19 @@ async fn send(shared: Arc<Shared>, req: ChatRequest) -> Result<ChatStream, LlmEr
             .body(Full::new(body.clone()))
             .map_err(|e| LlmError::bad_request("could not build the request").with_source(e))?;
         let started = Instant::now();
-        let resp = shared.client.request(request).await.map_err(from_client)?;
+        let resp = match shared.client.request(request).await {
+            Ok(r) => r,
+            Err(e) => {
+                let e = from_client(e);
+                if e.is_connect() {
+                    shared.egress_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(e);
+            }
+        };
+        if shared.egress_failures.load(Ordering::Relaxed) != 0 {
+            shared.egress_failures.store(0, Ordering::Relaxed);
+        }
         let (parts, resp_body) = resp.into_parts();
         if parts.status.is_success() {
             shared.keys.succeeded(key);
