@@ -371,7 +371,7 @@ async fn a_tenant_waiting_on_its_own_bucket_holds_no_global_slot() {
         max_concurrency: 4,
         ..config()
     };
-    let (gw, mock) = two_keys_on(Scenario::healthy().with_time_scale(0.0), cfg).await;
+    let (gw, _mock) = two_keys_on(Scenario::healthy().with_time_scale(0.0), cfg).await;
     let c = client();
     // Mallory spends her burst (10) ...
     for i in 0..10 {
