@@ -33,6 +33,7 @@ fn bench(c: &mut Criterion) {
     let theirs = Arc::new(RateLimiter::<Arc<str>, _, _>::keyed(quota));
     let key0 = BucketKey {
         limit: LimitId::Requests(0),
+        name: Arc::from("requests"),
         key: keys[0].clone(),
     };
     let mut g = c.benchmark_group("admission");
@@ -59,6 +60,7 @@ fn bench(c: &mut Criterion) {
                     async move {
                         let key = BucketKey {
                             limit: LimitId::Requests(0),
+                            name: Arc::from("requests"),
                             key: k,
                         };
                         for _ in 0..PER_TASK {

@@ -44,6 +44,7 @@ fn bench(c: &mut Criterion) {
     };
     let key = BucketKey {
         limit: LimitId::Requests(0),
+        name: Arc::from("requests:tenant"),
         key: Arc::from("tenant-0"),
     };
     let stores: Vec<(&str, Arc<dyn Store>)> = rt.block_on(async {

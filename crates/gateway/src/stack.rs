@@ -290,6 +290,7 @@ pub fn build_stack_with_priors<S: ChatService>(
         limits = limits.requests(
             Limit::new(n, minute)
                 .burst(n.div_ceil(6).max(1))
+                .name("tenant")
                 .key(by_tenant),
         );
     }
@@ -297,14 +298,17 @@ pub fn build_stack_with_priors<S: ChatService>(
     for k in config.keys.iter().filter(|k| k.requests_per_minute > 0) {
         let n = k.requests_per_minute;
         let tenant = k.tenant.clone();
-        limits = limits.requests(Limit::new(n, minute).burst(n.div_ceil(6).max(1)).key(
-            Key::from_fn(move |r| {
-                r.extensions()
-                    .get::<KeyTenant>()
-                    .filter(|t| t.0 == tenant)
-                    .map(|t| t.0.clone())
-            }),
-        ));
+        limits = limits.requests(
+            Limit::new(n, minute)
+                .burst(n.div_ceil(6).max(1))
+                .name(format!("key:{}", k.tenant))
+                .key(Key::from_fn(move |r| {
+                    r.extensions()
+                        .get::<KeyTenant>()
+                        .filter(|t| t.0 == tenant)
+                        .map(|t| t.0.clone())
+                })),
+        );
     }
     if config.tokens_per_minute > 0 {
         let n = config.tokens_per_minute;

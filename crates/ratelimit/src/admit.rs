@@ -178,6 +178,7 @@ fn step<'a>(shared: &'a Shared, req: &ChatRequest, step: usize) -> Step<'a> {
             Some(key) => Step::Bucket(
                 BucketKey {
                     limit: LimitId::Requests(step),
+                    name: shared.names[step].clone(),
                     key,
                 },
                 1,
@@ -195,6 +196,7 @@ fn step<'a>(shared: &'a Shared, req: &ChatRequest, step: usize) -> Step<'a> {
             Some(key) => Step::Bucket(
                 BucketKey {
                     limit: LimitId::Tokens,
+                    name: shared.token_name.clone(),
                     key,
                 },
                 estimator.estimate(req).min(limit.rate.burst),

@@ -92,6 +92,9 @@ pub const OTHER: &str = "_OTHER";
 
 pub(crate) struct Shared {
     pub(crate) requests: Vec<Limit>,
+    /// The stable names of `requests`' buckets, in order, and of the token limit's.
+    pub(crate) names: Vec<Arc<str>>,
+    pub(crate) token_name: Arc<str>,
     pub(crate) tokens: Option<(Limit, Box<dyn TokenEstimator>)>,
     pub(crate) concurrency: Option<(Arc<Concurrency>, Key)>,
     pub(crate) store: Arc<dyn Store>,
@@ -260,12 +263,30 @@ impl RateLimitLayerBuilder {
             )),
             None => None,
         };
+        let names: Vec<Arc<str>> = self
+            .requests
+            .iter()
+            .map(|l| l.stable_name("requests:"))
+            .collect();
+        for (i, n) in names.iter().enumerate() {
+            if names[..i].contains(n) {
+                return Err(ConfigError::new(format!(
+                    "two request limits are both named {n}: give one another name (Limit::name)"
+                )));
+            }
+        }
+        let token_name = self
+            .tokens
+            .as_ref()
+            .map_or_else(|| Arc::from("tokens"), |(l, _)| l.stable_name("tokens:"));
         let store = self
             .store
             .unwrap_or_else(|| Arc::new(MemoryStore::new(self.max_keys)));
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 requests: self.requests,
+                names,
+                token_name,
                 tokens: self.tokens,
                 concurrency,
                 store,

@@ -19,6 +19,9 @@ pub struct Key {
     /// The one key of [`Key::global`]: a limit keyed by it is the same for every request,
     /// so it can be a readiness concern.
     global: Option<Arc<str>>,
+    /// What it keys by (`global`, `model`, `base_model`, `tenant`, `custom`): part of a
+    /// limit's stable name.
+    kind: &'static str,
 }
 
 impl fmt::Debug for Key {
@@ -38,12 +41,13 @@ impl Key {
         Key {
             of: Arc::new(move |_| Some(same.clone())),
             global: Some(all),
+            kind: "global",
         }
     }
 
     /// A bucket per model id.
     pub fn model() -> Key {
-        Key::from_fn(|r| Some(Arc::from(r.model())))
+        Key::from_fn(|r| Some(Arc::from(r.model()))).kind("model")
     }
 
     /// A bucket per base model: the id lowercased and without its variant suffix
@@ -66,6 +70,7 @@ impl Key {
                 Arc::from(base)
             })
         })
+        .kind("base_model")
     }
 
     /// The bucket key of `r` (`None`: the limit does not apply to it).
@@ -75,7 +80,7 @@ impl Key {
 
     /// A bucket per [`Tenant`] extension; requests without one are not limited.
     pub fn tenant() -> Key {
-        Key::from_fn(|r| r.extensions().get::<Tenant>().map(|t| t.0.clone()))
+        Key::from_fn(|r| r.extensions().get::<Tenant>().map(|t| t.0.clone())).kind("tenant")
     }
 
     /// Your own key function.
@@ -83,7 +88,13 @@ impl Key {
         Key {
             of: Arc::new(f),
             global: None,
+            kind: "custom",
         }
+    }
+
+    fn kind(mut self, kind: &'static str) -> Key {
+        self.kind = kind;
+        self
     }
 
     pub(crate) fn of(&self, r: &ChatRequest) -> Option<Arc<str>> {
@@ -107,13 +118,21 @@ pub enum Mode {
     Reject,
 }
 
-/// One rate limit: `amount` units per `period`, a burst, a key, a mode.
+/// One rate limit: `amount` units per `period`, a burst, a key, a mode, and a stable name.
+///
+/// The name is what a shared store calls its buckets, so replicas that share a store must
+/// mean the same limit by the same name, whatever order their limits were added in. By
+/// default it is made of what the limit keys by and its rate (`tenant:60/60000ms:10`), so a
+/// replica started with other limits (a rolling deploy) never spends from a bucket that
+/// means another limit; [`Limit::name`] sets it (the gateway names a key's own limit
+/// `key:TENANT`).
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct Limit {
     pub(crate) rate: Rate,
     pub(crate) key: Key,
     pub(crate) mode: Mode,
+    pub(crate) name: Option<Arc<str>>,
 }
 
 impl Limit {
@@ -128,7 +147,27 @@ impl Limit {
             },
             key: Key::global(),
             mode: Mode::Wait(Duration::from_secs(5)),
+            name: None,
         }
+    }
+
+    /// The stable name of this limit's buckets (see [`Limit`]); the rate is added to it.
+    pub fn name(mut self, name: impl Into<String>) -> Limit {
+        self.name = Some(Arc::from(name.into()));
+        self
+    }
+
+    /// The name its buckets have in a store: the name given or what it keys by, and its
+    /// rate.
+    pub(crate) fn stable_name(&self, prefix: &str) -> Arc<str> {
+        let r = &self.rate;
+        let what = self.name.as_deref().unwrap_or(self.key.kind);
+        Arc::from(format!(
+            "{prefix}{what}:{}/{}ms:{}",
+            r.amount,
+            r.period.as_millis(),
+            r.burst
+        ))
     }
 
     /// Units that may go at once from a full bucket.

@@ -109,6 +109,11 @@ pub enum LimitId {
 pub struct BucketKey {
     /// Which limit.
     pub limit: LimitId,
+    /// The limit's stable name (what it keys by, or the name given, and its rate:
+    /// `requests:tenant:60/60000ms:10`): what a store shared by replicas calls it, so
+    /// the same bucket means the same limit on every replica whatever order limits were
+    /// added in.
+    pub name: Arc<str>,
     /// The user key (tenant, model, ...); `_OTHER` once the store is full.
     pub key: Arc<str>,
 }

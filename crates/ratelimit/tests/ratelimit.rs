@@ -271,6 +271,7 @@ fn a_million_keys_stay_under_the_cap() {
     for i in 0..1_000_000u32 {
         let key = BucketKey {
             limit: LimitId::Requests(0),
+            name: Arc::from("requests"),
             key: Arc::from(format!("k{i}")),
         };
         let _ = store.take_now(&key, 1, &rate, now);
@@ -325,6 +326,7 @@ fn limits_of_two_to_the_32_and_more_are_exact() {
     let now = Instant::now();
     let key = BucketKey {
         limit: LimitId::Requests(0),
+        name: Arc::from("requests"),
         key: Arc::from("k"),
     };
     for amount in [4_294_967_296u64, 10_000_000_000] {

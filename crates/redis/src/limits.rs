@@ -14,7 +14,7 @@ use llm_layers_ratelimit::{BucketKey, LimitId, MemoryStore, Rate, Store, Take};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::Redis;
+use crate::{Redis, StoreError};
 use flight::{Flight, Landing};
 use scripts::Scripts;
 
@@ -158,11 +158,16 @@ struct Local {
     spent: u64,
     /// A lease request in flight (lease mode): others wait for it.
     flight: Option<Arc<Flight>>,
+    /// Units admitted from the local fallback bucket while the store was down, and the
+    /// rate they were taken at: charged to the shared bucket once it answers again.
+    debt: u64,
+    debt_rate: Option<Rate>,
 }
 
 impl Local {
     fn idle(&self, now: Instant) -> bool {
         self.lease == 0
+            && self.debt == 0
             && self.refused.is_none_or(|(t, _)| t <= now)
             && self.hold.is_none_or(|t| t <= now)
     }
@@ -179,12 +184,13 @@ fn micros(d: Duration) -> f64 {
 
 impl Shared {
     fn names(&self, key: &BucketKey) -> (String, String) {
-        let limit = match key.limit {
-            LimitId::Requests(i) => format!("r{i}"),
-            _ => "tok".to_owned(),
-        };
         // The user key is the hash tag: one tenant's request and token buckets share a slot.
-        let bucket = self.redis.key(format_args!("rl:{{{}}}:{limit}", key.key));
+        // The limit by its stable name (what it keys by and its rate), never its position:
+        // replicas with other flags (a rolling deploy) never share a bucket that means
+        // another limit.
+        let bucket = self
+            .redis
+            .key(format_args!("rl:{{{}}}:{}", key.key, key.name));
         let hold = format!("{bucket}:hold");
         (bucket, hold)
     }
@@ -198,10 +204,39 @@ impl Shared {
         }
     }
 
-    fn fallback(&self, key: &BucketKey, cost: u64, rate: &Rate) -> Result<(), Duration> {
+    /// Decides from the local bucket (this replica's share) while the store is down. What
+    /// it admits is owed to the shared bucket (`owed`: unless the store may have taken it
+    /// already, from a script that ran after its answer came too late): while this replica
+    /// is local, the others may still spend from the shared one, which also refills unused
+    /// meanwhile; the debt, charged when the store answers again, keeps local plus shared
+    /// within the limit.
+    fn fallback(
+        &self,
+        key: &BucketKey,
+        cost: u64,
+        rate: &Rate,
+        owed: bool,
+    ) -> Result<(), Duration> {
         self.redis.fell_back("take");
-        self.local
-            .take_now(key, cost, &self.share(rate), Instant::now())
+        let decided = self
+            .local
+            .take_now(key, cost, &self.share(rate), Instant::now());
+        if decided.is_ok() && owed {
+            let mut keys = lock(&self.keys);
+            if keys.len() < self.max_keys || keys.contains_key(key) {
+                let l = keys.entry(key.clone()).or_default();
+                l.debt = l.debt.saturating_add(cost);
+                l.debt_rate = Some(*rate);
+            }
+        }
+        decided
+    }
+
+    /// Mirrors an admission of the shared bucket into the local one (never refusing for
+    /// it): the local bucket then holds what this replica has been spending, so a fall back
+    /// to it starts from this replica's recent rate, not from a fresh burst.
+    fn mirror(&self, key: &BucketKey, cost: u64, rate: &Rate, now: Instant) {
+        let _ = self.local.take_now(key, cost, &self.share(rate), now);
     }
 
     /// Asks Redis for between `least` and `want` units.
@@ -235,6 +270,7 @@ impl Shared {
         let now = Instant::now();
         match answer {
             Ok((granted, 0)) if granted >= least => {
+                self.mirror(key, least, rate, now);
                 let mut keys = lock(&self.keys);
                 let l = keys.entry(key.clone()).or_default();
                 l.refused = None;
@@ -261,7 +297,9 @@ impl Shared {
                 }
                 Err(wait)
             }
-            Err(_) => self.fallback(key, least, rate),
+            // A late answer may still have been taken in Redis: not owed twice.
+            Err(StoreError::Timeout) => self.fallback(key, least, rate, false),
+            Err(_) => self.fallback(key, least, rate, true),
         }
     }
 
@@ -321,11 +359,28 @@ impl Shared {
         }
     }
 
-    /// Gives back leases past their period; forgets keys that hold nothing.
+    /// Gives back leases past their period; charges what was admitted locally to the shared
+    /// buckets once the store answers; forgets keys that hold nothing.
     fn sweep(&self, now: Instant) -> Vec<Op> {
         let mut back = Vec::new();
+        let healthy = self.redis.is_healthy();
         let mut keys = lock(&self.keys);
         for (k, l) in keys.iter_mut() {
+            if healthy && l.debt > 0 {
+                if let Some(rate) = l.debt_rate {
+                    // At most this replica's share of one burst (the fleet's debts then
+                    // come to one burst at most): the shared bucket refills one burst at
+                    // most while unused, which is all the others could have spent on top;
+                    // and a long outage must not lock the key out for as long afterwards.
+                    let owed = l.debt.min(self.share(&rate).burst);
+                    back.push(Op::Settle(
+                        k.clone(),
+                        -i64::try_from(owed).unwrap_or(i64::MAX),
+                        rate,
+                    ));
+                }
+                l.debt = 0;
+            }
             let expired = l
                 .leased_at
                 .is_some_and(|at| now.saturating_duration_since(at) >= self.lease_for);
@@ -354,7 +409,7 @@ impl Shared {
             let mut keys = lock(&s.keys);
             if keys.len() >= s.max_keys && !keys.contains_key(key) {
                 drop(keys);
-                return Take::Ready(s.fallback(key, cost, rate));
+                return Take::Ready(s.fallback(key, cost, rate, false));
             }
             let l = keys.entry(key.clone()).or_default();
             if let Some(h) = l.hold.filter(|h| *h > now) {
@@ -363,6 +418,8 @@ impl Shared {
             if s.mode == LimitMode::Lease && l.lease >= cost {
                 l.lease -= cost;
                 l.spent += cost;
+                drop(keys);
+                s.mirror(key, cost, rate, now);
                 return Take::Ready(Ok(()));
             }
             if let Some((t, _)) = l.refused.filter(|(t, c)| *t > now && cost >= *c) {
@@ -370,7 +427,7 @@ impl Shared {
             }
             if !s.redis.inner.health.probe_due() {
                 drop(keys);
-                return Take::Ready(s.fallback(key, cost, rate));
+                return Take::Ready(s.fallback(key, cost, rate, true));
             }
             match s.mode {
                 LimitMode::Exact => (cost, None),

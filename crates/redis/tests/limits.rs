@@ -238,6 +238,7 @@ async fn a_key_hold_on_one_replica_holds_it_on_all() {
     let (a, b) = (store("a"), store("b"));
     let key = BucketKey {
         limit: LimitId::Requests(0),
+        name: Arc::from("requests:tenant"),
         key: Arc::from("tenant"),
     };
     let rate = Rate {
@@ -273,4 +274,69 @@ async fn a_key_hold_on_one_replica_holds_it_on_all() {
         "{wait:?}"
     );
     assert!(decide(&a).await.is_err(), "and a, without a round trip");
+}
+
+/// A limit is named in Redis by what it keys by and its rate, never by its position: during
+/// a rolling deploy a replica with another set of limits shares the buckets that mean the
+/// same limit and no bucket that means another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_shared_by_what_they_limit_not_by_their_position() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let model = || {
+        Limit::new(5, Duration::from_secs(600))
+            .key(llm_layers_ratelimit::Key::model())
+            .mode(Mode::Reject)
+    };
+    let tenant = || {
+        Limit::new(1_000, Duration::from_secs(600))
+            .key(llm_layers_ratelimit::Key::tenant())
+            .mode(Mode::Reject)
+    };
+    // The old replica: a tenant limit first, then the model limit. The new one: the model
+    // limit only (it is first there).
+    let old = RateLimitLayer::builder()
+        .requests(tenant())
+        .requests(model())
+        .store(server.connect("old").limit_store().build().unwrap())
+        .build()
+        .unwrap()
+        .layer(MockChat::with_default(Script::tokens(
+            Duration::ZERO,
+            1,
+            Duration::ZERO,
+        )));
+    let new = RateLimitLayer::builder()
+        .requests(model())
+        .store(server.connect("new").limit_store().build().unwrap())
+        .build()
+        .unwrap()
+        .layer(MockChat::with_default(Script::tokens(
+            Duration::ZERO,
+            1,
+            Duration::ZERO,
+        )));
+    let as_tenant = || {
+        let mut r = req();
+        r.extensions_mut()
+            .insert(llm_layers_core::Tenant(Arc::from("m")));
+        r
+    };
+    let mut admitted = 0;
+    for i in 0..10 {
+        let svc = if i % 2 == 0 { old.clone() } else { new.clone() };
+        if let Ok(s) = svc.oneshot(as_tenant()).await {
+            s.collect().await.unwrap();
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5, "one model limit of 5 for both replicas");
+    // Unnamed limits that would have the same name are refused at build.
+    let twice = RateLimitLayer::builder()
+        .requests(model())
+        .requests(model())
+        .build()
+        .unwrap_err();
+    assert!(twice.to_string().contains("Limit::name"), "{twice}");
 }
