@@ -170,3 +170,70 @@ pub fn cli_at(port: u16, args: &[&str]) -> Option<String> {
     let n = s.read(&mut buf).ok()?;
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
+
+/// A TCP proxy in front of a Redis (or anything) that holds every byte, both ways, while it
+/// is stalled: a store that answers late, on cue. Runs until the runtime ends.
+#[derive(Debug, Clone)]
+pub struct StallingProxy {
+    url: String,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StallingProxy {
+    /// A proxy to `server` on an ephemeral loopback port (inside a Tokio runtime).
+    pub async fn start(server: &RedisServer) -> std::io::Result<StallingProxy> {
+        use std::sync::atomic::AtomicBool;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stalled = std::sync::Arc::new(AtomicBool::new(false));
+        let upstream = format!("127.0.0.1:{}", server.port);
+        let flag = stalled.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pipe(cr, sw, flag.clone()));
+                tokio::spawn(pipe(sr, cw, flag.clone()));
+            }
+        });
+        Ok(StallingProxy {
+            url: format!("redis://{addr}"),
+            stalled,
+        })
+    }
+
+    /// Its URL, for `Redis::builder`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Holds (`true`) or lets through (`false`) every byte from now on.
+    pub fn stall(&self, stalled: bool) {
+        self.stalled
+            .store(stalled, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while stalled.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

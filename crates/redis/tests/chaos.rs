@@ -238,3 +238,74 @@ fn bad_settings_are_refused() {
         assert!(!format!("{redis:?}").is_empty());
     });
 }
+
+/// What one replica admits from its local share while its store does not answer is owed to
+/// the shared bucket: once the store answers again, the debt is charged, so what the fleet
+/// admits in all (local and shared) stays within the limit; and a replica that has been
+/// spending its share does not get a fresh burst when it falls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_plus_shared_stays_within_the_limit() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let proxy = llm_layers_redis::testing::StallingProxy::start(&server)
+        .await
+        .unwrap();
+    let stack = |redis: &Redis| {
+        RateLimitLayer::builder()
+            .requests(Limit::new(100, Duration::from_secs(600)).mode(Mode::Reject))
+            .store(redis.limit_store().replicas(2).build().unwrap())
+            .build()
+            .unwrap()
+            .layer(MockChat::with_default(Script::tokens(
+                Duration::ZERO,
+                1,
+                Duration::ZERO,
+            )))
+    };
+    let flaky = Redis::builder(proxy.url())
+        .budget(Duration::from_millis(50))
+        .retry(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let (a, b) = (stack(&flaky), stack(&server.connect("b")));
+    async fn admitted(svc: &RateLimit<MockChat>, n: usize) -> usize {
+        let mut ok = 0;
+        for _ in 0..n {
+            if let Ok(s) = svc.clone().oneshot(req()).await {
+                s.collect().await.unwrap();
+                ok += 1;
+            }
+        }
+        ok
+    }
+    // A spends 30 from the shared bucket, then loses its store: its local share (50) is
+    // what it has left of it, 20, not a fresh 50.
+    assert_eq!(admitted(&a, 30).await, 30);
+    proxy.stall(true);
+    let local = admitted(&a, 60).await;
+    assert_eq!(
+        local, 20,
+        "the local share, less what A spent from the shared bucket"
+    );
+    // The store answers again: A's debt reaches the shared bucket, and B gets what is left
+    // of the limit of 100, not all of it.
+    proxy.stall(false);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !flaky.is_healthy() {
+                let _ = a.clone().oneshot(req()).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .is_ok(),
+        "the store came back"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let shared = admitted(&b, 100).await;
+    assert!(
+        30 + local + shared <= 100,
+        "30 shared + {local} local + {shared} shared after: over the limit of 100"
+    );
+}

@@ -71,3 +71,48 @@ async fn a_new_replica_routes_like_the_fleet_from_its_first_call() {
     assert_eq!(total, 2_000);
     assert!(store.export().is_empty());
 }
+
+/// A round reads the models this replica pushes and a turn of a few others, never the
+/// whole fleet's summaries: what a round moves grows with what this replica serves. In a
+/// few rounds it has met every model; a whole `sync` reads them all at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_reads_its_own_models_and_a_few_others_not_the_whole_fleet() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (big, big_sync, _) = replica(&server, "big");
+    for m in 0..40 {
+        for i in 0..30u64 {
+            big.record(
+                (&format!("model-{m}"), Some("P")),
+                Some(Duration::from_millis(100 + i)),
+                Some(40.0),
+                Outcome::Ok,
+            );
+        }
+    }
+    big_sync.sync().await.unwrap();
+    let (small, small_sync, _) = replica(&server, "small");
+    small.record(
+        ("model-0", Some("P")),
+        Some(Duration::from_millis(100)),
+        Some(40.0),
+        Outcome::Ok,
+    );
+    // Its own model and 16 of the others at most (each with a provider and the model).
+    let first = small_sync.step().await.unwrap();
+    assert!((1..=2 * 17).contains(&first), "{first} keys in one round");
+    for _ in 0..4 {
+        small_sync.step().await.unwrap();
+    }
+    let known = (0..40)
+        .filter(|m| !small.providers(&format!("model-{m}")).is_empty())
+        .count();
+    assert_eq!(known, 40, "every model met in turn");
+    let (_, fresh_sync, _) = replica(&server, "fresh");
+    assert_eq!(
+        fresh_sync.sync().await.unwrap(),
+        80,
+        "a whole sync reads all 40"
+    );
+}
