@@ -389,9 +389,14 @@ async fn drive<C, E>(
                 break conn.await;
             }
             () = sleep_until_some(check) => {
-                if activity.and_then(Activity::deadline).is_some_and(|d| d <= Instant::now()) {
-                    // Silent before its first request, or idle with no stream: told to go
-                    // away, and dropped if it does not.
+                let Some(a) = activity else { continue };
+                if a.deadline().is_some_and(|d| d <= Instant::now()) {
+                    // Silent before its first request: closed now (it may not even have
+                    // said which protocol it speaks). Idle with no stream: told to go away,
+                    // and dropped if it does not.
+                    if !a.served.load(Ordering::Acquire) {
+                        return;
+                    }
                     shutdown(conn.as_mut());
                     match tokio::time::timeout(GOING, conn.as_mut()).await {
                         Ok(r) => break r,
