@@ -530,6 +530,40 @@ mod head_reuse {
         }
     }
 
+    /// A head that holds a `"usage"`, `"error"` or `"choices"` key (even null) is never
+    /// learned: a later event with that key again in its tail is a duplicate field, which a
+    /// whole parse refuses, and so must the decoder. A tail that is only `}` after the head's
+    /// `,` is not a chunk (`{...,}`).
+    #[tokio::test]
+    async fn heads_with_chunk_keys_are_not_learned_and_an_empty_tail_is_no_chunk() {
+        let content = |t: &str| {
+            format!(r#""choices":[{{"index":0,"delta":{{"content":"{t}"}},"finish_reason":null}}]"#)
+        };
+        for key in ["usage", "error"] {
+            let head = format!(r#"{{"id":"gen-1","model":"m","created":1,"{key}":null,"#);
+            let events = vec![
+                format!("{head}{}}}", content("a")),
+                format!(
+                    r#"{head}{},"{key}":{{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}}}"#,
+                    content("b")
+                ),
+            ];
+            let want = expected(&events);
+            assert!(
+                want[1].is_err(),
+                "a whole parse refuses the duplicate {key}"
+            );
+            assert_eq!(decoded(&events).await, want, "{key}");
+        }
+        let head = r#"{"id":"gen-1","model":"m","created":1,"#;
+        for tail in ["}", " }", "\t}"] {
+            let events = vec![format!("{head}{}}}", content("a")), format!("{head}{tail}")];
+            let want = expected(&events);
+            assert!(want[1].is_err(), "{:?} is not JSON", events[1]);
+            assert_eq!(decoded(&events).await, want, "{tail:?}");
+        }
+    }
+
     /// The head bytes are kept and reused: a long stream with one head decodes the same as
     /// its events parsed alone (the common case the property above also draws).
     #[tokio::test]

@@ -91,6 +91,15 @@ impl Head {
     /// other field that matters). `None` for a chunk with no such head.
     fn learn(text: &str, chunk: &ChatChunk) -> Option<Head> {
         let at = memchr::memmem::find(text.as_bytes(), CHOICES_KEY)?;
+        // A head naming a key a tail may hold (`"usage": null`, say) is not learned: the
+        // same key again in a tail is a duplicate field, which only a whole parse sees.
+        let head = &text.as_bytes()[..at];
+        if [&b"\"usage\""[..], b"\"error\"", b"\"choices\""]
+            .iter()
+            .any(|k| memchr::memmem::find(head, k).is_some())
+        {
+            return None;
+        }
         let mut scratch = String::with_capacity(text.len() + 1);
         scratch.push_str(&text[..at]);
         scratch.push('}');
@@ -140,6 +149,10 @@ impl Head {
         let rest = text.as_bytes().strip_prefix(&*self.prefix)?;
         // The prefix ends with an ASCII `,`: `rest` starts on a character boundary.
         let rest = &text[text.len() - rest.len()..];
+        // `,` then `}` is no object: the caller parses it whole, and gets its error.
+        if rest.trim_start().starts_with('}') {
+            return None;
+        }
         let (choices, usage, error) = match self.shape.as_ref().and_then(|s| s.read(rest)) {
             Some(choice) => (vec![choice], None, None),
             None => {
