@@ -7,9 +7,16 @@
 //! is cancelled when the last one leaves. Off unless a stack adds the layer; metric
 //! `llm_coalesced_calls_total` counts the upstream calls saved.
 //!
-//! Two bodies are identical when they serialize to the same bytes (model, messages,
-//! parameters, provider preferences: everything sent). Chunks are kept for the length of
-//! the call (what a late joiner needs), then dropped.
+//! Two calls are identical when their bodies serialize to the same bytes (model, messages,
+//! parameters, provider preferences: everything sent) **and** they are in the same
+//! partition: by default the same [`Tenant`] and [`Priority`], so tenants never share a
+//! call, a bill or a limit ([`CoalesceLayer::partition_by`] adds what else must match, the
+//! gateway its resume choice). Joining and leaving are atomic: a flight whose callers have
+//! all left takes no joiner. A late joiner is replayed what it missed, from a buffer bounded
+//! by [`CoalesceLayer::replay_limit`] (64 KiB by default): past it, the flight takes no more
+//! joiners and lets go of each chunk once every caller has read it. A shared call that ends
+//! abnormally (its task panicked or was cancelled) ends every caller's stream with an error
+//! and is forgotten, so a later identical call starts afresh.
 //!
 //! # Ordering
 //!
@@ -42,10 +49,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -53,7 +59,9 @@ use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::StreamExt;
 use llm_layers_core::sync::lock;
-use llm_layers_core::{ChatChunk, ChatRequest, ChatStream, LlmError, ResponseMeta};
+use llm_layers_core::{
+    ChatChunk, ChatRequest, ChatStream, ErrorKind, LlmError, Priority, ResponseMeta, Tenant,
+};
 use tokio::sync::Notify;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -63,20 +71,104 @@ use tower_service::Service;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Coalesce;
 
+type Partition = dyn Fn(&ChatRequest) -> String + Send + Sync;
+
 /// Applies [`CoalesceService`]. Every service built from one layer (and its clones)
 /// shares the calls in flight.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 #[must_use = "a layer does nothing until it wraps a service"]
 pub struct CoalesceLayer {
-    flights: Arc<Flights>,
+    shared: Arc<Shared>,
 }
 
-type Flights = Mutex<HashMap<Bytes, Arc<Flight>>>;
+struct Shared {
+    flights: Mutex<HashMap<Bytes, Arc<Flight>>>,
+    partition: Option<Box<Partition>>,
+    replay_limit: usize,
+}
+
+impl Shared {
+    /// What two calls must share besides their body: the tenant, the priority, and the
+    /// layer's own partition.
+    fn partition(&self, req: &ChatRequest) -> String {
+        let tenant = req.extensions().get::<Tenant>().map_or("", |t| &t.0);
+        let priority = req.extensions().get::<Priority>().map_or(1, |p| p.0);
+        let extra = self.partition.as_ref().map(|f| f(req)).unwrap_or_default();
+        format!("{tenant}\u{1f}{priority}\u{1f}{extra}")
+    }
+}
+
+impl std::fmt::Debug for CoalesceLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoalesceLayer")
+            .field("in_flight", &lock(&self.shared.flights).len())
+            .field("replay_limit", &self.shared.replay_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for CoalesceLayer {
+    fn default() -> Self {
+        CoalesceLayer::new()
+    }
+}
 
 impl CoalesceLayer {
-    /// A layer coalescing `temperature: 0` calls and calls marked [`Coalesce`].
+    /// A layer coalescing `temperature: 0` calls and calls marked [`Coalesce`], of the same
+    /// tenant and priority, with a replay buffer of 64 KiB.
     pub fn new() -> Self {
-        CoalesceLayer::default()
+        CoalesceLayer {
+            shared: Arc::new(Shared {
+                flights: Mutex::new(HashMap::new()),
+                partition: None,
+                replay_limit: 64 * 1024,
+            }),
+        }
+    }
+
+    /// Changes the configuration; a layer already cloned starts a table of flights of its
+    /// own (configure it before use).
+    fn configure(self, f: impl FnOnce(&mut Shared)) -> Self {
+        let mut shared = Arc::try_unwrap(self.shared).unwrap_or_else(|s| Shared {
+            flights: Mutex::new(HashMap::new()),
+            partition: None,
+            replay_limit: s.replay_limit,
+        });
+        f(&mut shared);
+        CoalesceLayer {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// What else two calls must have in common to share one upstream call, on top of the
+    /// tenant and priority (say, a per-request option a layer below reads). Calls for which
+    /// `f` differs never share.
+    ///
+    /// ```
+    /// use llm_layers_coalesce::CoalesceLayer;
+    /// let layer = CoalesceLayer::new().partition_by(|r| format!("{:?}", r.extensions().get::<u32>()));
+    /// # let _ = layer;
+    /// ```
+    pub fn partition_by(self, f: impl Fn(&ChatRequest) -> String + Send + Sync + 'static) -> Self {
+        self.configure(|s| s.partition = Some(Box::new(f)))
+    }
+
+    /// The most bytes of chunks a flight keeps for callers that join late (default
+    /// 64 KiB): past it, the flight takes no more joiners and lets go of each chunk once
+    /// every caller has read it.
+    pub fn replay_limit(self, bytes: usize) -> Self {
+        self.configure(|s| s.replay_limit = bytes)
+    }
+
+    /// Flights in progress (shared calls not ended yet).
+    pub fn in_flight(&self) -> usize {
+        lock(&self.shared.flights).len()
+    }
+
+    /// About how many bytes of chunks the flights in progress keep for their callers.
+    pub fn held_bytes(&self) -> usize {
+        let flights: Vec<Arc<Flight>> = lock(&self.shared.flights).values().cloned().collect();
+        flights.iter().map(|f| lock(&f.state).bytes).sum()
     }
 }
 
@@ -86,17 +178,25 @@ impl<S> Layer<S> for CoalesceLayer {
     fn layer(&self, inner: S) -> CoalesceService<S> {
         CoalesceService {
             inner,
-            flights: self.flights.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
 
 /// Shares one upstream call between identical concurrent deterministic calls. See the
 /// [crate docs](crate).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CoalesceService<S> {
     inner: S,
-    flights: Arc<Flights>,
+    shared: Arc<Shared>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for CoalesceService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoalesceService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> CoalesceService<S> {
@@ -116,60 +216,161 @@ impl<S> CoalesceService<S> {
     }
 }
 
+/// A caller of a flight: where it is in the chunks, and the one waker to wake for it.
+#[derive(Default)]
+struct Follower {
+    next: usize,
+    waker: Option<Waker>,
+}
+
 #[derive(Default)]
 struct State {
     meta: Option<ResponseMeta>,
-    chunks: Vec<ChatChunk>,
+    /// The chunks kept, the first of them chunk number `base`.
+    chunks: VecDeque<ChatChunk>,
+    base: usize,
+    /// About how many bytes `chunks` hold.
+    bytes: usize,
     /// How it ended: `Some(Ok)` cleanly, `Some(Err)` with an error (before or after the
     /// first token).
     end: Option<Result<(), LlmError>>,
-    wakers: Vec<Waker>,
+    /// Whether a new caller may join: not once every caller left, not once it ended with
+    /// an error, not past the replay limit.
+    joinable: bool,
+    callers: HashMap<u64, Follower>,
+    next_id: u64,
 }
 
-/// One upstream call and the callers sharing it.
-#[derive(Default)]
-struct Flight {
-    state: Mutex<State>,
-    callers: AtomicUsize,
-    /// Told when the last caller leaves.
-    abandoned: Notify,
-}
-
-impl std::fmt::Debug for Flight {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Flight")
-            .field("callers", &self.callers.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
+impl State {
+    /// Lets go of the chunks every caller has read, once no one can join any more.
+    fn trim(&mut self) {
+        if self.joinable {
+            return;
+        }
+        let upto = self
+            .callers
+            .values()
+            .map(|f| f.next)
+            .min()
+            .unwrap_or(self.base + self.chunks.len());
+        while self.base < upto {
+            match self.chunks.pop_front() {
+                Some(c) => self.bytes = self.bytes.saturating_sub(size_of_chunk(&c)),
+                None => break,
+            }
+            self.base += 1;
+        }
     }
 }
 
+/// About how many bytes a chunk holds.
+fn size_of_chunk(c: &ChatChunk) -> usize {
+    let text: usize = c
+        .choices
+        .iter()
+        .map(|ch| {
+            ch.delta.content.as_ref().map_or(0, String::len)
+                + ch.delta.reasoning.as_ref().map_or(0, String::len)
+                + ch.delta.tool_calls.as_ref().map_or(0, |t| {
+                    t.iter()
+                        .map(|t| {
+                            t.function
+                                .as_ref()
+                                .and_then(|f| f.arguments.as_ref())
+                                .map_or(0, String::len)
+                        })
+                        .sum()
+                })
+        })
+        .sum();
+    std::mem::size_of::<ChatChunk>() + c.id.len() + c.model.len() + text
+}
+
+/// One upstream call and the callers sharing it.
+struct Flight {
+    state: Mutex<State>,
+    /// Told when the last caller leaves.
+    abandoned: Notify,
+    replay_limit: usize,
+}
+
 impl Flight {
+    fn new(replay_limit: usize) -> Flight {
+        Flight {
+            state: Mutex::new(State {
+                joinable: true,
+                ..State::default()
+            }),
+            abandoned: Notify::new(),
+            replay_limit,
+        }
+    }
+
     fn update(&self, f: impl FnOnce(&mut State)) {
-        let wakers = {
+        let wakers: Vec<Waker> = {
             let mut st = lock(&self.state);
             f(&mut st);
-            std::mem::take(&mut st.wakers)
+            st.callers
+                .values_mut()
+                .filter_map(|c| c.waker.take())
+                .collect()
         };
         for w in wakers {
             w.wake();
         }
     }
+
+    fn push(&self, c: ChatChunk) {
+        let limit = self.replay_limit;
+        self.update(|st| {
+            st.bytes += size_of_chunk(&c);
+            st.chunks.push_back(c);
+            if st.bytes > limit && st.joinable {
+                st.joinable = false;
+                metrics::counter!("llm_coalesce_replay_full_total").increment(1);
+            }
+            st.trim();
+        });
+    }
+
+    /// Joins this flight, unless it takes no more callers: joining and leaving are decided
+    /// under one lock, so a flight whose last caller left never takes a joiner.
+    fn join(self: &Arc<Self>) -> Option<Ticket> {
+        let mut st = lock(&self.state);
+        if !st.joinable {
+            return None;
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        st.callers.insert(id, Follower::default());
+        Some(Ticket {
+            flight: self.clone(),
+            id,
+        })
+    }
 }
 
 /// A caller's share of a flight: leaving (dropping it) may end the flight.
-struct Ticket(Arc<Flight>);
-
-impl Ticket {
-    fn join(f: &Arc<Flight>) -> Ticket {
-        f.callers.fetch_add(1, Ordering::AcqRel);
-        Ticket(f.clone())
-    }
+struct Ticket {
+    flight: Arc<Flight>,
+    id: u64,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if self.0.callers.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.abandoned.notify_one();
+        let last = {
+            let mut st = lock(&self.flight.state);
+            st.callers.remove(&self.id);
+            let last = st.callers.is_empty();
+            if last {
+                // No caller left: no one may join it, and its task stops.
+                st.joinable = false;
+            }
+            st.trim();
+            last
+        };
+        if last {
+            self.flight.abandoned.notify_one();
         }
     }
 }
@@ -199,32 +400,39 @@ where
         if !eligible(&req) {
             return Either::Left(self.inner.call(req));
         }
-        let Ok(key) = req.body().to_json_with(None, None) else {
+        let Ok(body) = req.body().to_json_with(None, None) else {
             return Either::Left(self.inner.call(req));
         };
+        let mut key = self.shared.partition(&req).into_bytes();
+        key.push(0);
+        key.extend_from_slice(&body);
         let key = Bytes::from(key);
-        let (flight, ticket, lead) = {
-            let mut flights = lock(&self.flights);
-            // A flight given up by all its callers is not joined (its end is an error).
-            let open = |f: &Arc<Flight>| !matches!(lock(&f.state).end, Some(Err(_)));
-            match flights.get(&key).filter(|f| open(f)) {
-                Some(f) => (f.clone(), Ticket::join(f), false),
+        let (ticket, lead) = {
+            let mut flights = lock(&self.shared.flights);
+            match flights.get(&key).and_then(Flight::join) {
+                Some(t) => (t, None),
                 None => {
-                    let f = Arc::new(Flight::default());
-                    let t = Ticket::join(&f);
+                    let f = Arc::new(Flight::new(self.shared.replay_limit));
+                    let t = f.join().expect("a new flight takes its first caller");
                     flights.insert(key.clone(), f.clone());
-                    (f, t, true)
+                    (t, Some(f))
                 }
             }
         };
-        if lead {
-            // The ready service serves this call from its own task; a clone stays.
-            let clone = self.inner.clone();
-            let mut ready = std::mem::replace(&mut self.inner, clone);
-            let fut = ready.call(req);
-            tokio::spawn(drive(fut, flight, self.flights.clone(), key));
-        } else {
-            metrics::counter!("llm_coalesced_calls_total").increment(1);
+        match lead {
+            Some(flight) => {
+                // The ready service serves this call from its own task; a clone stays.
+                let clone = self.inner.clone();
+                let mut ready = std::mem::replace(&mut self.inner, clone);
+                let fut = ready.call(req);
+                let guard = Ending {
+                    flight,
+                    shared: self.shared.clone(),
+                    key,
+                };
+                tokio::spawn(drive(fut, guard));
+            }
+            None => metrics::counter!("llm_coalesced_calls_total").increment(1),
         }
         Either::Right(Waiting {
             ticket: Some(ticket),
@@ -232,21 +440,54 @@ where
     }
 }
 
+/// Ends a flight when its task does, however it does: a flight whose task panicked or was
+/// dropped (a runtime shutting down) ends every caller's stream with an error, and is
+/// forgotten so the next identical call starts afresh.
+struct Ending {
+    flight: Arc<Flight>,
+    shared: Arc<Shared>,
+    key: Bytes,
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        self.flight.update(|st| {
+            st.joinable = false;
+            if st.end.is_none() {
+                st.end = Some(Err(LlmError::new(ErrorKind::Internal).with_message(
+                    "the shared call ended abnormally (its task panicked or was cancelled)",
+                )));
+            }
+        });
+        // New callers start a call of their own from now on.
+        let mut map = lock(&self.shared.flights);
+        if map
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
 /// Runs the shared call: records its chunks for the callers, stops when the last leaves.
-async fn drive<F>(fut: F, flight: Arc<Flight>, flights: Arc<Flights>, key: Bytes)
+async fn drive<F>(fut: F, guard: Ending)
 where
     F: Future<Output = Result<ChatStream, LlmError>>,
 {
+    let flight = guard.flight.clone();
     let abandoned = flight.abandoned.notified();
     tokio::pin!(abandoned);
     let gone = || {
-        LlmError::new(llm_layers_core::ErrorKind::Cancelled)
-            .with_message("every caller of this coalesced call left")
+        LlmError::new(ErrorKind::Cancelled).with_message("every caller of this coalesced call left")
     };
     tokio::select! {
         _ = &mut abandoned => flight.update(|st| st.end = Some(Err(gone()))),
         r = fut => match r {
-            Err(e) => flight.update(|st| st.end = Some(Err(e))),
+            Err(e) => flight.update(|st| {
+                st.joinable = false;
+                st.end = Some(Err(e));
+            }),
             Ok(mut stream) => {
                 let meta = stream.meta().clone();
                 flight.update(|st| st.meta = Some(meta));
@@ -257,9 +498,12 @@ where
                             break;
                         }
                         c = stream.next() => match c {
-                            Some(Ok(c)) => flight.update(|st| st.chunks.push(c)),
+                            Some(Ok(c)) => flight.push(c),
                             Some(Err(e)) => {
-                                flight.update(|st| st.end = Some(Err(e)));
+                                flight.update(|st| {
+                                    st.joinable = false;
+                                    st.end = Some(Err(e));
+                                });
                                 break;
                             }
                             None => {
@@ -272,11 +516,7 @@ where
             }
         }
     }
-    // New callers start a call of their own from now on.
-    let mut map = lock(&flights);
-    if map.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-        map.remove(&key);
-    }
+    drop(guard);
 }
 
 /// Waits for a shared call's first token (or its error).
@@ -295,12 +535,13 @@ impl Future for Waiting {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some(ticket) = self.ticket.as_ref() else {
-            return Poll::Ready(Err(LlmError::new(llm_layers_core::ErrorKind::Internal)
+            return Poll::Ready(Err(LlmError::new(ErrorKind::Internal)
                 .with_message("a coalesced call was polled after it resolved")));
         };
-        let flight = ticket.0.clone();
+        let flight = ticket.flight.clone();
+        let id = ticket.id;
         let mut st = lock(&flight.state);
-        if let Some(Err(e)) = st.end.as_ref().filter(|_| st.chunks.is_empty()) {
+        if let Some(Err(e)) = st.end.as_ref().filter(|_| st.meta.is_none()) {
             return Poll::Ready(Err(e.clone()));
         }
         match &st.meta {
@@ -312,16 +553,25 @@ impl Future for Waiting {
                     Default::default(),
                     Follow {
                         ticket,
-                        next: 0,
                         done: false,
                     },
                     meta,
                 )))
             }
             None => {
-                st.wakers.push(cx.waker().clone());
+                park(&mut st, id, cx);
                 Poll::Pending
             }
+        }
+    }
+}
+
+/// Keeps one waker per caller: the latest.
+fn park(st: &mut State, id: u64, cx: &Context<'_>) {
+    if let Some(f) = st.callers.get_mut(&id) {
+        match &f.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => f.waker = Some(cx.waker().clone()),
         }
     }
 }
@@ -329,7 +579,6 @@ impl Future for Waiting {
 /// A caller's view of a shared call: every chunk from the first, then its end.
 struct Follow {
     ticket: Option<Ticket>,
-    next: usize,
     done: bool,
 }
 
@@ -340,14 +589,20 @@ impl Stream for Follow {
         if self.done {
             return Poll::Ready(None);
         }
-        let Some(flight) = self.ticket.as_ref().map(|t| t.0.clone()) else {
+        let Some((flight, id)) = self.ticket.as_ref().map(|t| (t.flight.clone(), t.id)) else {
             return Poll::Ready(None);
         };
         let mut st = lock(&flight.state);
-        if let Some(c) = st.chunks.get(self.next) {
-            let c = c.clone();
-            drop(st);
-            self.next += 1;
+        let next = st.callers.get(&id).map_or(0, |f| f.next);
+        let chunk = next
+            .checked_sub(st.base)
+            .and_then(|i| st.chunks.get(i))
+            .cloned();
+        if let Some(c) = chunk {
+            if let Some(f) = st.callers.get_mut(&id) {
+                f.next += 1;
+            }
+            st.trim();
             return Poll::Ready(Some(Ok(c)));
         }
         match &st.end {
@@ -359,7 +614,7 @@ impl Stream for Follow {
                 Poll::Ready(end.err().map(Err))
             }
             None => {
-                st.wakers.push(cx.waker().clone());
+                park(&mut st, id, cx);
                 Poll::Pending
             }
         }

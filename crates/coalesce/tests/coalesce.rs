@@ -116,6 +116,116 @@ async fn an_error_before_the_first_token_reaches_every_caller() {
         svc.clone().oneshot(req("x", Some(0.0))),
         svc.clone().oneshot(req("x", Some(0.0)))
     );
-    assert!(a.is_err() && b.is_err());
+    for e in [a.unwrap_err(), b.unwrap_err()] {
+        assert_eq!(e.kind(), llm_layers_core::ErrorKind::Upstream, "{e}");
+    }
     assert_eq!(mock.calls(), 1);
+}
+
+/// A caller that leaves before the shared call's task even ran takes the flight with it:
+/// the next identical call starts its own, and is answered (it used to join the abandoned
+/// flight and get "every caller left").
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_leaves_at_once_never_cuts_the_next() {
+    use tower::Service;
+    let mock = MockChat::with_default(slow_answer());
+    let svc = CoalesceLayer::new().layer(mock.clone());
+    let mut a = svc.clone();
+    ServiceExt::ready(&mut a).await.unwrap();
+    drop(a.call(req("same", Some(0.0))));
+    let b = svc.clone().oneshot(req("same", Some(0.0))).await;
+    let answer = b.unwrap().collect().await.unwrap();
+    assert!(answer.choices[0].message.content.is_some());
+}
+
+/// A shared call whose task panics ends every caller with an error (none waits forever)
+/// and is forgotten: the next identical call starts afresh.
+#[tokio::test(start_paused = true)]
+async fn a_panic_below_ends_every_caller_and_is_forgotten() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let boom = tower::service_fn(move |_req: ChatRequest| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            panic!("a layer below panicked");
+            #[allow(unreachable_code)]
+            Ok::<llm_layers_core::ChatStream, llm_layers_core::LlmError>(unreachable!())
+        }
+    });
+    let layer = CoalesceLayer::new();
+    let svc = layer.layer(boom);
+    let (a, b) = tokio::join!(
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            svc.clone().oneshot(req("p", Some(0.0)))
+        ),
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            svc.clone().oneshot(req("p", Some(0.0)))
+        ),
+    );
+    let (a, b) = (a.expect("a waited forever"), b.expect("b waited forever"));
+    assert_eq!(a.unwrap_err().kind(), llm_layers_core::ErrorKind::Internal);
+    assert!(b.is_err());
+    assert_eq!(layer.in_flight(), 0, "the flight is forgotten");
+    let c = tokio::time::timeout(
+        Duration::from_secs(5),
+        svc.clone().oneshot(req("p", Some(0.0))),
+    )
+    .await
+    .expect("a later identical call waited forever");
+    assert!(c.is_err());
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// Tenants never share a call (nor a bill, nor a limit); the same tenant's identical calls
+/// do.
+#[tokio::test(start_paused = true)]
+async fn tenants_never_share_a_call() {
+    let mock = MockChat::with_default(slow_answer());
+    let svc = CoalesceLayer::new().layer(mock.clone());
+    let as_tenant = |t: &str| {
+        let mut r = req("same", Some(0.0));
+        r.extensions_mut()
+            .insert(llm_layers_core::Tenant(std::sync::Arc::from(t)));
+        r
+    };
+    let (a, b, a2) = tokio::join!(
+        svc.clone().oneshot(as_tenant("acme")),
+        svc.clone().oneshot(as_tenant("globex")),
+        svc.clone().oneshot(as_tenant("acme")),
+    );
+    drop((a.unwrap(), b.unwrap(), a2.unwrap()));
+    assert_eq!(mock.calls(), 2, "one for acme's two calls, one for globex");
+}
+
+/// The replay buffer is bounded: past it a flight takes no more joiners (the next identical
+/// call goes upstream itself) and keeps only what its callers have not read yet.
+#[tokio::test(start_paused = true)]
+async fn the_replay_buffer_is_bounded() {
+    let long = Script::tokens(Duration::from_millis(10), 400, Duration::from_millis(5));
+    let mock = MockChat::with_default(long);
+    let layer = CoalesceLayer::new().replay_limit(4 * 1024);
+    let svc = layer.layer(mock.clone());
+    let mut first = svc.clone().oneshot(req("long", Some(0.0))).await.unwrap();
+    let mut read = 0;
+    while read < 300 {
+        first.next().await.unwrap().unwrap();
+        read += 1;
+    }
+    assert!(
+        layer.held_bytes() <= 4 * 1024 + 1024,
+        "{} bytes held for a caller that read them",
+        layer.held_bytes()
+    );
+    let late = svc.clone().oneshot(req("long", Some(0.0))).await.unwrap();
+    assert_eq!(
+        mock.calls(),
+        2,
+        "past the replay limit, a new call of its own"
+    );
+    drop(late);
+    let rest = first.collect().await.unwrap();
+    assert!(rest.choices[0].message.content.is_some());
 }

@@ -345,10 +345,18 @@ pub fn build_stack_with_priors<S: ChatService>(
     };
     // Coalescing stands outside the router: identical calls are compared as the callers
     // sent them, before each gets its own provider order; a joiner costs no upstream call
-    // and so spends no rate-limit quota.
-    let coalesce = config
-        .coalesce
-        .then(llm_layers_coalesce::CoalesceLayer::new);
+    // and so spends no rate-limit quota, which is why only one tenant's calls are ever
+    // shared.
+    // Calls share only within one tenant and priority (the layer's default) and one resume
+    // choice (a resumed and an unresumed answer end differently).
+    let coalesce = config.coalesce.then(|| {
+        llm_layers_coalesce::CoalesceLayer::new().partition_by(|r| {
+            format!(
+                "{:?}",
+                r.extensions().get::<llm_layers_resume::ResumeChoice>()
+            )
+        })
+    });
     let stack = ServiceBuilder::new()
         .layer(per_call)
         .option_layer(coalesce)
