@@ -12,7 +12,8 @@
 //! that hangs after its headers) at 99.9 % with a TTFT p99 within 2× of the healthy
 //! providers' own p99, `chaos` whole answers at 99.9 %, and `all_down` a fast error for
 //! every call with at most 0.2 upstream requests per call after the first second; and
-//! `chaos` streaming with mid-stream resume on at 99.5 % or better, 0 corrupted.
+//! `chaos` streaming with mid-stream resume on at 99.5 % or better, 0 corrupted, also with
+//! providers that answer a prefill from scratch or refuse it.
 //!
 //! `cargo test --test matrix -- --nocapture` prints the table.
 
@@ -226,6 +227,16 @@ async fn every_preset_through_the_stack_is_never_worse_than_the_plain_leaf() {
     let healthy_p99 = 0.8; // the presets' healthy providers: lognormal p50 200 ms, p99 800 ms
     // `MATRIX_PRESETS=a,b` runs only those (for a look at one row; CI runs them all).
     let only = std::env::var("MATRIX_PRESETS").ok();
+    if let Some(o) = &only {
+        // A misspelt name would run no row and pass.
+        for name in o.split(',') {
+            assert!(
+                Scenario::PRESETS.contains(&name),
+                "MATRIX_PRESETS: no preset {name:?}; known: {:?}",
+                Scenario::PRESETS
+            );
+        }
+    }
     for preset in Scenario::PRESETS {
         if only
             .as_deref()
@@ -254,6 +265,22 @@ async fn every_preset_through_the_stack_is_never_worse_than_the_plain_leaf() {
                 assert!(
                     resumed.ok_rate() >= 0.995,
                     "chaos streaming with resume: {}",
+                    resumed.ok_rate()
+                );
+                // Providers that differ in how they take a prefill: one continues it, one
+                // answers it from scratch (as OpenAI's models do), one refuses it with a 400.
+                let mut mixed = scenario.clone();
+                mixed.providers[0].prefill_from_scratch = true;
+                mixed.providers[1].refuses_prefill = true;
+                let resumed = row(&mixed, calls, pace, whole, true, true).await;
+                print(preset, whole, "mixed", &resumed);
+                assert_eq!(
+                    resumed.corrupted, 0,
+                    "chaos resume, mixed prefill: corrupted"
+                );
+                assert!(
+                    resumed.ok_rate() >= 0.995,
+                    "chaos streaming with resume, mixed prefill: {}",
                     resumed.ok_rate()
                 );
             }

@@ -192,6 +192,59 @@ pub struct Usage {
     pub extra: Map<String, Value>,
 }
 
+impl Usage {
+    /// Adds `other` to this usage: the token counts, and every number among the extras
+    /// (`cost`, `prompt_tokens_details.cached_tokens`, ...), nested objects field by field;
+    /// an extra only `other` has is taken as it is. What several attempts of one call cost.
+    ///
+    /// ```
+    /// use llm_layers_core::Usage;
+    /// let mut a: Usage = serde_json::from_str(r#"{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,
+    ///   "cost":0.25,"prompt_tokens_details":{"cached_tokens":4}}"#)?;
+    /// let b: Usage = serde_json::from_str(r#"{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,
+    ///   "cost":0.5,"prompt_tokens_details":{"cached_tokens":1},"is_byok":false}"#)?;
+    /// a.add(&b);
+    /// assert_eq!((a.prompt_tokens, a.completion_tokens, a.total_tokens), (22, 12, 34));
+    /// assert_eq!(a.extra["cost"], 0.75);
+    /// assert_eq!(a.extra["prompt_tokens_details"]["cached_tokens"], 5);
+    /// assert_eq!(a.extra["is_byok"], false);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn add(&mut self, other: &Usage) {
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_add(other.completion_tokens);
+        self.total_tokens = self.total_tokens.saturating_add(other.total_tokens);
+        add_extras(&mut self.extra, &other.extra);
+    }
+}
+
+fn add_extras(to: &mut Map<String, Value>, from: &Map<String, Value>) {
+    for (k, v) in from {
+        match (to.get_mut(k), v) {
+            (Some(Value::Number(a)), Value::Number(b)) => {
+                let sum = match (a.as_u64(), b.as_u64()) {
+                    (Some(x), Some(y)) => Value::from(x.saturating_add(y)),
+                    _ => serde_json::Number::from_f64(
+                        a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0),
+                    )
+                    .map_or(Value::Null, Value::Number),
+                };
+                *a = match sum {
+                    Value::Number(n) => n,
+                    _ => a.clone(),
+                };
+            }
+            (Some(Value::Object(a)), Value::Object(b)) => add_extras(a, b),
+            (Some(_), _) => {}
+            (None, v) => {
+                to.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
 /// A whole (non-streaming) chat completion.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatCompletion {

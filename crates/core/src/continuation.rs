@@ -39,30 +39,179 @@ impl ContinueMode {
 /// continuation must repeat first: the overlap that proves where it joins.
 pub const INSTRUCTION_OVERLAP: usize = 16;
 
+/// How many characters of the delivered text, at least, are held back from a prefill: the
+/// continuation must write them again before any new text, which proves it continued the
+/// prefill rather than starting a new answer.
+pub const HELD_BACK: usize = 16;
+
+/// The message of a `400` refusing an assistant prefill (Anthropic's words; the mock says
+/// the same). See [`is_prefill_refusal`].
+pub const PREFILL_REFUSAL: &str = "This model does not support assistant message prefill. The conversation must end with a user message.";
+
+/// Whether `e` is a `400` about the prefill itself ("does not support assistant message
+/// prefill", "must end with a user message"), as opposed to any other `400` (a context too
+/// long, a bad parameter), which says nothing about how a provider continues.
+///
+/// ```
+/// use http::StatusCode;
+/// use llm_layers_core::continuation::{PREFILL_REFUSAL, is_prefill_refusal};
+/// use llm_layers_core::{ApiError, LlmError};
+/// let refusal = LlmError::status(StatusCode::BAD_REQUEST, None).with_message(PREFILL_REFUSAL);
+/// assert!(is_prefill_refusal(&refusal));
+/// let too_long = LlmError::status(StatusCode::BAD_REQUEST, None)
+///     .with_message("This model's maximum context length is 8192 tokens");
+/// assert!(!is_prefill_refusal(&too_long));
+/// ```
+pub fn is_prefill_refusal(e: &crate::LlmError) -> bool {
+    if e.status_code() != Some(http::StatusCode::BAD_REQUEST) {
+        return false;
+    }
+    let said = [
+        e.api_error().and_then(|a| a.message.as_deref()),
+        e.message(),
+    ];
+    said.into_iter().flatten().any(|m| {
+        let m = m.to_ascii_lowercase();
+        m.contains("prefill")
+            || m.contains("must end with a user message")
+            || (m.contains("assistant") && (m.contains("final") || m.contains("last message")))
+    })
+}
+
+/// The byte offset where the last `n` characters of `text` start (0 when it has fewer).
+fn last_chars(text: &str, n: usize) -> usize {
+    text.char_indices()
+        .rev()
+        .nth(n.saturating_sub(1))
+        .map_or(0, |(i, _)| i)
+}
+
+/// `delivered` split for a prefill: the text sent as the partial assistant message, and the
+/// tail held back from it, which the continuation must write again first. The tail is at
+/// least [`HELD_BACK`] characters (all of `delivered` when shorter), on a char boundary, and
+/// takes the whitespace before it too, so the prefill never ends with whitespace (some APIs
+/// refuse that). When nothing is left to prefill, the continuation is asked by instruction
+/// ([`effective_mode`]).
+///
+/// ```
+/// use llm_layers_core::continuation::split_for_prefill;
+/// assert_eq!(split_for_prefill("The quick brown fox jumps over the"), ("The quick brown", " fox jumps over the"));
+/// assert_eq!(split_for_prefill("short"), ("", "short"));
+/// assert_eq!(split_for_prefill("   \n  "), ("", "   \n  "));
+/// ```
+pub fn split_for_prefill(delivered: &str) -> (&str, &str) {
+    let at = last_chars(delivered, HELD_BACK);
+    // At the start of a word when one starts within 32 characters before (a prefill that
+    // ends mid-word is read oddly by some models); text without spaces is cut where it is.
+    let mid_word = delivered[at..].starts_with(|c: char| !c.is_whitespace())
+        && delivered[..at].ends_with(|c: char| !c.is_whitespace());
+    let at = if mid_word {
+        delivered[..at]
+            .char_indices()
+            .rev()
+            .take(32)
+            .find(|(_, c)| c.is_whitespace())
+            .map_or(at, |(i, c)| i + c.len_utf8())
+    } else {
+        at
+    };
+    let head = delivered[..at].trim_end();
+    (head, &delivered[head.len()..])
+}
+
+/// How a continuation of `delivered` is asked when `mode` is wanted: as `mode`, but by
+/// instruction when nothing would be left to prefill once the tail is held back (a short or
+/// whitespace-only text: an empty assistant message is refused, and a request without one is
+/// the original request again).
+///
+/// ```
+/// use llm_layers_core::continuation::{ContinueMode, effective_mode};
+/// assert_eq!(effective_mode("Hello, world", ContinueMode::Prefill), ContinueMode::Instruction);
+/// assert_eq!(effective_mode("Once upon a time, in a land far away", ContinueMode::Prefill), ContinueMode::Prefill);
+/// ```
+pub fn effective_mode(delivered: &str, mode: ContinueMode) -> ContinueMode {
+    match mode {
+        ContinueMode::Prefill | ContinueMode::Prefix
+            if split_for_prefill(delivered).0.is_empty() =>
+        {
+            ContinueMode::Instruction
+        }
+        m => m,
+    }
+}
+
+/// The text a continuation of `delivered` in `mode` must start with before any new text
+/// reaches the caller: the tail held back from a prefill ([`split_for_prefill`]), or the last
+/// [`INSTRUCTION_OVERLAP`] characters an instruction asks to be repeated.
+///
+/// ```
+/// use llm_layers_core::continuation::{ContinueMode, expected_start};
+/// let d = "ha ha ha ha ha ha ha ha ";
+/// assert_eq!(expected_start(d, ContinueMode::Instruction), &d[8..]);
+/// assert_eq!(expected_start(d, ContinueMode::Prefill), &d[8..]);
+/// assert_eq!(expected_start("言葉の途中で切れた文章がここにあります", ContinueMode::Prefill), "途中で切れた文章がここにあります");
+/// ```
+pub fn expected_start(delivered: &str, mode: ContinueMode) -> &str {
+    match effective_mode(delivered, mode) {
+        ContinueMode::Instruction => &delivered[last_chars(delivered, INSTRUCTION_OVERLAP)..],
+        _ => split_for_prefill(delivered).1,
+    }
+}
+
+/// The output limit a continuation asks for: what is left of the caller's `limit` once
+/// `delivered_chunks` were delivered (a token each), plus the text it must write again
+/// ([`expected_start`]: a token per 4 bytes, and one more). So the whole answer stays
+/// within the caller's limit, and `finish_reason: "length"` still means it.
+///
+/// ```
+/// use llm_layers_core::continuation::{continuation_limit, original_limit};
+/// let again = "jumps over the l";
+/// assert_eq!(continuation_limit(100, 30, again), 75);
+/// assert_eq!(original_limit(75, 30, again), 100);
+/// ```
+pub fn continuation_limit(limit: u32, delivered_chunks: u64, again: &str) -> u32 {
+    let left = u64::from(limit).saturating_sub(delivered_chunks) + again_tokens(again);
+    u32::try_from(left).unwrap_or(u32::MAX)
+}
+
+/// The caller's limit a continuation's `limit` was made from ([`continuation_limit`]'s
+/// inverse): what a mock needs to give the same whole answer.
+pub fn original_limit(limit: u32, delivered_chunks: u64, again: &str) -> u32 {
+    let original = (u64::from(limit) + delivered_chunks).saturating_sub(again_tokens(again));
+    u32::try_from(original).unwrap_or(u32::MAX)
+}
+
+fn again_tokens(again: &str) -> u64 {
+    (again.len() as u64).div_ceil(4) + 1
+}
+
 /// The user message of an [`Instruction`](ContinueMode::Instruction) continuation.
 pub const CONTINUE_INSTRUCTION: &str = "Your previous message was cut off. Continue it from \
 exactly where it stopped: begin your reply with the last 16 characters of that message, \
 repeated verbatim, then go on with the rest. Write nothing else.";
 
-/// The request for the rest of an answer to `original` of which `delivered` was received.
+/// The request for the rest of an answer to `original` of which `delivered` was received:
+/// a prefill of `delivered` less its held-back tail ([`split_for_prefill`]), or the whole
+/// `delivered` and an instruction to go on, repeating its last [`INSTRUCTION_OVERLAP`]
+/// characters first. [`expected_start`] says what the continuation must write first.
 ///
 /// ```
 /// use llm_layers_core::continuation::{ContinueMode, continuation_body, continued};
 /// use llm_layers_core::{ChatRequest, Message};
 /// let req = ChatRequest::new("m", vec![Message::user("count")]);
-/// let body = continuation_body(req.body(), "one two ", ContinueMode::Prefill);
+/// let body = continuation_body(req.body(), "one two three four five six ", ContinueMode::Prefill);
 /// let c = continued(&body).ok_or("not a continuation")?;
+/// // "three four five six " is held back (16 characters, from the start of a word).
 /// assert_eq!((c.delivered, c.mode, c.original.len()), ("one two", ContinueMode::Prefill, 1));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn continuation_body(original: &ChatBody, delivered: &str, mode: ContinueMode) -> ChatBody {
     let mut body = original.clone();
-    match mode {
-        ContinueMode::Prefill => body
-            .messages
-            .push(Message::new("assistant", delivered.trim_end())),
+    let (prefill, _) = split_for_prefill(delivered);
+    match effective_mode(delivered, mode) {
+        ContinueMode::Prefill => body.messages.push(Message::new("assistant", prefill)),
         ContinueMode::Prefix => {
-            let mut m = Message::new("assistant", delivered.trim_end());
+            let mut m = Message::new("assistant", prefill);
             m.extra.insert("prefix".into(), Value::Bool(true));
             body.messages.push(m);
         }
@@ -74,13 +223,14 @@ pub fn continuation_body(original: &ChatBody, delivered: &str, mode: ContinueMod
     body
 }
 
-/// A continuation request, read back: the conversation it continues, the text it says was
-/// delivered (trimmed, for prefill modes), and how it asks.
+/// A continuation request, read back: the conversation it continues, the text it sends
+/// (the prefill, for prefill modes; the whole delivered text for an instruction), and how it
+/// asks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Continued<'a> {
     /// The messages of the original request.
     pub original: &'a [Message],
-    /// The partial answer as sent.
+    /// The partial answer as sent (for a prefill, without its held-back tail).
     pub delivered: &'a str,
     /// How it asks for the rest.
     pub mode: ContinueMode,

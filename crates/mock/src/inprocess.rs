@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use http::StatusCode;
 use llm_layers_core::{ApiError, ChatRequest, ErrorCode, ErrorKind, LlmError};
 
-use crate::answer::answer_pieces;
+use crate::answer::{answer_pieces_as, whole_answer_tokens};
 use crate::plan::{self, Cut, Outcome, Plan};
 use crate::scenario::Scenario;
 use crate::scripted::{MockChat, Script};
@@ -109,6 +109,15 @@ fn script_of(scenario: &Scenario, req: &ChatRequest, plan: &Plan) -> Script {
             }
             error(e)
         }
+        Outcome::RefusePrefill => error(LlmError::status(
+            StatusCode::BAD_REQUEST,
+            Some(api_error(
+                400,
+                llm_layers_core::continuation::PREFILL_REFUSAL,
+                "invalid_request",
+                provider,
+            )),
+        )),
         Outcome::Reset => error(
             LlmError::new(ErrorKind::Transport)
                 .with_message("the connection to the upstream broke before the response"),
@@ -125,7 +134,11 @@ fn script_of(scenario: &Scenario, req: &ChatRequest, plan: &Plan) -> Script {
         )),
         Outcome::Answer { cut } => {
             let name = provider.unwrap_or_default();
-            let pieces = answer_pieces(req.body(), plan.tokens);
+            let from_scratch = plan
+                .provider
+                .is_some_and(|i| scenario.providers[i].prefill_from_scratch);
+            let whole = whole_answer_tokens(req.body(), plan.tokens);
+            let pieces = answer_pieces_as(req.body(), whole, from_scratch);
             let n = pieces.len() as u64;
             let mut s = Script::new().provider(name).wait(plan.ttft).role();
             for (i, piece) in (0u32..).zip(pieces) {

@@ -39,7 +39,9 @@ mod scripted;
 mod server;
 mod writer;
 
-pub use answer::{answer_pieces, answer_tag, answer_token, expected_answer};
+pub use answer::{
+    answer_pieces, answer_pieces_as, answer_tag, answer_token, expected_answer, whole_answer_tokens,
+};
 pub use scenario::{
     Dist, Faults, OPENAI_CHAT_FIELDS, ProviderSpec, Scenario, ScenarioError, StatusFault,
 };

@@ -20,6 +20,8 @@ pub enum Outcome {
         /// `Retry-After` seconds.
         retry_after_s: Option<u64>,
     },
+    /// A `400` refusing an assistant prefill, in Anthropic's words.
+    RefusePrefill,
     /// The connection is closed before headers.
     Reset,
     /// Headers, then nothing.
@@ -67,6 +69,7 @@ impl Plan {
         match &self.outcome {
             Outcome::NoEndpoints => "no_endpoints".into(),
             Outcome::Status { code, .. } => format!("status_{code}"),
+            Outcome::RefusePrefill => "prefill_refused".into(),
             Outcome::Reset => "reset".into(),
             Outcome::Hang => "hang".into(),
             Outcome::Error200 => "error_200".into(),
@@ -171,10 +174,7 @@ pub fn draw<R: Rng + ?Sized>(scenario: &Scenario, body: &ChatBody, rng: &mut R) 
     if p.refuses_prefill && prefill {
         return Plan {
             provider: Some(pi),
-            outcome: Outcome::Status {
-                code: 400,
-                retry_after_s: None,
-            },
+            outcome: Outcome::RefusePrefill,
             ttft,
             gaps: Vec::new(),
             tokens,

@@ -166,6 +166,10 @@ pub struct ProviderSpec {
     /// recent Claude models do ("does not support assistant message prefill").
     #[serde(default)]
     pub refuses_prefill: bool,
+    /// Takes a continuation by assistant prefill as a new turn and answers it from scratch
+    /// (as OpenAI's models do): the whole answer again, not the rest of it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prefill_from_scratch: bool,
     /// The TTFT distribution `GET /models/{id}/endpoints` publishes for this provider
     /// (default: its real `ttft`). Set it to make the published stats lie.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -345,6 +349,7 @@ impl Scenario {
             },
             faults: Faults::default(),
             refuses_prefill: false,
+            prefill_from_scratch: false,
             published_ttft: None,
         }
     }

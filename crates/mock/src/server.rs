@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::answer::answer_pieces;
+use crate::answer::{answer_pieces_as, whole_answer_tokens};
 use crate::plan::{self, Outcome};
 use crate::scenario::Scenario;
 use crate::writer::{AnswerMeta, write_answer};
@@ -87,6 +87,8 @@ pub struct Counters {
     outcomes: Mutex<HashMap<(String, String), u64>>,
     bodies: Mutex<std::collections::VecDeque<Bytes>>,
     keys: Mutex<HashMap<String, u64>>,
+    /// Requests per (last user message, provider slug) that served them.
+    routed: Mutex<HashMap<(String, String), u64>>,
     changed: Notify,
 }
 
@@ -160,6 +162,12 @@ impl Counters {
     /// The bodies of the last 1,024 chat requests, oldest first.
     pub fn bodies(&self) -> Vec<Bytes> {
         lock(&self.bodies).iter().cloned().collect()
+    }
+
+    /// Chat requests per (the text of the request's last user message, the provider slug
+    /// drawn for it; `""` when none was): whether a call reached one provider twice.
+    pub fn requests_by_prompt(&self) -> HashMap<(String, String), u64> {
+        lock(&self.routed).clone()
     }
 
     /// Chat requests per API key (the bearer token as sent).
@@ -558,12 +566,32 @@ async fn chat(
     let provider = plan.provider.map(|i| &state.scenario.providers[i]);
     let slug = provider.map_or("", |p| p.slug.as_str());
     state.counters.record(slug, &plan.label());
+    {
+        let prompt = body
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .and_then(|m| match &m.content {
+                Some(llm_layers_core::Content::Text(t)) => Some(t.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let mut routed = lock(&state.counters.routed);
+        if routed.len() < 100_000 {
+            *routed.entry((prompt, slug.to_owned())).or_default() += 1;
+        }
+    }
     let provider_name = provider.map(|p| p.name.clone());
     let split_seed: u64 = rng.random();
 
     let fails = matches!(
         plan.outcome,
-        Outcome::NoEndpoints | Outcome::Status { .. } | Outcome::Reset | Outcome::Error200
+        Outcome::NoEndpoints
+            | Outcome::Status { .. }
+            | Outcome::RefusePrefill
+            | Outcome::Reset
+            | Outcome::Error200
     );
     let after = state.scenario.scaled(state.scenario.error_after_ms);
     if fails && !after.is_zero() {
@@ -589,6 +617,11 @@ async fn chat(
             }
             Ok(r)
         }
+        Outcome::RefusePrefill => Ok(error_json(
+            StatusCode::BAD_REQUEST,
+            llm_layers_core::continuation::PREFILL_REFUSAL,
+            json!({"metadata": {"error_type": "invalid_request", "provider_name": provider_name}}),
+        )),
         Outcome::Reset => Err(Reset),
         Outcome::Error200 => Ok(full(
             StatusCode::OK,
@@ -605,7 +638,11 @@ async fn chat(
                 created: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
-                pieces: answer_pieces(body, plan.tokens),
+                pieces: answer_pieces_as(
+                    body,
+                    whole_answer_tokens(body, plan.tokens),
+                    provider.is_some_and(|p| p.prefill_from_scratch),
+                ),
                 prompt_tokens: body.approx_prompt_tokens(),
             };
             let (tx, rx) = mpsc::channel(16);

@@ -15,24 +15,39 @@
 //!   ([`ContinueMode::Prefix`]), or an instruction ([`ContinueMode::Instruction`]); a
 //!   `400` to a prefill teaches that pair to use an instruction, and the same continuation
 //!   is sent again that way. [`ResumeLayerBuilder::pin`] fixes a pair's mode. A prefill is
-//!   sent with `provider.only` naming the provider that served the first part;
-//! - **the seam** is proven, never guessed: a prefill continues exactly the text sent
-//!   (its trailing whitespace is trimmed before sending, as some APIs require, and cut once
-//!   from the continuation, which sends it again); an instruction continuation must start
-//!   with the last [`INSTRUCTION_OVERLAP`](llm_layers_core::continuation::INSTRUCTION_OVERLAP)
-//!   characters of the delivered text (a minimum overlap: the longest repeat found is cut).
-//!   When the overlap is not there, the stream ends with an error, never a quiet end;
+//!   sent with `provider.only` naming the provider that served the first part; a text too
+//!   short to hold a tail back is continued by instruction;
+//! - **the seam** is proven, never guessed, in every mode: the continuation must write a
+//!   known text first, and nothing of it reaches the caller until it has. A prefill holds
+//!   back the delivered text's last
+//!   [`HELD_BACK`](llm_layers_core::continuation::HELD_BACK) characters or more (from the
+//!   start of a word, so it never ends with whitespace), which the continuation must write
+//!   again; an instruction asks for the last
+//!   [`INSTRUCTION_OVERLAP`](llm_layers_core::continuation::INSTRUCTION_OVERLAP) characters
+//!   repeated, and exactly those are cut. A prefill answered from scratch (OpenAI's models
+//!   read a trailing assistant message as a finished turn) fails the proof: that pair
+//!   continues by instruction from then on, and the continuation is asked again that way,
+//!   once. A continuation that starts anywhere else, or ends before it has written where it
+//!   joins, ends the stream with an error, never a quiet end;
+//! - a continuation asks for **at most what is left of the caller's `max_tokens`** (plus the
+//!   text it writes again), so `finish_reason: "length"` still means the caller's limit (a
+//!   stream cut after its last token asks for the overlap alone, and gets its finish);
+//! - **only a `400` about the prefill** teaches a pair to use an instruction (a context too
+//!   long does not);
 //! - at most [`max_resumes`](ResumeLayerBuilder::max_resumes) continuations per call (1),
 //!   none past the request's deadline, each one spending from the
 //!   [budget](ResumeLayerBuilder::budget) when one is given (the retry budget, shared);
-//! - usage in the last chunk is summed over the attempts (an attempt that broke counts its
-//!   prompt estimate and its delivered chunks), and the stream's
+//! - **one usage chunk, last**: a chunk carrying usage is held until the end is seen, and its
+//!   usage summed over the attempts, extras included (`cost`, `*_details`; an attempt that
+//!   broke counts what it reported, else its prompt estimate and its delivered chunks); no
+//!   delta but the text written again is ever dropped; and the stream's
 //!   [`ResponseMeta::extensions`](llm_layers_core::ResponseMeta::extensions) carry a
 //!   [`ResumeReport`]: how many continuations, what each attempt cost;
 //! - opt-in per request: a [`ResumeChoice`] extension decides; without one, the layer's
 //!   default ([`ResumeLayerBuilder::on_by_default`]);
 //! - metric `llm_resumes_total{outcome}`: `joined`, `seam_failed`, `call_failed`,
-//!   `prefill_refused`, `not_eligible`, `exhausted`, `deadline`, `no_budget`.
+//!   `prefill_refused`, `prefill_not_continued`, `not_eligible`, `exhausted`, `deadline`,
+//!   `no_budget`.
 //!
 //! # Why a layer, not a retry policy
 //!
@@ -44,24 +59,32 @@
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
 //! use std::time::Duration;
-//! use llm_layers_core::{ChatRequest, ErrorKind, LlmError, Message};
+//! use llm_layers_core::continuation::split_for_prefill;
+//! use llm_layers_core::{ChatRequest, LlmError, Message};
 //! use llm_layers_mock::{MockChat, Script};
 //! use llm_layers_resume::{ResumeLayer, ResumeReport};
 //! use tower::{Layer, ServiceExt};
 //!
 //! let mock = MockChat::new();
-//! // The first answer breaks after "Hello, ", the continuation says the rest.
-//! mock.push(Script::new().provider("P").token("Hello, ").fail(LlmError::truncated()));
-//! mock.push(Script::new().provider("P").token(" world").finish("stop"));
+//! // The first answer breaks after its first sentence and a half ...
+//! let delivered = "Once upon a time, there lived a fox ";
+//! mock.push(Script::new().provider("P").token(delivered).fail(LlmError::truncated()));
+//! // ... and is continued by prefill: the continuation writes the tail held back from the
+//! // prefill again (which proves where it joins), then the rest.
+//! let (prefill, held_back) = split_for_prefill(delivered);
+//! mock.push(Script::new().provider("P").token(held_back).token("in a quiet wood.").finish("stop"));
 //! let svc = ResumeLayer::new().layer(mock.clone());
 //! let stream = svc.oneshot(ChatRequest::new("m", vec![Message::user("hi")])).await?;
 //! let report = stream.meta().extensions.get::<ResumeReport>().cloned().ok_or("no report")?;
 //! let answer = stream.collect().await?;
-//! assert_eq!(answer.choices[0].message.content.as_deref(), Some("Hello, world"));
+//! assert_eq!(
+//!     answer.choices[0].message.content.as_deref(),
+//!     Some("Once upon a time, there lived a fox in a quiet wood.")
+//! );
 //! assert_eq!(report.resumed(), 1);
-//! // The continuation was a prefill of the delivered text, trailing space trimmed.
 //! let sent = &mock.requests()[1];
-//! assert_eq!(sent.body().messages.last().map(|m| m.role.as_str()), Some("assistant"));
+//! let last = sent.body().messages.last().ok_or("no message")?;
+//! assert_eq!((last.role.as_str(), prefill), ("assistant", "Once upon a time,"));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # })?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())

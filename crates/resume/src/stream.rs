@@ -1,5 +1,5 @@
 //! The watched stream: passes chunks on, and when it breaks, sends a continuation and
-//! splices its text on at a seam it can prove.
+//! splices its text on at a seam it proves.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 
 use futures_core::Stream;
 use llm_layers_core::continuation::{
-    ContinueMode, INSTRUCTION_OVERLAP, continuation_body, overlap,
+    ContinueMode, continuation_body, continuation_limit, expected_start, is_prefill_refusal,
 };
 use llm_layers_core::{
     ChatChunk, ChatRequest, ChatStream, ErrorKind, LlmError, Usage, default_slug,
@@ -22,23 +22,25 @@ use crate::layer::Shared;
 
 type Connecting = Pin<Box<dyn Future<Output = Result<ChatStream, LlmError>> + Send>>;
 
-/// Characters an instruction continuation is read past its minimum overlap before the seam
-/// is chosen, so that a longer repeat is cut whole.
-const OVERLAP_LOOKAHEAD: usize = 32;
-
 /// Where the continuation joins what was delivered.
 enum Seam {
     /// Joined (or no continuation yet): text passes.
     Clean,
-    /// Prefill: the delivered text's trailing whitespace, trimmed from the prefill; the
-    /// continuation usually sends it again, and it is cut once.
-    Whitespace(String),
-    /// Instruction: the continuation's text so far, until its overlap can be checked.
-    Overlap(String),
+    /// The continuation must write `expect` first (the tail held back from a prefill, or
+    /// the overlap an instruction asked to be repeated); `got` is what it wrote so far.
+    /// Nothing of it reaches the caller until it has written all of `expect`.
+    Proof { expect: String, got: String },
 }
 
 fn count(outcome: &'static str) {
     metrics::counter!(crate::RESUMES, "outcome" => outcome).increment(1);
+}
+
+fn seam_error(why: &str) -> LlmError {
+    LlmError::new(ErrorKind::Truncated).with_message(format!(
+        "the answer broke mid-stream and its continuation {why}: ended rather than risk \
+         a duplicated or missing text"
+    ))
 }
 
 pub(crate) struct Resuming<S> {
@@ -58,14 +60,23 @@ pub(crate) struct Resuming<S> {
     finished: bool,
     resumes: u32,
     mode: ContinueMode,
-    refused_once: bool,
+    /// This continuation was already asked again by instruction (after a prefill was
+    /// refused or did not prove its seam).
+    fell_back: bool,
     seam: Seam,
     /// The error being recovered from, given to the caller if the continuation fails.
     broken: Option<LlmError>,
     /// Content chunks of the current attempt (its completion tokens, estimated).
     attempt_chunks: u64,
-    /// The estimated usage of the attempts that broke.
+    /// Content chunks delivered over every attempt.
+    delivered_chunks: u64,
+    /// The usage of the attempts that broke: reported when they sent one, else estimated.
     earlier: Usage,
+    /// The chunk carrying the current attempt's usage, held until the end is seen: usage
+    /// goes out once, last, summed over the attempts.
+    held: Option<ChatChunk>,
+    /// Something to give before reading on (a held chunk's content, then an error).
+    queued: Option<Result<ChatChunk, LlmError>>,
     done: bool,
 }
 
@@ -98,11 +109,14 @@ where
             finished: false,
             resumes: 0,
             mode,
-            refused_once: false,
+            fell_back: false,
             seam: Seam::Clean,
             broken: None,
             attempt_chunks: 0,
+            delivered_chunks: 0,
             earlier: Usage::default(),
+            held: None,
+            queued: None,
             done: false,
         }
     }
@@ -131,22 +145,32 @@ where
         true
     }
 
-    /// The stream broke with `e`: ask for the rest.
-    fn begin(&mut self, e: LlmError) {
+    /// The attempt broke with `e`: ask for the rest. What it reported (a usage chunk held
+    /// before the break) counts as its usage, else an estimate.
+    fn begin(&mut self, e: LlmError, reported: Option<Usage>) {
         self.broken = Some(e);
         self.resumes += 1;
-        self.earlier.prompt_tokens += self.request.body().approx_prompt_tokens();
-        self.earlier.completion_tokens += self.attempt_chunks;
+        let this_attempt = reported.unwrap_or_else(|| Usage {
+            prompt_tokens: self.request.body().approx_prompt_tokens(),
+            completion_tokens: self.attempt_chunks,
+            ..Usage::default()
+        });
+        self.earlier.add(&this_attempt);
         self.attempt_chunks = 0;
-        if !self.refused_once {
-            self.mode = self.shared.mode(&self.model, self.provider.as_deref());
-        }
+        self.fell_back = false;
+        self.mode = self.shared.mode(&self.model, self.provider.as_deref());
         self.connect();
     }
 
     fn connect(&mut self) {
         let mut req = self.request.clone();
-        *req.body_mut() = continuation_body(self.request.body(), &self.delivered, self.mode);
+        let mut body = continuation_body(self.request.body(), &self.delivered, self.mode);
+        // At most what is left of the caller's limit, and the text it must write again.
+        let again = expected_start(&self.delivered, self.mode);
+        let left = |m: u32| continuation_limit(m, self.delivered_chunks, again);
+        body.max_tokens = body.max_tokens.map(left);
+        body.max_completion_tokens = body.max_completion_tokens.map(left);
+        *req.body_mut() = body;
         if self.mode != ContinueMode::Instruction {
             // Prefill continues that provider's text: ask the one that served it.
             if let Some(p) = &self.provider {
@@ -165,61 +189,66 @@ where
     /// The continuation committed: read it through the seam.
     fn joined(&mut self, stream: ChatStream) {
         self.current = stream;
-        self.seam = match self.mode {
-            ContinueMode::Instruction => Seam::Overlap(String::new()),
-            _ => Seam::Whitespace(self.delivered[self.delivered.trim_end().len()..].to_owned()),
+        self.seam = Seam::Proof {
+            expect: expected_start(&self.delivered, self.mode).to_owned(),
+            got: String::new(),
         };
-        self.report.resumed_after(self.earlier.clone());
+    }
+
+    /// A prefill continuation did not prove its seam (the provider answered from scratch,
+    /// say): that (model, provider) continues by instruction from now on, and this one is
+    /// asked again that way, once. `false`: nothing more to try.
+    fn fall_back_to_instruction(&mut self) -> bool {
+        if self.mode == ContinueMode::Instruction || self.fell_back {
+            return false;
+        }
+        if let Some(p) = &self.provider {
+            self.shared.learn_refusal(&self.model, p);
+        }
+        // The continuation that did not join was an upstream call too: its estimate counts.
+        let written = match &self.seam {
+            Seam::Proof { got, .. } => (got.len() as u64).div_ceil(4),
+            Seam::Clean => 0,
+        };
+        self.earlier.add(&Usage {
+            prompt_tokens: self.request.body().approx_prompt_tokens()
+                + (self.delivered.len() as u64).div_ceil(4),
+            completion_tokens: written,
+            ..Usage::default()
+        });
+        self.seam = Seam::Clean;
+        self.fell_back = true;
+        self.mode = ContinueMode::Instruction;
+        self.connect();
+        true
     }
 
     /// `text` of the continuation through the seam: what the caller gets now (`None`:
-    /// held until more comes), or an error when the seam cannot be proven.
-    fn through_seam(&mut self, text: String, ending: bool) -> Result<Option<String>, LlmError> {
-        match &mut self.seam {
-            Seam::Clean => Ok(Some(text)),
-            Seam::Whitespace(ws) => {
-                let common: usize = ws
-                    .chars()
-                    .zip(text.chars())
-                    .take_while(|(a, b)| a == b)
-                    .map(|(a, _)| a.len_utf8())
-                    .sum();
-                ws.drain(..common);
-                if common == text.len() && !ws.is_empty() && !ending {
-                    return Ok(None);
-                }
-                self.seam = Seam::Clean;
-                count("joined");
-                Ok(Some(text[common..].to_owned()))
-            }
-            Seam::Overlap(buf) => {
-                buf.push_str(&text);
-                let need = INSTRUCTION_OVERLAP.min(self.delivered.len());
-                if buf.len() < need + OVERLAP_LOOKAHEAD && !ending {
-                    return Ok(None);
-                }
-                match overlap(&self.delivered, buf, INSTRUCTION_OVERLAP) {
-                    Some(k) => {
-                        let rest = buf[k..].to_owned();
-                        self.seam = Seam::Clean;
-                        count("joined");
-                        Ok(Some(rest))
-                    }
-                    None => {
-                        count("seam_failed");
-                        Err(LlmError::new(ErrorKind::Truncated).with_message(
-                            "the answer broke mid-stream and its continuation did not join \
-                             what was delivered: ended rather than risk a duplicated or \
-                             missing text",
-                        ))
-                    }
-                }
-            }
+    /// nothing yet), or an error when the continuation started anywhere else.
+    fn through_seam(&mut self, text: String) -> Result<Option<String>, LlmError> {
+        let Seam::Proof { expect, got } = &mut self.seam else {
+            return Ok(Some(text));
+        };
+        got.push_str(&text);
+        if got.len() < expect.len() {
+            return if expect.starts_with(got.as_str()) {
+                Ok(None)
+            } else {
+                Err(seam_error("started elsewhere"))
+            };
         }
+        if !got.starts_with(expect.as_str()) {
+            return Err(seam_error("started elsewhere"));
+        }
+        let rest = got[expect.len()..].to_owned();
+        self.seam = Seam::Clean;
+        count("joined");
+        self.report.resumed_after(self.earlier.clone());
+        Ok((!rest.is_empty()).then_some(rest))
     }
 
-    /// One chunk: watched, and (after a resume) passed through the seam with its usage
-    /// summed. `None`: nothing to give yet.
+    /// One chunk: watched, and (after a resume) passed through the seam. `None`: nothing to
+    /// give yet.
     fn on_chunk(&mut self, mut chunk: ChatChunk) -> Option<Result<ChatChunk, LlmError>> {
         if chunk.choices.len() > 1
             || chunk.choices.iter().any(|c| {
@@ -230,48 +259,76 @@ where
         {
             self.eligible = false;
         }
-        let ending =
-            chunk.choices.iter().any(|c| c.finish_reason.is_some()) || chunk.usage.is_some();
         if self.resumes > 0 {
             for c in &mut chunk.choices {
                 c.delta.role = None;
             }
-            let held = !matches!(self.seam, Seam::Clean);
-            if let Some(choice) = chunk.choices.first_mut() {
-                let text = choice.delta.content.take().unwrap_or_default();
-                if held || !text.is_empty() {
-                    match self.through_seam(text, ending) {
+            if matches!(self.seam, Seam::Proof { .. }) {
+                if let Some(choice) = chunk.choices.first_mut() {
+                    let text = choice.delta.content.take().unwrap_or_default();
+                    match self.through_seam(text) {
                         Err(e) => return Some(Err(e)),
                         Ok(Some(t)) => choice.delta.content = Some(t),
-                        Ok(None) if !ending => return None,
-                        Ok(None) => {}
+                        // All of it was text written again: so are its log probabilities.
+                        Ok(None) => choice.logprobs = None,
                     }
                 }
+                let ending = chunk.choices.iter().any(|c| c.finish_reason.is_some())
+                    || chunk.usage.is_some();
+                if ending && matches!(self.seam, Seam::Proof { .. }) {
+                    return Some(Err(seam_error("ended before writing where it joins")));
+                }
             }
-            if let Some(u) = chunk.usage.as_mut() {
-                self.report.attempt(u.clone());
-                u.prompt_tokens += self.earlier.prompt_tokens;
-                u.completion_tokens += self.earlier.completion_tokens;
-                u.total_tokens = u.prompt_tokens + u.completion_tokens;
-            }
-        } else if let Some(u) = &chunk.usage {
-            self.report.attempt(u.clone());
         }
         if chunk.choices.iter().any(|c| c.finish_reason.is_some()) {
             self.finished = true;
         }
-        if let Some(text) = chunk
-            .choices
-            .first()
-            .and_then(|c| c.delta.content.as_deref())
-        {
-            if !text.is_empty() {
-                self.delivered.push_str(text);
-                self.attempt_chunks += 1;
-            }
+        if let Some(text) = chunk.content().filter(|t| !t.is_empty()) {
+            self.delivered.push_str(text);
+            self.attempt_chunks += 1;
+            self.delivered_chunks += 1;
+        }
+        if chunk.usage.is_some() {
+            self.report.attempt(chunk.usage.clone().unwrap_or_default());
+            // Held until the end is seen: summed then, or taken back if the stream breaks.
+            self.held = Some(chunk);
+            return None;
+        }
+        if self.resumes > 0 && says_nothing(&chunk) {
+            return None;
         }
         Some(Ok(chunk))
     }
+
+    /// The held usage chunk, its usage summed over every attempt when there were several.
+    fn release_held(&mut self) -> Option<ChatChunk> {
+        let mut chunk = self.held.take()?;
+        if self.resumes > 0 {
+            if let Some(u) = chunk.usage.as_mut() {
+                let mut total = self.earlier.clone();
+                total.add(u);
+                total.total_tokens = total.prompt_tokens + total.completion_tokens;
+                *u = total;
+            }
+        }
+        Some(chunk)
+    }
+}
+
+/// Whether a chunk of a continuation carries nothing for the caller (its text was all
+/// written again, its role dropped).
+fn says_nothing(c: &ChatChunk) -> bool {
+    c.usage.is_none()
+        && c.error.is_none()
+        && c.choices.iter().all(|ch| {
+            ch.finish_reason.is_none()
+                && ch.logprobs.is_none()
+                && ch.error.is_none()
+                && ch.delta.content.as_deref().is_none_or(str::is_empty)
+                && ch.delta.reasoning.as_deref().is_none_or(str::is_empty)
+                && ch.delta.tool_calls.is_none()
+                && ch.delta.extra.is_empty()
+        })
 }
 
 // No field is pinned: the service is only cloned, the streams and futures are boxed.
@@ -287,6 +344,9 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
+            if let Some(item) = this.queued.take() {
+                return Poll::Ready(Some(item));
+            }
             if this.done {
                 return Poll::Ready(None);
             }
@@ -298,22 +358,14 @@ where
                         this.joined(stream);
                         continue;
                     }
+                    // "does not support assistant message prefill": ask again as an
+                    // instruction, and remember it for this (model, provider). Any other
+                    // 400 (a context too long) says nothing about how it continues.
+                    Err(e) if is_prefill_refusal(&e) && this.fall_back_to_instruction() => {
+                        count("prefill_refused");
+                        continue;
+                    }
                     Err(e) => {
-                        let refused = e.status_code() == Some(http::StatusCode::BAD_REQUEST)
-                            && this.mode != ContinueMode::Instruction
-                            && !this.refused_once;
-                        if refused {
-                            // "does not support assistant message prefill": ask again as an
-                            // instruction, and remember it for this (model, provider).
-                            count("prefill_refused");
-                            if let Some(p) = &this.provider {
-                                this.shared.learn_refusal(&this.model, p);
-                            }
-                            this.refused_once = true;
-                            this.mode = ContinueMode::Instruction;
-                            this.connect();
-                            continue;
-                        }
                         count("call_failed");
                         this.done = true;
                         return Poll::Ready(Some(Err(this.broken.take().unwrap_or(e))));
@@ -322,28 +374,79 @@ where
             }
             match ready!(Pin::new(&mut this.current).poll_next(cx)) {
                 None => {
+                    // The end resolves the seam: proven, or an error; never a quiet end.
+                    if matches!(this.seam, Seam::Proof { .. }) {
+                        if this.fall_back_to_instruction() {
+                            count("prefill_not_continued");
+                            continue;
+                        }
+                        count("seam_failed");
+                        this.done = true;
+                        return Poll::Ready(Some(Err(seam_error(
+                            "ended before writing where it joins",
+                        ))));
+                    }
                     this.done = true;
-                    if !matches!(this.seam, Seam::Clean) {
-                        if let Err(e) = this.through_seam(String::new(), true) {
+                    return Poll::Ready(this.release_held().map(Ok));
+                }
+                Some(Ok(chunk)) => {
+                    // A usage chunk that was not the last: it goes out as it came.
+                    let held = this.held.take();
+                    match this.on_chunk(chunk) {
+                        None => {
+                            if let Some(h) = held {
+                                return Poll::Ready(Some(Ok(h)));
+                            }
+                        }
+                        Some(Err(e))
+                            if this.mode != ContinueMode::Instruction
+                                && matches!(this.seam, Seam::Proof { .. })
+                                && this.fall_back_to_instruction() =>
+                        {
+                            // A prefill answered from scratch: asked again by instruction.
+                            drop(e);
+                            count("prefill_not_continued");
+                            if let Some(h) = held {
+                                return Poll::Ready(Some(Ok(h)));
+                            }
+                        }
+                        Some(Err(e)) => {
+                            count("seam_failed");
+                            this.done = true;
+                            if let Some(h) = held {
+                                this.queued = Some(Err(e));
+                                return Poll::Ready(Some(Ok(h)));
+                            }
                             return Poll::Ready(Some(Err(e)));
                         }
+                        Some(ok) => match held {
+                            Some(h) => {
+                                this.queued = Some(ok);
+                                return Poll::Ready(Some(Ok(h)));
+                            }
+                            None => return Poll::Ready(Some(ok)),
+                        },
                     }
-                    return Poll::Ready(None);
                 }
-                Some(Ok(chunk)) => match this.on_chunk(chunk) {
-                    None => continue,
-                    Some(Err(e)) => {
-                        this.done = true;
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                    Some(ok) => return Poll::Ready(Some(ok)),
-                },
                 Some(Err(e)) => {
+                    let reported = this.held.as_ref().and_then(|h| h.usage.clone());
                     if this.may_resume(&e) {
-                        this.begin(e);
+                        // The held chunk's usage was this attempt's; the rest of it (its
+                        // text, counted as delivered) goes out now.
+                        if let Some(mut h) = this.held.take() {
+                            h.usage = None;
+                            if !says_nothing(&h) {
+                                this.queued = Some(Ok(h));
+                            }
+                        }
+                        this.begin(e, reported);
                         continue;
                     }
                     this.done = true;
+                    if let Some(h) = this.release_held() {
+                        this.queued = Some(Err(e));
+                        return Poll::Ready(Some(Ok(h)));
+                    }
                     return Poll::Ready(Some(Err(e)));
                 }
             }

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use http::StatusCode;
-use llm_layers_core::continuation::{ContinueMode, continued};
+use llm_layers_core::continuation::{
+    ContinueMode, PREFILL_REFUSAL, continuation_limit, continued, effective_mode, expected_start,
+    split_for_prefill,
+};
 use llm_layers_core::{
     ChatChunk, ChatRequest, ChatStream, ChunkChoice, Delta, ErrorKind, LlmError, Message,
     ToolCallDelta,
@@ -55,9 +58,9 @@ fn breaking_mock(k: usize, refuse_prefill: bool) -> MockChat {
     MockChat::from_fn(move |r| {
         let pieces = answer_pieces(r.body(), N);
         match continued(r.body()) {
-            Some(c) if refuse_prefill && c.mode != ContinueMode::Instruction => {
-                Script::error(LlmError::status(StatusCode::BAD_REQUEST, None))
-            }
+            Some(c) if refuse_prefill && c.mode != ContinueMode::Instruction => Script::error(
+                LlmError::status(StatusCode::BAD_REQUEST, None).with_message(PREFILL_REFUSAL),
+            ),
             Some(_) => pieces_script(pieces),
             None => {
                 let mut s = Script::new().provider("P").wait(MS * 20).role();
@@ -106,10 +109,15 @@ async fn a_stream_cut_after_any_token_resumes_to_exactly_the_answer() {
                 Some(want.as_str()),
                 "k={k} refuse={refuse}"
             );
-            // Refused prefill: first try, the 400, the instruction; then learned.
-            let per_answer = if refuse { 3 } else { 2 };
-            assert_eq!(mock.calls(), 2 * per_answer - usize::from(refuse), "k={k}");
-            if refuse {
+            // Refused prefill: first try, the 400, the instruction; then learned. A text too
+            // short to hold a tail back is asked by instruction at once.
+            let delivered: String = answer_pieces(req().body(), N)[..k].concat();
+            let prefilled =
+                effective_mode(&delivered, ContinueMode::Prefill) == ContinueMode::Prefill;
+            let refused = refuse && prefilled;
+            let per_answer = if refused { 3 } else { 2 };
+            assert_eq!(mock.calls(), 2 * per_answer - usize::from(refused), "k={k}");
+            if refused {
                 assert_eq!(layer.mode("m", "P"), ContinueMode::Instruction);
             }
         }
@@ -117,17 +125,24 @@ async fn a_stream_cut_after_any_token_resumes_to_exactly_the_answer() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_prefill_is_the_trimmed_text_pinned_to_the_provider_that_served() {
+async fn a_prefill_holds_its_tail_back_and_is_pinned_to_the_provider_that_served() {
     let mock = breaking_mock(3, false);
     let svc = ResumeLayer::new().layer(mock.clone());
     let _ = drain(svc.oneshot(req()).await.unwrap()).await;
     let sent = mock.requests()[1].clone();
     let last = sent.body().messages.last().unwrap();
     let delivered: String = answer_pieces(req().body(), N)[..3].concat();
+    let (prefill, held_back) = split_for_prefill(&delivered);
+    assert!(held_back.chars().count() >= 16, "{held_back:?}");
     assert_eq!(last.role, "assistant");
     assert_eq!(
         serde_json::to_value(&last.content).unwrap(),
-        serde_json::json!(delivered.trim_end())
+        serde_json::json!(prefill)
+    );
+    // It asks for what is left of the caller's limit, and the text it writes again.
+    assert_eq!(
+        sent.body().max_tokens,
+        Some(continuation_limit(N, 3, held_back))
     );
     let only = sent.body().provider.as_ref().unwrap().only.clone();
     assert_eq!(only, Some(vec!["p".to_owned()]));
@@ -200,7 +215,7 @@ async fn a_continuation_that_does_not_join_ends_with_an_error_not_a_quiet_end() 
     );
     let e = err.unwrap();
     assert_eq!(e.kind(), ErrorKind::Truncated);
-    assert!(e.message().unwrap().contains("did not join"), "{e}");
+    assert!(e.message().unwrap().contains("started elsewhere"), "{e}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -309,4 +324,260 @@ async fn a_failed_continuation_gives_the_original_error() {
     let e = err.unwrap();
     assert_eq!(e.kind(), ErrorKind::Upstream);
     assert_eq!(e.message(), Some("provider went away"));
+}
+
+/// An instruction pinned for P, and a mock that breaks after `delivered` and continues with
+/// `continuation` (a script built by the caller).
+fn pinned_instruction(delivered: &str, continuation: Script) -> (MockChat, ChatStream) {
+    let mock = MockChat::new();
+    mock.push(broken_after(delivered));
+    mock.push(continuation);
+    let svc = ResumeLayer::builder()
+        .pin("m", "P", ContinueMode::Instruction)
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let fut = svc.oneshot(req());
+    let stream = futures_util::FutureExt::now_or_never(fut);
+    (
+        mock,
+        stream
+            .map(Result::unwrap)
+            .unwrap_or_else(|| panic!("not ready")),
+    )
+}
+
+/// An instruction continuation that repeats the overlap and little more, then ends without
+/// a finish reason, or with only a usage chunk: the text after the overlap reaches the
+/// caller (it was dropped, and the stream called complete).
+#[tokio::test(start_paused = true)]
+async fn the_end_of_a_continuation_never_drops_the_text_it_holds() {
+    let delivered = "The quick brown fox jumps over ";
+    let again = expected_start(delivered, ContinueMode::Instruction).to_owned();
+    for ending in ["none", "usage_only"] {
+        let mut c = Script::new()
+            .provider("P")
+            .token(again.clone())
+            .token("the lazy dog.");
+        if ending == "usage_only" {
+            c = c.usage(10, 5);
+        }
+        let (_mock, stream) = pinned_instruction(delivered, c);
+        let (text, err, _) = drain(stream).await;
+        assert!(err.is_none(), "{ending}: {err:?}");
+        assert_eq!(
+            text, "The quick brown fox jumps over the lazy dog.",
+            "{ending}"
+        );
+    }
+    // A continuation that ends before it has written all of the overlap: an error.
+    let (_mock, stream) = pinned_instruction(
+        delivered,
+        Script::new()
+            .provider("P")
+            .token(&again[..8])
+            .finish("stop"),
+    );
+    let (text, err, finished) = drain(stream).await;
+    assert_eq!(text, delivered);
+    assert!(!finished);
+    assert_eq!(err.unwrap().kind(), ErrorKind::Truncated);
+}
+
+/// Periodic text: exactly the overlap asked for is cut, not the longest repeat (which cut
+/// new text that looked like the old).
+#[tokio::test(start_paused = true)]
+async fn periodic_text_loses_nothing_at_the_seam() {
+    let delivered = "ha ha ha ha ha ha ha ha ";
+    let again = expected_start(delivered, ContinueMode::Instruction).to_owned();
+    let (_mock, stream) = pinned_instruction(
+        delivered,
+        Script::new()
+            .provider("P")
+            .token(again)
+            .token("ha ha ha! That was funny.")
+            .finish("stop"),
+    );
+    let (text, err, _) = drain(stream).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(text, "ha ha ha ha ha ha ha ha ha ha ha! That was funny.");
+}
+
+/// A usage chunk before the break and the continuation's: the caller gets one, last, summed
+/// over both attempts, `cost` and details included.
+#[tokio::test(start_paused = true)]
+async fn one_usage_chunk_last_summed_with_its_extras() {
+    let usage = |prompt: u64, completion: u64, cost: f64, cached: u64| {
+        let mut u: llm_layers_core::Usage = serde_json::from_value(serde_json::json!({
+            "prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion, "cost": cost,
+            "prompt_tokens_details": {"cached_tokens": cached}
+        }))
+        .unwrap();
+        u.total_tokens = prompt + completion;
+        ChatChunk {
+            usage: Some(u),
+            ..ChatChunk::default()
+        }
+    };
+    let delivered = "Once upon a time, there lived a fox ";
+    let (_, held_back) = split_for_prefill(delivered);
+    let mock = MockChat::new();
+    mock.push(
+        Script::new()
+            .provider("P")
+            .token(delivered)
+            .chunk(usage(11, 3, 0.25, 4))
+            .fail(LlmError::truncated()),
+    );
+    mock.push(
+        Script::new()
+            .provider("P")
+            .token(held_back)
+            .token("in a quiet wood.")
+            .finish("stop")
+            .chunk(usage(20, 6, 0.5, 1)),
+    );
+    let svc = ResumeLayer::new().layer(mock.clone());
+    let mut s = svc.oneshot(req()).await.unwrap();
+    let mut usages = Vec::new();
+    let mut text = String::new();
+    let mut last_was_usage = false;
+    while let Some(item) = s.next().await {
+        let c = item.unwrap();
+        text.push_str(c.content().unwrap_or(""));
+        last_was_usage = c.usage.is_some();
+        usages.extend(c.usage);
+    }
+    assert_eq!(text, "Once upon a time, there lived a fox in a quiet wood.");
+    assert_eq!(usages.len(), 1, "{usages:?}");
+    assert!(last_was_usage);
+    let u = &usages[0];
+    assert_eq!(
+        (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+        (31, 9, 40)
+    );
+    assert_eq!(u.extra["cost"], 0.75);
+    assert_eq!(u.extra["prompt_tokens_details"]["cached_tokens"], 5);
+}
+
+/// A provider that answers a prefill from scratch (as OpenAI's models do) fails the proof:
+/// nothing of its fresh answer reaches the caller, the continuation is asked again by
+/// instruction, and the pair learns.
+#[tokio::test(start_paused = true)]
+async fn a_prefill_answered_from_scratch_is_refused_and_the_pair_learns() {
+    let delivered = "Once upon a time, there lived a fox ";
+    let full = "Once upon a time, there lived a fox in a quiet wood.";
+    let mock = MockChat::from_fn(move |r| match continued(r.body()) {
+        None => broken_after(delivered),
+        // From scratch: the whole answer again.
+        Some(c) if c.mode != ContinueMode::Instruction => answered(&[full]),
+        Some(c) => {
+            let again = expected_start(c.delivered, ContinueMode::Instruction);
+            answered(&[&full[delivered.len() - again.len()..]])
+        }
+    });
+    let layer = ResumeLayer::new();
+    let svc = layer.layer(mock.clone());
+    let (text, err, finished) = drain(svc.oneshot(req()).await.unwrap()).await;
+    assert!(err.is_none(), "{err:?}");
+    assert!(finished);
+    assert_eq!(text, full, "no fresh answer spliced on");
+    assert_eq!(mock.calls(), 3, "the break, the prefill, the instruction");
+    assert_eq!(layer.mode("m", "P"), ContinueMode::Instruction);
+}
+
+/// Only a 400 about the prefill teaches a pair a mode: a context too long passes as the
+/// failure it is (the stream ends with its error) and the pair keeps prefill.
+#[tokio::test(start_paused = true)]
+async fn only_a_400_about_the_prefill_teaches_a_mode() {
+    let delivered = "Once upon a time, there lived a fox ";
+    let mock = MockChat::from_fn(move |r| match continued(r.body()) {
+        None => broken_after(delivered),
+        Some(_) => Script::error(
+            LlmError::status(StatusCode::BAD_REQUEST, None)
+                .with_message("This model's maximum context length is 8192 tokens"),
+        ),
+    });
+    let layer = ResumeLayer::new();
+    let svc = layer.layer(mock.clone());
+    let (text, err, _) = drain(svc.oneshot(req()).await.unwrap()).await;
+    assert_eq!(text, delivered);
+    assert_eq!(
+        err.unwrap().kind(),
+        ErrorKind::Truncated,
+        "the break, as it was"
+    );
+    assert_eq!(mock.calls(), 2);
+    assert_eq!(layer.mode("m", "P"), ContinueMode::Prefill);
+}
+
+/// A non-content delta that arrives while the seam holds (an annotation, say) reaches the
+/// caller; only the text written again is dropped.
+#[tokio::test(start_paused = true)]
+async fn no_delta_but_the_overlap_is_dropped_while_the_seam_holds() {
+    let delivered = "Once upon a time, there lived a fox ";
+    let (_, held_back) = split_for_prefill(delivered);
+    let mut annotated = ChatChunk {
+        choices: vec![ChunkChoice {
+            delta: Delta {
+                content: Some(held_back[..4].to_owned()),
+                ..Delta::default()
+            },
+            ..ChunkChoice::default()
+        }],
+        ..ChatChunk::default()
+    };
+    annotated.choices[0].delta.extra.insert(
+        "annotations".into(),
+        serde_json::json!([{"type": "url_citation"}]),
+    );
+    let mock = MockChat::new();
+    mock.push(broken_after(delivered));
+    mock.push(
+        Script::new()
+            .provider("P")
+            .chunk(annotated)
+            .token(&held_back[4..])
+            .token("in a quiet wood.")
+            .finish("stop"),
+    );
+    let svc = ResumeLayer::new().layer(mock.clone());
+    let mut s = svc.oneshot(req()).await.unwrap();
+    let (mut text, mut annotations) = (String::new(), 0);
+    while let Some(item) = s.next().await {
+        let c = item.unwrap();
+        text.push_str(c.content().unwrap_or(""));
+        annotations += c
+            .choices
+            .iter()
+            .filter(|ch| ch.delta.extra.contains_key("annotations"))
+            .count();
+    }
+    assert_eq!(text, "Once upon a time, there lived a fox in a quiet wood.");
+    assert_eq!(annotations, 1);
+}
+
+/// A continuation asks for at most what is left of the caller's limit: a stream cut after
+/// its last token asks for the text it must write again and nothing more, and gets its end.
+#[tokio::test(start_paused = true)]
+async fn a_continuation_never_asks_past_the_callers_limit() {
+    let words: Vec<String> = (0..N).map(|i| format!("word{i} ")).collect();
+    let delivered = words.concat();
+    let (_, held_back) = split_for_prefill(&delivered);
+    let mock = MockChat::new();
+    let mut s = Script::new().provider("P");
+    for w in &words {
+        s = s.token(w);
+    }
+    mock.push(s.fail(LlmError::truncated()));
+    mock.push(answered(&[held_back]));
+    let svc = ResumeLayer::new().layer(mock.clone());
+    let (text, err, finished) = drain(svc.oneshot(req()).await.unwrap()).await;
+    assert!(err.is_none(), "{err:?}");
+    assert!(finished);
+    assert_eq!(text, delivered);
+    let asked = mock.requests()[1].body().max_tokens;
+    assert_eq!(asked, Some(continuation_limit(N, u64::from(N), held_back)));
+    assert!(asked.unwrap() < 8, "nothing new asked for: {asked:?}");
 }

@@ -118,8 +118,8 @@ pub async fn shut_down_mid_stream(c: &HttpClient, gw: Gateway) -> (hyper::Versio
     let m = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": true});
     let r = post(c, &gw, m.to_string()).await;
     let version = r.version();
+    // Its headers came at its first token: the stream is in flight from here.
     let reader = tokio::spawn(async move { r.into_body().collect().await.unwrap().to_bytes() });
-    tokio::time::sleep(Duration::from_millis(50)).await;
     // shutdown returns only once every connection has ended.
     gw.shutdown().await.unwrap();
     let evs = events(&reader.await.unwrap());
