@@ -304,37 +304,39 @@ impl BreakerLayerBuilder {
     pub fn build(self) -> Result<BreakerLayer, ConfigError> {
         let c = &self.cfg;
         if c.consecutive == 0 {
-            return Err(ConfigError::new("consecutive failures must be at least 1"));
+            return Err(ConfigError::new("consecutive_failures must be at least 1"));
         }
         if !(c.failure_ratio > 0.0 && c.failure_ratio <= 1.0) {
-            return Err(ConfigError::new("failure ratio must be in (0, 1]"));
+            return Err(ConfigError::new("failure_ratio must be in (0, 1]"));
         }
         if c.window == 0 || c.min_calls == 0 || c.min_calls > c.window {
             return Err(ConfigError::new("need 0 < min_calls <= window"));
         }
         if c.open_base.is_zero() || c.open_max < c.open_base {
-            return Err(ConfigError::new("need 0 < open base <= open max"));
+            return Err(ConfigError::new("need 0 < open_for <= max_open_for"));
         }
         if !(0.0..=1.0).contains(&c.jitter) {
-            return Err(ConfigError::new("jitter must be in 0..=1"));
+            return Err(ConfigError::new("open_jitter must be in 0..=1"));
         }
         if c.default_hold.is_zero() || c.max_hold < c.default_hold {
-            return Err(ConfigError::new("need 0 < default hold <= max hold"));
+            return Err(ConfigError::new("need 0 < hold <= max_hold"));
         }
         if c.probes == 0 || c.max_entries == 0 {
             return Err(ConfigError::new(
-                "probes and max entries must be at least 1",
+                "probes and max_entries must be at least 1",
             ));
         }
         match &self.slow {
             Some(SlowCall::Fixed(d)) if d.is_zero() => {
-                return Err(ConfigError::new("slow-call threshold must be above zero"));
+                return Err(ConfigError::new(
+                    "slow_call: a fixed threshold must be above zero",
+                ));
             }
             Some(SlowCall::P50Multiple { factor, .. })
                 if !(*factor >= 1.0 && factor.is_finite()) =>
             {
                 return Err(ConfigError::new(
-                    "slow-call factor must be a finite number >= 1",
+                    "slow_call: the factor must be a finite number >= 1",
                 ));
             }
             _ => {}

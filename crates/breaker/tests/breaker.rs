@@ -344,32 +344,54 @@ async fn run_owned(svc: llm_layers_breaker::Breaker<MockChat>) -> Result<(), Llm
 
 #[test]
 fn bad_configuration_is_rejected() {
-    for bld in [
-        BreakerLayer::builder().consecutive_failures(0),
-        BreakerLayer::builder()
-            .failure_ratio(1.5)
-            .window(20)
-            .min_calls(10),
-        BreakerLayer::builder()
-            .failure_ratio(0.5)
-            .window(10)
-            .min_calls(20),
-        BreakerLayer::builder()
-            .open_for(Duration::ZERO)
-            .max_open_for(S(1))
-            .open_jitter(0.1),
-        BreakerLayer::builder()
-            .open_for(S(2))
-            .max_open_for(S(1))
-            .open_jitter(0.1),
-        BreakerLayer::builder()
-            .open_for(S(1))
-            .max_open_for(S(2))
-            .open_jitter(1.5),
-        BreakerLayer::builder().probes(0),
-        BreakerLayer::builder().slow_call(SlowCall::Fixed(Duration::ZERO)),
+    for (bld, field) in [
+        (
+            BreakerLayer::builder().consecutive_failures(0),
+            "consecutive_failures",
+        ),
+        (
+            BreakerLayer::builder()
+                .failure_ratio(1.5)
+                .window(20)
+                .min_calls(10),
+            "failure_ratio",
+        ),
+        (
+            BreakerLayer::builder()
+                .failure_ratio(0.5)
+                .window(10)
+                .min_calls(20),
+            "min_calls",
+        ),
+        (
+            BreakerLayer::builder()
+                .open_for(Duration::ZERO)
+                .max_open_for(S(1))
+                .open_jitter(0.1),
+            "open_for",
+        ),
+        (
+            BreakerLayer::builder()
+                .open_for(S(2))
+                .max_open_for(S(1))
+                .open_jitter(0.1),
+            "max_open_for",
+        ),
+        (
+            BreakerLayer::builder()
+                .open_for(S(1))
+                .max_open_for(S(2))
+                .open_jitter(1.5),
+            "open_jitter",
+        ),
+        (BreakerLayer::builder().probes(0), "probes"),
+        (
+            BreakerLayer::builder().slow_call(SlowCall::Fixed(Duration::ZERO)),
+            "slow_call",
+        ),
     ] {
-        assert!(!bld.build().unwrap_err().message().is_empty());
+        let e = bld.build().unwrap_err();
+        assert!(e.message().contains(field), "{field}: {e}");
     }
 }
 

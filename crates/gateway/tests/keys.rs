@@ -38,8 +38,8 @@ async fn rate_limits_answer_429_and_low_priority_is_shed_when_full() {
     .await;
     let held = json!({"model": "m", "messages": [{"role": "user", "content": "hold"}], "max_tokens": 3, "stream": true});
     let r = post(&c, &gw, held.to_string()).await;
+    // Its headers came at its first token: it holds the one slot from here to its end.
     let reader = tokio::spawn(async move { r.into_body().collect().await.unwrap().to_bytes() });
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let req = hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr()))
         .header("content-type", "application/json")
         .header("x-priority", "low")
@@ -176,8 +176,8 @@ async fn a_low_priority_key_cannot_raise_itself() {
         .body(Full::new(Bytes::from(held.to_string())))
         .unwrap();
     let r = c.request(req).await.unwrap();
+    // Its headers came at its first token: it holds the one slot from here to its end.
     let reader = tokio::spawn(async move { r.into_body().collect().await.unwrap().to_bytes() });
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let m = json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1});
     let (status, v, _) = post_as(
         &c,
@@ -212,21 +212,32 @@ async fn the_status_page_shows_breaker_trips_and_the_learned_order() {
         let (status, v, _) = json_of(post(&c, &gw, m.to_string()).await).await;
         assert_eq!(status, 200, "{v}");
     }
-    // Orders are cached for 250 ms.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let get = |path: &str| {
         hyper::Request::get(format!("http://{}{path}", gw.addr()))
             .body(Full::default())
             .unwrap()
     };
-    let (status, v, _) = json_of(c.request(get("/status.json")).await.unwrap()).await;
-    assert_eq!(status, 200);
-    let model = v["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["model"] == "mock/echo")
-        .unwrap_or_else(|| panic!("{v}"));
+    // Orders and rankings are cached for 250 ms: read until the page shows what was
+    // measured (at most 5 s), rather than sleeping a guess.
+    let (mut v, mut model) = (Value::Null, Value::Null);
+    for _ in 0..250 {
+        let (status, page, _) = json_of(c.request(get("/status.json")).await.unwrap()).await;
+        assert_eq!(status, 200);
+        v = page;
+        model = v["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["model"] == "mock/echo")
+            .cloned()
+            .unwrap_or_else(|| panic!("{v}"));
+        if model["learned_order"] == json!(["alpha"])
+            && model["rankings"][0]["from"] == "prior + measured"
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(model["learned_order"], json!(["alpha"]), "{model}");
     // The mock published its stats: priors next to what was measured, and the router's
     // ranking says which it stands on.

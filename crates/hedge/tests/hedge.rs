@@ -270,27 +270,40 @@ async fn hedges_can_race_another_model_up_to_max_attempts() {
 
 #[test]
 fn bad_configuration_is_rejected() {
-    for b in [
-        HedgeLayer::builder().delay(HedgeDelay::Fixed(Duration::ZERO)),
-        HedgeLayer::builder().max_attempts(1),
-        HedgeLayer::builder().max_attempts(9),
-        HedgeLayer::builder()
-            .budget_window(S(10))
-            .budget_floor(1)
-            .budget_ratio(1.5),
-        HedgeLayer::builder()
-            .budget_window(Duration::ZERO)
-            .budget_floor(1)
-            .budget_ratio(0.1),
-        HedgeLayer::builder().delay(HedgeDelay::Quantile {
-            store: LatencyStore::new(),
-            quantile: 1.5,
-            min: S(1),
-            max: S(2),
-            cold: S(1),
-        }),
+    for (b, field) in [
+        (
+            HedgeLayer::builder().delay(HedgeDelay::Fixed(Duration::ZERO)),
+            "delay",
+        ),
+        (HedgeLayer::builder().max_attempts(1), "max_attempts"),
+        (HedgeLayer::builder().max_attempts(9), "max_attempts"),
+        (
+            HedgeLayer::builder()
+                .budget_window(S(10))
+                .budget_floor(1)
+                .budget_ratio(1.5),
+            "ratio",
+        ),
+        (
+            HedgeLayer::builder()
+                .budget_window(Duration::ZERO)
+                .budget_floor(1)
+                .budget_ratio(0.1),
+            "window",
+        ),
+        (
+            HedgeLayer::builder().delay(HedgeDelay::Quantile {
+                store: LatencyStore::new(),
+                quantile: 1.5,
+                min: S(1),
+                max: S(2),
+                cold: S(1),
+            }),
+            "quantile",
+        ),
     ] {
-        assert!(!b.build().unwrap_err().message().is_empty());
+        let e = b.build().unwrap_err();
+        assert!(e.message().contains(field), "{field}: {e}");
     }
 }
 

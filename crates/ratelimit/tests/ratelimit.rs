@@ -281,15 +281,31 @@ fn a_million_keys_stay_under_the_cap() {
 
 #[test]
 fn bad_configuration_is_rejected() {
-    for b in [
-        RateLimitLayer::builder(),
-        RateLimitLayer::builder().requests(Limit::new(0, Duration::from_secs(1))),
-        RateLimitLayer::builder().requests(Limit::new(1, Duration::ZERO)),
-        RateLimitLayer::builder().requests(Limit::new(1, Duration::from_secs(1)).burst(0)),
-        RateLimitLayer::builder().tokens(Limit::new(0, Duration::from_secs(1))),
-        RateLimitLayer::builder().concurrency(0, Key::global(), Priority(0)),
+    for (b, field) in [
+        (RateLimitLayer::builder(), "at least one limit"),
+        (
+            RateLimitLayer::builder().requests(Limit::new(0, Duration::from_secs(1))),
+            "request limit",
+        ),
+        (
+            RateLimitLayer::builder().requests(Limit::new(1, Duration::ZERO)),
+            "period",
+        ),
+        (
+            RateLimitLayer::builder().requests(Limit::new(1, Duration::from_secs(1)).burst(0)),
+            "burst",
+        ),
+        (
+            RateLimitLayer::builder().tokens(Limit::new(0, Duration::from_secs(1))),
+            "token limit",
+        ),
+        (
+            RateLimitLayer::builder().concurrency(0, Key::global(), Priority(0)),
+            "concurrency",
+        ),
     ] {
-        assert!(!b.build().unwrap_err().message().is_empty());
+        let e = b.build().unwrap_err();
+        assert!(e.message().contains(field), "{field}: {e}");
     }
 }
 
@@ -319,6 +335,38 @@ async fn an_absurd_retry_after_neither_panics_nor_holds_past_the_cap() {
 }
 
 /// Limits of 2^32 and more are computed in the type they are validated in: no division by
+/// A refund that comes after the bucket has refilled (a long stream's reservation settled
+/// to its small usage at its end) never takes the bucket past full: no burst larger than
+/// the limit's.
+#[test]
+fn a_late_refund_never_fills_a_bucket_past_its_burst() {
+    let store = MemoryStore::new(16);
+    let t0 = Instant::now();
+    let key = BucketKey {
+        limit: LimitId::Tokens,
+        name: Arc::from("tokens"),
+        key: Arc::from("k"),
+    };
+    let rate = Rate {
+        amount: 10,
+        period: Duration::from_secs(1),
+        burst: 10,
+    };
+    // A reservation takes the whole burst; the bucket refills while the stream runs.
+    assert!(store.take_now(&key, 10, &rate, t0).is_ok());
+    let later = t0 + Duration::from_secs(5);
+    // The stream used nothing: all 10 come back, into a bucket already full.
+    store.settle(&key, 10, &rate, later);
+    assert!(
+        store.take_now(&key, 10, &rate, later).is_ok(),
+        "a whole burst"
+    );
+    assert!(
+        store.take_now(&key, 1, &rate, later).is_err(),
+        "and not one unit more"
+    );
+}
+
 /// zero, no limit seven times stricter than asked.
 #[test]
 fn limits_of_two_to_the_32_and_more_are_exact() {

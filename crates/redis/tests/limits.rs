@@ -340,3 +340,52 @@ async fn limits_are_shared_by_what_they_limit_not_by_their_position() {
         .unwrap_err();
     assert!(twice.to_string().contains("Limit::name"), "{twice}");
 }
+
+/// A refusal says when the bucket has room again, as the script computes it on Redis time:
+/// a limit of 2 per 10 s that is spent answers its third call "in 5 s", exact or leased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_says_how_long_to_wait() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    for mode in [LimitMode::Exact, LimitMode::Lease] {
+        let svc = RateLimitLayer::builder()
+            .requests(
+                Limit::new(2, Duration::from_secs(10))
+                    .burst(2)
+                    .key(llm_layers_ratelimit::Key::tenant())
+                    .mode(Mode::Reject),
+            )
+            .store(
+                server
+                    .connect(&format!("{mode:?}"))
+                    .limit_store()
+                    .mode(mode)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+            .layer(MockChat::with_default(Script::tokens(
+                Duration::ZERO,
+                1,
+                Duration::ZERO,
+            )));
+        let mut r = req();
+        r.extensions_mut()
+            .insert(llm_layers_core::Tenant(Arc::from(format!("{mode:?}"))));
+        let mut waits = Vec::new();
+        for _ in 0..3 {
+            match svc.clone().oneshot(r.clone()).await {
+                Ok(s) => drop(s.collect().await.unwrap()),
+                Err(e) => waits.push(e.retry_after().unwrap()),
+            }
+        }
+        assert_eq!(waits.len(), 1, "{mode:?}: the third is refused");
+        let wait = waits[0].as_secs_f64();
+        assert!(
+            (4.5..=5.0).contains(&wait),
+            "{mode:?}: wait {wait} s, not about 5 s"
+        );
+    }
+}

@@ -169,18 +169,35 @@ async fn dropping_the_stream_cancels_timers_and_upstream() {
     drop(s);
     assert_eq!(mock.cancelled(), 1);
     assert_eq!(mock.open_streams(), 0);
-    // No timer is left to fire into anything.
+    // Nothing is left to fire into anything: no task of its own, and past every deadline
+    // the upstream sees nothing more.
     tokio::time::advance(Duration::from_secs(100)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+        0,
+        "a task of the layer outlived its stream"
+    );
+    assert_eq!(
+        (mock.calls(), mock.cancelled(), mock.completed()),
+        (1, 1, 0)
+    );
 }
 
 #[test]
 fn zero_durations_are_rejected() {
-    for b in [
-        TimeoutLayer::builder().first_token(Duration::ZERO),
-        TimeoutLayer::builder().idle(Duration::ZERO),
-        TimeoutLayer::builder().total(Duration::ZERO),
+    for (b, field) in [
+        (
+            TimeoutLayer::builder().first_token(Duration::ZERO),
+            "first_token",
+        ),
+        (TimeoutLayer::builder().idle(Duration::ZERO), "idle"),
+        (TimeoutLayer::builder().total(Duration::ZERO), "total"),
     ] {
-        assert!(!b.build().unwrap_err().message().is_empty());
+        let e = b.build().unwrap_err();
+        assert!(e.message().contains(field), "{field}: {e}");
     }
     assert!(TimeoutLayer::builder().build().is_ok(), "all off is valid");
 }
@@ -303,20 +320,22 @@ async fn the_adaptive_first_token_limit_follows_the_measured_ttft() {
         waited >= Duration::from_millis(2990) && waited <= Duration::from_millis(3030),
         "{waited:?}"
     );
-    // A configuration without a store is refused.
+    // A quantile out of (0, 1] is refused, naming what is wrong.
+    let e = TimeoutLayer::builder()
+        .idle_adaptive(
+            llm_layers_latency::LatencyStore::new(),
+            AdaptiveLimit {
+                quantile: 0.0,
+                factor: 1.0,
+                min: MS,
+                max: MS,
+            },
+        )
+        .build()
+        .unwrap_err();
     assert!(
-        TimeoutLayer::builder()
-            .idle_adaptive(
-                llm_layers_latency::LatencyStore::new(),
-                AdaptiveLimit {
-                    quantile: 0.0,
-                    factor: 1.0,
-                    min: MS,
-                    max: MS,
-                }
-            )
-            .build()
-            .is_err()
+        e.message().contains("idle") && e.message().contains("quantile"),
+        "{e}"
     );
 }
 
