@@ -66,6 +66,10 @@ struct Row {
     late_calls: usize,
     /// The slowest failure (seconds from the call's start to its error).
     slowest_error: f64,
+    /// The slowest failure of the calls made after the first second.
+    late_slowest_error: f64,
+    /// The slowest call answered (seconds from its start to its end).
+    slowest_ok: f64,
 }
 
 impl Row {
@@ -88,7 +92,7 @@ impl Row {
 }
 
 enum Outcome {
-    Ok { ttft: f64, exact: bool },
+    Ok { ttft: f64, total: f64, exact: bool },
     Failed { after: f64, error: Option<LlmError> },
 }
 
@@ -110,10 +114,10 @@ async fn one_call(svc: Svc, i: usize, whole: bool) -> Outcome {
             .choices
             .first()
             .and_then(|c| c.message.content.clone());
-        Ok::<_, LlmError>((ttft, text.as_deref() == Some(expected.as_str())))
+        Ok::<_, LlmError>((ttft, secs(), text.as_deref() == Some(expected.as_str())))
     };
     match tokio::time::timeout(CALLER_TIMEOUT, call).await {
-        Ok(Ok((ttft, exact))) => Outcome::Ok { ttft, exact },
+        Ok(Ok((ttft, total, exact))) => Outcome::Ok { ttft, total, exact },
         Ok(Err(e)) => Outcome::Failed {
             after: secs(),
             error: Some(e),
@@ -171,14 +175,17 @@ async fn row(
             }
             let svc = svc.clone();
             let i = next;
-            tasks.spawn(async move { one_call(svc, i, whole).await });
+            tasks.spawn(async move { (i, one_call(svc, i, whole).await) });
             next += 1;
         }
         let Some(done) = tasks.join_next().await else {
             break;
         };
-        match done.unwrap() {
-            Outcome::Ok { ttft, exact } => {
+        let (i, outcome) = done.unwrap();
+        let late = late_from.is_some_and(|(first_late, _)| i >= first_late);
+        match outcome {
+            Outcome::Ok { ttft, total, exact } => {
+                row.slowest_ok = row.slowest_ok.max(total);
                 if exact {
                     row.ok += 1;
                     row.ttfts.push(ttft);
@@ -188,6 +195,9 @@ async fn row(
             }
             Outcome::Failed { after, error } => {
                 row.slowest_error = row.slowest_error.max(after);
+                if late {
+                    row.late_slowest_error = row.late_slowest_error.max(after);
+                }
                 if let Some(e) = error {
                     row.errors.push(e);
                 }
@@ -252,7 +262,8 @@ async fn every_preset_through_the_stack_is_never_worse_than_the_plain_leaf() {
         };
         for whole in [false, true] {
             // all_down's calls arrive every 10 ms, so the row spans three seconds.
-            let pace = (preset == "all_down").then_some(Duration::from_millis(10));
+            let pace = matches!(preset, "all_down" | "dead_throttled")
+                .then_some(Duration::from_millis(10));
             let leaf = row(&scenario, calls, pace, whole, false, false).await;
             let stack = row(&scenario, calls, pace, whole, true, false).await;
             print(preset, whole, "leaf", &leaf);
@@ -294,11 +305,41 @@ async fn every_preset_through_the_stack_is_never_worse_than_the_plain_leaf() {
             );
             match preset {
                 "rate_limited" => {
-                    assert!(stack.ok_rate() >= 0.95, "{what}: {}", stack.ok_rate());
+                    // Independent throttling: a hold is probed, not waited out by every
+                    // caller.
+                    assert!(stack.ok_rate() >= 0.99, "{what}: {}", stack.ok_rate());
                     assert!(
                         stack.upstream_per_call() <= 2.5,
                         "{what}: {} upstream requests per call",
                         stack.upstream_per_call()
+                    );
+                    assert!(
+                        stack.ttft(0.5) <= 3.0 * leaf.ttft(0.5),
+                        "{what}: TTFT p50 {} s against {} s straight",
+                        stack.ttft(0.5),
+                        leaf.ttft(0.5)
+                    );
+                }
+                "dead_throttled" => {
+                    assert_eq!(stack.ok, 0);
+                    assert!(stack.late_calls > 100, "{what}: the row must outlast 1 s");
+                    let late = stack.late_upstream as f64 / stack.late_calls as f64;
+                    assert!(
+                        late <= 0.2,
+                        "{what}: {late} upstream requests per call after the first second"
+                    );
+                    assert!(
+                        stack.late_slowest_error <= 0.1,
+                        "{what}: a failure took {} s once the model was known dead",
+                        stack.late_slowest_error
+                    );
+                }
+                "hanging" => {
+                    assert!(stack.ok_rate() >= 0.999, "{what}: {}", stack.ok_rate());
+                    assert!(
+                        stack.slowest_ok < 30.0,
+                        "{what}: a call took {} s",
+                        stack.slowest_ok
                     );
                 }
                 "outage" => {

@@ -2,8 +2,10 @@
 //! store + adaptive hedge), same seed, same requests, side by side in one run, plus the
 //! oracle bound computed from the preset's own distributions. Then faults: the plain leaf
 //! against the gateway's whole stack on the `outage` (a dead and a hanging provider),
-//! `rate_limited` (half of all requests 429), `chaos` and `all_down` presets, success rate and
-//! corrupted answers (answers returned as a success that are not exactly the mock's).
+//! `rate_limited` (half of all requests 429), `chaos`, `all_down`, `dead_throttled` (a dead
+//! model whose last provider throttles) and `hanging` (headers, then nothing) presets,
+//! success rate and corrupted answers (answers returned as a success that are not exactly the
+//! mock's).
 //!
 //! `cargo bench -p llm-layers-bench --bench tail`
 //!
@@ -781,7 +783,7 @@ fn main() {
 }
 
 /// The plain leaf against the gateway's whole stack (`llm_layers_gateway::build_stack`, its
-/// defaults but 5 s first-token and idle timeouts; for streams, also with mid-stream resume
+/// defaults; for streams, also with mid-stream resume
 /// on) on the fault presets in
 /// real time, streaming and whole answers: success rate, and answers returned as a success
 /// that were not exactly the mock's (corrupted: must be 0).
@@ -804,7 +806,14 @@ async fn faults(n: usize) {
     );
     // `TAIL_PRESETS=a,b` runs only those fault presets.
     let only = std::env::var("TAIL_PRESETS").ok();
-    for preset in ["outage", "rate_limited", "chaos", "all_down"] {
+    for preset in [
+        "outage",
+        "rate_limited",
+        "chaos",
+        "all_down",
+        "dead_throttled",
+        "hanging",
+    ] {
         if only
             .as_deref()
             .is_some_and(|o| !o.split(',').any(|p| p == preset))
@@ -818,9 +827,8 @@ async fn faults(n: usize) {
             .base_url(server.base_url())
             .build()
             .unwrap();
+        // The gateway's defaults: its own timeouts are derived from what it measures.
         let config = llm_layers_gateway::Config {
-            first_token_timeout: Some(Duration::from_secs(5)),
-            idle_timeout: Some(Duration::from_secs(5)),
             seed: Some(42),
             ..Default::default()
         };

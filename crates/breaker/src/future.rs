@@ -16,6 +16,7 @@ pub(crate) struct ProbeGuard {
     shared: Arc<Shared>,
     model: Arc<str>,
     probes: Vec<crate::registry::Probe>,
+    hold_probes: Vec<Arc<str>>,
     in_flight: bool,
 }
 
@@ -24,11 +25,13 @@ impl ProbeGuard {
         shared: Arc<Shared>,
         model: Arc<str>,
         probes: Vec<crate::registry::Probe>,
+        hold_probes: Vec<Arc<str>>,
     ) -> Self {
         ProbeGuard {
             shared,
             model,
             probes,
+            hold_probes,
             in_flight: true,
         }
     }
@@ -45,6 +48,9 @@ impl Drop for ProbeGuard {
     fn drop(&mut self) {
         self.resolved();
         self.shared.registry.release(&self.model, &self.probes);
+        self.shared
+            .registry
+            .release_hold_probes(&self.model, &self.hold_probes);
     }
 }
 
@@ -153,7 +159,7 @@ fn on_error(
         if let Some(p) = e.provider() {
             let slug = shared.slug(p);
             let until = now + shared.registry.hold_for(e.retry_after());
-            let elsewhere = shared.registry.hold(sent, &slug, until, now);
+            let hold = shared.registry.hold(sent, &slug, until, now);
             let reason = if e.api_error().and_then(|a| a.availability_code.as_deref())
                 == Some("capacity_exhausted")
             {
@@ -162,9 +168,13 @@ fn on_error(
                 "throttled"
             };
             metrics::counter!("llm_provider_holds_total", "reason" => reason).increment(1);
-            if elsewhere {
+            if hold.elsewhere {
                 // Another provider is free: no reason to wait this one's Retry-After.
                 e = e.with_retry_elsewhere();
+            } else if !hold.worth_waiting {
+                // Nothing else is free, and this provider throttles whatever it is sent:
+                // waiting its Retry-After would only cost the caller its time.
+                e = e.with_no_retry();
             }
         }
     }

@@ -98,7 +98,25 @@ struct Entry {
     /// like a suspicion, it never makes a call fail fast on its own (this replica may not
     /// know the providers the other one saw answer).
     remote: bool,
+    /// Hold episodes in a row with no success in between: each one after the first holds
+    /// twice as long (capped), so a provider that throttles whatever we do costs a request
+    /// per hold, not one per call.
+    streak: u32,
+    /// The share of recent outcomes that were successes (an average of the last ten or so;
+    /// a throttle counts as none): whether its holds are worth waiting for or probing
+    /// (independent throttling: the next request succeeds as usual), or not (saturated or
+    /// dead: everything throttles until the hold ends, and after).
+    ok_share: f64,
+    /// Calls let through to it while it is held (probes of a hold), in flight.
+    hold_probes: u32,
 }
+
+/// How much one outcome moves `ok_share`.
+const OK_SHARE_WEIGHT: f64 = 0.1;
+/// From this share of successes, a hold is worth probing (and waiting for).
+pub(crate) const PROBE_SHARE: f64 = 0.2;
+/// Calls in flight to a held provider at most, when it is worth probing.
+const HOLD_PROBES: u32 = 4;
 
 impl Entry {
     fn new(now: Instant) -> Entry {
@@ -114,7 +132,15 @@ impl Entry {
             held_until: None,
             suspected: false,
             remote: false,
+            streak: 0,
+            ok_share: 1.0,
+            hold_probes: 0,
         }
+    }
+
+    /// Whether its holds are worth probing and waiting for.
+    fn worth_probing(&self) -> bool {
+        self.ok_share >= PROBE_SHARE
     }
 
     /// When this entry's hold ends, if it is held now.
@@ -171,6 +197,15 @@ fn has(map: &HashMap<Arc<str>, ModelEntry>, model: &str, provider: Option<&str>)
     })
 }
 
+/// What a hold leaves a throttled request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hold {
+    /// Another provider the request may use is free now.
+    pub(crate) elsewhere: bool,
+    /// This provider's holds are worth waiting for (its requests mostly succeed).
+    pub(crate) worth_waiting: bool,
+}
+
 /// A probe slot: the provider (`None`: the model as a whole) and the half-open period.
 pub(crate) type Probe = (Option<Arc<str>>, u32);
 
@@ -181,6 +216,9 @@ pub(crate) struct Admission {
     pub(crate) ignore: Vec<(String, Blocked)>,
     /// Half-open breakers this request probes, with their period (released when it ends).
     pub(crate) probes: Vec<Probe>,
+    /// Held providers this request may go to anyway (a bounded trickle of probes during a
+    /// hold, for a provider whose holds are followed by successes), released when it ends.
+    pub(crate) hold_probes: Vec<Arc<str>>,
 }
 
 pub(crate) struct Registry {
@@ -249,7 +287,17 @@ impl Registry {
             allowed_known += 1;
             e.refresh(now);
             if let Some(h) = e.held(now) {
-                blocked.push((slug.to_string(), Blocked::Held(h)));
+                // Independent throttling (its recent requests mostly succeed): a few calls go
+                // anyway, rather than every caller waiting out the hold.
+                if e.worth_probing()
+                    && e.hold_probes < HOLD_PROBES
+                    && matches!(e.state, State::Closed)
+                {
+                    e.hold_probes += 1;
+                    adm.hold_probes.push(slug.clone());
+                    continue;
+                }
+                blocked.push((slug.to_string(), Blocked::Held(h, e.worth_probing())));
                 continue;
             }
             match e.state {
@@ -288,6 +336,7 @@ impl Registry {
             // would come back as a 404 "no endpoints". Fail fast instead, saying when.
             drop(guard);
             self.release(model, &adm.probes);
+            self.release_hold_probes(model, &adm.hold_probes);
             blocked.sort_by(|a, b| a.0.cmp(&b.0));
             return Err(blocked_error(model, &blocked, now));
         }
@@ -301,21 +350,25 @@ impl Registry {
 
     /// Holds `(model, provider)` until `until` (a throttle): kept out of requests, never
     /// counted as a failure. Returns whether another provider the request may use is known
-    /// and neither held nor open, so a retry can go there at once.
+    /// and neither held nor open, so a retry can go there at once, and whether this
+    /// provider's holds are still worth waiting for.
     pub(crate) fn hold(
         &self,
         body: &ChatBody,
         provider: &str,
         until: Instant,
         now: Instant,
-    ) -> bool {
+    ) -> Hold {
         let model = body.model.as_deref().unwrap_or("");
         let mut guard = lock(&self.map);
         let (map, count) = &mut *guard;
         if !has(map, model, Some(provider)) {
             if *count >= self.cfg.max_entries && !make_room(map, count, now, &self.cfg) {
                 metrics::counter!("llm_breaker_dropped_outcomes_total").increment(1);
-                return false;
+                return Hold {
+                    elsewhere: false,
+                    worth_waiting: true,
+                };
             }
             *count += 1;
         }
@@ -325,6 +378,23 @@ impl Registry {
             .entry(Arc::from(provider))
             .or_insert_with(|| Entry::new(now));
         e.last_used = now;
+        e.ok_share *= 1.0 - OK_SHARE_WEIGHT;
+        let worth_waiting = e.worth_probing();
+        let mut until = until;
+        if e.held(now).is_none() {
+            // A new hold. One that follows a hold with no success since is twice as long
+            // as the one before it asked (capped): a provider that throttles whatever we do
+            // is asked once per hold.
+            if e.streak > 0 {
+                let asked = until.saturating_duration_since(now);
+                let longer = asked
+                    .saturating_mul(1u32 << e.streak.min(6))
+                    .min(self.cfg.max_hold)
+                    .max(asked);
+                until = now + longer;
+            }
+            e.streak = e.streak.saturating_add(1);
+        }
         e.held_until = Some(e.held_until.map_or(until, |h| h.max(until)));
         self.emit(|| Change::Held {
             model: Arc::from(model),
@@ -332,7 +402,7 @@ impl Registry {
             held_for: until.saturating_duration_since(now),
         });
         let prefs = body.provider.as_ref();
-        me.providers.iter_mut().any(|(slug, e)| {
+        let elsewhere = me.providers.iter_mut().any(|(slug, e)| {
             &**slug != provider
                 && prefs.is_none_or(|p| p.allows(slug))
                 && e.held(now).is_none()
@@ -340,7 +410,11 @@ impl Registry {
                     e.refresh(now);
                     !matches!(e.state, State::Open { .. })
                 }
-        })
+        });
+        Hold {
+            elsewhere,
+            worth_waiting,
+        }
     }
 
     /// How long a throttle holds: the `Retry-After` asked, or the default, capped.
@@ -391,6 +465,22 @@ impl Registry {
         )
         .set(State::HalfOpen.gauge());
         true
+    }
+
+    /// Releases the hold probes `admit` let through.
+    pub(crate) fn release_hold_probes(&self, model: &str, slugs: &[Arc<str>]) {
+        if slugs.is_empty() {
+            return;
+        }
+        let mut guard = lock(&self.map);
+        let Some(me) = guard.0.get_mut(model) else {
+            return;
+        };
+        for s in slugs {
+            if let Some(e) = me.providers.get_mut(&**s) {
+                e.hold_probes = e.hold_probes.saturating_sub(1);
+            }
+        }
     }
 
     /// Releases probe slots taken by `admit`.
@@ -444,6 +534,18 @@ impl Registry {
         let e = me.entry(provider, now);
         e.last_used = now;
         e.suspected = false;
+        if provider.is_some() {
+            let ok = if failure { 0.0 } else { 1.0 };
+            e.ok_share = e.ok_share * (1.0 - OK_SHARE_WEIGHT) + OK_SHARE_WEIGHT * ok;
+            if !failure {
+                e.streak = 0;
+                // A success while held: the throttling was one request's, not the
+                // provider's (it serves): the hold is over.
+                if e.held(now).is_some() && e.worth_probing() {
+                    e.held_until = None;
+                }
+            }
+        }
         let remote = std::mem::replace(&mut e.remote, false);
         e.refresh(now);
         let before = e.state;

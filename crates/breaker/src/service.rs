@@ -75,7 +75,12 @@ where
         let watch = crate::future::aimed_at(req.body())
             .and_then(|_| self.shared.slow_threshold(&model))
             .map(|after| now + after);
-        let guard = ProbeGuard::new(self.shared.clone(), model.clone(), admission.probes);
+        let guard = ProbeGuard::new(
+            self.shared.clone(),
+            model.clone(),
+            admission.probes,
+            admission.hold_probes,
+        );
         // The body as sent stays with the future (an `Arc`, no copy) so a throttle can tell
         // whether another provider is left for it.
         let sent = req.shared_body().clone();

@@ -471,8 +471,9 @@ async fn a_429_holds_its_provider_and_never_trips_it() {
     mock.push(ok("Beta"));
     run(&svc).await.unwrap();
     run(&svc).await.unwrap();
-    // Ten 429s from Alpha in a row: held, never open.
-    for _ in 0..10 {
+    // Sixteen 429s from Alpha in a row: held, never open (and its holds are no longer
+    // worth probing: fewer than a fifth of its recent requests succeeded).
+    for _ in 0..16 {
         mock.push(throttled("Alpha", S(2)));
         let e = run(&svc).await.unwrap_err();
         assert!(e.retry_elsewhere(), "Beta is free: {e}");
@@ -486,13 +487,24 @@ async fn a_429_holds_its_provider_and_never_trips_it() {
     mock.push(ok("Beta"));
     run(&svc).await.unwrap();
     assert_eq!(ignored(mock.requests().last().unwrap()), ["alpha"]);
-    // Beta is throttled too: nothing is free, the call fails fast with the shortest wait.
+    // Beta is throttled too. It served until now, so its hold is worth probing: the next
+    // calls go to it anyway, and each 429 says more of it (fifteen more in a row, and its
+    // holds are no longer worth probing).
     mock.push(throttled("Beta", S(5)));
     let e = run(&svc).await.unwrap_err();
     assert!(!e.retry_elsewhere());
+    for _ in 0..15 {
+        mock.push(throttled("Beta", S(5)));
+        let calls = mock.calls();
+        assert!(run(&svc).await.is_err());
+        assert_eq!(mock.calls(), calls + 1, "a probe of Beta's hold");
+    }
+    // Now nothing is free: the call fails fast with the shortest wait, and says no retry
+    // could help before it.
     let calls = mock.calls();
     let e = run(&svc).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::RateLimited);
+    assert!(e.no_retry(), "{e}");
     let wait = e.retry_after().unwrap();
     assert!(
         wait > Duration::from_millis(1500) && wait <= S(2),
@@ -884,4 +896,83 @@ async fn our_own_connect_failures_never_open_the_model() {
     mock.push(ok("Good"));
     run(&svc).await.unwrap();
     assert_eq!(mock.calls(), 61);
+}
+
+/// A provider that throttles again as soon as its hold ends is held twice as long each time
+/// (capped), so it costs one request per hold, not one per call; a success resets it.
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_throttles_after_every_hold_is_held_longer_each_time() {
+    let mock = MockChat::new();
+    let b = BreakerLayer::builder().max_hold(S(60)).build().unwrap();
+    let svc = b.layer(mock.clone());
+    let held_for = |b: &BreakerLayer| {
+        b.snapshot()
+            .into_iter()
+            .find(|i| i.provider.as_deref() == Some("alpha"))
+            .and_then(|i| i.held_until)
+            .map(|u| u - Instant::now())
+    };
+    mock.push(ok("Alpha"));
+    run(&svc).await.unwrap();
+    let mut holds = Vec::new();
+    for _ in 0..6 {
+        mock.push(throttled("Alpha", S(2)));
+        assert!(run(&svc).await.is_err());
+        let d = held_for(&b).unwrap();
+        holds.push(d.as_secs());
+        tokio::time::advance(d).await;
+    }
+    assert_eq!(holds, [2, 4, 8, 16, 32, 60]);
+    // A success ends the streak: the next throttle holds for what it asks.
+    mock.push(ok("Alpha"));
+    run(&svc).await.unwrap();
+    mock.push(throttled("Alpha", S(2)));
+    assert!(run(&svc).await.is_err());
+    assert_eq!(held_for(&b), Some(S(2)));
+}
+
+/// A provider whose requests mostly succeed (one request's 429 is not the provider's) is
+/// probed while held: a few calls go to it anyway, at most four at once, and a success ends
+/// its hold. One that throttles everything is not: the call fails fast, marked not worth
+/// retrying.
+#[tokio::test(start_paused = true)]
+async fn a_hold_is_probed_when_the_providers_requests_mostly_succeed() {
+    let mock = MockChat::new();
+    let b = layer();
+    let svc = b.layer(mock.clone());
+    for _ in 0..5 {
+        mock.push(ok("Solo"));
+        run(&svc).await.unwrap();
+    }
+    mock.push(throttled("Solo", S(10)));
+    assert!(run(&svc).await.is_err());
+    // Held for 10 s, and nothing else is known: still, calls go (probes), at most four in
+    // flight.
+    let hang = Script::tokens(S(5), 1, Duration::ZERO).provider("Solo");
+    let mut probes = Vec::new();
+    for _ in 0..4 {
+        mock.push(hang.clone());
+        let svc = svc.clone();
+        probes.push(tokio::spawn(async move { run(&svc).await }));
+    }
+    tokio::task::yield_now().await;
+    let calls = mock.calls();
+    let e = run(&svc).await.unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::RateLimited,
+        "a fifth is not let through"
+    );
+    assert!(!e.no_retry(), "worth trying again soon: {e}");
+    assert!(e.retry_after().unwrap() <= Duration::from_millis(100));
+    assert_eq!(mock.calls(), calls);
+    for p in probes {
+        p.await.unwrap().unwrap();
+    }
+    // The probes succeeded: the hold is over.
+    assert!(
+        b.snapshot().iter().all(|i| i.held_until.is_none()),
+        "{:?}",
+        b.snapshot()
+    );
 }

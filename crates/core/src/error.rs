@@ -40,6 +40,7 @@ struct Inner {
     providers: Vec<String>,
     key_limited: bool,
     elsewhere: bool,
+    no_retry: bool,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -57,6 +58,7 @@ impl LlmError {
                 providers: Vec::new(),
                 key_limited: false,
                 elsewhere: false,
+                no_retry: false,
                 source: None,
             }),
         }
@@ -158,6 +160,20 @@ impl LlmError {
     /// [`with_retry_elsewhere`](LlmError::with_retry_elsewhere)).
     pub fn retry_elsewhere(&self) -> bool {
         self.inner.elsewhere
+    }
+
+    /// Marks an error no retry should follow: the layer that raised it knows that waiting
+    /// for its `Retry-After` cannot help (every provider throttles whatever is sent), so the
+    /// caller is told at once. The `Retry-After` is kept for the caller.
+    #[must_use]
+    pub fn with_no_retry(mut self) -> LlmError {
+        self.inner.no_retry = true;
+        self
+    }
+
+    /// Whether no retry should follow (see [`with_no_retry`](LlmError::with_no_retry)).
+    pub fn no_retry(&self) -> bool {
+        self.inner.no_retry
     }
 
     /// Sets or clears the `Retry-After` hint.

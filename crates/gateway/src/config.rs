@@ -58,6 +58,12 @@ pub struct Config {
     /// (`--adaptive-idle on|off`, `ADAPTIVE_IDLE`; on). A stream that hangs midway is cut
     /// in seconds, and a whole answer retried, instead of waiting 30 s.
     pub adaptive_idle: bool,
+    /// Derive each attempt's first-token limit from what was measured: 3 × the p99 first
+    /// token of the provider it is aimed at (the model's while that one is not measured), at
+    /// least 2 s, at most `first_token_timeout` (`--adaptive-first-token on|off`,
+    /// `ADAPTIVE_FIRST_TOKEN`; on). An attempt whose upstream sends headers and then nothing
+    /// is cut in seconds and retried, whole answers included.
+    pub adaptive_first_token: bool,
     /// Continue a stream that breaks after its first token (`--resume on|off`, `RESUME`;
     /// off): the default for requests without an `x-llm-resume: on|off` header.
     pub resume: bool,
@@ -157,6 +163,7 @@ impl Default for Config {
             first_token_timeout: Some(Duration::from_secs(30)),
             idle_timeout: Some(Duration::from_secs(30)),
             adaptive_idle: true,
+            adaptive_first_token: true,
             resume: false,
             priors: true,
             coalesce: false,
@@ -206,6 +213,7 @@ impl std::fmt::Debug for Config {
             .field("first_token_timeout", &self.first_token_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("adaptive_idle", &self.adaptive_idle)
+            .field("adaptive_first_token", &self.adaptive_first_token)
             .field("resume", &self.resume)
             .field("priors", &self.priors)
             .field("coalesce", &self.coalesce)
@@ -286,7 +294,16 @@ impl Config {
             },
             if self.upstream_h2c { " (h2c)" } else { "" }
         );
-        let _ = writeln!(s, "first-token timeout {}", d(self.first_token_timeout));
+        let _ = writeln!(
+            s,
+            "first-token timeout {}{}",
+            d(self.first_token_timeout),
+            if self.adaptive_first_token && self.first_token_timeout.is_some() {
+                " at most; 3x the measured p99 first token of the provider aimed at, 2 s at least"
+            } else {
+                ""
+            }
+        );
         let _ = writeln!(
             s,
             "idle timeout        {}{}",

@@ -209,6 +209,24 @@ pub fn build_stack_with_priors<S: ChatService>(
         idle: config.idle_timeout,
         total: None,
     });
+    // No attempt rides a static first-token timeout: cut at 3x the p99 first token of the
+    // provider it is aimed at (the model's while that one is not measured), 2 s at least,
+    // the configured limit at most, and retried within the call's deadline. A whole answer
+    // is streamed from upstream, so its first token is its first chunk: cut the same way.
+    if let Some(first) = config
+        .first_token_timeout
+        .filter(|_| config.adaptive_first_token)
+    {
+        per_attempt = per_attempt.first_token_adaptive(
+            store.clone(),
+            AdaptiveLimit {
+                quantile: 0.99,
+                factor: 3.0,
+                min: Duration::from_secs(2).min(first),
+                max: first,
+            },
+        );
+    }
     if let Some(idle) = config.idle_timeout.filter(|_| config.adaptive_idle) {
         per_attempt = per_attempt.idle_adaptive(
             store.clone(),

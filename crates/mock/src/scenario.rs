@@ -302,18 +302,22 @@ impl Scenario {
             "rate_limited" => Scenario::rate_limited(),
             "chaos" => Scenario::chaos(),
             "all_down" => Scenario::all_down(),
+            "dead_throttled" => Scenario::dead_throttled(),
+            "hanging" => Scenario::hanging(),
             _ => return None,
         })
     }
 
     /// The names of the presets.
-    pub const PRESETS: [&'static str; 6] = [
+    pub const PRESETS: [&'static str; 8] = [
         "healthy",
         "fat_tail",
         "outage",
         "rate_limited",
         "chaos",
         "all_down",
+        "dead_throttled",
+        "hanging",
     ];
 
     fn base(providers: Vec<ProviderSpec>) -> Scenario {
@@ -437,6 +441,35 @@ impl Scenario {
                 rate: 1.0,
                 retry_after_s: None,
             });
+        }
+        s
+    }
+
+    /// A dead model whose last provider throttles: two providers answer every request with
+    /// 502 and 503, the third with 429 and `Retry-After: 2`. Nothing can succeed; a stack
+    /// must say so fast, and not turn each call into a retry storm.
+    pub fn dead_throttled() -> Scenario {
+        let mut s = Scenario::healthy();
+        for (p, (code, after)) in
+            s.providers
+                .iter_mut()
+                .zip([(502, None), (503, None), (429, Some(2))])
+        {
+            p.faults.status.push(StatusFault {
+                code,
+                rate: 1.0,
+                retry_after_s: after,
+            });
+        }
+        s
+    }
+
+    /// Like `healthy`, but one request in twenty gets its headers and then nothing: whole
+    /// answers and streams alike must be cut and retried in seconds, not ride a 30 s timeout.
+    pub fn hanging() -> Scenario {
+        let mut s = Scenario::healthy();
+        for p in &mut s.providers {
+            p.faults.hang_after_headers = 0.05;
         }
         s
     }

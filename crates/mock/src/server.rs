@@ -34,8 +34,10 @@ use crate::writer::{AnswerMeta, write_answer};
 ///
 /// Serves `POST /api/v1/chat/completions` (SSE and JSON), `GET /api/v1/models`,
 /// `GET /api/v1/providers`, `GET /api/v1/models/{author}/{slug}/endpoints` (published
-/// stats from the scenario, see [`Scenario::endpoint_stats`]), and `HEAD` of them; HTTP/1.1 and h2c (prior knowledge) on the
-/// same port. Dropping it stops accepting connections.
+/// stats from the scenario, see [`Scenario::endpoint_stats`]), and `HEAD` of them, and
+/// `GET /_mock/counters` (requests, open, cancelled and completed streams, as JSON, for a
+/// bench in another process); HTTP/1.1 and h2c (prior knowledge) on the same port.
+/// Dropping it stops accepting connections.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
@@ -432,6 +434,18 @@ async fn handle(
                 json!({ "data": data }).to_string()
             };
             Ok(full(StatusCode::OK, "application/json", body))
+        }
+        // The counters, for a test or a bench in another process (`llm-layers-mock`).
+        (Method::GET, "/_mock/counters") => {
+            let c = &state.counters;
+            let body = json!({
+                "requests": c.requests(),
+                "open_streams": c.open_streams(),
+                "cancelled_streams": c.cancelled_streams(),
+                "completed_streams": c.completed_streams(),
+                "accepted_connections": c.accepted_connections(),
+            });
+            Ok(full(StatusCode::OK, "application/json", body.to_string()))
         }
         (Method::GET | Method::HEAD, "/api/v1/providers") => {
             let data: Vec<_> = state

@@ -107,6 +107,16 @@ fn plan_retry(
         metrics::counter!("llm_retry_budget_exhausted_total").increment(1);
         return None;
     }
+    // Waiting out a throttle is drawn from the model's own allowance: a share of its recent
+    // successes, and a small floor. A model whose providers all throttle (a dead one) gets
+    // its 429 at once, rather than every caller waiting and sending again.
+    if !wait.is_zero()
+        && !shared.policy.charges_budget(error)
+        && !shared.waits.withdraw(request.model())
+    {
+        metrics::counter!("llm_retry_gave_up_total", "reason" => "throttle_budget").increment(1);
+        return None;
+    }
     metrics::counter!("llm_retries_total", "reason" => error.kind().as_str()).increment(1);
     Some(wait)
 }
@@ -123,6 +133,7 @@ where
             let error = match this.state.as_mut().project() {
                 StateProj::Calling { fut } => match ready!(fut.poll(cx)) {
                     Ok(mut stream) => {
+                        this.shared.waits.deposit(this.request.model());
                         let meta = stream.meta_mut();
                         meta.attempts = meta.attempts.max(1) + (*this.attempt - 1);
                         meta.attempt = *this.attempt;

@@ -13,6 +13,8 @@ use crate::policy::{DefaultPolicy, Policy};
 use crate::service::Retry;
 
 pub(crate) struct Shared {
+    /// Throttle waits, per model.
+    pub(crate) waits: crate::waits::ThrottleWaits,
     pub(crate) policy: Box<dyn Policy>,
     pub(crate) backoff: Box<dyn Backoff>,
     pub(crate) budget: Arc<dyn Budget + Send + Sync>,
@@ -188,6 +190,7 @@ impl RetryLayerBuilder {
         });
         Ok(RetryLayer {
             shared: Arc::new(Shared {
+                waits: crate::waits::ThrottleWaits::new(),
                 policy: self.policy,
                 backoff: self.backoff,
                 budget,

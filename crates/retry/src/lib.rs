@@ -54,6 +54,7 @@ mod future;
 mod layer;
 mod policy;
 mod service;
+mod waits;
 
 pub use backoff::{Backoff, DecorrelatedJitter, ExponentialBackoff};
 pub use future::ResponseFuture;

@@ -161,6 +161,11 @@ impl Policy for DefaultPolicy {
             req.extensions_mut().insert(spent);
             return true;
         }
+        // The layer that raised it knows no wait can help (every provider throttles
+        // whatever is sent): the caller gets it now.
+        if error.no_retry() {
+            return false;
+        }
         let throttle = self.is_throttle(error);
         // A throttle that moves to a free provider and one that waits are counted apart:
         // moving costs the upstream nothing it asked us not to spend.

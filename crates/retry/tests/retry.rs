@@ -479,3 +479,33 @@ async fn a_whole_answer_without_finish_reason_is_retried() {
     assert_eq!(done.choices[0].finish_reason.as_deref(), Some("stop"));
     assert_eq!(mock.calls(), 2);
 }
+
+/// Waiting out a throttle is drawn from the model's own allowance (ten a second and one
+/// per success, over 10 s): forty calls to a model that only throttles do not each wait
+/// and send again eight times, and a throttle the breaker marks not worth retrying is not
+/// retried at all.
+#[tokio::test(start_paused = true)]
+async fn throttle_waits_come_from_the_models_allowance() {
+    let throttled =
+        || Script::error(LlmError::rate_limited(Duration::from_secs(1)).with_message("held"));
+    let mock = MockChat::from_fn(move |_| throttled());
+    let svc = layer(2).layer(mock.clone());
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let svc = svc.clone();
+        calls.spawn(async move { svc.oneshot(req()).await.is_err() });
+    }
+    while let Some(failed) = calls.join_next().await {
+        assert!(failed.unwrap());
+    }
+    // Without the allowance: 40 calls x 9 attempts.
+    let sent = mock.calls();
+    assert!(sent < 40 * 9, "{sent} upstream requests");
+    assert!(sent <= 40 + 100 + 10 * 9, "{sent} upstream requests");
+    // Marked not worth retrying: one request, whatever the allowance.
+    let once = MockChat::from_fn(|_| {
+        Script::error(LlmError::rate_limited(Duration::from_secs(1)).with_no_retry())
+    });
+    assert!(layer(2).layer(once.clone()).oneshot(req()).await.is_err());
+    assert_eq!(once.calls(), 1);
+}

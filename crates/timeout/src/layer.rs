@@ -282,9 +282,15 @@ pub(crate) struct Adaptive {
 }
 
 impl Adaptive {
-    pub(crate) fn first_token(&self, model: &str) -> Option<Duration> {
+    /// The first-token limit of an attempt at `model`, aimed at `provider` when the
+    /// request names the one it goes to first (its own measurements then, the model's
+    /// while it has none).
+    pub(crate) fn first_token(&self, model: &str, provider: Option<&str>) -> Option<Duration> {
         let a = self.first_token?;
-        Some(a.of(self.store.ttft_quantile(model, None, a.quantile)))
+        let measured = provider
+            .and_then(|p| self.store.ttft_quantile(model, Some(p), a.quantile))
+            .or_else(|| self.store.ttft_quantile(model, None, a.quantile));
+        Some(a.of(measured))
     }
 
     pub(crate) fn idle(&self, model: &str, provider: Option<&str>) -> Option<Duration> {

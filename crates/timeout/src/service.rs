@@ -68,7 +68,11 @@ where
         let mut base = self.limits;
         let mut idle_from = None;
         if let Some(a) = &self.adaptive {
-            if let Some(d) = a.first_token(req.model()) {
+            let aimed = req
+                .extensions()
+                .get::<llm_layers_core::ProviderPlan>()
+                .and_then(|p| p.first.as_deref());
+            if let Some(d) = a.first_token(req.model(), aimed) {
                 base.first_token = Some(d);
             }
             if a.idle.is_some() {

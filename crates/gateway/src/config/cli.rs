@@ -35,6 +35,7 @@ pub(super) const FLAGS: &[(&str, &str)] = &[
     ("learned-order", "on|off"),
     ("upstream-h2c", "on|off"),
     ("adaptive-idle", "on|off"),
+    ("adaptive-first-token", "on|off"),
     ("resume", "on|off"),
     ("priors", "on|off"),
     ("coalesce", "on|off"),
@@ -107,7 +108,7 @@ usage: llm-gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
                [--max-concurrency N] [--requests-per-minute N] [--tokens-per-minute N]
                [--tenant-requests-per-minute N]
                [--tiers FILE.json] [--learned-order on|off] [--upstream-h2c on|off]
-               [--adaptive-idle on|off] [--resume on|off] [--priors on|off] [--coalesce on|off]
+               [--adaptive-idle on|off] [--adaptive-first-token on|off] [--resume on|off] [--priors on|off] [--coalesce on|off]
                [--redis-url URL] [--replicas N] [--redis-limits exact|lease]
                [--stack full|leaf] [--worker-threads N]
                [--keys FILE.json] [--config FILE.toml]
@@ -208,6 +209,7 @@ impl Config {
             ("LEARNED_ORDER", "--learned-order"),
             ("UPSTREAM_H2C", "--upstream-h2c"),
             ("ADAPTIVE_IDLE", "--adaptive-idle"),
+            ("ADAPTIVE_FIRST_TOKEN", "--adaptive-first-token"),
             ("RESUME", "--resume"),
             ("PRIORS", "--priors"),
             ("COALESCE", "--coalesce"),
@@ -379,6 +381,7 @@ impl Config {
                 }
                 "--upstream-h2c" => c.upstream_h2c = on_off(&flag, &v)?,
                 "--adaptive-idle" => c.adaptive_idle = on_off(&flag, &v)?,
+                "--adaptive-first-token" => c.adaptive_first_token = on_off(&flag, &v)?,
                 "--resume" => c.resume = on_off(&flag, &v)?,
                 "--priors" => c.priors = on_off(&flag, &v)?,
                 "--coalesce" => c.coalesce = on_off(&flag, &v)?,

@@ -1,0 +1,49 @@
+//! The allowance for waiting out throttles, per model: a share of the model's recent
+//! successes and a small floor, as tower's retry budget counts them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use llm_layers_core::sync::lock;
+use tower::retry::budget::{Budget, TpsBudget};
+
+/// Models tracked at most; past it, the table starts over (a fresh allowance is the floor).
+const MAX_MODELS: usize = 1024;
+
+/// Throttle waits per model: one per success of the model over 10 s, and ten a second
+/// whatever the traffic.
+pub(crate) struct ThrottleWaits {
+    models: Mutex<HashMap<Arc<str>, Arc<TpsBudget>>>,
+}
+
+impl ThrottleWaits {
+    pub(crate) fn new() -> ThrottleWaits {
+        ThrottleWaits {
+            models: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn budget(&self, model: &str) -> Arc<TpsBudget> {
+        let mut models = lock(&self.models);
+        if let Some(b) = models.get(model) {
+            return b.clone();
+        }
+        if models.len() >= MAX_MODELS {
+            models.clear();
+        }
+        let b = Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 1.0));
+        models.insert(Arc::from(model), b.clone());
+        b
+    }
+
+    /// A call of `model` succeeded.
+    pub(crate) fn deposit(&self, model: &str) {
+        self.budget(model).deposit();
+    }
+
+    /// Whether a call of `model` may wait out a throttle now.
+    pub(crate) fn withdraw(&self, model: &str) -> bool {
+        self.budget(model).withdraw()
+    }
+}
