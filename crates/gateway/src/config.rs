@@ -6,7 +6,7 @@ use std::time::Duration;
 
 mod cli;
 pub(crate) mod file_error;
-pub use cli::USAGE;
+pub use cli::CliExit;
 
 /// Everything the gateway can be told. Its `Debug` never shows the API key.
 #[derive(Clone)]
@@ -143,6 +143,9 @@ pub struct Config {
     pub keys: crate::keys::Keys,
     /// Bounds on what a caller sends (lengths and counts of its fields): over one, `400`.
     pub bounds: crate::bounds::Bounds,
+    /// `--check-config`: read and check everything, print the configuration in force, and
+    /// exit (the binary), instead of serving.
+    pub check_only: bool,
 }
 
 impl Default for Config {
@@ -188,6 +191,7 @@ impl Default for Config {
             seed: None,
             keys: crate::keys::Keys::default(),
             bounds: crate::bounds::Bounds::default(),
+            check_only: false,
         }
     }
 }
@@ -241,11 +245,35 @@ impl std::fmt::Debug for Config {
             .field("seed", &self.seed)
             .field("keys", &self.keys)
             .field("bounds", &self.bounds)
+            .field("check_only", &self.check_only)
             .finish()
     }
 }
 
 impl Config {
+    /// Checks everything a start would: every upstream's keys (from the environment through
+    /// `env`), every layer's settings (the whole stack is built over a stand-in upstream),
+    /// the mock's preset. `Err` says what is wrong, never a secret.
+    pub fn check(&self, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        for u in &self.upstreams {
+            u.leaf(&env, self.connect_timeout, self.default_max_tokens)
+                .map_err(|e| e.to_string())?;
+        }
+        if self.api_key.is_none() && llm_layers_mock::Scenario::preset(&self.mock_preset).is_none()
+        {
+            return Err(format!("unknown mock preset {:?}", self.mock_preset));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        rt.block_on(async {
+            crate::stack::build_stack(self, llm_layers_mock::MockChat::new(), None)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
     /// The Tokio runtime [`worker_threads`](Config::worker_threads) asks for, its timers and
     /// sockets enabled.
     ///

@@ -91,6 +91,7 @@ impl FromRequestParts<AppState> for CallerHints {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        let state = state.load();
         let key = parts
             .extensions
             .get::<keys::Caller>()
@@ -174,6 +175,7 @@ pub(crate) async fn chat(
     hints: CallerHints,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let state = state.load();
     // `KeyAuth` checked the key before the body was read: a caller without one costs nothing.
     let CallerHints {
         key,
@@ -269,6 +271,7 @@ fn normalize(mut c: ChatCompletion) -> ChatCompletion {
 }
 
 pub(crate) async fn models(State(state): State<AppState>) -> Response {
+    let state = state.load();
     match state.leaf.models().await {
         Ok(models) => {
             let tiers = state.config.router.tiers.iter().map(|t| {
@@ -309,6 +312,7 @@ pub(crate) async fn status_page() -> Response {
 }
 
 pub(crate) async fn status_json(State(state): State<AppState>) -> Response {
+    let state = state.load();
     axum::Json(status::snapshot(
         &state.parts,
         &state.config,
@@ -326,6 +330,7 @@ pub(crate) async fn status_json(State(state): State<AppState>) -> Response {
 /// upstream (its own DNS, network or TLS: calls in a row failed to connect, none answered
 /// since): another replica may well reach it.
 pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
+    let state = state.load();
     let auth = if state.config.keys.is_empty() {
         "open: no gateway keys configured, anyone who reaches this gateway can use it"
     } else {
@@ -398,6 +403,7 @@ fn key_state(s: llm_layers_openrouter::KeyState) -> String {
 }
 
 pub(crate) async fn metrics_text(State(state): State<AppState>) -> Response {
+    let state = state.load();
     match &state.metrics {
         Some(h) => (
             [(

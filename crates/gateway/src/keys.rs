@@ -489,24 +489,46 @@ mod tests {
 #[derive(Debug, Clone)]
 pub struct Caller(pub Option<GatewayKey>);
 
+/// The gateway keys in force, shared by every `KeyAuth` and replaced whole by a reload: a
+/// revoked key is refused from its next request on.
+#[derive(Debug, Clone, Default)]
+pub struct SharedKeys(Arc<std::sync::RwLock<Arc<Keys>>>);
+
+impl SharedKeys {
+    /// These keys, in force.
+    pub fn new(keys: Keys) -> SharedKeys {
+        SharedKeys(Arc::new(std::sync::RwLock::new(Arc::new(keys))))
+    }
+
+    /// The keys in force now.
+    pub fn load(&self) -> Arc<Keys> {
+        llm_layers_core::sync::read(&self.0).clone()
+    }
+
+    /// Puts `keys` in force.
+    pub fn store(&self, keys: Keys) {
+        *llm_layers_core::sync::write(&self.0) = Arc::new(keys);
+    }
+}
+
 /// Applies [`KeyAuth`]: every request it wraps must present a gateway key (an admin key when
 /// `admin`), or is answered 401 (403 for a non-admin key on an admin route) before anything
 /// else runs. With no keys configured, requests pass.
 #[derive(Debug, Clone)]
 #[must_use = "a layer does nothing until it wraps a service"]
 pub struct KeyAuthLayer {
-    keys: Arc<Keys>,
+    keys: SharedKeys,
     admin: bool,
 }
 
 impl KeyAuthLayer {
     /// Any valid key passes.
-    pub fn new(keys: Arc<Keys>) -> Self {
+    pub fn new(keys: SharedKeys) -> Self {
         KeyAuthLayer { keys, admin: false }
     }
 
     /// Only admin keys pass.
-    pub fn admin(keys: Arc<Keys>) -> Self {
+    pub fn admin(keys: SharedKeys) -> Self {
         KeyAuthLayer { keys, admin: true }
     }
 }
@@ -528,7 +550,7 @@ impl<S> tower::Layer<S> for KeyAuthLayer {
 #[derive(Debug, Clone)]
 pub struct KeyAuth<S> {
     inner: S,
-    keys: Arc<Keys>,
+    keys: SharedKeys,
     admin: bool,
 }
 
@@ -555,7 +577,8 @@ where
         use futures_util::future::Either;
         let refuse =
             |f: crate::error::ApiFailure| Either::Left(std::future::ready(Ok(f.into_response())));
-        if self.keys.is_empty() {
+        let keys = self.keys.load();
+        if keys.is_empty() {
             req.extensions_mut().insert(Caller(None));
             return Either::Right(self.inner.call(req));
         }
@@ -563,7 +586,7 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let key = match self.keys.check(auth) {
+        let key = match keys.check(auth) {
             Ok(k) => k.clone(),
             Err(Refusal::Missing) => {
                 return refuse(crate::error::ApiFailure::unauthorized(

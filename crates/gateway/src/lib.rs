@@ -22,11 +22,11 @@ pub mod upstreams;
 
 use std::time::SystemTime;
 
-pub use config::Config;
-pub use server::{Gateway, Phase, StartError, install_metrics, serve, start};
+pub use config::{CliExit, Config};
+pub use server::{Gateway, Phase, StartError, install_metrics, serve, serve_reloading, start};
 pub use stack::{
-    ChatService, Parts, Shared, Stack, build_leaf, build_stack, build_stack_with_parts,
-    build_stack_with_priors, endpoint_stats_of,
+    ChatService, Parts, Shared, Stack, build_leaf, build_stack, build_stack_reusing,
+    build_stack_with_parts, build_stack_with_priors, endpoint_stats_of,
 };
 
 pub(crate) fn now_secs() -> u64 {

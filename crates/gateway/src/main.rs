@@ -1,26 +1,42 @@
-//! `gateway`: an OpenAI-compatible server in front of OpenRouter.
+//! `llm-gateway`: an OpenAI-compatible server in front of OpenRouter.
 //!
 //! ```text
-//! cargo run -p llm-layers-gateway                       # no key: the built-in mock upstream
-//! OPENROUTER_API_KEY=sk-or-... cargo run -p llm-layers-gateway -- --listen 0.0.0.0:8080
+//! llm-gateway                                           # no key: the built-in mock upstream
+//! OPENROUTER_API_KEY=sk-or-... llm-gateway --listen 0.0.0.0:8080
+//! llm-gateway --check-config --config gateway.toml      # check, print what is in force, exit 0/1
+//! llm-gateway --help
 //! ```
 
 use std::process::ExitCode;
 
-use llm_layers_gateway::{Config, config::USAGE, serve};
+use llm_layers_gateway::{CliExit, Config, serve_reloading};
 
 fn main() -> ExitCode {
+    let check = std::env::args().any(|a| a == "--check-config");
     let config = match Config::from_args_env(std::env::args().skip(1), |k| std::env::var(k).ok()) {
         Ok(c) => c,
-        Err(e) if e.is_empty() => {
-            println!("{USAGE}");
+        Err(CliExit::Print(text)) => {
+            print!("{text}");
             return ExitCode::SUCCESS;
         }
-        Err(e) => {
-            eprintln!("llm-gateway: {e}\n{USAGE}");
-            return ExitCode::from(2);
+        Err(CliExit::Error(e)) => {
+            eprintln!("llm-gateway: {e}");
+            return ExitCode::from(if check { 1 } else { 2 });
         }
     };
+    if config.check_only {
+        return match config.check(|k| std::env::var(k).ok()) {
+            Ok(()) => {
+                println!("{}", config.describe());
+                println!("configuration valid");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("llm-gateway: invalid configuration: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -34,7 +50,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(config)) {
+    // On SIGHUP: the same flags, the environment and files as they are now (the stack the
+    // reload builds checks the rest).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let reread = move || {
+        Config::from_args_env(args.clone(), |k| std::env::var(k).ok()).map_err(|e| e.to_string())
+    };
+    match rt.block_on(serve_reloading(config, Some(reread))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("llm-gateway: {e}");

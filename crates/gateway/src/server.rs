@@ -21,8 +21,9 @@ use crate::config::Config;
 use crate::handlers::{
     chat, healthz, method_not_allowed, metrics_text, models, not_found, status_json, status_page,
 };
-use crate::stack::{Parts, Stack, build_leaf, build_stack_with_priors, endpoint_stats_of};
+use crate::stack::{Parts, Stack, build_leaf, build_stack_reusing, endpoint_stats_of};
 use crate::{keys, status};
+use llm_layers_latency::LatencyStore;
 
 /// Why the gateway could not start or serve.
 #[derive(Debug)]
@@ -88,17 +89,36 @@ pub enum Phase {
     Cut,
 }
 
-/// What every handler shares, behind one `Arc`: axum clones the state for every request, and
-/// a clone of the fields themselves would clone the whole boxed stack (one allocation and an
-/// `Arc` per layer) on top of the clone a call needs.
+/// What every handler shares: the configuration in force and what was built from it, behind
+/// one `Arc` (axum clones the state for every request, and a clone of the fields themselves
+/// would clone the whole boxed stack), swapped whole by a reload. A call takes the one in
+/// force when it starts and keeps it to its end.
 #[derive(Clone)]
-pub(crate) struct AppState(Arc<AppInner>);
+pub(crate) struct AppState(Arc<Live>);
 
-impl std::ops::Deref for AppState {
-    type Target = AppInner;
+pub(crate) struct Live {
+    current: std::sync::RwLock<Arc<AppInner>>,
+    /// The gateway keys in force, read by `KeyAuth` on every request.
+    keys: keys::SharedKeys,
+}
 
-    fn deref(&self) -> &AppInner {
-        &self.0
+impl AppState {
+    fn new(inner: AppInner) -> AppState {
+        let keys = keys::SharedKeys::new(inner.config.keys.clone());
+        AppState(Arc::new(Live {
+            current: std::sync::RwLock::new(Arc::new(inner)),
+            keys,
+        }))
+    }
+
+    /// The configuration in force and its stack.
+    pub(crate) fn load(&self) -> Arc<AppInner> {
+        llm_layers_core::sync::read(&self.0.current).clone()
+    }
+
+    fn replace(&self, inner: AppInner) {
+        self.0.keys.store(inner.config.keys.clone());
+        *llm_layers_core::sync::write(&self.0.current) = Arc::new(inner);
     }
 }
 
@@ -117,7 +137,8 @@ pub(crate) struct AppInner {
 
 /// The router, for embedding the gateway in another axum app.
 fn router(state: AppState) -> Router {
-    let keys = Arc::new(state.config.keys.clone());
+    let keys = state.0.keys.clone();
+    let config = state.load().config.clone();
     // The API wants a gateway key, the operator's pages an admin key (when keys are on);
     // /healthz and the status page's shell are open.
     let api = Router::new()
@@ -125,8 +146,8 @@ fn router(state: AppState) -> Router {
             "/v1/chat/completions",
             post(chat).layer::<_, Infallible>(
                 ServiceBuilder::new()
-                    .layer(RequestBodyTimeoutLayer::new(state.config.body_read_timeout))
-                    .layer(DefaultBodyLimit::max(state.config.max_body_bytes)),
+                    .layer(RequestBodyTimeoutLayer::new(config.body_read_timeout))
+                    .layer(DefaultBodyLimit::max(config.max_body_bytes)),
             ),
         )
         .route("/v1/models", get(models))
@@ -174,6 +195,16 @@ pub fn install_metrics() -> Result<PrometheusHandle, StartError> {
 /// prints its configuration and address (the last line says
 /// `llm-layers gateway on http://ADDR`), and on SIGINT or SIGTERM drains and stops.
 pub async fn serve(config: Config) -> Result<(), StartError> {
+    serve_reloading(config, None::<fn() -> Result<Config, String>>).await
+}
+
+/// [`serve`], and on `SIGHUP` (Unix) reads the configuration again with `reread` (the
+/// binary: the same flags, the environment and files as they are now) and takes it for new
+/// calls when it is valid; an invalid one is refused and logged, and the old keeps serving.
+pub async fn serve_reloading(
+    config: Config,
+    reread: Option<impl Fn() -> Result<Config, String> + Send + Sync + 'static>,
+) -> Result<(), StartError> {
     let handle = install_metrics()?;
     let described = config.describe();
     let no_key = config.api_key.is_none();
@@ -190,8 +221,44 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         "llm-layers gateway on http://{}  (POST /v1/chat/completions, GET /v1/models, /healthz, /metrics, /status)",
         gateway.addr()
     );
+    let gateway = Arc::new(gateway);
+    #[cfg(unix)]
+    let reloader = reread.map(|reread| {
+        let gw = gateway.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let outcome = match reread() {
+                    Ok(new) => gw.reload(new).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                match outcome {
+                    Ok(()) => println!("SIGHUP: configuration reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: configuration refused, the old one keeps serving");
+                        eprintln!("SIGHUP: configuration refused ({e}); the old one keeps serving");
+                    }
+                }
+            }
+        })
+    });
+    #[cfg(not(unix))]
+    let _ = reread;
     shutdown_signal().await;
     println!("shutting down: draining in-flight streams");
+    #[cfg(unix)]
+    if let Some(r) = reloader {
+        r.abort();
+        let _ = r.await;
+    }
+    let gateway = Arc::try_unwrap(gateway).map_err(|_| StartError::Io {
+        what: "shutting down".into(),
+        source: std::io::Error::other("the gateway is still shared"),
+    })?;
     gateway.shutdown().await.map_err(StartError::io("serving"))
 }
 
@@ -223,6 +290,10 @@ pub struct Gateway {
     phase: watch::Sender<Phase>,
     grace: std::time::Duration,
     server: JoinHandle<std::io::Result<()>>,
+    state: AppState,
+    /// The upstream's URL and key when no upstream comes from the config file (the mock's,
+    /// when there is no key): a reload without a key keeps the mock it started.
+    upstream: (String, String),
 }
 
 impl std::fmt::Debug for Gateway {
@@ -243,6 +314,39 @@ impl Gateway {
     /// The embedded mock, when it runs on one.
     pub fn mock(&self) -> Option<&MockServer> {
         self.mock.as_ref()
+    }
+
+    /// Takes `config` for every call from now on: keys, limits, timeouts, routing,
+    /// upstreams; a call in flight finishes on the configuration it started with. What was
+    /// measured (the latency store) carries over; breakers and learned orders start afresh
+    /// from it. The listen address, connection limits and body limits stay as started.
+    ///
+    /// # Errors
+    ///
+    /// The new configuration's stack cannot be built (a key's variable is not set, a layer
+    /// refuses a value): nothing changes.
+    pub async fn reload(&self, config: Config) -> Result<(), StartError> {
+        let (base_url, key) = match &config.api_key {
+            Some(k) => (config.base_url.clone(), k.clone()),
+            None => self.upstream.clone(),
+        };
+        let old = self.state.load();
+        let built = build(&config, &base_url, &key, Some(old.parts.store.clone())).await?;
+        self.state.replace(AppInner {
+            stack: built.stack,
+            leaf: built.leaf,
+            upstreams: built.upstreams,
+            metrics: old.metrics.clone(),
+            config: Arc::new(config),
+            phase: old.phase.clone(),
+            parts: built.parts,
+            started: old.started,
+            counters: old.counters.clone(),
+        });
+        tracing::info!(
+            "configuration reloaded: new calls use it, calls in flight finish on the old"
+        );
+        Ok(())
     }
 
     /// Graceful shutdown: stop accepting, let in-flight streams run for the grace period,
@@ -279,60 +383,7 @@ pub async fn start(
             (Some(server), url, "sk-or-v1-mock".to_owned())
         }
     };
-    // With upstreams from the config file, the first is the primary and the others race it
-    // for the models they list; without, one upstream from the environment (or the mock).
-    let leaves: Vec<(String, llm_layers_openrouter::OpenRouter, Vec<String>)> = config
-        .upstreams
-        .iter()
-        .map(|u| {
-            u.leaf(
-                &|k| std::env::var(k).ok(),
-                config.connect_timeout,
-                config.default_max_tokens,
-            )
-            .map(|l| (u.name.clone(), l, u.race.clone()))
-        })
-        .collect::<Result<_, _>>()?;
-    let leaf = match leaves.first() {
-        Some((_, primary, _)) => primary.clone(),
-        None => build_leaf(&config, &base_url, &key)?,
-    };
-    // With tiers configured, their models are checked against the upstream's catalog
-    // (when it answers within 10 s; otherwise they are taken on trust).
-    let catalog = if config.router.tiers.is_empty() {
-        None
-    } else {
-        match tokio::time::timeout(Duration::from_secs(10), leaf.models()).await {
-            Ok(Ok(models)) => Some(models.iter().map(|m| m.id.clone()).collect()),
-            _ => None,
-        }
-    };
-    let (stack, parts) = if leaves.is_empty() {
-        build_stack_with_priors(
-            &config,
-            leaf.clone(),
-            catalog,
-            Some(endpoint_stats_of(&leaf)),
-        )?
-    } else {
-        let raced = crate::upstreams::leaf_for(&leaves)?;
-        build_stack_with_priors(&config, raced, catalog, Some(endpoint_stats_of(&leaf)))?
-    };
-    // A replica joining a fleet starts from what the fleet measured (one round, within
-    // the store's budget: a Redis that is down only means starting cold).
-    if let Some(sh) = &parts.shared {
-        match sh.latency.sync().await {
-            Ok(keys) => tracing::info!(keys, "latency profiles merged from the fleet"),
-            Err(e) => tracing::warn!(error = %e, "shared store unreachable at start: local state"),
-        }
-    }
-    // `--stack leaf`: no layer at all, for measuring what the layers cost.
-    let stack: Stack = if config.leaf_only {
-        tracing::warn!("--stack leaf: every call goes straight to the leaf, no layer at all");
-        tower::util::BoxCloneSyncService::new(leaf.clone())
-    } else {
-        stack
-    };
+    let built = build(&config, &base_url, &key, None).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(StartError::io(format!(
@@ -349,26 +400,18 @@ pub async fn start(
         max_connections: config.max_connections,
         max_streams: config.max_streams_per_connection,
     };
-    let upstreams = if leaves.is_empty() {
-        vec![("openrouter".to_owned(), leaf.clone())]
-    } else {
-        leaves
-            .iter()
-            .map(|(n, l, _)| (n.clone(), l.clone()))
-            .collect()
-    };
-    let state = AppState(Arc::new(AppInner {
-        stack,
-        leaf,
-        upstreams,
+    let state = AppState::new(AppInner {
+        stack: built.stack,
+        leaf: built.leaf,
+        upstreams: built.upstreams,
         metrics,
         config: Arc::new(config),
         phase: phase_rx.clone(),
-        parts,
+        parts: built.parts,
         started: tokio::time::Instant::now(),
         counters: Arc::default(),
-    }));
-    let app = router(state);
+    });
+    let app = router(state.clone());
     let mut draining = phase_rx;
     let server = tokio::spawn(async move {
         crate::conn::serve(listener, app, limits, async move {
@@ -382,5 +425,101 @@ pub async fn start(
         phase: phase_tx,
         grace,
         server,
+        state,
+        upstream: (base_url, key),
+    })
+}
+
+/// What a configuration builds: the stack, the leaf, every upstream's leaf, the parts the
+/// status page reads.
+struct Built {
+    stack: Stack,
+    leaf: OpenRouter,
+    upstreams: Vec<(String, OpenRouter)>,
+    parts: Parts,
+}
+
+/// Builds the stack of `config` over its upstreams (or the one at `base_url` with `key`),
+/// measuring into `store` when given (a reload keeps what was measured).
+async fn build(
+    config: &Config,
+    base_url: &str,
+    key: &str,
+    store: Option<LatencyStore>,
+) -> Result<Built, StartError> {
+    // With upstreams from the config file, the first is the primary and the others race it
+    // for the models they list; without, one upstream from the environment (or the mock).
+    let leaves: Vec<(String, llm_layers_openrouter::OpenRouter, Vec<String>)> = config
+        .upstreams
+        .iter()
+        .map(|u| {
+            u.leaf(
+                &|k| std::env::var(k).ok(),
+                config.connect_timeout,
+                config.default_max_tokens,
+            )
+            .map(|l| (u.name.clone(), l, u.race.clone()))
+        })
+        .collect::<Result<_, _>>()?;
+    let leaf = match leaves.first() {
+        Some((_, primary, _)) => primary.clone(),
+        None => build_leaf(config, base_url, key)?,
+    };
+    // With tiers configured, their models are checked against the upstream's catalog
+    // (when it answers within 10 s; otherwise they are taken on trust).
+    let catalog = if config.router.tiers.is_empty() {
+        None
+    } else {
+        match tokio::time::timeout(Duration::from_secs(10), leaf.models()).await {
+            Ok(Ok(models)) => Some(models.iter().map(|m| m.id.clone()).collect()),
+            _ => None,
+        }
+    };
+    let (stack, parts) = if leaves.is_empty() {
+        build_stack_reusing(
+            config,
+            leaf.clone(),
+            catalog,
+            Some(endpoint_stats_of(&leaf)),
+            store,
+        )?
+    } else {
+        let raced = crate::upstreams::leaf_for(&leaves)?;
+        build_stack_reusing(
+            config,
+            raced,
+            catalog,
+            Some(endpoint_stats_of(&leaf)),
+            store,
+        )?
+    };
+    // A replica joining a fleet starts from what the fleet measured (one round, within
+    // the store's budget: a Redis that is down only means starting cold).
+    if let Some(sh) = &parts.shared {
+        match sh.latency.sync().await {
+            Ok(keys) => tracing::info!(keys, "latency profiles merged from the fleet"),
+            Err(e) => tracing::warn!(error = %e, "shared store unreachable at start: local state"),
+        }
+    }
+    // `--stack leaf`: no layer at all, for measuring what the layers cost.
+    let stack: Stack = if config.leaf_only {
+        tracing::warn!("--stack leaf: every call goes straight to the leaf, no layer at all");
+        tower::util::BoxCloneSyncService::new(leaf.clone())
+    } else {
+        stack
+    };
+    let upstreams = if leaves.is_empty() {
+        vec![("openrouter".to_owned(), leaf.clone())]
+    } else {
+        leaves
+            .iter()
+            .map(|(n, l, _)| (n.clone(), l.clone()))
+            .collect()
+    };
+    Ok(Built {
+        stack,
+        leaf,
+        upstreams,
+        parts,
     })
 }

@@ -164,10 +164,25 @@ pub fn build_stack_with_priors<S: ChatService>(
     catalog: Option<Vec<String>>,
     fetch_priors: Option<FetchEndpoints>,
 ) -> Result<(Stack, Parts), ConfigError> {
+    build_stack_reusing(config, leaf, catalog, fetch_priors, None)
+}
+
+/// [`build_stack_with_priors`] measuring into `store` when given (a reload keeps what was
+/// measured), else into a new one.
+pub fn build_stack_reusing<S: ChatService>(
+    config: &Config,
+    leaf: S,
+    catalog: Option<Vec<String>>,
+    fetch_priors: Option<FetchEndpoints>,
+    store: Option<LatencyStore>,
+) -> Result<(Stack, Parts), ConfigError> {
     // Quantiles from 10 samples: a p95 read that early is rough, but a hedge or an order
     // from it beats the cold guess by far (the first ten calls of a model arrive within
     // its first p50).
-    let store = LatencyStore::builder().min_samples(10).build()?;
+    let store = match store {
+        Some(s) => s,
+        None => LatencyStore::builder().min_samples(10).build()?,
+    };
     let breaker = BreakerLayer::builder()
         .seed(config.seed.unwrap_or(0))
         .slow_call(SlowCall::P50Multiple {

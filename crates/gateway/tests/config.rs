@@ -20,7 +20,9 @@ fn flags_win_over_the_environment_and_bad_values_are_refused() {
         Config::from_args_env(args(&["--upstream-h2c", "off", "--max-retries=1"]), env).unwrap();
     assert!(!c.upstream_h2c);
     assert_eq!(c.max_retries, 1);
-    let e = Config::from_args_env(args(&["--upstream-h2c", "maybe"]), |_| None).unwrap_err();
+    let e = Config::from_args_env(args(&["--upstream-h2c", "maybe"]), |_| None)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("--upstream-h2c") && e.contains("on or off"),
         "{e}"
@@ -117,7 +119,8 @@ race = ["openai/gpt-4o-mini"]
         ],
         |_| None,
     )
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("--max-retries"), "{e}");
 
     let gw = start(
@@ -193,7 +196,9 @@ fn worker_threads_pick_the_runtime() {
     });
     for bad in ["many", "-1", "100000"] {
         let flag = format!("--worker-threads={bad}");
-        let e = Config::from_args_env(args(&[&flag]), |_| None).unwrap_err();
+        let e = Config::from_args_env(args(&[&flag]), |_| None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--worker-threads"), "{e}");
     }
 }
@@ -262,4 +267,258 @@ fn no_secret_in_any_output_of_a_broken_configuration() {
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--help` describes every flag with its default and environment variable, `--version`
+/// answers, a bad flag is one error message, and `--check-config` reads and checks everything:
+/// exit 0 with the configuration in force (no secret) when valid, 1 naming the line when not.
+#[test]
+fn help_version_and_check_config_as_a_deploy_pipeline_uses_them() {
+    let bin = env!("CARGO_BIN_EXE_llm-gateway");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .env_remove("OPENROUTER_API_KEY")
+            .env_remove("LLM_GATEWAY_CONFIG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&[out.stdout, out.stderr].concat()).into_owned();
+        (out.status.code(), text)
+    };
+    let (code, help) = run(&["--help"]);
+    assert_eq!(code, Some(0));
+    for (flag, env) in [
+        ("--listen", "LISTEN_ADDR"),
+        ("--first-token-timeout-ms", "FIRST_TOKEN_TIMEOUT_MS"),
+        ("--redis-url", "REDIS_URL"),
+        ("--max-connections", "LLM_GATEWAY_MAX_CONNECTIONS"),
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("{flag} in {help}"));
+        assert!(
+            line.contains("[default: ") && line.contains(&format!("[env: {env}]")),
+            "{line}"
+        );
+    }
+    for heading in [
+        "Listening and limits:",
+        "Timeouts and retries:",
+        "Routing:",
+        "Shared state:",
+    ] {
+        assert!(help.contains(heading), "{heading}");
+    }
+    let (code, version) = run(&["--version"]);
+    assert_eq!(
+        (code, version.trim()),
+        (Some(0), concat!("llm-gateway ", env!("CARGO_PKG_VERSION")))
+    );
+    let (code, bad) = run(&["--bogus"]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        bad.matches("Usage:").count(),
+        1,
+        "one message, not the usage twice: {bad}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("llm-gw-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        "[settings]\nmax-retries = 2\n\n[[upstreams]]\nname = \"or\"\nbase_url = \"http://127.0.0.1:9/api/v1\"\nkeys = [{ name = \"main\", key = \"sk-or-v1-check-secret-000000\" }]\n",
+    )
+    .unwrap();
+    let (code, text) = run(&["--check-config", "--config", good.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("configuration valid"), "{text}");
+    assert!(!text.contains("check-secret"), "{text}");
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[settings]\nmax-retries = 2\nhedge-quantile = \"often\"\n",
+    )
+    .unwrap();
+    let (code, text) = run(&["--check-config", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("--hedge-quantile"), "{text}");
+    let broken = dir.join("broken.toml");
+    std::fs::write(&broken, "[settings]\nmax-retries = = 2\n").unwrap();
+    let (code, text) = run(&["--check-config", "--config", broken.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("line 2"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_serves_new_calls_on_the_new_configuration_and_lets_streams_finish() {
+    use llm_layers_gateway::keys::Keys;
+    let keys = Keys::from_json(KEYS).unwrap();
+    let cfg = Config {
+        keys,
+        idle_timeout: None,
+        ..config()
+    };
+    let (gw, _mock) = gateway_on(open_stream_scenario(30.0), cfg.clone()).await;
+    let c = client();
+    let ops = "sk-gw-ops-00000000000";
+    let fresh = "sk-gw-fresh-00000000";
+    let m = json!({"model": "m", "messages": [{"role": "user", "content": "across"}], "max_tokens": 8, "stream": true});
+    // A stream in flight (its headers came at its first token) when the keys change.
+    let req = hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr()))
+        .header("authorization", format!("Bearer {ops}"))
+        .body(Full::new(Bytes::from(m.to_string())))
+        .unwrap();
+    let r = c.request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let reader = tokio::spawn(async move { answer_text(r, true).await });
+    let revoked = KEYS.replace(
+        r#""tenant": "ops", "key": "sk-gw-ops-00000000000", "admin": true"#,
+        r#""tenant": "ops", "key": "sk-gw-ops-00000000000", "revoked": true},
+    {"tenant": "fresh", "key": "sk-gw-fresh-00000000""#,
+    );
+    assert_ne!(revoked, KEYS);
+    gw.reload(Config {
+        keys: Keys::from_json(&revoked).unwrap(),
+        ..cfg.clone()
+    })
+    .await
+    .unwrap();
+    // The call in flight finishes on the configuration it started with, exactly.
+    let body = ChatBody {
+        messages: vec![Message::user("across")],
+        ..ChatBody::default()
+    };
+    assert_eq!(reader.await.unwrap(), expected_answer(&body, 8));
+    // New calls: the revoked key is refused, the new one served.
+    let hi =
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1});
+    let (status, v, _) = post_as(&c, &gw, Some(ops), &[], hi.to_string()).await;
+    assert_eq!(status, 401, "{v}");
+    let (status, v, _) = post_as(&c, &gw, Some(fresh), &[], hi.to_string()).await;
+    assert_eq!(status, 200, "{v}");
+    // A configuration that cannot be built changes nothing.
+    let broken: llm_layers_gateway::upstreams::UpstreamConfig = serde_json::from_value(json!({
+        "name": "elsewhere", "base_url": "http://127.0.0.1:9/v1",
+        "keys": [{"name": "k", "env": "LLM_LAYERS_TEST_NEVER_SET"}]
+    }))
+    .unwrap();
+    let e = gw
+        .reload(Config {
+            keys: Keys::default(),
+            upstreams: vec![broken],
+            ..cfg
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("LLM_LAYERS_TEST_NEVER_SET"), "{e}");
+    let (status, _, _) = post_as(&c, &gw, Some(fresh), &[], hi.to_string()).await;
+    assert_eq!(status, 200, "the old configuration still serves");
+    let (status, _, _) = post_as(&c, &gw, None, &[], hi.to_string()).await;
+    assert_eq!(
+        status, 401,
+        "keys still on: the broken one's empty key list was not taken"
+    );
+    gw.shutdown().await.unwrap();
+}
+
+/// The binary re-reads its flags, environment and files on `SIGHUP`: an operator rotates a
+/// key by editing the keys file, and a broken edit is refused while the old keys serve on.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_the_keys_file_and_refuses_a_broken_one() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("llm-gw-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keys.json");
+    let keys = |k: &str| format!(r#"{{"keys": [{{"tenant": "t", "key": "{k}"}}]}}"#);
+    std::fs::write(&file, keys("sk-gw-before-00000000")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_llm-gateway"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--mock-time-scale",
+            "0",
+            "--keys",
+        ])
+        .arg(&file)
+        .env_remove("OPENROUTER_API_KEY")
+        .env_remove("LLM_GATEWAY_CONFIG")
+        .env_remove("LLM_GATEWAY_KEYS")
+        .env_remove("LLM_GATEWAY_KEYS_FILE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the gateway printed its address")
+            .unwrap();
+        if let Some(rest) = line.split("gateway on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep reading its output (both streams) so it never blocks on a full pipe.
+    let (tx, said) = mpsc::channel();
+    let errors = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for l in errors.map_while(Result::ok) {
+            let _ = tx2.send(l);
+        }
+    });
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let c = client();
+    let call = |key: &'static str| {
+        let c = c.clone();
+        let addr = addr.clone();
+        async move {
+            let req = hyper::Request::post(format!("http://{addr}/v1/chat/completions"))
+                .header("authorization", format!("Bearer {key}"))
+                .body(Full::new(Bytes::from_static(
+                    br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":1}"#,
+                )))
+                .unwrap();
+            c.request(req).await.unwrap().status().as_u16()
+        }
+    };
+    let hup = |pid: u32| {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    let wait_for = |said: &mpsc::Receiver<String>, what: &str| loop {
+        let l = said
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("the gateway never said {what:?}"));
+        if l.contains(what) {
+            break;
+        }
+    };
+    assert_eq!(call("sk-gw-before-00000000").await, 200);
+    std::fs::write(&file, keys("sk-gw-after-000000000")).unwrap();
+    hup(child.id());
+    wait_for(&said, "configuration reloaded");
+    assert_eq!(call("sk-gw-before-00000000").await, 401);
+    assert_eq!(call("sk-gw-after-000000000").await, 200);
+    // A broken edit: refused, the keys before it still serve.
+    std::fs::write(&file, "{ not json").unwrap();
+    hup(child.id());
+    wait_for(&said, "configuration refused");
+    assert_eq!(call("sk-gw-after-000000000").await, 200);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -153,7 +153,8 @@ fn child_gateway(args: Vec<String>) -> Result<(), String> {
             std::process::exit(0);
         });
     }
-    let config = llm_layers_gateway::Config::from_args_env(args, |k| std::env::var(k).ok())?;
+    let config = llm_layers_gateway::Config::from_args_env(args, |k| std::env::var(k).ok())
+        .map_err(|e| e.to_string())?;
     config
         .runtime()
         .map_err(|e| e.to_string())?

@@ -6,67 +6,405 @@ use super::file_error::{Position, file_error, json_error};
 
 use super::Config;
 
-/// Every flag that takes a value, with what its value is.
-pub(super) const FLAGS: &[(&str, &str)] = &[
-    ("listen", "ADDR"),
-    ("mock-preset", "NAME"),
-    ("mock-time-scale", "X"),
-    ("max-body-bytes", "N"),
-    ("body-read-timeout-ms", "MS"),
-    ("header-read-timeout-ms", "MS"),
-    ("max-connections", "N"),
-    ("max-streams-per-connection", "N"),
-    ("shutdown-grace-ms", "MS"),
-    ("default-max-tokens", "N"),
-    ("first-token-timeout-ms", "MS"),
-    ("idle-timeout-ms", "MS"),
-    ("total-timeout-ms", "MS"),
-    ("max-retries", "N"),
-    ("connect-timeout-ms", "MS"),
-    ("hedge-quantile", "Q"),
-    ("hedge-budget", "SHARE"),
-    ("slow-call-factor", "X"),
-    ("worker-threads", "N"),
-    ("max-concurrency", "N"),
-    ("requests-per-minute", "N"),
-    ("tenant-requests-per-minute", "N"),
-    ("tokens-per-minute", "N"),
-    ("tiers", "FILE.json"),
-    ("learned-order", "on|off"),
-    ("upstream-h2c", "on|off"),
-    ("adaptive-idle", "on|off"),
-    ("adaptive-first-token", "on|off"),
-    ("resume", "on|off"),
-    ("priors", "on|off"),
-    ("coalesce", "on|off"),
-    ("redis-url", "URL"),
-    ("replicas", "N"),
-    ("redis-limits", "exact|lease"),
-    ("stack", "full|leaf"),
-    ("keys", "FILE.json"),
+/// One flag: its name, what its value is, its environment variable, its default (as
+/// `--help` shows it), what it does in one line, and the heading it is listed under.
+pub(super) struct Flag {
+    pub(super) name: &'static str,
+    pub(super) value: &'static str,
+    pub(super) env: &'static str,
+    pub(super) default: &'static str,
+    pub(super) help: &'static str,
+    pub(super) heading: &'static str,
+}
+
+const LISTEN: &str = "Listening and limits";
+const TIMEOUTS: &str = "Timeouts and retries";
+const ROUTING: &str = "Routing";
+const RESUME: &str = "Resume and coalescing";
+const SHARED: &str = "Shared state";
+const KEYS: &str = "Keys and upstreams";
+const MOCK: &str = "Mock upstream (no OPENROUTER_API_KEY)";
+
+const fn flag(
+    name: &'static str,
+    value: &'static str,
+    env: &'static str,
+    default: &'static str,
+    help: &'static str,
+    heading: &'static str,
+) -> Flag {
+    Flag {
+        name,
+        value,
+        env,
+        default,
+        help,
+        heading,
+    }
+}
+
+/// Every flag that takes a value. The environment variable sets it below a flag and above
+/// the config file's `[settings]`.
+pub(super) const FLAGS: &[Flag] = &[
+    flag(
+        "listen",
+        "ADDR",
+        "LISTEN_ADDR",
+        "127.0.0.1:8080",
+        "Address to listen on",
+        LISTEN,
+    ),
+    flag(
+        "max-body-bytes",
+        "N",
+        "LLM_GATEWAY_MAX_BODY_BYTES",
+        "4194304",
+        "Largest request body; larger gets 413",
+        LISTEN,
+    ),
+    flag(
+        "body-read-timeout-ms",
+        "MS",
+        "LLM_GATEWAY_BODY_READ_TIMEOUT_MS",
+        "30000",
+        "Time to read a request body; then 408",
+        LISTEN,
+    ),
+    flag(
+        "header-read-timeout-ms",
+        "MS",
+        "LLM_GATEWAY_HEADER_READ_TIMEOUT_MS",
+        "30000",
+        "Deadline of a connection's first request and of each request head; an idle connection's limit",
+        LISTEN,
+    ),
+    flag(
+        "max-connections",
+        "N",
+        "LLM_GATEWAY_MAX_CONNECTIONS",
+        "4096",
+        "Connections open at once; one more is closed at accept",
+        LISTEN,
+    ),
+    flag(
+        "max-streams-per-connection",
+        "N",
+        "LLM_GATEWAY_MAX_STREAMS_PER_CONNECTION",
+        "128",
+        "Streams at once on one HTTP/2 connection",
+        LISTEN,
+    ),
+    flag(
+        "max-concurrency",
+        "N",
+        "LLM_GATEWAY_MAX_CONCURRENCY",
+        "512",
+        "Calls in flight at once; when full, low priority is shed and the rest queue",
+        LISTEN,
+    ),
+    flag(
+        "requests-per-minute",
+        "N",
+        "LLM_GATEWAY_REQUESTS_PER_MINUTE",
+        "0 (off)",
+        "Requests per minute per model",
+        LISTEN,
+    ),
+    flag(
+        "tenant-requests-per-minute",
+        "N",
+        "LLM_GATEWAY_TENANT_REQUESTS_PER_MINUTE",
+        "0 (off)",
+        "Requests per minute per tenant",
+        LISTEN,
+    ),
+    flag(
+        "tokens-per-minute",
+        "N",
+        "LLM_GATEWAY_TOKENS_PER_MINUTE",
+        "0 (off)",
+        "LLM tokens per minute per model, reserved and settled to usage",
+        LISTEN,
+    ),
+    flag(
+        "shutdown-grace-ms",
+        "MS",
+        "LLM_GATEWAY_SHUTDOWN_GRACE_MS",
+        "10000",
+        "On SIGINT/SIGTERM, how long open streams may run on",
+        LISTEN,
+    ),
+    flag(
+        "worker-threads",
+        "N",
+        "WORKER_THREADS",
+        "0 (one per core)",
+        "Runtime threads; 1 is a single-threaded runtime",
+        LISTEN,
+    ),
+    flag(
+        "first-token-timeout-ms",
+        "MS",
+        "FIRST_TOKEN_TIMEOUT_MS",
+        "30000",
+        "Longest wait for an attempt's first token (0: off)",
+        TIMEOUTS,
+    ),
+    flag(
+        "adaptive-first-token",
+        "on|off",
+        "ADAPTIVE_FIRST_TOKEN",
+        "on",
+        "Cut an attempt at 3x the measured p99 first token of its provider instead",
+        TIMEOUTS,
+    ),
+    flag(
+        "idle-timeout-ms",
+        "MS",
+        "IDLE_TIMEOUT_MS",
+        "30000",
+        "Longest gap between chunks (0: off)",
+        TIMEOUTS,
+    ),
+    flag(
+        "adaptive-idle",
+        "on|off",
+        "ADAPTIVE_IDLE",
+        "on",
+        "Cut a stream at 20x the measured p99 longest gap of its provider instead",
+        TIMEOUTS,
+    ),
+    flag(
+        "total-timeout-ms",
+        "MS",
+        "TOTAL_TIMEOUT_MS",
+        "300000",
+        "Whole-call limit (0: off)",
+        TIMEOUTS,
+    ),
+    flag(
+        "connect-timeout-ms",
+        "MS",
+        "LLM_GATEWAY_CONNECT_TIMEOUT_MS",
+        "5000",
+        "Connect timeout to the upstream",
+        TIMEOUTS,
+    ),
+    flag(
+        "max-retries",
+        "N",
+        "MAX_RETRIES",
+        "4",
+        "Retries per call before the first token (0: no retry at all)",
+        TIMEOUTS,
+    ),
+    flag(
+        "hedge-quantile",
+        "Q",
+        "HEDGE_QUANTILE",
+        "0.95",
+        "Hedge when no first token by this quantile of recent TTFT (0: off)",
+        TIMEOUTS,
+    ),
+    flag(
+        "hedge-budget",
+        "SHARE",
+        "LLM_GATEWAY_HEDGE_BUDGET",
+        "0.05",
+        "Hedge at most this share of calls",
+        TIMEOUTS,
+    ),
+    flag(
+        "slow-call-factor",
+        "X",
+        "LLM_GATEWAY_SLOW_CALL_FACTOR",
+        "3",
+        "A first token this many times the model's median counts as a failure",
+        TIMEOUTS,
+    ),
+    flag(
+        "default-max-tokens",
+        "N",
+        "LLM_GATEWAY_DEFAULT_MAX_TOKENS",
+        "none",
+        "max_tokens added to a request that sets none",
+        TIMEOUTS,
+    ),
+    flag(
+        "tiers",
+        "FILE.json",
+        "ROUTER_TIERS",
+        "none",
+        "Latency tiers (model: tier:NAME) and routing knobs",
+        ROUTING,
+    ),
+    flag(
+        "learned-order",
+        "on|off",
+        "LEARNED_ORDER",
+        "on",
+        "Send the provider measured fastest first",
+        ROUTING,
+    ),
+    flag(
+        "priors",
+        "on|off",
+        "PRIORS",
+        "on",
+        "Seed the order with the upstream's published endpoint latency",
+        ROUTING,
+    ),
+    flag(
+        "upstream-h2c",
+        "on|off",
+        "UPSTREAM_H2C",
+        "off",
+        "HTTP/2 without negotiation to an http:// upstream",
+        ROUTING,
+    ),
+    flag(
+        "stack",
+        "full|leaf",
+        "LLM_GATEWAY_STACK",
+        "full",
+        "leaf: no layer at all (for measuring what the layers cost)",
+        ROUTING,
+    ),
+    flag(
+        "resume",
+        "on|off",
+        "RESUME",
+        "off",
+        "Continue streams that break after their first token (x-llm-resume per request)",
+        RESUME,
+    ),
+    flag(
+        "coalesce",
+        "on|off",
+        "COALESCE",
+        "off",
+        "Identical concurrent temperature-0 calls of one tenant share one upstream call",
+        RESUME,
+    ),
+    flag(
+        "redis-url",
+        "URL",
+        "REDIS_URL",
+        "none",
+        "Share limits, holds, breakers and latency through Redis or Valkey",
+        SHARED,
+    ),
+    flag(
+        "replicas",
+        "N",
+        "LLM_GATEWAY_REPLICAS",
+        "1",
+        "Replicas sharing the limits (each limits to its share while Redis is down)",
+        SHARED,
+    ),
+    flag(
+        "redis-limits",
+        "exact|lease",
+        "LLM_GATEWAY_REDIS_LIMITS",
+        "lease",
+        "Shared limits decided per call, or from short leases",
+        SHARED,
+    ),
+    flag(
+        "keys",
+        "FILE.json",
+        "LLM_GATEWAY_KEYS_FILE",
+        "none (LLM_GATEWAY_KEYS=tenant=key,...)",
+        "Gateway keys: tenants, priorities, models, caps",
+        KEYS,
+    ),
+    flag(
+        "mock-preset",
+        "NAME",
+        "MOCK_PRESET",
+        "fat_tail",
+        "The built-in mock's preset",
+        MOCK,
+    ),
+    flag(
+        "mock-time-scale",
+        "X",
+        "MOCK_TIME_SCALE",
+        "1",
+        "The built-in mock's time scale (0.01: 100x faster)",
+        MOCK,
+    ),
 ];
 
-/// The command line: every flag of [`FLAGS`] and `--config`, each taking one value.
+/// The command line: every flag of [`FLAGS`] and `--config`, each taking one value, with
+/// its description, default and environment variable in `--help`, by heading.
 pub(super) fn command() -> clap::Command {
     let mut cmd = clap::Command::new("llm-gateway")
+        .about("An OpenAI-compatible gateway in front of OpenRouter (or any OpenAI-compatible upstream), built on llm-layers. With no OPENROUTER_API_KEY it serves from a built-in mock upstream.")
+        .version(env!("CARGO_PKG_VERSION"))
         .args_override_self(true)
-        .disable_help_flag(true)
+        .max_term_width(100)
+        .after_help(AFTER_HELP)
         .arg(
-            clap::Arg::new("help")
-                .short('h')
-                .long("help")
-                .action(clap::ArgAction::Help),
-        )
-        .arg(
-            clap::Arg::new("config")
-                .long("config")
-                .value_name("FILE.toml"),
+            clap::Arg::new("check-config")
+                .long("check-config")
+                .action(clap::ArgAction::SetTrue)
+                .help("Read and check everything, print the configuration in force (no secret), and exit: 0 when valid, 1 when not"),
         );
-    for (name, value) in FLAGS {
-        cmd = cmd.arg(clap::Arg::new(*name).long(*name).value_name(*value));
+    for f in FLAGS {
+        cmd = cmd.arg(
+            clap::Arg::new(f.name)
+                .long(f.name)
+                .value_name(f.value)
+                .help(format!(
+                    "{} [default: {}] [env: {}]",
+                    f.help, f.default, f.env
+                ))
+                .help_heading(f.heading),
+        );
     }
-    cmd
+    cmd.arg(
+        clap::Arg::new("config")
+            .long("config")
+            .value_name("FILE.toml")
+            .help("A config file: [settings] (any flag by its name) and [[upstreams]] [default: none] [env: LLM_GATEWAY_CONFIG]")
+            .help_heading(KEYS),
+    )
 }
+
+/// Why the command line gave no configuration to run with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CliExit {
+    /// `--help` or `--version`: print this, and exit with success.
+    Print(String),
+    /// A bad flag, value or file: this says which (never a secret it held).
+    Error(String),
+}
+
+impl From<String> for CliExit {
+    fn from(e: String) -> Self {
+        CliExit::Error(e)
+    }
+}
+
+impl std::fmt::Display for CliExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliExit::Print(s) | CliExit::Error(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for CliExit {}
+
+/// What `--help` says after the flags: the environment that is no flag, and the headers.
+const AFTER_HELP: &str = "\
+Environment: OPENROUTER_API_KEY (none: the built-in mock), OPENROUTER_BASE_URL (default
+https://openrouter.ai/api/v1), LLM_GATEWAY_KEYS (tenant=key,...). Flags win over the
+environment, which wins over the config file.
+Request headers: authorization: Bearer <gateway key>; x-tenant and x-priority: low|normal|high
+(with keys: only a trusted key's are honoured as sent); x-llm-resume: on|off;
+x-llm-coalesce: on|off.";
 
 /// The config file: `[settings]` (any flag, by its name without `--`) and `[[upstreams]]`.
 ///
@@ -96,31 +434,6 @@ pub(super) struct ConfigFile {
     #[serde(default)]
     pub(super) upstreams: Vec<crate::upstreams::UpstreamConfig>,
 }
-
-/// The usage text.
-pub const USAGE: &str = "\
-usage: llm-gateway [--listen ADDR] [--mock-preset NAME] [--mock-time-scale X]
-               [--max-body-bytes N] [--body-read-timeout-ms MS] [--header-read-timeout-ms MS]
-               [--max-connections N] [--max-streams-per-connection N] [--shutdown-grace-ms MS]
-               [--default-max-tokens N] [--first-token-timeout-ms MS] [--idle-timeout-ms MS]
-               [--total-timeout-ms MS] [--max-retries N] [--connect-timeout-ms MS]
-               [--hedge-quantile Q] [--hedge-budget SHARE] [--slow-call-factor X]
-               [--max-concurrency N] [--requests-per-minute N] [--tokens-per-minute N]
-               [--tenant-requests-per-minute N]
-               [--tiers FILE.json] [--learned-order on|off] [--upstream-h2c on|off]
-               [--adaptive-idle on|off] [--adaptive-first-token on|off] [--resume on|off] [--priors on|off] [--coalesce on|off]
-               [--redis-url URL] [--replicas N] [--redis-limits exact|lease]
-               [--stack full|leaf] [--worker-threads N]
-               [--keys FILE.json] [--config FILE.toml]
-headers:     authorization: Bearer <gateway key> (when keys are configured);
-             x-tenant (key of --tenant-requests-per-minute; with gateway keys, the key's tenant
-             wins unless the key is trusted), x-priority: low|normal|high (with keys: may only
-             lower the key's priority unless trusted), x-llm-resume: on|off (continue a stream
-             that breaks after its first token; --resume sets the default)
-environment: OPENROUTER_API_KEY, OPENROUTER_BASE_URL, LLM_GATEWAY_KEYS, LISTEN_ADDR, MOCK_PRESET, MOCK_TIME_SCALE,
-             FIRST_TOKEN_TIMEOUT_MS, IDLE_TIMEOUT_MS, TOTAL_TIMEOUT_MS, MAX_RETRIES,
-             HEDGE_QUANTILE, ROUTER_TIERS, LEARNED_ORDER, UPSTREAM_H2C, ADAPTIVE_IDLE, RESUME, PRIORS, COALESCE,
-             REDIS_URL, LLM_GATEWAY_REPLICAS, WORKER_THREADS, LLM_GATEWAY_CONFIG (flags win)";
 
 /// clap's message with the value of every quoted `'--flag=value'` cut: a secret passed to
 /// a misspelt flag is not printed back.
@@ -185,7 +498,7 @@ impl Config {
     pub fn from_args_env(
         args: impl IntoIterator<Item = String>,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Config, String> {
+    ) -> Result<Config, CliExit> {
         let mut c = Config::default();
         let non_empty = |k: &str| env(k).filter(|v| !v.trim().is_empty());
         c.api_key = non_empty("OPENROUTER_API_KEY");
@@ -196,30 +509,13 @@ impl Config {
             c.base_url = u;
         }
         let mut pairs: Vec<(String, String)> = Vec::new();
-        for (k, flag) in [
-            ("LISTEN_ADDR", "--listen"),
-            ("MOCK_PRESET", "--mock-preset"),
-            ("MOCK_TIME_SCALE", "--mock-time-scale"),
-            ("FIRST_TOKEN_TIMEOUT_MS", "--first-token-timeout-ms"),
-            ("IDLE_TIMEOUT_MS", "--idle-timeout-ms"),
-            ("TOTAL_TIMEOUT_MS", "--total-timeout-ms"),
-            ("MAX_RETRIES", "--max-retries"),
-            ("HEDGE_QUANTILE", "--hedge-quantile"),
-            ("ROUTER_TIERS", "--tiers"),
-            ("LEARNED_ORDER", "--learned-order"),
-            ("UPSTREAM_H2C", "--upstream-h2c"),
-            ("ADAPTIVE_IDLE", "--adaptive-idle"),
-            ("ADAPTIVE_FIRST_TOKEN", "--adaptive-first-token"),
-            ("RESUME", "--resume"),
-            ("PRIORS", "--priors"),
-            ("COALESCE", "--coalesce"),
-            ("REDIS_URL", "--redis-url"),
-            ("LLM_GATEWAY_REPLICAS", "--replicas"),
-            ("WORKER_THREADS", "--worker-threads"),
-            ("LLM_GATEWAY_CONFIG", "--config"),
-        ] {
+        let envs = FLAGS
+            .iter()
+            .map(|f| (f.env, f.name))
+            .chain([("LLM_GATEWAY_CONFIG", "config")]);
+        for (k, flag) in envs {
             if let Some(v) = non_empty(k) {
-                pairs.push((flag.to_owned(), v));
+                pairs.push((format!("--{flag}"), v));
             }
         }
         // One parser for all three sources, lowest first: the config file's `[settings]`,
@@ -232,9 +528,19 @@ impl Config {
         let matches = command()
             .try_get_matches_from(argv)
             .map_err(|e| match e.kind() {
-                clap::error::ErrorKind::DisplayHelp => String::new(),
-                _ => without_values(e.to_string().trim_end()),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    CliExit::Print(e.to_string())
+                }
+                _ => CliExit::Error(without_values(e.to_string().trim_end())),
             })?;
+        c.check_only = matches.get_flag("check-config");
+        c.apply(&matches).map_err(CliExit::Error)?;
+        Ok(c)
+    }
+
+    /// The config file, then the environment and flags (as parsed in `matches`), onto `self`.
+    fn apply(&mut self, matches: &clap::ArgMatches) -> Result<(), String> {
+        let c = self;
         let mut pairs: Vec<(String, String)> = Vec::new();
         if let Some(path) = matches.get_one::<String>("config") {
             let text = std::fs::read_to_string(path)
@@ -270,9 +576,9 @@ impl Config {
             }
             c.upstreams = file.upstreams;
         }
-        for (name, _) in FLAGS {
-            if let Some(v) = matches.get_one::<String>(name) {
-                pairs.push((format!("--{name}"), v.clone()));
+        for f in FLAGS {
+            if let Some(v) = matches.get_one::<String>(f.name) {
+                pairs.push((format!("--{}", f.name), v.clone()));
             }
         }
         for (flag, v) in pairs {
@@ -415,6 +721,6 @@ impl Config {
                 other => return Err(format!("unknown flag {other:?}")),
             }
         }
-        Ok(c)
+        Ok(())
     }
 }
