@@ -37,6 +37,7 @@ async fn run(svc: &Breaker<MockChat>) -> Result<(), LlmError> {
 }
 
 struct Replica {
+    layer: BreakerLayer,
     sync: BreakerSync,
     svc: Breaker<MockChat>,
     mock: MockChat,
@@ -72,6 +73,7 @@ async fn a_trip_reaches_every_replica_in_one_sync_and_one_replica_probes() {
             sync: BreakerSync::new(&redis, &layer, every),
             svc: layer.layer(mock.clone()),
             mock,
+            layer,
         };
         // Each has seen another provider answer.
         assert!(!r.call(ok("Good")).await);
@@ -120,7 +122,11 @@ async fn a_trip_reaches_every_replica_in_one_sync_and_one_replica_probes() {
     }
 
     // A provider's 429 on replica 2 holds it on every replica after one sync (a hold, not
-    // a trip: nothing opens).
+    // a trip: nothing opens). Hot served before, so a few probes of its hold may go.
+    for r in &replicas {
+        r.mock.push(ok("Hot"));
+        let _ = run(&r.svc).await;
+    }
     replicas[2]
         .call(Script::error(
             LlmError::status(StatusCode::TOO_MANY_REQUESTS, None)
@@ -133,9 +139,17 @@ async fn a_trip_reaches_every_replica_in_one_sync_and_one_replica_probes() {
         r.sync.sync().await.unwrap();
     }
     for (i, r) in replicas.iter().enumerate() {
-        r.mock.push(ok("Good"));
-        let _ = run(&r.svc).await;
-        let sent = ignored(r.mock.requests().last().unwrap());
-        assert!(sent.contains(&"hot".to_string()), "replica {i}: {sent:?}");
+        let hot = r
+            .layer
+            .snapshot()
+            .into_iter()
+            .find(|b| b.provider.as_deref() == Some("hot"))
+            .unwrap_or_else(|| panic!("replica {i} knows Hot"));
+        assert!(
+            hot.held_until
+                .is_some_and(|u| u > tokio::time::Instant::now() + Duration::from_secs(25)),
+            "replica {i}: {hot:?}"
+        );
+        assert_eq!(hot.state, llm_layers_breaker::State::Closed, "replica {i}");
     }
 }
