@@ -28,6 +28,8 @@ import threading
 import time
 import urllib.request
 
+import wire
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -98,12 +100,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
             pass
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def rss_kib(pid):
@@ -143,7 +139,7 @@ def get(port, path, key=None):
 def main():
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "llm-layers-gateway"], cwd=ROOT,
                    check=True)
-    up_port = free_port()
+    up_port = wire.free_port()
     upstream = Upstream(("127.0.0.1", up_port), Handler)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     tmp = tempfile.mkdtemp()
@@ -162,7 +158,7 @@ name = "py"
 base_url = "http://127.0.0.1:{up_port}/api/v1"
 keys = [{{ name = "main", key = "sk-py-main-000000000" }}, {{ name = "backup", key = "sk-py-backup-0000000" }}]
 """)
-    gw_port = free_port()
+    gw_port = wire.free_port()
     env = dict(os.environ, OPENROUTER_API_KEY="sk-unused", RUST_LOG="warn")
     gw = subprocess.Popen([os.path.join(ROOT, "target/release/llm-gateway"), "--listen",
                            f"127.0.0.1:{gw_port}", "--keys", keys, "--config", config,

@@ -2,7 +2,7 @@
 """The fault rows over the wire: the release gateway binary with its defaults, in front of
 the mock server binary in real time, against the same mock straight, from a client that
 gives up after 30 s (as the official SDKs' default request timeout is counted). Each answer
-is checked token by token (the mock's answer to a request is `TAG-0 TAG-1 ... TAG-(n-1) `).
+is checked token by token (the mock's answer to a request is consecutive words of its passage: see `wire.py`).
 
     python3 benches/faults-wire.py [ROWS]      (builds both release binaries; ~6 minutes)
 
@@ -22,24 +22,17 @@ import sys
 import threading
 import time
 
+import wire
+
+# The mock's passage, read from it once it is up.
+WORDS = []
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIENT_TIMEOUT = 30.0
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
-def check(text, n):
-    toks = text.split(" ")
-    if toks[-1] != "" or len(toks) != n + 1:
-        return False
-    tag = toks[0].rsplit("-", 1)[0]
-    return all(t == f"{tag}-{i}" for i, t in enumerate(toks[:-1]))
 
 
 def call(port, path, body, headers, stream):
@@ -57,7 +50,7 @@ def call(port, path, body, headers, stream):
             v = json.loads(r.read())
             text = v["choices"][0]["message"]["content"] or ""
             fin = bool(v["choices"][0].get("finish_reason"))
-            return fin and check(text, body["max_tokens"]), ttft, time.time() - t0, False
+            return fin and wire.is_answer(text, body["max_tokens"], WORDS), ttft, time.time() - t0, False
         text, fin, err, buf = "", False, False, b""
         while True:
             chunk = r.read1(65536)
@@ -83,7 +76,7 @@ def call(port, path, body, headers, stream):
                             text += d["content"]
                         if ch.get("finish_reason") and ch.get("finish_reason") != "error":
                             fin = True
-        ok = fin and not err and check(text, body["max_tokens"])
+        ok = fin and not err and wire.is_answer(text, body["max_tokens"], WORDS)
         return ok, ttft, time.time() - t0, False
     except socket.timeout:
         return False, None, time.time() - t0, True
@@ -166,7 +159,7 @@ def main():
                     "llm-layers-mock"], cwd=ROOT, check=True)
     for name in wanted:
         preset, calls, inflight, stream, resume, pace = ROWS[name]
-        mock_port, gw_port = free_port(), free_port()
+        mock_port, gw_port = wire.free_port(), wire.free_port()
         mock = subprocess.Popen([os.path.join(ROOT, "target/release/llm-layers-mock"),
                                  "--preset", preset, "--seed", "42",
                                  "--listen", f"127.0.0.1:{mock_port}"],
@@ -178,6 +171,7 @@ def main():
                               stderr=subprocess.DEVNULL)
         try:
             time.sleep(1.0)
+            WORDS[:] = wire.mock_words(mock_port)
             print(f"{name}: preset {preset}, {calls} {'streaming' if stream else 'whole'} calls, "
                   f"{inflight} in flight{', x-llm-resume: on' if resume else ''}")
             auth = {"content-type": "application/json", "authorization": "Bearer sk-or-v1-wire"}

@@ -3,7 +3,7 @@
 of the mock server binary on the chaos faults, where the three providers differ in how they
 take a prefill: Alpha continues it, Beta answers it from scratch (as OpenAI's models do),
 Gamma refuses it with a 400. 1,000 streaming calls, 32 in flight, each answer checked token
-by token (the mock's answer to a request is `TAG-0 TAG-1 ... TAG-(n-1) `).
+by token (the mock's answer to a request is consecutive words of its passage: see `wire.py`).
 
     python3 benches/resume-wire.py [CALLS]       (builds both release binaries; ~2 minutes)
 
@@ -17,23 +17,21 @@ import http.client
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+import wire
+
+# The mock's passage, read from it once it is up.
+WORDS = []
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_TOKENS = 24
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def scenario():
@@ -67,13 +65,6 @@ def scenario():
     }
 
 
-def check(text):
-    """Whether `text` is exactly a whole mock answer of N_TOKENS tokens."""
-    toks = text.split(" ")
-    if toks[-1] != "" or len(toks) != N_TOKENS + 1:
-        return False
-    tag = toks[0].rsplit("-", 1)[0]
-    return all(t == f"{tag}-{i}" for i, t in enumerate(toks[:-1]))
 
 
 def stream(host, port, path, body, headers, timeout=60):
@@ -137,8 +128,8 @@ def run(calls, host, port, path, headers, label):
         t.start()
     for t in threads:
         t.join()
-    ok = sum(1 for s, text, fin, err in results if s == 200 and not err and fin and check(text))
-    corrupted = sum(1 for s, text, fin, err in results if fin and not err and not check(text))
+    ok = sum(1 for s, text, fin, err in results if s == 200 and not err and fin and wire.is_answer(text, N_TOKENS, WORDS))
+    corrupted = sum(1 for s, text, fin, err in results if fin and not err and not wire.is_answer(text, N_TOKENS, WORDS))
     cut = sum(1 for s, text, fin, err in results if s == 200 and not fin and not err)
     errored = sum(1 for s, text, fin, err in results if err)
     print(f"{label:<24} {ok / calls * 100:6.1f} % succeeded, {corrupted} corrupted (complete "
@@ -154,7 +145,7 @@ def main():
     path = os.path.join(tmp, "scenario.json")
     with open(path, "w") as f:
         json.dump(scenario(), f)
-    mock_port, gw_port, off_port = free_port(), free_port(), free_port()
+    mock_port, gw_port, off_port = wire.free_port(), wire.free_port(), wire.free_port()
     mock = subprocess.Popen([os.path.join(ROOT, "target/release/llm-layers-mock"), "--scenario",
                              path, "--listen", f"127.0.0.1:{mock_port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -165,6 +156,7 @@ def main():
                             stderr=subprocess.DEVNULL) for p in (gw_port, off_port)]
     try:
         time.sleep(1.5)
+        WORDS[:] = wire.mock_words(mock_port)
         auth = {"content-type": "application/json", "authorization": "Bearer sk-or-v1-wire"}
         run(calls, "127.0.0.1", mock_port, "/api/v1/chat/completions", auth, "straight to the mock")
         run(calls, "127.0.0.1", off_port, "/v1/chat/completions",

@@ -158,31 +158,93 @@ pub fn expected_start(delivered: &str, mode: ContinueMode) -> &str {
     }
 }
 
+/// How much of `delivered` a continuation in `mode` keeps: it joins there, writing again
+/// what follows ([`expected_start`]).
+pub fn kept_len(delivered: &str, mode: ContinueMode) -> usize {
+    delivered.len() - expected_start(delivered, mode).len()
+}
+
 /// The output limit a continuation asks for: what is left of the caller's `limit` once
-/// `delivered_chunks` were delivered (a token each), plus the text it must write again
-/// ([`expected_start`]: a token per 4 bytes, and one more). So the whole answer stays
-/// within the caller's limit, and `finish_reason: "length"` still means it.
+/// `kept` chunks were delivered that the continuation does not write again (a token each:
+/// the chunks that end at or before where it joins, see [`ChunkEnds`]). The text it must
+/// write again ([`expected_start`]) costs what its chunks cost when they came. So the whole
+/// answer stays within the caller's limit, and `finish_reason: "length"` still means it.
+/// Never below 1 (an upstream refuses a limit of 0).
 ///
 /// ```
 /// use llm_layers_core::continuation::{continuation_limit, original_limit};
-/// let again = "jumps over the l";
-/// assert_eq!(continuation_limit(100, 30, again), 75);
-/// assert_eq!(original_limit(75, 30, again), 100);
+/// assert_eq!(continuation_limit(100, 27), 73);
+/// assert_eq!(original_limit(73, 27), 100);
+/// assert_eq!(continuation_limit(10, 12), 1);
 /// ```
-pub fn continuation_limit(limit: u32, delivered_chunks: u64, again: &str) -> u32 {
-    let left = u64::from(limit).saturating_sub(delivered_chunks) + again_tokens(again);
+pub fn continuation_limit(limit: u32, kept: u64) -> u32 {
+    let left = u64::from(limit).saturating_sub(kept).max(1);
     u32::try_from(left).unwrap_or(u32::MAX)
 }
 
 /// The caller's limit a continuation's `limit` was made from ([`continuation_limit`]'s
 /// inverse): what a mock needs to give the same whole answer.
-pub fn original_limit(limit: u32, delivered_chunks: u64, again: &str) -> u32 {
-    let original = (u64::from(limit) + delivered_chunks).saturating_sub(again_tokens(again));
-    u32::try_from(original).unwrap_or(u32::MAX)
+pub fn original_limit(limit: u32, kept: u64) -> u32 {
+    u32::try_from(u64::from(limit) + kept).unwrap_or(u32::MAX)
 }
 
-fn again_tokens(again: &str) -> u64 {
-    (again.len() as u64).div_ceil(4) + 1
+/// Where the last content chunks of a stream ended (byte offsets into the text delivered),
+/// for counting the chunks a continuation keeps: those that end at or before where it joins.
+/// Fixed size, no allocation; when the join is further back than it remembers, the text
+/// from there is counted as a token per 4 bytes, and one more.
+///
+/// ```
+/// use llm_layers_core::continuation::ChunkEnds;
+/// let mut ends = ChunkEnds::default();
+/// let mut text = String::new();
+/// for piece in ["The ", "quick ", "brown ", "fox "] {
+///     text.push_str(piece);
+///     ends.push(text.len());
+/// }
+/// assert_eq!(ends.kept(4), 1); // "The " ends at 4
+/// assert_eq!(ends.kept(5), 1); // cut inside "quick ": it is written again
+/// assert_eq!(ends.kept(text.len()), 4);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ChunkEnds {
+    ends: [usize; CHUNK_ENDS],
+    /// Chunks pushed so far.
+    count: u64,
+}
+
+const CHUNK_ENDS: usize = 32;
+
+impl ChunkEnds {
+    /// A content chunk was delivered: the text now ends at `end`.
+    pub fn push(&mut self, end: usize) {
+        self.ends[(self.count % CHUNK_ENDS as u64) as usize] = end;
+        self.count += 1;
+    }
+
+    /// Content chunks delivered.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The chunks that end at or before `cut`.
+    pub fn kept(&self, cut: usize) -> u64 {
+        let remembered = self.count.min(CHUNK_ENDS as u64);
+        let mut after = 0u64;
+        for back in 1..=remembered {
+            let i = ((self.count - back) % CHUNK_ENDS as u64) as usize;
+            if self.ends[i] <= cut {
+                return self.count - after;
+            }
+            after += 1;
+        }
+        if remembered == self.count {
+            return 0;
+        }
+        // Further back than remembered: estimate the chunks from the cut to the oldest end.
+        let oldest = self.ends[(self.count % CHUNK_ENDS as u64) as usize];
+        let estimate = ((oldest - cut) as u64).div_ceil(4) + 1;
+        (self.count - after).saturating_sub(estimate)
+    }
 }
 
 /// The user message of an [`Instruction`](ContinueMode::Instruction) continuation.

@@ -4,11 +4,12 @@
 use std::hash::{Hash, Hasher};
 
 use llm_layers_core::continuation::{
-    ContinueMode, continued, expected_start, original_limit, split_for_prefill,
+    ContinueMode, continued, expected_start, kept_len, original_limit,
 };
 use llm_layers_core::{ChatBody, Content, Message};
 
-/// A short tag derived from the request's messages (8 hex digits).
+/// A short tag derived from the request's messages (8 hex digits): where in [`PASSAGE`] its
+/// answer starts.
 pub fn answer_tag(body: &ChatBody) -> String {
     tag_of(&body.messages)
 }
@@ -26,10 +27,213 @@ fn tag_of(messages: &[Message]) -> String {
     format!("{:08x}", h.finish() as u32)
 }
 
-/// Token `i` of the answer to a request with tag `tag`: `"{tag}-{i} "`.
+/// Token `i` of the answer to a request with tag `tag`: a word of [`PASSAGE`] and a space.
 pub fn answer_token(tag: &str, i: u32) -> String {
-    format!("{tag}-{i} ")
+    let start = u32::from_str_radix(tag, 16).unwrap_or(0) as usize;
+    let word = PASSAGE[(start + i as usize) % PASSAGE.len()];
+    let mut t = String::with_capacity(word.len() + 1);
+    t.push_str(word);
+    t.push(' ');
+    t
 }
+
+/// The words the mock answers with, one per token: each conversation starts at its own
+/// place ([`answer_tag`]) and reads on, from the beginning again when it runs out. An answer
+/// reads as words yet is checkable token by token from outside: its tokens are consecutive
+/// words of this passage (`GET /_mock/words` serves it to a bench in another process).
+pub const PASSAGE: &[&str] = &[
+    "This",
+    "answer",
+    "comes",
+    "from",
+    "the",
+    "llm-layers",
+    "mock",
+    "upstream,",
+    "which",
+    "writes",
+    "the",
+    "same",
+    "words",
+    "for",
+    "the",
+    "same",
+    "conversation",
+    "every",
+    "time,",
+    "so",
+    "a",
+    "test",
+    "can",
+    "check",
+    "each",
+    "token",
+    "it",
+    "receives:",
+    "none",
+    "missing,",
+    "none",
+    "repeated,",
+    "none",
+    "out",
+    "of",
+    "order",
+    "and",
+    "none",
+    "borrowed",
+    "from",
+    "another",
+    "call.",
+    "Each",
+    "conversation",
+    "starts",
+    "at",
+    "its",
+    "own",
+    "place",
+    "in",
+    "this",
+    "passage",
+    "and",
+    "reads",
+    "on",
+    "from",
+    "there,",
+    "back",
+    "to",
+    "the",
+    "beginning",
+    "when",
+    "it",
+    "runs",
+    "out.",
+    "The",
+    "mock",
+    "can",
+    "be",
+    "slow,",
+    "fast",
+    "or",
+    "rude",
+    "on",
+    "purpose:",
+    "it",
+    "queues",
+    "a",
+    "first",
+    "token",
+    "behind",
+    "a",
+    "long",
+    "tail,",
+    "throttles",
+    "with",
+    "Retry-After,",
+    "drops",
+    "the",
+    "connection",
+    "halfway,",
+    "hangs",
+    "after",
+    "the",
+    "headers,",
+    "answers",
+    "a",
+    "prefill",
+    "from",
+    "scratch,",
+    "sends",
+    "garbage",
+    "between",
+    "events",
+    "and",
+    "ends",
+    "streams",
+    "without",
+    "a",
+    "finish",
+    "reason.",
+    "Every",
+    "layer",
+    "of",
+    "the",
+    "stack",
+    "is",
+    "measured",
+    "against",
+    "it:",
+    "retries",
+    "with",
+    "jittered",
+    "backoff",
+    "and",
+    "a",
+    "budget,",
+    "hedges",
+    "that",
+    "race",
+    "a",
+    "second",
+    "provider",
+    "when",
+    "an",
+    "answer",
+    "is",
+    "late,",
+    "breakers",
+    "that",
+    "hold",
+    "a",
+    "provider",
+    "that",
+    "keeps",
+    "failing,",
+    "rate",
+    "limits",
+    "for",
+    "requests",
+    "and",
+    "tokens,",
+    "timeouts",
+    "for",
+    "connecting,",
+    "waiting,",
+    "stalling",
+    "and",
+    "the",
+    "whole",
+    "call,",
+    "and",
+    "resume,",
+    "which",
+    "continues",
+    "a",
+    "broken",
+    "stream",
+    "where",
+    "it",
+    "stopped.",
+    "Point",
+    "the",
+    "gateway",
+    "at",
+    "a",
+    "real",
+    "upstream",
+    "with",
+    "an",
+    "API",
+    "key",
+    "and",
+    "these",
+    "words",
+    "give",
+    "way",
+    "to",
+    "a",
+    "model's",
+    "own.",
+];
 
 /// The whole answer of `n` tokens to `body`.
 ///
@@ -38,7 +242,9 @@ pub fn answer_token(tag: &str, i: u32) -> String {
 /// use llm_layers_mock::{answer_tag, expected_answer};
 /// let req = ChatRequest::new("m", vec![Message::user("hi")]);
 /// let tag = answer_tag(req.body());
-/// assert_eq!(expected_answer(req.body(), 2), format!("{tag}-0 {tag}-1 "));
+/// let answer = expected_answer(req.body(), 2);
+/// assert_eq!(answer.split(' ').count(), 3, "two words, each with its space: {answer:?}");
+/// assert!(answer.starts_with(&llm_layers_mock::answer_token(&tag, 0)));
 /// ```
 pub fn expected_answer(body: &ChatBody, n: u32) -> String {
     let tag = answer_tag(body);
@@ -47,19 +253,23 @@ pub fn expected_answer(body: &ChatBody, n: u32) -> String {
 
 /// How many tokens the whole answer has that `body` asks for, when its own output limit is
 /// `limit`: `limit` itself, or for a continuation, the caller's limit it was made from
-/// ([`original_limit`]): the tokens it says were delivered (found by matching the text it
-/// sends against the whole answer), less the text it must write again.
+/// ([`original_limit`]): its limit and the tokens it keeps (those that end where it joins,
+/// or before), found by laying the text it sends over the whole answer.
 ///
 /// ```
-/// use llm_layers_core::continuation::{ContinueMode, continuation_body, continuation_limit, expected_start};
+/// use llm_layers_core::continuation::{ChunkEnds, ContinueMode, continuation_body, continuation_limit, kept_len};
 /// use llm_layers_core::{ChatRequest, Message};
-/// use llm_layers_mock::{expected_answer, whole_answer_tokens};
+/// use llm_layers_mock::{answer_pieces, expected_answer, whole_answer_tokens};
 /// let req = ChatRequest::new("m", vec![Message::user("hi")]);
-/// let full = expected_answer(req.body(), 10);
-/// let delivered = &full[..full.len() * 4 / 10]; // four of ten tokens
+/// let mut delivered = String::new();
+/// let mut ends = ChunkEnds::default();
+/// for piece in answer_pieces(req.body(), 10).iter().take(4) {
+///     delivered.push_str(piece);
+///     ends.push(delivered.len());
+/// }
 /// for mode in [ContinueMode::Prefill, ContinueMode::Instruction] {
-///     let mut body = continuation_body(req.body(), delivered, mode);
-///     let limit = continuation_limit(10, 4, expected_start(delivered, mode));
+///     let mut body = continuation_body(req.body(), &delivered, mode);
+///     let limit = continuation_limit(10, ends.kept(kept_len(&delivered, mode)));
 ///     body.max_tokens = Some(limit);
 ///     assert_eq!(whole_answer_tokens(&body, limit), 10);
 /// }
@@ -69,21 +279,27 @@ pub fn whole_answer_tokens(body: &ChatBody, limit: u32) -> u32 {
         return limit;
     };
     let tag = tag_of(c.original);
-    let mut delivered = String::new();
-    for k in 1..=u64::from(limit) + 4096 {
-        delivered.push_str(&answer_token(&tag, (k - 1) as u32));
-        let found = match c.mode {
-            ContinueMode::Instruction => delivered == c.delivered,
-            _ => split_for_prefill(&delivered).0 == c.delivered,
-        };
-        if found {
-            return original_limit(limit, k, expected_start(&delivered, c.mode));
-        }
-        if delivered.len() > c.delivered.len() + 4096 {
+    // A prefill is what is kept; an instruction sends everything and joins its last
+    // characters.
+    let cut = match c.mode {
+        ContinueMode::Instruction => kept_len(c.delivered, ContinueMode::Instruction),
+        _ => c.delivered.len(),
+    };
+    let mut text = String::new();
+    let mut kept = 0;
+    for i in 0.. {
+        if text.len() >= c.delivered.len() {
             break;
         }
+        text.push_str(&answer_token(&tag, i));
+        if text.len() <= cut {
+            kept += 1;
+        }
     }
-    limit
+    if !text.starts_with(c.delivered) {
+        return limit;
+    }
+    original_limit(limit, kept)
 }
 
 /// The pieces the mock sends for `body`, one per token: the answer's tokens, or, for a

@@ -40,7 +40,8 @@ mod server;
 mod writer;
 
 pub use answer::{
-    answer_pieces, answer_pieces_as, answer_tag, answer_token, expected_answer, whole_answer_tokens,
+    PASSAGE, answer_pieces, answer_pieces_as, answer_tag, answer_token, expected_answer,
+    whole_answer_tokens,
 };
 pub use scenario::{
     Dist, Faults, OPENAI_CHAT_FIELDS, ProviderSpec, Scenario, ScenarioError, StatusFault,

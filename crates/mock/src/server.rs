@@ -35,6 +35,7 @@ use crate::writer::{AnswerMeta, write_answer};
 /// Serves `POST /api/v1/chat/completions` (SSE and JSON), `GET /api/v1/models`,
 /// `GET /api/v1/providers`, `GET /api/v1/models/{author}/{slug}/endpoints` (published
 /// stats from the scenario, see [`Scenario::endpoint_stats`]), and `HEAD` of them, and
+/// `GET /_mock/words` (the words answers are made of, see [`crate::PASSAGE`]),
 /// `GET /_mock/counters` (requests, open, cancelled and completed streams, as JSON, for a
 /// bench in another process); HTTP/1.1 and h2c (prior knowledge) on the same port.
 /// Dropping it stops accepting connections.
@@ -447,6 +448,12 @@ async fn handle(
             });
             Ok(full(StatusCode::OK, "application/json", body.to_string()))
         }
+        // The words answers are made of, for a checker in another process.
+        (Method::GET, "/_mock/words") => Ok(full(
+            StatusCode::OK,
+            "application/json",
+            json!(crate::answer::PASSAGE).to_string(),
+        )),
         (Method::GET | Method::HEAD, "/api/v1/providers") => {
             let data: Vec<_> = state
                 .scenario

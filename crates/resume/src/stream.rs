@@ -8,7 +8,8 @@ use std::task::{Context, Poll, ready};
 
 use futures_core::Stream;
 use llm_layers_core::continuation::{
-    ContinueMode, continuation_body, continuation_limit, expected_start, is_prefill_refusal,
+    ChunkEnds, ContinueMode, continuation_body, continuation_limit, expected_start,
+    is_prefill_refusal, kept_len,
 };
 use llm_layers_core::{
     ChatChunk, ChatRequest, ChatStream, ErrorKind, LlmError, Usage, default_slug,
@@ -68,8 +69,8 @@ pub(crate) struct Resuming<S> {
     broken: Option<LlmError>,
     /// Content chunks of the current attempt (its completion tokens, estimated).
     attempt_chunks: u64,
-    /// Content chunks delivered over every attempt.
-    delivered_chunks: u64,
+    /// Where the content chunks delivered over every attempt ended.
+    ends: ChunkEnds,
     /// The usage of the attempts that broke: reported when they sent one, else estimated.
     earlier: Usage,
     /// The chunk carrying the current attempt's usage, held until the end is seen: usage
@@ -113,7 +114,7 @@ where
             seam: Seam::Clean,
             broken: None,
             attempt_chunks: 0,
-            delivered_chunks: 0,
+            ends: ChunkEnds::default(),
             earlier: Usage::default(),
             held: None,
             queued: None,
@@ -165,9 +166,9 @@ where
     fn connect(&mut self) {
         let mut req = self.request.clone();
         let mut body = continuation_body(self.request.body(), &self.delivered, self.mode);
-        // At most what is left of the caller's limit, and the text it must write again.
-        let again = expected_start(&self.delivered, self.mode);
-        let left = |m: u32| continuation_limit(m, self.delivered_chunks, again);
+        // At most what is left of the caller's limit, less the chunks it keeps.
+        let kept = self.ends.kept(kept_len(&self.delivered, self.mode));
+        let left = |m: u32| continuation_limit(m, kept);
         body.max_tokens = body.max_tokens.map(left);
         body.max_completion_tokens = body.max_completion_tokens.map(left);
         *req.body_mut() = body;
@@ -286,7 +287,7 @@ where
         if let Some(text) = chunk.content().filter(|t| !t.is_empty()) {
             self.delivered.push_str(text);
             self.attempt_chunks += 1;
-            self.delivered_chunks += 1;
+            self.ends.push(self.delivered.len());
         }
         if chunk.usage.is_some() {
             self.report.attempt(chunk.usage.clone().unwrap_or_default());
