@@ -36,6 +36,12 @@ pub struct Config {
     /// (an HTTP/2 client that sends its preface, or a byte of it, and no request is closed),
     /// and how long an HTTP/2 connection may stay open with no stream in it.
     pub header_read_timeout: Duration,
+    /// A PEM certificate chain (`--tls-cert`): with [`tls_key`](Config::tls_key), the
+    /// listener serves HTTPS (rustls; HTTP/2 or HTTP/1.1 by ALPN) instead of plain HTTP. Read
+    /// again by a reload, so a renewed certificate is served from the next connection on.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of [`tls_cert`](Config::tls_cert) (`--tls-key`).
+    pub tls_key: Option<std::path::PathBuf>,
     /// Connections open at once (`--max-connections`; 4,096): one more is closed as it is
     /// accepted, before a byte of it is read.
     pub max_connections: usize,
@@ -159,6 +165,8 @@ impl Default for Config {
             max_body_bytes: 4 * 1024 * 1024,
             body_read_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
+            tls_cert: None,
+            tls_key: None,
             max_connections: 4096,
             max_streams_per_connection: 128,
             shutdown_grace: Duration::from_secs(10),
@@ -207,6 +215,8 @@ impl std::fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("body_read_timeout", &self.body_read_timeout)
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
             .field("max_connections", &self.max_connections)
             .field(
                 "max_streams_per_connection",
@@ -259,6 +269,7 @@ impl Config {
             u.leaf(&env, self.connect_timeout, self.default_max_tokens)
                 .map_err(|e| e.to_string())?;
         }
+        crate::tls::acceptor(self).map_err(|e| e.to_string())?;
         if self.api_key.is_none() && llm_layers_mock::Scenario::preset(&self.mock_preset).is_none()
         {
             return Err(format!("unknown mock preset {:?}", self.mock_preset));
@@ -299,7 +310,15 @@ impl Config {
         let d =
             |x: Option<Duration>| x.map_or("off".to_owned(), |d| format!("{}ms", d.as_millis()));
         let mut s = String::new();
-        let _ = writeln!(s, "listen              {}", self.listen);
+        let _ = writeln!(
+            s,
+            "listen              {}{}",
+            self.listen,
+            match &self.tls_cert {
+                Some(c) => format!(" (HTTPS, certificate {})", c.display()),
+                None => " (plain HTTP)".to_owned(),
+            }
+        );
         let _ = writeln!(
             s,
             "gateway keys        {}",

@@ -67,6 +67,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: crate::tls::TlsSlot,
     stop: impl Future<Output = ()>,
 ) -> io::Result<()> {
     // One channel both ways: the flag tells connections to finish, and the server waits
@@ -116,7 +117,16 @@ pub(crate) async fn serve(
         };
         // Small SSE events must leave when written, not wait for the last one's ACK.
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(connection(tcp, app.clone(), limits, stopped.clone(), slot));
+        // The acceptor in force now (a reload may have swapped the certificate).
+        let tls = llm_layers_core::sync::read(&tls).clone();
+        tokio::spawn(connection(
+            tcp,
+            tls,
+            app.clone(),
+            limits,
+            stopped.clone(),
+            slot,
+        ));
     }
     drop(listener);
     let _ = stopping.send(true);
@@ -150,16 +160,36 @@ pub(crate) struct Limits {
 /// How often an HTTP/2 connection is pinged, and how long its answer may take.
 const KEEPALIVE: Duration = Duration::from_secs(20);
 
-/// Serves one connection in the version its first bytes show; `_slot` is its place under
-/// `max_connections`, given back when it ends.
+/// Serves one connection: over TLS when `tls` is set (in the version ALPN chose), else in
+/// the version its first bytes show; `_slot` is its place under `max_connections`, given back
+/// when it ends.
 async fn connection(
     tcp: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     app: Router,
     limits: Limits,
     mut stopped: watch::Receiver<bool>,
     _slot: OwnedSemaphorePermit,
 ) {
     let head_timeout = limits.head_timeout;
+    if let Some(acceptor) = tls {
+        // The handshake is part of the first request's deadline.
+        let handshake = tokio::select! {
+            h = tokio::time::timeout(head_timeout, acceptor.accept(tcp)) => h,
+            () = until_stopped(&mut stopped) => return,
+        };
+        let Ok(Ok(stream)) = handshake else {
+            metrics::counter!("llm_gateway_tls_handshakes_failed_total").increment(1);
+            return;
+        };
+        let version = match stream.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Version::Http2,
+            Some(_) => Version::Http1,
+            // No ALPN: HTTP/1.1, or HTTP/2 with prior knowledge; the auto builder tells.
+            None => Version::Unsure,
+        };
+        return serve_io(TokioIo::new(stream), version, app, limits, stopped).await;
+    }
     let mut first = [0u8; PREFACE.len()];
     let peeked = tokio::select! {
         p = tokio::time::timeout(head_timeout, tcp.peek(&mut first)) => p,
@@ -167,8 +197,28 @@ async fn connection(
     };
     // Closed, failed or silent before its first byte: nothing to serve.
     let Ok(Ok(n @ 1..)) = peeked else { return };
-    let io = TokioIo::new(tcp);
-    match version_of(&first[..n]) {
+    serve_io(
+        TokioIo::new(tcp),
+        version_of(&first[..n]),
+        app,
+        limits,
+        stopped,
+    )
+    .await;
+}
+
+/// Serves `io` in `version` until it ends or the server stops.
+async fn serve_io<I>(
+    io: TokioIo<I>,
+    version: Version,
+    app: Router,
+    limits: Limits,
+    stopped: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let head_timeout = limits.head_timeout;
+    match version {
         Version::Http1 => {
             let svc = TowerToHyperService::new(app);
             let mut builder = http1::Builder::new();

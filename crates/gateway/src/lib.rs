@@ -18,6 +18,7 @@ mod server;
 mod sse;
 pub mod stack;
 pub mod status;
+mod tls;
 pub mod upstreams;
 
 use std::time::SystemTime;

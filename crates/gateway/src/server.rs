@@ -35,6 +35,9 @@ pub enum StartError {
     Config(ConfigError),
     /// The metrics recorder could not be installed (there is one per process).
     Metrics(String),
+    /// The listener's certificate or key cannot be used (the message names the file, never
+    /// its contents).
+    Tls(String),
     /// A socket failed: `what` says which (the listen address, the mock upstream, serving).
     Io {
         /// What was being done.
@@ -57,6 +60,7 @@ impl std::fmt::Display for StartError {
             StartError::UnknownPreset(p) => write!(f, "unknown mock preset {p:?}"),
             StartError::Config(e) => e.fmt(f),
             StartError::Metrics(m) => write!(f, "cannot install the metrics recorder: {m}"),
+            StartError::Tls(m) => write!(f, "TLS: {m}"),
             StartError::Io { what, source } => write!(f, "{what}: {source}"),
         }
     }
@@ -294,6 +298,8 @@ pub struct Gateway {
     /// The upstream's URL and key when no upstream comes from the config file (the mock's,
     /// when there is no key): a reload without a key keeps the mock it started.
     upstream: (String, String),
+    /// The listener's TLS acceptor in force.
+    tls: crate::tls::TlsSlot,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -319,7 +325,8 @@ impl Gateway {
     /// Takes `config` for every call from now on: keys, limits, timeouts, routing,
     /// upstreams; a call in flight finishes on the configuration it started with. What was
     /// measured (the latency store) carries over; breakers and learned orders start afresh
-    /// from it. The listen address, connection limits and body limits stay as started.
+    /// from it; the listener's certificate and key are read again (the next connection gets
+    /// the new ones). The listen address, connection limits and body limits stay as started.
     ///
     /// # Errors
     ///
@@ -331,7 +338,9 @@ impl Gateway {
             None => self.upstream.clone(),
         };
         let old = self.state.load();
+        let tls = crate::tls::acceptor(&config)?;
         let built = build(&config, &base_url, &key, Some(old.parts.store.clone())).await?;
+        *llm_layers_core::sync::write(&self.tls) = tls;
         self.state.replace(AppInner {
             stack: built.stack,
             leaf: built.leaf,
@@ -384,6 +393,7 @@ pub async fn start(
         }
     };
     let built = build(&config, &base_url, &key, None).await?;
+    let tls: crate::tls::TlsSlot = Arc::new(std::sync::RwLock::new(crate::tls::acceptor(&config)?));
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(StartError::io(format!(
@@ -413,8 +423,9 @@ pub async fn start(
     });
     let app = router(state.clone());
     let mut draining = phase_rx;
+    let serving_tls = tls.clone();
     let server = tokio::spawn(async move {
-        crate::conn::serve(listener, app, limits, async move {
+        crate::conn::serve(listener, app, limits, serving_tls, async move {
             let _ = draining.wait_for(|p| *p >= Phase::Draining).await;
         })
         .await
@@ -427,6 +438,7 @@ pub async fn start(
         server,
         state,
         upstream: (base_url, key),
+        tls,
     })
 }
 

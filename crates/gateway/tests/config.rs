@@ -349,6 +349,23 @@ fn help_version_and_check_config_as_a_deploy_pipeline_uses_them() {
     let (code, text) = run(&["--check-config", "--config", broken.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("line 2"), "{text}");
+    // A certificate that is not there, or a key without its certificate.
+    let missing = dir.join("missing-cert.pem");
+    let (code, text) = run(&[
+        "--check-config",
+        "--tls-cert",
+        missing.to_str().unwrap(),
+        "--tls-key",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("missing-cert.pem"), "{text}");
+    let (code, text) = run(&["--check-config", "--tls-key", missing.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("--tls-cert and --tls-key go together"),
+        "{text}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -55,6 +55,22 @@ pub(super) const FLAGS: &[Flag] = &[
         LISTEN,
     ),
     flag(
+        "tls-cert",
+        "FILE",
+        "LLM_GATEWAY_TLS_CERT",
+        "none: plain HTTP",
+        "PEM certificate chain: serve HTTPS (HTTP/2 or 1.1 by ALPN); re-read on SIGHUP",
+        LISTEN,
+    ),
+    flag(
+        "tls-key",
+        "FILE",
+        "LLM_GATEWAY_TLS_KEY",
+        "none",
+        "PEM private key of --tls-cert",
+        LISTEN,
+    ),
+    flag(
         "max-body-bytes",
         "N",
         "LLM_GATEWAY_MAX_BODY_BYTES",
@@ -636,6 +652,8 @@ impl Config {
                         "a thread count (0 = one per core, 1 = single-threaded)",
                     )?
                 }
+                "--tls-cert" => c.tls_cert = Some(v.into()),
+                "--tls-key" => c.tls_key = Some(v.into()),
                 "--max-connections" => {
                     c.max_connections = number_where(&v, &flag, |n| *n > 0, "a number above zero")?
                 }
