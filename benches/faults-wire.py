@@ -86,12 +86,6 @@ def call(port, path, body, headers, stream):
         c.close()
 
 
-def counters(mock_port):
-    c = http.client.HTTPConnection("127.0.0.1", mock_port, timeout=5)
-    c.request("GET", "/_mock/counters", headers={"authorization": "Bearer sk-or-v1-wire"})
-    v = json.loads(c.getresponse().read())
-    c.close()
-    return v["requests"]
 
 
 def run(label, port, path, mock_port, calls, inflight, stream, headers, pace=0.0):
@@ -100,7 +94,7 @@ def run(label, port, path, mock_port, calls, inflight, stream, headers, pace=0.0
     idx = iter(range(calls))
     t_start = time.time()
     late_from = {}
-    up0 = counters(mock_port)
+    up0 = wire.counters(mock_port)
 
     def worker():
         while True:
@@ -110,7 +104,7 @@ def run(label, port, path, mock_port, calls, inflight, stream, headers, pace=0.0
                     return
                 if "i" not in late_from and time.time() - t_start >= 1.0:
                     late_from["i"] = i
-                    late_from["up"] = counters(mock_port)
+                    late_from["up"] = wire.counters(mock_port)
             if pace:
                 time.sleep(pace)
             body = {"model": "mock/echo", "stream": stream, "max_tokens": 8,
@@ -124,7 +118,7 @@ def run(label, port, path, mock_port, calls, inflight, stream, headers, pace=0.0
         t.start()
     for t in threads:
         t.join()
-    up = counters(mock_port) - up0
+    up = wire.counters(mock_port) - up0
     ok = [r for r in results if r[1]]
     failed = [r for r in results if not r[1]]
     timed_out = sum(1 for r in results if r[4])
@@ -132,7 +126,7 @@ def run(label, port, path, mock_port, calls, inflight, stream, headers, pace=0.0
     p50 = ttfts[len(ttfts) // 2] * 1000 if ttfts else float("nan")
     first_late = late_from.get("i", calls)
     late_calls = calls - first_late
-    late_up = counters(mock_port) - late_from.get("up", counters(mock_port))
+    late_up = wire.counters(mock_port) - late_from.get("up", wire.counters(mock_port))
     slowest = max((r[3] for r in failed), default=0.0)
     late_slowest = max((r[3] for r in failed if r[0] >= first_late), default=0.0)
     late_slow = sum(1 for r in failed if r[0] >= first_late and r[3] > 0.1)

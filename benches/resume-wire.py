@@ -32,8 +32,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_TOKENS = 24
 
 
-
-
 def scenario():
     faults = {
         "status": [{"code": c, "rate": 0.01, "retry_after_s": 1 if c in (429, 503) else None}

@@ -8,6 +8,7 @@ token missing, repeated, reordered or taken from another answer is not.
 import http.client
 import json
 import socket
+import time
 
 
 def free_port():
@@ -39,3 +40,30 @@ def is_answer(text, n, words):
     size = len(words)
     return any(all(words[(start + i) % size] == t for i, t in enumerate(toks))
                for start in range(size) if words[start] == toks[0])
+
+
+def counters(port, key="sk-or-v1-wire"):
+    """The mock's request counter (every request it was sent)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", "/_mock/counters", headers={"authorization": f"Bearer {key}"})
+        return json.loads(c.getresponse().read())["requests"]
+    finally:
+        c.close()
+
+
+def wait_for(port, path="/healthz", timeout=30.0, key="sk-or-v1-wire"):
+    """Waits until something on `port` answers `path` (any status)."""
+    deadline = time.time() + timeout
+    while True:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        try:
+            c.request("GET", path, headers={"authorization": f"Bearer {key}"})
+            c.getresponse().read()
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.05)
+        finally:
+            c.close()

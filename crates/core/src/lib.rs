@@ -44,6 +44,7 @@ pub mod hash;
 mod kind;
 pub mod request;
 pub mod sse;
+pub mod stats;
 pub mod stream;
 pub mod sync;
 

@@ -291,8 +291,12 @@ pub fn build_stack_reusing<S: ChatService>(
                 // The router's plan: an exploring call races the best known provider
                 // after its p75; otherwise the same request, a fresh draw.
                 .policy(FollowPlan)
+                // Every extra request for the tail (hedges and exploring races) within
+                // `hedge_budget` of calls over 10 s, a hard cap; or 20 per window when that
+                // is more (a quiet service, and a cold start: its first few hundred calls,
+                // the most uncertain, may spend the share of the window up front).
                 .budget_window(Duration::from_secs(10))
-                .budget_floor(5)
+                .budget_floor(2)
                 .budget_ratio(config.hedge_budget as f32)
                 // A second hedge only replaces one that failed while the original waits.
                 .max_attempts(3)

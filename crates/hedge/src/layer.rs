@@ -34,7 +34,7 @@ impl std::fmt::Debug for HedgeLayer {
 
 impl HedgeLayer {
     /// A builder: fixed 2 s delay, the same request, 2 attempts at most, hedges at most
-    /// 10 % of requests plus 1 per second over 10 s.
+    /// 10 % of requests over 10 s (or 10 in the window when that is more).
     pub fn builder() -> HedgeLayerBuilder {
         HedgeLayerBuilder {
             delay: HedgeDelay::Fixed(Duration::from_secs(2)),
@@ -85,15 +85,17 @@ impl HedgeLayerBuilder {
         self
     }
 
-    /// Hedges may be at most `ratio` of requests (0 to 1; default 0.1) plus
-    /// [`budget_floor`](Self::budget_floor) per second. A hedge that would break the budget
-    /// is not sent.
+    /// Hedges may be at most `ratio` of requests (0 to 1; default 0.1), a hard cap over the
+    /// window ([`ShareBudget`](llm_layers_core::budget::ShareBudget)), or
+    /// [`budget_floor`](Self::budget_floor) per second when that is more. A hedge that would
+    /// break the budget is not sent.
     pub fn budget_ratio(mut self, ratio: f32) -> Self {
         self.budget.params.ratio = ratio;
         self
     }
 
-    /// Hedges allowed per second whatever the traffic (default 1).
+    /// Hedges allowed per second however few the requests (default 1): the cap is this or
+    /// the ratio, whichever is more, never their sum.
     pub fn budget_floor(mut self, per_sec: u32) -> Self {
         self.budget.params.min_per_sec = per_sec;
         self
@@ -124,7 +126,7 @@ impl HedgeLayerBuilder {
     ///
     /// A [`ConfigError`] saying what is wrong: a budget out of range (window 1 to 60 s, ratio 0 to 1), `max_attempts` outside 2 to 8, or a zero or inverted delay.
     pub fn build(self) -> Result<HedgeLayer, ConfigError> {
-        let budget = self.budget.build("hedge", 1.0)?;
+        let budget = self.budget.build_capped("hedge", 1.0)?;
         if !(2..=8).contains(&self.max_attempts) {
             return Err(ConfigError::new("hedge max_attempts must be 2 to 8"));
         }

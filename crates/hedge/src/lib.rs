@@ -12,9 +12,11 @@
 //!   the model's when that provider is unknown, and no later than the plan's race for an
 //!   exploring call), read from a [`LatencyStore`](llm_layers_latency::LatencyStore),
 //!   clamped, with a cold start value;
-//! - **Budget**: hedges are at most a share of requests plus a floor (tower's `TpsBudget`),
-//!   shared by clones; a hedge that would break it is not sent. No hedge fires past the
-//!   request's deadline;
+//! - **Budget**: hedges (and the races of exploring calls, which are hedges) are at most a
+//!   share of requests over a window, a hard cap counted as a bill counts them
+//!   ([`ShareBudget`](llm_layers_core::budget::ShareBudget); a small floor for quiet
+//!   services, never added to the share), shared by clones; a hedge that would break it is
+//!   not sent. No hedge fires past the request's deadline;
 //! - **What a hedge sends** is a [`HedgePolicy`]: [`FollowPlan`] (the default: the
 //!   router's plan, else the same request), [`SameRequest`], [`SortByLatency`],
 //!   [`OtherModels`] (race another model), or a closure; up to `max_attempts` in all;

@@ -221,8 +221,38 @@ async fn the_budget_caps_hedges_across_clones_and_the_deadline_stops_them() {
         t.await.unwrap().unwrap();
     }
     let hedges = mock.calls() - 200;
-    assert!(hedges <= 20, "{hedges} hedges for 200 requests at 10 %");
-    assert!(hedges >= 10, "the budget does allow hedges: {hedges}");
+    assert_eq!(hedges, 20, "a hard cap: 10 % of 200 requests");
+
+    // A floor for quiet traffic is the cap when it is more than the share, never added.
+    let budgeted = |floor| {
+        HedgeLayer::builder()
+            .delay(HedgeDelay::Fixed(S(1)))
+            .budget_window(S(10))
+            .budget_floor(floor)
+            .budget_ratio(0.1)
+            .build()
+            .unwrap()
+    };
+    let mock = MockChat::with_default(answer("Slow", S(3), &["x"]));
+    let svc = budgeted(1).layer(mock.clone());
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        tasks.push(tokio::spawn(svc.clone().oneshot(req())));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(mock.calls() - 200, 20, "10 % of 200, not 10 % plus 10");
+    let mock = MockChat::with_default(answer("Slow", S(3), &["x"]));
+    let svc = budgeted(1).layer(mock.clone());
+    for _ in 0..5 {
+        svc.clone().oneshot(req()).await.unwrap();
+    }
+    assert_eq!(
+        mock.calls(),
+        10,
+        "five quiet calls, each hedged from the floor"
+    );
 
     let mock = MockChat::with_default(answer("Slow", S(3), &["x"]));
     let mut r = req();

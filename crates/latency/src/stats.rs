@@ -36,6 +36,11 @@ pub struct Stats {
     /// window: *censored* samples, whose TTFT is only known to exceed the time they ran;
     /// not in the quantiles.
     pub censored: u64,
+    /// How long the censored attempts ran, median (zero without any): with
+    /// [`censored`](Self::censored), what a reader that ranks providers can make of the
+    /// attempts it gave up on (a provider whose attempts mostly lose races at 150 ms is slow
+    /// past 150 ms, however fast its few winners were).
+    pub censored_p50: Duration,
     /// The weight a published [`Prior`] still has in the TTFT quantiles, in `[0, 1]`: 1
     /// with no measurement, `k / (k + n)` after `n` samples with a prior worth `k` calls,
     /// 0 with no prior.
@@ -129,6 +134,21 @@ impl Prior {
         }
         p.uptime_5m = e.uptime_last_5m.filter(|u| u.is_finite());
         Some(p)
+    }
+
+    /// Every point times `factor` (a unit correction).
+    pub(crate) fn scaled(self, factor: f64) -> Prior {
+        if factor == 1.0 {
+            return self;
+        }
+        let f = |d: Duration| Duration::from_secs_f64(d.as_secs_f64() * factor);
+        Prior {
+            ttft_p50: f(self.ttft_p50),
+            ttft_p75: f(self.ttft_p75),
+            ttft_p90: f(self.ttft_p90),
+            ttft_p99: f(self.ttft_p99),
+            uptime_5m: self.uptime_5m,
+        }
     }
 
     /// The 95th percentile, between the 90th and 99th on a lognormal.

@@ -9,10 +9,14 @@ use std::time::Duration;
 pub use crate::stats::{Outcome, Prior, Stats};
 use tokio::time::Instant;
 
+mod calibration;
 mod fleet;
 mod window;
 pub use fleet::Summary;
-use window::{Half, TPS_MAX, TTFT_MAX, TTFT_UNIT_US, Windows, compute, compute_with};
+use window::{Half, TPS_MAX, TTFT_MAX, TTFT_UNIT_US, Windows, compute_with, median_with_given_up};
+
+/// Samples of a pair that test its own prior.
+const FIRST_TEST: u64 = 3;
 
 /// The model key that unknown models fold into once the store is full.
 pub const OTHER: &str = "_OTHER";
@@ -50,6 +54,8 @@ struct Inner {
     refresh: Duration,
     /// model -> its entry and its providers' entries.
     entries: RwLock<HashMap<Arc<str>, ModelEntries>>,
+    /// How far the priors are from what was measured.
+    calibration: calibration::Calibration,
 }
 
 fn count_keys(map: &HashMap<Arc<str>, ModelEntries>) -> usize {
@@ -192,6 +198,7 @@ impl LatencyStoreBuilder {
                 min_samples: self.min_samples,
                 refresh: self.refresh.min(half),
                 entries: RwLock::new(HashMap::default()),
+                calibration: calibration::Calibration::new(),
             }),
         })
     }
@@ -429,7 +436,7 @@ impl LatencyStore {
         let now = Instant::now();
         {
             let c = read(&entry.cache);
-            if now.saturating_duration_since(c.0) < self.inner.refresh
+            if now.saturating_duration_since(c.0) < self.ttl_of(&c.1)
                 && (c.1.calls + c.1.ttft_samples + c.1.censored > 0 || c.1.prior_weight > 0.0)
             {
                 return Some(c.1);
@@ -437,9 +444,64 @@ impl LatencyStore {
         }
         let mut w = lock(&entry.windows);
         self.rotate(&mut w, now);
-        let stats = compute(&w, self.inner.prior_weight);
+        if let Some(p) = provider {
+            self.calibrate(model, p, &w);
+        }
+        let stats = self.compute(&w);
         *write(&entry.cache) = (now, stats);
         Some(stats)
+    }
+
+    /// How long a snapshot is reused: [`refresh`](Self::refresh), or a tenth of it while it
+    /// rests on fewer than `min_samples` samples (young beliefs change with every sample,
+    /// and a cold start decides on them).
+    fn ttl_of(&self, s: &Stats) -> Duration {
+        if s.ttft_samples < self.inner.min_samples {
+            self.inner.refresh / 10
+        } else {
+            self.inner.refresh
+        }
+    }
+
+    /// The stats of `w` with its prior as calibrated (unit and trust).
+    fn compute(&self, w: &Windows) -> Stats {
+        let c = &self.inner.calibration;
+        let prior = w.prior.map(|p| p.scaled(c.scale()));
+        // Its own test too: a prior that this pair's first samples already contradict
+        // (their median, given-up attempts counted at the time they ran, off by ×2 or more)
+        // loses its say here at once, before enough pairs are measured to calibrate.
+        let own = prior.map_or(1.0, |p| {
+            let (median, samples) = median_with_given_up(w);
+            if samples < FIRST_TEST {
+                return 1.0;
+            }
+            let err = (median.as_secs_f64().max(1e-6) / p.ttft_p50.as_secs_f64().max(1e-6)).ln();
+            calibration::trust_of(err * err)
+        });
+        compute_with(w, prior, self.inner.prior_weight * c.trust() * own)
+    }
+
+    /// Tells the calibration how far the prior of `(model, provider)` is from what was
+    /// measured, once there are a few samples (3, or `min_samples` when fewer): a median of
+    /// three, given-up attempts counted, already tells ×4 from ×1.
+    fn calibrate(&self, model: &str, provider: &str, w: &Windows) {
+        let error = w.prior.and_then(|prior| {
+            let (median, samples) = median_with_given_up(w);
+            (samples >= self.inner.min_samples.clamp(1, FIRST_TEST)).then(|| {
+                (median.as_secs_f64().max(1e-6) / prior.ttft_p50.as_secs_f64().max(1e-6)).ln()
+            })
+        });
+        let key = format!("{model}\u{0}{provider}");
+        self.inner.calibration.observe(&key, error);
+    }
+
+    /// How the published priors are read now, from how far they were from what was
+    /// measured (see [`Prior`]): the factor their times are multiplied by (1, or 1/1000
+    /// when they were milliseconds read as seconds) and the share of their weight they
+    /// keep (1 with nothing measured; about 0.1 when off by ×4).
+    pub fn prior_calibration(&self) -> (f64, f64) {
+        let c = &self.inner.calibration;
+        (c.scale(), c.trust())
     }
 
     /// The TTFT quantile `q` of `(model, provider)` (or of the model with `None`), when at
@@ -461,7 +523,8 @@ impl LatencyStore {
         let mut w = lock(&entry.windows);
         w.prior = prior;
         self.rotate(&mut w, now);
-        let stats = compute(&w, self.inner.prior_weight);
+        self.calibrate(model, provider, &w);
+        let stats = self.compute(&w);
         *write(&entry.cache) = (now, stats);
     }
 
@@ -510,9 +573,10 @@ impl LatencyStore {
         self.inner.min_samples
     }
 
-    /// How many calls a [`Prior`] is worth.
+    /// How many calls a [`Prior`] is worth now: the configured weight times the trust the
+    /// priors earned ([`prior_calibration`](Self::prior_calibration)).
     pub fn prior_weight(&self) -> f64 {
-        self.inner.prior_weight
+        self.inner.prior_weight * self.inner.calibration.trust()
     }
 
     /// How long a computed snapshot is reused.

@@ -134,8 +134,10 @@ pub struct LearnedOrderConfig {
     #[serde(default = "default_stickiness")]
     pub stickiness: f64,
     /// Share of calls left to the upstream's own routing, so a provider nobody has
-    /// published or measured yet shows up (0 to 0.5; default 0.02). Such a call is raced
-    /// against the best known provider after that one's p75. Known providers are
+    /// published or measured yet shows up (0 to 0.5; default 0.01). Such a call is raced
+    /// against the best known provider after that one's p75, from the hedge budget: half
+    /// of these calls land on a slower provider and race, so each per cent of share costs
+    /// about half a per cent of the budget. Known providers are
     /// re-measured by the order's own draws (see the crate docs), not by this share.
     #[serde(default = "default_order_explore")]
     pub explore: f64,
@@ -157,7 +159,7 @@ fn default_explore() -> f64 {
     0.05
 }
 fn default_order_explore() -> f64 {
-    0.02
+    0.01
 }
 fn default_cooldown() -> f64 {
     60.0

@@ -5,12 +5,19 @@ use std::task::{Context, Poll, ready};
 use llm_layers_core::{ChatStream, ErrorKind, LlmError};
 
 use crate::Route;
+use crate::order::Trial;
 
 pin_project_lite::pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Rejected { error: Option<LlmError> },
-        Routed { #[pin] fut: F, route: Option<Route> },
+        Routed {
+            #[pin]
+            fut: F,
+            route: Option<Route>,
+            // Held until the call commits or fails: a first attempt on trust in flight.
+            trial: Option<Trial>,
+        },
     }
 }
 
@@ -24,11 +31,12 @@ pin_project_lite::pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn routed(fut: F, route: Route) -> Self {
+    pub(crate) fn routed(fut: F, route: Route, trial: Option<Trial>) -> Self {
         ResponseFuture {
             kind: Kind::Routed {
                 fut,
                 route: Some(route),
+                trial,
             },
         }
     }
@@ -57,8 +65,10 @@ where
             KindProj::Rejected { error } => Poll::Ready(Err(error.take().unwrap_or_else(|| {
                 LlmError::new(ErrorKind::Cancelled).with_message("polled after completion")
             }))),
-            KindProj::Routed { fut, route } => {
-                let mut stream = ready!(fut.poll(cx))?;
+            KindProj::Routed { fut, route, trial } => {
+                let out = ready!(fut.poll(cx));
+                trial.take();
+                let mut stream = out?;
                 if let Some(route) = route.take() {
                     stream.meta_mut().extensions.insert(route);
                 }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 
 use crate::config::{CandidateConfig, LearnedOrderConfig, RouterConfig, TierConfig};
-use crate::order::LearnedOrder;
+use crate::order::{LearnedOrder, Trial};
 use crate::service::Router;
 use crate::tier::{Candidate, Knobs, Sla, Tier};
 
@@ -36,7 +36,11 @@ pub(crate) struct Shared {
 impl Shared {
     /// Routes `req` in place: the tier's model and provider preferences, the learned
     /// provider order, the `models` fallback list and the [`Alternatives`] extension.
-    pub(crate) fn route(&self, req: &mut ChatRequest, now: Instant) -> Result<Route, LlmError> {
+    pub(crate) fn route(
+        &self,
+        req: &mut ChatRequest,
+        now: Instant,
+    ) -> Result<(Route, Option<Trial>), LlmError> {
         let named = match req.extensions().get::<UseTier>() {
             Some(t) => Some(t.0.clone()),
             None => req.model().strip_prefix(TIER_PREFIX).map(Arc::from),
@@ -70,14 +74,17 @@ impl Shared {
                 (Some(tier.name.clone()), reason, &tier.decisions)
             }
         };
-        let order = self.order.apply(&self.store, req, now);
+        let (order, trial) = self.order.apply(&self.store, req, now);
         decisions.count(tier.as_deref(), reason, order);
-        Ok(Route {
-            tier,
-            model: req.model().to_owned(),
-            reason,
-            order,
-        })
+        Ok((
+            Route {
+                tier,
+                model: req.model().to_owned(),
+                reason,
+                order,
+            },
+            trial,
+        ))
     }
 }
 
@@ -125,7 +132,7 @@ impl RouterLayer {
 
     /// Routes a request as the service would, without calling anything: what it would send.
     pub fn route(&self, req: &mut ChatRequest) -> Result<Route, LlmError> {
-        self.shared.route(req, Instant::now())
+        self.shared.route(req, Instant::now()).map(|(r, _)| r)
     }
 
     /// The provider order learned for `model` as of now (slugs, fastest measured first);

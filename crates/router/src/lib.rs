@@ -26,7 +26,7 @@
 //!   carries a [`ProviderPlan`](llm_layers_core::ProviderPlan) asking the hedge to race the
 //!   best provider after that one's own p75: learning costs no tail. `allow_fallbacks` is
 //!   kept, and a caller's own `order` or `sort` is never overwritten; its `only` and
-//!   `ignore` filter the order. A small share (`explore`, 2 %) is left to the upstream's own
+//!   `ignore` filter the order. A small share (`explore`, 1 %) is left to the upstream's own
 //!   routing, raced the same way, so new providers show up. See [the
 //!   estimator](#the-estimator-and-how-fast-it-forgets).
 //! - **Priors** ([`RouterLayerBuilder::priors`]): a

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use llm_layers_core::stats::normal_quantile;
 use llm_layers_core::sync::{read, write};
 use llm_layers_core::{ChatRequest, ProviderPlan, default_slug};
 use llm_layers_latency::{LatencyStore, PriorFeed, Stats};
@@ -39,6 +40,28 @@ const MAX_MODELS: usize = 1024;
 const QUANTILE_SE: f64 = 1.7;
 /// The z-score of the 90th percentile.
 const Z90: f64 = 1.281_551_566;
+/// Samples that test a provider's rank when they agree with its prior.
+const FEW_SAMPLES: u64 = 3;
+
+/// Whether the median of our own samples of `(model, provider)` is at most ×2 its
+/// published prior's (as calibrated), with few of its attempts given up (a provider whose
+/// slow attempts lose their races leaves only its fast ones as samples: their median says
+/// little then).
+fn agrees_with_prior(store: &LatencyStore, model: &str, provider: &str) -> bool {
+    let (Some(m), Some(p)) = (
+        store.measured(model, Some(provider)),
+        store.prior(model, provider),
+    ) else {
+        return false;
+    };
+    if m.censored * 4 > m.ttft_samples {
+        return false;
+    }
+    let published = p.ttft_p50.as_secs_f64() * store.prior_calibration().0;
+    // Faster than published is no risk to trust; slower than ×2 is a failed test.
+    m.ttft_p50.as_secs_f64() <= 2.0 * published
+}
+
 /// The quantile of the best provider after which an exploring call is raced.
 const RACE_QUANTILE: f64 = 0.75;
 
@@ -56,9 +79,29 @@ pub(crate) struct Arm {
     /// Local samples and prior weight.
     pub(crate) samples: u64,
     pub(crate) prior: f64,
+    /// Whether our own samples have tested its rank: `min_samples` of them, or a few
+    /// ([`FEW_SAMPLES`]) that bear its published prior out (median at most ×2 of it).
+    tested: bool,
+    /// When a first attempt to it is overdue: the p90 it is believed to have on the word
+    /// of its prior (the hypothesis under test), else its quantile.
+    overdue_after: Duration,
+    /// What its live evidence is weighed with: its spread, committed samples, given-up
+    /// attempts and how long those ran (median).
+    sigma: f64,
+    censored: u64,
+    censored_at: Duration,
     /// The quantile the order ranks by, and the p75 an exploring call is raced after.
     pub(crate) ttft_q: Duration,
     race_after: Duration,
+}
+
+impl Arm {
+    /// Fewer attempts of ours (committed or given up) than `min`: its belief is young, and
+    /// answers to in-flight evidence. Given-up attempts count: a provider whose attempts
+    /// keep losing races has few samples, but was tried.
+    fn young(&self, min: u64) -> bool {
+        self.samples + self.censored < min
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -79,6 +122,98 @@ pub(crate) struct LearnedOrder {
     draws: AtomicU64,
     seed: u64,
     priors: Option<PriorFeed>,
+    trials: Trials,
+}
+
+/// First attempts in flight to providers taken on trust (their rank rests on a published
+/// prior, or on our own samples that do not yet test it), per (model, slug), with when each
+/// started. At most [`MAX_TRIALS`] at once each, so the calls that arrive while a
+/// hypothesis is being tested are not all sent its way; and in-flight evidence counts at
+/// once: when [`OVERDUE`] of them are still silent past the provider's believed p90 (which a
+/// true belief makes one attempt in ten), it takes no more first attempts until samples of
+/// ours test it.
+#[derive(Debug, Default)]
+struct Trials(std::sync::Mutex<llm_layers_core::hash::HashMap<Arc<str>, Arc<TrialSet>>>);
+
+/// The start times of one pair's trials in flight, by id.
+#[derive(Debug, Default)]
+struct TrialSet {
+    started: std::sync::Mutex<Vec<(u64, Instant)>>,
+    next: AtomicU64,
+}
+
+/// First attempts in flight to one untested provider at most.
+const MAX_TRIALS: usize = 4;
+/// Trials silent past the believed p90 that discredit an untested provider for now.
+const OVERDUE: usize = 2;
+/// Pairs tracked at most; past it, the idle ones are dropped.
+const MAX_TRIAL_KEYS: usize = 4096;
+
+impl Trials {
+    fn set(&self, model: &str, slug: &str, create: bool) -> Option<Arc<TrialSet>> {
+        let key = format!("{model}\u{0}{slug}");
+        let mut map = llm_layers_core::sync::lock(&self.0);
+        if let Some(c) = map.get(key.as_str()) {
+            return Some(c.clone());
+        }
+        if !create {
+            return None;
+        }
+        if map.len() >= MAX_TRIAL_KEYS {
+            map.retain(|_, c| !llm_layers_core::sync::lock(&c.started).is_empty());
+        }
+        Some(map.entry(Arc::from(key)).or_default().clone())
+    }
+
+    /// (in flight, of which silent since before `now - p90`, how long they have run:
+    /// median).
+    fn state(&self, model: &str, slug: &str, p90: Duration, now: Instant) -> TrialState {
+        self.set(model, slug, false)
+            .map_or_else(TrialState::default, |set| {
+                let started = llm_layers_core::sync::lock(&set.started);
+                let mut ran: Vec<Duration> = started
+                    .iter()
+                    .map(|(_, at)| now.saturating_duration_since(*at))
+                    .collect();
+                drop(started);
+                ran.sort_unstable();
+                TrialState {
+                    in_flight: ran.len(),
+                    overdue: ran.iter().filter(|r| **r > p90).count(),
+                    ran: ran.get(ran.len() / 2).copied().unwrap_or_default(),
+                }
+            })
+    }
+
+    fn start(&self, model: &str, slug: &str, now: Instant) -> Option<Trial> {
+        let set = self.set(model, slug, true)?;
+        let id = set.next.fetch_add(1, Ordering::Relaxed);
+        llm_layers_core::sync::lock(&set.started).push((id, now));
+        Some(Trial { set, id })
+    }
+}
+
+/// Where one pair's trials stand now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct TrialState {
+    overdue: usize,
+    in_flight: usize,
+    /// How long they have run, median.
+    ran: Duration,
+}
+
+/// A first attempt in flight to an untested provider: counted until dropped (the router's
+/// future drops it when the call commits or fails).
+#[derive(Debug)]
+pub(crate) struct Trial {
+    set: Arc<TrialSet>,
+    id: u64,
+}
+
+impl Drop for Trial {
+    fn drop(&mut self) {
+        llm_layers_core::sync::lock(&self.set.started).retain(|(id, _)| *id != self.id);
+    }
 }
 
 /// splitmix64: a well-mixed 64-bit value from a counter.
@@ -87,6 +222,29 @@ fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// The TTFT quantile `q` of a provider, not below what its given-up attempts imply: when a
+/// share `c` of the attempts tried was censored at about time `t` (given up there, or still
+/// silent at `t` now), its TTFT exceeds `t` with probability about `c`, so on a lognormal of
+/// spread `sigma` its quantile `q` is at least `t · exp(sigma · (z(q) − z(1 − c)))`. The
+/// committed samples alone are the fast ones: a provider hedged early, or whose slow first
+/// attempts are still running, would look as fast as the one that wins.
+fn implied_quantile(
+    measured: Duration,
+    (committed, censored): (u64, u64),
+    censored_at: Duration,
+    q: f64,
+    sigma: f64,
+) -> Duration {
+    let tried = committed + censored;
+    if censored == 0 || tried < FEW_SAMPLES {
+        return measured;
+    }
+    let c = (censored as f64 / tried as f64).clamp(0.01, 0.99);
+    let implied =
+        censored_at.as_secs_f64() * (sigma * (normal_quantile(q) - normal_quantile(1.0 - c))).exp();
+    measured.max(Duration::from_secs_f64(implied.max(0.0)))
 }
 
 /// The log-spread σ of a lognormal through a key's p50 and p90.
@@ -109,6 +267,7 @@ impl LearnedOrder {
             draws: AtomicU64::new(0),
             seed,
             priors,
+            trials: Trials::default(),
         }
     }
 
@@ -139,7 +298,14 @@ impl LearnedOrder {
             match cache.get(model) {
                 Some(l)
                     if l.at.is_some_and(|at| {
-                        now.saturating_duration_since(at) < store.refresh() && !l.arms.is_empty()
+                        // A belief with an untested provider in it is young: looked at again
+                        // ten times as often (a cold start decides on it).
+                        let ttl = if l.arms.iter().all(|a| a.tested) {
+                            store.refresh()
+                        } else {
+                            store.refresh() / 10
+                        };
+                        now.saturating_duration_since(at) < ttl && !l.arms.is_empty()
                     }) =>
                 {
                     return l.clone();
@@ -175,7 +341,30 @@ impl LearnedOrder {
         if s.ttft_samples == 0 && s.prior_weight <= 0.0 {
             return None;
         }
-        let q = s.ttft_quantile(self.cfg.quantile);
+        let sigma_own = spread(s).clamp(0.1, 2.0);
+        // A young arm's upper quantile read from a handful of samples is mostly the one
+        // slowest sample; its median is steadier. With a prior, a young arm is ranked by its
+        // median and the prior's shape (the prior's quantile over its median).
+        let young_prior = (s.ttft_samples > 0 && s.ttft_samples < store.min_samples().max(1))
+            .then(|| store.prior(model, name))
+            .flatten();
+        let read = match young_prior {
+            Some(p) => {
+                let shape =
+                    (p.ttft_p90.as_secs_f64().max(1e-6) / p.ttft_p50.as_secs_f64().max(1e-6)).ln()
+                        / Z90;
+                s.ttft_p50
+                    .mul_f64((shape.clamp(0.1, 2.0) * normal_quantile(self.cfg.quantile)).exp())
+            }
+            None => s.ttft_quantile(self.cfg.quantile),
+        };
+        let q = implied_quantile(
+            read,
+            (s.ttft_samples, s.censored),
+            s.censored_p50,
+            self.cfg.quantile,
+            sigma_own,
+        );
         // A spread read from a handful of samples is itself unreliable: until there are
         // `min_samples`, the model's (pooled over its providers) if wider.
         let own = spread(s);
@@ -198,6 +387,14 @@ impl LearnedOrder {
             se: QUANTILE_SE * sigma / n_eff.sqrt(),
             samples: s.ttft_samples,
             prior,
+            tested: s.ttft_samples >= store.min_samples().max(1)
+                || (s.ttft_samples >= FEW_SAMPLES && agrees_with_prior(store, model, name)),
+            overdue_after: store
+                .prior(model, name)
+                .map_or(q, |p| p.ttft_p90.mul_f64(store.prior_calibration().0)),
+            sigma: sigma_own,
+            censored: s.censored,
+            censored_at: s.censored_p50,
             ttft_q: q,
             race_after: s.ttft_quantile(RACE_QUANTILE),
         })
@@ -259,29 +456,30 @@ impl LearnedOrder {
     }
 
     /// Sets `provider.order` on `req` (unless the caller routes it itself), and a
-    /// [`ProviderPlan`] for the hedge; says what it did.
+    /// [`ProviderPlan`] for the hedge; says what it did, and hands back the [`Trial`] slot
+    /// the call holds when it goes first to an untested provider.
     pub(crate) fn apply(
         &self,
         store: &LatencyStore,
         req: &mut ChatRequest,
         now: Instant,
-    ) -> OrderDecision {
+    ) -> (OrderDecision, Option<Trial>) {
         if !self.cfg.enabled {
-            return OrderDecision::Unchanged;
+            return (OrderDecision::Unchanged, None);
         }
         if let Some(p) = &self.priors {
             p.touch(req.model());
         }
         if let Some(p) = &req.body().provider {
             if p.order.as_ref().is_some_and(|o| !o.is_empty()) || p.sort.is_some() {
-                return OrderDecision::Caller;
+                return (OrderDecision::Caller, None);
             }
         }
         let learned = self.learned(store, req.model(), now);
         let allows = |slug: &str| req.body().provider.as_ref().is_none_or(|p| p.allows(slug));
         let arms: Vec<&Arm> = learned.arms.iter().filter(|a| allows(&a.slug)).collect();
         let Some(best) = arms.first().copied() else {
-            return OrderDecision::Unchanged;
+            return (OrderDecision::Unchanged, None);
         };
         // The order by belief, best first: built only for a call that explores.
         let exploit = || -> Arc<[String]> { arms.iter().map(|a| a.slug.to_string()).collect() };
@@ -293,20 +491,65 @@ impl LearnedOrder {
                     .hedge_order(exploit())
                     .race_after(best.race_after),
             );
-            return OrderDecision::Explore;
+            return (OrderDecision::Explore, None);
         }
-        // One draw per provider; the lowest goes first.
-        let drawn = arms
+        // One draw per provider; the lowest goes first. An untested provider with its
+        // trials all in flight sits this call out (unless every one does).
+        let model = req.model().to_owned();
+        // Young arms (fewer samples of ours than the store's minimum) answer to in-flight
+        // evidence: their first attempts still silent count as given up at the time they
+        // have run (their first samples are the fast ones: the slow ones are still
+        // running), and with OVERDUE of them silent past the p90 the arm's hypothesis
+        // promised, it sits calls out. Untested arms take at most MAX_TRIALS at once,
+        // unless every one is at that cap. Last resort, the one least discredited.
+        let min = store.min_samples().max(1);
+        let live: Vec<(&Arm, f64, TrialState)> = arms
             .iter()
-            .map(|a| (a.mu + a.se * self.normal(), *a))
-            .min_by(|x, y| x.0.total_cmp(&y.0))
-            .map_or(best, |(_, a)| a);
-        // Equals: well measured, and not told apart from the best by more than the margin
-        // and their noise. Anything else the draw put first is explored, and raced.
-        let noise = 2.0 * (drawn.se * drawn.se + best.se * best.se).sqrt();
-        let equal = drawn.slug == best.slug
-            || (drawn.samples >= store.min_samples().max(1)
-                && drawn.mu - best.mu <= (1.0 + self.cfg.stickiness).ln() + noise);
+            .map(|a| {
+                if !a.young(min) {
+                    return (*a, a.mu, TrialState::default());
+                }
+                let t = self.trials.state(&model, &a.slug, a.overdue_after, now);
+                let censored = a.censored + t.in_flight as u64;
+                let at = if censored == 0 {
+                    Duration::ZERO
+                } else {
+                    (a.censored_at * a.censored as u32 + t.ran * t.in_flight as u32)
+                        / censored as u32
+                };
+                let q = implied_quantile(
+                    a.ttft_q,
+                    (a.samples, censored),
+                    at,
+                    self.cfg.quantile,
+                    a.sigma,
+                );
+                (*a, a.mu.max(q.as_secs_f64().max(1e-6).ln()), t)
+            })
+            .collect();
+        // First attempts go to the best, its equals (measured within the stickiness margin)
+        // and young arms; a measured arm clearly slower than the best is explored through
+        // hedges, which fire anyway (below), not through first attempts that would need a
+        // race of their own.
+        let margin = (1.0 + self.cfg.stickiness).ln();
+        let equal = |a: &Arm| a.slug == best.slug || (a.tested && a.mu - best.mu <= margin);
+        let open: Vec<(&Arm, f64)> = live
+            .iter()
+            .filter(|(a, _, t)| {
+                if !a.young(min) {
+                    equal(a)
+                } else {
+                    t.overdue < OVERDUE && (a.tested || t.in_flight < MAX_TRIALS)
+                }
+            })
+            .map(|(a, mu, _)| (*a, *mu))
+            .collect();
+        let drawn = self
+            .draw_from(&open)
+            // Every arm young and at its cap or discredited: the least discredited, then
+            // the least loaded (the calls spread rather than pile on a hypothesis).
+            .or_else(|| live.iter().min_by_key(|(_, _, t)| *t).map(|(a, _, _)| *a))
+            .unwrap_or(best);
         let mut order = Vec::with_capacity(arms.len());
         order.push(drawn.slug.to_string());
         order.extend(
@@ -315,14 +558,66 @@ impl LearnedOrder {
                 .map(|a| a.slug.to_string()),
         );
         req.body_mut().provider_mut().order = Some(order);
-        let plan = ProviderPlan::new(Some(drawn.name.clone()));
-        if equal {
-            req.extensions_mut().insert(plan);
+        let mut plan = ProviderPlan::new(Some(drawn.name.clone()));
+        // Every first attempt to a young arm is tracked (its in-flight evidence).
+        let trial = drawn
+            .young(min)
+            .then(|| self.trials.start(&model, &drawn.slug, now))
+            .flatten();
+        // The hedge, when it fires, goes where another draw says: a free sample of a
+        // provider that could be fastest, or a fresh draw from the same one when that is
+        // the draw. A first attempt on a hypothesis (untested) gets a second opinion: the
+        // draw is among the others.
+        let untested = !drawn.tested;
+        let except = untested.then_some(&*drawn.slug);
+        if let Some(second) = self.draw(&arms, except).filter(|s| s.slug != drawn.slug) {
+            let mut hedge: Vec<String> = Vec::with_capacity(arms.len());
+            hedge.push(second.slug.to_string());
+            hedge.extend(
+                arms.iter()
+                    .filter(|a| a.slug != second.slug)
+                    .map(|a| a.slug.to_string()),
+            );
+            plan = plan.hedge_order(hedge.into());
+        }
+        // Races: an untested first attempt silent past the p90 its hypothesis promised
+        // has failed the test, so the second opinion races then, not at a quantile its own
+        // first samples may have pushed out; a first attempt that is not the best's equal
+        // races the best no later than that one's p75.
+        let mut race = untested.then_some(drawn.overdue_after);
+        if !equal(drawn) && best.tested {
+            race = Some(race.map_or(best.race_after, |r| r.min(best.race_after)));
+            if !untested {
+                plan.hedge_order = Some(exploit());
+            }
+        }
+        if let Some(r) = race {
+            plan = plan.race_after(r);
+        }
+        req.extensions_mut().insert(plan);
+        let decision = if equal(drawn) {
             OrderDecision::Learned
         } else {
-            req.extensions_mut()
-                .insert(plan.hedge_order(exploit()).race_after(best.race_after));
             OrderDecision::Explore
-        }
+        };
+        (decision, trial)
+    }
+
+    /// One Thompson draw over `arms` (leaving out `except`): the one whose draw is lowest.
+    fn draw<'a>(&self, arms: &[&'a Arm], except: Option<&str>) -> Option<&'a Arm> {
+        let beliefs: Vec<(&Arm, f64)> = arms
+            .iter()
+            .filter(|a| except.is_none_or(|e| &*a.slug != e))
+            .map(|a| (*a, a.mu))
+            .collect();
+        self.draw_from(&beliefs)
+    }
+
+    /// One Thompson draw over arms with the given means.
+    fn draw_from<'a>(&self, arms: &[(&'a Arm, f64)]) -> Option<&'a Arm> {
+        arms.iter()
+            .map(|(a, mu)| (mu + a.se * self.normal(), *a))
+            .min_by(|x, y| x.0.total_cmp(&y.0))
+            .map(|(_, a)| a)
     }
 }

@@ -59,7 +59,7 @@ where
 
     fn call(&mut self, mut req: ChatRequest) -> Self::Future {
         match self.shared.route(&mut req, Instant::now()) {
-            Ok(route) => ResponseFuture::routed(self.inner.call(req), route),
+            Ok((route, trial)) => ResponseFuture::routed(self.inner.call(req), route, trial),
             Err(e) => ResponseFuture::rejected(e),
         }
     }

@@ -218,7 +218,7 @@ pub(super) const FLAGS: &[Flag] = &[
         "hedge-quantile",
         "Q",
         "HEDGE_QUANTILE",
-        "0.95",
+        "0.96",
         "Hedge when no first token by this quantile of recent TTFT (0: off)",
         TIMEOUTS,
     ),

@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use llm_layers_core::sync::{lock, write};
 use tokio::time::Instant;
 
-use super::window::{Half, compute};
+use super::window::Half;
 use super::{LatencyStore, Windows};
 
 /// One key's measurements over its window, in a form that merges exactly.
@@ -174,7 +174,7 @@ impl LatencyStore {
         let mut w = lock(&entry.windows);
         w.fleet = (!fleet.is_empty()).then(|| (Box::new(fleet), now + ttl));
         self.rotate(&mut w, now);
-        let stats = compute(&w, self.inner.prior_weight);
+        let stats = self.compute(&w);
         *write(&entry.cache) = (now, stats);
     }
 }

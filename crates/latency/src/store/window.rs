@@ -83,8 +83,24 @@ impl Windows {
     }
 }
 
-pub(super) fn compute(w: &Windows, prior_weight: f64) -> Stats {
-    compute_with(w, w.prior, prior_weight)
+/// The median TTFT of the window counting given-up attempts at the time they ran (lower
+/// bounds: a provider whose slow attempts keep losing races is not judged by its fast ones
+/// alone), and how many samples of ours it rests on (committed ones).
+pub(super) fn median_with_given_up(w: &Windows) -> (Duration, u64) {
+    let mut all = w.previous.ttft.clone();
+    let _ = all.add(&w.previous.cens);
+    let mut committed = w.previous.ttft.len();
+    for h in w.halves().skip(1) {
+        let _ = all.add(&h.ttft);
+        let _ = all.add(&h.cens);
+        committed += h.ttft.len();
+    }
+    let median = if all.is_empty() {
+        Duration::ZERO
+    } else {
+        Duration::from_secs_f64(all.value_at_quantile(0.5) as f64 * TTFT_UNIT_US / 1e6)
+    };
+    (median, committed)
 }
 
 pub(super) fn compute_with(w: &Windows, prior: Option<Prior>, prior_weight: f64) -> Stats {
@@ -158,5 +174,6 @@ pub(super) fn compute_with(w: &Windows, prior: Option<Prior>, prior_weight: f64)
         max_gap_p99: q(&gap, 0.99),
         gap_samples: gap.len(),
         censored,
+        censored_p50: q(&cens, 0.5),
     }
 }
