@@ -42,6 +42,12 @@ pub struct Config {
     pub tls_cert: Option<std::path::PathBuf>,
     /// The PEM private key of [`tls_cert`](Config::tls_cert) (`--tls-key`).
     pub tls_key: Option<std::path::PathBuf>,
+    /// The access log (`--log-format json|off`, `LOG_FORMAT`; off): one JSON line per call
+    /// (time, tenant, model, provider, status, how it ended, time to first token, duration,
+    /// attempts, tokens; never a prompt or a key), written off the call's path.
+    pub log_format: crate::LogFormat,
+    /// Where the access log goes (`--access-log FILE`; standard output): appended to.
+    pub access_log: Option<std::path::PathBuf>,
     /// Connections open at once (`--max-connections`; 4,096): one more is closed as it is
     /// accepted, before a byte of it is read.
     pub max_connections: usize,
@@ -170,6 +176,8 @@ impl Default for Config {
             header_read_timeout: Duration::from_secs(30),
             tls_cert: None,
             tls_key: None,
+            log_format: crate::LogFormat::Off,
+            access_log: None,
             max_connections: 4096,
             max_streams_per_connection: 128,
             shutdown_grace: Duration::from_secs(10),
@@ -220,6 +228,8 @@ impl std::fmt::Debug for Config {
             .field("header_read_timeout", &self.header_read_timeout)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
+            .field("log_format", &self.log_format)
+            .field("access_log", &self.access_log)
             .field("max_connections", &self.max_connections)
             .field(
                 "max_streams_per_connection",

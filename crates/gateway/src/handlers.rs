@@ -14,6 +14,7 @@ use llm_layers_router::TIER_PREFIX;
 use serde_json::json;
 use tower::ServiceExt;
 
+use crate::access::CallRecord;
 use crate::bounds::Bounds;
 use crate::error::ApiFailure;
 use crate::server::AppState;
@@ -176,6 +177,7 @@ pub(crate) async fn chat(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let state = state.load();
+    let mut record = CallRecord::start(state.access.clone());
     // `KeyAuth` checked the key before the body was read: a caller without one costs nothing.
     let CallerHints {
         key,
@@ -186,7 +188,7 @@ pub(crate) async fn chat(
     } = hints;
     let bytes = match body_of(body, state.config.max_body_bytes) {
         Ok(b) => b,
-        Err(f) => return f.into_response(),
+        Err(f) => return refused(f, record),
     };
     let parsed = parse_request(&bytes, &state.config.bounds);
     // The body's bytes are a slice of hyper's read buffer for the connection: released
@@ -195,11 +197,16 @@ pub(crate) async fn chat(
     drop(bytes);
     let mut req = match parsed {
         Ok(r) => r,
-        Err(f) => return f.into_response(),
+        Err(f) => return refused(f, record),
     };
+    record.request(
+        req.body().model.as_deref().unwrap_or_default(),
+        req.is_stream(),
+        tenant.as_ref().map(|t| t.0.clone()),
+    );
     if let Some(k) = &key {
         if let Err(f) = k.apply(&mut req) {
-            return f.into_response();
+            return refused(f, record);
         }
         req.extensions_mut().insert(KeyTenant(k.tenant.clone()));
     }
@@ -226,10 +233,12 @@ pub(crate) async fn chat(
         .and_then(|o| o.get("include_usage"))
         .and_then(serde_json::Value::as_bool)
         .unwrap_or(false);
+    record.sent();
     let stream = match state.stack.clone().oneshot(req).await {
         Ok(s) => s,
-        Err(e) => return ApiFailure::from(&e).into_response(),
+        Err(e) => return refused(ApiFailure::from(&e), record),
     };
+    record.answered(stream.meta());
     state.counters.note(stream.meta());
     if let Some(t) = &counted_tenant {
         state
@@ -237,12 +246,30 @@ pub(crate) async fn chat(
             .tenant_call(t, tokio::time::Instant::now(), state.started);
     }
     if streaming {
-        return sse::response(stream, include_usage, state.phase.clone());
+        return sse::response(stream, include_usage, state.phase.clone(), record);
     }
-    match stream.collect().await {
-        Ok(c) => answer_response(&normalize(c)),
-        Err(e) => ApiFailure::from(&e).into_response(),
+    let collected = stream.collect().await;
+    record.collected();
+    match collected {
+        Ok(c) => {
+            if let Some(u) = &c.usage {
+                record.usage(u);
+            }
+            record.done();
+            let mut r = answer_response(&normalize(c));
+            record.write_headers(r.headers_mut());
+            r
+        }
+        Err(e) => refused(ApiFailure::from(&e), record),
     }
+}
+
+/// A call that ends in `f`: the error, with the timing headers, logged.
+fn refused(f: ApiFailure, mut record: CallRecord) -> Response {
+    record.failed(f.status.as_u16(), &f.code);
+    let mut r = f.into_response();
+    record.write_headers(r.headers_mut());
+    r
 }
 
 /// A whole answer as JSON: the bytes `axum::Json` would send, written by

@@ -8,6 +8,7 @@
 //! - [`start`] / [`serve`]: the server, its routes and shutdown;
 //! - [`keys`]: gateway keys; [`status`]: the status page; [`config`]: flags and environment.
 
+mod access;
 pub mod bounds;
 pub mod config;
 mod conn;
@@ -23,6 +24,7 @@ pub mod upstreams;
 
 use std::time::SystemTime;
 
+pub use access::LogFormat;
 pub use config::{CliExit, Config};
 pub use server::{Gateway, Phase, StartError, install_metrics, serve, serve_reloading, start};
 pub use stack::{

@@ -137,6 +137,8 @@ pub(crate) struct AppInner {
     pub(crate) parts: Parts,
     pub(crate) started: tokio::time::Instant,
     pub(crate) counters: Arc<status::Counters>,
+    /// The access log, when `--log-format json`.
+    pub(crate) access: Option<Arc<crate::access::AccessLog>>,
 }
 
 /// The router, for embedding the gateway in another axum app.
@@ -340,6 +342,13 @@ impl Gateway {
         let old = self.state.load();
         let tls = crate::tls::acceptor(&config)?;
         let built = build(&config, &base_url, &key, Some(old.parts.store.clone())).await?;
+        let access = if (&config.log_format, &config.access_log)
+            == (&old.config.log_format, &old.config.access_log)
+        {
+            old.access.clone()
+        } else {
+            access_log(&config)?
+        };
         *llm_layers_core::sync::write(&self.tls) = tls;
         self.state.replace(AppInner {
             stack: built.stack,
@@ -351,6 +360,7 @@ impl Gateway {
             parts: built.parts,
             started: old.started,
             counters: old.counters.clone(),
+            access,
         });
         tracing::info!(
             "configuration reloaded: new calls use it, calls in flight finish on the old"
@@ -370,6 +380,16 @@ impl Gateway {
         }
         let _ = self.phase.send(Phase::Cut);
         server.await.unwrap_or(Ok(()))
+    }
+}
+
+/// The access log `config` asks for, if any.
+fn access_log(config: &Config) -> Result<Option<Arc<crate::access::AccessLog>>, StartError> {
+    match config.log_format {
+        crate::LogFormat::Json => crate::access::AccessLog::open(config.access_log.as_deref())
+            .map(Some)
+            .map_err(StartError::io("cannot open the access log")),
+        _ => Ok(None),
     }
 }
 
@@ -393,6 +413,7 @@ pub async fn start(
         }
     };
     let built = build(&config, &base_url, &key, None).await?;
+    let access = access_log(&config)?;
     let tls: crate::tls::TlsSlot = Arc::new(std::sync::RwLock::new(crate::tls::acceptor(&config)?));
     let listener = TcpListener::bind(config.listen)
         .await
@@ -420,6 +441,7 @@ pub async fn start(
         parts: built.parts,
         started: tokio::time::Instant::now(),
         counters: Arc::default(),
+        access,
     });
     let app = router(state.clone());
     let mut draining = phase_rx;

@@ -15,22 +15,28 @@ use llm_layers_core::{ChatChunk, ChatStream, ChunkWriter};
 use tokio::sync::watch;
 
 use crate::Phase;
+use crate::access::CallRecord;
 use crate::error::ApiFailure;
 
 pub(crate) fn response(
     stream: ChatStream,
     include_usage: bool,
     phase: watch::Receiver<Phase>,
+    record: CallRecord,
 ) -> Response {
-    let body = SseBody {
+    let mut body = SseBody {
         stream,
         include_usage,
         cut: Box::pin(wait_cut(phase)),
         done: false,
         created: crate::now_secs(),
         writer: ChunkWriter::default(),
+        record: None,
     };
-    let mut r = Response::new(Body::from_stream(body));
+    let mut r = Response::new(Body::empty());
+    record.write_headers(r.headers_mut());
+    body.record = Some(record);
+    *r.body_mut() = Body::from_stream(body);
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -55,6 +61,8 @@ struct SseBody {
     created: u64,
     /// Writes the head the chunks of the answer repeat once.
     writer: ChunkWriter,
+    /// The call as the access log sees it: written when the body is dropped.
+    record: Option<CallRecord>,
 }
 
 /// The most bytes one body frame gathers from events that are already there.
@@ -81,6 +89,16 @@ fn event(json: &impl serde::Serialize) -> Bytes {
 }
 
 impl SseBody {
+    /// The answer ended: cleanly, or with an error's status and code.
+    fn ended(&mut self, error: Option<&str>) {
+        if let Some(r) = self.record.as_mut() {
+            match error {
+                Some(code) => r.broke(code),
+                None => r.done(),
+            }
+        }
+    }
+
     /// Appends `c` as an event, the fields OpenAI clients rely on filled in.
     fn chunk(&mut self, out: &mut Vec<u8>, mut c: ChatChunk) {
         if c.object.is_empty() {
@@ -109,6 +127,7 @@ impl Stream for SseBody {
         }
         if this.cut.as_mut().poll(cx).is_ready() {
             this.done = true;
+            this.ended(Some("server_shutting_down"));
             let f = ApiFailure {
                 status: http::StatusCode::SERVICE_UNAVAILABLE,
                 kind: "api_error",
@@ -124,6 +143,9 @@ impl Stream for SseBody {
             match Pin::new(&mut this.stream).poll_next(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Some(Ok(c))) => {
+                    if let (Some(u), Some(r)) = (&c.usage, this.record.as_mut()) {
+                        r.usage(u);
+                    }
                     // OpenAI sends the usage chunk (empty choices) only when asked.
                     if c.choices.is_empty() && !this.include_usage {
                         continue;
@@ -135,11 +157,14 @@ impl Stream for SseBody {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.done = true;
-                    write_value(&mut out, &ApiFailure::from(&e).body());
+                    let f = ApiFailure::from(&e);
+                    this.ended(Some(&f.code));
+                    write_value(&mut out, &f.body());
                     break;
                 }
                 Poll::Ready(None) => {
                     this.done = true;
+                    this.ended(None);
                     out.extend_from_slice(b"data: [DONE]\n\n");
                     break;
                 }
@@ -169,7 +194,7 @@ mod tests {
         let req = ChatRequest::new("m", vec![Message::user("hi")]);
         let stream = mock.oneshot(req).await.unwrap();
         let (_tx, rx) = watch::channel(Phase::Running);
-        let mut body = response(stream, false, rx).into_body();
+        let mut body = response(stream, false, rx, CallRecord::start(None)).into_body();
         let mut frames = Vec::new();
         while let Some(f) = body.frame().await {
             frames.push(f.unwrap().into_data().unwrap());

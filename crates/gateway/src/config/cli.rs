@@ -24,6 +24,7 @@ const RESUME: &str = "Resume and coalescing";
 const SHARED: &str = "Shared state";
 const KEYS: &str = "Keys and upstreams";
 const MOCK: &str = "Mock upstream (no OPENROUTER_API_KEY)";
+const LOGS: &str = "Logs";
 
 const fn flag(
     name: &'static str,
@@ -69,6 +70,22 @@ pub(super) const FLAGS: &[Flag] = &[
         "none",
         "PEM private key of --tls-cert",
         LISTEN,
+    ),
+    flag(
+        "log-format",
+        "json|off",
+        "LOG_FORMAT",
+        "off",
+        "Access log: one JSON line per call (no prompt, no key) on stdout",
+        LOGS,
+    ),
+    flag(
+        "access-log",
+        "FILE",
+        "LLM_GATEWAY_ACCESS_LOG",
+        "none: stdout",
+        "Append the access log to FILE instead of stdout",
+        LOGS,
     ),
     flag(
         "max-body-bytes",
@@ -654,6 +671,14 @@ impl Config {
                 }
                 "--tls-cert" => c.tls_cert = Some(v.into()),
                 "--tls-key" => c.tls_key = Some(v.into()),
+                "--log-format" => {
+                    c.log_format = match v.as_str() {
+                        "json" => crate::LogFormat::Json,
+                        "off" => crate::LogFormat::Off,
+                        _ => return Err(format!("--log-format: {v:?} is not json or off")),
+                    }
+                }
+                "--access-log" => c.access_log = Some(v.into()),
                 "--max-connections" => {
                     c.max_connections = number_where(&v, &flag, |n| *n > 0, "a number above zero")?
                 }
