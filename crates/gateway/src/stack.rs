@@ -226,7 +226,8 @@ pub fn build_stack_reusing<S: ChatService>(
     });
     // No attempt rides a static first-token timeout: cut at 3x the p99 first token of the
     // provider it is aimed at (the model's while that one is not measured), 2 s at least,
-    // the configured limit at most, and retried within the call's deadline. A whole answer
+    // the configured limit at most (read again every 2 s while nothing is measured, so a
+    // cold process's first attempts do not ride it), and retried within the call's deadline. A whole answer
     // is streamed from upstream, so its first token is its first chunk: cut the same way.
     if let Some(first) = config
         .first_token_timeout
@@ -292,11 +293,13 @@ pub fn build_stack_reusing<S: ChatService>(
                 // after its p75; otherwise the same request, a fresh draw.
                 .policy(FollowPlan)
                 // Every extra request for the tail (hedges and exploring races) within
-                // `hedge_budget` of calls over 10 s, a hard cap; or 20 per window when that
+                // `hedge_budget` of calls over 10 s, a hard cap; or 30 per window when that
                 // is more (a quiet service, and a cold start: its first few hundred calls,
-                // the most uncertain, may spend the share of the window up front).
+                // the most uncertain, may spend the share of the window up front; at 20,
+                // the first wave sent to a provider that hangs after its headers was not
+                // all rescued: the matrix's `outage` row).
                 .budget_window(Duration::from_secs(10))
-                .budget_floor(2)
+                .budget_floor(3)
                 .budget_ratio(config.hedge_budget as f32)
                 // A second hedge only replaces one that failed while the original waits.
                 .max_attempts(3)

@@ -11,6 +11,16 @@ use std::sync::Arc;
 use crate::layer::Adaptive;
 use crate::stream::TimeoutStream;
 
+/// A cold attempt's first-token limit, read again while it waits: the store it reads, the
+/// request's model, the provider aimed at, and how often.
+#[derive(Debug)]
+pub(crate) struct Recheck {
+    pub(crate) adaptive: Arc<Adaptive>,
+    pub(crate) body: Arc<ChatBody>,
+    pub(crate) aimed: Option<Arc<str>>,
+    pub(crate) every: Duration,
+}
+
 pin_project_lite::pin_project! {
     /// The response future of [`Timeout`](crate::Timeout): the inner future, raced against
     /// the first-token and total deadlines; on success the stream is wrapped with the idle
@@ -20,21 +30,39 @@ pin_project_lite::pin_project! {
         inner: F,
         #[pin]
         sleep: Option<Sleep>,
-        kind: TimeoutKind,
+        first_token_at: Option<Instant>,
         total_at: Option<Instant>,
         idle: Option<Duration>,
         // The adaptive idle limit is read at the commit point, when the provider is known.
         idle_from: Option<(Arc<Adaptive>, Arc<ChatBody>)>,
+        // A first-token limit set while nothing was measured: read again at `next_check`.
+        recheck: Option<Recheck>,
+        started: Instant,
+        next_check: Option<Instant>,
     }
 }
 
 impl<F> std::fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("kind", &self.kind)
+            .field("first_token_at", &self.first_token_at)
             .field("total_at", &self.total_at)
             .field("idle", &self.idle)
+            .field("next_check", &self.next_check)
             .finish_non_exhaustive()
+    }
+}
+
+/// The deadline that comes first, and which it is.
+fn earliest(
+    first_token_at: Option<Instant>,
+    total_at: Option<Instant>,
+) -> Option<(Instant, TimeoutKind)> {
+    match (first_token_at, total_at) {
+        (Some(f), Some(t)) if t < f => Some((t, TimeoutKind::Total)),
+        (Some(f), _) => Some((f, TimeoutKind::FirstToken)),
+        (None, Some(t)) => Some((t, TimeoutKind::Total)),
+        (None, None) => None,
     }
 }
 
@@ -46,21 +74,32 @@ impl<F> ResponseFuture<F> {
         idle: Option<Duration>,
         idle_from: Option<(Arc<Adaptive>, Arc<ChatBody>)>,
     ) -> Self {
-        // The earlier of the two deadlines fires, and names itself.
-        let (at, kind) = match (first_token_at, total_at) {
-            (Some(f), Some(t)) if t < f => (Some(t), TimeoutKind::Total),
-            (Some(f), _) => (Some(f), TimeoutKind::FirstToken),
-            (None, Some(t)) => (Some(t), TimeoutKind::Total),
-            (None, None) => (None, TimeoutKind::FirstToken),
-        };
         ResponseFuture {
             inner,
-            sleep: at.map(sleep_until),
-            kind,
+            sleep: earliest(first_token_at, total_at).map(|(at, _)| sleep_until(at)),
+            first_token_at,
             total_at,
             idle,
             idle_from,
+            recheck: None,
+            started: Instant::now(),
+            next_check: None,
         }
+    }
+
+    /// Reads the first-token limit again every `recheck.every` from `started` on, until
+    /// something is measured.
+    pub(crate) fn recheck(mut self, recheck: Option<Recheck>, started: Instant) -> Self {
+        self.started = started;
+        if let Some(r) = recheck {
+            let check = started + r.every;
+            if earliest(self.first_token_at, self.total_at).is_none_or(|(at, _)| check < at) {
+                self.sleep = Some(sleep_until(check));
+                self.next_check = Some(check);
+                self.recheck = Some(r);
+            }
+        }
+        self
     }
 }
 
@@ -87,14 +126,42 @@ where
             let total_at = *this.total_at;
             return Poll::Ready(Ok(stream.wrap(|s| TimeoutStream::new(s, idle, total_at))));
         }
-        if let Some(sleep) = this.sleep.as_pin_mut() {
-            ready!(sleep.poll(cx));
-            let which = match this.kind {
-                TimeoutKind::FirstToken => "no first token in time",
-                _ => "the call's total time ran out before the first token",
+        let Some(mut sleep) = this.sleep.as_pin_mut() else {
+            return Poll::Pending;
+        };
+        loop {
+            ready!(sleep.as_mut().poll(cx));
+            let now = Instant::now();
+            if let (Some(check), Some(r)) = (*this.next_check, this.recheck.as_ref()) {
+                if check <= now {
+                    let model = r.body.model.as_deref().unwrap_or("");
+                    match r.adaptive.measured_first_token(model, r.aimed.as_deref()) {
+                        Some(limit) => {
+                            let at = *this.started + limit;
+                            *this.first_token_at =
+                                Some(this.first_token_at.map_or(at, |f| f.min(at)));
+                            *this.next_check = None;
+                        }
+                        None => *this.next_check = Some(now + r.every),
+                    }
+                }
+            }
+            let deadline = earliest(*this.first_token_at, *this.total_at);
+            if let Some((_, kind)) = deadline.filter(|(at, _)| *at <= now) {
+                let which = match kind {
+                    TimeoutKind::FirstToken => "no first token in time",
+                    _ => "the call's total time ran out before the first token",
+                };
+                return Poll::Ready(Err(LlmError::timeout(kind).with_message(which)));
+            }
+            // Not yet: sleep to the next deadline or check, whichever comes first.
+            let next = match (deadline.map(|(at, _)| at), *this.next_check) {
+                (Some(a), Some(c)) => a.min(c),
+                (Some(a), None) => a,
+                (None, Some(c)) => c,
+                (None, None) => return Poll::Pending,
             };
-            return Poll::Ready(Err(LlmError::timeout(*this.kind).with_message(which)));
+            sleep.as_mut().reset(next);
         }
-        Poll::Pending
     }
 }

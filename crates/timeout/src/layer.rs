@@ -145,7 +145,9 @@ impl TimeoutLayerBuilder {
 
     /// Derives the first-token limit of each call from what was measured for its model:
     /// `factor ×` the TTFT `quantile` from `store`, clamped to `[min, max]`; `max` while the
-    /// model is unmeasured. A per-request [`Timeouts`] override still wins.
+    /// model is unmeasured, and then read again every `min` as the attempt waits (a cold
+    /// process's first attempts are cut by what the calls beside them measured, not at the
+    /// cap). A per-request [`Timeouts`] override still wins.
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
@@ -282,15 +284,18 @@ pub(crate) struct Adaptive {
 }
 
 impl Adaptive {
-    /// The first-token limit of an attempt at `model`, aimed at `provider` when the
-    /// request names the one it goes to first (its own measurements then, the model's
-    /// while it has none).
-    pub(crate) fn first_token(&self, model: &str, provider: Option<&str>) -> Option<Duration> {
+    /// The first-token limit of an attempt at `model` (aimed at `provider`) from what is
+    /// measured now, or `None` while nothing is.
+    pub(crate) fn measured_first_token(
+        &self,
+        model: &str,
+        provider: Option<&str>,
+    ) -> Option<Duration> {
         let a = self.first_token?;
-        let measured = provider
+        provider
             .and_then(|p| self.store.ttft_quantile(model, Some(p), a.quantile))
-            .or_else(|| self.store.ttft_quantile(model, None, a.quantile));
-        Some(a.of(measured))
+            .or_else(|| self.store.ttft_quantile(model, None, a.quantile))
+            .map(|m| a.of(Some(m)))
     }
 
     pub(crate) fn idle(&self, model: &str, provider: Option<&str>) -> Option<Duration> {

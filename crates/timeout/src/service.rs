@@ -6,7 +6,7 @@ use tower_service::Service;
 
 use std::sync::Arc;
 
-use crate::future::ResponseFuture;
+use crate::future::{Recheck, ResponseFuture};
 use crate::layer::{Adaptive, Timeouts};
 
 /// Enforces first-token, idle and total limits on an inner chat service.
@@ -67,13 +67,28 @@ where
         let over = req.extensions().get::<Timeouts>().copied();
         let mut base = self.limits;
         let mut idle_from = None;
+        let mut recheck = None;
         if let Some(a) = &self.adaptive {
             let aimed = req
                 .extensions()
                 .get::<llm_layers_core::ProviderPlan>()
-                .and_then(|p| p.first.as_deref());
-            if let Some(d) = a.first_token(req.model(), aimed) {
-                base.first_token = Some(d);
+                .and_then(|p| p.first.clone());
+            match a.measured_first_token(req.model(), aimed.as_deref()) {
+                Some(d) => base.first_token = Some(d),
+                None => {
+                    if let Some(limit) = a.first_token {
+                        base.first_token = Some(limit.max);
+                        // Nothing measured yet (a cold model): the limit is read again
+                        // while the attempt waits, so samples that arrive meanwhile cut
+                        // it as they would cut an attempt that started after them.
+                        recheck = Some(Recheck {
+                            adaptive: a.clone(),
+                            body: req.shared_body().clone(),
+                            aimed,
+                            every: limit.min,
+                        });
+                    }
+                }
             }
             if a.idle.is_some() {
                 idle_from = Some((a.clone(), req.shared_body().clone()));
@@ -94,6 +109,10 @@ where
         // A caller's deadline (or ours) bounds the whole call.
         let total_at = req.deadline();
         let first_token_at = limits.first_token.map(|d| now + d);
+        // A per-request first-token limit is the caller's: not read again.
+        if over.is_some_and(|o| o.first_token.is_some()) {
+            recheck = None;
+        }
         ResponseFuture::new(
             self.inner.call(req),
             first_token_at,
@@ -101,5 +120,6 @@ where
             limits.idle,
             idle_from,
         )
+        .recheck(recheck, now)
     }
 }

@@ -365,3 +365,55 @@ async fn the_total_deadline_holds_for_a_stream_that_never_pauses() {
     assert_eq!(err.unwrap().kind(), ErrorKind::Timeout(TimeoutKind::Total));
     assert!((29..=31).contains(&got), "{got}");
 }
+
+/// An attempt that starts while its model is unmeasured (a cold process) waits on the cap,
+/// but reads its limit again every `min`: once other calls have measured the model, it is cut
+/// where an attempt started after them would be (3 × 1 s here), not at the 60 s cap. A
+/// model that stays unmeasured keeps the cap.
+#[tokio::test(start_paused = true)]
+async fn a_cold_attempt_reads_its_first_token_limit_again_as_it_waits() {
+    use llm_layers_latency::{LatencyStore, Outcome};
+    use llm_layers_timeout::AdaptiveLimit;
+    let store = LatencyStore::builder().min_samples(5).build().unwrap();
+    let layer = TimeoutLayer::builder()
+        .first_token_adaptive(
+            store.clone(),
+            AdaptiveLimit {
+                quantile: 0.99,
+                factor: 3.0,
+                min: Duration::from_secs(2),
+                max: Duration::from_secs(60),
+            },
+        )
+        .build()
+        .unwrap();
+    let mock = MockChat::with_default(Script::new().hang());
+    let start = Instant::now();
+    let call = tokio::spawn(layer.layer(mock.clone()).oneshot(req()));
+    // Measured 5 s in: the attempt is past the new limit (3 s) and is cut at the next look.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for _ in 0..10 {
+        store.record(
+            ("m", Some("A")),
+            Some(Duration::from_secs(1)),
+            None,
+            Outcome::Ok,
+        );
+    }
+    let e = call.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout(TimeoutKind::FirstToken));
+    assert_eq!(
+        Instant::now() - start,
+        Duration::from_secs(6),
+        "the look at 6 s"
+    );
+    // Another model, never measured: the cap.
+    let start = Instant::now();
+    let e = layer
+        .layer(mock)
+        .oneshot(ChatRequest::new("other", vec![Message::user("x")]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout(TimeoutKind::FirstToken));
+    assert_eq!(Instant::now() - start, Duration::from_secs(60));
+}
