@@ -140,6 +140,13 @@ type Shard = (HashMap<BucketKey, Bucket>, Option<Instant>);
 
 const SHARDS: usize = 16;
 
+/// The shard `key`'s bucket lives in.
+fn shard_of(key: &BucketKey) -> usize {
+    let mut h = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(key, &mut h);
+    std::hash::Hasher::finish(&h) as usize % SHARDS
+}
+
 impl MemoryStore {
     /// A store of at most `max_keys` buckets (at least 1).
     pub fn new(max_keys: usize) -> MemoryStore {
@@ -152,10 +159,7 @@ impl MemoryStore {
     }
 
     fn with<R>(&self, key: &BucketKey, now: Instant, f: impl FnOnce(&mut Bucket) -> R) -> R {
-        let mut h = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(key, &mut h);
-        let shard = &self.shards[std::hash::Hasher::finish(&h) as usize % SHARDS];
-        let mut guard = lock(shard);
+        let mut guard = lock(&self.shards[shard_of(key)]);
         let (map, next_sweep) = &mut *guard;
         if let Some(b) = map.get_mut(key) {
             return f(b);
@@ -234,5 +238,101 @@ impl MemoryStore {
                 Ok(())
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_far_instant_is_capped_at_a_year_and_a_near_one_is_exact() {
+        let now = Instant::now();
+        let year = Duration::from_secs(365 * 24 * 3600);
+        assert_eq!(
+            later(now, Duration::from_secs(3600)),
+            now + Duration::from_secs(3600)
+        );
+        assert_eq!(later(now, year * 2), now + year);
+        assert_eq!(
+            later(now, year - Duration::from_secs(1)),
+            now + year - Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn a_store_is_empty_until_it_holds_a_bucket() {
+        let store = MemoryStore::new(16);
+        assert!(Store::is_empty(&store));
+        let key = BucketKey {
+            limit: LimitId::Tokens,
+            name: Arc::from("tokens"),
+            key: Arc::from("k"),
+        };
+        let rate = Rate {
+            amount: 10,
+            period: Duration::from_secs(1),
+            burst: 10,
+        };
+        assert!(store.take_now(&key, 1, &rate, Instant::now()).is_ok());
+        assert!(!Store::is_empty(&store));
+        assert_eq!(Store::len(&store), 1);
+    }
+
+    /// A flood of new keys sweeps out only the buckets that owe nothing: a key at its limit,
+    /// or held, keeps its state (evicting it would reset its limit).
+    #[test]
+    fn a_flood_of_new_keys_never_resets_a_bucket_that_owes_or_is_held() {
+        let store = MemoryStore::new(SHARDS * 4);
+        let rate = Rate {
+            amount: 1,
+            period: Duration::from_secs(60),
+            burst: 2,
+        };
+        let key = |k: &str| BucketKey {
+            limit: LimitId::Tokens,
+            name: Arc::from("tokens"),
+            key: Arc::from(k),
+        };
+        let now = Instant::now();
+        assert!(store.take_now(&key("spent"), 2, &rate, now).is_ok());
+        store.hold(&key("held"), now + Duration::from_secs(3600));
+        // Keys of a fast limit: each owes nothing a millisecond later, so neither they nor
+        // the overflow bucket can be what refuses the two below.
+        let fast = Rate {
+            amount: 1000,
+            period: Duration::from_secs(1),
+            burst: 1,
+        };
+        for i in 0..200 {
+            let at = now + Duration::from_millis(150 * i);
+            assert!(
+                store
+                    .take_now(&key(&format!("flood {i}")), 1, &fast, at)
+                    .is_ok()
+            );
+        }
+        let at = now + Duration::from_secs(31);
+        assert!(
+            store.take_now(&key("spent"), 1, &rate, at).is_err(),
+            "still spent"
+        );
+        assert!(
+            store.take_now(&key("held"), 1, &rate, at).is_err(),
+            "still held"
+        );
+        // Later, the swept room is used again: two new keys of one full shard each get a
+        // bucket of their own, not the shared overflow bucket.
+        let shard = shard_of(&key("flood 0"));
+        let mut fresh = (0..)
+            .map(|i| format!("new {i}"))
+            .filter(|k| shard_of(&key(k)) == shard);
+        let (a, b) = (fresh.next().unwrap(), fresh.next().unwrap());
+        let later = at + Duration::from_secs(1);
+        assert!(store.take_now(&key(&a), 2, &rate, later).is_ok());
+        assert!(
+            store.take_now(&key(&b), 2, &rate, later).is_ok(),
+            "a bucket of its own"
+        );
     }
 }
