@@ -100,6 +100,17 @@ fn error_body_shapes() {
     assert_eq!(e.status_code(), Some(StatusCode::TOO_MANY_REQUESTS));
     assert!(ApiError::from_body(b"not json").is_none());
     assert!(ApiError::from_body(br#"{"choices":[]}"#).is_none());
+    // An error that is a bare string is its message.
+    let e = ApiError::from_body(br#"{"error":"model is overloaded"}"#).unwrap();
+    assert_eq!(e.message.as_deref(), Some("model is overloaded"));
+    assert_eq!(e.code, None);
+    assert!(ApiError::from_body(br#"{"error":42}"#).is_none());
+    // A code reads as it was sent.
+    assert_eq!(ErrorCode::Number(429).to_string(), "429");
+    assert_eq!(
+        ErrorCode::Text("server_error".into()).to_string(),
+        "server_error"
+    );
     // The provider is lifted onto the error.
     let err = LlmError::status(
         StatusCode::BAD_GATEWAY,

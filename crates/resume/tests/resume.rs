@@ -590,3 +590,88 @@ async fn a_continuation_never_asks_past_the_callers_limit() {
     assert_eq!(asked, Some(again), "{held_back:?}");
     assert_eq!(asked, Some(continuation_limit(N, u64::from(N - again))));
 }
+
+/// The resume outcomes counted so far, by outcome.
+fn outcomes(rec: &metrics_util::debugging::DebuggingRecorder) -> Vec<(String, u64)> {
+    use metrics_util::debugging::DebugValue;
+    let mut out: Vec<_> = rec
+        .snapshotter()
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(k, ..)| k.key().name() == llm_layers_resume::RESUMES)
+        .filter_map(|(k, _, _, v)| {
+            let outcome = k.key().labels().find(|l| l.key() == "outcome")?;
+            let DebugValue::Counter(n) = v else {
+                return None;
+            };
+            Some((outcome.value().to_owned(), n))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// What may not be resumed: a break that is the caller's (a 400, a cancel), one past the
+/// call's deadline, one the budget cannot pay for; each counted by why. A deadline still
+/// ahead and a budget that pays resume.
+#[tokio::test(start_paused = true)]
+async fn what_may_not_be_resumed_ends_with_its_error_and_is_counted() {
+    use std::sync::Arc;
+    use tower::retry::budget::Budget;
+    let rec = metrics_util::debugging::DebuggingRecorder::new();
+    let _g = metrics::set_default_local_recorder(&rec);
+    let breaking_with = |e: LlmError| {
+        let mock = MockChat::new();
+        mock.push(Script::new().provider("P").token("a ").fail(e));
+        mock.push(answered(&["b"]));
+        mock
+    };
+    for kind in [ErrorKind::BadRequest, ErrorKind::Cancelled] {
+        let mock = breaking_with(LlmError::new(kind));
+        let s = ResumeLayer::new().layer(mock.clone()).oneshot(req()).await;
+        let (_, err, _) = drain(s.unwrap()).await;
+        assert_eq!(err.unwrap().kind(), kind);
+        assert_eq!(mock.calls(), 1, "{kind:?} is not resumed");
+    }
+    // The deadline: passed by the time of the break, or still ahead.
+    for (ahead, resumed) in [(MS, false), (MS * 1000, true)] {
+        // Breaks about 30 ms in.
+        let mock = breaking_mock(2, false);
+        let mut r = req();
+        r.tighten_deadline(tokio::time::Instant::now() + ahead);
+        let s = ResumeLayer::new().layer(mock.clone()).oneshot(r).await;
+        let (_, err, _) = drain(s.unwrap()).await;
+        assert_eq!(err.is_none(), resumed, "deadline {ahead:?}");
+        assert_eq!(mock.calls(), if resumed { 2 } else { 1 });
+    }
+    // The budget: one that pays, then one spent.
+    /// Pays for one extra request.
+    struct One(std::sync::atomic::AtomicBool);
+    impl Budget for One {
+        fn deposit(&self) {}
+        fn withdraw(&self) -> bool {
+            !self.0.swap(true, std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+    let budget = Arc::new(One(Default::default()));
+    let layer = ResumeLayer::builder()
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    for resumed in [true, false] {
+        let mock = breaking_mock(2, false);
+        let (_, err, _) = drain(layer.layer(mock.clone()).oneshot(req()).await.unwrap()).await;
+        assert_eq!(err.is_none(), resumed);
+        if !resumed {
+            assert!(!budget.withdraw(), "the budget was spent");
+        }
+    }
+    let counted = outcomes(&rec);
+    for why in ["deadline", "no_budget"] {
+        assert!(
+            counted.iter().any(|(o, n)| o == why && *n == 1),
+            "{why}: {counted:?}"
+        );
+    }
+}
