@@ -675,3 +675,87 @@ async fn what_may_not_be_resumed_ends_with_its_error_and_is_counted() {
         );
     }
 }
+
+/// A prefill answered from scratch was an upstream call too: its estimate (the prompt, the
+/// text delivered before it, what it wrote) is in the summed usage, beside the broken
+/// attempt's and what the joined continuation reported.
+#[tokio::test(start_paused = true)]
+async fn a_continuation_that_fell_back_is_counted_in_the_usage() {
+    let delivered = "Once upon a time, there lived a fox ";
+    let full = "Once upon a time, there lived a fox in a quiet wood.";
+    let mock = MockChat::from_fn(move |r| match continued(r.body()) {
+        None => broken_after(delivered),
+        Some(c) if c.mode != ContinueMode::Instruction => answered(&[full]),
+        Some(c) => {
+            let again = expected_start(c.delivered, ContinueMode::Instruction);
+            Script::new()
+                .provider("P")
+                .token(&full[delivered.len() - again.len()..])
+                .finish("stop")
+                .usage(100, 8)
+        }
+    });
+    let svc = ResumeLayer::new().layer(mock.clone());
+    let done = svc.oneshot(req()).await.unwrap().collect().await.unwrap();
+    let usage = done.usage.unwrap();
+    let prompt = req().body().approx_prompt_tokens();
+    let fell_back_prompt = prompt + (delivered.len() as u64).div_ceil(4);
+    // Reported (100, 8); the broken attempt: its prompt and its one chunk; the one that
+    // fell back: its prompt (with the text it was given) and all it wrote, a token per 4 bytes.
+    assert_eq!(
+        (usage.prompt_tokens, usage.completion_tokens),
+        (
+            100 + prompt + fell_back_prompt,
+            8 + 1 + (full.len() as u64).div_ceil(4)
+        )
+    );
+    assert_eq!(mock.calls(), 3);
+}
+
+/// The caller sees one answer: the first attempt's role chunk, then text; a continuation's
+/// own role chunk (and anything else that says nothing once its role is taken off) is not
+/// passed on.
+#[tokio::test(start_paused = true)]
+async fn a_resumed_answer_has_one_role_and_no_empty_chunks() {
+    let mock = breaking_mock(2, false);
+    let s = ResumeLayer::new()
+        .layer(mock.clone())
+        .oneshot(req())
+        .await
+        .unwrap();
+    let chunks: Vec<ChatChunk> = s.map(Result::unwrap).collect().await;
+    assert_eq!(mock.calls(), 2, "resumed once");
+    assert_eq!(
+        chunks[0].choices[0].delta.role.as_deref(),
+        Some("assistant")
+    );
+    for c in &chunks[1..] {
+        assert!(c.choices.iter().all(|ch| ch.delta.role.is_none()), "{c:?}");
+        let says = c.usage.is_some()
+            || c.choices.iter().any(|ch| {
+                ch.finish_reason.is_some()
+                    || ch.delta.content.as_deref().is_some_and(|t| !t.is_empty())
+            });
+        assert!(says, "an empty chunk reached the caller: {c:?}");
+    }
+}
+
+/// An instruction continuation that ends before writing all of the overlap it was asked to
+/// repeat is not asked again the same way: the stream ends with an error after two calls.
+#[tokio::test(start_paused = true)]
+async fn an_instruction_continuation_that_ends_inside_its_overlap_is_not_asked_again() {
+    let mock = MockChat::new();
+    mock.push(broken_after("The quick brown fox jumps "));
+    // Asked to repeat "brown fox jumps " (16 characters), it writes part and stops.
+    mock.push(Script::new().provider("P").token("brown fox"));
+    mock.push(answered(&["brown fox jumps over the lazy dog."]));
+    let svc = ResumeLayer::builder()
+        .pin("m", "P", ContinueMode::Instruction)
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let (text, err, _) = drain(svc.oneshot(req()).await.unwrap()).await;
+    assert_eq!(text, "The quick brown fox jumps ");
+    assert_eq!(err.unwrap().kind(), ErrorKind::Truncated);
+    assert_eq!(mock.calls(), 2);
+}
