@@ -454,6 +454,12 @@ async fn one_usage_chunk_last_summed_with_its_extras() {
         let c = item.unwrap();
         text.push_str(c.content().unwrap_or(""));
         last_was_usage = c.usage.is_some();
+        assert!(
+            c.usage.is_some()
+                || c.content().is_some_and(|t| !t.is_empty())
+                || c.choices.iter().any(|ch| ch.finish_reason.is_some()),
+            "the held usage chunk, its usage taken off, is not passed on empty: {c:?}"
+        );
         usages.extend(c.usage);
     }
     assert_eq!(text, "Once upon a time, there lived a fox in a quiet wood.");
@@ -685,7 +691,12 @@ async fn a_continuation_that_fell_back_is_counted_in_the_usage() {
     let full = "Once upon a time, there lived a fox in a quiet wood.";
     let mock = MockChat::from_fn(move |r| match continued(r.body()) {
         None => broken_after(delivered),
-        Some(c) if c.mode != ContinueMode::Instruction => answered(&[full]),
+        // From scratch, and slow after its first token: cut at once, not read to its end.
+        Some(c) if c.mode != ContinueMode::Instruction => Script::new()
+            .provider("P")
+            .token(full)
+            .wait(Duration::from_secs(60))
+            .finish("stop"),
         Some(c) => {
             let again = expected_start(c.delivered, ContinueMode::Instruction);
             Script::new()
@@ -696,7 +707,12 @@ async fn a_continuation_that_fell_back_is_counted_in_the_usage() {
         }
     });
     let svc = ResumeLayer::new().layer(mock.clone());
+    let t0 = tokio::time::Instant::now();
     let done = svc.oneshot(req()).await.unwrap().collect().await.unwrap();
+    assert!(
+        tokio::time::Instant::now() - t0 < Duration::from_secs(1),
+        "cut at once"
+    );
     let usage = done.usage.unwrap();
     let prompt = req().body().approx_prompt_tokens();
     let fell_back_prompt = prompt + (delivered.len() as u64).div_ceil(4);
@@ -758,4 +774,67 @@ async fn an_instruction_continuation_that_ends_inside_its_overlap_is_not_asked_a
     assert_eq!(text, "The quick brown fox jumps ");
     assert_eq!(err.unwrap().kind(), ErrorKind::Truncated);
     assert_eq!(mock.calls(), 2);
+}
+
+/// A usage chunk that also carries text, held when the stream breaks: its text still reaches
+/// the caller. And a stream that is never resumed passes its usage as the upstream sent it.
+#[tokio::test(start_paused = true)]
+async fn held_text_is_kept_and_an_unresumed_usage_is_untouched() {
+    let delivered = "Once upon a time, there lived a ";
+    let mut last = ChatChunk {
+        choices: vec![ChunkChoice {
+            delta: Delta {
+                content: Some("fox ".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    last.usage = Some(llm_layers_core::Usage {
+        prompt_tokens: 11,
+        completion_tokens: 3,
+        total_tokens: 14,
+        ..Default::default()
+    });
+    let (_, held_back) = split_for_prefill("Once upon a time, there lived a fox ");
+    let mock = MockChat::new();
+    mock.push(
+        Script::new()
+            .provider("P")
+            .token(delivered)
+            .chunk(last)
+            .fail(LlmError::truncated()),
+    );
+    mock.push(answered(&[held_back, "in a quiet wood."]));
+    let (text, err, _) = drain(ResumeLayer::new().layer(mock).oneshot(req()).await.unwrap()).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(text, "Once upon a time, there lived a fox in a quiet wood.");
+
+    // Not resumed: a total the upstream counted its own way stays as sent.
+    let mut odd = llm_layers_core::Usage {
+        prompt_tokens: 1,
+        completion_tokens: 2,
+        ..Default::default()
+    };
+    odd.total_tokens = 999;
+    let mock = MockChat::with_default(
+        Script::new()
+            .provider("P")
+            .token("hi")
+            .finish("stop")
+            .chunk(ChatChunk {
+                usage: Some(odd),
+                ..Default::default()
+            }),
+    );
+    let done = ResumeLayer::new()
+        .layer(mock)
+        .oneshot(req())
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(done.usage.unwrap().total_tokens, 999);
 }

@@ -509,3 +509,60 @@ async fn throttle_waits_come_from_the_models_allowance() {
     assert!(layer(2).layer(once.clone()).oneshot(req()).await.is_err());
     assert_eq!(once.calls(), 1);
 }
+
+/// A closure is a policy: what it returns decides, attempt by attempt, and its retries draw
+/// on the budget like the default's (an empty budget: no retry, whatever it says).
+#[tokio::test(start_paused = true)]
+async fn a_closure_policy_decides_and_draws_on_the_budget() {
+    use std::sync::Arc;
+    use tower::retry::budget::Budget;
+    /// A budget with nothing in it.
+    struct Empty;
+    impl Budget for Empty {
+        fn deposit(&self) {}
+        fn withdraw(&self) -> bool {
+            false
+        }
+    }
+    let failing = || {
+        let mock = MockChat::new();
+        for _ in 0..3 {
+            mock.push(Script::error(status(503)));
+        }
+        mock.push(ok());
+        mock
+    };
+    let build = |budget: Option<Arc<dyn Budget + Send + Sync>>| {
+        let mut b = RetryLayer::builder()
+            // Retries twice, then stops.
+            .policy(|_: &mut ChatRequest, _: &LlmError, attempt: u32| attempt < 3)
+            .backoff(fixed(100))
+            .budget_floor(1000)
+            .budget_ratio(1000.0)
+            .seed(1);
+        if let Some(budget) = budget {
+            b = b.budget(budget);
+        }
+        b.build().unwrap()
+    };
+    let mock = failing();
+    let e = build(None)
+        .layer(mock.clone())
+        .oneshot(req())
+        .await
+        .unwrap_err();
+    assert_eq!(e.status_code(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(
+        mock.calls(),
+        3,
+        "the first attempt and the two the closure allowed"
+    );
+    let mock = failing();
+    let e = build(Some(Arc::new(Empty)))
+        .layer(mock.clone())
+        .oneshot(req())
+        .await
+        .unwrap_err();
+    assert_eq!(e.status_code(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(mock.calls(), 1, "an empty budget pays for no retry");
+}
