@@ -454,6 +454,23 @@ async fn throttles_stop_at_their_allowance() {
     let e = svc.oneshot(req()).await.unwrap_err();
     assert_eq!(e.status_code(), Some(StatusCode::TOO_MANY_REQUESTS));
     assert_eq!(mock.calls(), 3, "one call and two throttled retries");
+    // Throttles that move to another provider have their own allowance, counted too.
+    let mock = MockChat::with_default(Script::error(
+        status(429)
+            .with_provider("Alpha")
+            .with_retry_after(Duration::from_millis(10))
+            .with_retry_elsewhere(),
+    ));
+    let svc = RetryLayer::builder()
+        .policy(DefaultPolicy::new(5).max_throttled(2))
+        .backoff(fixed(1))
+        .seed(1)
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let e = svc.oneshot(req()).await.unwrap_err();
+    assert_eq!(e.status_code(), Some(StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(mock.calls(), 3, "one call and two moves");
     // A 429 on our own key is said, not retried.
     let mock = MockChat::with_default(Script::error(status(429).with_key_limited()));
     let e = layer(3)
@@ -565,4 +582,27 @@ async fn a_closure_policy_decides_and_draws_on_the_budget() {
         .unwrap_err();
     assert_eq!(e.status_code(), Some(StatusCode::SERVICE_UNAVAILABLE));
     assert_eq!(mock.calls(), 1, "an empty budget pays for no retry");
+}
+
+/// A whole answer makes a stream that went quiet or sent garbage retriable (nothing was
+/// delivered yet); it makes nothing else retriable (a 400 is still the caller's), and a
+/// stream's idle timeout is not retried.
+#[tokio::test(start_paused = true)]
+async fn a_whole_answer_retries_a_quiet_stream_and_nothing_the_caller_caused() {
+    let whole = || {
+        let mut r = req();
+        r.extensions_mut().insert(WholeAnswer);
+        r
+    };
+    for (request, error, calls) in [
+        (whole(), LlmError::timeout(TimeoutKind::Idle), 2),
+        (whole(), status(400), 1),
+        (req(), LlmError::timeout(TimeoutKind::Idle), 1),
+    ] {
+        let mock = MockChat::new();
+        mock.push(Script::error(error.clone()));
+        mock.push(ok());
+        let _ = layer(2).layer(mock.clone()).oneshot(request).await;
+        assert_eq!(mock.calls(), calls, "{error}");
+    }
 }
