@@ -606,3 +606,72 @@ async fn a_whole_answer_retries_a_quiet_stream_and_nothing_the_caller_caused() {
         assert_eq!(mock.calls(), calls, "{error}");
     }
 }
+
+/// What counts against `max_retries`: failures only. Waits for a throttle, moves to a free
+/// provider and the retry after a "no endpoints" we caused (by avoiding providers) each have
+/// their own count; waits and moves each their own allowance.
+#[tokio::test(start_paused = true)]
+async fn only_failures_count_against_max_retries() {
+    let throttle = |elsewhere: bool| {
+        let e = status(429)
+            .with_provider("Alpha")
+            .with_retry_after(Duration::from_millis(10));
+        Script::error(if elsewhere {
+            e.with_retry_elsewhere()
+        } else {
+            e
+        })
+    };
+    let svc = |mock: &MockChat, policy: DefaultPolicy| {
+        RetryLayer::builder()
+            .policy(policy)
+            .backoff(fixed(1))
+            .budget_floor(1000)
+            .budget_ratio(1000.0)
+            .seed(1)
+            .build()
+            .unwrap()
+            .layer(mock.clone())
+    };
+    // 2 retries: a failure, our own 404, a wait, a move, a failure (the second of the two
+    // allowed), then a third failure ends it.
+    let mock = MockChat::new();
+    mock.push(Script::error(status(502).with_provider("Bad Host")));
+    mock.push(Script::error(status(404)));
+    mock.push(throttle(false));
+    mock.push(throttle(true));
+    mock.push(Script::error(status(502).with_provider("Other")));
+    mock.push(Script::error(status(502).with_provider("Third")));
+    mock.push(ok());
+    let e = svc(&mock, DefaultPolicy::new(2))
+        .oneshot(req())
+        .await
+        .unwrap_err();
+    assert_eq!(e.status_code(), Some(StatusCode::BAD_GATEWAY));
+    assert_eq!(mock.calls(), 6);
+    // Waits and moves: two of each allowed, interleaved.
+    let mock = MockChat::new();
+    for elsewhere in [false, true, false, true] {
+        mock.push(throttle(elsewhere));
+    }
+    mock.push(ok());
+    svc(&mock, DefaultPolicy::new(0).max_throttled(2))
+        .oneshot(req())
+        .await
+        .unwrap();
+    assert_eq!(mock.calls(), 5);
+    // With avoiding off, the provider that failed is not ignored next time.
+    let mock = MockChat::new();
+    mock.push(Script::error(status(502).with_provider("Bad Host")));
+    mock.push(ok());
+    svc(&mock, DefaultPolicy::new(1).avoid_failed_provider(false))
+        .oneshot(req())
+        .await
+        .unwrap();
+    let ignored = mock.requests()[1]
+        .body()
+        .provider
+        .as_ref()
+        .and_then(|p| p.ignore.clone());
+    assert_eq!(ignored, None);
+}
