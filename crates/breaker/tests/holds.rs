@@ -213,3 +213,46 @@ async fn a_hold_is_probed_when_the_providers_requests_mostly_succeed() {
         b.snapshot()
     );
 }
+
+/// A full table never makes room by evicting a held entry, even the least recently used:
+/// forgetting a hold would send calls straight back to a provider that asked us to wait.
+#[tokio::test(start_paused = true)]
+async fn a_full_table_never_evicts_a_held_entry() {
+    let mock = MockChat::new();
+    let b = BreakerLayer::builder()
+        .max_entries(3)
+        .idle_ttl(S(600))
+        .build()
+        .unwrap();
+    let svc = b.layer(mock.clone());
+    let providers = |b: &BreakerLayer| {
+        let mut p: Vec<String> = b
+            .snapshot()
+            .into_iter()
+            .filter_map(|i| i.provider)
+            .collect();
+        p.sort();
+        p
+    };
+    // Beta is held for a minute (and used first); Alpha serves after it.
+    mock.push(throttled("Beta", S(60)));
+    let _ = run(&svc).await;
+    tokio::time::advance(S(1)).await;
+    mock.push(ok("Alpha"));
+    run(&svc).await.unwrap();
+    tokio::time::advance(S(1)).await;
+    // A third provider needs room: Alpha's, not the held Beta's.
+    mock.push(ok("Gamma"));
+    run(&svc).await.unwrap();
+    assert_eq!(providers(&b), ["beta", "gamma"]);
+    let beta = b
+        .snapshot()
+        .into_iter()
+        .find(|i| i.provider.as_deref() == Some("beta"));
+    assert!(
+        beta.unwrap()
+            .held_until
+            .is_some_and(|h| h > tokio::time::Instant::now()),
+        "still held"
+    );
+}
