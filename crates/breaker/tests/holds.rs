@@ -256,3 +256,61 @@ async fn a_full_table_never_evicts_a_held_entry() {
         "still held"
     );
 }
+
+/// Idle entries make room, but never one still held; evicting a model's own idle entry
+/// keeps its providers' entries, and the table's count stays exact (the next provider
+/// fits where the evicted ones were).
+#[tokio::test(start_paused = true)]
+async fn idle_entries_make_room_but_a_held_one_is_not_idle() {
+    let mock = MockChat::new();
+    let b = BreakerLayer::builder()
+        .max_entries(3)
+        .idle_ttl(S(60))
+        .max_hold(S(300))
+        .build()
+        .unwrap();
+    let svc = b.layer(mock.clone());
+    let providers = |b: &BreakerLayer| {
+        let mut p: Vec<String> = b
+            .snapshot()
+            .into_iter()
+            .filter_map(|i| i.provider)
+            .collect();
+        p.sort();
+        p
+    };
+    // The model's entry, Beta held for 200 s, Alpha: full.
+    mock.push(throttled("Beta", S(200)));
+    let _ = run(&svc).await;
+    tokio::time::advance(S(1)).await;
+    mock.push(ok("Alpha"));
+    run(&svc).await.unwrap();
+    // 100 s later every entry is unused for longer than the idle time, but Beta is held.
+    // A call of another model needs two entries: the idle ones of `m` (its own and
+    // Alpha's) make room, Beta's stays.
+    tokio::time::advance(S(100)).await;
+    mock.push(ok("Gamma"));
+    let mut other = req();
+    other.body_mut().model = Some("x".into());
+    svc.clone().oneshot(other).await.unwrap();
+    let mut entries: Vec<(String, Option<String>)> = b
+        .snapshot()
+        .into_iter()
+        .map(|i| (i.model, i.provider))
+        .collect();
+    entries.sort();
+    let entry = |m: &str, p: Option<&str>| (m.to_owned(), p.map(str::to_owned));
+    assert_eq!(
+        entries,
+        [
+            entry("m", Some("beta")),
+            entry("x", None),
+            entry("x", Some("gamma"))
+        ]
+    );
+    let beta = b
+        .snapshot()
+        .into_iter()
+        .find(|i| i.provider.as_deref() == Some("beta"));
+    assert!(beta.unwrap().held_until.is_some(), "{:?}", b.snapshot());
+}
