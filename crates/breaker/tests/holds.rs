@@ -270,15 +270,6 @@ async fn idle_entries_make_room_but_a_held_one_is_not_idle() {
         .build()
         .unwrap();
     let svc = b.layer(mock.clone());
-    let providers = |b: &BreakerLayer| {
-        let mut p: Vec<String> = b
-            .snapshot()
-            .into_iter()
-            .filter_map(|i| i.provider)
-            .collect();
-        p.sort();
-        p
-    };
     // The model's entry, Beta held for 200 s, Alpha: full.
     mock.push(throttled("Beta", S(200)));
     let _ = run(&svc).await;
