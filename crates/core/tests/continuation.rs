@@ -1,0 +1,75 @@
+//! The continuation helpers resume relies on: names, what a prefill refusal looks like, where
+//! a continuation joins and how much it keeps.
+
+use http::StatusCode;
+use llm_layers_core::continuation::{
+    ContinueMode, expected_start, is_prefill_refusal, kept_len, split_for_prefill,
+};
+use llm_layers_core::{ApiError, LlmError};
+
+#[test]
+fn modes_have_stable_names() {
+    assert_eq!(ContinueMode::Prefill.as_str(), "prefill");
+    assert_eq!(ContinueMode::Prefix.as_str(), "prefix");
+    assert_eq!(ContinueMode::Instruction.as_str(), "instruction");
+}
+
+#[test]
+fn a_prefill_refusal_is_a_400_that_says_so() {
+    let bad = |m: &str| LlmError::status(StatusCode::BAD_REQUEST, None).with_message(m);
+    for refusal in [
+        "This model does not support assistant message prefill",
+        "Conversation must end with a user message",
+        "the assistant message must not be the final message",
+        "An assistant turn cannot be the last message",
+    ] {
+        assert!(is_prefill_refusal(&bad(refusal)), "{refusal}");
+    }
+    for other in [
+        "context length exceeded",
+        "the assistant is not available",
+        "final answer too long",
+    ] {
+        assert!(!is_prefill_refusal(&bad(other)), "{other}");
+    }
+    // Said in the upstream's error body rather than our message: the same.
+    let mut api = ApiError::default();
+    api.message = Some("prefill is not supported".into());
+    assert!(is_prefill_refusal(&LlmError::status(
+        StatusCode::BAD_REQUEST,
+        Some(api.clone())
+    )));
+    // Not a 400: not a refusal, whatever it says.
+    assert!(!is_prefill_refusal(&LlmError::status(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Some(api)
+    )));
+}
+
+#[test]
+fn a_prefill_is_cut_after_a_wide_space_too() {
+    // The held-back tail starts mid-word: the cut moves back to after the ideographic
+    // space (three bytes) before the word.
+    let d = "これは長い文章です\u{3000}thequickbrownfoxjumps";
+    assert_eq!(
+        split_for_prefill(d),
+        ("これは長い文章です", "\u{3000}thequickbrownfoxjumps")
+    );
+}
+
+#[test]
+fn an_instruction_joins_exactly_its_overlap_and_a_prefill_at_a_word() {
+    let d = "The quick brown fox jumps over the";
+    let last16: String = {
+        let mut c: Vec<char> = d.chars().rev().take(16).collect();
+        c.reverse();
+        c.into_iter().collect()
+    };
+    assert_eq!(expected_start(d, ContinueMode::Instruction), last16);
+    assert_eq!(
+        expected_start(d, ContinueMode::Prefill),
+        " fox jumps over the"
+    );
+    assert_eq!(kept_len(d, ContinueMode::Instruction), d.len() - 16);
+    assert_eq!(kept_len(d, ContinueMode::Prefill), "The quick brown".len());
+}
