@@ -73,3 +73,28 @@ fn an_instruction_joins_exactly_its_overlap_and_a_prefill_at_a_word() {
     assert_eq!(kept_len(d, ContinueMode::Instruction), d.len() - 16);
     assert_eq!(kept_len(d, ContinueMode::Prefill), "The quick brown".len());
 }
+
+#[test]
+fn kept_chunks_are_counted_exactly_when_remembered_and_estimated_beyond() {
+    use llm_layers_core::continuation::ChunkEnds;
+    let mut ends = ChunkEnds::default();
+    // Chunk k ends at 4 (k + 1).
+    for k in 0..40 {
+        ends.push(4 * (k + 1));
+    }
+    assert_eq!(ends.count(), 40);
+    // Within the last 32 ends remembered: exact.
+    assert_eq!(ends.kept(160), 40);
+    assert_eq!(ends.kept(159), 39, "the last chunk is written again");
+    assert_eq!(ends.kept(40), 10);
+    // Further back (before chunk 8's end, the oldest remembered, at 36): the 8 chunks not
+    // remembered, less a token per 4 bytes from the cut to 36, and one more.
+    assert_eq!(ends.kept(20), 8 - ((36 - 20) / 4 + 1));
+    assert_eq!(ends.kept(0), 0);
+    // Few chunks, all remembered: a cut before the first keeps none.
+    let mut few = ChunkEnds::default();
+    few.push(5);
+    few.push(9);
+    assert_eq!(few.kept(4), 0);
+    assert_eq!(few.kept(5), 1);
+}
