@@ -98,3 +98,23 @@ fn kept_chunks_are_counted_exactly_when_remembered_and_estimated_beyond() {
     assert_eq!(few.kept(4), 0);
     assert_eq!(few.kept(5), 1);
 }
+
+#[test]
+fn only_a_continuation_body_reads_as_one() {
+    use llm_layers_core::continuation::{continuation_body, continued};
+    use llm_layers_core::{ChatRequest, Message};
+    let original = ChatRequest::new("m", vec![Message::user("tell me a story")]);
+    assert!(continued(original.body()).is_none(), "an ordinary request");
+    let delivered = "Once upon a time, in a land far away";
+    for mode in [ContinueMode::Prefill, ContinueMode::Instruction] {
+        let body = continuation_body(original.body(), delivered, mode);
+        let c = continued(&body).expect("a continuation");
+        assert_eq!(c.mode, mode);
+        assert_eq!(c.original.len(), 1);
+    }
+    // An assistant message that calls tools is a turn of its own, not a partial answer.
+    let mut body = continuation_body(original.body(), delivered, ContinueMode::Prefill);
+    let last = body.messages.last_mut().unwrap();
+    last.tool_calls = Some(vec![]);
+    assert!(continued(&body).is_none());
+}
