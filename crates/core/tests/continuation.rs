@@ -105,6 +105,12 @@ fn only_a_continuation_body_reads_as_one() {
     use llm_layers_core::{ChatRequest, Message};
     let original = ChatRequest::new("m", vec![Message::user("tell me a story")]);
     assert!(continued(original.body()).is_none(), "an ordinary request");
+    let mut turns = original.body().clone();
+    turns
+        .messages
+        .push(Message::new("assistant", "Once upon a time."));
+    turns.messages.push(Message::user("and then?"));
+    assert!(continued(&turns).is_none(), "a conversation that goes on");
     let delivered = "Once upon a time, in a land far away";
     for mode in [ContinueMode::Prefill, ContinueMode::Instruction] {
         let body = continuation_body(original.body(), delivered, mode);
