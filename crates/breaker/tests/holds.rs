@@ -305,3 +305,51 @@ async fn idle_entries_make_room_but_a_held_one_is_not_idle() {
         .find(|i| i.provider.as_deref() == Some("beta"));
     assert!(beta.unwrap().held_until.is_some(), "{:?}", b.snapshot());
 }
+
+/// A half-open entry whose probe is still out is not idle, however long since it was used:
+/// evicting it would lose what the probe is finding out.
+#[tokio::test(start_paused = true)]
+async fn a_probe_in_flight_keeps_its_entry() {
+    let mock = MockChat::new();
+    let b = BreakerLayer::builder()
+        .max_entries(2)
+        .idle_ttl(S(60))
+        .consecutive_failures(1)
+        .open_for(S(10))
+        .max_open_for(S(10))
+        .open_jitter(0.0)
+        .build()
+        .unwrap();
+    let svc = b.layer(mock.clone());
+    mock.push(fail("Alpha"));
+    let _ = run(&svc).await;
+    tokio::time::advance(S(11)).await;
+    // The probe: slow to answer.
+    mock.push(
+        Script::new()
+            .provider("Alpha")
+            .wait(S(300))
+            .token("late")
+            .finish("stop"),
+    );
+    let probe = tokio::spawn({
+        let svc = svc.clone();
+        async move { run(&svc).await }
+    });
+    tokio::task::yield_now().await;
+    let alpha = |b: &BreakerLayer| {
+        b.snapshot()
+            .into_iter()
+            .find(|i| i.provider.as_deref() == Some("alpha"))
+            .map(|i| i.state)
+    };
+    assert_eq!(alpha(&b), Some(State::HalfOpen));
+    // 100 s on, another model needs room: not Alpha's, its probe is out.
+    tokio::time::advance(S(100)).await;
+    mock.push(ok("Gamma"));
+    let mut other = req();
+    other.body_mut().model = Some("x".into());
+    svc.clone().oneshot(other).await.unwrap();
+    assert_eq!(alpha(&b), Some(State::HalfOpen), "{:?}", b.snapshot());
+    probe.abort();
+}
