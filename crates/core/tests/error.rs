@@ -202,3 +202,61 @@ fn throttles_and_key_limits_are_their_own_classes() {
     );
     assert_eq!(DefaultClassify.classify(&capacity), ErrorClass::THROTTLED);
 }
+
+/// What an error says of itself: each flag set only by its setter, each predicate true for
+/// its kinds only, the providers of a circuit-open error, its source.
+#[test]
+fn flags_predicates_and_source_say_what_was_set() {
+    let plain = LlmError::new(ErrorKind::Upstream);
+    assert!(!plain.retry_elsewhere() && !plain.no_retry());
+    assert!(
+        LlmError::new(ErrorKind::Upstream)
+            .with_retry_elsewhere()
+            .retry_elsewhere()
+    );
+    assert!(
+        LlmError::new(ErrorKind::Upstream)
+            .with_no_retry()
+            .no_retry()
+    );
+    let mut e = LlmError::new(ErrorKind::Upstream);
+    e.set_retry_after(Some(Duration::from_secs(3)));
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+    e.set_retry_after(None);
+    assert_eq!(e.retry_after(), None);
+
+    let open = LlmError::circuit_open(vec!["alpha".into(), "beta".into()], None);
+    assert_eq!(open.open_providers(), ["alpha", "beta"]);
+    assert!(plain.open_providers().is_empty());
+
+    let kinds = [
+        ErrorKind::Timeout(TimeoutKind::FirstToken),
+        ErrorKind::Connect,
+        ErrorKind::Tls,
+        ErrorKind::Timeout(TimeoutKind::Connect),
+        ErrorKind::Status,
+        ErrorKind::Cancelled,
+        ErrorKind::Upstream,
+    ];
+    for k in kinds {
+        let e = LlmError::new(k);
+        assert_eq!(e.is_timeout(), matches!(k, ErrorKind::Timeout(_)), "{k:?}");
+        assert_eq!(
+            e.is_connect(),
+            matches!(
+                k,
+                ErrorKind::Connect | ErrorKind::Tls | ErrorKind::Timeout(TimeoutKind::Connect)
+            ),
+            "{k:?}"
+        );
+        assert_eq!(e.is_status(), k == ErrorKind::Status, "{k:?}");
+        assert_eq!(e.is_cancelled(), k == ErrorKind::Cancelled, "{k:?}");
+        assert!(!e.is_protocol());
+    }
+    assert!(LlmError::new(ErrorKind::Protocol(llm_layers_core::ProtocolKind::Json)).is_protocol());
+    let garbled: LlmError = serde_json::from_str::<serde_json::Value>("{")
+        .map_err(|e| LlmError::new(ErrorKind::Upstream).with_source(e))
+        .unwrap_err();
+    assert!(std::error::Error::source(&garbled).is_some());
+    assert!(std::error::Error::source(&plain).is_none());
+}

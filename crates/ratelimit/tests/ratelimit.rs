@@ -119,6 +119,23 @@ async fn reject_gives_the_exact_wait_and_wait_mode_waits_but_not_past_the_deadli
         start,
         "no wait that would pass the deadline"
     );
+    // The bucket's next unit is 4 s away: a deadline exactly then is refused at once (an
+    // answer at the deadline is too late), one past it waits its turn.
+    let mut r = req("m");
+    r.extensions_mut()
+        .insert(Deadline(Instant::now() + Duration::from_secs(4)));
+    let e = wait.clone().oneshot(r).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RateLimited);
+    assert_eq!(Instant::now(), start);
+    let mut r = req("m");
+    r.extensions_mut()
+        .insert(Deadline(Instant::now() + Duration::from_secs(5)));
+    wait.clone().oneshot(r).await.unwrap();
+    assert_eq!(
+        Instant::now() - start,
+        Duration::from_secs(4),
+        "waited its turn"
+    );
 }
 
 #[tokio::test(start_paused = true)]
