@@ -124,3 +124,19 @@ fn only_a_continuation_body_reads_as_one() {
     last.tool_calls = Some(vec![]);
     assert!(continued(&body).is_none());
 }
+
+#[test]
+fn an_overlap_of_nothing_proves_nothing() {
+    use llm_layers_core::continuation::overlap;
+    assert_eq!(
+        overlap("abc", "xyz", 0),
+        None,
+        "no overlap, even with no minimum"
+    );
+    assert_eq!(
+        overlap("", "xyz", 0),
+        Some(0),
+        "nothing delivered: nothing to repeat"
+    );
+    assert_eq!(overlap("abc", "cde", 0), Some(1));
+}

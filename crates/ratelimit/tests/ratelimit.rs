@@ -744,3 +744,70 @@ impl CollectAll for llm_layers_core::ChatStream {
         StreamExt::collect(self).await
     }
 }
+
+/// A refusal is counted under the limit that refused: requests or tokens.
+#[tokio::test(start_paused = true)]
+async fn refusals_are_counted_by_which_limit_refused() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let rec = DebuggingRecorder::new();
+    let _g = metrics::set_default_local_recorder(&rec);
+    let requests = RateLimitLayer::builder()
+        .requests(
+            Limit::new(1, Duration::from_secs(60))
+                .burst(1)
+                .mode(Mode::Reject),
+        )
+        .build()
+        .unwrap()
+        .layer(instant());
+    requests.clone().oneshot(req("m")).await.unwrap();
+    assert!(
+        requests.clone().oneshot(req("m")).await.is_err(),
+        "a second request"
+    );
+    let mock = MockChat::new();
+    let tokens = RateLimitLayer::builder()
+        .tokens(
+            Limit::new(1000, Duration::from_secs(600))
+                .burst(1000)
+                .key(Key::global())
+                .mode(Mode::Reject),
+        )
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let asking = |n: u32| {
+        let mut r = req("m");
+        r.body_mut().max_tokens = Some(n);
+        r
+    };
+    // ~501 reserved while the first answer is open: 900 more do not fit.
+    mock.push(Script::new().token("a").finish("stop").usage(3, 10));
+    let _first = tokens.clone().oneshot(asking(500)).await.unwrap();
+    mock.push(Script::tokens(Duration::ZERO, 1, Duration::ZERO));
+    assert!(tokens.clone().oneshot(asking(900)).await.is_err());
+    let mut counted: Vec<(String, u64)> = rec
+        .snapshotter()
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(k, ..)| k.key().name() == "llm_ratelimit_rejected_total")
+        .filter_map(|(k, _, _, v)| {
+            let limit = k
+                .key()
+                .labels()
+                .find(|l| l.key() == "limit")?
+                .value()
+                .to_owned();
+            let DebugValue::Counter(n) = v else {
+                return None;
+            };
+            Some((limit, n))
+        })
+        .collect();
+    counted.sort();
+    assert_eq!(
+        counted,
+        [("requests".to_owned(), 1), ("tokens".to_owned(), 1)]
+    );
+}
