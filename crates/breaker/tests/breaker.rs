@@ -556,25 +556,8 @@ async fn a_provider_that_hangs_is_opened_while_its_calls_are_still_open() {
 #[tokio::test(start_paused = true)]
 async fn a_full_table_evicts_instead_of_dropping_outcomes() {
     let mock = MockChat::new();
-    let b = BreakerLayer::builder()
-        .max_entries(3)
-        .idle_ttl(S(60))
-        .consecutive_failures(1)
-        .open_for(S(10))
-        .max_open_for(S(10))
-        .open_jitter(0.0)
-        .build()
-        .unwrap();
+    let b = small_table(3);
     let svc = b.layer(mock.clone());
-    let providers = |b: &BreakerLayer| {
-        let mut p: Vec<String> = b
-            .snapshot()
-            .into_iter()
-            .filter_map(|i| i.provider)
-            .collect();
-        p.sort();
-        p
-    };
     // The model's own entry and two providers fill it.
     for p in ["A", "B"] {
         mock.push(ok(p));

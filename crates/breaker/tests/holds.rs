@@ -225,15 +225,6 @@ async fn a_full_table_never_evicts_a_held_entry() {
         .build()
         .unwrap();
     let svc = b.layer(mock.clone());
-    let providers = |b: &BreakerLayer| {
-        let mut p: Vec<String> = b
-            .snapshot()
-            .into_iter()
-            .filter_map(|i| i.provider)
-            .collect();
-        p.sort();
-        p
-    };
     // Beta is held for a minute (and used first); Alpha serves after it.
     mock.push(throttled("Beta", S(60)));
     let _ = run(&svc).await;
@@ -311,15 +302,7 @@ async fn idle_entries_make_room_but_a_held_one_is_not_idle() {
 #[tokio::test(start_paused = true)]
 async fn a_probe_in_flight_keeps_its_entry() {
     let mock = MockChat::new();
-    let b = BreakerLayer::builder()
-        .max_entries(2)
-        .idle_ttl(S(60))
-        .consecutive_failures(1)
-        .open_for(S(10))
-        .max_open_for(S(10))
-        .open_jitter(0.0)
-        .build()
-        .unwrap();
+    let b = small_table(2);
     let svc = b.layer(mock.clone());
     mock.push(fail("Alpha"));
     let _ = run(&svc).await;

@@ -61,3 +61,28 @@ pub async fn run(svc: &llm_layers_breaker::Breaker<MockChat>) -> Result<(), LlmE
     let s = svc.clone().oneshot(req()).await?;
     s.collect().await.map(|_| ())
 }
+
+/// A table of `max_entries` that trips on one failure, open 10 s, unused entries idle after
+/// 60 s.
+pub fn small_table(max_entries: usize) -> BreakerLayer {
+    BreakerLayer::builder()
+        .max_entries(max_entries)
+        .idle_ttl(S(60))
+        .consecutive_failures(1)
+        .open_for(S(10))
+        .max_open_for(S(10))
+        .open_jitter(0.0)
+        .build()
+        .unwrap()
+}
+
+/// The providers `b` has entries for, sorted.
+pub fn providers(b: &BreakerLayer) -> Vec<String> {
+    let mut p: Vec<String> = b
+        .snapshot()
+        .into_iter()
+        .filter_map(|i| i.provider)
+        .collect();
+    p.sort();
+    p
+}
