@@ -728,6 +728,65 @@ async fn look_alike_model_ids_share_one_bucket() {
     }
     assert_eq!(passed, 2);
     assert!(svc.clone().oneshot(req("anthropic/claude")).await.is_ok());
+    assert_eq!(
+        Key::base_model()
+            .of_request(&req("OpenAI/GPT-4o:nitro"))
+            .as_deref(),
+        Some("openai/gpt-4o")
+    );
+}
+
+/// A reservation settles to what the answer used: its usage when it reports one, else (a
+/// caller who left) the prompt and a token per chunk delivered. The bucket then has exactly
+/// the rest.
+#[tokio::test(start_paused = true)]
+async fn a_reservation_settles_to_exactly_what_was_used() {
+    let mock = MockChat::new();
+    let svc = RateLimitLayer::builder()
+        .tokens(
+            Limit::new(1000, Duration::from_secs(6000))
+                .burst(1000)
+                .key(Key::global())
+                .mode(Mode::Reject),
+        )
+        .build()
+        .unwrap()
+        .layer(mock.clone());
+    let asking = |n: u32| {
+        let mut r = req("m");
+        r.body_mut().max_tokens = Some(n);
+        r
+    };
+    // A reservation is the prompt and the limit asked for.
+    let prompt = req("m").body().approx_prompt_tokens() as u32;
+    // Reports its usage (3 + 10): 987 left.
+    mock.push(Script::new().token("a").finish("stop").usage(3, 10));
+    svc.clone()
+        .oneshot(asking(500))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    mock.set_default(Script::tokens(Duration::ZERO, 1, Duration::ZERO));
+    let left = 1000 - 13 - prompt;
+    assert!(
+        svc.clone().oneshot(asking(left + 1)).await.is_err(),
+        "one more than left"
+    );
+    // Left after 40 of 100 chunks: its prompt and 40.
+    mock.push(Script::tokens(Duration::ZERO, 100, Duration::ZERO));
+    let mut s = svc.clone().oneshot(asking(100)).await.unwrap();
+    for _ in 0..40 {
+        s.next().await.unwrap().unwrap();
+    }
+    drop(s);
+    let left = 1000 - 13 - (prompt + 40) - prompt;
+    assert!(
+        svc.clone().oneshot(asking(left + 1)).await.is_err(),
+        "one more than left"
+    );
+    svc.clone().oneshot(asking(left)).await.unwrap();
 }
 
 fn poll_ready_now<S: tower::Service<ChatRequest>>(svc: &mut S) -> Poll<Result<(), S::Error>> {
