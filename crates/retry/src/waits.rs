@@ -47,3 +47,25 @@ impl ThrottleWaits {
         self.budget(model).withdraw()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn each_model_has_its_own_allowance_refilled_by_its_successes() {
+        let w = ThrottleWaits::new();
+        let spent = |w: &ThrottleWaits, m: &str| (0..1000).take_while(|_| w.withdraw(m)).count();
+        let floor = spent(&w, "m");
+        assert_eq!(floor, 100, "ten a second over 10 s");
+        assert!(!w.withdraw("m"));
+        // Another model's use changes nothing for m.
+        assert_eq!(spent(&w, "x"), 100);
+        assert!(!w.withdraw("m"));
+        // m's successes give it waits again, one each.
+        for _ in 0..3 {
+            w.deposit("m");
+        }
+        assert_eq!(spent(&w, "m"), 3);
+    }
+}

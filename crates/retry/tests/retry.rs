@@ -675,3 +675,25 @@ async fn only_failures_count_against_max_retries() {
         .and_then(|p| p.ignore.clone());
     assert_eq!(ignored, None);
 }
+
+#[test]
+fn decorrelated_jitter_stays_between_the_base_and_three_times_the_last_wait() {
+    use llm_layers_retry::DecorrelatedJitter;
+    let b = DecorrelatedJitter::new(Duration::from_millis(100), Duration::from_secs(10)).unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let draws: Vec<Duration> = (0..1000)
+        .map(|i| b.delay(i, Duration::from_secs(1), &mut rng))
+        .collect();
+    assert!(
+        draws
+            .iter()
+            .all(|d| *d >= Duration::from_millis(100) && *d <= Duration::from_secs(3))
+    );
+    assert!(
+        draws.iter().any(|d| *d > Duration::from_millis(2900)),
+        "reaches 3x"
+    );
+    // Capped, however long the last wait.
+    let capped = b.delay(1, Duration::from_secs(60), &mut rng);
+    assert!(capped <= Duration::from_secs(10));
+}
