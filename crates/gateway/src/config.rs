@@ -119,7 +119,8 @@ pub struct Config {
     /// for the races of exploring calls, so the budget is not spent before the tail is.
     pub hedge_quantile: f64,
     /// Extra requests for the tail (hedges and exploring races) at most this share of
-    /// calls over 10 s, a hard cap (`--hedge-budget`; 0.05).
+    /// calls over 10 s, or 30 per 10 s when that is more: a hard cap (`--hedge-budget`;
+    /// 0.05).
     pub hedge_budget: f64,
     /// A first token slower than this many times the model's recorded median counts as a
     /// provider failure for the breaker (`--slow-call-factor`; 3; at least 1).
@@ -458,7 +459,7 @@ impl Config {
             "hedge               {}",
             if self.hedge_quantile > 0.0 {
                 format!(
-                    "at p{} of recent TTFT (1 s until learned, then no earlier than 3x the median until 40 samples), at most {}% of requests plus 5 a second; a failed hedge replaced at once",
+                    "at p{} of recent TTFT (1 s until learned, then no earlier than 3x the median until 40 samples), with exploring races at most {}% of calls over 10 s (or 30 per 10 s when that is more); a failed hedge replaced at once",
                     self.hedge_quantile * 100.0,
                     self.hedge_budget * 100.0
                 )

@@ -244,7 +244,7 @@ pub(super) const FLAGS: &[Flag] = &[
         "SHARE",
         "LLM_GATEWAY_HEDGE_BUDGET",
         "0.05",
-        "Hedge at most this share of calls",
+        "Hedges and exploring races: at most this share of calls (or 30 per 10 s)",
         TIMEOUTS,
     ),
     flag(
