@@ -335,4 +335,26 @@ mod tests {
             "a bucket of its own"
         );
     }
+
+    /// Keys spread over the shards: a store of 64 holds 8 keys apart (its shards hold 4
+    /// each, so keys all in one shard would share an overflow bucket past the fourth).
+    #[test]
+    fn keys_spread_over_the_shards() {
+        let store = MemoryStore::new(SHARDS * 4);
+        let rate = Rate {
+            amount: 10,
+            period: Duration::from_secs(1),
+            burst: 10,
+        };
+        let now = Instant::now();
+        for i in 0..8 {
+            let key = BucketKey {
+                limit: LimitId::Tokens,
+                name: Arc::from("tokens"),
+                key: Arc::from(format!("k{i}")),
+            };
+            assert!(store.take_now(&key, 1, &rate, now).is_ok());
+        }
+        assert_eq!(Store::len(&store), 8);
+    }
 }
