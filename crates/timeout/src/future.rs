@@ -9,7 +9,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use std::sync::Arc;
 
 use crate::layer::Adaptive;
-use crate::stream::TimeoutStream;
+use crate::stream::{IdleRecheck, TimeoutStream};
 
 /// A cold attempt's first-token limit, read again while it waits: the store it reads, the
 /// request's model, the provider aimed at, and how often.
@@ -113,18 +113,34 @@ where
         let this = self.project();
         if let Poll::Ready(res) = this.inner.poll(cx) {
             let stream = res?;
-            let idle = match this.idle_from.take() {
-                Some((a, body)) => a.idle(
-                    body.model.as_deref().unwrap_or(""),
-                    stream.meta().provider.as_deref(),
-                ),
-                None => *this.idle,
+            let (idle, cold) = match this.idle_from.take() {
+                Some((a, body)) => {
+                    let provider = stream.meta().provider.as_deref();
+                    let model = body.model.as_deref().unwrap_or("");
+                    match (a.measured_idle(model, provider), a.idle) {
+                        (Some(d), _) => (Some(d), None),
+                        // Nothing measured yet: the cap, read again as the stream waits.
+                        (None, Some(limit)) => (
+                            Some(limit.max),
+                            Some(IdleRecheck {
+                                provider: provider.map(str::to_owned),
+                                adaptive: a,
+                                body,
+                                every: limit.min,
+                            }),
+                        ),
+                        (None, None) => (None, None),
+                    }
+                }
+                None => (*this.idle, None),
             };
             if idle.is_none() && this.total_at.is_none() {
                 return Poll::Ready(Ok(stream));
             }
             let total_at = *this.total_at;
-            return Poll::Ready(Ok(stream.wrap(|s| TimeoutStream::new(s, idle, total_at))));
+            return Poll::Ready(Ok(
+                stream.wrap(|s| TimeoutStream::new(s, idle, total_at).recheck_idle(cold))
+            ));
         }
         let Some(mut sleep) = this.sleep.as_pin_mut() else {
             return Poll::Pending;

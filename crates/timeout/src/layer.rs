@@ -298,11 +298,13 @@ impl Adaptive {
             .map(|m| a.of(Some(m)))
     }
 
-    pub(crate) fn idle(&self, model: &str, provider: Option<&str>) -> Option<Duration> {
+    /// The idle limit of a stream of `model` served by `provider` from what is measured
+    /// now, or `None` while nothing is.
+    pub(crate) fn measured_idle(&self, model: &str, provider: Option<&str>) -> Option<Duration> {
         let a = self.idle?;
-        let measured = provider
+        provider
             .and_then(|p| self.store.max_gap_quantile(model, Some(p), a.quantile))
-            .or_else(|| self.store.max_gap_quantile(model, None, a.quantile));
-        Some(a.of(measured))
+            .or_else(|| self.store.max_gap_quantile(model, None, a.quantile))
+            .map(|m| a.of(Some(m)))
     }
 }

@@ -17,8 +17,8 @@
 //! Limits may also be derived from what was measured ([`TimeoutLayerBuilder::idle_adaptive`],
 //! [`TimeoutLayerBuilder::first_token_adaptive`]): `factor ×` a quantile the latency store
 //! keeps for the model (and, for the idle limit, the provider that serves), clamped to
-//! `[min, max]`, `max` while nothing is measured (a first-token limit set so is read again
-//! every `min` while the attempt waits). A stream that goes quiet is then cut within seconds
+//! `[min, max]`, `max` while nothing is measured (a limit set so is read again every `min`
+//! while the attempt or the stream waits). A stream that goes quiet is then cut within seconds
 //! of what that provider's streams really do.
 //!
 //! The connect timeout lives on the leaf's connector

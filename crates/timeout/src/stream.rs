@@ -2,8 +2,23 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use futures_core::Stream;
-use llm_layers_core::{ChatChunk, ChatStream, LlmError, TimeoutKind};
+use llm_layers_core::{ChatBody, ChatChunk, ChatStream, LlmError, TimeoutKind};
+
+use crate::layer::Adaptive;
+
+/// An idle limit set while nothing was measured (the cap), read again every `every` as the
+/// stream waits: a cold process's first streams are cut by what the streams beside them
+/// measured, not at the cap.
+#[derive(Debug)]
+pub(crate) struct IdleRecheck {
+    pub(crate) adaptive: Arc<Adaptive>,
+    pub(crate) body: Arc<ChatBody>,
+    pub(crate) provider: Option<String>,
+    pub(crate) every: Duration,
+}
 use tokio::time::{Instant, Sleep, sleep_until};
 
 pin_project_lite::pin_project! {
@@ -20,6 +35,8 @@ pin_project_lite::pin_project! {
         total_at: Option<Instant>,
         last: Instant,
         done: bool,
+        recheck: Option<IdleRecheck>,
+        next_check: Option<Instant>,
     }
 }
 
@@ -44,7 +61,22 @@ impl TimeoutStream {
             total_at,
             last,
             done: false,
+            recheck: None,
+            next_check: None,
         }
+    }
+
+    /// Reads the idle limit again every `recheck.every` until something is measured.
+    pub(crate) fn recheck_idle(mut self, recheck: Option<IdleRecheck>) -> Self {
+        if let Some(r) = recheck {
+            let check = self.last + r.every;
+            if check < self.sleep.deadline() {
+                self.sleep = sleep_until(check);
+            }
+            self.next_check = Some(check);
+            self.recheck = Some(r);
+        }
+        self
     }
 }
 
@@ -95,8 +127,21 @@ impl Stream for TimeoutStream {
             if this.sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
+            let now = Instant::now();
+            if let (Some(check), Some(r)) = (*this.next_check, this.recheck.as_ref()) {
+                if check <= now {
+                    let model = r.body.model.as_deref().unwrap_or("");
+                    match r.adaptive.measured_idle(model, r.provider.as_deref()) {
+                        Some(d) => {
+                            *this.idle = Some(this.idle.map_or(d, |i| i.min(d)));
+                            *this.next_check = None;
+                        }
+                        None => *this.next_check = Some(now + r.every),
+                    }
+                }
+            }
             let (at, kind) = deadline(*this.last, *this.idle, *this.total_at);
-            if Instant::now() >= at {
+            if now >= at {
                 *this.done = true;
                 // Drop the upstream now: the provider stops generating.
                 *this.inner = ChatStream::from_chunks(Vec::new());
@@ -106,8 +151,10 @@ impl Stream for TimeoutStream {
                 };
                 return Poll::Ready(Some(Err(LlmError::timeout(kind).with_message(msg))));
             }
-            // A chunk came since the timer was armed: move it to the real deadline.
-            this.sleep.as_mut().reset(at);
+            // A chunk came since the timer was armed (or a look is due): move it.
+            this.sleep
+                .as_mut()
+                .reset(this.next_check.map_or(at, |c| c.min(at)));
         }
     }
 }

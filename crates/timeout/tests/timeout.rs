@@ -417,3 +417,43 @@ async fn a_cold_attempt_reads_its_first_token_limit_again_as_it_waits() {
     assert_eq!(e.kind(), ErrorKind::Timeout(TimeoutKind::FirstToken));
     assert_eq!(Instant::now() - start, Duration::from_secs(60));
 }
+
+/// A stream committed while its model's gaps are unmeasured waits on the idle cap, but reads
+/// its limit again every `min`: once the streams beside it have measured the gaps, it is cut
+/// where a stream committed after them would be (20 × 50 ms = 1 s), not at the 30 s cap.
+#[tokio::test(start_paused = true)]
+async fn a_cold_stream_reads_its_idle_limit_again_as_it_waits() {
+    use llm_layers_latency::{LatencyStore, Outcome};
+    use llm_layers_timeout::AdaptiveLimit;
+    let store = LatencyStore::builder().min_samples(5).build().unwrap();
+    let layer = TimeoutLayer::builder()
+        .idle(Duration::from_secs(30))
+        .idle_adaptive(
+            store.clone(),
+            AdaptiveLimit {
+                quantile: 0.99,
+                factor: 20.0,
+                min: Duration::from_millis(500),
+                max: Duration::from_secs(30),
+            },
+        )
+        .build()
+        .unwrap();
+    let mock = MockChat::with_default(Script::new().provider("A").token("a").hang());
+    let s = layer.layer(mock).oneshot(req()).await.unwrap();
+    let start = Instant::now();
+    let read = tokio::spawn(drain(s));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..10 {
+        store.record(("m", Some("A")), Some(MS * 100), None, Outcome::Ok);
+        store.record_max_gap(("m", Some("A")), MS * 50);
+    }
+    let (text, err) = read.await.unwrap();
+    assert_eq!(text, ["a"]);
+    assert_eq!(err.unwrap().kind(), ErrorKind::Timeout(TimeoutKind::Idle));
+    assert_eq!(
+        Instant::now() - start,
+        Duration::from_millis(1500),
+        "the look at 1.5 s"
+    );
+}
