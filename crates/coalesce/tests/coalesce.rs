@@ -229,3 +229,24 @@ async fn the_replay_buffer_is_bounded() {
     let rest = first.collect().await.unwrap();
     assert!(rest.choices[0].message.content.is_some());
 }
+
+/// The layer's gauges: flights in progress, and the bytes they keep for late joiners (at
+/// least a chunk's own size for each chunk kept), back to none when the flight ends.
+#[tokio::test(start_paused = true)]
+async fn in_flight_and_held_bytes_say_what_is_kept() {
+    let mock = MockChat::with_default(slow_answer());
+    let layer = CoalesceLayer::new();
+    let svc = layer.layer(mock.clone());
+    assert_eq!((layer.in_flight(), layer.held_bytes()), (0, 0));
+    let mut s = svc.clone().oneshot(req("gauges", Some(0.0))).await.unwrap();
+    for _ in 0..5 {
+        s.next().await.unwrap().unwrap();
+    }
+    assert_eq!(layer.in_flight(), 1);
+    let chunk = std::mem::size_of::<llm_layers_core::ChatChunk>();
+    assert!(layer.held_bytes() >= 5 * chunk, "{}", layer.held_bytes());
+    while s.next().await.is_some() {}
+    drop(s);
+    tokio::task::yield_now().await;
+    assert_eq!((layer.in_flight(), layer.held_bytes()), (0, 0));
+}
