@@ -209,10 +209,11 @@ async fn the_replay_buffer_is_bounded() {
     let layer = CoalesceLayer::new().replay_limit(4 * 1024);
     let svc = layer.layer(mock.clone());
     let mut first = svc.clone().oneshot(req("long", Some(0.0))).await.unwrap();
-    let mut read = 0;
-    while read < 300 {
+    // Past 8 KiB read (every chunk holds at least its own struct), but well under the
+    // default 64 KiB: only the configured limit turns the late caller away.
+    let enough = 8 * 1024 / std::mem::size_of::<llm_layers_core::ChatChunk>() + 1;
+    for _ in 0..enough {
         first.next().await.unwrap().unwrap();
-        read += 1;
     }
     assert!(
         layer.held_bytes() <= 4 * 1024 + 1024,
@@ -249,4 +250,135 @@ async fn in_flight_and_held_bytes_say_what_is_kept() {
     drop(s);
     tokio::task::yield_now().await;
     assert_eq!((layer.in_flight(), layer.held_bytes()), (0, 0));
+}
+
+/// What a chunk weighs counts its text, its reasoning and its tool-call arguments (the
+/// replay limit bounds what callers actually send), not only its struct.
+#[tokio::test(start_paused = true)]
+async fn held_bytes_weigh_text_reasoning_and_tool_arguments() {
+    use llm_layers_core::{ChatChunk, ChunkChoice, Delta, FunctionDelta, ToolCallDelta};
+    let heavy = |field: usize| {
+        let big = "x".repeat(10_000);
+        let mut delta = Delta::default();
+        match field {
+            0 => delta.content = Some(big),
+            1 => delta.reasoning = Some(big),
+            _ => {
+                delta.tool_calls = Some(vec![ToolCallDelta {
+                    function: Some(FunctionDelta {
+                        arguments: Some(big),
+                        ..FunctionDelta::default()
+                    }),
+                    ..ToolCallDelta::default()
+                }])
+            }
+        }
+        ChatChunk {
+            id: "gen-1".into(),
+            model: "m".into(),
+            choices: vec![ChunkChoice {
+                delta,
+                ..ChunkChoice::default()
+            }],
+            ..ChatChunk::default()
+        }
+    };
+    for field in 0..3 {
+        let script = Script::new()
+            .wait(Duration::from_millis(10))
+            .chunk(heavy(field))
+            .wait(Duration::from_secs(1))
+            .finish("stop");
+        let layer = CoalesceLayer::new();
+        let svc = layer.layer(MockChat::with_default(script));
+        let mut s = svc.oneshot(req("heavy", Some(0.0))).await.unwrap();
+        s.next().await.unwrap().unwrap();
+        let held = layer.held_bytes();
+        let overhead = std::mem::size_of::<ChatChunk>() + "gen-1m".len();
+        assert_eq!(held, 10_000 + overhead, "field {field}");
+    }
+}
+
+/// Calls that differ in what `partition_by` reads never share; calls that agree do.
+#[tokio::test(start_paused = true)]
+async fn partition_by_keeps_apart_what_it_is_told_to() {
+    let mock = MockChat::with_default(slow_answer());
+    let svc = CoalesceLayer::new()
+        .partition_by(|r| format!("{:?}", r.extensions().get::<u32>()))
+        .layer(mock.clone());
+    let tagged = |n: u32| {
+        let mut r = req("same", Some(0.0));
+        r.extensions_mut().insert(n);
+        r
+    };
+    let (a, b, c) = tokio::join!(
+        svc.clone().oneshot(tagged(1)),
+        svc.clone().oneshot(tagged(1)),
+        svc.clone().oneshot(tagged(2)),
+    );
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    assert_eq!(mock.calls(), 2, "one for the two 1s, one for the 2");
+    for s in [a, b, c] {
+        let answer = s.collect().await.unwrap();
+        assert!(answer.choices[0].message.content.is_some());
+    }
+}
+
+/// The layer is ready only when the service below is: a full service below is never
+/// hidden behind a coalescing layer that says yes.
+#[tokio::test(start_paused = true)]
+async fn readiness_is_the_inner_services() {
+    use std::task::{Context, Waker};
+    use tower::Service;
+    let mock = MockChat::with_default(slow_answer());
+    let mut svc = CoalesceLayer::new().layer(mock.clone());
+    let mut cx = Context::from_waker(Waker::noop());
+    mock.set_ready(false);
+    assert!(svc.poll_ready(&mut cx).is_pending());
+    mock.set_ready(true);
+    assert!(svc.poll_ready(&mut cx).is_ready());
+}
+
+/// A joiner polled again from another task (a new waker) is woken on that one: the waker
+/// kept is always the latest.
+#[tokio::test(start_paused = true)]
+async fn a_joiner_is_woken_on_its_latest_waker() {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Wake, Waker};
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let mock = MockChat::with_default(slow_answer());
+    let svc = CoalesceLayer::new().layer(mock.clone());
+    let lead = svc.clone().oneshot(req("wake", Some(0.0)));
+    let mut joiner = Box::pin(svc.clone().oneshot(req("wake", Some(0.0))));
+    let (old, new) = (
+        Arc::new(Count(AtomicUsize::new(0))),
+        Arc::new(Count(AtomicUsize::new(0))),
+    );
+    let old_waker = Waker::from(old.clone());
+    assert!(
+        joiner
+            .as_mut()
+            .poll(&mut Context::from_waker(&old_waker))
+            .is_pending()
+    );
+    let new_waker = Waker::from(new.clone());
+    assert!(
+        joiner
+            .as_mut()
+            .poll(&mut Context::from_waker(&new_waker))
+            .is_pending()
+    );
+    let lead = lead.await.unwrap();
+    tokio::task::yield_now().await;
+    assert_eq!(new.0.load(Ordering::SeqCst), 1, "the latest waker is woken");
+    assert_eq!(old.0.load(Ordering::SeqCst), 0, "the stale one is not");
+    assert_eq!(mock.calls(), 1);
+    drop((lead, joiner));
 }
