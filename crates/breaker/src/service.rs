@@ -67,6 +67,8 @@ where
             let prefs = req.body_mut().provider_mut();
             for (slug, _) in &admission.ignore {
                 prefs.add_ignore(slug);
+                // A span event on the call: this attempt keeps away from a blocked provider.
+                tracing::debug!(provider = %slug, "breaker: provider ignored");
             }
         }
         // In-flight evidence: a call aimed at one provider (first of its `order`, or its

@@ -145,6 +145,52 @@ pub struct Deadline(pub Instant);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WholeAnswer;
 
+/// A request extension: why this upstream request was sent, set by the layer that sends a
+/// second one for the same call (a retry, a hedge, a continuation of a broken stream). A
+/// request without it is the call's first attempt. Spans and logs read it; nothing decides
+/// on it.
+///
+/// ```
+/// use llm_layers_core::{AttemptKind, ChatRequest, Message};
+/// let mut req = ChatRequest::new("m", vec![Message::user("hi")]);
+/// assert_eq!(AttemptKind::of(&req), AttemptKind::First);
+/// req.extensions_mut().insert(AttemptKind::Hedge);
+/// assert_eq!(AttemptKind::of(&req).as_str(), "hedge");
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AttemptKind {
+    /// The call's own first request.
+    #[default]
+    First,
+    /// Sent again after a failure (the retry layer).
+    Retry,
+    /// Raced against a slow first attempt (the hedge layer).
+    Hedge,
+    /// Continues a stream that broke mid-answer (the resume layer).
+    Continuation,
+}
+
+impl AttemptKind {
+    /// The kind a request carries (`First` when none).
+    pub fn of(req: &ChatRequest) -> AttemptKind {
+        req.extensions()
+            .get::<AttemptKind>()
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// `first`, `retry`, `hedge` or `continuation`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptKind::First => "first",
+            AttemptKind::Retry => "retry",
+            AttemptKind::Hedge => "hedge",
+            AttemptKind::Continuation => "continuation",
+        }
+    }
+}
+
 /// A request extension: who the call is for (rate limits and metrics key on it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Tenant(pub Arc<str>);

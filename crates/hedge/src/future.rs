@@ -226,6 +226,10 @@ where
                             metrics::counter!("llm_hedge_budget_exhausted_total").increment(1);
                             continue;
                         }
+                        let mut req = req;
+                        req.extensions_mut()
+                            .insert(llm_layers_core::AttemptKind::Hedge);
+                        tracing::debug!(attempt = *this.started + 1, "hedge");
                         let fut = this.service.call(req);
                         this.hedges.push((*this.started, Box::pin(fut)));
                         *this.started += 1;

@@ -180,6 +180,13 @@ where
                 prefs.order = None;
             }
         }
+        req.extensions_mut()
+            .insert(llm_layers_core::AttemptKind::Continuation);
+        tracing::debug!(
+            mode = self.mode.as_str(),
+            delivered_bytes = self.delivered.len() as u64,
+            "continuation"
+        );
         let mut service = self.service.clone();
         self.connecting = Some(Box::pin(async move {
             ServiceExt::ready(&mut service).await?;

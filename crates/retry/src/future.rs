@@ -118,6 +118,18 @@ fn plan_retry(
         return None;
     }
     metrics::counter!("llm_retries_total", "reason" => error.kind().as_str()).increment(1);
+    // A span event on the call: what failed, and how long the retry waits.
+    tracing::debug!(
+        reason = error.kind().as_str(),
+        status = error.status_code().map(|s| s.as_u16()),
+        provider = error.provider().filter(|p| p.len() <= 64),
+        wait_ms = wait.as_millis() as u64,
+        attempt = attempt + 1,
+        "retry"
+    );
+    request
+        .extensions_mut()
+        .insert(llm_layers_core::AttemptKind::Retry);
     Some(wait)
 }
 
