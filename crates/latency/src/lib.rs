@@ -76,6 +76,7 @@ mod layer;
 pub mod names;
 mod priors;
 mod service;
+mod span;
 mod stats;
 mod store;
 mod stream;

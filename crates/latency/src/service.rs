@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use llm_layers_core::{ChatRequest, ChatStream, LlmError};
+use llm_layers_core::{AttemptKind, ChatRequest, ChatStream, LlmError};
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -88,14 +88,10 @@ where
                 .extensions()
                 .get::<llm_layers_core::WholeAnswer>()
                 .is_some();
-        let span = tracing::debug_span!(
-            "llm.chat",
-            scope = self.shared.scope.as_str(),
-            model = %model,
-            provider = tracing::field::Empty,
-            ttft_ms = tracing::field::Empty,
-        );
+        let span = crate::span::new(self.shared.scope, &model, AttemptKind::of(&req));
+        // The layers below (and the attempts they start) are children of this span.
+        let fut = span.in_scope(|| self.inner.call(req));
         let labels = Labels::new(model, key, bucket, whole, self.shared.clone(), span);
-        ResponseFuture::new(self.inner.call(req), Instant::now(), labels)
+        ResponseFuture::new(fut, Instant::now(), labels)
     }
 }

@@ -144,6 +144,7 @@ impl Labels {
     /// this long), counted once.
     pub(crate) fn abandoned(&self, start: Instant, now: Instant) {
         counter!(ABANDONED, "llm.scope" => self.shared.scope.as_str()).increment(1);
+        crate::span::ended(&self.span, "cancelled", None, None);
         if let Some(store) = &self.shared.store {
             store.record(
                 (&self.key, None),
@@ -166,7 +167,7 @@ impl Labels {
         if let Some(store) = &self.shared.store {
             store.record((&self.key, provider), None, None, Outcome::of(e));
         }
-        tracing::debug!(parent: &self.span, error = %e, "llm call failed before the first token");
+        crate::span::failed(&self.span, e, error_type);
     }
 }
 
@@ -218,10 +219,7 @@ impl RecordingStream {
         if !labels.whole {
             handles.ttft.record(ttft);
         }
-        labels
-            .span
-            .record("provider", provider.as_deref().unwrap_or(""));
-        labels.span.record("ttft_ms", ttft.as_millis() as u64);
+        crate::span::committed(&labels.span, stream.meta(), ttft);
         stream.wrap(move |s| RecordingStream {
             inner: s,
             labels,
@@ -251,6 +249,12 @@ impl RecordingStream {
             .map_or(self.chunks, |u| u.completion_tokens);
         let tps = (generation > Duration::from_millis(1) && output > 1)
             .then(|| output as f64 / generation.as_secs_f64());
+        crate::span::ended(
+            &self.labels.span,
+            outcome,
+            self.usage.as_ref(),
+            error.map(error_type),
+        );
         match (error, outcome) {
             (None, "ok" | "cancelled") => {
                 let h = &self.handles;
@@ -326,13 +330,20 @@ impl Stream for RecordingStream {
     type Item = Result<ChatChunk, LlmError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        let this = &mut *self;
+        // What the stream starts below (a continuation's attempt) is a child of this span.
+        let polled = {
+            let _enter = this.labels.span.enter();
+            Pin::new(&mut this.inner).poll_next(cx)
+        };
         let Poll::Ready(item) = &polled else {
             return polled;
         };
-        let this = &mut *self;
         match item {
             Some(Ok(c)) => {
+                if let Some(r) = c.finish_reason() {
+                    crate::span::finish_reason(&this.labels.span, r);
+                }
                 if c.has_output() {
                     let now = Instant::now();
                     if this.chunks > 0 {
