@@ -5,10 +5,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Uri};
+use http::{HeaderMap, HeaderValue, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use llm_layers_core::ChatRequest;
 
 use std::collections::HashMap;
 
@@ -58,7 +59,11 @@ pub struct Builder {
     max_body_size: usize,
     catalog_ttl: Duration,
     validate_models: bool,
+    request_headers: Option<RequestHeaders>,
 }
+
+/// Adds headers to each upstream request: see [`Builder::request_headers`].
+pub type RequestHeaders = Arc<dyn Fn(&ChatRequest, &mut HeaderMap) + Send + Sync>;
 
 impl fmt::Debug for Builder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -94,6 +99,7 @@ impl Default for Builder {
             max_body_size: 32 * 1024 * 1024,
             catalog_ttl: Duration::from_secs(3600),
             validate_models: false,
+            request_headers: None,
         }
     }
 }
@@ -238,6 +244,28 @@ impl Builder {
         self
     }
 
+    /// Adds headers to every upstream request, computed per request when it is sent (in
+    /// the attempt's `tracing` span): a trace context (`traceparent`), a tenant tag. Called
+    /// once per request; what it adds cannot replace `authorization`, `content-type` or
+    /// `accept`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use llm_layers_openrouter::OpenRouter;
+    /// let leaf = OpenRouter::builder()
+    ///     .api_key("sk-or-v1-example")
+    ///     .request_headers(Arc::new(|_req, headers| {
+    ///         headers.insert("x-team", http::HeaderValue::from_static("search"));
+    ///     }))
+    ///     .build()?;
+    /// # let _ = leaf;
+    /// # Ok::<(), llm_layers_core::ConfigError>(())
+    /// ```
+    pub fn request_headers(mut self, f: RequestHeaders) -> Self {
+        self.request_headers = Some(f);
+        self
+    }
+
     /// Validates the configuration and builds the service with its connection pool.
     ///
     /// # Errors
@@ -344,6 +372,7 @@ impl Builder {
             max_body_size: self.max_body_size,
             validate_models: self.validate_models,
             catalog: Catalog::new(self.catalog_ttl),
+            request_headers: self.request_headers,
         })))
     }
 }

@@ -43,7 +43,7 @@ mod future;
 mod keys;
 mod service;
 
-pub use builder::{Builder, DEFAULT_BASE_URL};
+pub use builder::{Builder, DEFAULT_BASE_URL, RequestHeaders};
 pub use catalog::{ModelInfo, ProviderInfo};
 pub use future::ResponseFuture;
 pub use keys::{KeyChoice, KeyHealth, KeyState};

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -80,6 +80,7 @@ pub(crate) struct Shared {
     pub(crate) max_body_size: usize,
     pub(crate) validate_models: bool,
     pub(crate) catalog: Catalog,
+    pub(crate) request_headers: Option<crate::builder::RequestHeaders>,
 }
 
 impl fmt::Debug for OpenRouter {
@@ -325,9 +326,27 @@ async fn send(shared: Arc<Shared>, req: ChatRequest) -> Result<ChatStream, LlmEr
     }
     .map_err(|e| LlmError::bad_request("the request could not be serialized").with_source(e))?;
     let body = Bytes::from(body);
+    let extra = shared.request_headers.as_ref().map(|f| {
+        let mut h = HeaderMap::new();
+        f(&req, &mut h);
+        for name in [AUTHORIZATION, CONTENT_TYPE, ACCEPT] {
+            h.remove(name);
+        }
+        h
+    });
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        if let Some(host) = shared.chat_url.host() {
+            span.record("server.address", host);
+        }
+    }
     let mut tried: Vec<usize> = Vec::new();
     let (key, started, parts, body) = loop {
         let key = shared.keys.pick(Instant::now(), &tried)?;
+        if !span.is_disabled() {
+            // The key's id (its name, or `…` and its last four characters), never the key.
+            span.record("llm_layers.upstream_key", &**shared.keys.id(key));
+        }
         let mut b = http::Request::builder()
             .method(Method::POST)
             .uri(shared.chat_url.clone())
@@ -348,6 +367,9 @@ async fn send(shared: Arc<Shared>, req: ChatRequest) -> Result<ChatStream, LlmEr
             if let Some(t) = &shared.title {
                 b = b.header("x-openrouter-title", t.clone());
             }
+        }
+        if let (Some(extra), Some(h)) = (&extra, b.headers_mut()) {
+            h.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         let request = b
             .body(Full::new(body.clone()))
