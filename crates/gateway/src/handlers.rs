@@ -13,11 +13,13 @@ use llm_layers_resume::ResumeChoice;
 use llm_layers_router::TIER_PREFIX;
 use serde_json::json;
 use tower::ServiceExt;
+use tracing::Instrument;
 
 use crate::access::CallRecord;
 use crate::bounds::Bounds;
 use crate::error::ApiFailure;
 use crate::server::AppState;
+use crate::trace::{self, CallerTrace};
 use crate::{keys, now_secs, sse, status};
 
 /// The body as axum's `Bytes` extractor read it, under the route's `DefaultBodyLimit` and
@@ -63,6 +65,8 @@ pub(crate) struct CallerHints {
     resume: Option<ResumeChoice>,
     /// `x-llm-coalesce: on`: this caller's answer may be shared with identical calls.
     coalesce: bool,
+    /// The caller's `traceparent` / `tracestate`, when well-formed.
+    trace: Option<CallerTrace>,
 }
 
 /// A header the gateway reads, refused when it is not one of `allowed` (or not text).
@@ -142,6 +146,7 @@ impl FromRequestParts<AppState> for CallerHints {
             priority,
             resume,
             coalesce,
+            trace: CallerTrace::from_headers(&parts.headers),
         })
     }
 }
@@ -171,7 +176,31 @@ fn parse_request(bytes: &[u8], bounds: &Bounds) -> Result<ChatRequest, ApiFailur
 #[derive(Debug, Clone)]
 pub(crate) struct KeyTenant(pub(crate) Arc<str>);
 
+/// `POST /v1/chat/completions`, in its request span (the parent of the stack's spans).
 pub(crate) async fn chat(
+    state: State<AppState>,
+    hints: CallerHints,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let span = trace::request_span(hints.trace.as_ref());
+    if !span.is_disabled() {
+        if let Some(t) = &hints.tenant {
+            span.record("llm_layers.tenant", &*t.0);
+        }
+    }
+    let r = call(state, hints, body).instrument(span.clone()).await;
+    if !span.is_disabled() {
+        let status = r.status().as_u16();
+        span.record("http.response.status_code", status);
+        if status >= 500 {
+            span.record("error.type", status);
+            span.record("otel.status_code", "error");
+        }
+    }
+    r
+}
+
+async fn call(
     State(state): State<AppState>,
     hints: CallerHints,
     body: Result<Bytes, BytesRejection>,
@@ -185,6 +214,7 @@ pub(crate) async fn chat(
         priority,
         resume,
         coalesce,
+        trace,
     } = hints;
     let bytes = match body_of(body, state.config.max_body_bytes) {
         Ok(b) => b,
@@ -216,6 +246,9 @@ pub(crate) async fn chat(
     }
     if coalesce {
         req.extensions_mut().insert(llm_layers_coalesce::Coalesce);
+    }
+    if let Some(t) = trace {
+        req.extensions_mut().insert(t);
     }
     let counted_tenant = tenant.as_ref().map(|t| t.0.clone());
     if let Some(t) = tenant {

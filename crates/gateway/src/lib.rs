@@ -15,11 +15,14 @@ mod conn;
 pub mod error;
 mod handlers;
 pub mod keys;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod server;
 mod sse;
 pub mod stack;
 pub mod status;
 mod tls;
+pub mod trace;
 pub mod upstreams;
 
 use std::time::SystemTime;

@@ -10,6 +10,9 @@
 use std::process::ExitCode;
 
 use llm_layers_gateway::{CliExit, Config, serve_reloading};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> ExitCode {
     let check = std::env::args().any(|a| a == "--check-config");
@@ -37,12 +40,6 @@ fn main() -> ExitCode {
             }
         };
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_http=warn".into()),
-        )
-        .init();
     let rt = match config.runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -50,13 +47,41 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Logs as the environment filters them; traces (the `otel` feature) when an OTLP
+    // endpoint is set, whatever the log filter says.
+    let logs = tracing_subscriber::fmt::layer().with_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "info,tower_http=warn".into()),
+    );
+    let subscriber = tracing_subscriber::registry().with(logs);
+    #[cfg(feature = "otel")]
+    let traces = match llm_layers_gateway::otel::Tracing::from_env(
+        |k| std::env::var(k).ok(),
+        rt.handle().clone(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("llm-gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    #[cfg(feature = "otel")]
+    let subscriber = subscriber.with(traces.as_ref().map(|t| t.layer()));
+    subscriber.init();
     // On SIGHUP: the same flags, the environment and files as they are now (the stack the
     // reload builds checks the rest).
     let args: Vec<String> = std::env::args().skip(1).collect();
     let reread = move || {
         Config::from_args_env(args.clone(), |k| std::env::var(k).ok()).map_err(|e| e.to_string())
     };
-    match rt.block_on(serve_reloading(config, Some(reread))) {
+    let served = rt.block_on(serve_reloading(config, Some(reread)));
+    // The spans still queued go out before the process ends (the export runs on the
+    // runtime, so the wait does not).
+    #[cfg(feature = "otel")]
+    if let Some(t) = traces {
+        let _ = rt.block_on(tokio::task::spawn_blocking(move || drop(t)));
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("llm-gateway: {e}");

@@ -36,6 +36,7 @@ pub fn build_leaf(
         .default_max_tokens(config.default_max_tokens)
         .http2_prior_knowledge(config.upstream_h2c)
         .title("llm-layers gateway")
+        .request_headers(crate::trace::upstream_headers())
         .build()
 }
 

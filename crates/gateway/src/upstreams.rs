@@ -130,6 +130,7 @@ impl UpstreamConfig {
             .connect_timeout(connect_timeout)
             .default_max_tokens(default_max_tokens)
             .title("llm-layers gateway")
+            .request_headers(crate::trace::upstream_headers())
             .build()
     }
 }
