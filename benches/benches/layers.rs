@@ -4,6 +4,9 @@
 //! `cargo bench -p llm-layers-bench --bench layers`
 //!
 //! Per chunk = (time at 101 chunks - time at 1 chunk) / 100, for each arm.
+//!
+//! `-- tracing/`: the full stack with traces off (no subscriber) and on (the gateway's
+//! OpenTelemetry layer).
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
@@ -15,6 +18,7 @@ use llm_layers_bench::{Svc, layer_arms, request};
 use llm_layers_latency::{LatencyStore, Outcome};
 use llm_layers_mock::{MockChat, Script};
 use tower::ServiceExt;
+use tracing_subscriber::layer::SubscriberExt;
 
 async fn drain(svc: Svc) -> usize {
     let mut s = svc.oneshot(request(8)).await.unwrap();
@@ -42,6 +46,33 @@ fn bench(c: &mut Criterion) {
         }
     }
     g.finish();
+
+    // Traces: the full stack with no subscriber (a library user's default, and the
+    // gateway's when no OTLP endpoint is set: spans are disabled callsites), and with the
+    // gateway's OpenTelemetry layer on (every span built, attributed and queued for a batch
+    // export, here to a port where nothing listens).
+    let mut g = c.benchmark_group("tracing");
+    let otel = llm_layers_gateway::otel::Tracing::to_endpoint(
+        "http://127.0.0.1:9/v1/traces",
+        rt.handle().clone(),
+    )
+    .expect("a valid endpoint");
+    for chunks in [1usize, 101] {
+        let mock = MockChat::with_default(Script::tokens(Duration::ZERO, chunks, Duration::ZERO));
+        let (_, full) = layer_arms(mock)
+            .pop()
+            .expect("the full stack is the last arm");
+        g.bench_function(format!("off/{chunks}_chunks"), |b| {
+            b.to_async(&rt).iter(|| drain(full.clone()))
+        });
+        let subscriber = tracing_subscriber::registry().with(otel.layer());
+        let _on = tracing::subscriber::set_default(subscriber);
+        g.bench_function(format!("otel/{chunks}_chunks"), |b| {
+            b.to_async(&rt).iter(|| drain(full.clone()))
+        });
+    }
+    g.finish();
+    drop(otel);
 
     // One call's record into the store: the (model, provider) key and the model key.
     let store = LatencyStore::new();

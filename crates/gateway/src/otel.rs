@@ -147,6 +147,9 @@ impl Tracing {
             .with_threads(false)
             .with_level(false)
             .with_target(false)
+            // No busy/idle time per span: it is kept per enter and exit, and the call's
+            // span is entered for every chunk.
+            .with_tracked_inactivity(false)
             .with_filter(filter_fn(|m| {
                 m.target().starts_with("llm_layers") && *m.level() <= Level::DEBUG
             }))
