@@ -43,7 +43,10 @@
 //!
 //! Twice in a typical stack: outermost with [`Scope::Call`] (what the caller saw, retries
 //! and hedges included) and innermost, next to the leaf, with [`Scope::Attempt`] and the
-//! store (what each provider did). A `tracing` span `llm.chat` covers each call or attempt.
+//! store (what each provider did). A `tracing` span covers each call (`llm.call`) or attempt
+//! (`llm.attempt`, its `llm_layers.attempt.kind` first, retry, hedge or continuation),
+//! attributed by the OpenTelemetry GenAI conventions; layers below and continuations are its
+//! children. With no subscriber they are disabled callsites.
 //!
 //! Several replicas learn once: [`LatencyStore::export`] gives this process's own windows as
 //! mergeable [`Summary`]s and [`LatencyStore::merge_fleet`] reads the others' with its own
