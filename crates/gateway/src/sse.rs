@@ -110,8 +110,34 @@ impl SseBody {
         if c.id.is_empty() {
             c.id = self.stream.meta().generation_id.clone().unwrap_or_default();
         }
+        // The chunk with the usage, the last: what only the end of the stream knows rides
+        // along.
+        let summary = c.usage.is_some().then(|| self.summary());
         let writer = &mut self.writer;
-        write_event(out, |o| writer.write(&c, o));
+        write_event(out, |o| {
+            writer.write(&c, o);
+            if let Some(s) = summary {
+                if o.last() == Some(&b'}') {
+                    o.pop();
+                    o.extend_from_slice(s.as_bytes());
+                    o.push(b'}');
+                }
+            }
+        });
+    }
+
+    /// `,"llm_layers":{…}` for the usage chunk: the attempts before the first token (as
+    /// `x-llm-attempts` said) and the continuations joined after a break.
+    fn summary(&self) -> String {
+        let meta = self.stream.meta();
+        let continuations = meta
+            .extensions
+            .get::<llm_layers_resume::ResumeReport>()
+            .map_or(0, |r| r.resumed());
+        format!(
+            r#","llm_layers":{{"attempts":{},"continuations":{continuations}}}"#,
+            meta.attempts.max(1)
+        )
     }
 }
 

@@ -49,7 +49,17 @@ async fn every_answer_says_where_its_time_went_and_who_served_it() {
         );
         assert_eq!(r.headers()["x-llm-provider"], "Solo");
         assert_eq!(r.headers()["x-llm-attempts"], "1");
-        r.into_body().collect().await.unwrap();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        if stream {
+            // What only the end knows rides on the usage chunk.
+            let evs = events(&body);
+            let usage: Value = serde_json::from_str(&evs[evs.len() - 2]).unwrap();
+            assert!(usage["usage"].is_object(), "{usage}");
+            assert_eq!(
+                usage["llm_layers"],
+                json!({"attempts": 1, "continuations": 0})
+            );
+        }
     }
     // A refusal carries the gateway's time, and no provider.
     let r = post(&c, &gw, "{not json").await;

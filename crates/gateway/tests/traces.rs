@@ -216,6 +216,7 @@ async fn a_retried_hedged_resumed_call_is_one_trace_with_an_attempt_span_each() 
     };
     let gw = start(cfg, None).await.unwrap();
     let body = json!({"model": "openai/gpt-4o-mini", "stream": true, "max_tokens": 20,
+        "stream_options": {"include_usage": true},
         "messages": [{"role": "user", "content": PROMPT}]});
     let req = hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr()))
         .header("content-type", "application/json")
@@ -229,6 +230,12 @@ async fn a_retried_hedged_resumed_call_is_one_trace_with_an_attempt_span_each() 
     let evs = events(&r.into_body().collect().await.unwrap().to_bytes());
     let text = streamed_content(&evs);
     assert_eq!(text, "The quick brown fox jumps over the lazy dog.");
+    // The usage chunk says what the head could not: the continuation joined.
+    let usage: Value = serde_json::from_str(&evs[evs.len() - 2]).unwrap();
+    assert_eq!(
+        usage["llm_layers"],
+        json!({"attempts": 3, "continuations": 1})
+    );
     gw.shutdown().await.unwrap();
     let t = Arc::new(tracing);
     let flushing = t.clone();
