@@ -7,6 +7,7 @@ use tower_service::Service;
 
 use crate::future::{ProbeGuard, ResponseFuture};
 use crate::layer::Shared;
+use crate::registry::Blocked;
 
 /// Keeps calls away from open (model, provider) breakers. See the [crate docs](crate).
 #[derive(Clone)]
@@ -65,10 +66,20 @@ where
         };
         if !admission.ignore.is_empty() {
             let prefs = req.body_mut().provider_mut();
-            for (slug, _) in &admission.ignore {
+            for (slug, blocked) in &admission.ignore {
                 prefs.add_ignore(slug);
-                // A span event on the call: this attempt keeps away from a blocked provider.
-                tracing::debug!(provider = %slug, "breaker: provider ignored");
+                // A span event on the call: this attempt keeps away from a blocked provider,
+                // open (its breaker tripped) or held (it throttled), and for how long.
+                let (why, until) = match blocked {
+                    Blocked::Open(u) => ("open", *u),
+                    Blocked::Held(u, _) => ("held", Some(*u)),
+                };
+                tracing::debug!(
+                    provider = %slug,
+                    state = why,
+                    for_ms = until.map(|u| u.saturating_duration_since(now).as_millis() as u64),
+                    "breaker: provider ignored"
+                );
             }
         }
         // In-flight evidence: a call aimed at one provider (first of its `order`, or its

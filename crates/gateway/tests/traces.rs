@@ -284,7 +284,7 @@ async fn a_retried_hedged_resumed_call_is_one_trace_with_an_attempt_span_each() 
         assert_eq!(attr(call, k).as_deref(), Some(v), "call span {k}");
     }
     let events: Vec<&str> = call.events.iter().map(|e| e.name.as_str()).collect();
-    for e in ["retry", "hedge", "continuation"] {
+    for e in ["retry", "hedge", "hedge: first token won", "continuation"] {
         assert!(events.contains(&e), "call span events {events:?}");
     }
     // Four attempts under the call, in the order sent, each saying why it was sent.

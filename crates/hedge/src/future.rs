@@ -135,6 +135,15 @@ where
                 match polled {
                     Poll::Pending => i += 1,
                     Poll::Ready((winner, Ok(mut stream))) => {
+                        if *this.started > 1 {
+                            // A span event on the call: why the other attempts end now.
+                            let losers = usize::from(this.first.is_some()) + this.hedges.len() - 1;
+                            tracing::debug!(
+                                winner = winner + 1,
+                                cancelled = losers as u64,
+                                "hedge: first token won"
+                            );
+                        }
                         // Dropping the losers cancels them upstream, now.
                         this.first.set(None);
                         this.hedges.clear();

@@ -45,15 +45,21 @@ async fn take(
             Mode::Reject => false,
             Mode::Wait(max) => waited + wait <= max && deadline.is_none_or(|d| now + wait < d),
         };
+        let which = match key.limit {
+            LimitId::Tokens => "tokens",
+            _ => "requests",
+        };
         if !can_wait {
-            let which = match key.limit {
-                LimitId::Tokens => "tokens",
-                _ => "requests",
-            };
             metrics::counter!("llm_ratelimit_rejected_total", "limit" => which).increment(1);
             return Err(LlmError::rate_limited(wait)
                 .with_message(format!("rate limit for {} reached", key.key)));
         }
+        // A span event on the call: it waits for its limit.
+        tracing::debug!(
+            limit = which,
+            wait_ms = wait.as_millis() as u64,
+            "rate limit: waiting"
+        );
         tokio::time::sleep(wait).await;
         waited += wait;
     }
