@@ -536,3 +536,6 @@ impl Store for RedisStore {
         lock(&self.shared.keys).len()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -235,6 +235,15 @@ fn bad_settings_are_refused() {
         assert!(e.to_string().contains("budget"), "{e}");
         let redis = Redis::builder("redis://127.0.0.1:1").build().unwrap();
         assert!(redis.limit_store().replicas(0).build().is_err());
+        assert!(redis.limit_store().max_keys(0).build().is_err());
+        assert!(
+            redis
+                .limit_store()
+                .lease_for(Duration::ZERO)
+                .build()
+                .is_err()
+        );
+        assert!(redis.limit_store().build().is_ok());
         assert!(!format!("{redis:?}").is_empty());
     });
 }
