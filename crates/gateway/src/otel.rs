@@ -25,7 +25,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::{Level, Span, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::trace::CallerTrace;
@@ -150,9 +150,10 @@ impl Tracing {
             // No busy/idle time per span: it is kept per enter and exit, and the call's
             // span is entered for every chunk.
             .with_tracked_inactivity(false)
-            .with_filter(filter_fn(|m| {
-                m.target().starts_with("llm_layers") && *m.level() <= Level::DEBUG
-            }))
+            // A static filter (by target prefix and level): every other callsite (hyper's,
+            // h2's) is decided once and cached as off, where a filter function would be
+            // asked again at each of their events.
+            .with_filter(Targets::new().with_target("llm_layers", Level::DEBUG))
     }
 
     /// Sends what is queued now; blocks until it is sent or given up. Call it off the
