@@ -288,10 +288,7 @@ impl Shared {
                 // With leases, not before a lease's worth has come back: under overload a
                 // replica asks about once per lease, not once per call.
                 if key.limit != LimitId::Tokens {
-                    let cached = match self.mode {
-                        LimitMode::Lease => wait.max(rate.times(want - least)),
-                        _ => wait,
-                    };
+                    let cached = self.refused_for(wait, rate, want, least);
                     let mut keys = lock(&self.keys);
                     keys.entry(key.clone()).or_default().refused = Some((now + cached, least));
                 }
@@ -300,6 +297,15 @@ impl Shared {
             // A late answer may still have been taken in Redis: not owed twice.
             Err(StoreError::Timeout) => self.fallback(key, least, rate, false),
             Err(_) => self.fallback(key, least, rate, true),
+        }
+    }
+
+    /// How long a refusal is kept without asking again: until it would fit (`wait`); with
+    /// leases, not before the lease asked for (`want` beyond `least`) has come back.
+    fn refused_for(&self, wait: Duration, rate: &Rate, want: u64, least: u64) -> Duration {
+        match self.mode {
+            LimitMode::Lease => wait.max(rate.times(want - least)),
+            LimitMode::Exact => wait,
         }
     }
 

@@ -147,8 +147,8 @@ async fn a_lease_is_about_the_local_rate_over_a_lease_period_within_its_caps() {
     l.leased_at = Some(now - Duration::from_millis(100));
     l.spent = 80;
     assert_eq!(s.lease_size(&mut l, 1, &r, now), 100);
-    // A limit of 200 per second allows 50 in a lease period: capped there.
-    let slow = rate(200, Duration::from_secs(1), 1600);
+    // A limit of 100 per half second allows 50 in a lease period: capped there.
+    let slow = rate(100, Duration::from_millis(500), 1600);
     l.leased_at = Some(now - Duration::from_millis(100));
     l.spent = 80;
     assert_eq!(s.lease_size(&mut l, 1, &slow, now), 50);
@@ -362,5 +362,46 @@ async fn the_sweep_returns_expired_leases_charges_debts_and_forgets_idle_keys() 
         left,
         ["fresh"],
         "idle keys (the debtor, paid up, too) forgotten, the lease kept"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_is_kept_until_it_fits_and_with_leases_until_a_lease_is_back() {
+    let r = rate(10, Duration::from_secs(1), 10);
+    let (exact, _a) = shared(LimitMode::Exact, 1, 100);
+    let (lease, _b) = shared(LimitMode::Lease, 1, 100);
+    let second = Duration::from_secs(1);
+    assert_eq!(exact.refused_for(second, &r, 30, 10), second);
+    // 20 units beyond the one asked for, at 100 ms each.
+    assert_eq!(
+        lease.refused_for(second, &r, 30, 10),
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        lease.refused_for(Duration::from_secs(3), &r, 30, 10),
+        Duration::from_secs(3)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paid_debt_costs_no_more_round_trips() {
+    let (s, _ops) = shared(LimitMode::Exact, 1, 100);
+    let r = rate(100, Duration::from_secs(1), 40);
+    let now = Instant::now();
+    lock(&s.keys).insert(
+        key("debtor"),
+        Local {
+            debt: 3,
+            debt_rate: Some(r),
+            // Still refused for a while: kept in the table.
+            refused: Some((now + Duration::from_secs(9), 1)),
+            ..Local::default()
+        },
+    );
+    s.redis.inner.health.ok();
+    assert_eq!(s.sweep(now).len(), 1, "the debt charged");
+    assert!(
+        s.sweep(now).is_empty(),
+        "then nothing: no settle of zero units"
     );
 }
