@@ -98,6 +98,8 @@ pub(crate) struct CallRecord {
     attempts: u32,
     /// Prompt and completion tokens, from the answer's usage.
     usage: Option<(u64, u64)>,
+    /// What the call cost.
+    cost: Option<llm_layers_core::price::Cost>,
 }
 
 impl CallRecord {
@@ -118,6 +120,7 @@ impl CallRecord {
             ttft: None,
             attempts: 0,
             usage: None,
+            cost: None,
         }
     }
 
@@ -173,6 +176,11 @@ impl CallRecord {
         self.usage = Some((u.prompt_tokens, u.completion_tokens));
     }
 
+    /// What the call cost, when known.
+    pub(crate) fn cost(&mut self, c: Option<llm_layers_core::price::Cost>) {
+        self.cost = c;
+    }
+
     /// `server-timing` (the gateway's own time; the wait before the serving attempt was
     /// sent — retries, holds, hedges that lost, queues; and the serving attempt's time to
     /// its first token, to its end for a whole answer), `x-llm-provider` and
@@ -225,6 +233,10 @@ impl CallRecord {
         if let Some((prompt, completion)) = self.usage {
             v["prompt_tokens"] = prompt.into();
             v["completion_tokens"] = completion.into();
+        }
+        if let Some(c) = self.cost {
+            v["cost_usd"] = c.usd().into();
+            v["cost_source"] = c.source().into();
         }
         let mut out = serde_json::to_vec(&v).unwrap_or_default();
         out.push(b'\n');

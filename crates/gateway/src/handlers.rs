@@ -279,18 +279,36 @@ async fn call(
             .tenant_call(t, tokio::time::Instant::now(), state.started);
     }
     if streaming {
-        return sse::response(stream, include_usage, state.phase.clone(), record);
+        return sse::response(
+            stream,
+            include_usage,
+            state.phase.clone(),
+            record,
+            state.prices.clone(),
+        );
     }
     let collected = stream.collect().await;
     record.collected();
     match collected {
         Ok(c) => {
-            if let Some(u) = &c.usage {
+            let cost = c.usage.as_ref().and_then(|u| {
                 record.usage(u);
-            }
+                state.prices.cost(&c.model, u)
+            });
+            record.cost(cost);
             record.done();
             let mut r = answer_response(&normalize(c));
             record.write_headers(r.headers_mut());
+            if let Some(c) = cost {
+                let h = r.headers_mut();
+                if let Ok(v) = http::HeaderValue::from_str(&crate::prices::usd(c)) {
+                    h.insert("x-llm-cost-usd", v);
+                }
+                h.insert(
+                    "x-llm-cost-source",
+                    http::HeaderValue::from_static(c.source()),
+                );
+            }
             r
         }
         Err(e) => refused(ApiFailure::from(&e), record),

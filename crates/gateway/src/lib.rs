@@ -17,6 +17,7 @@ mod handlers;
 pub mod keys;
 #[cfg(feature = "otel")]
 pub mod otel;
+mod prices;
 mod server;
 mod sse;
 pub mod stack;

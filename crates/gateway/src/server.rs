@@ -139,6 +139,8 @@ pub(crate) struct AppInner {
     pub(crate) counters: Arc<status::Counters>,
     /// The access log, when `--log-format json`.
     pub(crate) access: Option<Arc<crate::access::AccessLog>>,
+    /// The upstream's prices: what each call cost.
+    pub(crate) prices: Arc<crate::prices::PriceBook>,
 }
 
 /// The router, for embedding the gateway in another axum app.
@@ -361,6 +363,7 @@ impl Gateway {
             started: old.started,
             counters: old.counters.clone(),
             access,
+            prices: built.prices,
         });
         tracing::info!(
             "configuration reloaded: new calls use it, calls in flight finish on the old"
@@ -442,6 +445,7 @@ pub async fn start(
         started: tokio::time::Instant::now(),
         counters: Arc::default(),
         access,
+        prices: built.prices,
     });
     let app = router(state.clone());
     let mut draining = phase_rx;
@@ -471,6 +475,7 @@ struct Built {
     leaf: OpenRouter,
     upstreams: Vec<(String, OpenRouter)>,
     parts: Parts,
+    prices: Arc<crate::prices::PriceBook>,
 }
 
 /// Builds the stack of `config` over its upstreams (or the one at `base_url` with `key`),
@@ -550,10 +555,15 @@ async fn build(
             .map(|(n, l, _)| (n.clone(), l.clone()))
             .collect()
     };
+    // Prices from the first upstream's catalog (a call to another upstream reports its
+    // cost or has none).
+    let prices = Arc::new(crate::prices::PriceBook::default());
+    prices.refresh_from(leaf.clone());
     Ok(Built {
         stack,
         leaf,
         upstreams,
         parts,
+        prices,
     })
 }

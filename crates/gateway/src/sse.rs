@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -11,7 +12,10 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_core::Stream;
 use http::{HeaderValue, header};
+use llm_layers_core::price::Cost;
 use llm_layers_core::{ChatChunk, ChatStream, ChunkWriter};
+
+use crate::prices::PriceBook;
 use tokio::sync::watch;
 
 use crate::Phase;
@@ -23,6 +27,7 @@ pub(crate) fn response(
     include_usage: bool,
     phase: watch::Receiver<Phase>,
     record: CallRecord,
+    prices: Arc<PriceBook>,
 ) -> Response {
     let mut body = SseBody {
         stream,
@@ -32,6 +37,8 @@ pub(crate) fn response(
         created: crate::now_secs(),
         writer: ChunkWriter::default(),
         record: None,
+        prices,
+        cost: None,
     };
     let mut r = Response::new(Body::empty());
     record.write_headers(r.headers_mut());
@@ -63,6 +70,9 @@ struct SseBody {
     writer: ChunkWriter,
     /// The call as the access log sees it: written when the body is dropped.
     record: Option<CallRecord>,
+    prices: Arc<PriceBook>,
+    /// What the call cost, once its usage came.
+    cost: Option<Cost>,
 }
 
 /// The most bytes one body frame gathers from events that are already there.
@@ -134,8 +144,15 @@ impl SseBody {
             .extensions
             .get::<llm_layers_resume::ResumeReport>()
             .map_or(0, |r| r.resumed());
+        let cost = self.cost.map_or_else(String::new, |c| {
+            format!(
+                r#","cost_usd":{},"cost_source":"{}""#,
+                crate::prices::usd(c),
+                c.source()
+            )
+        });
         format!(
-            r#","llm_layers":{{"attempts":{},"continuations":{continuations}}}"#,
+            r#","llm_layers":{{"attempts":{},"continuations":{continuations}{cost}}}"#,
             meta.attempts.max(1)
         )
     }
@@ -169,8 +186,17 @@ impl Stream for SseBody {
             match Pin::new(&mut this.stream).poll_next(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Some(Ok(c))) => {
-                    if let (Some(u), Some(r)) = (&c.usage, this.record.as_mut()) {
-                        r.usage(u);
+                    if let Some(u) = &c.usage {
+                        let model = if c.model.is_empty() {
+                            &this.stream.meta().model
+                        } else {
+                            &c.model
+                        };
+                        this.cost = this.prices.cost(model, u);
+                        if let Some(r) = this.record.as_mut() {
+                            r.usage(u);
+                            r.cost(this.cost);
+                        }
                     }
                     // OpenAI sends the usage chunk (empty choices) only when asked.
                     if c.choices.is_empty() && !this.include_usage {
@@ -220,7 +246,8 @@ mod tests {
         let req = ChatRequest::new("m", vec![Message::user("hi")]);
         let stream = mock.oneshot(req).await.unwrap();
         let (_tx, rx) = watch::channel(Phase::Running);
-        let mut body = response(stream, false, rx, CallRecord::start(None)).into_body();
+        let mut body =
+            response(stream, false, rx, CallRecord::start(None), Arc::default()).into_body();
         let mut frames = Vec::new();
         while let Some(f) = body.frame().await {
             frames.push(f.unwrap().into_data().unwrap());

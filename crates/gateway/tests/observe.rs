@@ -55,9 +55,10 @@ async fn every_answer_says_where_its_time_went_and_who_served_it() {
             let evs = events(&body);
             let usage: Value = serde_json::from_str(&evs[evs.len() - 2]).unwrap();
             assert!(usage["usage"].is_object(), "{usage}");
+            let ours = &usage["llm_layers"];
             assert_eq!(
-                usage["llm_layers"],
-                json!({"attempts": 1, "continuations": 0})
+                (&ours["attempts"], &ours["continuations"]),
+                (&json!(1), &json!(0))
             );
         }
     }
@@ -177,4 +178,58 @@ async fn the_access_log_has_a_line_per_call_and_no_prompt_or_key() {
     gw.shutdown().await.unwrap();
     gw2.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every answer says what it cost: the upstream's `usage.cost` when it reports one, else its
+/// usage at the catalog's price (an estimate, said to be one); a whole answer in headers, a
+/// stream in its usage chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_says_what_it_cost() {
+    for report in [true, false] {
+        let mut s = one_provider(1.0);
+        s.models.push("openai/gpt-4o-mini".into());
+        s.report_cost = report;
+        let (gw, _mock) = gateway_on(s, config()).await;
+        let c = client();
+        let want_source = if report { "reported" } else { "estimated" };
+        // The catalog is read in the background at start: an estimate needs its prices.
+        let mut tries = 0;
+        let (r, body) = loop {
+            let r = post(&c, &gw, call(false, "what does it cost")).await;
+            let source = r.headers().get("x-llm-cost-source").cloned();
+            let cost = r.headers().get("x-llm-cost-usd").cloned();
+            let body: Value =
+                serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+            if source.as_ref().is_some_and(|s| s == want_source) || tries == 100 {
+                break ((source, cost), body);
+            }
+            tries += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let usage: llm_layers_core::Usage = serde_json::from_value(body["usage"].clone()).unwrap();
+        let want = format!("{:.9}", llm_layers_mock::PRICE.cost(&usage));
+        assert_eq!(r.0.as_ref().map(|v| v.to_str().unwrap()), Some(want_source));
+        assert_eq!(
+            r.1.as_ref().map(|v| v.to_str().unwrap()),
+            Some(want.as_str())
+        );
+        assert_eq!(
+            body["usage"].get("cost").is_some(),
+            report,
+            "usage as the upstream sent it"
+        );
+        // A stream: in its usage chunk.
+        let r = post(&c, &gw, call(true, "and streamed")).await;
+        let evs = events(&r.into_body().collect().await.unwrap().to_bytes());
+        let chunk: Value = serde_json::from_str(&evs[evs.len() - 2]).unwrap();
+        let usage: llm_layers_core::Usage = serde_json::from_value(chunk["usage"].clone()).unwrap();
+        let ours = &chunk["llm_layers"];
+        assert_eq!(ours["cost_source"], want_source);
+        let got = ours["cost_usd"].as_f64().unwrap();
+        assert!(
+            (got - llm_layers_mock::PRICE.cost(&usage)).abs() < 1e-9,
+            "{chunk}"
+        );
+        gw.shutdown().await.unwrap();
+    }
 }

@@ -48,3 +48,13 @@ pub use scenario::{
 };
 pub use scripted::{MockChat, Script, ScriptStream};
 pub use server::{Counters, MockBody, MockServer};
+
+/// What the mock server charges for every model: published as each model's `pricing` in
+/// `GET /models` (USD per token, decimal strings as OpenRouter writes them) and reported as
+/// `usage.cost` on each answer (unless [`Scenario::report_cost`] is off).
+pub const PRICE: llm_layers_core::price::Price = llm_layers_core::price::Price {
+    prompt: 0.000_001,
+    completion: 0.000_002,
+    request: 0.0,
+    cache_read: None,
+};

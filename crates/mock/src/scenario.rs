@@ -91,6 +91,10 @@ pub struct Scenario {
     /// `limit_source: openrouter_credits` (the call's size, never the key's fault).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affordable_tokens: Option<u32>,
+    /// Report each answer's cost (`usage.cost`, at [`crate::PRICE`]), as OpenRouter does;
+    /// off, an upstream that does not (what it charged is then estimated downstream).
+    #[serde(default = "yes")]
+    pub report_cost: bool,
 }
 
 /// The request fields an OpenAI-compatible chat endpoint takes (what `strict_openai`
@@ -338,6 +342,7 @@ impl Scenario {
             key_statuses: std::collections::BTreeMap::new(),
             moderation_flag: None,
             affordable_tokens: None,
+            report_cost: true,
         }
     }
 

@@ -427,7 +427,9 @@ async fn handle(
                 .scenario
                 .models
                 .iter()
-                .map(|id| json!({"id": id, "name": id, "created": 1_700_000_000u64, "context_length": 128_000}))
+                .map(|id| json!({"id": id, "name": id, "created": 1_700_000_000u64, "context_length": 128_000,
+                    "pricing": {"prompt": crate::PRICE.prompt.to_string(),
+                                "completion": crate::PRICE.completion.to_string(), "request": "0"}}))
                 .collect();
             let body = if head {
                 String::new()
@@ -665,6 +667,7 @@ async fn chat(
                     provider.is_some_and(|p| p.prefill_from_scratch),
                 ),
                 prompt_tokens: body.approx_prompt_tokens(),
+                report_cost: state.scenario.report_cost,
             };
             let (tx, rx) = mpsc::channel(16);
             let stream = request.is_stream();

@@ -22,6 +22,8 @@ pub(crate) struct AnswerMeta {
     /// What to send, one piece per token ([`crate::answer_pieces`]).
     pub(crate) pieces: Vec<String>,
     pub(crate) prompt_tokens: u64,
+    /// Whether `usage` says what the answer cost.
+    pub(crate) report_cost: bool,
 }
 
 impl AnswerMeta {
@@ -44,12 +46,17 @@ impl AnswerMeta {
     }
 
     fn usage(&self, completion: u64) -> Usage {
-        Usage {
+        let mut u = Usage {
             prompt_tokens: self.prompt_tokens,
             completion_tokens: completion,
             total_tokens: self.prompt_tokens + completion,
             ..Usage::default()
+        };
+        if self.report_cost {
+            let cost = crate::PRICE.cost(&u);
+            u.extra.insert("cost".into(), cost.into());
         }
+        u
     }
 }
 
