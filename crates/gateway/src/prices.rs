@@ -1,17 +1,20 @@
 //! What each call cost: the upstream's `usage.cost` when it reports one, else the usage at
 //! the serving model's price from the upstream's catalog (`GET /models`, its `pricing`),
-//! re-read every 10 minutes. Said on each answer (`x-llm-cost-usd` on a whole answer, the
+//! read the first time a call needs an estimate and again when that is 10 minutes old (an
+//! upstream that reports its costs, as OpenRouter does, is never asked; the calls before
+//! the first read have no estimate). Said on each answer (`x-llm-cost-usd` on a whole answer, the
 //! usage chunk's `llm_layers.cost_usd` on a stream), in the access log, and summed per model
 //! in the `llm_call_cost_usd` histogram.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use llm_layers_core::price::{Cost, Price};
-use llm_layers_core::sync::{read, write};
+use llm_layers_core::sync::{lock, read, write};
 use llm_layers_core::{MODEL_VARIANTS, Usage};
 use llm_layers_openrouter::{ModelInfo, OpenRouter};
+use tokio::time::Instant;
 
 /// How often the catalog's prices are read again (the leaf caches the catalog an hour).
 const REFRESH: Duration = Duration::from_secs(600);
@@ -20,9 +23,21 @@ const REFRESH: Duration = Duration::from_secs(600);
 #[derive(Debug, Default)]
 pub(crate) struct PriceBook {
     prices: RwLock<HashMap<String, Price>>,
+    /// Where the prices are read from (none: only reported costs).
+    catalog: Option<OpenRouter>,
+    /// When they were last read, and whether a read is under way.
+    read: Mutex<(Option<Instant>, bool)>,
 }
 
 impl PriceBook {
+    /// A book that reads `catalog`'s prices when a call first needs one.
+    pub(crate) fn over(catalog: OpenRouter) -> PriceBook {
+        PriceBook {
+            catalog: Some(catalog),
+            ..PriceBook::default()
+        }
+    }
+
     /// Takes the prices of `models`; a model whose price cannot be read (missing, negative:
     /// a router priced by what it routes to) has none, and its calls no estimate.
     pub(crate) fn learn(&self, models: &[ModelInfo]) -> usize {
@@ -63,8 +78,12 @@ impl PriceBook {
     }
 
     /// What a call to `model` that used `usage` cost, counted in `llm_call_cost_usd`.
-    pub(crate) fn cost(&self, model: &str, usage: &Usage) -> Option<Cost> {
+    pub(crate) fn cost(self: &Arc<Self>, model: &str, usage: &Usage) -> Option<Cost> {
+        let reported = usage.extra.get("cost").is_some();
         let price = self.price(model);
+        if !reported {
+            self.read_if_due();
+        }
         let cost = Cost::of(usage, price.as_ref())?;
         // Labelled by model only for a model of the catalog (bounded): any other `_OTHER`.
         let label = if price.is_some() {
@@ -77,23 +96,33 @@ impl PriceBook {
         Some(cost)
     }
 
-    /// Reads the prices from `leaf`'s catalog now and every [`REFRESH`], while the book is
-    /// in use.
-    pub(crate) fn refresh_from(self: &Arc<Self>, leaf: OpenRouter) {
+    /// Reads the catalog's prices in the background, unless they were read within
+    /// [`REFRESH`] or are being read.
+    fn read_if_due(self: &Arc<Self>) {
+        let Some(catalog) = self.catalog.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        {
+            let mut r = lock(&self.read);
+            let fresh =
+                r.0.is_some_and(|at| now.saturating_duration_since(at) < REFRESH);
+            if fresh || r.1 {
+                return;
+            }
+            *r = (Some(now), true);
+        }
         let book = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(REFRESH);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(book) = book.upgrade() else { return };
-                match tokio::time::timeout(Duration::from_secs(10), leaf.models()).await {
-                    Ok(Ok(models)) => {
-                        book.learn(&models);
-                    }
-                    _ => tracing::debug!("the catalog did not answer: prices as they were"),
+            let models = tokio::time::timeout(Duration::from_secs(10), catalog.models()).await;
+            let Some(book) = book.upgrade() else { return };
+            match models {
+                Ok(Ok(models)) => {
+                    book.learn(&models);
                 }
+                _ => tracing::debug!("the catalog did not answer: prices as they were"),
             }
+            lock(&book.read).1 = false;
         });
     }
 }
@@ -114,7 +143,7 @@ mod tests {
 
     #[test]
     fn a_call_costs_what_was_reported_else_its_usage_at_the_catalog_price() {
-        let book = PriceBook::default();
+        let book = Arc::new(PriceBook::default());
         let n = book.learn(&[
             model(
                 "a/m",
@@ -131,12 +160,12 @@ mod tests {
             json!({"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}),
         )
         .unwrap();
-        assert_eq!(book.cost("a/m", &u), Some(Cost::Estimated(0.0012)));
-        assert_eq!(
-            book.cost("a/m:nitro", &u),
-            Some(Cost::Estimated(0.0012)),
-            "a variant"
-        );
+        for model in ["a/m", "a/m:nitro"] {
+            let c = book.cost(model, &u).unwrap();
+            assert_eq!(c.source(), "estimated", "{model}");
+            // 1,000 × 1e-6 + 100 × 2e-6
+            assert!((c.usd() - 0.0012).abs() < 1e-15, "{model}: {c:?}");
+        }
         assert_eq!(
             book.cost("openrouter/auto", &u),
             None,

@@ -557,8 +557,7 @@ async fn build(
     };
     // Prices from the first upstream's catalog (a call to another upstream reports its
     // cost or has none).
-    let prices = Arc::new(crate::prices::PriceBook::default());
-    prices.refresh_from(leaf.clone());
+    let prices = Arc::new(crate::prices::PriceBook::over(leaf.clone()));
     Ok(Built {
         stack,
         leaf,
