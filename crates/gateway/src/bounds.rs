@@ -326,6 +326,106 @@ mod tests {
         );
     }
 
+    /// Every bound admits exactly its limit and refuses one past it.
+    #[test]
+    fn every_bound_admits_exactly_its_limit() {
+        let b = Bounds::default();
+        let msgs = |n: usize, role: &str, name: &str, id: &str, parts: usize| {
+            let content: Vec<Value> = (0..parts)
+                .map(|_| json!({"type": "text", "text": "x"}))
+                .collect();
+            let m = json!({"role": role, "name": name, "tool_call_id": id, "content": content});
+            json!(vec![m; n])
+        };
+        let at = |extra: Value| {
+            let mut v = json!({"model": "a/b", "messages": msgs(1, "user", "n", "i", 1)});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            v
+        };
+        let field = "f".repeat(256);
+        let cases: Vec<(Value, Value, &str)> = vec![
+            (
+                at(json!({"model": "m".repeat(128)})),
+                at(json!({"model": "m".repeat(129)})),
+                "model",
+            ),
+            (
+                at(json!({"models": vec!["a/b"; 16]})),
+                at(json!({"models": vec!["a/b"; 17]})),
+                "models",
+            ),
+            (
+                at(json!({"models": ["m".repeat(128)]})),
+                at(json!({"models": ["m".repeat(129)]})),
+                "models",
+            ),
+            (
+                at(json!({"messages": msgs(4096, "user", "n", "i", 1)})),
+                at(json!({"messages": msgs(4097, "user", "n", "i", 1)})),
+                "messages",
+            ),
+            (
+                at(json!({"messages": msgs(1, &field, "n", "i", 1)})),
+                at(json!({"messages": msgs(1, &format!("{field}f"), "n", "i", 1)})),
+                "messages.role",
+            ),
+            (
+                at(json!({"messages": msgs(1, "user", &field, "i", 1)})),
+                at(json!({"messages": msgs(1, "user", &format!("{field}f"), "i", 1)})),
+                "messages.name",
+            ),
+            (
+                at(json!({"messages": msgs(1, "user", "n", &field, 1)})),
+                at(json!({"messages": msgs(1, "user", "n", &format!("{field}f"), 1)})),
+                "messages.tool_call_id",
+            ),
+            (
+                at(json!({"messages": msgs(1, "user", "n", "i", 256)})),
+                at(json!({"messages": msgs(1, "user", "n", "i", 257)})),
+                "messages.content",
+            ),
+            (
+                at(json!({"tools": vec![json!({}); 128]})),
+                at(json!({"tools": vec![json!({}); 129]})),
+                "tools",
+            ),
+            (at(json!({"n": 8})), at(json!({"n": 9})), "n"),
+            (
+                at(json!({"stop": vec!["s"; 4]})),
+                at(json!({"stop": vec!["s"; 5]})),
+                "stop",
+            ),
+            (
+                at(json!({"stop": [&field]})),
+                at(json!({"stop": [format!("{field}s")]})),
+                "stop",
+            ),
+            (
+                at(json!({"stop": &field})),
+                at(json!({"stop": format!("{field}s")})),
+                "stop",
+            ),
+            (
+                at(json!({"user": &field})),
+                at(json!({"user": format!("{field}u")})),
+                "user",
+            ),
+        ];
+        for (ok, over, param) in cases {
+            let ok: ChatRequest = serde_json::from_value(ok).unwrap();
+            if let Err(e) = b.check(ok.body()) {
+                panic!("{param} at its limit refused: {:?}", e.param);
+            }
+            let over: ChatRequest = serde_json::from_value(over).unwrap();
+            let e = b.check(over.body()).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{param} one past it");
+        }
+        assert!(b.check_tenant(&"t".repeat(128)).is_ok());
+        assert!(b.check_tenant(&"t".repeat(129)).is_err());
+    }
+
     #[test]
     fn real_ids_and_requests_pass() {
         let b = Bounds::default();
