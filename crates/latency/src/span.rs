@@ -23,50 +23,50 @@ fn bounded(v: &str) -> Option<&str> {
     (v.len() <= MAX_VALUE).then_some(v)
 }
 
+/// A span named `chat {model}` with the GenAI fields every call and attempt span has
+/// (recorded as they become known), then `$extra`.
+macro_rules! chat_span {
+    ($name:literal, $kind:literal, $model:expr, $($extra:tt)*) => {
+        tracing::debug_span!(
+            $name,
+            otel.name = %format_args!("chat {}", $model),
+            otel.kind = $kind,
+            otel.status_code = Empty,
+            gen_ai.operation.name = "chat",
+            gen_ai.provider.name = "openrouter",
+            gen_ai.request.model = $model,
+            gen_ai.response.model = Empty,
+            gen_ai.response.id = Empty,
+            gen_ai.response.finish_reasons = Empty,
+            gen_ai.usage.input_tokens = Empty,
+            gen_ai.usage.output_tokens = Empty,
+            error.type = Empty,
+            llm_layers.provider = Empty,
+            llm_layers.ttft_ms = Empty,
+            llm_layers.outcome = Empty,
+            $($extra)*
+        )
+    };
+}
+
 /// A call's span (`llm.call`, kind internal: what the caller asked) or an attempt's
 /// (`llm.attempt`, kind client: one upstream request), a child of whatever span is current.
 pub(crate) fn new(scope: Scope, model: &str, kind: AttemptKind) -> Span {
     match scope {
-        Scope::Call => tracing::debug_span!(
+        Scope::Call => chat_span!(
             "llm.call",
-            otel.name = %format_args!("chat {model}"),
-            otel.kind = "internal",
-            otel.status_code = Empty,
-            gen_ai.operation.name = "chat",
-            gen_ai.provider.name = "openrouter",
-            gen_ai.request.model = model,
-            gen_ai.response.model = Empty,
-            gen_ai.response.id = Empty,
-            gen_ai.response.finish_reasons = Empty,
-            gen_ai.usage.input_tokens = Empty,
-            gen_ai.usage.output_tokens = Empty,
-            error.type = Empty,
-            llm_layers.provider = Empty,
-            llm_layers.ttft_ms = Empty,
-            llm_layers.outcome = Empty,
+            "internal",
+            model,
             llm_layers.attempt = Empty,
             llm_layers.attempts = Empty,
         ),
-        Scope::Attempt => tracing::debug_span!(
+        Scope::Attempt => chat_span!(
             "llm.attempt",
-            otel.name = %format_args!("chat {model}"),
-            otel.kind = "client",
-            otel.status_code = Empty,
-            gen_ai.operation.name = "chat",
-            gen_ai.provider.name = "openrouter",
-            gen_ai.request.model = model,
-            gen_ai.response.model = Empty,
-            gen_ai.response.id = Empty,
-            gen_ai.response.finish_reasons = Empty,
-            gen_ai.usage.input_tokens = Empty,
-            gen_ai.usage.output_tokens = Empty,
-            error.type = Empty,
+            "client",
+            model,
             server.address = Empty,
             llm_layers.upstream_key = Empty,
             llm_layers.attempt.kind = kind.as_str(),
-            llm_layers.provider = Empty,
-            llm_layers.ttft_ms = Empty,
-            llm_layers.outcome = Empty,
         ),
     }
 }

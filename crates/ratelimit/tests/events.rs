@@ -1,19 +1,9 @@
 //! What the rate limiter tells a trace: a wait for a limit is an event on the call's span.
 
-use std::time::Duration;
+use tower::ServiceExt;
 
-use llm_layers_core::{ChatRequest, Message};
-use llm_layers_mock::{MockChat, Script};
-use llm_layers_ratelimit::{Limit, Mode, RateLimitLayer};
-use tower::{Layer, ServiceExt};
-
-fn req(model: &str) -> ChatRequest {
-    ChatRequest::new(model, vec![Message::user("hi")])
-}
-
-fn instant() -> MockChat {
-    MockChat::with_default(Script::tokens(Duration::ZERO, 1, Duration::ZERO))
-}
+mod common;
+use common::{one_per_4s_waiting, req};
 
 /// A call that waits for its limit says so, as an event on the current span (a span event on
 /// the call when traces are exported), with how long.
@@ -41,15 +31,7 @@ async fn a_wait_for_a_limit_is_an_event_on_the_call() {
     let events = Events::default();
     let _guard =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
-    let wait = RateLimitLayer::builder()
-        .requests(
-            Limit::new(1, Duration::from_secs(4))
-                .burst(1)
-                .mode(Mode::Wait(Duration::from_secs(10))),
-        )
-        .build()
-        .unwrap()
-        .layer(instant());
+    let wait = one_per_4s_waiting();
     wait.clone().oneshot(req("m")).await.unwrap();
     assert!(
         llm_layers_core::sync::lock(&events.0).is_empty(),

@@ -18,13 +18,8 @@ use tower::{Layer, ServiceExt};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
-fn req(model: &str) -> ChatRequest {
-    ChatRequest::new(model, vec![Message::user("hi")])
-}
-
-fn instant() -> MockChat {
-    MockChat::with_default(Script::tokens(Duration::ZERO, 1, Duration::ZERO))
-}
+mod common;
+use common::{instant, one_per_4s_waiting, req};
 
 #[tokio::test(start_paused = true)]
 async fn burst_then_sustained_rate_per_key_and_keys_do_not_interfere() {
@@ -91,15 +86,7 @@ async fn reject_gives_the_exact_wait_and_wait_mode_waits_but_not_past_the_deadli
         (ErrorKind::RateLimited, Some(MS(2500)))
     );
 
-    let wait = RateLimitLayer::builder()
-        .requests(
-            Limit::new(1, Duration::from_secs(4))
-                .burst(1)
-                .mode(Mode::Wait(Duration::from_secs(10))),
-        )
-        .build()
-        .unwrap()
-        .layer(instant());
+    let wait = one_per_4s_waiting();
     wait.clone().oneshot(req("m")).await.unwrap();
     let start = Instant::now();
     wait.clone().oneshot(req("m")).await.unwrap();
