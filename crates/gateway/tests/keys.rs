@@ -331,3 +331,65 @@ async fn keys_never_reach_the_logs() {
         "the upstream key in the logs"
     );
 }
+
+/// A keys file's tenant becomes a metric label and a rate-limit key: one that is empty, over
+/// 128 bytes or holds a space or a control character is refused with the file, by name.
+#[test]
+fn a_tenant_that_cannot_be_a_label_is_refused() {
+    use llm_layers_gateway::keys::Keys;
+    let file = |tenant: &str| {
+        json!({"keys": [{"tenant": tenant, "key": "sk-gw-aaaaaaaaaaaaaaaa"}]}).to_string()
+    };
+    for bad in ["", "two words", "tab\there", "bell\u{7}", &"t".repeat(129)] {
+        let e = Keys::from_json(&file(bad)).unwrap_err();
+        assert!(e.contains("tenant"), "{bad:?}: {e}");
+        assert!(
+            Keys::from_pairs(&format!("{bad}=sk-gw-aaaaaaaaaaaaaaaa")).is_err(),
+            "{bad:?}"
+        );
+    }
+    for good in ["acme", "team-7.eu", &"t".repeat(128)] {
+        assert!(Keys::from_json(&file(good)).is_ok(), "{good:?}");
+    }
+}
+
+/// A key's allow-list: `author/*` admits that author's models, never the bare prefix; and a
+/// cap on output tokens applies to a request that set none (it gets the cap), to one that set
+/// only `max_completion_tokens` (kept as the only field), and to reasoning budgets over it.
+#[test]
+fn a_key_admits_its_models_and_caps_every_output_field() {
+    use llm_layers_core::ChatRequest;
+    use llm_layers_gateway::keys::Keys;
+    let keys = Keys::from_json(
+        &json!({"keys": [{"tenant": "acme", "key": "sk-gw-aaaaaaaaaaaaaaaa",
+                          "models": ["openai/*"], "max_tokens": 16}]})
+        .to_string(),
+    )
+    .unwrap();
+    let k = keys.iter().next().unwrap();
+    assert!(k.allows_model("openai/gpt-4o"));
+    assert!(!k.allows_model("openai/"), "the bare prefix is no model");
+    assert!(!k.allows_model("anthropic/claude"));
+    let apply = |body: Value| {
+        let mut req: ChatRequest = serde_json::from_value(body).unwrap();
+        k.apply(&mut req).unwrap();
+        serde_json::to_value(req.body()).unwrap()
+    };
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    let none = apply(json!({"model": "openai/gpt-4o", "messages": msgs}));
+    assert_eq!(none["max_tokens"], 16, "{none}");
+    let newer =
+        apply(json!({"model": "openai/gpt-4o", "messages": msgs, "max_completion_tokens": 99}));
+    assert_eq!(newer["max_completion_tokens"], 16, "{newer}");
+    assert!(
+        newer.get("max_tokens").is_none(),
+        "only the field it sent: {newer}"
+    );
+    let reasoning = apply(json!({"model": "openai/gpt-4o", "messages": msgs,
+        "reasoning": {"max_tokens": 99}, "thinking": {"budget_tokens": 8}}));
+    assert_eq!(reasoning["reasoning"]["max_tokens"], 16);
+    assert_eq!(
+        reasoning["thinking"]["budget_tokens"], 8,
+        "under the cap: kept"
+    );
+}
