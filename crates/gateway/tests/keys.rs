@@ -393,3 +393,38 @@ fn a_key_admits_its_models_and_caps_every_output_field() {
         "under the cap: kept"
     );
 }
+
+/// A key is 16 characters at least, in either form of configuration; a keys file entry gives
+/// exactly one of `key` and `key_sha256`; a `max_tokens` of 0 is no cap.
+#[test]
+fn keys_are_long_enough_given_once_and_a_zero_cap_is_none() {
+    use llm_layers_core::ChatRequest;
+    use llm_layers_gateway::keys::Keys;
+    let (k16, k15) = ("k".repeat(16), "k".repeat(15));
+    assert!(Keys::from_pairs(&format!("acme={k16}")).is_ok());
+    let e = Keys::from_pairs(&format!("acme={k15}")).unwrap_err();
+    assert!(e.contains("shorter than 16"), "{e}");
+    let file = |entry: Value| json!({"keys": [entry]}).to_string();
+    assert!(Keys::from_json(&file(json!({"tenant": "acme", "key": k16}))).is_ok());
+    let e = Keys::from_json(&file(json!({"tenant": "acme", "key": k15}))).unwrap_err();
+    assert!(e.contains("shorter than 16"), "{e}");
+    let hash = "0".repeat(64);
+    for both_or_none in [
+        json!({"tenant": "acme", "key": k16, "key_sha256": hash}),
+        json!({"tenant": "acme"}),
+    ] {
+        let e = Keys::from_json(&file(both_or_none)).unwrap_err();
+        assert!(e.contains("exactly one"), "{e}");
+    }
+    let keys = Keys::from_json(&file(
+        json!({"tenant": "acme", "key": k16, "max_tokens": 0}),
+    ))
+    .unwrap();
+    let k = keys.iter().next().unwrap();
+    assert_eq!(k.max_tokens, None);
+    let mut req: ChatRequest = serde_json::from_value(json!({"model": "m",
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 99}))
+    .unwrap();
+    k.apply(&mut req).unwrap();
+    assert_eq!(req.body().max_tokens, Some(99));
+}
