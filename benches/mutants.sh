@@ -18,6 +18,8 @@ cd "$(dirname "$0")/.."
 # coalescing, the Redis scripts, the gateway's keys and bounds.
 FILES=(
   crates/core/src/error.rs
+  crates/core/src/classify.rs
+  crates/core/src/decode.rs
   crates/core/src/api_error.rs
   crates/core/src/continuation.rs
   crates/core/src/budget.rs
@@ -40,34 +42,58 @@ command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants
 if [[ "${1:-}" ]]; then
   mapfile -t FILES < <(printf '%s\n' "${FILES[@]}" | grep -- "$1")
 fi
-args=()
-for f in "${FILES[@]}"; do args+=(--file "$f"); done
+# The gateway's integration tests start servers (hours for every mutant): its files are
+# tried against its own unit tests and the tests of keys, bounds and configuration.
+others=()
+gateway=()
+for f in "${FILES[@]}"; do
+  case $f in
+    crates/gateway/*) gateway+=("$f") ;;
+    *) others+=("$f") ;;
+  esac
+done
 
-out=target/mutants
-mkdir -p "$out"
 start=$(date +%s)
 # Redis tests start their own redis-server when one is installed; without it they are skipped,
 # and the Redis mutants would all survive: install it first.
 command -v redis-server >/dev/null || { echo "mutants: install redis-server first" >&2; exit 2; }
 export LLM_LAYERS_REQUIRE_REDIS=1
-# --iterate: mutants caught by an earlier run (same source) are not tried again.
-# Debug impls are left out: what they print decides nothing.
-cargo mutants --exclude-re 'impl (std::)?(fmt::)?Debug for' \
-  --workspace --iterate --output "$out" --timeout 60 --build-timeout 600 --no-shuffle \
-  "${args[@]}" || true
+# One run of cargo-mutants: its output directory, its extra args, `--`, the files.
+run() {
+  local out=$1
+  shift
+  local -a extra=() files=()
+  while [[ $1 != -- ]]; do extra+=("$1"); shift; done
+  shift
+  for f in "$@"; do files+=(--file "$f"); done
+  [[ ${#files[@]} -gt 0 ]] || return 0
+  mkdir -p "$out"
+  ran+=("$out")
+  # --iterate: mutants caught by an earlier run (same source) are not tried again.
+  # Debug impls are left out: what they print decides nothing.
+  cargo mutants --exclude-re 'impl (std::)?(fmt::)?Debug for' \
+    --workspace --iterate --output "$out" --timeout 120 --build-timeout 600 --no-shuffle \
+    "${extra[@]}" "${files[@]}" || true
+}
+ran=()
+run target/mutants -- "${others[@]}"
+run target/mutants-gateway --cargo-test-arg=--lib --cargo-test-arg=--test=keys \
+  --cargo-test-arg=--test=abuse --cargo-test-arg=--test=config -- "${gateway[@]}"
 secs=$(( $(date +%s) - start ))
 
-missed="$out/mutants.out/missed.txt"
+# The outcomes of the runs made now (an earlier run's of the other group are not counted).
+count() { for d in "${ran[@]}"; do cat "$d/mutants.out/$1" 2>/dev/null || true; done | wc -l; }
+missed=$(mktemp)
+for d in "${ran[@]}"; do cat "$d/mutants.out/missed.txt" 2>/dev/null || true; done > "$missed"
 explained=benches/mutants-explained.txt
-touch "$missed"
 # A line of the explained list is "<file>: <mutation>  # why", the mutant as cargo-mutants
 # names it without its line and column (which move with every edit above it).
 strip() { sed -E 's/^([^:]+):[0-9]+:[0-9]+: /\1: /'; }
 unexplained=$(strip < "$missed" | grep -v -x -F \
   -f <(sed -e 's/  #.*$//' -e '/^#/d' -e '/^$/d' "$explained") || true)
-caught=$(wc -l < "$out/mutants.out/caught.txt" 2>/dev/null || echo 0)
-unviable=$(wc -l < "$out/mutants.out/unviable.txt" 2>/dev/null || echo 0)
-timeout=$(wc -l < "$out/mutants.out/timeout.txt" 2>/dev/null || echo 0)
+caught=$(count caught.txt)
+unviable=$(count unviable.txt)
+timeout=$(count timeout.txt)
 echo "mutants: caught $caught, missed $(wc -l < "$missed") (explained" \
   "$(( $(wc -l < "$missed") - $(printf '%s' "$unexplained" | grep -c . || true) )))," \
   "timeout $timeout, unviable $unviable; ${secs} s"

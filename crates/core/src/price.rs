@@ -135,11 +135,13 @@ impl Cost {
     /// use llm_layers_core::{Usage, price::{Cost, Price}};
     /// let p = Price { prompt: 0.000001, completion: 0.000002, request: 0.0, cache_read: None };
     /// let mut u: Usage = serde_json::from_str(r#"{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}"#)?;
-    /// assert_eq!(Cost::of(&u, Some(&p)), Some(Cost::Estimated(0.00002)));
+    /// let c = Cost::of(&u, Some(&p)).ok_or("a price")?;
+    /// assert_eq!(c.source(), "estimated");
+    /// assert!((c.usd() - 0.00002).abs() < 1e-15); // 10 × 1e-6 + 5 × 2e-6
     /// assert_eq!(Cost::of(&u, None), None);
     /// u.extra.insert("cost".into(), serde_json::json!(0.5));
     /// assert_eq!(Cost::of(&u, None).map(|c| c.usd()), Some(0.5));
-    /// # Ok::<(), serde_json::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn of(usage: &Usage, price: Option<&Price>) -> Option<Cost> {
         let reported = usage
