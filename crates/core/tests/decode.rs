@@ -590,3 +590,14 @@ mod head_reuse {
         assert_eq!(last.content(), Some("w19 "));
     }
 }
+
+/// The decoder notes when the body's first bytes came (a keep-alive comment counts): the
+/// first-byte timing of every call.
+#[tokio::test(start_paused = true)]
+async fn the_first_bytes_are_timed() {
+    let start = tokio::time::Instant::now();
+    let mut d = SseChatDecoder::new(body(vec![b": keep-alive\n\n", b"data: [DONE]\n\n"]));
+    assert_eq!(d.first_byte(), None, "nothing read yet");
+    while d.next().await.is_some() {}
+    assert_eq!(d.first_byte(), Some(start));
+}

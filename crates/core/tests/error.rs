@@ -260,3 +260,23 @@ fn flags_predicates_and_source_say_what_was_set() {
     assert!(std::error::Error::source(&garbled).is_some());
     assert!(std::error::Error::source(&plain).is_none());
 }
+
+/// A stream cut after its commit (an idle or total timeout) or a body that is not what the
+/// protocol says is the provider's failure, and not retried (the caller has the first token).
+#[test]
+fn committed_timeouts_and_protocol_errors_are_the_providers_and_final() {
+    use llm_layers_core::ProtocolKind;
+    for kind in [
+        ErrorKind::Timeout(TimeoutKind::Idle),
+        ErrorKind::Timeout(TimeoutKind::Total),
+        ErrorKind::Protocol(ProtocolKind::Json),
+        ErrorKind::Protocol(ProtocolKind::Sse),
+    ] {
+        let c = DefaultClassify.classify(&LlmError::new(kind));
+        assert_eq!(
+            (c.retriable, c.provider_failure, c.throttled),
+            (false, true, false),
+            "{kind:?}"
+        );
+    }
+}
