@@ -19,7 +19,7 @@ use tower::{Layer, ServiceExt};
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
 mod common;
-use common::{instant, one_per_4s_waiting, req};
+use common::{asking, global_tokens, instant, one_per_4s_waiting, req};
 
 #[tokio::test(start_paused = true)]
 async fn burst_then_sustained_rate_per_key_and_keys_do_not_interfere() {
@@ -729,21 +729,7 @@ async fn look_alike_model_ids_share_one_bucket() {
 #[tokio::test(start_paused = true)]
 async fn a_reservation_settles_to_exactly_what_was_used() {
     let mock = MockChat::new();
-    let svc = RateLimitLayer::builder()
-        .tokens(
-            Limit::new(1000, Duration::from_secs(6000))
-                .burst(1000)
-                .key(Key::global())
-                .mode(Mode::Reject),
-        )
-        .build()
-        .unwrap()
-        .layer(mock.clone());
-    let asking = |n: u32| {
-        let mut r = req("m");
-        r.body_mut().max_tokens = Some(n);
-        r
-    };
+    let svc = global_tokens(&mock, Duration::from_secs(6000));
     // A reservation is the prompt and the limit asked for.
     let prompt = req("m").body().approx_prompt_tokens() as u32;
     // Reports its usage (3 + 10): 987 left.
@@ -812,21 +798,7 @@ async fn refusals_are_counted_by_which_limit_refused() {
         "a second request"
     );
     let mock = MockChat::new();
-    let tokens = RateLimitLayer::builder()
-        .tokens(
-            Limit::new(1000, Duration::from_secs(600))
-                .burst(1000)
-                .key(Key::global())
-                .mode(Mode::Reject),
-        )
-        .build()
-        .unwrap()
-        .layer(mock.clone());
-    let asking = |n: u32| {
-        let mut r = req("m");
-        r.body_mut().max_tokens = Some(n);
-        r
-    };
+    let tokens = global_tokens(&mock, Duration::from_secs(600));
     // ~501 reserved while the first answer is open: 900 more do not fit.
     mock.push(Script::new().token("a").finish("stop").usage(3, 10));
     let _first = tokens.clone().oneshot(asking(500)).await.unwrap();
