@@ -33,6 +33,7 @@ FILES=(
   crates/ratelimit/src/limit.rs
   crates/resume/src/stream.rs
   crates/coalesce/src/lib.rs
+  crates/coalesce/src/flight.rs
   crates/redis/src/limits.rs
   crates/gateway/src/keys.rs
   crates/gateway/src/bounds.rs
