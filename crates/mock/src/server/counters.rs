@@ -10,7 +10,7 @@ use bytes::Bytes;
 use llm_layers_core::sync::lock;
 use tokio::sync::Notify;
 
-/// Live counters of a [`MockServer`], for tests to assert on.
+/// Live counters of a [`MockServer`](super::MockServer), for tests to assert on.
 #[derive(Default)]
 pub struct Counters {
     pub(super) accepted: AtomicU64,
