@@ -20,6 +20,8 @@ FILES=(
   crates/core/src/error.rs
   crates/core/src/classify.rs
   crates/core/src/decode.rs
+  crates/core/src/decode/head.rs
+  crates/core/src/sse.rs
   crates/core/src/api_error.rs
   crates/core/src/continuation.rs
   crates/core/src/budget.rs

@@ -309,3 +309,60 @@ fn a_chunk_read_to_its_end_is_let_go() {
         vec![Out::Ev("cut".into())]
     );
 }
+
+/// Input not yet parsed when the next chunk arrives is kept, in order; a chunk pushed after
+/// the last one was read to its end is used as it is: a one-line event is a slice of it.
+#[test]
+fn push_keeps_unparsed_input_and_slices_a_fresh_chunk() {
+    let mut p = SseParser::new();
+    p.push(Bytes::from_static(b"data: a\n\ndata: b\n\n"));
+    let first = p.next_event().expect("an event").expect("valid");
+    assert_eq!(first.data(), "a");
+    // "data: b" is still unparsed: the next push must not replace it.
+    p.push(Bytes::from_static(b"data: c\n\n"));
+    let rest: Vec<String> = std::iter::from_fn(|| p.next_event())
+        .map(|e| e.expect("valid").data().to_owned())
+        .collect();
+    assert_eq!(rest, ["b", "c"]);
+
+    let fresh = Bytes::from(b"data: zero-copy\n\n".to_vec());
+    p.push(fresh.clone());
+    let ev = p.next_event().expect("an event").expect("valid");
+    assert_eq!(ev.data_bytes(), &Bytes::from_static(b"zero-copy"));
+    let range = fresh.as_ptr() as usize..fresh.as_ptr() as usize + fresh.len();
+    assert!(
+        range.contains(&(ev.data_bytes().as_ptr() as usize)),
+        "the event's data was copied out of the chunk it came in"
+    );
+}
+
+/// The default bound is 4 MiB: an event just under it passes, one just over it does not.
+#[test]
+fn the_default_bound_is_four_mib() {
+    assert_eq!(llm_layers_core::sse::DEFAULT_MAX_EVENT_SIZE, 4 << 20);
+    let body = |n: usize| {
+        let mut v = b"data: ".to_vec();
+        v.resize(6 + n, b'x');
+        v.extend_from_slice(b"\n\n");
+        v
+    };
+    let under = body((4 << 20) - 64);
+    assert!(matches!(&parse(&[&under])[..], [Out::Ev(d)] if d.len() == (4 << 20) - 64));
+    let over = body(4 << 20);
+    assert_eq!(
+        parse(&[&over]),
+        vec![Out::Err(SseError::Oversize { limit: 4 << 20 })]
+    );
+}
+
+/// The errors say what went wrong and the bound, for logs and for the caller's message.
+#[test]
+fn errors_say_what_went_wrong() {
+    assert_eq!(
+        SseError::Oversize { limit: 1024 }.to_string(),
+        "SSE event larger than 1024 bytes"
+    );
+    assert_eq!(SseError::InvalidUtf8.to_string(), "SSE event is not valid UTF-8");
+    let e: llm_layers_core::LlmError = SseError::Oversize { limit: 7 }.into();
+    assert!(e.to_string().contains("larger than 7 bytes"), "{e}");
+}
