@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
-use llm_layers_core::{ChatBody, ChatChunk, ChatStream, LlmError};
+use llm_layers_core::{ChatBody, ChatStream, LlmError, StreamChunk};
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::layer::Shared;
@@ -296,7 +296,7 @@ struct BreakerStream {
 }
 
 impl Stream for BreakerStream {
-    type Item = Result<ChatChunk, LlmError>;
+    type Item = Result<StreamChunk, LlmError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let polled = Pin::new(&mut self.inner).poll_next(cx);

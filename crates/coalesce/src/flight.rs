@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
 
 use llm_layers_core::sync::lock;
-use llm_layers_core::{ChatChunk, LlmError, ResponseMeta};
+use llm_layers_core::{LlmError, ResponseMeta, StreamChunk};
 use tokio::sync::Notify;
 
 /// A caller of a flight: where it is in the chunks, and the one waker to wake for it.
@@ -20,7 +20,7 @@ pub(crate) struct Follower {
 pub(crate) struct State {
     pub(crate) meta: Option<ResponseMeta>,
     /// The chunks kept, the first of them chunk number `base`.
-    pub(crate) chunks: VecDeque<ChatChunk>,
+    pub(crate) chunks: VecDeque<StreamChunk>,
     pub(crate) base: usize,
     /// About how many bytes `chunks` hold.
     pub(crate) bytes: usize,
@@ -56,8 +56,8 @@ impl State {
     }
 }
 
-/// About how many bytes a chunk holds.
-fn size_of_chunk(c: &ChatChunk) -> usize {
+/// About how many bytes a chunk holds: its fields, and the upstream bytes it keeps.
+fn size_of_chunk(c: &StreamChunk) -> usize {
     let text: usize = c
         .choices
         .iter()
@@ -76,7 +76,11 @@ fn size_of_chunk(c: &ChatChunk) -> usize {
                 })
         })
         .sum();
-    std::mem::size_of::<ChatChunk>() + c.id.len() + c.model.len() + text
+    std::mem::size_of::<StreamChunk>()
+        + c.id.len()
+        + c.model.len()
+        + text
+        + c.raw().map_or(0, bytes::Bytes::len)
 }
 
 /// One upstream call and the callers sharing it.
@@ -113,7 +117,7 @@ impl Flight {
         }
     }
 
-    pub(crate) fn push(&self, c: ChatChunk) {
+    pub(crate) fn push(&self, c: StreamChunk) {
         let limit = self.replay_limit;
         self.update(|st| {
             st.bytes += size_of_chunk(&c);

@@ -61,7 +61,9 @@ use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::StreamExt;
 use llm_layers_core::sync::lock;
-use llm_layers_core::{ChatChunk, ChatRequest, ChatStream, ErrorKind, LlmError, Priority, Tenant};
+use llm_layers_core::{
+    ChatRequest, ChatStream, ErrorKind, LlmError, Priority, StreamChunk, Tenant,
+};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -413,7 +415,7 @@ struct Follow {
 }
 
 impl Stream for Follow {
-    type Item = Result<ChatChunk, LlmError>;
+    type Item = Result<StreamChunk, LlmError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.done {

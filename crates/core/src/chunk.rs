@@ -5,7 +5,9 @@ use std::borrow::Cow;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
+mod item;
 mod json;
+pub use item::StreamChunk;
 pub use json::ChunkWriter;
 pub(crate) use json::plain_bytes;
 

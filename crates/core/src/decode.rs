@@ -8,7 +8,7 @@ use futures_core::Stream;
 use http_body::Body;
 use tokio::time::Instant;
 
-use crate::chunk::ChatChunk;
+use crate::chunk::{ChatChunk, StreamChunk};
 use crate::collect::choice_error;
 use crate::error::{ApiError, BoxError, ErrorKind, LlmError, ProtocolKind};
 use crate::sse::SseParser;
@@ -111,9 +111,54 @@ pub fn decode_event_str(text: &str) -> Result<Option<ChatChunk>, LlmError> {
 }
 
 pub(crate) fn parse_whole(text: &str) -> Result<ChatChunk, LlmError> {
-    serde_json::from_str(text).map_err(|e| {
-        LlmError::protocol(ProtocolKind::Json, format!("bad chunk JSON: {e}")).with_source(e)
-    })
+    serde_json::from_str(text)
+        .or_else(|e| match in_range(text) {
+            // JSON allows numbers no `f64` holds (`1e400`), which `serde_json::Value` refuses:
+            // the typed reading takes them as `null` (the bytes relayed keep them).
+            Some(t) => serde_json::from_str(&t).map_err(|_| e),
+            None => Err(e),
+        })
+        .map_err(|e| {
+            LlmError::protocol(ProtocolKind::Json, format!("bad chunk JSON: {e}")).with_source(e)
+        })
+}
+
+/// `text` with every number outside `f64`'s range (outside strings) written as `null`;
+/// `None` when there is none.
+fn in_range(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let number = &text[start..i];
+                if number.parse::<f64>().is_ok_and(f64::is_infinite) {
+                    let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
+                    o.push_str(&text[copied..start]);
+                    o.push_str("null");
+                    copied = i;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    let mut o = out?;
+    o.push_str(&text[copied..]);
+    Some(o)
 }
 
 /// The chunk, or the error it is or carries.
@@ -162,7 +207,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    type Item = Result<ChatChunk, LlmError>;
+    type Item = Result<StreamChunk, LlmError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
@@ -171,9 +216,10 @@ where
                 return Poll::Ready(None);
             }
             if let Some(ev) = this.parser.next_event() {
-                let out = ev
-                    .map_err(LlmError::from)
-                    .and_then(|ev| this.head.decode(ev.data()));
+                let out = ev.map_err(LlmError::from).and_then(|ev| {
+                    let chunk = this.head.decode(ev.data())?;
+                    Ok(chunk.map(|c| StreamChunk::with_raw(c, ev.into_data())))
+                });
                 match out {
                     Ok(Some(chunk)) => return Poll::Ready(Some(Ok(chunk))),
                     Ok(None) => {

@@ -14,7 +14,7 @@
 //! let svc = tower_service_fn(|req: ChatRequest| async move {
 //!     let text = format!("you said {} messages", req.body().messages.len());
 //!     Ok::<_, llm_layers_core::LlmError>(ChatStream::from_chunks(vec![
-//!         serde_json::from_value(serde_json::json!({
+//!         serde_json::from_value::<llm_layers_core::ChatChunk>(serde_json::json!({
 //!             "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": "stop"}]
 //!         })).expect("a valid chunk"),
 //!     ]))
@@ -51,7 +51,7 @@ pub mod sync;
 
 pub use chunk::{
     AssistantMessage, ChatChunk, ChatCompletion, Choice, ChunkChoice, ChunkWriter, Delta,
-    FunctionCall, FunctionDelta, ToolCall, ToolCallDelta, Usage,
+    FunctionCall, FunctionDelta, StreamChunk, ToolCall, ToolCallDelta, Usage,
 };
 pub use classify::{Classify, DefaultClassify, ErrorClass};
 pub use config::ConfigError;

@@ -58,6 +58,11 @@ impl SseEvent {
         &self.data
     }
 
+    /// The event's data, taken (a slice of the chunk it came in when it came in one).
+    pub fn into_data(self) -> Bytes {
+        self.data
+    }
+
     /// The `event` field; `None` means the default type `message`.
     pub fn event_type(&self) -> Option<&str> {
         self.event.as_deref()

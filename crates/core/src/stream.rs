@@ -10,12 +10,14 @@ use std::task::{Context, Poll, ready};
 use futures_core::Stream;
 use tokio::time::Instant;
 
-use crate::chunk::{ChatChunk, ChatCompletion, ChunkChoice, Delta, FunctionDelta, ToolCallDelta};
+use crate::chunk::{
+    ChatChunk, ChatCompletion, ChunkChoice, Delta, FunctionDelta, StreamChunk, ToolCallDelta,
+};
 use crate::collect::{Collector, completion_error};
 use crate::error::LlmError;
 
 /// A boxed stream of chunks: what [`ChatStream`] erases its source to.
-pub type BoxChunkStream = Pin<Box<dyn Stream<Item = Result<ChatChunk, LlmError>> + Send>>;
+pub type BoxChunkStream = Pin<Box<dyn Stream<Item = Result<StreamChunk, LlmError>> + Send>>;
 
 /// What is known about a response besides its chunks: what every layer needs (model,
 /// provider, attempts, timings), and [`extensions`](Self::extensions) for what one layer
@@ -100,7 +102,7 @@ impl Timings {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct ChatStream {
-    pending: VecDeque<ChatChunk>,
+    pending: VecDeque<StreamChunk>,
     inner: Option<BoxChunkStream>,
     /// Boxed, so the stream a layer wraps and each layer's future output stay small (they
     /// move through every layer); `None` once a wrapper took it.
@@ -122,9 +124,9 @@ impl fmt::Debug for ChatStream {
 
 impl ChatStream {
     /// A stream from already-received chunks `pending` and the source of the rest.
-    pub fn from_parts<S>(pending: VecDeque<ChatChunk>, rest: S, meta: ResponseMeta) -> ChatStream
+    pub fn from_parts<S>(pending: VecDeque<StreamChunk>, rest: S, meta: ResponseMeta) -> ChatStream
     where
-        S: Stream<Item = Result<ChatChunk, LlmError>> + Send + 'static,
+        S: Stream<Item = Result<StreamChunk, LlmError>> + Send + 'static,
     {
         ChatStream {
             pending,
@@ -133,10 +135,12 @@ impl ChatStream {
         }
     }
 
-    /// A finished stream of exactly these chunks (useful in tests and for cached answers).
-    pub fn from_chunks(chunks: Vec<ChatChunk>) -> ChatStream {
+    /// A finished stream of exactly these chunks (useful in tests and for cached answers):
+    /// [`ChatChunk`]s, or [`StreamChunk`]s that keep the bytes they came as.
+    pub fn from_chunks<C: Into<StreamChunk>>(chunks: impl IntoIterator<Item = C>) -> ChatStream {
+        let chunks: VecDeque<StreamChunk> = chunks.into_iter().map(Into::into).collect();
         let mut meta = ResponseMeta::default();
-        if let Some(c) = chunks.first() {
+        if let Some(c) = chunks.front() {
             meta.model.clone_from(&c.model);
             meta.provider.clone_from(&c.provider);
             if !c.id.is_empty() {
@@ -144,10 +148,15 @@ impl ChatStream {
             }
         }
         ChatStream {
-            pending: chunks.into(),
+            pending: chunks,
             inner: None,
             meta: Some(Box::new(meta)),
         }
+    }
+
+    /// A finished stream with no chunks: an answer that ended before saying anything.
+    pub fn empty() -> ChatStream {
+        ChatStream::from_chunks(Vec::<StreamChunk>::new())
     }
 
     /// A stream that replays a whole (non-streamed) completion as chunks: one per choice
@@ -219,7 +228,7 @@ impl ChatStream {
     /// A source that ends cleanly before any token commits an empty answer.
     pub fn commit<S>(source: S, meta: ResponseMeta) -> Commit<S>
     where
-        S: Stream<Item = Result<ChatChunk, LlmError>> + Send + Unpin + 'static,
+        S: Stream<Item = Result<StreamChunk, LlmError>> + Send + Unpin + 'static,
     {
         Commit {
             source: Some(source),
@@ -240,7 +249,7 @@ impl ChatStream {
     }
 
     /// The chunks already received and not yet yielded (the commit chunk among them).
-    pub fn pending(&self) -> impl Iterator<Item = &ChatChunk> {
+    pub fn pending(&self) -> impl Iterator<Item = &StreamChunk> {
         self.pending.iter()
     }
 
@@ -250,7 +259,7 @@ impl ChatStream {
     pub fn wrap<S, F>(mut self, f: F) -> ChatStream
     where
         F: FnOnce(ChatStream) -> S,
-        S: Stream<Item = Result<ChatChunk, LlmError>> + Send + 'static,
+        S: Stream<Item = Result<StreamChunk, LlmError>> + Send + 'static,
     {
         let meta = self.meta.take();
         ChatStream {
@@ -269,14 +278,14 @@ impl ChatStream {
     pub async fn collect(mut self) -> Result<ChatCompletion, LlmError> {
         let mut acc = Collector::default();
         while let Some(item) = std::future::poll_fn(|cx| Pin::new(&mut self).poll_next(cx)).await {
-            acc.push(item?)?;
+            acc.push(item?.into_chunk())?;
         }
         acc.finish(self.meta().provider.as_deref())
     }
 }
 
 impl Stream for ChatStream {
-    type Item = Result<ChatChunk, LlmError>;
+    type Item = Result<StreamChunk, LlmError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if let Some(c) = self.pending.pop_front() {
@@ -311,7 +320,7 @@ impl Stream for ChatStream {
 /// The future of [`ChatStream::commit`]: resolves at the first token.
 pub struct Commit<S> {
     source: Option<S>,
-    pending: VecDeque<ChatChunk>,
+    pending: VecDeque<StreamChunk>,
     meta: Option<Box<ResponseMeta>>,
     first_byte: Option<fn(&S) -> Option<Instant>>,
 }
@@ -337,7 +346,7 @@ impl<S> Commit<S> {
 
 impl<S> Future for Commit<S>
 where
-    S: Stream<Item = Result<ChatChunk, LlmError>> + Send + Unpin + 'static,
+    S: Stream<Item = Result<StreamChunk, LlmError>> + Send + Unpin + 'static,
 {
     type Output = Result<ChatStream, LlmError>;
 
@@ -371,7 +380,7 @@ where
 
 impl<S> Commit<S>
 where
-    S: Stream<Item = Result<ChatChunk, LlmError>> + Send + Unpin + 'static,
+    S: Stream<Item = Result<StreamChunk, LlmError>> + Send + Unpin + 'static,
 {
     fn finish(&mut self, more: bool) -> ChatStream {
         let now = Instant::now();
@@ -420,8 +429,8 @@ mod tests {
             }))
             .unwrap()
         };
-        let pending: VecDeque<_> = [chunk("a"), chunk("b")].into();
-        let rest = futures_util::stream::iter([Ok(chunk("c"))]);
+        let pending: VecDeque<StreamChunk> = [chunk("a").into(), chunk("b").into()].into();
+        let rest = futures_util::stream::iter([Ok(chunk("c").into())]);
         let mut s = ChatStream::from_parts(pending, rest, ResponseMeta::default());
         assert!(s.pending.capacity() >= 2);
         let a = s.next().await.unwrap().unwrap();

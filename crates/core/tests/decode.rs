@@ -180,13 +180,13 @@ async fn tool_calls_are_joined_by_index() {
 trait CollectItems {
     async fn collect_items(
         self,
-    ) -> Vec<Result<llm_layers_core::ChatChunk, llm_layers_core::LlmError>>;
+    ) -> Vec<Result<llm_layers_core::StreamChunk, llm_layers_core::LlmError>>;
 }
 
 impl CollectItems for ChatStream {
     async fn collect_items(
         self,
-    ) -> Vec<Result<llm_layers_core::ChatChunk, llm_layers_core::LlmError>> {
+    ) -> Vec<Result<llm_layers_core::StreamChunk, llm_layers_core::LlmError>> {
         StreamExt::collect(self).await
     }
 }
@@ -511,7 +511,10 @@ mod head_reuse {
         text.push_str("data: [DONE]\n\n");
         let bytes: &'static [u8] = Box::leak(text.into_bytes().into_boxed_slice());
         SseChatDecoder::new(body(bytes.chunks(61).collect()))
-            .map(|r| r.map_err(|e| e.kind()))
+            .map(|r| {
+                r.map(llm_layers_core::StreamChunk::into_chunk)
+                    .map_err(|e| e.kind())
+            })
             .collect()
             .await
     }
@@ -600,4 +603,38 @@ async fn the_first_bytes_are_timed() {
     assert_eq!(d.first_byte(), None, "nothing read yet");
     while d.next().await.is_some() {}
     assert_eq!(d.first_byte(), Some(start));
+}
+
+/// Every decoded chunk keeps its event's data as it came (a relay writes those bytes), and
+/// a number JSON allows but no `f64` holds (`1e400`) inside a delta does not end the stream:
+/// the typed reading has `null` there, the bytes keep it.
+#[tokio::test]
+async fn chunks_keep_their_bytes_even_with_numbers_out_of_range() {
+    let events = [
+        r#"{"id":"g","choices":[{"index":0,"delta":{"content":"Hi","x_big":1e400,"x_int":123456789012345678901234,"s":"1e400 \"q\""}}], "x_top" : {"n":-0.0,"m":1.5e300}}"#,
+        "{\"id\":\"g\",\n\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}",
+    ];
+    let mut text = String::new();
+    for e in events {
+        for line in e.split('\n') {
+            text.push_str("data: ");
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push('\n');
+    }
+    text.push_str("data: [DONE]\n\n");
+    let bytes: &'static [u8] = Box::leak(text.into_bytes().into_boxed_slice());
+    let got: Vec<_> = SseChatDecoder::new(body(vec![bytes])).collect().await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    for (item, want) in got.iter().zip(events) {
+        let c = item.as_ref().expect("a chunk");
+        assert_eq!(c.raw().map(|r| &r[..]), Some(want.as_bytes()));
+    }
+    let first = got[0].as_ref().unwrap();
+    assert_eq!(first.content(), Some("Hi"));
+    let extra = &first.choices[0].delta.extra;
+    assert_eq!(extra["x_big"], serde_json::Value::Null);
+    assert_eq!(extra["s"], "1e400 \"q\"");
+    assert!(extra["x_int"].is_number());
 }

@@ -362,7 +362,10 @@ fn errors_say_what_went_wrong() {
         SseError::Oversize { limit: 1024 }.to_string(),
         "SSE event larger than 1024 bytes"
     );
-    assert_eq!(SseError::InvalidUtf8.to_string(), "SSE event is not valid UTF-8");
+    assert_eq!(
+        SseError::InvalidUtf8.to_string(),
+        "SSE event is not valid UTF-8"
+    );
     let e: llm_layers_core::LlmError = SseError::Oversize { limit: 7 }.into();
     assert!(e.to_string().contains("larger than 7 bytes"), "{e}");
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_core::Stream;
 use http::{HeaderValue, header};
 use llm_layers_core::price::Cost;
-use llm_layers_core::{ChatChunk, ChatStream, ChunkWriter};
+use llm_layers_core::{ChatStream, ChunkWriter, StreamChunk};
 
 use crate::prices::PriceBook;
 use tokio::sync::watch;
@@ -109,24 +109,42 @@ impl SseBody {
         }
     }
 
-    /// Appends `c` as an event, the fields OpenAI clients rely on filled in.
-    fn chunk(&mut self, out: &mut Vec<u8>, mut c: ChatChunk) {
+    /// Appends `c` as an event, the fields OpenAI clients rely on filled in. A chunk that
+    /// has them is written as the bytes it came in (what no type models kept, byte for
+    /// byte); one that lacks them is written from its fields.
+    fn chunk(&mut self, out: &mut Vec<u8>, mut c: StreamChunk) {
         if c.object.is_empty() {
-            c.object = "chat.completion.chunk".into();
+            c.make_mut().object = "chat.completion.chunk".into();
         }
         if c.created == 0 {
-            c.created = self.created;
+            c.make_mut().created = self.created;
         }
         if c.id.is_empty() {
-            c.id = self.stream.meta().generation_id.clone().unwrap_or_default();
+            c.make_mut().id = self.stream.meta().generation_id.clone().unwrap_or_default();
         }
         // The chunk with the usage, the last: what only the end of the stream knows rides
         // along.
         let summary = c.usage.is_some().then(|| self.summary());
         let writer = &mut self.writer;
         write_event(out, |o| {
-            writer.write(&c, o);
+            let start = o.len();
+            c.write_with(writer, o);
+            // Upstream bytes may span lines (data lines are joined with LF): each line of
+            // the event gets its own `data: `, so the client joins the same bytes back.
+            if memchr::memchr(b'\n', &o[start..]).is_some() {
+                let json = o.split_off(start);
+                for (i, line) in json.split(|&b| b == b'\n').enumerate() {
+                    if i > 0 {
+                        o.extend_from_slice(b"\ndata: ");
+                    }
+                    o.extend_from_slice(line);
+                }
+            }
             if let Some(s) = summary {
+                // Upstream bytes may end in whitespace: the summary goes inside the object.
+                while o.last().is_some_and(u8::is_ascii_whitespace) {
+                    o.pop();
+                }
                 if o.last() == Some(&b'}') {
                     o.pop();
                     o.extend_from_slice(s.as_bytes());

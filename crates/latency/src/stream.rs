@@ -4,7 +4,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
-use llm_layers_core::{ChatChunk, ChatStream, ErrorKind, LlmError, Usage};
+use llm_layers_core::{ChatStream, ErrorKind, LlmError, StreamChunk, Usage};
 use metrics::{Counter, Histogram, Label, counter, histogram};
 use tokio::time::Instant;
 
@@ -327,7 +327,7 @@ impl Drop for RecordingStream {
 }
 
 impl Stream for RecordingStream {
-    type Item = Result<ChatChunk, LlmError>;
+    type Item = Result<StreamChunk, LlmError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use futures_core::Stream;
 use llm_layers_core::{
-    ChatChunk, ChatRequest, ChatStream, ChunkChoice, Commit, Delta, LlmError, ResponseMeta, Usage,
+    ChatChunk, ChatRequest, ChatStream, ChunkChoice, Commit, Delta, LlmError, ResponseMeta,
+    StreamChunk, Usage,
 };
 use tokio::time::{Instant, Sleep};
 
@@ -407,7 +408,7 @@ impl Drop for ScriptStream {
 }
 
 impl Stream for ScriptStream {
-    type Item = Result<ChatChunk, LlmError>;
+    type Item = Result<StreamChunk, LlmError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -439,7 +440,7 @@ impl Stream for ScriptStream {
                     if c.id.is_empty() {
                         c.id.clone_from(&this.id);
                     }
-                    return Poll::Ready(Some(Ok(*c)));
+                    return Poll::Ready(Some(Ok(StreamChunk::new(*c))));
                 }
                 Some(Step::Fail(e)) => {
                     this.steps.clear();

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
-use llm_layers_core::{ChatChunk, ChatRequest, ChatStream, LlmError, Priority};
+use llm_layers_core::{ChatRequest, ChatStream, LlmError, Priority, StreamChunk};
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
@@ -410,7 +410,7 @@ struct Settling {
 }
 
 impl Stream for Settling {
-    type Item = Result<ChatChunk, LlmError>;
+    type Item = Result<StreamChunk, LlmError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let polled = Pin::new(&mut self.inner).poll_next(cx);

@@ -768,11 +768,11 @@ fn poll_ready_now<S: tower::Service<ChatRequest>>(svc: &mut S) -> Poll<Result<()
 }
 
 trait CollectAll {
-    async fn collect_all(self) -> Vec<Result<llm_layers_core::ChatChunk, LlmError>>;
+    async fn collect_all(self) -> Vec<Result<llm_layers_core::StreamChunk, LlmError>>;
 }
 
 impl CollectAll for llm_layers_core::ChatStream {
-    async fn collect_all(self) -> Vec<Result<llm_layers_core::ChatChunk, LlmError>> {
+    async fn collect_all(self) -> Vec<Result<llm_layers_core::StreamChunk, LlmError>> {
         StreamExt::collect(self).await
     }
 }

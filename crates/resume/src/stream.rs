@@ -12,7 +12,7 @@ use llm_layers_core::continuation::{
     is_prefill_refusal, kept_len,
 };
 use llm_layers_core::{
-    ChatChunk, ChatRequest, ChatStream, ErrorKind, LlmError, Usage, default_slug,
+    ChatChunk, ChatRequest, ChatStream, ErrorKind, LlmError, StreamChunk, Usage, default_slug,
 };
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -75,9 +75,9 @@ pub(crate) struct Resuming<S> {
     earlier: Usage,
     /// The chunk carrying the current attempt's usage, held until the end is seen: usage
     /// goes out once, last, summed over the attempts.
-    held: Option<ChatChunk>,
+    held: Option<StreamChunk>,
     /// Something to give before reading on (a held chunk's content, then an error).
-    queued: Option<Result<ChatChunk, LlmError>>,
+    queued: Option<Result<StreamChunk, LlmError>>,
     done: bool,
 }
 
@@ -257,7 +257,7 @@ where
 
     /// One chunk: watched, and (after a resume) passed through the seam. `None`: nothing to
     /// give yet.
-    fn on_chunk(&mut self, mut chunk: ChatChunk) -> Option<Result<ChatChunk, LlmError>> {
+    fn on_chunk(&mut self, mut chunk: StreamChunk) -> Option<Result<StreamChunk, LlmError>> {
         if chunk.choices.len() > 1
             || chunk.choices.iter().any(|c| {
                 c.index != 0
@@ -268,11 +268,15 @@ where
             self.eligible = false;
         }
         if self.resumes > 0 {
-            for c in &mut chunk.choices {
-                c.delta.role = None;
+            // Only a chunk that changes is written from its fields: the rest of a
+            // continuation goes out as the bytes it came in.
+            if chunk.choices.iter().any(|c| c.delta.role.is_some()) {
+                for c in &mut chunk.make_mut().choices {
+                    c.delta.role = None;
+                }
             }
             if matches!(self.seam, Seam::Proof { .. }) {
-                if let Some(choice) = chunk.choices.first_mut() {
+                if let Some(choice) = chunk.make_mut().choices.first_mut() {
                     let text = choice.delta.content.take().unwrap_or_default();
                     match self.through_seam(text) {
                         Err(e) => return Some(Err(e)),
@@ -309,10 +313,10 @@ where
     }
 
     /// The held usage chunk, its usage summed over every attempt when there were several.
-    fn release_held(&mut self) -> Option<ChatChunk> {
+    fn release_held(&mut self) -> Option<StreamChunk> {
         let mut chunk = self.held.take()?;
         if self.resumes > 0 {
-            if let Some(u) = chunk.usage.as_mut() {
+            if let Some(u) = chunk.make_mut().usage.as_mut() {
                 let mut total = self.earlier.clone();
                 total.add(u);
                 total.total_tokens = total.prompt_tokens + total.completion_tokens;
@@ -347,7 +351,7 @@ where
     S: Service<ChatRequest, Response = ChatStream, Error = LlmError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    type Item = Result<ChatChunk, LlmError>;
+    type Item = Result<StreamChunk, LlmError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -442,7 +446,7 @@ where
                         // The held chunk's usage was this attempt's; the rest of it (its
                         // text, counted as delivered) goes out now.
                         if let Some(mut h) = this.held.take() {
-                            h.usage = None;
+                            h.make_mut().usage = None;
                             if !says_nothing(&h) {
                                 this.queued = Some(Ok(h));
                             }

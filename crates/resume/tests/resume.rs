@@ -11,7 +11,7 @@ use llm_layers_core::continuation::{
 };
 use llm_layers_core::{
     ChatChunk, ChatRequest, ChatStream, ChunkChoice, Delta, ErrorKind, LlmError, Message,
-    ToolCallDelta,
+    StreamChunk, ToolCallDelta,
 };
 use llm_layers_mock::{MockChat, Script, answer_pieces, expected_answer};
 use llm_layers_resume::{ResumeChoice, ResumeLayer, ResumeReport};
@@ -460,7 +460,7 @@ async fn one_usage_chunk_last_summed_with_its_extras() {
                 || c.choices.iter().any(|ch| ch.finish_reason.is_some()),
             "the held usage chunk, its usage taken off, is not passed on empty: {c:?}"
         );
-        usages.extend(c.usage);
+        usages.extend(c.usage.clone());
     }
     assert_eq!(text, "Once upon a time, there lived a fox in a quiet wood.");
     assert_eq!(usages.len(), 1, "{usages:?}");
@@ -739,7 +739,7 @@ async fn a_resumed_answer_has_one_role_and_no_empty_chunks() {
         .oneshot(req())
         .await
         .unwrap();
-    let chunks: Vec<ChatChunk> = s.map(Result::unwrap).collect().await;
+    let chunks: Vec<StreamChunk> = s.map(Result::unwrap).collect().await;
     assert_eq!(mock.calls(), 2, "resumed once");
     assert_eq!(
         chunks[0].choices[0].delta.role.as_deref(),

@@ -5,7 +5,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures_core::Stream;
-use llm_layers_core::{ChatChunk, ChatRequest, ChatStream, LlmError};
+use llm_layers_core::{ChatRequest, ChatStream, LlmError, StreamChunk};
 use rand::rngs::SmallRng;
 use tokio::time::{Instant, Sleep, sleep};
 use tower_service::Service;
@@ -16,7 +16,7 @@ pin_project_lite::pin_project! {
     #[project = StateProj]
     enum State<F> {
         Calling { #[pin] fut: F },
-        Draining { stream: ChatStream, chunks: Vec<ChatChunk> },
+        Draining { stream: ChatStream, chunks: Vec<StreamChunk> },
         Waiting { #[pin] sleep: Sleep },
         Readying,
     }

@@ -10,7 +10,7 @@ use metrics::Counter;
 /// ```
 /// # use llm_layers_core::ChatStream;
 /// use llm_layers_router::Route;
-/// # let stream = ChatStream::from_chunks(vec![]);
+/// # let stream = ChatStream::empty();
 /// if let Some(route) = stream.meta().extensions.get::<Route>() {
 ///     println!("{} because {}", route.model, route.reason.as_str());
 /// }

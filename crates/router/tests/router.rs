@@ -636,7 +636,7 @@ fn fat_tail_upstream(
         };
         async move {
             tokio::time::sleep(Duration::from_secs_f64(ms / 1000.0)).await;
-            let chunk = serde_json::from_value(serde_json::json!({
+            let chunk: llm_layers_core::ChatChunk = serde_json::from_value(serde_json::json!({
                 "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": "stop"}]
             }))
             .unwrap();

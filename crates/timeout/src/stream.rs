@@ -5,7 +5,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use futures_core::Stream;
-use llm_layers_core::{ChatBody, ChatChunk, ChatStream, LlmError, TimeoutKind};
+use llm_layers_core::{ChatBody, ChatStream, LlmError, StreamChunk, TimeoutKind};
 
 use crate::layer::Adaptive;
 
@@ -97,7 +97,7 @@ fn deadline(
 }
 
 impl Stream for TimeoutStream {
-    type Item = Result<ChatChunk, LlmError>;
+    type Item = Result<StreamChunk, LlmError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
@@ -114,7 +114,7 @@ impl Stream for TimeoutStream {
                     // timer below is only looked at while the upstream is pending.
                     if this.total_at.is_some_and(|t| now > t) {
                         *this.done = true;
-                        *this.inner = ChatStream::from_chunks(Vec::new());
+                        *this.inner = ChatStream::empty();
                         return Poll::Ready(Some(Err(LlmError::timeout(TimeoutKind::Total)
                             .with_message("the call's total time ran out"))));
                     }
@@ -144,7 +144,7 @@ impl Stream for TimeoutStream {
             if now >= at {
                 *this.done = true;
                 // Drop the upstream now: the provider stops generating.
-                *this.inner = ChatStream::from_chunks(Vec::new());
+                *this.inner = ChatStream::empty();
                 let msg = match kind {
                     TimeoutKind::Idle => "no chunk within the idle limit",
                     _ => "the call's total time ran out",

@@ -123,7 +123,7 @@ impl pb::chat_server::Chat for ChatService {
                     finish_reason: choice
                         .and_then(|ch| ch.finish_reason.clone())
                         .unwrap_or_default(),
-                    provider: c.provider.unwrap_or_else(|| provider.clone()),
+                    provider: c.provider.clone().unwrap_or_else(|| provider.clone()),
                     prompt_tokens: c.usage.as_ref().map_or(0, |u| u.prompt_tokens),
                     completion_tokens: c.usage.as_ref().map_or(0, |u| u.completion_tokens),
                 }
