@@ -369,3 +369,51 @@ fn errors_say_what_went_wrong() {
     let e: llm_layers_core::LlmError = SseError::Oversize { limit: 7 }.into();
     assert!(e.to_string().contains("larger than 7 bytes"), "{e}");
 }
+
+/// `finish` says whether input was left that made no event: a cut line, a data line or a
+/// field without its blank line, input not yet parsed, an oversize event being skipped; a
+/// clean end says false.
+#[test]
+fn finish_says_whether_a_partial_event_was_dropped() {
+    let left = |input: &[u8], parse: bool, max: usize| {
+        let mut p = SseParser::with_max_event_size(max);
+        p.push(Bytes::copy_from_slice(input));
+        if parse {
+            while p.next_event().is_some() {}
+        }
+        p.finish()
+    };
+    assert!(!left(b"data: a\n\n", true, 64), "a clean end");
+    assert!(!left(b"", true, 64), "nothing at all");
+    assert!(left(b"data: a\n\n", false, 64), "input not parsed yet");
+    assert!(left(b"data: ab", true, 64), "a cut line");
+    assert!(left(b"data: a\n", true, 64), "one data line, no blank line");
+    assert!(left(b"data: a\ndata: b\n", true, 64), "two data lines, no blank line");
+    assert!(left(b"event: x\n", true, 64), "a field, no data, no blank line");
+    assert!(left(b"data: 0123456789\n", true, 8), "an oversize event being skipped");
+    // finish forgets: a second finish has nothing left.
+    let mut p = SseParser::new();
+    p.push(Bytes::from_static(b"data: a\n"));
+    assert!(p.next_event().is_none());
+    assert!(p.finish());
+    assert!(!p.finish());
+}
+
+/// `buffered` counts every byte held for partial lines and events.
+#[test]
+fn buffered_counts_cut_lines_and_unfinished_events() {
+    let held = |input: &'static [u8]| {
+        let mut p = SseParser::new();
+        p.push(Bytes::from_static(input));
+        while p.next_event().is_some() {}
+        p.buffered()
+    };
+    assert_eq!(held(b"data: a\n\n"), 0);
+    assert_eq!(held(b"data: abc"), 9, "the cut line");
+    assert_eq!(held(b"data: ab\ndata"), 2 + 4, "the first data line and the cut one");
+    assert_eq!(
+        held(b"data: a\ndata: b\ndata: c"),
+        3 + 7,
+        "two data lines joined and the cut one"
+    );
+}
