@@ -388,9 +388,18 @@ fn finish_says_whether_a_partial_event_was_dropped() {
     assert!(left(b"data: a\n\n", false, 64), "input not parsed yet");
     assert!(left(b"data: ab", true, 64), "a cut line");
     assert!(left(b"data: a\n", true, 64), "one data line, no blank line");
-    assert!(left(b"data: a\ndata: b\n", true, 64), "two data lines, no blank line");
-    assert!(left(b"event: x\n", true, 64), "a field, no data, no blank line");
-    assert!(left(b"data: 0123456789\n", true, 8), "an oversize event being skipped");
+    assert!(
+        left(b"data: a\ndata: b\n", true, 64),
+        "two data lines, no blank line"
+    );
+    assert!(
+        left(b"event: x\n", true, 64),
+        "a field, no data, no blank line"
+    );
+    assert!(
+        left(b"data: 0123456789\n", true, 8),
+        "an oversize event being skipped"
+    );
     // finish forgets: a second finish has nothing left.
     let mut p = SseParser::new();
     p.push(Bytes::from_static(b"data: a\n"));
@@ -410,7 +419,11 @@ fn buffered_counts_cut_lines_and_unfinished_events() {
     };
     assert_eq!(held(b"data: a\n\n"), 0);
     assert_eq!(held(b"data: abc"), 9, "the cut line");
-    assert_eq!(held(b"data: ab\ndata"), 2 + 4, "the first data line and the cut one");
+    assert_eq!(
+        held(b"data: ab\ndata"),
+        2 + 4,
+        "the first data line and the cut one"
+    );
     assert_eq!(
         held(b"data: a\ndata: b\ndata: c"),
         3 + 7,
