@@ -48,39 +48,12 @@ impl State {
             .unwrap_or(self.base + self.chunks.len());
         while self.base < upto {
             match self.chunks.pop_front() {
-                Some(c) => self.bytes = self.bytes.saturating_sub(size_of_chunk(&c)),
+                Some(c) => self.bytes = self.bytes.saturating_sub(c.weight()),
                 None => break,
             }
             self.base += 1;
         }
     }
-}
-
-/// About how many bytes a chunk holds: its fields, and the upstream bytes it keeps.
-fn size_of_chunk(c: &StreamChunk) -> usize {
-    let text: usize = c
-        .choices
-        .iter()
-        .map(|ch| {
-            ch.delta.content.as_ref().map_or(0, String::len)
-                + ch.delta.reasoning.as_ref().map_or(0, String::len)
-                + ch.delta.tool_calls.as_ref().map_or(0, |t| {
-                    t.iter()
-                        .map(|t| {
-                            t.function
-                                .as_ref()
-                                .and_then(|f| f.arguments.as_ref())
-                                .map_or(0, String::len)
-                        })
-                        .sum()
-                })
-        })
-        .sum();
-    std::mem::size_of::<StreamChunk>()
-        + c.id.len()
-        + c.model.len()
-        + text
-        + c.raw().map_or(0, bytes::Bytes::len)
 }
 
 /// One upstream call and the callers sharing it.
@@ -120,7 +93,7 @@ impl Flight {
     pub(crate) fn push(&self, c: StreamChunk) {
         let limit = self.replay_limit;
         self.update(|st| {
-            st.bytes += size_of_chunk(&c);
+            st.bytes += c.weight();
             st.chunks.push_back(c);
             if st.bytes > limit && st.joinable {
                 st.joinable = false;

@@ -295,7 +295,9 @@ async fn held_bytes_weigh_text_reasoning_and_tool_arguments() {
         s.next().await.unwrap().unwrap();
         let held = layer.held_bytes();
         // A scripted chunk keeps no upstream bytes: its fields are what it holds.
-        let overhead = std::mem::size_of::<llm_layers_core::StreamChunk>() + "gen-1m".len();
+        let overhead = std::mem::size_of::<llm_layers_core::StreamChunk>()
+            + std::mem::size_of::<ChatChunk>()
+            + "gen-1m".len();
         assert_eq!(held, 10_000 + overhead, "field {field}");
     }
 }

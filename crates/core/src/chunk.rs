@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 mod item;
 mod json;
 pub use item::StreamChunk;
+pub(crate) use item::{HeadFields, Shaped};
 pub use json::ChunkWriter;
 pub(crate) use json::plain_bytes;
 

@@ -14,7 +14,7 @@ use crate::error::{ApiError, BoxError, ErrorKind, LlmError, ProtocolKind};
 use crate::sse::SseParser;
 
 mod head;
-use head::HeadCache;
+use head::{Decoded, HeadCache};
 
 pin_project_lite::pin_project! {
     /// Decodes an OpenRouter (OpenAI-compatible) event stream into chunks.
@@ -217,8 +217,10 @@ where
             }
             if let Some(ev) = this.parser.next_event() {
                 let out = ev.map_err(LlmError::from).and_then(|ev| {
-                    let chunk = this.head.decode(ev.data())?;
-                    Ok(chunk.map(|c| StreamChunk::with_raw(c, ev.into_data())))
+                    Ok(this.head.decode(ev.data())?.map(|d| match d {
+                        Decoded::Parsed(c) => StreamChunk::parsed(c, ev.into_data()),
+                        Decoded::Shaped(s) => StreamChunk::shaped(ev.into_data(), s),
+                    }))
                 });
                 match out {
                     Ok(Some(chunk)) => return Poll::Ready(Some(Ok(chunk))),

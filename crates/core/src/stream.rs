@@ -403,16 +403,16 @@ where
     }
 }
 
-fn note_first_chunk(meta: Option<&mut ResponseMeta>, chunk: &ChatChunk) {
+fn note_first_chunk(meta: Option<&mut ResponseMeta>, chunk: &StreamChunk) {
     let Some(meta) = meta else { return };
     if meta.model.is_empty() {
-        meta.model.clone_from(&chunk.model);
+        chunk.model().clone_into(&mut meta.model);
     }
     if meta.provider.is_none() {
-        meta.provider.clone_from(&chunk.provider);
+        meta.provider = chunk.provider().map(str::to_owned);
     }
-    if meta.generation_id.is_none() && !chunk.id.is_empty() {
-        meta.generation_id = Some(chunk.id.clone());
+    if meta.generation_id.is_none() && !chunk.id().is_empty() {
+        meta.generation_id = Some(chunk.id().to_owned());
     }
 }
 

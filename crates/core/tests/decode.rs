@@ -511,12 +511,37 @@ mod head_reuse {
         text.push_str("data: [DONE]\n\n");
         let bytes: &'static [u8] = Box::leak(text.into_bytes().into_boxed_slice());
         SseChatDecoder::new(body(bytes.chunks(61).collect()))
-            .map(|r| {
-                r.map(llm_layers_core::StreamChunk::into_chunk)
-                    .map_err(|e| e.kind())
-            })
+            .map(|r| r.map(facts_agree).map_err(|e| e.kind()))
             .collect()
             .await
+    }
+
+    /// The typed chunk, once the facts a chunk answers without a parse (read first, while
+    /// it may still be unparsed) are checked against it.
+    fn facts_agree(c: llm_layers_core::StreamChunk) -> llm_layers_core::ChatChunk {
+        let facts = (
+            c.is_token(),
+            c.has_output(),
+            c.content().map(str::to_owned),
+            c.finish_reason().map(str::to_owned),
+            c.usage().cloned(),
+            c.choice_count(),
+            (c.id().to_owned(), c.object().to_owned(), c.created()),
+            (c.model().to_owned(), c.provider().map(str::to_owned)),
+        );
+        let t = c.into_chunk();
+        let want = (
+            t.is_token(),
+            t.has_output(),
+            t.content().map(str::to_owned),
+            t.finish_reason().map(str::to_owned),
+            t.usage.clone(),
+            t.choices.len(),
+            (t.id.clone(), t.object.to_string(), t.created),
+            (t.model.clone(), t.provider.clone()),
+        );
+        assert_eq!(facts, want);
+        t
     }
 
     proptest! {

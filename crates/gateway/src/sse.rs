@@ -113,18 +113,18 @@ impl SseBody {
     /// has them is written as the bytes it came in (what no type models kept, byte for
     /// byte); one that lacks them is written from its fields.
     fn chunk(&mut self, out: &mut Vec<u8>, mut c: StreamChunk) {
-        if c.object.is_empty() {
+        if c.object().is_empty() {
             c.make_mut().object = "chat.completion.chunk".into();
         }
-        if c.created == 0 {
+        if c.created() == 0 {
             c.make_mut().created = self.created;
         }
-        if c.id.is_empty() {
+        if c.id().is_empty() {
             c.make_mut().id = self.stream.meta().generation_id.clone().unwrap_or_default();
         }
         // The chunk with the usage, the last: what only the end of the stream knows rides
         // along.
-        let summary = c.usage.is_some().then(|| self.summary());
+        let summary = c.usage().is_some().then(|| self.summary());
         let writer = &mut self.writer;
         write_event(out, |o| {
             let start = o.len();
@@ -204,11 +204,11 @@ impl Stream for SseBody {
             match Pin::new(&mut this.stream).poll_next(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Some(Ok(c))) => {
-                    if let Some(u) = &c.usage {
-                        let model = if c.model.is_empty() {
+                    if let Some(u) = c.usage() {
+                        let model = if c.model().is_empty() {
                             &this.stream.meta().model
                         } else {
-                            &c.model
+                            c.model()
                         };
                         this.cost = this.prices.cost(model, u);
                         if let Some(r) = this.record.as_mut() {
@@ -217,7 +217,7 @@ impl Stream for SseBody {
                         }
                     }
                     // OpenAI sends the usage chunk (empty choices) only when asked.
-                    if c.choices.is_empty() && !this.include_usage {
+                    if c.choice_count() == 0 && !this.include_usage {
                         continue;
                     }
                     if out.capacity() == 0 {

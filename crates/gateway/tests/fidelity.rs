@@ -307,3 +307,50 @@ fn a_provider_object_on_every_chunk_arrives_unchanged() {
     assert_eq!(without_summary(&got[2]), events[2]);
     assert!(got[0].contains(odd));
 }
+
+/// The gateway's stack, with its defaults, reads of each chunk only what costs no parse: the
+/// chunks of an answer's middle (the same bytes around a new token) reach the SSE writer
+/// still unparsed, with their bytes.
+#[tokio::test]
+async fn the_stack_passes_the_middle_of_an_answer_through_unparsed() {
+    use futures_util::StreamExt;
+    use llm_layers_core::decode::SseChatDecoder;
+    use llm_layers_core::{ChatRequest, ChatStream, LlmError, ResponseMeta};
+    use tower::ServiceExt;
+
+    let head = r#""id":"gen-1","object":"chat.completion.chunk","created":1,"model":"openai/gpt-4o-mini","provider":"P""#;
+    let mut body = String::new();
+    let tokens = ["", "Once", " upon", " a", " time"];
+    for t in tokens {
+        body.push_str(&format!(
+            "data: {{{head},\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"{t}\"}},\"finish_reason\":null}}]}}\n\n"
+        ));
+    }
+    body.push_str(&format!("data: {{{head},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"\"}},\"finish_reason\":\"stop\"}}]}}\n\n"));
+    body.push_str(&format!("data: {{{head},\"choices\":[],\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":4,\"total_tokens\":5}}}}\n\n"));
+    body.push_str("data: [DONE]\n\n");
+    let body = Bytes::from(body);
+    let leaf = tower::service_fn(move |_req: ChatRequest| {
+        let body = Full::new(body.clone());
+        async move { ChatStream::commit(SseChatDecoder::new(body), ResponseMeta::default()).await }
+    });
+    let stack = llm_layers_gateway::build_stack(&Config::default(), leaf, None).unwrap();
+    let req = ChatRequest::new("openai/gpt-4o-mini", vec![Message::user("hi")]);
+    let stream = stack.oneshot(req).await.unwrap();
+    let chunks: Vec<Result<_, LlmError>> = StreamExt::collect(stream).await;
+    assert_eq!(chunks.len(), tokens.len() + 2);
+    let text: String = chunks
+        .iter()
+        .map(|c| c.as_ref().unwrap().content().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(text, "Once upon a time");
+    // The first chunk taught the shape; the tokens after it were read by it.
+    for (i, c) in chunks.iter().enumerate().take(tokens.len()).skip(1) {
+        let c = c.as_ref().unwrap();
+        assert!(c.raw().is_some(), "chunk {i} kept its bytes");
+        assert!(
+            !c.is_parsed(),
+            "chunk {i} was parsed on the way through the stack"
+        );
+    }
+}

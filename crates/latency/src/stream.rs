@@ -354,8 +354,8 @@ impl Stream for RecordingStream {
                     this.last = now;
                     this.chunks += 1;
                 }
-                if c.usage.is_some() {
-                    this.usage.clone_from(&c.usage);
+                if let Some(u) = c.usage() {
+                    this.usage = Some(u.clone());
                 }
             }
             Some(Err(e)) => this.finish(error_type(e), Some(e)),

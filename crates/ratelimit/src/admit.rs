@@ -422,7 +422,7 @@ impl Stream for Settling {
                 if c.has_output() {
                     r.delivered += 1;
                 }
-                if let Some(u) = &c.usage {
+                if let Some(u) = c.usage() {
                     r.usage = Some(u.prompt_tokens.saturating_add(u.completion_tokens));
                 }
             }

@@ -1,11 +1,37 @@
-//! [`StreamChunk`]: one event of a stream, its typed reading and the bytes it came as.
+//! [`StreamChunk`]: one event of a stream, the bytes it came as, and its typed reading, built
+//! when something reads more than the facts every layer needs.
 
 use std::fmt;
-use std::ops::Deref;
+use std::ops::{Deref, Range};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
-use super::{ChatChunk, ChunkWriter};
+use super::{ChatChunk, ChunkChoice, ChunkWriter, Usage};
+
+/// The head fields a stream's chunks repeat, shared by its chunks (no copy per chunk).
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct HeadFields {
+    pub(crate) id: String,
+    pub(crate) object: std::borrow::Cow<'static, str>,
+    pub(crate) created: u64,
+    pub(crate) model: String,
+    pub(crate) provider: Option<String>,
+    pub(crate) system_fingerprint: Option<String>,
+}
+
+/// What the decoder knows of a chunk it did not parse: the stream's head, the choice its
+/// learned shape holds, and where the content is in the bytes.
+#[derive(Clone, Debug)]
+pub(crate) struct Shaped {
+    pub(crate) head: Arc<HeadFields>,
+    pub(crate) choice: Arc<ChunkChoice>,
+    /// The content's bytes in the event's data (a string that needs no unescaping).
+    pub(crate) content: Range<u32>,
+    /// Whether the chunk carries output: content, or the reasoning or tool calls of the
+    /// shape's choice.
+    pub(crate) output: bool,
+}
 
 /// One event of a chat completion stream: what a [`ChatStream`](crate::ChatStream) yields.
 ///
@@ -13,6 +39,13 @@ use super::{ChatChunk, ChunkWriter};
 /// as it came, a slice of the read buffer ([`raw`](Self::raw)): a relay writes those bytes
 /// and so keeps what no type models, byte for byte (a provider's own fields, a 24-digit
 /// integer, `-0.0`, key order).
+///
+/// **Reading** what every layer needs is free: [`is_token`](Self::is_token),
+/// [`has_output`](Self::has_output), [`content`](Self::content),
+/// [`finish_reason`](Self::finish_reason), [`usage`](Self::usage), [`id`](Self::id),
+/// [`model`](Self::model), [`provider`](Self::provider). Most chunks of an answer (the same
+/// bytes around a new token) are not parsed at all by the decoder; the typed `ChatChunk` is
+/// built the first time something reads through [`Deref`] (its other fields).
 ///
 /// **Changing** a chunk goes through [`make_mut`](Self::make_mut), which lets the bytes go:
 /// a chunk a layer changed is never written as the bytes it came in.
@@ -23,7 +56,8 @@ use super::{ChatChunk, ChunkWriter};
 /// let json = Bytes::from_static(br#"{"id":"gen-1","choices":[{"index":0,"delta":{"content":"Hi"}}],"x_odd":1e400}"#);
 /// let typed: ChatChunk = serde_json::from_slice(&json)?;
 /// let mut chunk = StreamChunk::with_raw(typed, json.clone());
-/// assert_eq!(chunk.content(), Some("Hi")); // reads through to the ChatChunk
+/// assert_eq!(chunk.content(), Some("Hi"));
+/// assert_eq!(chunk.choices.len(), 1); // reads through to the ChatChunk
 /// let mut out = Vec::new();
 /// chunk.write_json(&mut out);
 /// assert_eq!(out, json); // as it came: the field no type models, the number unchanged
@@ -38,23 +72,50 @@ use super::{ChatChunk, ChunkWriter};
 /// ```
 #[derive(Clone, Default)]
 pub struct StreamChunk {
-    chunk: ChatChunk,
-    /// The upstream event's data, when this chunk is still what it says.
+    /// The typed chunk: set at once for a chunk that was parsed (or built), on first read
+    /// through `Deref` for a shaped one.
+    parsed: OnceLock<Box<ChatChunk>>,
+    /// The upstream event's data, while the chunk is still what it says.
     raw: Option<Bytes>,
+    /// A chunk the decoder did not parse (it has `raw`).
+    shaped: Option<Shaped>,
 }
 
 impl StreamChunk {
     /// A chunk with no upstream bytes (built here: written from its fields).
     pub fn new(chunk: ChatChunk) -> StreamChunk {
-        StreamChunk { chunk, raw: None }
+        StreamChunk {
+            parsed: OnceLock::from(Box::new(chunk)),
+            raw: None,
+            shaped: None,
+        }
     }
 
     /// A chunk read from `raw`, the event data it was parsed from. The caller vouches that
     /// `chunk` is what `raw` says: `raw` is what a relay writes for it.
     pub fn with_raw(chunk: ChatChunk, raw: Bytes) -> StreamChunk {
         StreamChunk {
-            chunk,
+            parsed: OnceLock::from(Box::new(chunk)),
             raw: Some(raw),
+            shaped: None,
+        }
+    }
+
+    /// A chunk the decoder parsed from `raw`.
+    pub(crate) fn parsed(chunk: Box<ChatChunk>, raw: Bytes) -> StreamChunk {
+        StreamChunk {
+            parsed: OnceLock::from(chunk),
+            raw: Some(raw),
+            shaped: None,
+        }
+    }
+
+    /// A chunk the decoder read by its shape: `raw` holds the content at `shaped.content`.
+    pub(crate) fn shaped(raw: Bytes, shaped: Shaped) -> StreamChunk {
+        StreamChunk {
+            parsed: OnceLock::new(),
+            raw: Some(raw),
+            shaped: Some(shaped),
         }
     }
 
@@ -66,13 +127,186 @@ impl StreamChunk {
     /// The chunk, to change: the upstream bytes are let go, so the chunk is then written
     /// from its fields.
     pub fn make_mut(&mut self) -> &mut ChatChunk {
+        let chunk = self.take_chunk();
         self.raw = None;
-        &mut self.chunk
+        self.shaped = None;
+        self.parsed = OnceLock::new();
+        let parsed = &mut self.parsed;
+        let _ = parsed.set(Box::new(chunk));
+        match parsed.get_mut() {
+            Some(c) => c,
+            // `set` on an empty cell always sets it.
+            None => unreachable!("a cell just set"),
+        }
     }
 
     /// The typed chunk (the upstream bytes are let go).
-    pub fn into_chunk(self) -> ChatChunk {
-        self.chunk
+    pub fn into_chunk(mut self) -> ChatChunk {
+        self.take_chunk()
+    }
+
+    fn take_chunk(&mut self) -> ChatChunk {
+        match self.parsed.take() {
+            Some(c) => *c,
+            None => self.build(),
+        }
+    }
+
+    /// The typed chunk of a shaped one: the stream's head and the shape's choice with this
+    /// chunk's content.
+    fn build(&self) -> ChatChunk {
+        let (Some(s), Some(raw)) = (&self.shaped, &self.raw) else {
+            return ChatChunk::default();
+        };
+        let mut choice = ChunkChoice::clone(&s.choice);
+        choice.delta.content = Some(self.shaped_content(s, raw).to_owned());
+        let h = &*s.head;
+        ChatChunk {
+            id: h.id.clone(),
+            object: h.object.clone(),
+            created: h.created,
+            model: h.model.clone(),
+            provider: h.provider.clone(),
+            choices: vec![choice],
+            usage: None,
+            error: None,
+            system_fingerprint: h.system_fingerprint.clone(),
+        }
+    }
+
+    fn shaped_content<'a>(&self, s: &Shaped, raw: &'a Bytes) -> &'a str {
+        let r = s.content.start as usize..s.content.end as usize;
+        // The decoder took the range from the event's text at character boundaries.
+        raw.get(r)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Whether this chunk is the commit point (see [`ChatChunk::is_token`]).
+    pub fn is_token(&self) -> bool {
+        match &self.shaped {
+            Some(s) => s.output,
+            None => self.chunk().is_token(),
+        }
+    }
+
+    /// Whether this chunk carries output (see [`ChatChunk::has_output`]).
+    pub fn has_output(&self) -> bool {
+        match &self.shaped {
+            Some(s) => s.output,
+            None => self.chunk().has_output(),
+        }
+    }
+
+    /// The content text of choice 0, if any.
+    pub fn content(&self) -> Option<&str> {
+        match (&self.shaped, &self.raw) {
+            (Some(s), Some(raw)) => Some(self.shaped_content(s, raw)),
+            _ => self.chunk().content(),
+        }
+    }
+
+    /// The finish reason of choice 0, if any.
+    pub fn finish_reason(&self) -> Option<&str> {
+        match &self.shaped {
+            Some(s) => s.choice.finish_reason.as_deref(),
+            None => self.chunk().finish_reason(),
+        }
+    }
+
+    /// The token usage, on the last chunk.
+    pub fn usage(&self) -> Option<&Usage> {
+        match &self.shaped {
+            Some(_) => None,
+            None => self.chunk().usage.as_ref(),
+        }
+    }
+
+    /// How many choices the chunk holds (none on a usage-only chunk).
+    pub fn choice_count(&self) -> usize {
+        match &self.shaped {
+            Some(_) => 1,
+            None => self.chunk().choices.len(),
+        }
+    }
+
+    /// The generation id.
+    pub fn id(&self) -> &str {
+        match &self.shaped {
+            Some(s) => &s.head.id,
+            None => &self.chunk().id,
+        }
+    }
+
+    /// `chat.completion.chunk`, when sent.
+    pub fn object(&self) -> &str {
+        match &self.shaped {
+            Some(s) => &s.head.object,
+            None => &self.chunk().object,
+        }
+    }
+
+    /// Unix seconds, when sent.
+    pub fn created(&self) -> u64 {
+        match &self.shaped {
+            Some(s) => s.head.created,
+            None => self.chunk().created,
+        }
+    }
+
+    /// The model that served.
+    pub fn model(&self) -> &str {
+        match &self.shaped {
+            Some(s) => &s.head.model,
+            None => &self.chunk().model,
+        }
+    }
+
+    /// The upstream provider's display name.
+    pub fn provider(&self) -> Option<&str> {
+        match &self.shaped {
+            Some(s) => s.head.provider.as_deref(),
+            None => self.chunk().provider.as_deref(),
+        }
+    }
+
+    /// The typed chunk, built on first read.
+    fn chunk(&self) -> &ChatChunk {
+        self.parsed.get_or_init(|| Box::new(self.build()))
+    }
+
+    /// Whether the typed chunk was built (for tests of what reading costs).
+    #[doc(hidden)]
+    pub fn is_parsed(&self) -> bool {
+        self.parsed.get().is_some()
+    }
+
+    /// About how many bytes this chunk holds: the upstream bytes when it has them, else its
+    /// text fields.
+    pub fn weight(&self) -> usize {
+        if let Some(raw) = &self.raw {
+            return std::mem::size_of::<StreamChunk>() + raw.len();
+        }
+        let c = self.chunk();
+        let text: usize = c
+            .choices
+            .iter()
+            .map(|ch| {
+                ch.delta.content.as_ref().map_or(0, String::len)
+                    + ch.delta.reasoning.as_ref().map_or(0, String::len)
+                    + ch.delta.tool_calls.as_ref().map_or(0, |t| {
+                        t.iter()
+                            .filter_map(|t| t.function.as_ref()?.arguments.as_ref())
+                            .map(String::len)
+                            .sum()
+                    })
+            })
+            .sum();
+        std::mem::size_of::<StreamChunk>()
+            + std::mem::size_of::<ChatChunk>()
+            + c.id.len()
+            + c.model.len()
+            + text
     }
 
     /// Appends the chunk's JSON to `out`: the upstream bytes when it has them, else its
@@ -80,7 +314,7 @@ impl StreamChunk {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         match &self.raw {
             Some(raw) => out.extend_from_slice(raw),
-            None => self.chunk.write_json(out),
+            None => self.chunk().write_json(out),
         }
     }
 
@@ -89,7 +323,7 @@ impl StreamChunk {
     pub fn write_with(&self, writer: &mut ChunkWriter, out: &mut Vec<u8>) {
         match &self.raw {
             Some(raw) => out.extend_from_slice(raw),
-            None => writer.write(&self.chunk, out),
+            None => writer.write(self.chunk(), out),
         }
     }
 }
@@ -98,7 +332,7 @@ impl Deref for StreamChunk {
     type Target = ChatChunk;
 
     fn deref(&self) -> &ChatChunk {
-        &self.chunk
+        self.chunk()
     }
 }
 
@@ -110,7 +344,7 @@ impl From<ChatChunk> for StreamChunk {
 
 impl From<StreamChunk> for ChatChunk {
     fn from(chunk: StreamChunk) -> ChatChunk {
-        chunk.chunk
+        chunk.into_chunk()
     }
 }
 
@@ -118,20 +352,20 @@ impl From<StreamChunk> for ChatChunk {
 /// it came as.
 impl PartialEq for StreamChunk {
     fn eq(&self, other: &StreamChunk) -> bool {
-        self.chunk == other.chunk
+        self.chunk() == other.chunk()
     }
 }
 
 impl PartialEq<ChatChunk> for StreamChunk {
     fn eq(&self, other: &ChatChunk) -> bool {
-        &self.chunk == other
+        self.chunk() == other
     }
 }
 
 impl fmt::Debug for StreamChunk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StreamChunk")
-            .field("chunk", &self.chunk)
+            .field("chunk", self.chunk())
             .field("raw", &self.raw.as_ref().map(Bytes::len))
             .finish()
     }

@@ -15,9 +15,19 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
+use std::sync::Arc;
+
 use super::{checked, parse_whole};
-use crate::chunk::{ChatChunk, ChunkChoice, Usage, plain_bytes};
+use crate::chunk::{ChatChunk, ChunkChoice, HeadFields, Shaped, Usage, plain_bytes};
 use crate::error::LlmError;
+
+/// What [`HeadCache::decode`] made of an event.
+pub(super) enum Decoded {
+    /// Parsed: the typed chunk.
+    Parsed(Box<ChatChunk>),
+    /// Read by its shape, not parsed: the facts every layer needs.
+    Shaped(Shaped),
+}
 
 /// The key that ends a head: what comes before it at the top level is the head.
 const CHOICES_KEY: &[u8] = b",\"choices\":";
@@ -46,13 +56,18 @@ pub(super) struct HeadCache {
 }
 
 impl HeadCache {
-    pub(super) fn decode(&mut self, text: &str) -> Result<Option<ChatChunk>, LlmError> {
+    pub(super) fn decode(&mut self, text: &str) -> Result<Option<Decoded>, LlmError> {
         if text.starts_with("[DONE]") {
             return Ok(None);
         }
-        if let Some(chunk) = self.head.as_mut().and_then(|h| h.decode(text)) {
+        if let Some(decoded) = self.head.as_mut().and_then(|h| h.decode(text)) {
             self.misses = 0;
-            return checked(chunk, text).map(Some);
+            return match decoded {
+                Decoded::Parsed(chunk) => {
+                    checked(*chunk, text).map(|c| Some(Decoded::Parsed(Box::new(c))))
+                }
+                shaped => Ok(Some(shaped)),
+            };
         }
         let chunk = parse_whole(text)?;
         if self.misses <= MAX_MISSES {
@@ -61,7 +76,7 @@ impl HeadCache {
         } else {
             self.head = None;
         }
-        checked(chunk, text).map(Some)
+        checked(chunk, text).map(|c| Some(Decoded::Parsed(Box::new(c))))
     }
 }
 
@@ -69,12 +84,8 @@ impl HeadCache {
 struct Head {
     /// The bytes of the head, up to and including the `,` before `"choices"`.
     prefix: Box<[u8]>,
-    id: String,
-    object: Cow<'static, str>,
-    created: u64,
-    model: String,
-    provider: Option<String>,
-    system_fingerprint: Option<String>,
+    /// Its fields, shared with the chunks read by shape.
+    fields: Arc<HeadFields>,
     /// `{` and the rest of the chunk, rebuilt in place for each chunk.
     scratch: String,
     /// The bytes the tails of this head repeat around their content, once learned (boxed: a
@@ -130,12 +141,14 @@ impl Head {
         }
         Some(Head {
             prefix: text.as_bytes()[..=at].into(),
-            id: alone.id,
-            object: alone.object,
-            created: alone.created,
-            model: alone.model,
-            provider: alone.provider,
-            system_fingerprint: alone.system_fingerprint,
+            fields: Arc::new(HeadFields {
+                id: alone.id,
+                object: alone.object,
+                created: alone.created,
+                model: alone.model,
+                provider: alone.provider,
+                system_fingerprint: alone.system_fingerprint,
+            }),
             scratch,
             shapes: u8::from(shape.is_some()),
             shape: shape.map(Box::new),
@@ -145,7 +158,7 @@ impl Head {
     /// `text` parsed, when it starts with this head and the rest names none of its fields:
     /// the same chunk a whole parse gives. `None` when it does not (the caller parses it
     /// whole, and so gets the canonical error of a malformed one).
-    fn decode(&mut self, text: &str) -> Option<ChatChunk> {
+    fn decode(&mut self, text: &str) -> Option<Decoded> {
         let rest = text.as_bytes().strip_prefix(&*self.prefix)?;
         // The prefix ends with an ASCII `,`: `rest` starts on a character boundary.
         let rest = &text[text.len() - rest.len()..];
@@ -153,42 +166,48 @@ impl Head {
         if rest.trim_start().starts_with('}') {
             return None;
         }
-        let (choices, usage, error) = match self.shape.as_ref().and_then(|s| s.read(rest)) {
-            Some(choice) => (vec![choice], None, None),
-            None => {
-                self.scratch.clear();
-                self.scratch.reserve(rest.len() + 1);
-                self.scratch.push('{');
-                self.scratch.push_str(rest);
-                let tail: Tail = serde_json::from_str(&self.scratch).ok()?;
-                let parsed = (
-                    tail.choices.unwrap_or_default(),
-                    tail.usage.flatten(),
-                    tail.error.flatten(),
-                );
-                if let (choices, None, None) = &parsed {
-                    if self.shapes < MAX_SHAPES {
-                        if let Some(shape) = Shape::learn(rest, choices, &mut self.scratch) {
-                            self.scratch = String::new();
-                            self.shape = Some(Box::new(shape));
-                            self.shapes += 1;
-                        }
-                    }
-                }
-                parsed
+        if let Some(shape) = &self.shape {
+            if let Some((content, output)) = shape.read(rest) {
+                let start = (text.len() - rest.len() + content.start) as u32;
+                return Some(Decoded::Shaped(Shaped {
+                    head: self.fields.clone(),
+                    choice: shape.choice.clone(),
+                    content: start..start + content.len() as u32,
+                    output,
+                }));
             }
-        };
-        Some(ChatChunk {
-            id: self.id.clone(),
-            object: self.object.clone(),
-            created: self.created,
-            model: self.model.clone(),
-            provider: self.provider.clone(),
+        }
+        self.scratch.clear();
+        self.scratch.reserve(rest.len() + 1);
+        self.scratch.push('{');
+        self.scratch.push_str(rest);
+        let tail: Tail = serde_json::from_str(&self.scratch).ok()?;
+        let (choices, usage, error) = (
+            tail.choices.unwrap_or_default(),
+            tail.usage.flatten(),
+            tail.error.flatten(),
+        );
+        if let (None, None) = (&usage, &error) {
+            if self.shapes < MAX_SHAPES {
+                if let Some(shape) = Shape::learn(rest, &choices, &mut self.scratch) {
+                    self.scratch = String::new();
+                    self.shape = Some(Box::new(shape));
+                    self.shapes += 1;
+                }
+            }
+        }
+        let h = &*self.fields;
+        Some(Decoded::Parsed(Box::new(ChatChunk {
+            id: h.id.clone(),
+            object: h.object.clone(),
+            created: h.created,
+            model: h.model.clone(),
+            provider: h.provider.clone(),
             choices,
             usage,
             error,
-            system_fingerprint: self.system_fingerprint.clone(),
-        })
+            system_fingerprint: h.system_fingerprint.clone(),
+        })))
     }
 }
 
@@ -199,8 +218,11 @@ struct Shape {
     around: Box<[u8]>,
     /// Where the content's bytes were in the tail: `around[..at]` came before them.
     at: usize,
-    /// The choice such a tail holds, but for its content.
-    choice: ChunkChoice,
+    /// The choice such a tail holds, but for its content (shared with the chunks read by
+    /// this shape).
+    choice: Arc<ChunkChoice>,
+    /// Whether that choice carries output besides its content (reasoning, tool calls).
+    output: bool,
 }
 
 impl Shape {
@@ -250,10 +272,21 @@ impl Shape {
             {
                 want.delta.content = None;
                 let around = [&rest.as_bytes()[..at], &rest.as_bytes()[end..]].concat();
+                let output = want
+                    .delta
+                    .reasoning
+                    .as_deref()
+                    .is_some_and(|r| !r.is_empty())
+                    || want
+                        .delta
+                        .tool_calls
+                        .as_ref()
+                        .is_some_and(|t| !t.is_empty());
                 return Some(Shape {
                     around: around.into(),
                     at,
-                    choice: want,
+                    choice: Arc::new(want),
+                    output,
                 });
             }
         }
@@ -270,9 +303,9 @@ impl Shape {
         &self.around[self.at..]
     }
 
-    /// The choice `rest` holds, when it is this shape's bytes around a string that needs no
-    /// unescaping.
-    fn read(&self, rest: &str) -> Option<ChunkChoice> {
+    /// Where `rest`'s content is in it and whether the chunk carries output, when `rest` is
+    /// this shape's bytes around a string that needs no unescaping.
+    fn read(&self, rest: &str) -> Option<(std::ops::Range<usize>, bool)> {
         let body = rest
             .as_bytes()
             .strip_prefix(self.prefix())?
@@ -282,9 +315,7 @@ impl Shape {
         }
         // The prefix ends and the suffix starts with an ASCII `"`: character boundaries.
         let at = self.at;
-        let mut choice = self.choice.clone();
-        choice.delta.content = Some(rest[at..at + body.len()].to_owned());
-        Some(choice)
+        Some((at..at + body.len(), self.output || !body.is_empty()))
     }
 }
 
@@ -382,10 +413,24 @@ mod tests {
         ))
     }
 
+    /// The typed chunk of what the cache made of `text`.
+    fn typed(d: Decoded, text: &str) -> ChatChunk {
+        match d {
+            Decoded::Parsed(c) => *c,
+            Decoded::Shaped(s) => {
+                let raw = bytes::Bytes::copy_from_slice(text.as_bytes());
+                crate::StreamChunk::shaped(raw, s).into_chunk()
+            }
+        }
+    }
+
     /// Decodes `events` with one cache, checking each against its parse alone.
     fn decode_all(cache: &mut HeadCache, events: &[String]) {
         for e in events {
-            let got = cache.decode(e).map_err(|e| e.kind());
+            let got = cache
+                .decode(e)
+                .map(|d| d.map(|d| typed(d, e)))
+                .map_err(|e| e.kind());
             let want = decode_event_str(e).map_err(|e| e.kind());
             assert_eq!(got, want, "{e}");
         }
@@ -413,8 +458,15 @@ mod tests {
             1,
             "read, not learned again"
         );
-        let read = shape(&cache).unwrap().read(&content(" x")[HEAD.len()..]);
-        assert_eq!(read.unwrap().delta.content.as_deref(), Some(" x"));
+        let token = content(" x");
+        let rest = &token[HEAD.len()..];
+        let (at, output) = shape(&cache).unwrap().read(rest).unwrap();
+        assert_eq!((&rest[at], output), (" x", true));
+        let (_, output) = shape(&cache)
+            .unwrap()
+            .read(&content("")[HEAD.len()..])
+            .unwrap();
+        assert!(!output, "an empty content is no output");
         // A token that needs unescaping, a finish, usage and a role-less delta are parsed.
         let rest = [
             content(r#"a\"b"#),
