@@ -42,6 +42,7 @@ pub mod endpoints;
 pub mod error;
 pub mod hash;
 mod kind;
+pub mod ledger;
 pub mod price;
 pub mod request;
 pub mod sse;

@@ -67,6 +67,28 @@ impl ApiFailure {
         }
     }
 
+    /// A tenant's budget is spent for this window: OpenAI's `429 insufficient_quota`, with
+    /// the seconds until the window ends as `Retry-After`.
+    pub fn insufficient_quota(
+        budget: crate::budget::Budget,
+        spent_usd: f64,
+        reset_in: u64,
+    ) -> Self {
+        ApiFailure {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            kind: "insufficient_quota",
+            code: "insufficient_quota".to_owned(),
+            message: format!(
+                "this key's budget of ${} per {} is spent (${spent_usd:.6} used or reserved); \
+                 it resets in {reset_in} s",
+                budget.usd,
+                budget.per.name()
+            ),
+            retry_after: Some(reset_in),
+            param: None,
+        }
+    }
+
     /// The `{"error": ...}` body.
     pub fn body(&self) -> Value {
         json!({"error": {"message": self.message, "type": self.kind, "code": self.code, "param": self.param}})

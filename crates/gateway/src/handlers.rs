@@ -234,11 +234,19 @@ async fn call(
         req.is_stream(),
         tenant.as_ref().map(|t| t.0.clone()),
     );
+    let mut charge = None;
     if let Some(k) = &key {
         if let Err(f) = k.apply(&mut req) {
             return refused(f, record);
         }
         req.extensions_mut().insert(KeyTenant(k.tenant.clone()));
+        // A budget is checked before the call is sent, on the capped request.
+        if let Some(b) = k.budget {
+            match state.spend.reserve(&k.tenant, b, &req, &state.prices).await {
+                Ok(c) => charge = Some(c),
+                Err(f) => return refused(f, record),
+            }
+        }
     }
     req.extensions_mut().insert(priority);
     if let Some(choice) = resume {
@@ -269,7 +277,12 @@ async fn call(
     record.sent();
     let stream = match state.stack.clone().oneshot(req).await {
         Ok(s) => s,
-        Err(e) => return refused(ApiFailure::from(&e), record),
+        Err(e) => {
+            if let Some(c) = charge.as_mut() {
+                c.nothing();
+            }
+            return refused(ApiFailure::from(&e), record);
+        }
     };
     record.answered(stream.meta());
     state.counters.note(stream.meta());
@@ -285,6 +298,7 @@ async fn call(
             state.phase.clone(),
             record,
             state.prices.clone(),
+            charge,
         );
     }
     let collected = stream.collect().await;
@@ -296,6 +310,9 @@ async fn call(
                 state.prices.cost(&c.model, u)
             });
             record.cost(cost);
+            if let (Some(ch), Some(cost)) = (charge.as_mut(), cost) {
+                ch.settle(cost);
+            }
             record.done();
             let mut r = answer_response(&normalize(c));
             record.write_headers(r.headers_mut());
@@ -391,13 +408,23 @@ pub(crate) async fn status_page() -> Response {
 
 pub(crate) async fn status_json(State(state): State<AppState>) -> Response {
     let state = state.load();
-    axum::Json(status::snapshot(
-        &state.parts,
-        &state.config,
-        state.started,
-        &state.counters,
-    ))
-    .into_response()
+    let mut snapshot =
+        status::snapshot(&state.parts, &state.config, state.started, &state.counters);
+    // Each budgeted tenant's spend in its current window, against its budget.
+    let mut budgets = Vec::new();
+    for k in state.config.keys.iter() {
+        if let Some(b) = k.budget {
+            let spent = state.spend.spent(&k.tenant, b).await;
+            budgets.push(serde_json::json!({
+                "tenant": &*k.tenant, "budget_usd": b.usd, "per": b.per.name(),
+                "spent_usd": spent, "resets_at": llm_layers_core::ledger::Window::at(b.per, crate::budget::unix_now()).ends,
+            }));
+        }
+    }
+    if let Some(o) = snapshot.as_object_mut() {
+        o.insert("budgets".into(), serde_json::Value::Array(budgets));
+    }
+    axum::Json(snapshot).into_response()
 }
 
 /// Open in every mode (load balancers probe it without a key); says whether the gateway

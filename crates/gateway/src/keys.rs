@@ -61,6 +61,8 @@ pub struct GatewayKey {
     pub admin: bool,
     /// A revoked key is refused like a wrong one.
     pub revoked: bool,
+    /// What its tenant may spend (see [`crate::budget`]).
+    pub budget: Option<crate::budget::Budget>,
 }
 
 impl fmt::Debug for GatewayKey {
@@ -75,6 +77,7 @@ impl fmt::Debug for GatewayKey {
             .field("requests_per_minute", &self.requests_per_minute)
             .field("admin", &self.admin)
             .field("revoked", &self.revoked)
+            .field("budget", &self.budget)
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +96,7 @@ impl GatewayKey {
             requests_per_minute: 0,
             admin: false,
             revoked: false,
+            budget: None,
         }
     }
 
@@ -253,6 +257,9 @@ pub struct KeyEntry {
     /// Refused like a wrong key.
     #[serde(default)]
     pub revoked: bool,
+    /// USD its tenant may spend per window: `{"usd": 25, "per": "day"}`.
+    #[serde(default)]
+    pub budget: Option<crate::budget::BudgetEntry>,
 }
 
 /// The keys file (`--keys FILE.json`): `{"keys": [KeyEntry, ...]}`.
@@ -363,6 +370,11 @@ impl Keys {
                 requests_per_minute: e.requests_per_minute,
                 admin: e.admin,
                 revoked: e.revoked,
+                budget: e
+                    .budget
+                    .as_ref()
+                    .map(|b| crate::budget::Budget::from_entry(&e.tenant, b))
+                    .transpose()?,
             });
         }
         Keys::checked(keys)

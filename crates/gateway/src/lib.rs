@@ -10,6 +10,7 @@
 
 mod access;
 pub mod bounds;
+pub mod budget;
 pub mod config;
 mod conn;
 pub mod error;

@@ -96,6 +96,23 @@ impl PriceBook {
         Some(cost)
     }
 
+    /// `model`'s price, reading the catalog first (and waiting for it, at most 10 s) when it
+    /// has none: what a budget's reservation needs before the call.
+    pub(crate) async fn price_now(self: &Arc<Self>, model: &str) -> Option<Price> {
+        if let Some(p) = self.price(model) {
+            return Some(p);
+        }
+        let catalog = self.catalog.clone()?;
+        // The leaf caches the catalog: a model it does not price costs no round trip.
+        if let Ok(Ok(models)) =
+            tokio::time::timeout(Duration::from_secs(10), catalog.models()).await
+        {
+            self.learn(&models);
+            lock(&self.read).0 = Some(Instant::now());
+        }
+        self.price(model)
+    }
+
     /// Reads the catalog's prices in the background, unless they were read within
     /// [`REFRESH`] or are being read.
     fn read_if_due(self: &Arc<Self>) {

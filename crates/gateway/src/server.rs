@@ -141,6 +141,8 @@ pub(crate) struct AppInner {
     pub(crate) access: Option<Arc<crate::access::AccessLog>>,
     /// The upstream's prices: what each call cost.
     pub(crate) prices: Arc<crate::prices::PriceBook>,
+    /// What budgeted tenants spent (kept across reloads).
+    pub(crate) spend: Arc<crate::budget::Spend>,
 }
 
 /// The router, for embedding the gateway in another axum app.
@@ -364,6 +366,7 @@ impl Gateway {
             counters: old.counters.clone(),
             access,
             prices: built.prices,
+            spend: old.spend.clone(),
         });
         tracing::info!(
             "configuration reloaded: new calls use it, calls in flight finish on the old"
@@ -446,6 +449,9 @@ pub async fn start(
         counters: Arc::default(),
         access,
         prices: built.prices,
+        spend: Arc::new(crate::budget::Spend::new(Arc::new(
+            llm_layers_core::ledger::MemoryLedger::default(),
+        ))),
     });
     let app = router(state.clone());
     let mut draining = phase_rx;

@@ -28,6 +28,7 @@ pub(crate) fn response(
     phase: watch::Receiver<Phase>,
     record: CallRecord,
     prices: Arc<PriceBook>,
+    charge: Option<crate::budget::Charge>,
 ) -> Response {
     let mut body = SseBody {
         stream,
@@ -39,6 +40,7 @@ pub(crate) fn response(
         record: None,
         prices,
         cost: None,
+        charge,
     };
     let mut r = Response::new(Body::empty());
     record.write_headers(r.headers_mut());
@@ -73,6 +75,8 @@ struct SseBody {
     prices: Arc<PriceBook>,
     /// What the call cost, once its usage came.
     cost: Option<Cost>,
+    /// The tenant's budget reservation: settled to the cost, or on drop to what was spent.
+    charge: Option<crate::budget::Charge>,
 }
 
 /// The most bytes one body frame gathers from events that are already there.
@@ -204,6 +208,11 @@ impl Stream for SseBody {
             match Pin::new(&mut this.stream).poll_next(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Some(Ok(c))) => {
+                    if let Some(ch) = this.charge.as_mut() {
+                        if c.has_output() {
+                            ch.delivered();
+                        }
+                    }
                     if let Some(u) = c.usage() {
                         let model = if c.model().is_empty() {
                             &this.stream.meta().model
@@ -211,6 +220,9 @@ impl Stream for SseBody {
                             c.model()
                         };
                         this.cost = this.prices.cost(model, u);
+                        if let (Some(ch), Some(cost)) = (this.charge.as_mut(), this.cost) {
+                            ch.settle(cost);
+                        }
                         if let Some(r) = this.record.as_mut() {
                             r.usage(u);
                             r.cost(this.cost);
@@ -264,8 +276,15 @@ mod tests {
         let req = ChatRequest::new("m", vec![Message::user("hi")]);
         let stream = mock.oneshot(req).await.unwrap();
         let (_tx, rx) = watch::channel(Phase::Running);
-        let mut body =
-            response(stream, false, rx, CallRecord::start(None), Arc::default()).into_body();
+        let mut body = response(
+            stream,
+            false,
+            rx,
+            CallRecord::start(None),
+            Arc::default(),
+            None,
+        )
+        .into_body();
         let mut frames = Vec::new();
         while let Some(f) = body.frame().await {
             frames.push(f.unwrap().into_data().unwrap());

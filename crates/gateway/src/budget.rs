@@ -1,0 +1,213 @@
+//! Budgets: USD a gateway key's tenant may spend per calendar window, checked **before** a
+//! call and charged what the call really cost **after** it.
+//!
+//! - Before a call: its worst case is reserved — the prompt's estimated tokens at the
+//!   model's prompt price, plus its output limit (`max_tokens`, the key's cap, else
+//!   [`DEFAULT_OUTPUT`] per choice) at the completion price, plus the per-request price, all
+//!   times [`EXTRA_ATTEMPTS`] (a hedge or an exploring race may send the call twice). A
+//!   reservation that does not fit is refused with OpenAI's `429 insufficient_quota` and a
+//!   `Retry-After` to the window's end; the call is never sent.
+//! - After: the reservation settles to the call's cost (the upstream's `usage.cost`, else its
+//!   usage at the catalog price). A call that failed before answering is charged nothing; a
+//!   stream abandoned or broken before its usage is charged its prompt and what it
+//!   delivered, estimated at the catalog price.
+//! - A model with no price in the catalog cannot be called by a budgeted key (`400
+//!   model_not_priced`): never a silent "free".
+//!
+//! Spend is kept in a [`Ledger`]: this process's memory today (so replicas each keep their
+//! own; sharing it through Redis is to come).
+
+use std::sync::Arc;
+
+use llm_layers_core::ChatRequest;
+use llm_layers_core::ledger::{Held, Ledger, Window, nanos_to_usd, usd_to_nanos};
+use llm_layers_core::price::{Cost, Price};
+use serde::Deserialize;
+
+use crate::error::ApiFailure;
+use crate::prices::PriceBook;
+
+/// The output tokens reserved per choice for a call that sets no limit.
+pub const DEFAULT_OUTPUT: u64 = 4_096;
+
+/// How many times a call's worst case is reserved: the call and one hedge or race.
+pub const EXTRA_ATTEMPTS: f64 = 2.0;
+
+/// A budget: USD per calendar window (UTC).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    /// The most the tenant may spend in one window.
+    pub usd: f64,
+    /// The window.
+    pub per: Window,
+}
+
+/// A budget as a keys file says it: `"budget": {"usd": 25, "per": "day"}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetEntry {
+    /// USD per window: above zero.
+    pub usd: f64,
+    /// `minute`, `hour`, `day` or `month`.
+    pub per: String,
+}
+
+impl Budget {
+    /// From a keys file's entry for `tenant`.
+    ///
+    /// ```
+    /// use llm_layers_gateway::budget::{Budget, BudgetEntry};
+    /// let e = |usd: f64| BudgetEntry { usd, per: "day".into() };
+    /// assert!(Budget::from_entry("acme", &e(25.0)).is_ok());
+    /// for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+    ///     let err = Budget::from_entry("acme", &e(bad)).unwrap_err();
+    ///     assert!(err.contains("acme") && err.contains("usd"), "{err}");
+    /// }
+    /// assert!(Budget::from_entry("acme", &BudgetEntry { usd: 1.0, per: "week".into() }).is_err());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A message naming the tenant and the field: a budget of zero, below zero or not a
+    /// number, or a window that is not one of the four.
+    pub fn from_entry(tenant: &str, e: &BudgetEntry) -> Result<Budget, String> {
+        if !(e.usd.is_finite() && e.usd > 0.0) {
+            return Err(format!(
+                "the budget of {tenant}: usd must be a number of dollars above zero, not {}",
+                e.usd
+            ));
+        }
+        let per = Window::parse(&e.per).map_err(|err| format!("the budget of {tenant}: {err}"))?;
+        Ok(Budget { usd: e.usd, per })
+    }
+}
+
+/// The budgets' spend: one ledger for the process, kept across configuration reloads.
+pub(crate) struct Spend {
+    ledger: Arc<dyn Ledger>,
+}
+
+impl Spend {
+    pub(crate) fn new(ledger: Arc<dyn Ledger>) -> Spend {
+        Spend { ledger }
+    }
+
+    /// What `tenant` holds in `budget`'s current window, USD.
+    pub(crate) async fn spent(&self, tenant: &str, budget: Budget) -> f64 {
+        nanos_to_usd(self.ledger.spent(tenant, budget.per, unix_now()).await)
+    }
+
+    /// Reserves `req`'s worst case against `tenant`'s `budget`, or the error to answer.
+    pub(crate) async fn reserve(
+        &self,
+        tenant: &Arc<str>,
+        budget: Budget,
+        req: &ChatRequest,
+        prices: &Arc<PriceBook>,
+    ) -> Result<Charge, ApiFailure> {
+        let model = req.body().model.clone().unwrap_or_default();
+        let Some(price) = prices.price_now(&model).await else {
+            return Err(ApiFailure::invalid(
+                http::StatusCode::BAD_REQUEST,
+                "model_not_priced",
+                format!(
+                    "{model} has no price in the upstream's catalog: a key with a budget can \
+                     only call priced models"
+                ),
+            ));
+        };
+        let body = req.body();
+        let prompt = body.approx_prompt_tokens();
+        let output = body
+            .output_budget()
+            .unwrap_or_else(|| DEFAULT_OUTPUT.saturating_mul(body.choices()));
+        let worst =
+            (prompt as f64 * price.prompt + output as f64 * price.completion + price.request)
+                * EXTRA_ATTEMPTS;
+        let now = unix_now();
+        let limit = usd_to_nanos(budget.usd);
+        match self
+            .ledger
+            .reserve(tenant, budget.per, usd_to_nanos(worst), limit, now)
+            .await
+        {
+            Ok(held) => Ok(Charge {
+                ledger: self.ledger.clone(),
+                tenant: tenant.clone(),
+                held: Some(held),
+                price,
+                prompt,
+                delivered: 0,
+            }),
+            Err(refused) => {
+                metrics::counter!("llm_budget_refused_total").increment(1);
+                Err(ApiFailure::insufficient_quota(
+                    budget,
+                    nanos_to_usd(refused.spent),
+                    refused.period.ends.saturating_sub(now).max(1),
+                ))
+            }
+        }
+    }
+}
+
+/// One call's reservation: settled once, to what the call cost, or on drop to an estimate of
+/// what it spent.
+pub(crate) struct Charge {
+    ledger: Arc<dyn Ledger>,
+    tenant: Arc<str>,
+    held: Option<Held>,
+    price: Price,
+    /// The prompt's estimated tokens.
+    prompt: u64,
+    /// Output chunks delivered so far (about a token each).
+    delivered: u64,
+}
+
+impl Charge {
+    /// An output chunk went to the caller.
+    pub(crate) fn delivered(&mut self) {
+        self.delivered += 1;
+    }
+
+    /// The call cost `cost`: the reservation settles to it.
+    pub(crate) fn settle(&mut self, cost: Cost) {
+        self.settle_usd(cost.usd());
+    }
+
+    /// The call failed before it answered: the upstream bills nothing for it.
+    pub(crate) fn nothing(&mut self) {
+        self.settle_usd(0.0);
+    }
+
+    fn settle_usd(&mut self, usd: f64) {
+        let Some(held) = self.held.take() else { return };
+        let delta = usd_to_nanos(usd) - held.amount;
+        // The memory ledger settles at once; a shared one finishes in the background.
+        let mut settle = self.ledger.settle(&self.tenant, held, delta);
+        if futures_util::FutureExt::now_or_never(&mut settle).is_none() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(settle);
+            }
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if self.held.is_some() {
+            // Abandoned or broken before its usage: its prompt and what it delivered.
+            let usd = self.prompt as f64 * self.price.prompt
+                + self.delivered as f64 * self.price.completion
+                + self.price.request;
+            self.settle_usd(usd);
+        }
+    }
+}
+
+/// Seconds since 1970 (the windows are calendar windows).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,220 @@
+//! Budgets over the wire: a tenant's USD per window is reserved before each call and charged
+//! what the mock billed after; past it, OpenAI's `429 insufficient_quota`; other tenants see
+//! nothing of it.
+
+mod common;
+use common::*;
+
+use llm_layers_gateway::keys::Keys;
+
+const BUDGET_KEYS: &str = r#"{"keys": [
+    {"tenant": "acme", "key": "sk-gw-acme-0000000000", "budget": {"usd": 0.0004, "per": "day"}},
+    {"tenant": "globex", "key": "sk-gw-globex-00000000"},
+    {"tenant": "ops", "key": "sk-gw-ops-00000000000", "admin": true}
+]}"#;
+
+fn scenario() -> Scenario {
+    let mut s = Scenario::healthy();
+    s.models.push("openai/gpt-4o-mini".into());
+    s
+}
+
+async fn budgeted_gateway() -> (Gateway, MockServer) {
+    let cfg = Config {
+        keys: Keys::from_json(BUDGET_KEYS).unwrap(),
+        ..config()
+    };
+    gateway_on(scenario(), cfg).await
+}
+
+fn call(stream: bool, model: &str) -> String {
+    json!({"model": model, "stream": stream, "max_tokens": 20,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "how much is this"}]})
+    .to_string()
+}
+
+async fn spent(c: &HttpClient, gw: &Gateway, tenant: &str) -> f64 {
+    let req = hyper::Request::get(format!("http://{}/status.json", gw.addr()))
+        .header("authorization", "Bearer sk-gw-ops-00000000000")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = c.request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value =
+        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let b = v["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["tenant"] == tenant)
+        .cloned()
+        .unwrap_or(Value::Null);
+    b["spent_usd"].as_f64().unwrap_or(f64::NAN)
+}
+
+#[tokio::test]
+async fn a_tenant_spends_its_budget_and_no_more_and_others_do_not_notice() {
+    let (gw, _mock) = budgeted_gateway().await;
+    let c = client();
+    let acme = Some("sk-gw-acme-0000000000");
+    let mut billed = 0.0;
+    let mut answered = 0;
+    let refusal = loop {
+        let stream = answered % 2 == 1;
+        let (status, body, text) =
+            post_as(&c, &gw, acme, &[], call(stream, "openai/gpt-4o-mini")).await;
+        if status != 200 {
+            break (status, body);
+        }
+        // What the mock billed this call: its usage's `cost`.
+        let usage = if stream {
+            let evs = events(text.as_bytes());
+            serde_json::from_str::<Value>(&evs[evs.len() - 2]).unwrap()["usage"].clone()
+        } else {
+            body["usage"].clone()
+        };
+        billed += usage["cost"].as_f64().expect("the mock reports its cost");
+        answered += 1;
+        assert!(answered < 100, "the budget never ran out");
+    };
+    let (status, body) = refusal;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["type"], "insufficient_quota");
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+    assert!(
+        answered >= 2,
+        "a budget of several calls allowed {answered}"
+    );
+    // Charged what the mock billed, to the nano-dollar per call, and never past the budget
+    // (each call reserved its worst case first).
+    let charged = spent(&c, &gw, "acme").await;
+    assert!(
+        (charged - billed).abs() <= 1e-9 * f64::from(answered),
+        "charged {charged}, billed {billed}"
+    );
+    assert!(billed <= 0.0004 + 1e-12, "billed {billed} past the budget");
+    // The other tenant has no budget and does not notice.
+    let (status, _, _) = post_as(
+        &c,
+        &gw,
+        Some("sk-gw-globex-00000000"),
+        &[],
+        call(false, "openai/gpt-4o-mini"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refusal_says_when_the_window_resets() {
+    let (gw, _mock) = budgeted_gateway().await;
+    let c = client();
+    // max_tokens far past the budget: its worst case cannot fit, whatever was spent.
+    let big = json!({"model": "openai/gpt-4o-mini", "max_tokens": 100_000,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let req = hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr()))
+        .header("authorization", "Bearer sk-gw-acme-0000000000")
+        .body(Full::new(Bytes::from(big.to_string())))
+        .unwrap();
+    let r = c.request(req).await.unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=86_400).contains(&retry), "{retry}");
+    let v: Value =
+        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_openai_error(&v);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("per day"),
+        "{v}"
+    );
+    // Nothing was sent upstream, and nothing is held.
+    assert_eq!(spent(&c, &gw, "acme").await, 0.0);
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_budgeted_key_cannot_call_a_model_without_a_price() {
+    let (gw, mock) = budgeted_gateway().await;
+    let c = client();
+    let before = mock.counters().requests();
+    let (status, body, _) = post_as(
+        &c,
+        &gw,
+        Some("sk-gw-acme-0000000000"),
+        &[],
+        call(false, "nobody/unpriced"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "model_not_priced");
+    assert_openai_error(&body);
+    assert_eq!(mock.counters().requests(), before, "never sent");
+    gw.shutdown().await.unwrap();
+}
+
+#[test]
+fn a_budget_of_nothing_is_a_configuration_error() {
+    for usd in ["0", "-1", "1e400"] {
+        let text = format!(
+            r#"{{"keys": [{{"tenant": "acme", "key": "sk-gw-acme-0000000000", "budget": {{"usd": {usd}, "per": "day"}}}}]}}"#
+        );
+        let e = Keys::from_json(&text).unwrap_err();
+        assert!(e.contains("usd") || e.contains("number"), "{usd}: {e}");
+    }
+    let e = Keys::from_json(
+        r#"{"keys": [{"tenant": "acme", "key": "sk-gw-acme-0000000000", "budget": {"usd": 5, "per": "week"}}]}"#,
+    )
+    .unwrap_err();
+    assert!(e.contains("week") && e.contains("acme"), "{e}");
+}
+
+/// A stream the caller abandons is charged what it spent — its prompt and the output it
+/// delivered — not the worst case it reserved, and not nothing.
+#[tokio::test]
+async fn an_abandoned_stream_is_charged_what_it_delivered() {
+    let mut s = open_stream_scenario(50.0);
+    s.models.push("openai/gpt-4o-mini".into());
+    let cfg = Config {
+        keys: Keys::from_json(BUDGET_KEYS).unwrap(),
+        idle_timeout: None,
+        ..config()
+    };
+    let (gw, _mock) = gateway_on(s, cfg).await;
+    let c = client();
+    let body = json!({"model": "openai/gpt-4o-mini", "stream": true, "max_tokens": 60,
+        "messages": [{"role": "user", "content": "a long story"}]});
+    let req = hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr()))
+        .header("authorization", "Bearer sk-gw-acme-0000000000")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let r = c.request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    // The worst case is held while the stream runs: 60 tokens out, twice.
+    let held = spent(&c, &gw, "acme").await;
+    let worst_out = 2.0 * 60.0 * llm_layers_mock::PRICE.completion;
+    assert!(held > worst_out, "held {held}");
+    let mut body = r.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.data_ref().is_some());
+    drop(body);
+    drop(c);
+    // Settled when the gateway sees the caller gone: below what was held, above zero.
+    let c = client();
+    let mut settled = held;
+    for _ in 0..500 {
+        settled = spent(&c, &gw, "acme").await;
+        if settled < held {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(settled < held / 4.0, "settled {settled} of {held}");
+    assert!(settled > 0.0, "an abandoned stream is not free");
+    gw.shutdown().await.unwrap();
+}
