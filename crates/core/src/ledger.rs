@@ -177,6 +177,9 @@ pub struct Held {
     pub period: Period,
     /// What was reserved, nano-dollars.
     pub amount: i64,
+    /// Taken from a shared ledger's local fall-back (its store did not answer): settled
+    /// there too.
+    pub local: bool,
 }
 
 /// A reservation that did not fit.
@@ -252,7 +255,11 @@ impl MemoryLedger {
             });
         }
         *slot = slot.saturating_add(amount);
-        Ok(Held { period, amount })
+        Ok(Held {
+            period,
+            amount,
+            local: false,
+        })
     }
 
     /// Settles synchronously (what [`Ledger::settle`] does).

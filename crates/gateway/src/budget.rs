@@ -14,8 +14,9 @@
 //! - A model with no price in the catalog cannot be called by a budgeted key (`400
 //!   model_not_priced`): never a silent "free".
 //!
-//! Spend is kept in a [`Ledger`]: this process's memory today (so replicas each keep their
-//! own; sharing it through Redis is to come).
+//! Spend is kept in a [`Ledger`]: in Redis when replicas share state (`--redis-url`: one
+//! budget for the fleet; with Redis unreachable each replica spends at most its share,
+//! budget ÷ `--replicas`), else this process's memory.
 
 use std::sync::Arc;
 

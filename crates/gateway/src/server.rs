@@ -437,6 +437,14 @@ pub async fn start(
         max_connections: config.max_connections,
         max_streams: config.max_streams_per_connection,
     };
+    // Budgets' spend: in Redis when replicas share state, else this process's.
+    let ledger: Arc<dyn llm_layers_core::ledger::Ledger> = match &built.parts.shared {
+        Some(s) => Arc::new(llm_layers_redis::RedisLedger::new(
+            &s.redis,
+            config.replicas,
+        )),
+        None => Arc::new(llm_layers_core::ledger::MemoryLedger::default()),
+    };
     let state = AppState::new(AppInner {
         stack: built.stack,
         leaf: built.leaf,
@@ -449,9 +457,7 @@ pub async fn start(
         counters: Arc::default(),
         access,
         prices: built.prices,
-        spend: Arc::new(crate::budget::Spend::new(Arc::new(
-            llm_layers_core::ledger::MemoryLedger::default(),
-        ))),
+        spend: Arc::new(crate::budget::Spend::new(ledger)),
     });
     let app = router(state.clone());
     let mut draining = phase_rx;

@@ -218,3 +218,104 @@ async fn an_abandoned_stream_is_charged_what_it_delivered() {
     assert!(settled > 0.0, "an abandoned stream is not free");
     gw.shutdown().await.unwrap();
 }
+
+/// Four replicas on one Redis keep one budget per tenant, not four: eight tenants each try
+/// three times their budget, calls spread over the replicas four at a time. Each tenant's
+/// spend stays within its budget, is what the mock billed, and the refusals are OpenAI's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_replicas_on_one_redis_keep_one_budget_per_tenant() {
+    let Some(server) = llm_layers_redis::testing::RedisServer::start() else {
+        return;
+    };
+    const BUDGET: f64 = 0.0003;
+    let mut keys = String::from(
+        r#"{"keys": [{"tenant": "ops", "key": "sk-gw-ops-00000000000", "admin": true}"#,
+    );
+    for t in 0..8 {
+        keys.push_str(&format!(
+            r#", {{"tenant": "t{t}", "key": "sk-gw-tenant-{t}-000000", "budget": {{"usd": {BUDGET}, "per": "month"}}}}"#
+        ));
+    }
+    keys.push_str("]}");
+    let mock = MockServer::start(scenario()).await.unwrap();
+    let mut replicas = Vec::new();
+    for _ in 0..4 {
+        let cfg = Config {
+            keys: Keys::from_json(&keys).unwrap(),
+            api_key: Some("sk-or-v1-test".into()),
+            base_url: mock.base_url().to_owned(),
+            redis_url: Some(server.url()),
+            replicas: 4,
+            ..config()
+        };
+        replicas.push(start(cfg, None).await.unwrap());
+    }
+    let replicas = std::sync::Arc::new(replicas);
+    let mut tenants = Vec::new();
+    for t in 0..8 {
+        let replicas = replicas.clone();
+        tenants.push(tokio::spawn(async move {
+            let c = client();
+            let key = format!("sk-gw-tenant-{t}-000000");
+            let (mut billed, mut ok, mut refused) = (0.0, 0, 0);
+            // Each call bills about 4.5e-5: 20 calls are three times the budget.
+            for _round in 0..5 {
+                let mut calls = Vec::new();
+                for gw in replicas.iter() {
+                    let c = c.clone();
+                    let key = key.clone();
+                    let addr = gw.addr();
+                    calls.push(async move {
+                        let req =
+                            hyper::Request::post(format!("http://{addr}/v1/chat/completions"))
+                                .header("authorization", format!("Bearer {key}"))
+                                .body(Full::new(Bytes::from(call(false, "openai/gpt-4o-mini"))))
+                                .unwrap();
+                        json_of(c.request(req).await.unwrap()).await
+                    });
+                }
+                for (status, v, _) in futures_util::future::join_all(calls).await {
+                    match status {
+                        200 => {
+                            ok += 1;
+                            billed += v["usage"]["cost"].as_f64().unwrap();
+                        }
+                        429 => {
+                            assert_eq!(v["error"]["type"], "insufficient_quota", "{v}");
+                            refused += 1;
+                        }
+                        s => panic!("{s}: {v}"),
+                    }
+                }
+            }
+            (billed, ok, refused)
+        }));
+    }
+    let c = client();
+    for (t, task) in tenants.into_iter().enumerate() {
+        let (billed, ok, refused) = task.await.unwrap();
+        assert!(
+            refused > 0,
+            "t{t}: three times the budget was never refused"
+        );
+        assert!(
+            billed <= BUDGET + 1e-12,
+            "t{t}: billed {billed} of {BUDGET}"
+        );
+        // One budget, not four: at least half of it spent, and fewer calls than two
+        // replicas' budgets would have let through.
+        assert!(
+            billed >= BUDGET / 2.0,
+            "t{t}: billed only {billed} ({ok} calls)"
+        );
+        let charged = spent(&c, &replicas[t % 4], &format!("t{t}")).await;
+        assert!(
+            (charged - billed).abs() <= billed * 0.02,
+            "t{t}: charged {charged}, the mock billed {billed}"
+        );
+    }
+    let replicas = std::sync::Arc::try_unwrap(replicas).ok().unwrap();
+    for gw in replicas {
+        gw.shutdown().await.unwrap();
+    }
+}

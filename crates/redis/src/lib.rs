@@ -20,6 +20,9 @@
 //!   mergeable [`Summary`](llm_layers_latency::Summary) (HDR histograms of 2 significant
 //!   digits, so any quantile read back is within 1 %) every few seconds, and merges the
 //!   others' on read.
+//! - [`RedisLedger`]: budgets' spend (USD per tenant per calendar window, in nano-dollars),
+//!   one counter per tenant and window that every replica reserves from (one atomic script)
+//!   and settles to, so N replicas keep one budget.
 //! - **Redis down is not an outage.** Every call to Redis has a budget (default 50 ms). A
 //!   failure or a late answer opens a breaker on the store itself: every layer answers from
 //!   local state at once (a limit from a local bucket of limit ÷ the configured replica
@@ -58,6 +61,7 @@
 mod breaker;
 mod health;
 mod latency;
+mod ledger;
 mod limits;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -72,6 +76,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 pub use breaker::BreakerSync;
 use health::Health;
 pub use latency::LatencySync;
+pub use ledger::RedisLedger;
 pub use limits::{LimitMode, LimitStoreBuilder, RedisStore};
 
 /// Runs `round` every `period` (a missed tick is not made up) on a task of its own.
