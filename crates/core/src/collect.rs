@@ -1,7 +1,7 @@
 //! Reading a whole answer out of a stream ([`ChatStream::collect`](crate::ChatStream::collect)),
 //! and the errors an answer can carry instead of (or with) its content.
 
-use crate::chunk::{AssistantMessage, ChatChunk, ChatCompletion, Choice, ToolCall};
+use crate::chunk::{AssistantMessage, ChatChunk, ChatCompletion, Choice, StreamChunk, ToolCall};
 use crate::error::{ApiError, LlmError, ProtocolKind};
 
 /// The error a completion carries instead of (or with) its answer, if any.
@@ -75,20 +75,84 @@ pub(crate) fn carried_error(chunk: &ChatChunk) -> Option<LlmError> {
 }
 
 impl Collector {
+    /// Takes one item of a stream: a chunk read by its shape (a token in the middle of an
+    /// answer) adds its content without the typed chunk being built.
+    pub(crate) fn push_item(&mut self, item: StreamChunk) -> Result<(), LlmError> {
+        if let Some((head, choice, content)) = item.shaped_parts() {
+            let d = &choice.delta;
+            let plain = d.reasoning.is_none()
+                && d.tool_calls.is_none()
+                && d.extra.is_empty()
+                && choice.finish_reason.is_none()
+                && choice.native_finish_reason.is_none()
+                && choice.error.is_none();
+            if plain {
+                self.note_head(
+                    &head.id,
+                    head.created,
+                    &head.model,
+                    head.provider.as_deref(),
+                    head.system_fingerprint.as_deref(),
+                );
+                let acc = self.choice(choice.index);
+                if let Some(r) = &d.role {
+                    if acc.role.as_ref() != Some(r) {
+                        acc.role = Some(r.clone());
+                    }
+                }
+                acc.content
+                    .get_or_insert_with(String::new)
+                    .push_str(content);
+                return Ok(());
+            }
+        }
+        self.push(item.into_chunk())
+    }
+
+    fn note_head(
+        &mut self,
+        id: &str,
+        created: u64,
+        model: &str,
+        provider: Option<&str>,
+        fingerprint: Option<&str>,
+    ) {
+        if !self.seen_head && !id.is_empty() {
+            self.seen_head = true;
+            id.clone_into(&mut self.head.id);
+            self.head.created = created;
+            model.clone_into(&mut self.head.model);
+            self.head.provider = provider.map(str::to_owned);
+            self.head.system_fingerprint = fingerprint.map(str::to_owned);
+        }
+    }
+
+    /// The accumulator of choice `index`.
+    fn choice(&mut self, index: u32) -> &mut ChoiceAcc {
+        let i = match self.choices.iter().position(|a| a.index == index) {
+            Some(i) => i,
+            None => {
+                self.choices.push(ChoiceAcc {
+                    index,
+                    ..ChoiceAcc::default()
+                });
+                self.choices.len() - 1
+            }
+        };
+        &mut self.choices[i]
+    }
+
     pub(crate) fn push(&mut self, chunk: ChatChunk) -> Result<(), LlmError> {
         if let Some(err) = carried_error(&chunk) {
             return Err(err);
         }
-        if !self.seen_head && !chunk.id.is_empty() {
-            self.seen_head = true;
-            self.head.id.clone_from(&chunk.id);
-            self.head.created = chunk.created;
-            self.head.model.clone_from(&chunk.model);
-            self.head.provider.clone_from(&chunk.provider);
-            self.head
-                .system_fingerprint
-                .clone_from(&chunk.system_fingerprint);
-        }
+        self.note_head(
+            &chunk.id,
+            chunk.created,
+            &chunk.model,
+            chunk.provider.as_deref(),
+            chunk.system_fingerprint.as_deref(),
+        );
         if chunk.usage.is_some() {
             self.usage = chunk.usage;
         }
@@ -96,16 +160,7 @@ impl Collector {
             if c.finish_reason.as_deref() == Some("error") {
                 return Err(choice_error(c.error.as_ref(), chunk.provider.as_deref()));
             }
-            let acc = match self.choices.iter_mut().position(|a| a.index == c.index) {
-                Some(i) => &mut self.choices[i],
-                None => {
-                    self.choices.push(ChoiceAcc {
-                        index: c.index,
-                        ..ChoiceAcc::default()
-                    });
-                    self.choices.last_mut().expect("just pushed")
-                }
-            };
+            let acc = self.choice(c.index);
             let d = c.delta;
             if d.role.is_some() {
                 acc.role = d.role;

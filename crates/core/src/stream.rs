@@ -278,7 +278,7 @@ impl ChatStream {
     pub async fn collect(mut self) -> Result<ChatCompletion, LlmError> {
         let mut acc = Collector::default();
         while let Some(item) = std::future::poll_fn(|cx| Pin::new(&mut self).poll_next(cx)).await {
-            acc.push(item?.into_chunk())?;
+            acc.push_item(item?)?;
         }
         acc.finish(self.meta().provider.as_deref())
     }

@@ -556,6 +556,52 @@ mod head_reuse {
             let got = rt.block_on(decoded(&events));
             prop_assert_eq!(got, expected(&events));
         }
+
+        /// A whole answer collected from the decoder's items (most read by their shape,
+        /// never built) is the one collected from each event parsed alone.
+        #[test]
+        fn an_answer_collected_from_shaped_chunks_is_the_parsed_one(
+            head in head(),
+            steps in prop::collection::vec(step(), 1..12),
+        ) {
+            // An answer that ends: no broken or error event, no second choice (never
+            // finished), and a finish at the end.
+            let mut steps = steps;
+            steps.retain(|s| {
+                !matches!(
+                    s,
+                    Step::Broken
+                        | Step::Error
+                        | Step::DuplicateId
+                        | Step::DuplicateEmpty(_)
+                        | Step::Shaped(_, _, 6)
+                )
+            });
+            steps.push(Step::Delta(String::new(), false, true));
+            let events = events(head, &steps);
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let got = rt.block_on(async {
+                let mut text = String::new();
+                for e in &events {
+                    text.push_str("data: ");
+                    text.push_str(e);
+                    text.push_str("\n\n");
+                }
+                text.push_str("data: [DONE]\n\n");
+                let items: Vec<_> = SseChatDecoder::new(body(vec![Box::leak(text.into_bytes().into_boxed_slice())]))
+                    .take_while(|r| std::future::ready(r.is_ok()))
+                    .map(Result::unwrap)
+                    .collect()
+                    .await;
+                let typed: Vec<_> = items.iter().map(|c| c.clone().into_chunk()).collect();
+                let got = ChatStream::from_chunks(items).collect().await.map_err(|e| e.kind());
+                let want = ChatStream::from_chunks(typed).collect().await.map_err(|e| e.kind());
+                (got, want)
+            });
+            let (got, want) = got;
+            prop_assert!(want.is_ok(), "{:?}", want);
+            prop_assert_eq!(got, want);
+        }
     }
 
     /// A head that holds a `"usage"`, `"error"` or `"choices"` key (even null) is never

@@ -167,10 +167,7 @@ where
                             continue;
                         }
                         // `[DONE]` after an answer no choice finished is a cut answer.
-                        None if !chunks
-                            .iter()
-                            .any(|c| c.choices.iter().any(|ch| ch.finish_reason.is_some())) =>
-                        {
+                        None if !chunks.iter().any(StreamChunk::has_finish) => {
                             LlmError::truncated()
                                 .with_message("the answer ended without a finish_reason")
                                 .with_provider_opt(stream.meta().provider.clone())

@@ -190,6 +190,24 @@ impl StreamChunk {
         }
     }
 
+    /// A shaped chunk's parts: the stream's head, the shape's choice and this content.
+    pub(crate) fn shaped_parts(&self) -> Option<(&HeadFields, &ChunkChoice, &str)> {
+        let (s, raw) = (self.shaped.as_ref()?, self.raw.as_ref()?);
+        Some((&s.head, &s.choice, self.shaped_content(s, raw)))
+    }
+
+    /// Whether some choice says why it finished.
+    pub fn has_finish(&self) -> bool {
+        match &self.shaped {
+            Some(s) => s.choice.finish_reason.is_some(),
+            None => self
+                .chunk()
+                .choices
+                .iter()
+                .any(|c| c.finish_reason.is_some()),
+        }
+    }
+
     /// Whether this chunk carries output (see [`ChatChunk::has_output`]).
     pub fn has_output(&self) -> bool {
         match &self.shaped {
