@@ -139,6 +139,7 @@ impl Spend {
                 price,
                 prompt,
                 delivered: 0,
+                cancelled: 0,
             }),
             Err(refused) => {
                 metrics::counter!("llm_budget_refused_total").increment(1);
@@ -163,9 +164,17 @@ pub(crate) struct Charge {
     prompt: u64,
     /// Output chunks delivered so far (about a token each).
     delivered: u64,
+    /// Attempts cancelled when another won (a hedge's losers): each charged its prompt.
+    cancelled: u32,
 }
 
 impl Charge {
+    /// `n` attempts of the call were cancelled when another won: an upstream may bill each
+    /// for the prompt it read, so each is charged the prompt's estimate.
+    pub(crate) fn cancelled(&mut self, n: u32) {
+        self.cancelled = n;
+    }
+
     /// An output chunk went to the caller.
     pub(crate) fn delivered(&mut self) {
         self.delivered += 1;
@@ -183,6 +192,7 @@ impl Charge {
 
     fn settle_usd(&mut self, usd: f64) {
         let Some(held) = self.held.take() else { return };
+        let usd = usd + f64::from(self.cancelled) * self.prompt as f64 * self.price.prompt;
         let delta = usd_to_nanos(usd) - held.amount;
         // The memory ledger settles at once; a shared one finishes in the background.
         let mut settle = self.ledger.settle(&self.tenant, held, delta);
@@ -211,4 +221,110 @@ pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llm_layers_core::ledger::MemoryLedger;
+    use llm_layers_core::{ChatRequest, Message};
+
+    fn price() -> Price {
+        Price {
+            prompt: 0.000_001,
+            completion: 0.000_002,
+            request: 0.0,
+            cache_read: None,
+        }
+    }
+
+    /// A reservation held at its worst case, through the ledger's own calls.
+    fn charge(ledger: &MemoryLedger, prompt: u64) -> Charge {
+        let held = ledger
+            .reserve_now(
+                "t",
+                Window::Day,
+                usd_to_nanos(1.0),
+                usd_to_nanos(10.0),
+                unix_now(),
+            )
+            .expect("fits");
+        Charge {
+            ledger: Arc::new(ledger.clone()),
+            tenant: Arc::from("t"),
+            held: Some(held),
+            price: price(),
+            prompt,
+            delivered: 0,
+            cancelled: 0,
+        }
+    }
+
+    fn spent(ledger: &MemoryLedger) -> f64 {
+        nanos_to_usd(ledger.spent_now("t", Window::Day, unix_now()))
+    }
+
+    #[test]
+    fn a_charge_settles_once_to_the_cost_and_the_cancelled_attempts_prompts() {
+        let ledger = MemoryLedger::default();
+        let mut c = charge(&ledger, 1_000);
+        assert!(
+            (spent(&ledger) - 1.0).abs() < 1e-9,
+            "the worst case is held"
+        );
+        c.cancelled(2);
+        c.settle(Cost::Reported(0.01));
+        // 0.01 for the answer, 2 × 1,000 prompt tokens × 1e-6 for the hedges cancelled.
+        assert!((spent(&ledger) - 0.012).abs() < 1e-9, "{}", spent(&ledger));
+        c.settle(Cost::Reported(5.0));
+        drop(c);
+        assert!((spent(&ledger) - 0.012).abs() < 1e-9, "settled once");
+    }
+
+    #[test]
+    fn an_abandoned_call_pays_its_prompt_and_what_it_delivered_and_a_failed_one_nothing() {
+        let ledger = MemoryLedger::default();
+        let mut c = charge(&ledger, 1_000);
+        for _ in 0..10 {
+            c.delivered();
+        }
+        drop(c);
+        // 1,000 × 1e-6 + 10 × 2e-6
+        assert!(
+            (spent(&ledger) - 0.00102).abs() < 1e-9,
+            "{}",
+            spent(&ledger)
+        );
+        let ledger = MemoryLedger::default();
+        let mut c = charge(&ledger, 1_000);
+        c.nothing();
+        drop(c);
+        assert_eq!(spent(&ledger), 0.0);
+    }
+
+    #[tokio::test]
+    async fn the_worst_case_is_the_prompt_and_the_output_limit_twice() {
+        let ledger = MemoryLedger::default();
+        let spend = Spend::new(Arc::new(ledger.clone()));
+        let book = Arc::new(PriceBook::default());
+        book.learn(&[serde_json::from_value(serde_json::json!({
+            "id": "a/m", "pricing": {"prompt": "0.000001", "completion": "0.000002"}
+        }))
+        .unwrap()]);
+        let mut req = ChatRequest::new("a/m", vec![Message::user("x".repeat(396))]);
+        req.body_mut().max_tokens = Some(100);
+        let budget = Budget {
+            usd: 1.0,
+            per: Window::Day,
+        };
+        let c = spend.reserve(&Arc::from("t"), budget, &req, &book).await;
+        let prompt = req.body().approx_prompt_tokens() as f64;
+        let want = (prompt * 0.000_001 + 100.0 * 0.000_002) * EXTRA_ATTEMPTS;
+        assert!(
+            (spent(&ledger) - want).abs() < 1e-9,
+            "{} != {want}",
+            spent(&ledger)
+        );
+        drop(c);
+    }
 }

@@ -285,6 +285,15 @@ async fn call(
         }
     };
     record.answered(stream.meta());
+    if let (Some(c), Some(n)) = (
+        charge.as_mut(),
+        stream
+            .meta()
+            .extensions
+            .get::<llm_layers_hedge::HedgeCancelled>(),
+    ) {
+        c.cancelled(n.0);
+    }
     state.counters.note(stream.meta());
     if let Some(t) = &counted_tenant {
         state

@@ -144,9 +144,6 @@ where
                                 "hedge: first token won"
                             );
                         }
-                        // Dropping the losers cancels them upstream, now.
-                        this.first.set(None);
-                        this.hedges.clear();
                         let started = *this.started;
                         if started > 1 {
                             metrics::counter!("llm_hedge_wasted_total")
@@ -155,9 +152,18 @@ where
                                 metrics::counter!("llm_hedge_won_total").increment(1);
                             }
                         }
+                        let losers = u32::from(this.first.is_some())
+                            + u32::try_from(this.hedges.len()).unwrap_or(u32::MAX)
+                            - 1;
+                        // Dropping the losers cancels them upstream, now.
+                        this.first.set(None);
+                        this.hedges.clear();
                         let meta = stream.meta_mut();
                         if started > 1 {
                             meta.extensions.insert(crate::HedgeWinner(winner));
+                        }
+                        if losers > 0 {
+                            meta.extensions.insert(crate::HedgeCancelled(losers));
                         }
                         meta.attempts = meta.attempts.max(1) + (started - 1);
                         return Poll::Ready(Ok(stream));

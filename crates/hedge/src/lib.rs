@@ -78,3 +78,10 @@ pub use upstreams::{ChooseUpstream, ChooseUpstreamLayer, NextUpstream, Upstreams
 /// absent when no hedge was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HedgeWinner(pub u32);
+
+/// How many attempts of a call were still running when another won, and were cancelled
+/// then, in the stream's [`ResponseMeta::extensions`](llm_layers_core::ResponseMeta::extensions);
+/// absent when none was. An upstream may bill a cancelled attempt for the prompt it read:
+/// what a budget charges for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HedgeCancelled(pub u32);

@@ -8,7 +8,9 @@ use http::StatusCode;
 use llm_layers_core::{
     Alternatives, ChatRequest, Deadline, ErrorKind, LlmError, Message, ProviderPlan, TimeoutKind,
 };
-use llm_layers_hedge::{HedgeDelay, HedgeLayer, HedgeWinner, NextCandidate, OtherModels};
+use llm_layers_hedge::{
+    HedgeCancelled, HedgeDelay, HedgeLayer, HedgeWinner, NextCandidate, OtherModels,
+};
 use llm_layers_latency::{LatencyStore, Outcome, Prior};
 use llm_layers_mock::{MockChat, Script};
 use tokio::time::Instant;
@@ -60,6 +62,15 @@ async fn first_to_commit_wins_and_the_loser_is_dropped_at_that_instant() {
         stream.meta().extensions.get::<HedgeWinner>().map(|w| w.0),
         Some(1)
     );
+    assert_eq!(
+        stream
+            .meta()
+            .extensions
+            .get::<HedgeCancelled>()
+            .map(|c| c.0),
+        Some(1),
+        "the original was still running: cancelled (what a budget charges its prompt for)"
+    );
     assert_eq!(stream.meta().attempts, 2);
     assert_eq!(stream.meta().provider.as_deref(), Some("Fast"));
     // The winner's tokens, exactly once, in order, nothing from the loser.
@@ -76,6 +87,7 @@ async fn no_hedge_when_the_first_token_comes_before_the_delay() {
     let svc = layer(S(2)).layer(mock.clone());
     let s = svc.oneshot(req()).await.unwrap();
     assert_eq!(s.meta().extensions.get::<HedgeWinner>().map(|w| w.0), None);
+    assert_eq!(s.meta().extensions.get::<HedgeCancelled>(), None);
     assert_eq!(mock.calls(), 1);
     // And the original can still win after a hedge was sent.
     let mock = MockChat::new();
