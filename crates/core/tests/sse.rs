@@ -430,3 +430,30 @@ fn buffered_counts_cut_lines_and_unfinished_events() {
         "two data lines joined and the cut one"
     );
 }
+
+/// A cut line at the end of a chunk is measured by what is left of that chunk, not by where
+/// it starts in it: the events before it in the chunk do not count against it.
+#[test]
+fn a_cut_line_after_events_in_its_chunk_counts_only_itself() {
+    let mut p = SseParser::with_max_event_size(32);
+    assert_eq!(
+        run(&mut p, &[b"data: aaaaaaaaaa\n\ndata: bbbb", b"\n\n"]),
+        vec![ev("aaaaaaaaaa"), ev("bbbb")]
+    );
+}
+
+/// While the rest of an oversize event is skipped, a cut line of it is not kept either.
+#[test]
+fn the_rest_of_an_oversize_event_is_not_buffered() {
+    let mut p = SseParser::with_max_event_size(16);
+    p.push(Bytes::from_static(b"data: 0123456789abcdef\n"));
+    assert_eq!(p.next_event(), Some(Err(SseError::Oversize { limit: 16 })));
+    p.push(Bytes::from_static(b"data: partial"));
+    assert!(p.next_event().is_none());
+    assert_eq!(p.buffered(), 0, "a line of a skipped event is not kept");
+    p.push(Bytes::from_static(b"\n\ndata: next\n\n"));
+    assert_eq!(
+        p.next_event().map(|e| e.map(|e| e.data().to_owned())),
+        Some(Ok("next".into()))
+    );
+}
