@@ -190,6 +190,8 @@ pub fn install_metrics() -> Result<PrometheusHandle, StartError> {
     let handle = builder
         .install_recorder()
         .map_err(|e| StartError::Metrics(e.to_string()))?;
+    // Shown from the start (the dashboard's spend row reads it before any refusal).
+    metrics::counter!("llm_budget_refused_total").absolute(0);
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
