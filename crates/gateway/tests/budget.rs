@@ -55,7 +55,7 @@ async fn spent(c: &HttpClient, gw: &Gateway, tenant: &str) -> f64 {
 
 #[tokio::test]
 async fn a_tenant_spends_its_budget_and_no_more_and_others_do_not_notice() {
-    let (gw, _mock) = budgeted_gateway().await;
+    let (gw, mock) = budgeted_gateway().await;
     let c = client();
     let acme = Some("sk-gw-acme-0000000000");
     let mut billed = 0.0;
@@ -86,14 +86,23 @@ async fn a_tenant_spends_its_budget_and_no_more_and_others_do_not_notice() {
         answered >= 2,
         "a budget of several calls allowed {answered}"
     );
-    // Charged what the mock billed, to the nano-dollar per call, and never past the budget
-    // (each call reserved its worst case first).
+    // Charged what the mock billed (its answers, and the prompts of hedges it began and the
+    // gateway cancelled), and never past the budget (each call reserved its worst case
+    // first).
     let charged = spent(&c, &gw, "acme").await;
+    let mock_billed = mock.counters().billed_usd();
     assert!(
-        (charged - billed).abs() <= 1e-9 * f64::from(answered),
-        "charged {charged}, billed {billed}"
+        (charged - mock_billed).abs() <= mock_billed * 0.02,
+        "charged {charged}, the mock billed {mock_billed} (answers {billed})"
     );
-    assert!(billed <= 0.0004 + 1e-12, "billed {billed} past the budget");
+    assert!(
+        charged >= billed - 1e-12,
+        "charged {charged} below the answers' {billed}"
+    );
+    assert!(
+        charged <= 0.0004 + 1e-12,
+        "charged {charged} past the budget"
+    );
     // The other tenant has no budget and does not notice.
     let (status, _, _) = post_as(
         &c,
@@ -292,28 +301,35 @@ async fn four_replicas_on_one_redis_keep_one_budget_per_tenant() {
         }));
     }
     let c = client();
+    let mut charged_all = 0.0;
     for (t, task) in tenants.into_iter().enumerate() {
         let (billed, ok, refused) = task.await.unwrap();
         assert!(
             refused > 0,
             "t{t}: three times the budget was never refused"
         );
-        assert!(
-            billed <= BUDGET + 1e-12,
-            "t{t}: billed {billed} of {BUDGET}"
-        );
-        // One budget, not four: at least half of it spent, and fewer calls than two
-        // replicas' budgets would have let through.
+        // One budget, not four: at least half of it spent on answers.
         assert!(
             billed >= BUDGET / 2.0,
             "t{t}: billed only {billed} ({ok} calls)"
         );
         let charged = spent(&c, &replicas[t % 4], &format!("t{t}")).await;
         assert!(
-            (charged - billed).abs() <= billed * 0.02,
-            "t{t}: charged {charged}, the mock billed {billed}"
+            charged <= BUDGET + 1e-12,
+            "t{t}: charged {charged} of {BUDGET}"
         );
+        assert!(
+            charged >= billed - 1e-12,
+            "t{t}: charged {charged}, answers {billed}"
+        );
+        charged_all += charged;
     }
+    // Everything the mock billed (answers, and the prompts of hedges cancelled) was charged.
+    let mock_billed = mock.counters().billed_usd();
+    assert!(
+        (charged_all - mock_billed).abs() <= mock_billed * 0.02,
+        "charged {charged_all}, the mock billed {mock_billed}"
+    );
     let replicas = std::sync::Arc::try_unwrap(replicas).ok().unwrap();
     for gw in replicas {
         gw.shutdown().await.unwrap();

@@ -323,6 +323,7 @@ async fn handle(
                 "requests": c.requests(),
                 "open_streams": c.open_streams(),
                 "cancelled_streams": c.cancelled_streams(),
+                "billed_usd": c.billed_usd(),
                 "completed_streams": c.completed_streams(),
                 "accepted_connections": c.accepted_connections(),
             });

@@ -68,6 +68,8 @@ struct Writer {
     split: bool,
     coalesce: bool,
     rng: rand::rngs::SmallRng,
+    /// Output tokens written so far (billed).
+    sent: u64,
 }
 
 impl Writer {
@@ -156,12 +158,19 @@ pub(crate) async fn write_answer(
         split: scenario.split_writes,
         coalesce: scenario.coalesce_writes,
         rng: rand::SeedableRng::seed_from_u64(split_seed),
+        sent: 0,
     };
     let finished = if stream {
         stream_answer(&mut w, &plan, &meta, keepalive).await
     } else {
         json_answer(&mut w, &plan, &meta).await
     };
+    let sent = if finished && !stream {
+        meta.pieces.len() as u64
+    } else {
+        w.sent
+    };
+    counters.bill(meta.prompt_tokens, sent);
     counters.close(!finished);
 }
 
@@ -209,6 +218,7 @@ async fn stream_answer(
             },
             None,
         ));
+        w.sent += 1;
         if let Some((how, after)) = cut {
             if i + 1 == after {
                 return cut_stream(w, how, meta).await;

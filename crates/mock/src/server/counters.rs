@@ -20,6 +20,8 @@ pub struct Counters {
     pub(super) cancelled_streams: AtomicU64,
     pub(super) completed_streams: AtomicU64,
     pub(super) catalog_requests: AtomicU64,
+    /// What the mock billed, in nano-dollars.
+    pub(super) billed: AtomicU64,
     pub(super) outcomes: Mutex<HashMap<(String, String), u64>>,
     pub(super) bodies: Mutex<std::collections::VecDeque<Bytes>>,
     pub(super) keys: Mutex<HashMap<String, u64>>,
@@ -122,6 +124,22 @@ impl Counters {
         let n = self.open_streams.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_open_streams.fetch_max(n, Ordering::SeqCst);
         self.changed.notify_waiters();
+    }
+
+    /// What the mock billed for every answer it began, USD: as OpenRouter bills, the prompt
+    /// of every request a provider took (a stream cancelled before its first token
+    /// included) and each output token sent, at [`crate::PRICE`]; nothing for an error.
+    pub fn billed_usd(&self) -> f64 {
+        llm_layers_core::ledger::nanos_to_usd(
+            i64::try_from(self.billed.load(Ordering::SeqCst)).unwrap_or(i64::MAX),
+        )
+    }
+
+    /// Bills one answer: `prompt` tokens read and `completion` tokens sent.
+    pub(crate) fn bill(&self, prompt: u64, completion: u64) {
+        let usd = prompt as f64 * crate::PRICE.prompt + completion as f64 * crate::PRICE.completion;
+        let nanos = u64::try_from(llm_layers_core::ledger::usd_to_nanos(usd)).unwrap_or(0);
+        self.billed.fetch_add(nanos, Ordering::SeqCst);
     }
 
     pub(crate) fn close(&self, cancelled: bool) {
