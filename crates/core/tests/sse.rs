@@ -457,3 +457,26 @@ fn the_rest_of_an_oversize_event_is_not_buffered() {
         Some(Ok("next".into()))
     );
 }
+
+/// An event of exactly the limit passes, cut or whole; one byte more does not. Every line
+/// counts its line end: three 10-byte lines are 33 bytes against the limit.
+#[test]
+fn the_limit_is_inclusive_and_counts_line_ends() {
+    let exact = b"data: 0123456789";
+    assert_eq!(exact.len(), 16);
+    let whole: &[u8] = b"data: 0123456789\n\n";
+    let cut: [&[u8]; 2] = [exact, b"\n\n"];
+    for chunks in [&cut[..], &[whole][..]] {
+        let mut p = SseParser::with_max_event_size(16);
+        assert_eq!(run(&mut p, chunks), vec![ev("0123456789")], "{chunks:?}");
+    }
+    let three = b"data: aaaa\ndata: bbbb\ndata: cccc\n\n";
+    let mut p = SseParser::with_max_event_size(30);
+    assert_eq!(
+        run(&mut p, &[three]),
+        vec![Out::Err(SseError::Oversize { limit: 30 })],
+        "11 + 11 + 10 bytes are past 30"
+    );
+    let mut p = SseParser::with_max_event_size(32);
+    assert_eq!(run(&mut p, &[three]), vec![ev("aaaa\nbbbb\ncccc")]);
+}

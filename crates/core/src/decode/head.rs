@@ -522,6 +522,28 @@ mod tests {
         assert!(shape(&cache).is_none());
     }
 
+    /// A stream whose head changes with every chunk (a timestamp per chunk) stops being
+    /// learned after a few misses: each learning costs a second parse.
+    #[test]
+    fn a_head_that_keeps_changing_is_given_up() {
+        let mut cache = HeadCache::default();
+        let events: Vec<String> = (0..8)
+            .map(|i| {
+                format!(
+                    r#"{{"id":"gen-1","created":{i},"choices":[{{"index":0,"delta":{{"content":"t"}},"finish_reason":null}}]}}"#
+                )
+            })
+            .collect();
+        decode_all(&mut cache, &events[..1]);
+        assert!(cache.head.is_some(), "the first head is learned");
+        decode_all(&mut cache, &events[1..]);
+        assert!(
+            cache.head.is_none(),
+            "given up after {MAX_MISSES} misses in a row"
+        );
+        assert_eq!(cache.misses, MAX_MISSES + 1);
+    }
+
     #[test]
     fn a_head_learns_at_most_a_few_shapes() {
         let mut cache = HeadCache::default();
