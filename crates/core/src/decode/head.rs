@@ -522,6 +522,39 @@ mod tests {
         assert!(shape(&cache).is_none());
     }
 
+    /// A shape whose choice carries reasoning or tool calls besides its content: a chunk read
+    /// by it is output even when its content is empty.
+    #[test]
+    fn a_shape_with_reasoning_or_tool_calls_is_output_without_content() {
+        for extra in [
+            r#""reasoning":"r","#,
+            r#""tool_calls":[{"index":0,"function":{"arguments":"{}"}}],"#,
+        ] {
+            let ev = |t: &str| {
+                event(&format!(
+                    r#""choices":[{{"index":0,"delta":{{{extra}"content":"{t}"}},"finish_reason":null}}]}}"#
+                ))
+            };
+            let mut cache = HeadCache::default();
+            decode_all(&mut cache, &[ev("a"), ev("b")]);
+            assert!(shape(&cache).is_some(), "{extra}: a shape is learned");
+            let empty = ev("");
+            match cache.decode(&empty) {
+                Ok(Some(Decoded::Shaped(s))) => assert!(s.output, "{extra}"),
+                _ => panic!("{extra}: read by the shape"),
+            }
+            let plain =
+                event(r#""choices":[{"index":0,"delta":{"content":""},"finish_reason":null}]}"#);
+            let mut cache = HeadCache::default();
+            decode_all(&mut cache, &[plain.clone(), plain.clone()]);
+            match cache.decode(&plain) {
+                Ok(Some(Decoded::Shaped(s))) => assert!(!s.output, "an empty content alone"),
+                Ok(Some(Decoded::Parsed(c))) => assert!(!c.has_output()),
+                _ => panic!("a chunk"),
+            }
+        }
+    }
+
     /// A stream whose head changes with every chunk (a timestamp per chunk) stops being
     /// learned after a few misses: each learning costs a second parse.
     #[test]
