@@ -155,6 +155,18 @@ impl Drop for RedisServer {
     }
 }
 
+/// A store nobody answers at (a port that was free a moment ago), with a 50 ms budget: for
+/// tests of the fall-back to local state.
+pub fn unreachable() -> crate::Redis {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_or(1, |a| a.port());
+    crate::Redis::builder(format!("redis://127.0.0.1:{port}"))
+        .budget(Duration::from_millis(50))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Runs one command on a connection of its own to the server on `port`, returning the raw
 /// reply.
 pub fn cli_at(port: u16, args: &[&str]) -> Option<String> {

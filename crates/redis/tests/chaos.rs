@@ -185,15 +185,7 @@ async fn no_call_fails_because_redis_failed() {
 /// replicas), never to the whole limit per replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_falls_back_to_its_share_when_the_store_is_down() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let redis = Redis::builder(format!("redis://127.0.0.1:{port}"))
-        .budget(Duration::from_millis(50))
-        .build()
-        .unwrap();
+    let redis = llm_layers_redis::testing::unreachable();
     for mode in [LimitMode::Exact, LimitMode::Lease] {
         let svc = RateLimitLayer::builder()
             .requests(Limit::new(40, Duration::from_secs(600)).mode(Mode::Reject))

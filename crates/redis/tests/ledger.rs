@@ -1,11 +1,9 @@
 //! The budgets' ledger in Redis: one counter for every replica, settled to what calls cost,
 //! and its share of a budget when Redis is down.
 
-use std::time::Duration;
-
 use llm_layers_core::ledger::{Ledger, Window};
+use llm_layers_redis::RedisLedger;
 use llm_layers_redis::testing::RedisServer;
-use llm_layers_redis::{Redis, RedisLedger};
 
 const NOW: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 
@@ -57,15 +55,7 @@ async fn replicas_reserve_from_one_counter_and_settle_to_it() {
 /// replicas), settled where it was taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_store_gives_each_replica_its_share() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let redis = Redis::builder(format!("redis://127.0.0.1:{port}"))
-        .budget(Duration::from_millis(50))
-        .build()
-        .unwrap();
+    let redis = llm_layers_redis::testing::unreachable();
     let l = RedisLedger::new(&redis, 4);
     let held = l.reserve("acme", Window::Day, 25, 100, NOW).await.unwrap();
     assert!(held.local, "taken from the local share");
