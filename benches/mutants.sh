@@ -38,6 +38,7 @@ FILES=(
   crates/coalesce/src/flight.rs
   crates/redis/src/limits.rs
   crates/gateway/src/keys.rs
+  crates/gateway/src/keys/auth.rs
   crates/gateway/src/bounds.rs
 )
 
