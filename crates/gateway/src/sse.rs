@@ -149,7 +149,9 @@ impl SseBody {
                 while o.last().is_some_and(u8::is_ascii_whitespace) {
                     o.pop();
                 }
-                if o.last() == Some(&b'}') {
+                // An upstream that sent a key of that name keeps it: never a duplicate key.
+                let taken = memchr::memmem::find(&o[start..], b"\"llm_layers\"").is_some();
+                if o.last() == Some(&b'}') && !taken {
                     o.pop();
                     o.extend_from_slice(s.as_bytes());
                     o.push(b'}');

@@ -354,3 +354,21 @@ async fn the_stack_passes_the_middle_of_an_answer_through_unparsed() {
         );
     }
 }
+
+/// An upstream whose usage chunk already has an `"llm_layers"` key gets it back as it sent
+/// it: the gateway's summary never makes a duplicate key.
+#[test]
+fn an_upstream_llm_layers_key_is_not_duplicated() {
+    let head = r#""id":"gen-1","object":"chat.completion.chunk","created":1,"model":"m""#;
+    let events = vec![
+        format!(
+            r#"{{{head},"choices":[{{"index":0,"delta":{{"role":"assistant","content":"Hi"}},"finish_reason":null}}]}}"#
+        ),
+        format!(r#"{{{head},"choices":[{{"index":0,"delta":{{}},"finish_reason":"stop"}}]}}"#),
+        format!(
+            r#"{{{head},"choices":[],"usage":{{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}},"llm_layers":{{"theirs":true}}}}"#
+        ),
+    ];
+    let got = relay(events.clone());
+    assert_eq!(got[..3], events[..]);
+}
