@@ -95,7 +95,11 @@ impl Spend {
 
     /// What `tenant` holds in `budget`'s current window, USD.
     pub(crate) async fn spent(&self, tenant: &str, budget: Budget) -> f64 {
-        nanos_to_usd(self.ledger.spent(tenant, budget.per, unix_now()).await)
+        nanos_to_usd(
+            self.ledger
+                .spent(tenant, budget.per, crate::now_secs())
+                .await,
+        )
     }
 
     /// Reserves `req`'s worst case against `tenant`'s `budget`, or the error to answer.
@@ -125,7 +129,7 @@ impl Spend {
         let worst =
             (prompt as f64 * price.prompt + output as f64 * price.completion + price.request)
                 * EXTRA_ATTEMPTS;
-        let now = unix_now();
+        let now = crate::now_secs();
         let limit = usd_to_nanos(budget.usd);
         match self
             .ledger
@@ -216,13 +220,6 @@ impl Drop for Charge {
     }
 }
 
-/// Seconds since 1970 (the windows are calendar windows).
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,7 +243,7 @@ mod tests {
                 Window::Day,
                 usd_to_nanos(1.0),
                 usd_to_nanos(10.0),
-                unix_now(),
+                crate::now_secs(),
             )
             .expect("fits");
         Charge {
@@ -261,7 +258,7 @@ mod tests {
     }
 
     fn spent(ledger: &MemoryLedger) -> f64 {
-        nanos_to_usd(ledger.spent_now("t", Window::Day, unix_now()))
+        nanos_to_usd(ledger.spent_now("t", Window::Day, crate::now_secs()))
     }
 
     #[test]

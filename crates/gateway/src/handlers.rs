@@ -426,7 +426,7 @@ pub(crate) async fn status_json(State(state): State<AppState>) -> Response {
             let spent = state.spend.spent(&k.tenant, b).await;
             budgets.push(serde_json::json!({
                 "tenant": &*k.tenant, "budget_usd": b.usd, "per": b.per.name(),
-                "spent_usd": spent, "resets_at": llm_layers_core::ledger::Window::at(b.per, crate::budget::unix_now()).ends,
+                "spent_usd": spent, "resets_at": llm_layers_core::ledger::Window::at(b.per, now_secs()).ends,
             }));
         }
     }

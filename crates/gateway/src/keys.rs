@@ -131,7 +131,7 @@ impl GatewayKey {
     /// let mut req: ChatRequest = serde_json::from_str(
     ///     r#"{"model":"a/b","messages":[],"max_completion_tokens":1,"max_tokens":100000,"n":2}"#,
     /// )?;
-    /// key.apply(&mut req).unwrap();
+    /// assert!(key.apply(&mut req).is_ok());
     /// assert_eq!((req.body().max_tokens, req.body().max_completion_tokens), (Some(8), Some(1)));
     /// # Ok::<(), serde_json::Error>(())
     /// ```
