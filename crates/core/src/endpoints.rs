@@ -67,6 +67,28 @@ pub struct EndpointStats {
     /// Uptime over the last day, in percent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime_last_1d: Option<f64>,
+    /// What this endpoint charges (`{"prompt":"0.000001","completion":"0.000002",...}`,
+    /// USD per token as decimal strings): read through [`EndpointStats::price`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<serde_json::Value>,
+}
+
+impl EndpointStats {
+    /// This endpoint's price, when it publishes a usable one (a missing, negative or
+    /// unreadable `prompt` or `completion` is none: never a free endpoint).
+    ///
+    /// ```
+    /// use llm_layers_core::endpoints::EndpointStats;
+    /// let e: EndpointStats = serde_json::from_str(
+    ///     r#"{"provider_name":"A","pricing":{"prompt":"0.000002","completion":"0.000008"}}"#)?;
+    /// assert_eq!(e.price().map(|p| p.completion), Some(0.000008));
+    /// let unpriced: EndpointStats = serde_json::from_str(r#"{"provider_name":"B","pricing":{"prompt":"-1"}}"#)?;
+    /// assert_eq!(unpriced.price(), None);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn price(&self) -> Option<crate::price::Price> {
+        crate::price::Price::from_pricing(self.pricing.as_ref()?).ok()
+    }
 }
 
 /// Published percentiles; any may be missing.

@@ -87,6 +87,18 @@ impl Price {
         })
     }
 
+    /// What a call of `prompt` and `completion` tokens costs at this price (none read from
+    /// a cache): what a router compares endpoints by before the call.
+    ///
+    /// ```
+    /// use llm_layers_core::price::Price;
+    /// let p = Price { prompt: 0.000001, completion: 0.000002, request: 0.001, cache_read: None };
+    /// assert!((p.of_tokens(1000, 500) - 0.003).abs() < 1e-12);
+    /// ```
+    pub fn of_tokens(&self, prompt: u64, completion: u64) -> f64 {
+        prompt as f64 * self.prompt + completion as f64 * self.completion + self.request
+    }
+
     /// What `usage` costs at this price: prompt tokens (those read from the cache at the
     /// cache price, when there is one), completion tokens, and the request.
     ///

@@ -267,14 +267,30 @@ impl PriorFeed {
             .unwrap_or_else(|| Arc::from(Vec::new()))
     }
 
+    /// What `provider` (display name) publishes as its price for `model`: its endpoint's
+    /// `pricing` (none when it published no usable one).
+    pub fn price(&self, model: &str, provider: &str) -> Option<llm_layers_core::price::Price> {
+        self.read_endpoint(model, provider, EndpointStats::price)
+    }
+
     /// The routing slug each provider display name was published with, for `model`.
     pub fn slug(&self, model: &str, provider: &str) -> Option<String> {
+        self.read_endpoint(model, provider, |e| e.tag.clone())
+    }
+
+    /// `read` of `provider`'s endpoint of `model`, under the read lock.
+    fn read_endpoint<T>(
+        &self,
+        model: &str,
+        provider: &str,
+        read_one: impl FnOnce(&EndpointStats) -> Option<T>,
+    ) -> Option<T> {
         let models = read(&self.inner.models);
         models
             .get(model)?
             .endpoints
             .iter()
             .find(|e| e.provider_name == provider)
-            .and_then(|e| e.tag.clone())
+            .and_then(read_one)
     }
 }

@@ -44,7 +44,7 @@ pub use answer::{
     whole_answer_tokens,
 };
 pub use scenario::{
-    Dist, Faults, OPENAI_CHAT_FIELDS, ProviderSpec, Scenario, ScenarioError, StatusFault,
+    Dist, Faults, OPENAI_CHAT_FIELDS, PriceSpec, ProviderSpec, Scenario, ScenarioError, StatusFault,
 };
 pub use scripted::{MockChat, Script, ScriptStream};
 pub use server::{Counters, MockBody, MockServer};

@@ -179,6 +179,33 @@ pub struct ProviderSpec {
     /// (default: its real `ttft`). Set it to make the published stats lie.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_ttft: Option<Dist>,
+    /// What this provider charges, USD per token: billed, reported as `usage.cost` and
+    /// published as its endpoint's `pricing` (default [`crate::PRICE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<PriceSpec>,
+}
+
+/// A provider's price, USD per token.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceSpec {
+    /// Per prompt token.
+    pub prompt: f64,
+    /// Per completion token.
+    pub completion: f64,
+}
+
+impl ProviderSpec {
+    /// What this provider charges ([`crate::PRICE`] unless it says otherwise).
+    pub fn price(&self) -> llm_layers_core::price::Price {
+        self.price
+            .map_or(crate::PRICE, |p| llm_layers_core::price::Price {
+                prompt: p.prompt,
+                completion: p.completion,
+                request: 0.0,
+                cache_read: None,
+            })
+    }
 }
 
 fn default_ttft() -> Dist {

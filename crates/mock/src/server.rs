@@ -326,6 +326,9 @@ async fn handle(
                 "billed_usd": c.billed_usd(),
                 "completed_streams": c.completed_streams(),
                 "accepted_connections": c.accepted_connections(),
+                "requests_to": state.scenario.providers.iter()
+                    .map(|p| (p.slug.clone(), json!(c.requests_to(&p.slug))))
+                    .collect::<serde_json::Map<_, _>>(),
             });
             Ok(full(StatusCode::OK, "application/json", body.to_string()))
         }
@@ -547,6 +550,7 @@ async fn chat(
                 ),
                 prompt_tokens: body.approx_prompt_tokens(),
                 report_cost: state.scenario.report_cost,
+                price: provider.map_or(crate::PRICE, crate::ProviderSpec::price),
             };
             let (tx, rx) = mpsc::channel(16);
             let stream = request.is_stream();

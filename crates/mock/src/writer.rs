@@ -24,6 +24,8 @@ pub(crate) struct AnswerMeta {
     pub(crate) prompt_tokens: u64,
     /// Whether `usage` says what the answer cost.
     pub(crate) report_cost: bool,
+    /// What the serving provider charges.
+    pub(crate) price: llm_layers_core::price::Price,
 }
 
 impl AnswerMeta {
@@ -53,7 +55,7 @@ impl AnswerMeta {
             ..Usage::default()
         };
         if self.report_cost {
-            let cost = crate::PRICE.cost(&u);
+            let cost = self.price.cost(&u);
             u.extra.insert("cost".into(), cost.into());
         }
         u
@@ -170,7 +172,7 @@ pub(crate) async fn write_answer(
     } else {
         w.sent
     };
-    counters.bill(meta.prompt_tokens, sent);
+    counters.bill(&meta.price, meta.prompt_tokens, sent);
     counters.close(!finished);
 }
 

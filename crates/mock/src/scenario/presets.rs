@@ -14,12 +14,13 @@ impl Scenario {
             "all_down" => Scenario::all_down(),
             "dead_throttled" => Scenario::dead_throttled(),
             "hanging" => Scenario::hanging(),
+            "priced" => Scenario::priced(),
             _ => return None,
         })
     }
 
     /// The names of the presets.
-    pub const PRESETS: [&'static str; 8] = [
+    pub const PRESETS: [&'static str; 9] = [
         "healthy",
         "fat_tail",
         "outage",
@@ -28,6 +29,7 @@ impl Scenario {
         "all_down",
         "dead_throttled",
         "hanging",
+        "priced",
     ];
 
     fn base(providers: Vec<ProviderSpec>) -> Scenario {
@@ -66,6 +68,7 @@ impl Scenario {
             refuses_prefill: false,
             prefill_from_scratch: false,
             published_ttft: None,
+            price: None,
         }
     }
 
@@ -183,6 +186,40 @@ impl Scenario {
             p.faults.hang_after_headers = 0.05;
         }
         s
+    }
+
+    /// Speed at a price: `Swift` is the fastest and the dearest (TTFT p50 250 ms / p99
+    /// 700 ms, 4× `Steady`'s price), `Steady` is mid-priced and meets a 1.5 s p95 (p50
+    /// 600 ms / p99 1.4 s, so p95 ≈ 1.1 s), `Thrifty` is the cheapest and misses it (p50
+    /// 1.5 s / p99 6 s, p95 ≈ 4 s; a third of `Steady`'s price). What a cost-aware router
+    /// must find: every call to `Steady`, none to `Swift`.
+    pub fn priced() -> Scenario {
+        let lognormal = |p50_ms: f64, p99_ms: f64| Dist::Lognormal {
+            p50_ms,
+            p99_ms,
+            cap_ms: 60_000.0,
+        };
+        let priced = |mut p: ProviderSpec, prompt: f64, completion: f64| {
+            p.price = Some(super::PriceSpec { prompt, completion });
+            p
+        };
+        Scenario::base(vec![
+            priced(
+                Scenario::provider("Swift", 1.0, lognormal(250.0, 700.0)),
+                0.000_004,
+                0.000_012,
+            ),
+            priced(
+                Scenario::provider("Steady", 1.0, lognormal(600.0, 1_400.0)),
+                0.000_001,
+                0.000_003,
+            ),
+            priced(
+                Scenario::provider("Thrifty", 1.0, lognormal(1_500.0, 6_000.0)),
+                0.000_000_3,
+                0.000_001,
+            ),
+        ])
     }
 
     /// Every fault at a few percent, keep-alives, split writes and CRLF.

@@ -43,6 +43,7 @@ impl Scenario {
                     + p.faults.reset_before_headers
                     + p.faults.hang_after_headers;
                 let uptime = 100.0 * (1.0 - failing.min(1.0));
+                let price = p.price();
                 serde_json::json!({
                     "name": format!("{} | {model}", p.name),
                     "model_name": model,
@@ -55,6 +56,8 @@ impl Scenario {
                     "uptime_last_5m": uptime,
                     "uptime_last_30m": uptime,
                     "uptime_last_1d": uptime,
+                    "pricing": {"prompt": price.prompt.to_string(),
+                                "completion": price.completion.to_string(), "request": "0"},
                 })
             })
             .collect();

@@ -128,7 +128,8 @@ impl Counters {
 
     /// What the mock billed for every answer it began, USD: as OpenRouter bills, the prompt
     /// of every request a provider took (a stream cancelled before its first token
-    /// included) and each output token sent, at [`crate::PRICE`]; nothing for an error.
+    /// included) and each output token sent, at the serving provider's price
+    /// ([`crate::PRICE`] unless the scenario says otherwise); nothing for an error.
     pub fn billed_usd(&self) -> f64 {
         llm_layers_core::ledger::nanos_to_usd(
             i64::try_from(self.billed.load(Ordering::SeqCst)).unwrap_or(i64::MAX),
@@ -136,8 +137,8 @@ impl Counters {
     }
 
     /// Bills one answer: `prompt` tokens read and `completion` tokens sent.
-    pub(crate) fn bill(&self, prompt: u64, completion: u64) {
-        let usd = prompt as f64 * crate::PRICE.prompt + completion as f64 * crate::PRICE.completion;
+    pub(crate) fn bill(&self, price: &llm_layers_core::price::Price, prompt: u64, completion: u64) {
+        let usd = price.of_tokens(prompt, completion);
         let nanos = u64::try_from(llm_layers_core::ledger::usd_to_nanos(usd)).unwrap_or(0);
         self.billed.fetch_add(nanos, Ordering::SeqCst);
     }
