@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use llm_layers_core::ProviderPreferences;
 use serde::{Deserialize, Serialize};
 
+use crate::Objective;
+
 /// Everything the router needs besides the latency store. Every field but `tiers` has a
 /// default; [`RouterLayer::from_config`](crate::RouterLayer::from_config) validates it.
 ///
@@ -75,6 +77,10 @@ pub struct TierConfig {
     /// itself falls back when the chosen one errors (default false).
     #[serde(default)]
     pub fallback_models: bool,
+    /// What the chosen model's provider order optimises (`fastest`, the default;
+    /// `cheapest` within this tier's SLA; `weighted=W`): see [`Objective`].
+    #[serde(default)]
+    pub objective: Objective,
 }
 
 /// A candidate: a model id, or a model id with provider preferences of its own.
@@ -141,6 +147,14 @@ pub struct LearnedOrderConfig {
     /// re-measured by the order's own draws (see the crate docs), not by this share.
     #[serde(default = "default_order_explore")]
     pub explore: f64,
+    /// What the order of a call naming a concrete model optimises (default `fastest`); a
+    /// tier's own objective, or a call's [`Objective`] extension, wins.
+    #[serde(default)]
+    pub objective: Objective,
+    /// The SLA `cheapest` and `weighted` orders of a concrete model must meet (default
+    /// none: the cheapest provider not failing). A tier's call meets the tier's SLA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sla: Option<SlaConfig>,
 }
 
 impl Default for LearnedOrderConfig {
@@ -151,6 +165,8 @@ impl Default for LearnedOrderConfig {
             max_error_rate: default_max_error(),
             stickiness: default_stickiness(),
             explore: default_order_explore(),
+            objective: Objective::default(),
+            sla: None,
         }
     }
 }

@@ -11,7 +11,8 @@ use llm_layers_latency::{LatencyStore, PriorFeed};
 use tokio::time::Instant;
 use tower_layer::Layer;
 
-use crate::config::{CandidateConfig, LearnedOrderConfig, RouterConfig, TierConfig};
+use crate::Objective;
+use crate::config::{CandidateConfig, LearnedOrderConfig, RouterConfig, SlaConfig, TierConfig};
 use crate::order::{LearnedOrder, Trial};
 use crate::service::Router;
 use crate::tier::{Candidate, Knobs, Sla, Tier};
@@ -31,6 +32,8 @@ pub(crate) struct Shared {
     order: LearnedOrder,
     /// The decision counters of calls naming a concrete model.
     concrete: Decisions,
+    /// What the orders of concrete models optimise, and the SLA they meet.
+    objective: (Objective, Option<Sla>),
 }
 
 impl Shared {
@@ -45,8 +48,8 @@ impl Shared {
             Some(t) => Some(t.0.clone()),
             None => req.model().strip_prefix(TIER_PREFIX).map(Arc::from),
         };
-        let (tier, reason, decisions) = match named {
-            None => (None, RouteReason::Concrete, &self.concrete),
+        let (tier, reason, decisions, objective) = match named {
+            None => (None, RouteReason::Concrete, &self.concrete, self.objective),
             Some(name) => {
                 let Some(tier) = self.tiers.get(&name) else {
                     let known: Vec<&str> = self.names.iter().map(|n| &**n).collect();
@@ -71,10 +74,19 @@ impl Shared {
                 }
                 req.extensions_mut()
                     .insert(Alternatives(tier.others[i].clone()));
-                (Some(tier.name.clone()), reason, &tier.decisions)
+                (
+                    Some(tier.name.clone()),
+                    reason,
+                    &tier.decisions,
+                    (tier.objective, Some(tier.sla)),
+                )
             }
         };
-        let (order, trial) = self.order.apply(&self.store, req, now);
+        let objective = match req.extensions().get::<Objective>() {
+            Some(o) => (*o, objective.1),
+            None => objective,
+        };
+        let (order, trial) = self.order.apply(&self.store, req, now, objective);
         decisions.count(tier.as_deref(), reason, order);
         Ok((
             Route {
@@ -220,6 +232,30 @@ fn open_0_1(x: f64) -> bool {
     x.is_finite() && x > 0.0 && x < 1.0
 }
 
+/// An SLA, validated; `what` names whose it is in the error.
+fn sla(what: &str, s: SlaConfig) -> Result<Sla, ConfigError> {
+    if !open_0_1(s.ttft_quantile) {
+        return Err(ConfigError::new(format!(
+            "{what}: SLA quantile must be in 0..1"
+        )));
+    }
+    if s.ttft_ms == 0 {
+        return Err(ConfigError::new(format!(
+            "{what}: SLA ttft_ms must be above zero"
+        )));
+    }
+    if !in_0_1(s.min_success_rate) {
+        return Err(ConfigError::new(format!(
+            "{what}: min_success_rate must be in 0..=1"
+        )));
+    }
+    Ok(Sla {
+        quantile: s.ttft_quantile,
+        ttft: Duration::from_millis(s.ttft_ms),
+        min_success: s.min_success_rate,
+    })
+}
+
 impl RouterLayerBuilder {
     /// Replaces the whole configuration.
     pub fn config(mut self, config: RouterConfig) -> Self {
@@ -312,6 +348,11 @@ impl RouterLayerBuilder {
                 "learned order explore share must be in 0..=0.5",
             ));
         }
+        let order_sla = match lo.sla {
+            Some(s) => Some(sla("learned order", s)?),
+            None => None,
+        };
+        let objective = (lo.objective, order_sla);
         let mut tiers = HashMap::new();
         let mut names = Vec::new();
         for t in &c.tiers {
@@ -324,22 +365,7 @@ impl RouterLayerBuilder {
             if t.models.is_empty() {
                 return Err(ConfigError::new(format!("tier `{name}` has no models")));
             }
-            let s = t.sla;
-            if !open_0_1(s.ttft_quantile) {
-                return Err(ConfigError::new(format!(
-                    "tier `{name}`: SLA quantile must be in 0..1"
-                )));
-            }
-            if s.ttft_ms == 0 {
-                return Err(ConfigError::new(format!(
-                    "tier `{name}`: SLA ttft_ms must be above zero"
-                )));
-            }
-            if !in_0_1(s.min_success_rate) {
-                return Err(ConfigError::new(format!(
-                    "tier `{name}`: min_success_rate must be in 0..=1"
-                )));
-            }
+            let sla = sla(&format!("tier `{name}`"), t.sla)?;
             // Measured from their first call, failures included: a tier model that only
             // hangs must read as bad, not as unmeasured.
             self.store.admit(t.models.iter().map(|m| m.model()));
@@ -378,12 +404,13 @@ impl RouterLayerBuilder {
                     },
                 })
                 .collect();
-            let sla = Sla {
-                quantile: s.ttft_quantile,
-                ttft: Duration::from_millis(s.ttft_ms),
-                min_success: s.min_success_rate,
-            };
-            let tier = Tier::new(name, candidates, sla, t.fallback_models, c.explore);
+            let tier = Tier::new(
+                name,
+                candidates,
+                sla,
+                t.fallback_models,
+                (c.explore, t.objective),
+            );
             if tiers.insert(tier.name.clone(), tier).is_some() {
                 return Err(ConfigError::new(format!("tier `{name}` is defined twice")));
             }
@@ -400,6 +427,7 @@ impl RouterLayerBuilder {
                 },
                 order: LearnedOrder::new(c.learned_order, c.slugs, self.seed, self.priors),
                 concrete: Decisions::default(),
+                objective,
             }),
         })
     }

@@ -29,6 +29,12 @@
 //!   `ignore` filter the order. A small share (`explore`, 1 %) is left to the upstream's own
 //!   routing, raced the same way, so new providers show up. See [the
 //!   estimator](#the-estimator-and-how-fast-it-forgets).
+//! - **Objectives** ([`Objective`]): a tier (`"objective"`), the learned order of concrete
+//!   models ([`LearnedOrderConfig::objective`]) or a call (the [`Objective`] extension)
+//!   chooses what the provider order optimises: `fastest` (the above), `cheapest` that
+//!   meets the SLA (each endpoint's published price at the call's token estimate, its TTFT
+//!   quantile and success rate read with the same uncertainty), or `weighted=W`. The hedge
+//!   of a priced order races the same choice, never a dearer endpoint.
 //! - **Priors** ([`RouterLayerBuilder::priors`]): a
 //!   [`PriorFeed`](llm_layers_latency::PriorFeed) fetches the upstream's published
 //!   per-endpoint stats (OpenRouter's `/models/{id}/endpoints`) in the background and puts
@@ -99,6 +105,7 @@
 pub mod config;
 mod future;
 mod layer;
+mod objective;
 mod order;
 mod route;
 mod service;
@@ -107,5 +114,6 @@ mod tier;
 pub use config::{CandidateConfig, LearnedOrderConfig, RouterConfig, SlaConfig, TierConfig};
 pub use future::ResponseFuture;
 pub use layer::{ProviderRank, RouterLayer, RouterLayerBuilder, TIER_PREFIX, UseTier};
+pub use objective::{Objective, ObjectiveError};
 pub use route::{OrderDecision, Route, RouteReason};
 pub use service::Router;

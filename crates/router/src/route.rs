@@ -71,6 +71,9 @@ pub enum OrderDecision {
     Caller,
     /// Too little is measured for this model, or learning is off.
     Unchanged,
+    /// Set by a `cheapest` or `weighted` [`Objective`](crate::Objective): price and the
+    /// SLA first, then speed.
+    Priced,
 }
 
 impl OrderDecision {
@@ -81,6 +84,7 @@ impl OrderDecision {
             OrderDecision::Explore => "explore",
             OrderDecision::Caller => "caller",
             OrderDecision::Unchanged => "unchanged",
+            OrderDecision::Priced => "priced",
         }
     }
 }
@@ -90,7 +94,7 @@ impl OrderDecision {
 /// force then): a routed call builds no labels and looks nothing up in the registry.
 #[derive(Debug, Default)]
 pub(crate) struct Decisions {
-    handles: [[OnceLock<Counter>; 4]; 5],
+    handles: [[OnceLock<Counter>; 5]; 5],
 }
 
 impl Decisions {

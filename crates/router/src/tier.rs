@@ -87,6 +87,8 @@ pub(crate) struct Tier {
     explore_rr: AtomicU64,
     /// The decision counters of calls to this tier.
     pub(crate) decisions: Decisions,
+    /// What its provider orders optimise.
+    pub(crate) objective: crate::Objective,
 }
 
 /// The tier-wide knobs a choice needs.
@@ -102,7 +104,7 @@ impl Tier {
         candidates: Vec<Candidate>,
         sla: Sla,
         fallback_models: bool,
-        explore: f64,
+        (explore, objective): (f64, crate::Objective),
     ) -> Tier {
         let others = (0..candidates.len())
             .map(|i| {
@@ -125,6 +127,7 @@ impl Tier {
             explore: Share::new(explore),
             explore_rr: AtomicU64::new(0),
             decisions: Decisions::default(),
+            objective,
         }
     }
 

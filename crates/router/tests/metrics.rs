@@ -56,6 +56,7 @@ async fn every_routed_call_is_counted_under_its_own_labels() {
                 min_success_rate: 0.9,
             },
             fallback_models: false,
+            objective: Default::default(),
         })
         .explore(0.0)
         .learned_order(LearnedOrderConfig {

@@ -40,6 +40,7 @@ fn tier(name: &str, models: &[&str], ttft_ms: u64) -> TierConfig {
             min_success_rate: 0.9,
         },
         fallback_models: false,
+        objective: Default::default(),
     }
 }
 
