@@ -108,17 +108,41 @@ impl Spend {
         tenant: &Arc<str>,
         budget: Budget,
         req: &ChatRequest,
-        prices: &Arc<PriceBook>,
+        (prices, tiers): (&Arc<PriceBook>, &[llm_layers_router::TierConfig]),
     ) -> Result<Charge, ApiFailure> {
         let model = req.body().model.clone().unwrap_or_default();
-        let Some(price) = prices.price_now(&model).await else {
+        // A tier may route to any of its models: the dearest of them.
+        let tier = model
+            .strip_prefix(llm_layers_router::TIER_PREFIX)
+            .and_then(|name| tiers.iter().find(|t| t.name == name));
+        let models: Vec<&str> = match tier {
+            Some(t) => t.models.iter().map(|m| m.model()).collect(),
+            None => vec![model.as_str()],
+        };
+        let mut price: Option<Price> = None;
+        for m in models {
+            let Some(p) = prices.price_now(m).await else {
+                return Err(ApiFailure::invalid(
+                    http::StatusCode::BAD_REQUEST,
+                    "model_not_priced",
+                    format!(
+                        "{m} has no price in the upstream's catalog: a key with a budget can \
+                         only call priced models"
+                    ),
+                ));
+            };
+            price = Some(price.map_or(p, |q| Price {
+                prompt: q.prompt.max(p.prompt),
+                completion: q.completion.max(p.completion),
+                request: q.request.max(p.request),
+                cache_read: None,
+            }));
+        }
+        let Some(price) = price else {
             return Err(ApiFailure::invalid(
                 http::StatusCode::BAD_REQUEST,
                 "model_not_priced",
-                format!(
-                    "{model} has no price in the upstream's catalog: a key with a budget can \
-                     only call priced models"
-                ),
+                "a key with a budget can only call priced models",
             ));
         };
         let body = req.body();
@@ -314,7 +338,9 @@ mod tests {
             usd: 1.0,
             per: Window::Day,
         };
-        let c = spend.reserve(&Arc::from("t"), budget, &req, &book).await;
+        let c = spend
+            .reserve(&Arc::from("t"), budget, &req, (&book, &[]))
+            .await;
         let prompt = req.body().approx_prompt_tokens() as f64;
         let want = (prompt * 0.000_001 + 100.0 * 0.000_002) * EXTRA_ATTEMPTS;
         assert!(
@@ -323,5 +349,50 @@ mod tests {
             spent(&ledger)
         );
         drop(c);
+    }
+
+    #[tokio::test]
+    async fn a_tier_reserves_at_its_dearest_model_and_needs_every_one_priced() {
+        let ledger = MemoryLedger::default();
+        let spend = Spend::new(Arc::new(ledger.clone()));
+        let book = Arc::new(PriceBook::default());
+        book.learn(&[
+            serde_json::from_value(serde_json::json!({
+                "id": "a/m", "pricing": {"prompt": "0.000001", "completion": "0.000002"}
+            }))
+            .unwrap(),
+            serde_json::from_value(serde_json::json!({
+                "id": "b/m", "pricing": {"prompt": "0.000003", "completion": "0.000001"}
+            }))
+            .unwrap(),
+        ]);
+        let tiers: Vec<llm_layers_router::TierConfig> = serde_json::from_value(serde_json::json!([
+            {"name": "both", "models": ["a/m", "b/m"], "sla": {"ttft_ms": 100}},
+            {"name": "unpriced", "models": ["a/m", "c/free"], "sla": {"ttft_ms": 100}}
+        ]))
+        .unwrap();
+        let mut req = ChatRequest::new("tier:both", vec![Message::user("x".repeat(396))]);
+        req.body_mut().max_tokens = Some(100);
+        let budget = Budget {
+            usd: 1.0,
+            per: Window::Day,
+        };
+        let c = spend
+            .reserve(&Arc::from("t"), budget, &req, (&book, &tiers))
+            .await
+            .unwrap();
+        let prompt = req.body().approx_prompt_tokens() as f64;
+        // b's prompt price, a's completion price: the most either may cost.
+        let want = (prompt * 0.000_003 + 100.0 * 0.000_002) * EXTRA_ATTEMPTS;
+        assert!((spent(&ledger) - want).abs() < 1e-9, "{}", spent(&ledger));
+        drop(c);
+        req.body_mut().model = Some("tier:unpriced".into());
+        let Err(f) = spend
+            .reserve(&Arc::from("t"), budget, &req, (&book, &tiers))
+            .await
+        else {
+            panic!("a tier with an unpriced model is refused");
+        };
+        assert!(format!("{f:?}").contains("c/free"), "{f:?}");
     }
 }

@@ -67,6 +67,8 @@ pub(crate) struct CallerHints {
     coalesce: bool,
     /// The caller's `traceparent` / `tracestate`, when well-formed.
     trace: Option<CallerTrace>,
+    /// `x-llm-objective: fastest|cheapest|weighted=W`: what the provider order optimises.
+    objective: Option<llm_layers_router::Objective>,
 }
 
 /// A header the gateway reads, refused when it is not one of `allowed` (or not text).
@@ -140,7 +142,25 @@ impl FromRequestParts<AppState> for CallerHints {
             None => None,
         };
         let coalesce = one_of(parts, "x-llm-coalesce", &["on", "off"])? == Some("on");
+        let objective = match parts.headers.get("x-llm-objective") {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|t| t.parse::<llm_layers_router::Objective>().ok())
+                    .ok_or_else(|| {
+                        ApiFailure::invalid(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_value",
+                            "header 'x-llm-objective' must be fastest, cheapest or weighted=W \
+                             (W a number at least 0)",
+                        )
+                        .with_param("x-llm-objective")
+                    })?,
+            ),
+        };
         Ok(CallerHints {
+            objective,
             key,
             tenant,
             priority,
@@ -215,6 +235,7 @@ async fn call(
         resume,
         coalesce,
         trace,
+        objective,
     } = hints;
     let bytes = match body_of(body, state.config.max_body_bytes) {
         Ok(b) => b,
@@ -242,7 +263,16 @@ async fn call(
         req.extensions_mut().insert(KeyTenant(k.tenant.clone()));
         // A budget is checked before the call is sent, on the capped request.
         if let Some(b) = k.budget {
-            match state.spend.reserve(&k.tenant, b, &req, &state.prices).await {
+            match state
+                .spend
+                .reserve(
+                    &k.tenant,
+                    b,
+                    &req,
+                    (&state.prices, &state.config.router.tiers),
+                )
+                .await
+            {
                 Ok(c) => charge = Some(c),
                 Err(f) => return refused(f, record),
             }
@@ -254,6 +284,9 @@ async fn call(
     }
     if coalesce {
         req.extensions_mut().insert(llm_layers_coalesce::Coalesce);
+    }
+    if let Some(o) = objective {
+        req.extensions_mut().insert(o);
     }
     if let Some(t) = trace {
         req.extensions_mut().insert(t);
@@ -310,13 +343,15 @@ async fn call(
             charge,
         );
     }
+    let served = stream.meta().provider.clone();
     let collected = stream.collect().await;
     record.collected();
     match collected {
         Ok(c) => {
             let cost = c.usage.as_ref().and_then(|u| {
                 record.usage(u);
-                state.prices.cost(&c.model, u)
+                let provider = c.provider.as_deref().or(served.as_deref());
+                state.prices.cost(&c.model, provider, u)
             });
             record.cost(cost);
             if let (Some(ch), Some(cost)) = (charge.as_mut(), cost) {

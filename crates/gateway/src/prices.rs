@@ -1,18 +1,22 @@
 //! What each call cost: the upstream's `usage.cost` when it reports one, else the usage at
-//! the serving model's price from the upstream's catalog (`GET /models`, its `pricing`),
-//! read the first time a call needs an estimate and again when that is 10 minutes old (an
-//! upstream that reports its costs, as OpenRouter does, is never asked; the calls before
-//! the first read have no estimate). Said on each answer (`x-llm-cost-usd` on a whole answer, the
-//! usage chunk's `llm_layers.cost_usd` on a stream), in the access log, and summed per model
-//! in the `llm_call_cost_usd` histogram.
+//! the serving endpoint's price (OpenRouter's `/models/{id}/endpoints` `pricing`, from the
+//! router's published-stats feed), else at the model's price from the upstream's catalog
+//! (`GET /models`, its `pricing`), read the first time a call needs an estimate and again
+//! when that is 10 minutes old (an upstream that reports its costs, as OpenRouter does, is
+//! never asked; the calls before the first read have no estimate). Said on each answer
+//! (`x-llm-cost-usd` on a whole answer, the usage chunk's `llm_layers.cost_usd` on a
+//! stream), in the access log, summed per model in the `llm_call_cost_usd` histogram and per
+//! model and provider in the `llm_cost_usd_total` counter.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use llm_layers_core::endpoints::EndpointStats;
 use llm_layers_core::price::{Cost, Price};
 use llm_layers_core::sync::{lock, read, write};
 use llm_layers_core::{MODEL_VARIANTS, Usage};
+use llm_layers_latency::PriorFeed;
 use llm_layers_openrouter::{ModelInfo, OpenRouter};
 use tokio::time::Instant;
 
@@ -27,6 +31,8 @@ pub(crate) struct PriceBook {
     catalog: Option<OpenRouter>,
     /// When they were last read, and whether a read is under way.
     read: Mutex<(Option<Instant>, bool)>,
+    /// The endpoints' own prices, where published.
+    endpoints: Option<PriorFeed>,
 }
 
 impl PriceBook {
@@ -36,6 +42,12 @@ impl PriceBook {
             catalog: Some(catalog),
             ..PriceBook::default()
         }
+    }
+
+    /// Also reads each endpoint's own price from `feed` (the published endpoint stats).
+    pub(crate) fn with_endpoints(mut self, feed: Option<PriorFeed>) -> PriceBook {
+        self.endpoints = feed;
+        self
     }
 
     /// Takes the prices of `models`; a model whose price cannot be read (missing, negative:
@@ -77,32 +89,94 @@ impl PriceBook {
         })
     }
 
-    /// What a call to `model` that used `usage` cost, counted in `llm_call_cost_usd`.
-    pub(crate) fn cost(self: &Arc<Self>, model: &str, usage: &Usage) -> Option<Cost> {
+    /// The price `provider` publishes for its endpoint of `model` (or of its base model).
+    fn endpoint_price(&self, model: &str, provider: &str) -> Option<Price> {
+        let feed = self.endpoints.as_ref()?;
+        feed.price(model, provider).or_else(|| {
+            MODEL_VARIANTS
+                .iter()
+                .find_map(|v| model.strip_suffix(v))
+                .and_then(|base| feed.price(base, provider))
+        })
+    }
+
+    /// What a call to `model`, served by `provider`, that used `usage` cost: counted in
+    /// `llm_call_cost_usd` and `llm_cost_usd_total`.
+    pub(crate) fn cost(
+        self: &Arc<Self>,
+        model: &str,
+        provider: Option<&str>,
+        usage: &Usage,
+    ) -> Option<Cost> {
         let reported = usage.extra.get("cost").is_some();
-        let price = self.price(model);
+        let listed = self.price(model);
+        let price = provider
+            .and_then(|p| self.endpoint_price(model, p))
+            .or(listed);
         if !reported {
             self.read_if_due();
         }
         let cost = Cost::of(usage, price.as_ref())?;
-        // Labelled by model only for a model of the catalog (bounded): any other `_OTHER`.
-        let label = if price.is_some() {
+        // Labelled by model only for a model of the catalog, and by provider only for one
+        // its published endpoints name (bounded): any other `_OTHER`.
+        let label = if listed.is_some() {
             model.to_owned()
         } else {
             "_OTHER".to_owned()
         };
-        metrics::histogram!("llm_call_cost_usd", "gen_ai.request.model" => label, "source" => cost.source())
+        let provider = match (provider, &self.endpoints) {
+            (Some(p), Some(feed)) if listed.is_some() && feed.price(model, p).is_some() => {
+                p.to_owned()
+            }
+            _ => "_OTHER".to_owned(),
+        };
+        metrics::histogram!("llm_call_cost_usd", "gen_ai.request.model" => label.clone(), "source" => cost.source())
             .record(cost.usd());
+        // A running sum in USD: `metrics` counters count integers, so it is a gauge that
+        // only goes up (`rate()` reads it as a counter; it restarts at 0 with the process).
+        metrics::gauge!(
+            "llm_cost_usd_total",
+            "gen_ai.request.model" => label,
+            "gen_ai.provider.name" => provider,
+        )
+        .increment(cost.usd());
         Some(cost)
+    }
+
+    /// `model`'s price at the dearest of its endpoints: each of prompt, completion and
+    /// request at its highest published (the model's own price when no endpoint publishes
+    /// one). What a reservation assumes, since a hedge or a fallback may reach any of them.
+    fn dearest(&self, model: &str, listed: Option<Price>) -> Option<Price> {
+        let endpoints = self.endpoints.as_ref().map(|f| {
+            let mut e = f.endpoints(model);
+            if e.is_empty() {
+                if let Some(base) = MODEL_VARIANTS.iter().find_map(|v| model.strip_suffix(v)) {
+                    e = f.endpoints(base);
+                }
+            }
+            e
+        });
+        endpoints
+            .iter()
+            .flat_map(|e| e.iter().filter_map(EndpointStats::price))
+            .chain(listed)
+            .reduce(|a, b| Price {
+                prompt: a.prompt.max(b.prompt),
+                completion: a.completion.max(b.completion),
+                request: a.request.max(b.request),
+                cache_read: None,
+            })
     }
 
     /// `model`'s price, reading the catalog first (and waiting for it, at most 10 s) when it
     /// has none: what a budget's reservation needs before the call.
     pub(crate) async fn price_now(self: &Arc<Self>, model: &str) -> Option<Price> {
         if let Some(p) = self.price(model) {
-            return Some(p);
+            return self.dearest(model, Some(p));
         }
-        let catalog = self.catalog.clone()?;
+        let Some(catalog) = self.catalog.clone() else {
+            return self.dearest(model, None);
+        };
         // The leaf caches the catalog: a model it does not price costs no round trip.
         if let Ok(Ok(models)) =
             tokio::time::timeout(Duration::from_secs(10), catalog.models()).await
@@ -110,7 +184,7 @@ impl PriceBook {
             self.learn(&models);
             lock(&self.read).0 = Some(Instant::now());
         }
-        self.price(model)
+        self.dearest(model, self.price(model))
     }
 
     /// Reads the catalog's prices in the background, unless they were read within
@@ -178,20 +252,23 @@ mod tests {
         )
         .unwrap();
         for model in ["a/m", "a/m:nitro"] {
-            let c = book.cost(model, &u).unwrap();
+            let c = book.cost(model, None, &u).unwrap();
             assert_eq!(c.source(), "estimated", "{model}");
             // 1,000 × 1e-6 + 100 × 2e-6
             assert!((c.usd() - 0.0012).abs() < 1e-15, "{model}: {c:?}");
         }
         assert_eq!(
-            book.cost("openrouter/auto", &u),
+            book.cost("openrouter/auto", None, &u),
             None,
             "never a silent free"
         );
-        assert_eq!(book.cost("c/unknown", &u), None);
+        assert_eq!(book.cost("c/unknown", None, &u), None);
         let mut reported = u.clone();
         reported.extra.insert("cost".into(), json!(0.5));
-        assert_eq!(book.cost("c/unknown", &reported), Some(Cost::Reported(0.5)));
+        assert_eq!(
+            book.cost("c/unknown", None, &reported),
+            Some(Cost::Reported(0.5))
+        );
         assert_eq!(usd(Cost::Estimated(0.0012)), "0.001200000");
     }
 }

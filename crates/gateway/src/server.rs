@@ -571,7 +571,8 @@ async fn build(
     };
     // Prices from the first upstream's catalog (a call to another upstream reports its
     // cost or has none).
-    let prices = Arc::new(crate::prices::PriceBook::over(leaf.clone()));
+    let prices =
+        Arc::new(crate::prices::PriceBook::over(leaf.clone()).with_endpoints(parts.priors.clone()));
     Ok(Built {
         stack,
         leaf,

@@ -221,7 +221,8 @@ impl Stream for SseBody {
                         } else {
                             c.model()
                         };
-                        this.cost = this.prices.cost(model, u);
+                        let provider = c.provider().or(this.stream.meta().provider.as_deref());
+                        this.cost = this.prices.cost(model, provider, u);
                         if let (Some(ch), Some(cost)) = (this.charge.as_mut(), this.cost) {
                             ch.settle(cost);
                         }
