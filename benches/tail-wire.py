@@ -27,8 +27,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 
 import wire
 
@@ -83,52 +81,13 @@ def stream_ttft(conn, path, i, label):
     """One streaming call on a kept-alive connection: its TTFT in ms, or None."""
     body = {"model": "mock/echo", "stream": True, "max_tokens": TOKENS,
             "messages": [{"role": "user", "content": f"{label} {i}"}]}
-    t0 = time.perf_counter()
-    conn.request("POST", path, body=json.dumps(body),
-                 headers={"content-type": "application/json", "authorization": f"Bearer {KEY}"})
-    r = conn.getresponse()
-    if r.status != 200:
-        r.read()
-        return None
-    ttft = None
-    while True:
-        line = r.readline()
-        if not line:
-            break
-        if ttft is None and line.startswith(b"data: {") and b'"content"' in line:
-            ttft = (time.perf_counter() - t0) * 1000
-    return ttft
+    return wire.stream_ttft(conn, path, body, {"content-type": "application/json",
+                                               "authorization": f"Bearer {KEY}"})
 
 
 def run(port, path, calls, label):
     """`calls` streaming calls at INFLIGHT in flight: the TTFTs in ms (None: failed)."""
-    out = []
-    lock = threading.Lock()
-    idx = iter(range(calls))
-
-    def worker():
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        while True:
-            with lock:
-                i = next(idx, None)
-            if i is None:
-                break
-            try:
-                t = stream_ttft(conn, path, i, label)
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                t = None
-            with lock:
-                out.append(t)
-        conn.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(INFLIGHT)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
+    return wire.pool(port, calls, INFLIGHT, lambda conn, i: stream_ttft(conn, path, i, label))
 
 
 def summary(ttfts):

@@ -22,7 +22,7 @@ use llm_layers_hedge::{
 use llm_layers_latency::{LatencyLayer, LatencyStore, PriorFeed, Scope};
 use llm_layers_mock::{Dist, MockServer, Scenario, expected_answer};
 use llm_layers_openrouter::OpenRouter;
-use llm_layers_router::RouterLayer;
+use llm_layers_router::{LearnedOrderConfig, Objective, RouterLayer, SlaConfig};
 use llm_layers_timeout::TimeoutLayer;
 use rand::SeedableRng;
 use tower::util::BoxCloneSyncService;
@@ -50,6 +50,8 @@ struct Row {
     ok: f64,
     corrupted: usize,
     upstream_per_call: f64,
+    /// What the mock billed per 1,000 calls, USD (computed rows: NaN unless priced).
+    cost_per_1k: f64,
 }
 
 /// One call's outcome: its time to first token and to the end (ms), and whether the
@@ -86,7 +88,20 @@ async fn one_call(svc: Svc, seed: u64, i: usize, whole: bool) -> Call {
 }
 
 async fn run(name: &str, svc: Svc, server: &MockServer, n: usize, seed: u64, whole: bool) -> Row {
+    run_calls(name, svc, server, n, seed, whole).await.0
+}
+
+/// [`run`], also returning every call.
+async fn run_calls(
+    name: &str,
+    svc: Svc,
+    server: &MockServer,
+    n: usize,
+    seed: u64,
+    whole: bool,
+) -> (Row, Vec<Call>) {
     let before = server.counters().requests();
+    let billed = server.counters().billed_usd();
     let mut tasks = tokio::task::JoinSet::new();
     let workers = 64;
     for w in 0..workers {
@@ -104,7 +119,9 @@ async fn run(name: &str, svc: Svc, server: &MockServer, n: usize, seed: u64, who
         calls.extend(r.unwrap());
     }
     let upstream = server.counters().requests() - before;
-    row_of(name, &calls, n, upstream)
+    let mut row = row_of(name, &calls, n, upstream);
+    row.cost_per_1k = (server.counters().billed_usd() - billed) * 1000.0 / n as f64;
+    (row, calls)
 }
 
 /// The row of `n` calls that cost `upstream` upstream requests.
@@ -121,6 +138,7 @@ fn row_of(name: &str, calls: &[Call], n: usize, upstream: u64) -> Row {
         ok: done.iter().filter(|c| c.2).count() as f64 / n as f64,
         corrupted: done.iter().filter(|c| !c.2).count(),
         upstream_per_call: upstream as f64 / n as f64,
+        cost_per_1k: f64::NAN,
     }
 }
 
@@ -144,6 +162,7 @@ fn computed(name: &str, mut xs: Vec<f64>, upstream_per_call: f64) -> Row {
         ok: 1.0,
         corrupted: 0,
         upstream_per_call,
+        cost_per_1k: f64::NAN,
     }
 }
 
@@ -224,13 +243,24 @@ fn learned_with_router(leaf: &OpenRouter, priors: bool) -> (Svc, RouterLayer) {
 
 /// [`learned_with_router`], also returning its latency store (for a fleet to share).
 fn learned_parts(leaf: &OpenRouter, priors: bool) -> (Svc, RouterLayer, LatencyStore) {
+    learned_ordered(leaf, priors, LearnedOrderConfig::default())
+}
+
+/// [`learned_parts`] with its provider order configured (an objective, an SLA).
+fn learned_ordered(
+    leaf: &OpenRouter,
+    priors: bool,
+    order: LearnedOrderConfig,
+) -> (Svc, RouterLayer, LatencyStore) {
     // Snapshots reused for 250 ms of real time, as in the gateway: 2.5 ms at this scale.
     let store = LatencyStore::builder()
         .min_samples(10)
         .refresh(Duration::from_secs_f64(0.25 * SCALE))
         .build()
         .unwrap();
-    let mut router = RouterLayer::builder(store.clone()).seed(42);
+    let mut router = RouterLayer::builder(store.clone())
+        .seed(42)
+        .learned_order(order);
     if priors {
         let fetcher = leaf.clone();
         let feed = PriorFeed::builder(
@@ -341,8 +371,8 @@ fn leaf_for(server: &MockServer) -> OpenRouter {
 fn print_rows(title: &str, rows: &[Row]) {
     println!("{title}");
     println!(
-        "{:<50} {:>9} {:>9} {:>9} {:>10} {:>8} {:>10}",
-        "arm", "TTFT p50", "p95", "p99", "total p99", "ok", "upstream/call"
+        "{:<50} {:>9} {:>9} {:>9} {:>10} {:>8} {:>10} {:>11}",
+        "arm", "TTFT p50", "p95", "p99", "total p99", "ok", "upstream/call", "$/1k calls"
     );
     for r in rows {
         // Computed rows have no end-to-end time.
@@ -351,15 +381,21 @@ fn print_rows(title: &str, rows: &[Row]) {
         } else {
             format!("{:.1}ms", r.total_p99)
         };
+        let cost = if r.cost_per_1k.is_nan() {
+            "-".to_owned()
+        } else {
+            format!("{:.4}", r.cost_per_1k)
+        };
         println!(
-            "{:<50} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>10} {:>7.1}% {:>10.3}",
+            "{:<50} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>10} {:>7.1}% {:>13.3} {:>11}",
             r.name,
             r.p50,
             r.p95,
             r.p99,
             total,
             r.ok * 100.0,
-            r.upstream_per_call
+            r.upstream_per_call,
+            cost
         );
     }
 }
@@ -448,7 +484,12 @@ async fn steady(name: &str, scenario: Scenario, n: usize, full_table: bool) {
         )
         .await,
     );
-    rows.push(oracle(&scenario, n));
+    // One price everywhere on these presets: the oracle's cost is the plain leaf's per
+    // upstream request, times its own requests per call.
+    let per_request = rows[0].cost_per_1k / rows[0].upstream_per_call;
+    let mut o = oracle(&scenario, n);
+    o.cost_per_1k = per_request * o.upstream_per_call;
+    rows.push(o);
     if full_table {
         rows.push(
             run(
@@ -492,6 +533,114 @@ async fn steady(name: &str, scenario: Scenario, n: usize, full_table: bool) {
             continue;
         }
         println!("{}", against_oracle(&rows[0], s, oracle_row));
+    }
+    println!();
+}
+
+/// The SLA of the priced preset: TTFT p95 at most 1.5 s (15 ms at the bench's scale).
+const PRICED_SLA_MS: f64 = 1_500.0 * SCALE;
+
+/// Speed at a price, on the mock's `priced` preset (the fastest endpoint is the dearest, a
+/// mid-priced one meets a 1.5 s p95, the cheapest misses it): the plain leaf (the
+/// upstream's own routing), the learned stack with `fastest` and with `cheapest` within
+/// the SLA (router with priors → hedge at the p95 → breaker), and the oracle, which knows
+/// every endpoint's distribution and price and sends every call to the cheapest one that
+/// meets the SLA, unhedged (a measured run, pinned there). Each stack warmed first.
+async fn priced(n: usize) {
+    let scenario = Scenario::priced().with_time_scale(SCALE).with_seed(42);
+    let server = MockServer::start(scenario.clone()).await.unwrap();
+    let leaf = leaf_for(&server);
+    let sla = SlaConfig {
+        ttft_ms: PRICED_SLA_MS as u64,
+        ttft_quantile: 0.95,
+        min_success_rate: 0.95,
+    };
+    let ordered = |objective: Objective| {
+        learned_ordered(
+            &leaf,
+            true,
+            LearnedOrderConfig {
+                objective,
+                sla: Some(sla),
+                ..LearnedOrderConfig::default()
+            },
+        )
+        .0
+    };
+    let pinned = leaf.clone();
+    let oracle: Svc = BoxCloneSyncService::new(tower::service_fn(move |mut r: ChatRequest| {
+        let p = r.body_mut().provider_mut();
+        p.order = Some(vec!["steady".into()]);
+        p.allow_fallbacks = Some(false);
+        pinned.clone().oneshot(r)
+    }));
+    let arms: Vec<(&str, Svc)> = vec![
+        (
+            "plain leaf (the upstream's routing)",
+            BoxCloneSyncService::new(leaf.clone()),
+        ),
+        ("stack, fastest", ordered(Objective::Fastest)),
+        (
+            "stack, cheapest within the SLA",
+            ordered(Objective::Cheapest),
+        ),
+        (
+            "stack, weighted=1",
+            ordered(Objective::Weighted {
+                latency_weight: 1.0,
+            }),
+        ),
+        ("oracle (every call to Steady, unhedged)", oracle),
+    ];
+    let slugs = ["swift", "steady", "thrifty"];
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for (name, svc) in arms {
+        let _ = run("warm-up", svc.clone(), &server, n / 4, 5, false).await;
+        let before: Vec<u64> = slugs
+            .iter()
+            .map(|s| server.counters().requests_to(s))
+            .collect();
+        let (row, calls) = run_calls(name, svc, &server, n, 2, false).await;
+        let to: Vec<u64> = slugs
+            .iter()
+            .zip(&before)
+            .map(|(s, b)| server.counters().requests_to(s) - b)
+            .collect();
+        let within = calls
+            .iter()
+            .flatten()
+            .filter(|c| c.0 <= PRICED_SLA_MS)
+            .count() as f64
+            / n as f64;
+        notes.push((within, to));
+        rows.push(row);
+    }
+    print_rows(
+        &format!(
+            "priced preset at time scale {SCALE}, {n} streaming calls after {} warm-up, 64 concurrent; SLA TTFT p95 <= {PRICED_SLA_MS} ms",
+            n / 4
+        ),
+        &rows,
+    );
+    let oracle_row = rows.last().unwrap().clone();
+    for (r, (within, to)) in rows.iter().zip(&notes) {
+        let total: u64 = to.iter().sum::<u64>().max(1);
+        println!(
+            "{}: cost x{:.3} the oracle's; p95 {:.1} ms ({}); {:.1} % of calls within {PRICED_SLA_MS} ms; upstream requests to Swift / Steady / Thrifty {:.1} / {:.1} / {:.1} %",
+            r.name,
+            r.cost_per_1k / oracle_row.cost_per_1k,
+            r.p95,
+            if r.p95 <= PRICED_SLA_MS {
+                "SLA met"
+            } else {
+                "SLA missed"
+            },
+            within * 100.0,
+            100.0 * to[0] as f64 / total as f64,
+            100.0 * to[1] as f64 / total as f64,
+            100.0 * to[2] as f64 / total as f64,
+        );
     }
     println!();
 }
@@ -566,6 +715,7 @@ async fn cold_start(name: &str, scenario: Scenario) {
             ok: median(&mut col(&|x| x.0.ok)),
             corrupted: r.iter().map(|x| x.0.corrupted).sum(),
             upstream_per_call: median(&mut col(&|x| x.0.upstream_per_call)),
+            cost_per_1k: f64::NAN,
         });
         let lo = p99s.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = p99s.iter().copied().fold(0.0, f64::max);
@@ -682,11 +832,13 @@ async fn two_upstreams(n: usize) {
         ),
     );
     let _ = run("warm-up", raced.clone(), &openrouter, n / 4, 5, false).await;
-    let both = |r: Row, extra: f64| Row {
+    let both = |r: Row, extra: f64, extra_cost: f64| Row {
         upstream_per_call: r.upstream_per_call + extra,
+        cost_per_1k: r.cost_per_1k + extra_cost * 1000.0 / n as f64,
         ..r
     };
     let d0 = direct.counters().requests();
+    let b0 = direct.counters().billed_usd();
     let row = run(
         "learned first upstream, the other raced at the p95",
         raced,
@@ -696,7 +848,11 @@ async fn two_upstreams(n: usize) {
         false,
     )
     .await;
-    let raced_row = both(row, (direct.counters().requests() - d0) as f64 / n as f64);
+    let raced_row = both(
+        row,
+        (direct.counters().requests() - d0) as f64 / n as f64,
+        direct.counters().billed_usd() - b0,
+    );
     let rows = vec![
         run(
             "OpenRouter alone (fat_tail)",
@@ -751,8 +907,15 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         // `TAIL_ONLY=faults`: only the fault rows; `learning`: only the learning tables;
-        // `cold`: only the cold starts; `upstreams`: only the two-upstream race.
+        // `cold`: only the cold starts; `upstreams`: only the two-upstream race; `priced`:
+        // only speed at a price.
         let only = std::env::var("TAIL_ONLY").ok();
+        if only.is_none() || only.as_deref() == Some("priced") {
+            priced(n).await;
+            if only.is_some() {
+                return;
+            }
+        }
         if only.as_deref() != Some("faults") {
             let fat = Scenario::fat_tail().with_time_scale(SCALE).with_seed(42);
             let heavy = heavy_fast().with_time_scale(SCALE).with_seed(42);
