@@ -106,6 +106,10 @@ pub struct Config {
     /// first is the primary (it replaces `OPENROUTER_API_KEY`/`OPENROUTER_BASE_URL`), the
     /// others race it for the models they list. Empty: one upstream from the environment.
     pub upstreams: Vec<crate::upstreams::UpstreamConfig>,
+    /// Prices by model id, from the config file's `[prices]` (USD per token, as OpenRouter's
+    /// `pricing` writes them): they win over the upstream's catalog, and price the models of
+    /// an upstream that publishes none.
+    pub prices: std::collections::BTreeMap<String, llm_layers_core::price::Price>,
     /// Whole-call limit (`--total-timeout-ms`; 300 s; 0 off).
     pub total_timeout: Option<Duration>,
     /// Retries per call before the first token (`--max-retries`; 4; 0 off; throttles have
@@ -207,6 +211,7 @@ impl Default for Config {
             tenant_requests_per_minute: 0,
             tokens_per_minute: 0,
             router: llm_layers_router::RouterConfig::default(),
+            prices: std::collections::BTreeMap::new(),
             upstream_h2c: false,
             seed: None,
             keys: crate::keys::Keys::default(),

@@ -33,6 +33,8 @@ pub(crate) struct PriceBook {
     read: Mutex<(Option<Instant>, bool)>,
     /// The endpoints' own prices, where published.
     endpoints: Option<PriorFeed>,
+    /// Prices from the config file, by model id: they win over the catalog's.
+    configured: HashMap<String, Price>,
 }
 
 impl PriceBook {
@@ -47,6 +49,16 @@ impl PriceBook {
     /// Also reads each endpoint's own price from `feed` (the published endpoint stats).
     pub(crate) fn with_endpoints(mut self, feed: Option<PriorFeed>) -> PriceBook {
         self.endpoints = feed;
+        self
+    }
+
+    /// Prices set by the operator (the config file's `[prices]`), which win over the
+    /// catalog's.
+    pub(crate) fn with_configured(
+        mut self,
+        prices: impl IntoIterator<Item = (String, Price)>,
+    ) -> PriceBook {
+        self.configured = prices.into_iter().collect();
         self
     }
 
@@ -80,13 +92,13 @@ impl PriceBook {
 
     /// `model`'s price, or its base model's (`:nitro`, `:floor` ... route the same model).
     fn price(&self, model: &str) -> Option<Price> {
-        let prices = read(&self.prices);
-        prices.get(model).copied().or_else(|| {
-            MODEL_VARIANTS
-                .iter()
-                .find_map(|v| model.strip_suffix(v))
-                .and_then(|base| prices.get(base).copied())
-        })
+        self.configured(model)
+            .or_else(|| by_model(&read(&self.prices), model))
+    }
+
+    /// The config file's price of `model` (or of its base model).
+    fn configured(&self, model: &str) -> Option<Price> {
+        by_model(&self.configured, model)
     }
 
     /// The price `provider` publishes for its endpoint of `model` (or of its base model).
@@ -110,8 +122,10 @@ impl PriceBook {
     ) -> Option<Cost> {
         let reported = usage.extra.get("cost").is_some();
         let listed = self.price(model);
-        let price = provider
-            .and_then(|p| self.endpoint_price(model, p))
+        // The operator's price first, then the serving endpoint's, then the catalog's.
+        let price = self
+            .configured(model)
+            .or_else(|| provider.and_then(|p| self.endpoint_price(model, p)))
             .or(listed);
         if !reported {
             self.read_if_due();
@@ -146,7 +160,11 @@ impl PriceBook {
     /// `model`'s price at the dearest of its endpoints: each of prompt, completion and
     /// request at its highest published (the model's own price when no endpoint publishes
     /// one). What a reservation assumes, since a hedge or a fallback may reach any of them.
+    /// A price from the config file is the price, whatever the endpoints publish.
     fn dearest(&self, model: &str, listed: Option<Price>) -> Option<Price> {
+        if let Some(p) = self.configured(model) {
+            return Some(p);
+        }
         let endpoints = self.endpoints.as_ref().map(|f| {
             let mut e = f.endpoints(model);
             if e.is_empty() {
@@ -218,6 +236,17 @@ impl PriceBook {
     }
 }
 
+/// `model`'s entry in `prices`, or its base model's (`:nitro`, `:floor` ... route the same
+/// model).
+fn by_model(prices: &HashMap<String, Price>, model: &str) -> Option<Price> {
+    prices.get(model).copied().or_else(|| {
+        MODEL_VARIANTS
+            .iter()
+            .find_map(|v| model.strip_suffix(v))
+            .and_then(|base| prices.get(base).copied())
+    })
+}
+
 /// The USD amount as a header or JSON number: nine decimals (a nano-dollar), no exponent.
 pub(crate) fn usd(c: Cost) -> String {
     format!("{:.9}", c.usd())
@@ -270,5 +299,61 @@ mod tests {
             Some(Cost::Reported(0.5))
         );
         assert_eq!(usd(Cost::Estimated(0.0012)), "0.001200000");
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_is_charged_its_own_price_and_a_reservation_the_dearest() {
+        use llm_layers_core::endpoints::EndpointStats;
+        let endpoints = |name: &str, prompt: &str, completion: &str| EndpointStats {
+            provider_name: name.into(),
+            pricing: Some(json!({"prompt": prompt, "completion": completion})),
+            ..Default::default()
+        };
+        let published = vec![
+            endpoints("Cheap", "0.000001", "0.000001"),
+            endpoints("Dear", "0.000004", "0.000003"),
+        ];
+        let store = llm_layers_latency::LatencyStore::new();
+        let feed = PriorFeed::builder(
+            store,
+            Arc::new(move |_m: String| {
+                let e = published.clone();
+                Box::pin(async move { Ok(e) }) as _
+            }),
+        )
+        .build()
+        .unwrap();
+        feed.refresh("a/m").await.unwrap();
+        let book = Arc::new(PriceBook::default().with_endpoints(Some(feed)));
+        book.learn(&[model(
+            "a/m",
+            json!({"prompt": "0.000002", "completion": "0.000002"}),
+        )]);
+        let u: Usage = serde_json::from_value(
+            json!({"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}),
+        )
+        .unwrap();
+        let at = |provider| book.cost("a/m", provider, &u).unwrap().usd();
+        assert!(
+            (at(Some("Dear")) - 0.0043).abs() < 1e-12,
+            "{}",
+            at(Some("Dear"))
+        );
+        assert!((at(Some("Cheap")) - 0.0011).abs() < 1e-12);
+        // An endpoint that publishes nothing, or no provider named: the model's price.
+        assert!((at(Some("Other")) - 0.0022).abs() < 1e-12);
+        assert!((at(None) - 0.0022).abs() < 1e-12);
+        // A reservation assumes the dearest of each price, endpoint or model.
+        let p = book.price_now("a/m").await.unwrap();
+        assert_eq!((p.prompt, p.completion), (0.000004, 0.000003));
+        // The config file's price is the price.
+        let set = Price {
+            prompt: 0.1,
+            completion: 0.2,
+            request: 0.0,
+            cache_read: None,
+        };
+        let book = Arc::new(PriceBook::default().with_configured([("a/m".to_owned(), set)]));
+        assert_eq!(book.price_now("a/m:nitro").await, Some(set));
     }
 }

@@ -569,10 +569,13 @@ async fn build(
             .map(|(n, l, _)| (n.clone(), l.clone()))
             .collect()
     };
-    // Prices from the first upstream's catalog (a call to another upstream reports its
-    // cost or has none).
-    let prices =
-        Arc::new(crate::prices::PriceBook::over(leaf.clone()).with_endpoints(parts.priors.clone()));
+    // Prices from the config file, else the first upstream's catalog and its endpoints (a
+    // call to another upstream reports its cost, is priced in the config file, or has none).
+    let prices = Arc::new(
+        crate::prices::PriceBook::over(leaf.clone())
+            .with_endpoints(parts.priors.clone())
+            .with_configured(config.prices.clone()),
+    );
     Ok(Built {
         stack,
         leaf,

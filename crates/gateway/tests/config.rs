@@ -539,3 +539,75 @@ async fn sighup_rereads_the_keys_file_and_refuses_a_broken_one() {
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The config file's `[prices]` price a model where the upstream reports no cost, winning
+/// over its catalog; a price that is not one is refused, naming the model.
+#[tokio::test]
+async fn prices_from_the_config_file_win_over_the_catalog() {
+    let dir = std::env::temp_dir().join(format!("llm-layers-prices-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    let write = |prices: &str| {
+        std::fs::write(
+            &path,
+            format!("[settings]\nlisten = \"127.0.0.1:0\"\n\n[prices]\n{prices}\n"),
+        )
+        .unwrap();
+        Config::from_args_env(vec!["--config".into(), path.display().to_string()], |_| {
+            None
+        })
+    };
+    for (bad, says) in [
+        (
+            r#""mock/echo" = { prompt = "0.1" }"#,
+            "completion is missing",
+        ),
+        (
+            r#""mock/echo" = { prompt = "-1", completion = "-1" }"#,
+            "no fixed price",
+        ),
+        (
+            r#""mock/echo" = { prompt = "x", completion = "0.1" }"#,
+            "not a price",
+        ),
+    ] {
+        let e = write(bad).unwrap_err().to_string();
+        assert!(
+            e.contains("prices.\"mock/echo\"") && e.contains(says),
+            "{bad}: {e}"
+        );
+    }
+    let cfg = write(r#""mock/echo" = { prompt = "0.00001", completion = 0.00002 }"#).unwrap();
+    let mut scenario = Scenario::healthy();
+    scenario.report_cost = false;
+    let (gw, _mock) = gateway_on(
+        scenario,
+        Config {
+            first_token_timeout: Some(Duration::from_millis(500)),
+            ..cfg
+        },
+    )
+    .await;
+    let body = json!({"model": "mock/echo", "max_tokens": 3,
+        "messages": [{"role": "user", "content": "what does it cost"}]});
+    let req = hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let r = client().request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let cost: f64 = r.headers()["x-llm-cost-usd"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(r.headers()["x-llm-cost-source"], "estimated");
+    let (_, v, _) = json_of(r).await;
+    let u = &v["usage"];
+    let want = u["prompt_tokens"].as_f64().unwrap() * 0.00001
+        + u["completion_tokens"].as_f64().unwrap() * 0.00002;
+    assert!(
+        (cost - want).abs() < 1e-9,
+        "{cost} against {want} (the catalog's would be 10× less)"
+    );
+}

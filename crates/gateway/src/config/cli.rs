@@ -99,6 +99,9 @@ x-llm-coalesce: on|off.";
 /// keys = [{ name = "openai", env = "OPENAI_API_KEY" }]
 /// model_map = { "openai/gpt-4o-mini" = "gpt-4o-mini" }
 /// race = ["openai/gpt-4o-mini"]
+///
+/// [prices]
+/// "openai/gpt-4o-mini" = { prompt = "0.00000015", completion = "0.0000006" }
 /// ```
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,6 +110,9 @@ pub(super) struct ConfigFile {
     pub(super) settings: std::collections::BTreeMap<String, toml::Value>,
     #[serde(default)]
     pub(super) upstreams: Vec<crate::upstreams::UpstreamConfig>,
+    /// Prices by model id: `"model" = { prompt = "0.000001", completion = "0.000002" }`.
+    #[serde(default)]
+    pub(super) prices: std::collections::BTreeMap<String, toml::Value>,
 }
 
 /// clap's message with the value of every quoted `'--flag=value'` cut: a secret passed to
@@ -249,6 +255,15 @@ impl Config {
                 }
             }
             c.upstreams = file.upstreams;
+            for (model, v) in file.prices {
+                let price = serde_json::to_value(&v)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| {
+                        llm_layers_core::price::Price::from_pricing(&v).map_err(|e| e.to_string())
+                    })
+                    .map_err(|e| format!("--config: prices.\"{model}\": {e}"))?;
+                c.prices.insert(model, price);
+            }
         }
         for f in FLAGS {
             if let Some(v) = matches.get_one::<String>(f.name) {
