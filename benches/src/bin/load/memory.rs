@@ -14,12 +14,19 @@ pub(crate) async fn memory(
 ) -> Result<(), String> {
     let (mock, mock_url) = Proc::spawn(&["--child-mock", "idle"], &[], "ready ")?;
     let max = (n + 100).to_string();
+    // The gateway's defaults hold 4,096 connections and 128 streams per HTTP/2 connection
+    // (what one abusive peer may take); this bench holds more on purpose.
+    let per_h2 = PER_H2_CONNECTION.to_string();
     let (gw, gw_addr) = gateway_under(
         wrap,
         &mock_url,
         &[
             "--max-concurrency",
             &max,
+            "--max-connections",
+            &max,
+            "--max-streams-per-connection",
+            &per_h2,
             "--idle-timeout-ms",
             "0",
             "--total-timeout-ms",
