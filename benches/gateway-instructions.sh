@@ -8,6 +8,8 @@
 #
 #   bash benches/gateway-instructions.sh [N]      (N = 400; needs valgrind and python3)
 #   LOAD_BIN=path/to/load bash benches/gateway-instructions.sh   (another build, e.g. an older commit's)
+#   COUNT=syscalls bash benches/gateway-instructions.sh [N]   (system calls per request
+#       instead, every thread of the target, by `strace -c -f`; needs strace)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-400}
@@ -52,11 +54,17 @@ mock=$(wait_for "$tmp/mock.out" "ready ")
 
 # target name, what it prints before its address, then the command that serves on a
 # loopback port
+count=${COUNT:-instructions}
 measure() {
   local name=$1 marker=$2
   shift 2
-  OPENROUTER_BASE_URL=$mock OPENROUTER_API_KEY=sk-or-v1-load RUST_LOG=warn \
-    valgrind --tool=callgrind --callgrind-out-file="$tmp/$name.cg" "$@" >"$tmp/$name.out" 2>&1 &
+  if [ "$count" = syscalls ]; then
+    OPENROUTER_BASE_URL=$mock OPENROUTER_API_KEY=sk-or-v1-load RUST_LOG=warn \
+      "$@" >"$tmp/$name.out" 2>&1 &
+  else
+    OPENROUTER_BASE_URL=$mock OPENROUTER_API_KEY=sk-or-v1-load RUST_LOG=warn \
+      valgrind --tool=callgrind --callgrind-out-file="$tmp/$name.cg" "$@" >"$tmp/$name.out" 2>&1 &
+  fi
   local pid=$!
   pids+=($pid)
   local addr
@@ -66,6 +74,18 @@ measure() {
   python3 "$tmp/client.py" 50 false "$port" # warm: connections, the latency store
   local out=()
   for stream in false true; do
+    if [ "$count" = syscalls ]; then
+      strace -c -f -q -p "$pid" -o "$tmp/$name.st" &
+      local tracer=$!
+      sleep 1 # attached to every thread
+      python3 "$tmp/client.py" "$n" "$stream" "$port"
+      kill -INT "$tracer"; sleep 0.5
+      wait "$tracer" 2>/dev/null || true
+      local calls
+      calls=$(awk '$NF == "total" { print $4 }' "$tmp/$name.st")
+      out+=("$(python3 -c "print(f'{$calls / $n:.1f}')")")
+      continue
+    fi
     callgrind_control -z "$pid" >/dev/null 2>&1
     python3 "$tmp/client.py" "$n" "$stream" "$port"
     callgrind_control -d "$pid" >/dev/null 2>&1
@@ -80,7 +100,11 @@ measure() {
   printf '%-12s %14s %14s\n' "$name" "${out[0]}" "${out[1]}"
 }
 
-printf 'user-space instructions per request, %s requests in a row on one connection\n' "$n"
+if [ "$count" = syscalls ]; then
+  printf 'system calls per request (every thread), %s requests in a row on one connection\n' "$n"
+else
+  printf 'user-space instructions per request, %s requests in a row on one connection\n' "$n"
+fi
 printf '%-12s %14s %14s\n' target whole stream
 measure "bare proxy" "ready http://" "$bin" --child-proxy "$mock"
 measure "leaf only" "gateway on http://" "$bin" --child-gateway --listen 127.0.0.1:0 --stack leaf
