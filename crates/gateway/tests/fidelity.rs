@@ -334,24 +334,34 @@ async fn the_stack_passes_the_middle_of_an_answer_through_unparsed() {
         let body = Full::new(body.clone());
         async move { ChatStream::commit(SseChatDecoder::new(body), ResponseMeta::default()).await }
     });
-    let stack = llm_layers_gateway::build_stack(&Config::default(), leaf, None).unwrap();
-    let req = ChatRequest::new("openai/gpt-4o-mini", vec![Message::user("hi")]);
-    let stream = stack.oneshot(req).await.unwrap();
-    let chunks: Vec<Result<_, LlmError>> = StreamExt::collect(stream).await;
-    assert_eq!(chunks.len(), tokens.len() + 2);
-    let text: String = chunks
-        .iter()
-        .map(|c| c.as_ref().unwrap().content().unwrap_or_default().to_owned())
-        .collect();
-    assert_eq!(text, "Once upon a time");
-    // The first chunk taught the shape; the tokens after it were read by it.
-    for (i, c) in chunks.iter().enumerate().take(tokens.len()).skip(1) {
-        let c = c.as_ref().unwrap();
-        assert!(c.raw().is_some(), "chunk {i} kept its bytes");
-        assert!(
-            !c.is_parsed(),
-            "chunk {i} was parsed on the way through the stack"
-        );
+    // With the defaults, and with mid-stream resume on (it watches every chunk).
+    for resume in [false, true] {
+        let config = Config {
+            resume,
+            ..Config::default()
+        };
+        let stack = llm_layers_gateway::build_stack(&config, leaf.clone(), None).unwrap();
+        let req = ChatRequest::new("openai/gpt-4o-mini", vec![Message::user("hi")]);
+        let stream = stack.oneshot(req).await.unwrap();
+        let chunks: Vec<Result<_, LlmError>> = StreamExt::collect(stream).await;
+        assert_eq!(chunks.len(), tokens.len() + 2);
+        let text: String = chunks
+            .iter()
+            .map(|c| c.as_ref().unwrap().content().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(text, "Once upon a time");
+        // The first chunk taught the shape; the tokens after it were read by it.
+        for (i, c) in chunks.iter().enumerate().take(tokens.len()).skip(1) {
+            let c = c.as_ref().unwrap();
+            assert!(
+                c.raw().is_some(),
+                "resume {resume}: chunk {i} kept its bytes"
+            );
+            assert!(
+                !c.is_parsed(),
+                "resume {resume}: chunk {i} was parsed on the way through the stack"
+            );
+        }
     }
 }
 

@@ -258,8 +258,10 @@ where
     /// One chunk: watched, and (after a resume) passed through the seam. `None`: nothing to
     /// give yet.
     fn on_chunk(&mut self, mut chunk: StreamChunk) -> Option<Result<StreamChunk, LlmError>> {
-        if chunk.choices.len() > 1
-            || chunk.choices.iter().any(|c| {
+        // Read through the cheap accessors: a chunk of a first attempt that changes nothing
+        // is passed on unparsed (the typed chunk is built only for a continuation's).
+        if chunk.choice_count() > 1
+            || chunk.choice_fields().is_some_and(|c| {
                 c.index != 0
                     || c.delta.tool_calls.is_some()
                     || c.delta.reasoning.as_deref().is_some_and(|r| !r.is_empty())
@@ -292,7 +294,7 @@ where
                 }
             }
         }
-        if chunk.choices.iter().any(|c| c.finish_reason.is_some()) {
+        if chunk.has_finish() {
             self.finished = true;
         }
         if let Some(text) = chunk.content().filter(|t| !t.is_empty()) {
@@ -300,8 +302,8 @@ where
             self.attempt_chunks += 1;
             self.ends.push(self.delivered.len());
         }
-        if chunk.usage.is_some() {
-            self.report.attempt(chunk.usage.clone().unwrap_or_default());
+        if let Some(u) = chunk.usage() {
+            self.report.attempt(u.clone());
             // Held until the end is seen: summed then, or taken back if the stream breaks.
             self.held = Some(chunk);
             return None;

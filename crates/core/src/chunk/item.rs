@@ -240,6 +240,17 @@ impl StreamChunk {
         }
     }
 
+    /// Choice 0's fields but its content ([`content`](Self::content) reads that): for a
+    /// chunk the decoder read by its shape, the choice the shape holds (its index, role,
+    /// reasoning, tool calls, finish reason, log probabilities), without building the typed
+    /// chunk; its `delta.content` is the shape's, not this chunk's.
+    pub fn choice_fields(&self) -> Option<&ChunkChoice> {
+        match &self.shaped {
+            Some(s) => Some(&s.choice),
+            None => self.chunk().choices.first(),
+        }
+    }
+
     /// How many choices the chunk holds (none on a usage-only chunk).
     pub fn choice_count(&self) -> usize {
         match &self.shaped {
