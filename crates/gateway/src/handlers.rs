@@ -295,6 +295,8 @@ async fn call(
     if let Some(t) = tenant {
         req.extensions_mut().insert(t);
     }
+    // The cost's metric names the tenant of a gateway key only (the keys file bounds them).
+    let key_tenant = key.as_ref().map(|k| k.tenant.clone());
     let streaming = req.is_stream();
     if !streaming {
         // Nothing reaches this caller before the end: retry may treat the end as the commit.
@@ -339,7 +341,7 @@ async fn call(
             include_usage,
             state.phase.clone(),
             record,
-            state.prices.clone(),
+            (state.prices.clone(), key_tenant),
             charge,
         );
     }
@@ -351,7 +353,9 @@ async fn call(
             let cost = c.usage.as_ref().and_then(|u| {
                 record.usage(u);
                 let provider = c.provider.as_deref().or(served.as_deref());
-                state.prices.cost(&c.model, provider, u)
+                state
+                    .prices
+                    .cost(&c.model, (provider, key_tenant.as_deref()), u)
             });
             record.cost(cost);
             if let (Some(ch), Some(cost)) = (charge.as_mut(), cost) {

@@ -112,12 +112,13 @@ impl PriceBook {
         })
     }
 
-    /// What a call to `model`, served by `provider`, that used `usage` cost: counted in
+    /// What a call to `model`, served by `provider` for `tenant` (its gateway key's: the keys
+    /// file names them, so the label stays bounded), that used `usage` cost: counted in
     /// `llm_call_cost_usd` and `llm_cost_usd_total`.
     pub(crate) fn cost(
         self: &Arc<Self>,
         model: &str,
-        provider: Option<&str>,
+        (provider, tenant): (Option<&str>, Option<&str>),
         usage: &Usage,
     ) -> Option<Cost> {
         let reported = usage.extra.get("cost").is_some();
@@ -152,6 +153,7 @@ impl PriceBook {
             "llm_cost_usd_total",
             "gen_ai.request.model" => label,
             "gen_ai.provider.name" => provider,
+            "tenant" => tenant.unwrap_or("").to_owned(),
         )
         .increment(cost.usd());
         Some(cost)
@@ -281,21 +283,21 @@ mod tests {
         )
         .unwrap();
         for model in ["a/m", "a/m:nitro"] {
-            let c = book.cost(model, None, &u).unwrap();
+            let c = book.cost(model, (None, None), &u).unwrap();
             assert_eq!(c.source(), "estimated", "{model}");
             // 1,000 × 1e-6 + 100 × 2e-6
             assert!((c.usd() - 0.0012).abs() < 1e-15, "{model}: {c:?}");
         }
         assert_eq!(
-            book.cost("openrouter/auto", None, &u),
+            book.cost("openrouter/auto", (None, None), &u),
             None,
             "never a silent free"
         );
-        assert_eq!(book.cost("c/unknown", None, &u), None);
+        assert_eq!(book.cost("c/unknown", (None, None), &u), None);
         let mut reported = u.clone();
         reported.extra.insert("cost".into(), json!(0.5));
         assert_eq!(
-            book.cost("c/unknown", None, &reported),
+            book.cost("c/unknown", (None, None), &reported),
             Some(Cost::Reported(0.5))
         );
         assert_eq!(usd(Cost::Estimated(0.0012)), "0.001200000");
@@ -333,7 +335,11 @@ mod tests {
             json!({"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}),
         )
         .unwrap();
-        let at = |provider| book.cost("a/m", provider, &u).unwrap().usd();
+        let at = |provider| {
+            book.cost("a/m", (provider, Some("acme")), &u)
+                .unwrap()
+                .usd()
+        };
         assert!(
             (at(Some("Dear")) - 0.0043).abs() < 1e-12,
             "{}",

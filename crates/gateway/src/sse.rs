@@ -27,7 +27,7 @@ pub(crate) fn response(
     include_usage: bool,
     phase: watch::Receiver<Phase>,
     record: CallRecord,
-    prices: Arc<PriceBook>,
+    (prices, tenant): (Arc<PriceBook>, Option<Arc<str>>),
     charge: Option<crate::budget::Charge>,
 ) -> Response {
     let mut body = SseBody {
@@ -39,6 +39,7 @@ pub(crate) fn response(
         writer: ChunkWriter::default(),
         record: None,
         prices,
+        tenant,
         cost: None,
         charge,
     };
@@ -73,6 +74,8 @@ struct SseBody {
     /// The call as the access log sees it: written when the body is dropped.
     record: Option<CallRecord>,
     prices: Arc<PriceBook>,
+    /// The tenant of the call's gateway key, for the cost's metric.
+    tenant: Option<Arc<str>>,
     /// What the call cost, once its usage came.
     cost: Option<Cost>,
     /// The tenant's budget reservation: settled to the cost, or on drop to what was spent.
@@ -222,7 +225,9 @@ impl Stream for SseBody {
                             c.model()
                         };
                         let provider = c.provider().or(this.stream.meta().provider.as_deref());
-                        this.cost = this.prices.cost(model, provider, u);
+                        this.cost = this
+                            .prices
+                            .cost(model, (provider, this.tenant.as_deref()), u);
                         if let (Some(ch), Some(cost)) = (this.charge.as_mut(), this.cost) {
                             ch.settle(cost);
                         }

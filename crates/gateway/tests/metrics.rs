@@ -39,6 +39,9 @@ async fn metrics_endpoint_renders_the_genai_histograms() {
         "llm_scope=\"call\"",
         "openrouter_provider=\"",
         "llm_client_calls_total{",
+        // What the call cost, by model, provider and key tenant (none here).
+        "llm_cost_usd_total{",
+        "tenant=\"\"",
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
