@@ -289,7 +289,7 @@ mod tests {
             false,
             rx,
             CallRecord::start(None),
-            Arc::default(),
+            (Arc::default(), None),
             None,
         )
         .into_body();
