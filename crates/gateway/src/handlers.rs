@@ -346,6 +346,7 @@ async fn call(
         );
     }
     let served = stream.meta().provider.clone();
+    let cancelled = crate::sse::cancelled_hedges(stream.meta());
     let collected = stream.collect().await;
     record.collected();
     match collected {
@@ -362,6 +363,11 @@ async fn call(
                 ch.settle(cost);
             }
             record.done();
+            // Hedges that lost: their prompts, estimated at the model's price.
+            let lost = match (cancelled, c.usage.as_ref()) {
+                (Some(n), Some(u)) => state.prices.cancelled(&c.model, u.prompt_tokens, n),
+                _ => None,
+            };
             let mut r = answer_response(&normalize(c));
             record.write_headers(r.headers_mut());
             if let Some(c) = cost {
@@ -373,6 +379,13 @@ async fn call(
                     "x-llm-cost-source",
                     http::HeaderValue::from_static(c.source()),
                 );
+                if let Some(lost) = lost {
+                    let all =
+                        crate::prices::usd(llm_layers_core::price::Cost::Estimated(c.usd() + lost));
+                    if let Ok(v) = http::HeaderValue::from_str(&all) {
+                        h.insert("x-llm-attempts-cost-usd", v);
+                    }
+                }
             }
             r
         }

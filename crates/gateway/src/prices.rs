@@ -159,6 +159,15 @@ impl PriceBook {
         Some(cost)
     }
 
+    /// What `cancelled` attempts of a call to `model` (hedges that lost, cancelled before
+    /// their first token) cost, each having read `prompt` tokens: an estimate at the model's
+    /// price (an upstream may bill a cancelled request for the prompt it read; none reports
+    /// it). None without a price.
+    pub(crate) fn cancelled(&self, model: &str, prompt: u64, cancelled: u32) -> Option<f64> {
+        let p = self.price(model)?;
+        Some(f64::from(cancelled) * p.of_tokens(prompt, 0))
+    }
+
     /// `model`'s price at the dearest of its endpoints: each of prompt, completion and
     /// request at its highest published (the model's own price when no endpoint publishes
     /// one). What a reservation assumes, since a hedge or a fallback may reach any of them.

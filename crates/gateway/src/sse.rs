@@ -41,6 +41,7 @@ pub(crate) fn response(
         prices,
         tenant,
         cost: None,
+        cancelled: None,
         charge,
     };
     let mut r = Response::new(Body::empty());
@@ -78,8 +79,18 @@ struct SseBody {
     tenant: Option<Arc<str>>,
     /// What the call cost, once its usage came.
     cost: Option<Cost>,
+    /// Its hedges cancelled when another attempt won, and what they cost (estimated).
+    cancelled: Option<(u32, f64)>,
     /// The tenant's budget reservation: settled to the cost, or on drop to what was spent.
     charge: Option<crate::budget::Charge>,
+}
+
+/// How many hedges of the call were cancelled when another attempt won (none: `None`).
+pub(crate) fn cancelled_hedges(meta: &llm_layers_core::ResponseMeta) -> Option<u32> {
+    meta.extensions
+        .get::<llm_layers_hedge::HedgeCancelled>()
+        .map(|h| h.0)
+        .filter(|n| *n > 0)
 }
 
 /// The most bytes one body frame gathers from events that are already there.
@@ -178,8 +189,15 @@ impl SseBody {
                 c.source()
             )
         });
+        let cancelled = match (self.cost, self.cancelled) {
+            (Some(c), Some((n, usd))) => format!(
+                r#","cancelled_attempts":{n},"attempts_cost_usd":{}"#,
+                crate::prices::usd(Cost::Estimated(c.usd() + usd))
+            ),
+            _ => String::new(),
+        };
         format!(
-            r#","llm_layers":{{"attempts":{},"continuations":{continuations}{cost}}}"#,
+            r#","llm_layers":{{"attempts":{},"continuations":{continuations}{cost}{cancelled}}}"#,
             meta.attempts.max(1)
         )
     }
@@ -231,6 +249,9 @@ impl Stream for SseBody {
                         if let (Some(ch), Some(cost)) = (this.charge.as_mut(), this.cost) {
                             ch.settle(cost);
                         }
+                        this.cancelled = cancelled_hedges(this.stream.meta()).and_then(|n| {
+                            Some((n, this.prices.cancelled(model, u.prompt_tokens, n)?))
+                        });
                         if let Some(r) = this.record.as_mut() {
                             r.usage(u);
                             r.cost(this.cost);
@@ -298,6 +319,49 @@ mod tests {
             frames.push(f.unwrap().into_data().unwrap());
         }
         frames
+    }
+
+    /// A stream whose hedges lost says what every attempt cost: its own cost and the
+    /// cancelled ones' prompts at the model's price, estimated.
+    #[tokio::test(start_paused = true)]
+    async fn the_summary_prices_the_hedges_that_lost() {
+        let mock = MockChat::with_default(
+            Script::tokens(Duration::ZERO, 2, Duration::ZERO)
+                .finish("stop")
+                .usage(1000, 2),
+        );
+        let mut stream = mock
+            .oneshot(ChatRequest::new("a/m", vec![Message::user("hi")]))
+            .await
+            .unwrap();
+        stream
+            .meta_mut()
+            .extensions
+            .insert(llm_layers_hedge::HedgeCancelled(2));
+        let book = Arc::new(PriceBook::default());
+        book.learn(&[serde_json::from_value(serde_json::json!({
+            "id": "a/m", "pricing": {"prompt": "0.000001", "completion": "0.000002"}
+        }))
+        .unwrap()]);
+        let (_tx, rx) = watch::channel(Phase::Running);
+        let mut body = response(
+            stream,
+            true,
+            rx,
+            CallRecord::start(None),
+            (book, None),
+            None,
+        )
+        .into_body();
+        let mut text = String::new();
+        while let Some(f) = body.frame().await {
+            text.push_str(std::str::from_utf8(&f.unwrap().into_data().unwrap()).unwrap());
+        }
+        // Its own: 1,000 × 1e-6 + 2 × 2e-6; the two cancelled: 1,000 × 1e-6 each.
+        assert!(
+            text.contains(r#""cost_usd":0.001004000,"cost_source":"estimated","cancelled_attempts":2,"attempts_cost_usd":0.003004000"#),
+            "{text}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
