@@ -159,6 +159,19 @@ impl PriceBook {
         Some(cost)
     }
 
+    /// `cost` with the attempts that broke before a resume added: their usage (their
+    /// prompt and the tokens they delivered, as the resume layer estimates it) at the
+    /// model's price. An upstream's reported cost covers only the attempts that reached
+    /// their usage; a cost it did not report was estimated on the summed usage already,
+    /// broken attempts included.
+    pub(crate) fn with_broken(&self, model: &str, cost: Cost, broken: &Usage) -> Cost {
+        let unreported = broken.prompt_tokens + broken.completion_tokens > 0;
+        match (cost, self.price(model)) {
+            (Cost::Reported(c), Some(p)) if unreported => Cost::Estimated(c + p.cost(broken)),
+            _ => cost,
+        }
+    }
+
     /// What `cancelled` attempts of a call to `model` (hedges that lost, cancelled before
     /// their first token) cost, each having read `prompt` tokens: an estimate at the model's
     /// price (an upstream may bill a cancelled request for the prompt it read; none reports

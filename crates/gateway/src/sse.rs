@@ -85,6 +85,12 @@ struct SseBody {
     charge: Option<crate::budget::Charge>,
 }
 
+/// The usage of the attempts that broke before a resume (none when nothing was resumed).
+fn broken_usage(meta: &llm_layers_core::ResponseMeta) -> Option<llm_layers_core::Usage> {
+    let r = meta.extensions.get::<llm_layers_resume::ResumeReport>()?;
+    (r.resumed() > 0).then(|| r.broken_usage())
+}
+
 /// How many hedges of the call were cancelled when another attempt won (none: `None`).
 pub(crate) fn cancelled_hedges(meta: &llm_layers_core::ResponseMeta) -> Option<u32> {
     meta.extensions
@@ -245,7 +251,11 @@ impl Stream for SseBody {
                         let provider = c.provider().or(this.stream.meta().provider.as_deref());
                         this.cost = this
                             .prices
-                            .cost(model, (provider, this.tenant.as_deref()), u);
+                            .cost(model, (provider, this.tenant.as_deref()), u)
+                            .map(|c| match broken_usage(this.stream.meta()) {
+                                Some(b) => this.prices.with_broken(model, c, &b),
+                                None => c,
+                            });
                         if let (Some(ch), Some(cost)) = (this.charge.as_mut(), this.cost) {
                             ch.settle(cost);
                         }

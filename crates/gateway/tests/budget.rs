@@ -337,3 +337,60 @@ async fn four_replicas_on_one_redis_keep_one_budget_per_tenant() {
         gw.shutdown().await.unwrap();
     }
 }
+
+/// A stream resumed after its first attempt broke is charged what the mock billed for both
+/// attempts: the broken one's prompt and the tokens it sent (which no usage reports), and
+/// the continuation's reported cost.
+#[tokio::test]
+async fn a_resumed_stream_is_charged_both_attempts() {
+    let mut s = scenario();
+    s.time_scale = 0.01;
+    for p in &mut s.providers {
+        p.faults.truncate = 0.5;
+    }
+    let cfg = Config {
+        keys: Keys::from_json(BUDGET_KEYS).unwrap(),
+        // No hedge: every request the mock bills is one of these calls' attempts.
+        hedge_budget: 0.0,
+        ..config()
+    };
+    let (gw, mock) = gateway_on(s, cfg).await;
+    let c = client();
+    let mut resumed = 0;
+    for i in 0..40 {
+        let before = (spent(&c, &gw, "acme").await, mock.counters().billed_usd());
+        let body = json!({"model": "openai/gpt-4o-mini", "stream": true, "max_tokens": 12,
+            "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": format!("a story {i}")}]});
+        let (status, _, text) = post_as(
+            &c,
+            &gw,
+            Some("sk-gw-acme-0000000000"),
+            &[("x-llm-resume", "on")],
+            body.to_string(),
+        )
+        .await;
+        if status == 429 {
+            break; // the budget is spent
+        }
+        assert_eq!(status, 200, "{text}");
+        let evs = events(text.as_bytes());
+        let Ok(usage) = serde_json::from_str::<Value>(&evs[evs.len() - 2]) else {
+            continue; // a stream that ended in an error
+        };
+        let summary = &usage["llm_layers"];
+        if summary["continuations"].as_u64().unwrap_or(0) == 0 {
+            continue;
+        }
+        resumed += 1;
+        let charged = spent(&c, &gw, "acme").await - before.0;
+        let billed = mock.counters().billed_usd() - before.1;
+        assert!(
+            (charged - billed).abs() <= billed * 1e-6,
+            "call {i}: charged {charged}, the mock billed {billed} ({usage})"
+        );
+        assert_eq!(summary["cost_source"], "estimated", "{summary}");
+    }
+    assert!(resumed >= 2, "only {resumed} calls were resumed");
+    gw.shutdown().await.unwrap();
+}

@@ -138,8 +138,10 @@ impl ResumeReport {
         lock(&self.0).resumed
     }
 
-    /// The usage of the attempts that broke, estimated (their prompt, and one token per
-    /// content chunk delivered): the part of the summed usage no upstream reported.
+    /// The usage of the attempts that broke, estimated (each one's prompt as it was sent, a
+    /// continuation's with the text delivered, and one token per content chunk it sent, the
+    /// text a continuation writes again included): the part of the summed usage no upstream
+    /// reported.
     pub fn broken_usage(&self) -> Usage {
         lock(&self.0).broken.clone()
     }

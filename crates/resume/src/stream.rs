@@ -69,6 +69,9 @@ pub(crate) struct Resuming<S> {
     broken: Option<LlmError>,
     /// Content chunks of the current attempt (its completion tokens, estimated).
     attempt_chunks: u64,
+    /// The current attempt's prompt, estimated: the caller's at first, a continuation's
+    /// (the caller's and the text delivered, and its instruction) after a break.
+    attempt_prompt: u64,
     /// Where the content chunks delivered over every attempt ended.
     ends: ChunkEnds,
     /// The usage of the attempts that broke: reported when they sent one, else estimated.
@@ -114,6 +117,7 @@ where
             seam: Seam::Clean,
             broken: None,
             attempt_chunks: 0,
+            attempt_prompt: 0,
             ends: ChunkEnds::default(),
             earlier: Usage::default(),
             held: None,
@@ -152,7 +156,11 @@ where
         self.broken = Some(e);
         self.resumes += 1;
         let this_attempt = reported.unwrap_or_else(|| Usage {
-            prompt_tokens: self.request.body().approx_prompt_tokens(),
+            prompt_tokens: if self.resumes > 1 {
+                self.attempt_prompt
+            } else {
+                self.request.body().approx_prompt_tokens()
+            },
             completion_tokens: self.attempt_chunks,
             ..Usage::default()
         });
@@ -171,6 +179,7 @@ where
         let left = |m: u32| continuation_limit(m, kept);
         body.max_tokens = body.max_tokens.map(left);
         body.max_completion_tokens = body.max_completion_tokens.map(left);
+        self.attempt_prompt = body.approx_prompt_tokens();
         *req.body_mut() = body;
         if self.mode != ContinueMode::Instruction {
             // Prefill continues that provider's text: ask the one that served it.
@@ -219,8 +228,7 @@ where
             Seam::Clean => 0,
         };
         self.earlier.add(&Usage {
-            prompt_tokens: self.request.body().approx_prompt_tokens()
-                + (self.delivered.len() as u64).div_ceil(4),
+            prompt_tokens: self.attempt_prompt,
             completion_tokens: written,
             ..Usage::default()
         });
@@ -269,6 +277,11 @@ where
         {
             self.eligible = false;
         }
+        // What the upstream sent (and bills), the text a continuation writes again
+        // included: the attempt's completion tokens if it breaks.
+        if chunk.content().is_some_and(|t| !t.is_empty()) {
+            self.attempt_chunks += 1;
+        }
         if self.resumes > 0 {
             // Only a chunk that changes is written from its fields: the rest of a
             // continuation goes out as the bytes it came in.
@@ -299,7 +312,6 @@ where
         }
         if let Some(text) = chunk.content().filter(|t| !t.is_empty()) {
             self.delivered.push_str(text);
-            self.attempt_chunks += 1;
             self.ends.push(self.delivered.len());
         }
         if let Some(u) = chunk.usage() {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use http::StatusCode;
 use llm_layers_core::continuation::{
-    ContinueMode, PREFILL_REFUSAL, continuation_limit, continued, effective_mode, expected_start,
-    split_for_prefill,
+    ContinueMode, PREFILL_REFUSAL, continuation_body, continuation_limit, continued,
+    effective_mode, expected_start, split_for_prefill,
 };
 use llm_layers_core::{
     ChatChunk, ChatRequest, ChatStream, ChunkChoice, Delta, ErrorKind, LlmError, Message,
@@ -715,9 +715,13 @@ async fn a_continuation_that_fell_back_is_counted_in_the_usage() {
     );
     let usage = done.usage.unwrap();
     let prompt = req().body().approx_prompt_tokens();
-    let fell_back_prompt = prompt + (delivered.len() as u64).div_ceil(4);
+    // The prompt the prefill that fell back was sent: the caller's, with the text delivered.
+    let prefill = ResumeLayer::new().mode(req().model(), "P");
+    let fell_back_prompt =
+        continuation_body(req().body(), delivered, prefill).approx_prompt_tokens();
+    assert!(fell_back_prompt > prompt);
     // Reported (100, 8); the broken attempt: its prompt and its one chunk; the one that
-    // fell back: its prompt (with the text it was given) and all it wrote, a token per 4 bytes.
+    // fell back: the prompt it was sent and all it wrote, a token per 4 bytes.
     assert_eq!(
         (usage.prompt_tokens, usage.completion_tokens),
         (
