@@ -715,7 +715,7 @@ async fn cold_start(name: &str, scenario: Scenario) {
             ok: median(&mut col(&|x| x.0.ok)),
             corrupted: r.iter().map(|x| x.0.corrupted).sum(),
             upstream_per_call: median(&mut col(&|x| x.0.upstream_per_call)),
-            cost_per_1k: f64::NAN,
+            cost_per_1k: median(&mut col(&|x| x.0.cost_per_1k)),
         });
         let lo = p99s.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = p99s.iter().copied().fold(0.0, f64::max);
@@ -754,6 +754,7 @@ async fn run_at(
     conc: usize,
 ) -> (Row, f64) {
     let before = server.counters().requests();
+    let billed = server.counters().billed_usd();
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..conc {
@@ -780,7 +781,9 @@ async fn run_at(
         .filter_map(|c| c.1.map(|x| x.0))
         .collect();
     let calls: Vec<Call> = calls.into_iter().map(|c| c.1).collect();
-    (row_of(name, &calls, n, upstream), quantile(&mut late, 0.99))
+    let mut row = row_of(name, &calls, n, upstream);
+    row.cost_per_1k = (server.counters().billed_usd() - billed) * 1000.0 / n as f64;
+    (row, quantile(&mut late, 0.99))
 }
 
 /// Two upstreams: the `fat_tail` mock as OpenRouter and a second mock as a provider's own
