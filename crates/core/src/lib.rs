@@ -61,8 +61,8 @@ pub use error::{
     parse_retry_after,
 };
 pub use request::{
-    Alternatives, AttemptKind, ChatBody, ChatRequest, Content, Deadline, KeyId, MODEL_VARIANTS,
-    Message, OPENROUTER_ONLY_FIELDS, Priority, ProviderPlan, ProviderPreferences, ProviderSort,
-    Tenant, UpstreamName, WholeAnswer, default_slug, slug_matches, split_variant,
+    Alternatives, AttemptKind, ChatBody, ChatRequest, Content, Deadline, GivenUp, KeyId,
+    MODEL_VARIANTS, Message, OPENROUTER_ONLY_FIELDS, Priority, ProviderPlan, ProviderPreferences,
+    ProviderSort, Tenant, UpstreamName, WholeAnswer, default_slug, slug_matches, split_variant,
 };
 pub use stream::{BoxChunkStream, ChatStream, Commit, ResponseMeta, Timings};

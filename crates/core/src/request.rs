@@ -191,6 +191,39 @@ impl AttemptKind {
     }
 }
 
+/// A request extension: a count, shared by every attempt of one call (requests are cloned
+/// per attempt; the count is not), of the upstream requests the call's own layers gave up
+/// before their first token: a hedge that lost, an attempt cut by a first-token deadline,
+/// the one in flight when the caller left. An upstream may bill each for the prompt it read
+/// and reports nothing for it: what a budget charges them from. The per-attempt
+/// `LatencyLayer` counts them.
+///
+/// ```
+/// use llm_layers_core::{ChatRequest, GivenUp, Message};
+/// let given_up = GivenUp::default();
+/// let mut req = ChatRequest::new("m", vec![Message::user("hi")]);
+/// req.extensions_mut().insert(given_up.clone());
+/// let attempt = req.clone();
+/// if let Some(g) = attempt.extensions().get::<GivenUp>() {
+///     g.add();
+/// }
+/// assert_eq!(given_up.count(), 1);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct GivenUp(Arc<std::sync::atomic::AtomicU32>);
+
+impl GivenUp {
+    /// One more attempt given up.
+    pub fn add(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The attempts given up so far.
+    pub fn count(&self) -> u32 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// A request extension: who the call is for (rate limits and metrics key on it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Tenant(pub Arc<str>);

@@ -20,9 +20,9 @@
 
 use std::sync::Arc;
 
-use llm_layers_core::ChatRequest;
 use llm_layers_core::ledger::{Held, Ledger, Window, nanos_to_usd, usd_to_nanos};
 use llm_layers_core::price::{Cost, Price};
+use llm_layers_core::{ChatRequest, GivenUp};
 use serde::Deserialize;
 
 use crate::error::ApiFailure;
@@ -167,7 +167,8 @@ impl Spend {
                 price,
                 prompt,
                 delivered: 0,
-                cancelled: 0,
+                given_up: GivenUp::default(),
+                answered: false,
             }),
             Err(refused) => {
                 metrics::counter!("llm_budget_refused_total").increment(1);
@@ -192,15 +193,24 @@ pub(crate) struct Charge {
     prompt: u64,
     /// Output chunks delivered so far (about a token each).
     delivered: u64,
-    /// Attempts cancelled when another won (a hedge's losers): each charged its prompt.
-    cancelled: u32,
+    /// The call's attempts given up before their first token (hedges that lost, attempts
+    /// cut by a first-token deadline): each charged its prompt.
+    given_up: GivenUp,
+    /// Whether an attempt answered (its stream began).
+    answered: bool,
 }
 
 impl Charge {
-    /// `n` attempts of the call were cancelled when another won: an upstream may bill each
-    /// for the prompt it read, so each is charged the prompt's estimate.
-    pub(crate) fn cancelled(&mut self, n: u32) {
-        self.cancelled = n;
+    /// The count of the call's attempts given up before their first token (the request
+    /// carries it to every attempt): an upstream may bill each for the prompt it read, so
+    /// each is charged the prompt's estimate.
+    pub(crate) fn given_up(&self) -> GivenUp {
+        self.given_up.clone()
+    }
+
+    /// An attempt answered: the call's stream began.
+    pub(crate) fn answered(&mut self) {
+        self.answered = true;
     }
 
     /// An output chunk went to the caller.
@@ -220,7 +230,8 @@ impl Charge {
 
     fn settle_usd(&mut self, usd: f64) {
         let Some(held) = self.held.take() else { return };
-        let usd = usd + f64::from(self.cancelled) * self.prompt as f64 * self.price.prompt;
+        let given_up = f64::from(self.given_up.count());
+        let usd = usd + given_up * self.prompt as f64 * self.price.prompt;
         let delta = usd_to_nanos(usd) - held.amount;
         // The memory ledger settles at once; a shared one finishes in the background.
         let mut settle = self.ledger.settle(&self.tenant, held, delta);
@@ -235,10 +246,16 @@ impl Charge {
 impl Drop for Charge {
     fn drop(&mut self) {
         if self.held.is_some() {
-            // Abandoned or broken before its usage: its prompt and what it delivered.
-            let usd = self.prompt as f64 * self.price.prompt
-                + self.delivered as f64 * self.price.completion
-                + self.price.request;
+            // Abandoned or broken before its usage: the attempt that answered, its prompt
+            // and what it delivered. Left before any answered, the attempt in flight was
+            // given up (counted with the others; its own prompt when none was counted).
+            let usd = if self.answered || self.given_up.count() == 0 {
+                self.prompt as f64 * self.price.prompt
+                    + self.delivered as f64 * self.price.completion
+                    + self.price.request
+            } else {
+                0.0
+            };
             self.settle_usd(usd);
         }
     }
@@ -277,7 +294,8 @@ mod tests {
             price: price(),
             prompt,
             delivered: 0,
-            cancelled: 0,
+            given_up: GivenUp::default(),
+            answered: true,
         }
     }
 
@@ -293,7 +311,8 @@ mod tests {
             (spent(&ledger) - 1.0).abs() < 1e-9,
             "the worst case is held"
         );
-        c.cancelled(2);
+        c.given_up().add();
+        c.given_up().add();
         c.settle(Cost::Reported(0.01));
         // 0.01 for the answer, 2 × 1,000 prompt tokens × 1e-6 for the hedges cancelled.
         assert!((spent(&ledger) - 0.012).abs() < 1e-9, "{}", spent(&ledger));

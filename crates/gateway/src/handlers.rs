@@ -309,6 +309,12 @@ async fn call(
         .and_then(|o| o.get("include_usage"))
         .and_then(serde_json::Value::as_bool)
         .unwrap_or(false);
+    // Counted by every attempt given up before its first token (a budget charges their
+    // prompts; the answer says what all its attempts cost).
+    let given_up = charge
+        .as_ref()
+        .map_or_else(llm_layers_core::GivenUp::default, |c| c.given_up());
+    req.extensions_mut().insert(given_up.clone());
     record.sent();
     let stream = match state.stack.clone().oneshot(req).await {
         Ok(s) => s,
@@ -320,14 +326,8 @@ async fn call(
         }
     };
     record.answered(stream.meta());
-    if let (Some(c), Some(n)) = (
-        charge.as_mut(),
-        stream
-            .meta()
-            .extensions
-            .get::<llm_layers_hedge::HedgeCancelled>(),
-    ) {
-        c.cancelled(n.0);
+    if let Some(c) = charge.as_mut() {
+        c.answered();
     }
     state.counters.note(stream.meta());
     if let Some(t) = &counted_tenant {
@@ -341,12 +341,15 @@ async fn call(
             include_usage,
             state.phase.clone(),
             record,
-            (state.prices.clone(), key_tenant),
+            crate::sse::Pricing {
+                book: state.prices.clone(),
+                tenant: key_tenant,
+                given_up,
+            },
             charge,
         );
     }
     let served = stream.meta().provider.clone();
-    let cancelled = crate::sse::cancelled_hedges(stream.meta());
     let collected = stream.collect().await;
     record.collected();
     match collected {
@@ -364,8 +367,8 @@ async fn call(
             }
             record.done();
             // Hedges that lost: their prompts, estimated at the model's price.
-            let lost = match (cancelled, c.usage.as_ref()) {
-                (Some(n), Some(u)) => state.prices.cancelled(&c.model, u.prompt_tokens, n),
+            let lost = match (given_up.count(), c.usage.as_ref()) {
+                (n @ 1.., Some(u)) => state.prices.cancelled(&c.model, u.prompt_tokens, n),
                 _ => None,
             };
             let mut r = answer_response(&normalize(c));

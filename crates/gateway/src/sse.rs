@@ -27,9 +27,14 @@ pub(crate) fn response(
     include_usage: bool,
     phase: watch::Receiver<Phase>,
     record: CallRecord,
-    (prices, tenant): (Arc<PriceBook>, Option<Arc<str>>),
+    pricing: Pricing,
     charge: Option<crate::budget::Charge>,
 ) -> Response {
+    let Pricing {
+        book: prices,
+        tenant,
+        given_up,
+    } = pricing;
     let mut body = SseBody {
         stream,
         include_usage,
@@ -40,6 +45,7 @@ pub(crate) fn response(
         record: None,
         prices,
         tenant,
+        given_up,
         cost: None,
         cancelled: None,
         charge,
@@ -79,7 +85,9 @@ struct SseBody {
     tenant: Option<Arc<str>>,
     /// What the call cost, once its usage came.
     cost: Option<Cost>,
-    /// Its hedges cancelled when another attempt won, and what they cost (estimated).
+    /// The call's count of attempts given up before their first token.
+    given_up: llm_layers_core::GivenUp,
+    /// Those attempts, and what they cost (estimated), once its usage came.
     cancelled: Option<(u32, f64)>,
     /// The tenant's budget reservation: settled to the cost, or on drop to what was spent.
     charge: Option<crate::budget::Charge>,
@@ -91,12 +99,12 @@ fn broken_usage(meta: &llm_layers_core::ResponseMeta) -> Option<llm_layers_core:
     (r.resumed() > 0).then(|| r.broken_usage())
 }
 
-/// How many hedges of the call were cancelled when another attempt won (none: `None`).
-pub(crate) fn cancelled_hedges(meta: &llm_layers_core::ResponseMeta) -> Option<u32> {
-    meta.extensions
-        .get::<llm_layers_hedge::HedgeCancelled>()
-        .map(|h| h.0)
-        .filter(|n| *n > 0)
+/// What prices a streamed call: the book, the tenant of its gateway key (for the cost's
+/// metric), and its count of attempts given up.
+pub(crate) struct Pricing {
+    pub(crate) book: Arc<PriceBook>,
+    pub(crate) tenant: Option<Arc<str>>,
+    pub(crate) given_up: llm_layers_core::GivenUp,
 }
 
 /// The most bytes one body frame gathers from events that are already there.
@@ -259,9 +267,11 @@ impl Stream for SseBody {
                         if let (Some(ch), Some(cost)) = (this.charge.as_mut(), this.cost) {
                             ch.settle(cost);
                         }
-                        this.cancelled = cancelled_hedges(this.stream.meta()).and_then(|n| {
-                            Some((n, this.prices.cancelled(model, u.prompt_tokens, n)?))
-                        });
+                        let n = this.given_up.count();
+                        this.cancelled = (n > 0)
+                            .then(|| this.prices.cancelled(model, u.prompt_tokens, n))
+                            .flatten()
+                            .map(|usd| (n, usd));
                         if let Some(r) = this.record.as_mut() {
                             r.usage(u);
                             r.cost(this.cost);
@@ -320,7 +330,11 @@ mod tests {
             false,
             rx,
             CallRecord::start(None),
-            (Arc::default(), None),
+            Pricing {
+                book: Arc::default(),
+                tenant: None,
+                given_up: Default::default(),
+            },
             None,
         )
         .into_body();
@@ -331,8 +345,8 @@ mod tests {
         frames
     }
 
-    /// A stream whose hedges lost says what every attempt cost: its own cost and the
-    /// cancelled ones' prompts at the model's price, estimated.
+    /// A stream with attempts given up (hedges that lost) says what every attempt cost: its
+    /// own cost and the given-up ones' prompts at the model's price, estimated.
     #[tokio::test(start_paused = true)]
     async fn the_summary_prices_the_hedges_that_lost() {
         let mock = MockChat::with_default(
@@ -340,14 +354,13 @@ mod tests {
                 .finish("stop")
                 .usage(1000, 2),
         );
-        let mut stream = mock
+        let stream = mock
             .oneshot(ChatRequest::new("a/m", vec![Message::user("hi")]))
             .await
             .unwrap();
-        stream
-            .meta_mut()
-            .extensions
-            .insert(llm_layers_hedge::HedgeCancelled(2));
+        let given_up = llm_layers_core::GivenUp::default();
+        given_up.add();
+        given_up.add();
         let book = Arc::new(PriceBook::default());
         book.learn(&[serde_json::from_value(serde_json::json!({
             "id": "a/m", "pricing": {"prompt": "0.000001", "completion": "0.000002"}
@@ -359,7 +372,11 @@ mod tests {
             true,
             rx,
             CallRecord::start(None),
-            (book, None),
+            Pricing {
+                book,
+                tenant: None,
+                given_up,
+            },
             None,
         )
         .into_body();

@@ -86,13 +86,13 @@ async fn a_tenant_spends_its_budget_and_no_more_and_others_do_not_notice() {
         answered >= 2,
         "a budget of several calls allowed {answered}"
     );
-    // Charged what the mock billed (its answers, and the prompts of hedges it began and the
-    // gateway cancelled), and never past the budget (each call reserved its worst case
-    // first).
+    // Charged what the mock billed (its answers, and the prompts of the attempts given up
+    // before their first token), and never past the budget (each call reserved its worst
+    // case first).
     let charged = spent(&c, &gw, "acme").await;
     let mock_billed = mock.counters().billed_usd();
     assert!(
-        (charged - mock_billed).abs() <= mock_billed * 0.05,
+        (charged - mock_billed).abs() <= mock_billed * 0.005,
         "charged {charged}, the mock billed {mock_billed} (answers {billed})"
     );
     assert!(
@@ -324,12 +324,13 @@ async fn four_replicas_on_one_redis_keep_one_budget_per_tenant() {
         );
         charged_all += charged;
     }
-    // What the mock billed (answers, and the prompts of hedges cancelled) was charged, but
-    // for the tokens a cancelled hedge generated before the cancel reached the mock (billed
-    // by it, never seen by the gateway): within 5 %.
+    // What the mock billed was charged: the answers, and the prompts of the attempts given
+    // up before their first token (hedges that lost, attempts cut by the first-token
+    // deadline). Within 0.5 %: a loser whose first token was already on its way would be
+    // billed a token the gateway never sees (about 0.1 % of this run's bill each).
     let mock_billed = mock.counters().billed_usd();
     assert!(
-        (charged_all - mock_billed).abs() <= mock_billed * 0.05,
+        (charged_all - mock_billed).abs() <= mock_billed * 0.005,
         "charged {charged_all}, the mock billed {mock_billed}"
     );
     let replicas = std::sync::Arc::try_unwrap(replicas).ok().unwrap();

@@ -88,10 +88,14 @@ where
                 .extensions()
                 .get::<llm_layers_core::WholeAnswer>()
                 .is_some();
+        let given_up = (self.shared.scope == crate::layer::Scope::Attempt)
+            .then(|| req.extensions().get::<llm_layers_core::GivenUp>().cloned())
+            .flatten();
         let span = crate::span::new(self.shared.scope, &model, AttemptKind::of(&req));
         // The layers below (and the attempts they start) are children of this span.
         let fut = span.in_scope(|| self.inner.call(req));
-        let labels = Labels::new(model, key, bucket, whole, self.shared.clone(), span);
+        let labels =
+            Labels::new(model, key, bucket, whole, self.shared.clone(), span).counting(given_up);
         ResponseFuture::new(fut, Instant::now(), labels)
     }
 }

@@ -4,7 +4,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
-use llm_layers_core::{ChatStream, ErrorKind, LlmError, StreamChunk, Usage};
+use llm_layers_core::{ChatStream, ErrorKind, LlmError, StreamChunk, TimeoutKind, Usage};
 use metrics::{Counter, Histogram, Label, counter, histogram};
 use tokio::time::Instant;
 
@@ -86,6 +86,8 @@ pub(crate) struct Labels {
     whole: bool,
     shared: Arc<Shared>,
     span: tracing::Span,
+    /// The call's count of attempts given up, when it keeps one (per attempt only).
+    given_up: Option<llm_layers_core::GivenUp>,
 }
 
 impl Labels {
@@ -104,7 +106,14 @@ impl Labels {
             whole,
             shared,
             span,
+            given_up: None,
         }
+    }
+
+    /// Counts this attempt in `given_up` if it is given up before its first token.
+    pub(crate) fn counting(mut self, given_up: Option<llm_layers_core::GivenUp>) -> Self {
+        self.given_up = given_up;
+        self
     }
 
     fn base(&self, provider: Option<&str>, response_model: Option<&str>) -> Vec<Label> {
@@ -143,6 +152,9 @@ impl Labels {
     /// A call given up before its first token: a censored sample (no first token after
     /// this long), counted once.
     pub(crate) fn abandoned(&self, start: Instant, now: Instant) {
+        if let Some(g) = &self.given_up {
+            g.add();
+        }
         counter!(ABANDONED, "llm.scope" => self.shared.scope.as_str()).increment(1);
         crate::span::ended(&self.span, "cancelled", None, None);
         if let Some(store) = &self.shared.store {
@@ -157,6 +169,13 @@ impl Labels {
 
     /// A call that failed before the commit point.
     pub(crate) fn failed(&self, e: &LlmError, start: Instant, now: Instant) {
+        // Cut by our own first-token or total deadline after the upstream took it: given up
+        // (a connect timeout never reached it).
+        if let (Some(g), ErrorKind::Timeout(TimeoutKind::FirstToken | TimeoutKind::Total)) =
+            (&self.given_up, e.kind())
+        {
+            g.add();
+        }
         let provider = e.provider();
         let mut labels = self.base(provider, None);
         let error_type = error_type(e);
