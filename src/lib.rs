@@ -16,6 +16,7 @@
 //! | `router` | `router` | latency tiers with SLAs, learned provider order per model |
 //! | `mock` | `mock` | a scripted service and a mock OpenRouter server |
 //! | `coalesce` | `coalesce` | identical concurrent calls share one upstream call |
+//! | `cost` | `cost` | what each call cost (reported, else usage at the endpoint's price), attempts given up included |
 //! | `redis` | `redis` | limits, holds, breakers and latency shared by replicas through Redis |
 //! | `full` | all of the above | |
 //!
@@ -54,6 +55,8 @@ pub use llm_layers_breaker as breaker;
 #[cfg(feature = "coalesce")]
 pub use llm_layers_coalesce as coalesce;
 pub use llm_layers_core as core;
+#[cfg(feature = "cost")]
+pub use llm_layers_cost as cost;
 #[cfg(feature = "hedge")]
 pub use llm_layers_hedge as hedge;
 #[cfg(feature = "latency")]
