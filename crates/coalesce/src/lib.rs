@@ -261,6 +261,7 @@ where
                 }
             }
         };
+        let joined = lead.is_none();
         match lead {
             Some(flight) => {
                 // The ready service serves this call from its own task; a clone stays.
@@ -277,6 +278,7 @@ where
             None => metrics::counter!("llm_coalesced_calls_total").increment(1),
         }
         Either::Right(Waiting {
+            joined,
             ticket: Some(ticket),
         })
     }
@@ -361,9 +363,17 @@ where
     drop(guard);
 }
 
+/// A response extension: this caller joined a call another caller started, and was served
+/// from it; the upstream took (and bills) that one call once. A budget charges the call to
+/// the caller that started it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Joined;
+
 /// Waits for a shared call's first token (or its error).
 pub struct Waiting {
     ticket: Option<Ticket>,
+    /// Whether this caller joined a call another started.
+    joined: bool,
 }
 
 impl std::fmt::Debug for Waiting {
@@ -388,8 +398,11 @@ impl Future for Waiting {
         }
         match &st.meta {
             Some(meta) => {
-                let meta = meta.clone();
+                let mut meta = meta.clone();
                 drop(st);
+                if self.joined {
+                    meta.extensions.insert(Joined);
+                }
                 let ticket = self.ticket.take();
                 Poll::Ready(Ok(ChatStream::from_parts(
                     Default::default(),

@@ -169,6 +169,7 @@ impl Spend {
                 delivered: 0,
                 given_up: GivenUp::default(),
                 answered: false,
+                joined: false,
             }),
             Err(refused) => {
                 metrics::counter!("llm_budget_refused_total").increment(1);
@@ -198,6 +199,8 @@ pub(crate) struct Charge {
     given_up: GivenUp,
     /// Whether an attempt answered (its stream began).
     answered: bool,
+    /// Served from an identical call another caller started (coalesced): that caller pays it.
+    joined: bool,
 }
 
 impl Charge {
@@ -211,6 +214,12 @@ impl Charge {
     /// An attempt answered: the call's stream began.
     pub(crate) fn answered(&mut self) {
         self.answered = true;
+    }
+
+    /// The call was served from an identical call another caller started (coalesced): the
+    /// upstream bills that call once, to the caller that started it; this one costs nothing.
+    pub(crate) fn joined(&mut self) {
+        self.joined = true;
     }
 
     /// An output chunk went to the caller.
@@ -231,7 +240,11 @@ impl Charge {
     fn settle_usd(&mut self, usd: f64) {
         let Some(held) = self.held.take() else { return };
         let given_up = f64::from(self.given_up.count());
-        let usd = usd + given_up * self.prompt as f64 * self.price.prompt;
+        let usd = if self.joined {
+            0.0
+        } else {
+            usd + given_up * self.prompt as f64 * self.price.prompt
+        };
         let delta = usd_to_nanos(usd) - held.amount;
         // The memory ledger settles at once; a shared one finishes in the background.
         let mut settle = self.ledger.settle(&self.tenant, held, delta);
@@ -296,6 +309,7 @@ mod tests {
             delivered: 0,
             given_up: GivenUp::default(),
             answered: true,
+            joined: false,
         }
     }
 

@@ -328,6 +328,14 @@ async fn call(
     record.answered(stream.meta());
     if let Some(c) = charge.as_mut() {
         c.answered();
+        if stream
+            .meta()
+            .extensions
+            .get::<llm_layers_coalesce::Joined>()
+            .is_some()
+        {
+            c.joined();
+        }
     }
     state.counters.note(stream.meta());
     if let Some(t) = &counted_tenant {

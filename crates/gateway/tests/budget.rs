@@ -395,3 +395,44 @@ async fn a_resumed_stream_is_charged_both_attempts() {
     assert!(resumed >= 2, "only {resumed} calls were resumed");
     gw.shutdown().await.unwrap();
 }
+
+/// Identical calls of one tenant served by one upstream call (coalesced) are charged that
+/// call once: the caller that started it pays, the ones that joined it nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_calls_are_charged_once() {
+    let cfg = Config {
+        keys: Keys::from_json(BUDGET_KEYS).unwrap(),
+        coalesce: true,
+        ..config()
+    };
+    let (gw, mock) = gateway_on(scenario(), cfg).await;
+    let c = client();
+    let body = json!({"model": "openai/gpt-4o-mini", "max_tokens": 5, "temperature": 0.0,
+        "messages": [{"role": "user", "content": "the same question"}]})
+    .to_string();
+    let calls = (0..3).map(|_| {
+        post_as(
+            &c,
+            &gw,
+            Some("sk-gw-acme-0000000000"),
+            &[("x-llm-coalesce", "on")],
+            body.clone(),
+        )
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    for (status, v, _) in &answers {
+        assert_eq!(*status, 200, "{v}");
+    }
+    assert!(
+        mock.counters().requests() < 3,
+        "the calls were served by one upstream call (and its hedges): {}",
+        mock.counters().requests()
+    );
+    let charged = spent(&c, &gw, "acme").await;
+    let billed = mock.counters().billed_usd();
+    assert!(
+        (charged - billed).abs() <= billed * 0.005,
+        "charged {charged}, the mock billed {billed}"
+    );
+    gw.shutdown().await.unwrap();
+}
