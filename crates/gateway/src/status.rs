@@ -288,6 +288,7 @@ tr.slow td{background:#fff4e5} .tag{display:inline-block;padding:0 6px;border-ra
 <div class="meta" id="meta">loading…</div>
 <div id="models"></div>
 <div id="tenants"></div>
+<div id="budgets"></div>
 <h2>Configuration</h2><pre id="config"></pre>
 <script>
 let key = sessionStorage.getItem("llm-layers-key");
@@ -329,6 +330,12 @@ async function poll() {
       <table><thead><tr><th>tenant</th><th>calls this minute</th><th>last minute</th><th>limit per minute</th></tr></thead><tbody>
       ${s.tenants.map(t => `<tr><td>${esc(t.tenant)}</td><td>${t.this_minute}</td><td>${t.last_minute}</td>
         <td>${t.requests_per_minute == null ? "none" : t.requests_per_minute}</td></tr>`).join("")}</tbody></table>` : "";
+    const budgets = s.budgets || [];
+    document.getElementById("budgets").innerHTML = budgets.length ? `<h2>Budgets</h2>
+      <table><thead><tr><th>tenant</th><th>spent (USD)</th><th>budget (USD)</th><th>per</th><th>used</th><th>resets</th></tr></thead><tbody>
+      ${budgets.map(b => `<tr><td>${esc(b.tenant)}</td><td>${b.spent_usd.toFixed(6)}</td><td>${b.budget_usd}</td>
+        <td>${esc(b.per)}</td><td>${(100 * b.spent_usd / b.budget_usd).toFixed(1)} %</td>
+        <td>${new Date(b.resets_at * 1000).toISOString().replace(".000", "")}</td></tr>`).join("")}</tbody></table>` : "";
   } catch (e) {
     document.getElementById("meta").textContent = "status unavailable: " + e;
   }

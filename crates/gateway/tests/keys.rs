@@ -283,7 +283,10 @@ async fn the_status_page_shows_breaker_trips_and_the_learned_order() {
     let page = c.request(get("/status")).await.unwrap();
     assert_eq!(page.status(), 200);
     let html = page.into_body().collect().await.unwrap().to_bytes();
-    assert!(String::from_utf8_lossy(&html).contains("/status.json"));
+    let html = String::from_utf8_lossy(&html);
+    assert!(html.contains("/status.json"));
+    // Each budgeted tenant's spend has its table (filled from `budgets` in the JSON).
+    assert!(html.contains(r#"<div id="budgets">"#) && html.contains("s.budgets"));
 }
 
 /// A writer that keeps what the log subscriber writes.
