@@ -184,7 +184,7 @@ fn a_budget_of_nothing_is_a_configuration_error() {
 }
 
 /// A stream the caller abandons is charged what it spent — its prompt and the output it
-/// delivered — not the worst case it reserved, and not nothing.
+/// delivered — not the worst case it reserved, and not nothing: what the mock billed.
 #[tokio::test]
 async fn an_abandoned_stream_is_charged_what_it_delivered() {
     let mut s = open_stream_scenario(50.0);
@@ -194,7 +194,7 @@ async fn an_abandoned_stream_is_charged_what_it_delivered() {
         idle_timeout: None,
         ..config()
     };
-    let (gw, _mock) = gateway_on(s, cfg).await;
+    let (gw, mock) = gateway_on(s, cfg).await;
     let c = client();
     let body = json!({"model": "openai/gpt-4o-mini", "stream": true, "max_tokens": 60,
         "messages": [{"role": "user", "content": "a long story"}]});
@@ -225,6 +225,19 @@ async fn an_abandoned_stream_is_charged_what_it_delivered() {
     }
     assert!(settled < held / 4.0, "settled {settled} of {held}");
     assert!(settled > 0.0, "an abandoned stream is not free");
+    // And it is what the mock billed once it saw the cancel (the prompt and the tokens it
+    // sent), give or take the one token in flight when the caller left.
+    for _ in 0..500 {
+        if mock.counters().open_streams() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let billed = mock.counters().billed_usd();
+    assert!(
+        (settled - billed).abs() <= llm_layers_mock::PRICE.completion + 1e-12,
+        "settled {settled}, the mock billed {billed}"
+    );
     gw.shutdown().await.unwrap();
 }
 
