@@ -41,6 +41,7 @@ pub mod decode;
 pub mod endpoints;
 pub mod error;
 pub mod hash;
+pub mod heartbeat;
 mod kind;
 pub mod ledger;
 pub mod price;

@@ -225,6 +225,7 @@ async fn call(
     hints: CallerHints,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    state.beat();
     let state = state.load();
     let mut record = CallRecord::start(state.access.clone());
     // `KeyAuth` checked the key before the body was read: a caller without one costs nothing.

@@ -8,6 +8,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use llm_layers_core::ConfigError;
+use llm_layers_core::heartbeat::Heartbeat;
 use llm_layers_mock::{MockServer, Scenario};
 use llm_layers_openrouter::OpenRouter;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -104,6 +105,8 @@ pub(crate) struct Live {
     current: std::sync::RwLock<Arc<AppInner>>,
     /// The gateway keys in force, read by `KeyAuth` on every request.
     keys: keys::SharedKeys,
+    /// Beaten by every call, so that the layers' timers do not each wake the timer driver.
+    heartbeat: Heartbeat,
 }
 
 impl AppState {
@@ -112,7 +115,13 @@ impl AppState {
         AppState(Arc::new(Live {
             current: std::sync::RwLock::new(Arc::new(inner)),
             keys,
+            heartbeat: Heartbeat::spawn(Heartbeat::DEFAULT_PERIOD),
         }))
+    }
+
+    /// A call starts (see [`Heartbeat`]).
+    pub(crate) fn beat(&self) {
+        self.0.heartbeat.beat();
     }
 
     /// The configuration in force and its stack.
