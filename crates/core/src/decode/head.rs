@@ -15,7 +15,9 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+
+use memchr::memmem::Finder;
 
 use super::{checked, parse_whole};
 use crate::chunk::{ChatChunk, ChunkChoice, HeadFields, Shaped, Usage, plain_bytes};
@@ -31,6 +33,28 @@ pub(super) enum Decoded {
 
 /// The key that ends a head: what comes before it at the top level is the head.
 const CHOICES_KEY: &[u8] = b",\"choices\":";
+
+/// Searchers for the keys a head is checked for, built once (`memmem::find` builds its
+/// searcher on every call: more work than the search on a chunk's few hundred bytes).
+struct Finders {
+    choices_key: Finder<'static>,
+    /// Keys a tail may hold, which a learned head must not.
+    tail_keys: [Finder<'static>; 3],
+    content: Finder<'static>,
+}
+
+static FINDERS: LazyLock<Finders> = LazyLock::new(|| Finders {
+    choices_key: Finder::new(CHOICES_KEY),
+    tail_keys: [
+        Finder::new(b"\"usage\""),
+        Finder::new(b"\"error\""),
+        Finder::new(b"\"choices\""),
+    ],
+    content: Finder::new(CONTENT_KEY),
+});
+
+/// The key before a delta's content string.
+const CONTENT_KEY: &[u8] = b"\"content\":\"";
 
 /// How many chunks in a row may fail to start with the learned head before a stream is
 /// taken as one whose head changes (a timestamp per chunk) and no longer compared.
@@ -101,14 +125,12 @@ impl Head {
     /// fields `chunk` has (which proves the key is at the top level and the head holds no
     /// other field that matters). `None` for a chunk with no such head.
     fn learn(text: &str, chunk: &ChatChunk) -> Option<Head> {
-        let at = memchr::memmem::find(text.as_bytes(), CHOICES_KEY)?;
+        let finders = &*FINDERS;
+        let at = finders.choices_key.find(text.as_bytes())?;
         // A head naming a key a tail may hold (`"usage": null`, say) is not learned: the
         // same key again in a tail is a duplicate field, which only a whole parse sees.
         let head = &text.as_bytes()[..at];
-        if [&b"\"usage\""[..], b"\"error\"", b"\"choices\""]
-            .iter()
-            .any(|k| memchr::memmem::find(head, k).is_some())
-        {
+        if finders.tail_keys.iter().any(|k| k.find(head).is_some()) {
             return None;
         }
         let mut scratch = String::with_capacity(text.len() + 1);
@@ -245,13 +267,14 @@ impl Shape {
         if choice.finish_reason.is_some() || content == PROBE || !plain_bytes(content.as_bytes()) {
             return None;
         }
-        const KEY: &str = "\"content\":\"";
         let mut want = choice.clone();
         want.delta.content = Some(PROBE.to_owned());
         // The places where the content's string could be, first to last (the content
         // usually comes first, after the role, if any): the first proven is the shape.
-        let places = memchr::memmem::find_iter(rest.as_bytes(), KEY.as_bytes())
-            .map(|at| at + KEY.len())
+        let places = FINDERS
+            .content
+            .find_iter(rest.as_bytes())
+            .map(|at| at + CONTENT_KEY.len())
             .filter(|&at| {
                 let after = &rest.as_bytes()[at..];
                 after.starts_with(content.as_bytes()) && after.get(content.len()) == Some(&b'"')
