@@ -17,6 +17,8 @@ use http::{HeaderMap, HeaderValue};
 use llm_layers_core::{ResponseMeta, Usage};
 use tokio::time::Instant;
 
+use crate::names;
+
 /// Lines waiting for the writer at most.
 const QUEUE: usize = 8192;
 
@@ -186,7 +188,6 @@ impl CallRecord {
     /// its first token, to its end for a whole answer), `x-llm-provider` and
     /// `x-llm-attempts`, on `headers`.
     pub(crate) fn write_headers(&self, headers: &mut HeaderMap) {
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let now = Instant::now();
         let sent = self.sent.unwrap_or(now);
         let answered = self.answered.unwrap_or(now).max(sent);
@@ -197,22 +198,25 @@ impl CallRecord {
         // A whole answer: the rest of its generation is the upstream's time too.
         let upstream = first + since(end, answered);
         let gateway = since(sent, self.start) + since(now, end);
-        let value = format!(
-            "gateway;dur={:.3}, wait;dur={:.3}, upstream;dur={:.3}",
-            ms(gateway),
-            ms(stack - first),
-            ms(upstream)
-        );
+        let mut value = String::with_capacity(64);
+        for (name, d) in [
+            ("gateway;dur=", gateway),
+            (", wait;dur=", stack - first),
+            (", upstream;dur=", upstream),
+        ] {
+            value.push_str(name);
+            push_ms(&mut value, d);
+        }
         if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert("server-timing", v);
+            headers.insert(names::SERVER_TIMING, v);
         }
         if let Some(p) = self.provider.as_deref().filter(|p| header_safe(p)) {
             if let Ok(v) = HeaderValue::from_str(p) {
-                headers.insert("x-llm-provider", v);
+                headers.insert(names::PROVIDER, v);
             }
         }
         if self.attempts > 0 {
-            headers.insert("x-llm-attempts", HeaderValue::from(self.attempts));
+            headers.insert(names::ATTEMPTS, HeaderValue::from(self.attempts));
         }
     }
 
@@ -250,6 +254,14 @@ impl Drop for CallRecord {
             log.send(self.line());
         }
     }
+}
+
+/// `d` in milliseconds with three decimals (`12.345`), by integers: formatting an `f64` to a
+/// precision costs a thousand instructions a number.
+fn push_ms(out: &mut String, d: Duration) {
+    use std::fmt::Write;
+    let us = d.as_micros();
+    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
 }
 
 /// A provider name fit for a header and a log line: short, visible ASCII (it comes from the
@@ -296,6 +308,20 @@ mod tests {
         assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
         assert_eq!(at(1_796_553_045, 123), "2026-12-06T10:30:45.123Z");
         assert_eq!(at(4_107_542_399, 999), "2100-02-28T23:59:59.999Z");
+    }
+
+    #[test]
+    fn milliseconds_have_three_decimals() {
+        let ms = |d: Duration| {
+            let mut s = String::new();
+            push_ms(&mut s, d);
+            s
+        };
+        assert_eq!(ms(Duration::ZERO), "0.000");
+        assert_eq!(ms(Duration::from_micros(7)), "0.007");
+        assert_eq!(ms(Duration::from_micros(12_345)), "12.345");
+        assert_eq!(ms(Duration::from_nanos(1_999_999)), "1.999");
+        assert_eq!(ms(Duration::from_secs(90)), "90000.000");
     }
 
     #[test]

@@ -385,17 +385,17 @@ async fn call(
             if let Some(c) = cost {
                 let h = r.headers_mut();
                 if let Ok(v) = http::HeaderValue::from_str(&crate::prices::usd(c)) {
-                    h.insert("x-llm-cost-usd", v);
+                    h.insert(crate::names::COST, v);
                 }
                 h.insert(
-                    "x-llm-cost-source",
+                    crate::names::COST_SOURCE,
                     http::HeaderValue::from_static(c.source()),
                 );
                 if let Some(lost) = lost {
                     let all =
                         crate::prices::usd(llm_layers_core::price::Cost::Estimated(c.usd() + lost));
                     if let Ok(v) = http::HeaderValue::from_str(&all) {
-                        h.insert("x-llm-attempts-cost-usd", v);
+                        h.insert(crate::names::ATTEMPTS_COST, v);
                     }
                 }
             }

@@ -16,6 +16,7 @@ mod conn;
 pub mod error;
 mod handlers;
 pub mod keys;
+mod names;
 #[cfg(feature = "otel")]
 pub mod otel;
 mod prices;

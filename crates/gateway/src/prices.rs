@@ -35,6 +35,9 @@ pub(crate) struct PriceBook {
     endpoints: Option<PriorFeed>,
     /// Prices from the config file, by model id: they win over the catalog's.
     configured: HashMap<String, Price>,
+    /// The cost metrics' handles by their labels (bounded, see [`PriceBook::cost`]), so that
+    /// a call does not build and look up two labelled keys.
+    handles: Mutex<HashMap<Box<str>, (metrics::Histogram, metrics::Gauge)>>,
 }
 
 impl PriceBook {
@@ -134,28 +137,37 @@ impl PriceBook {
         let cost = Cost::of(usage, price.as_ref())?;
         // Labelled by model only for a model of the catalog, and by provider only for one
         // its published endpoints name (bounded): any other `_OTHER`.
-        let label = if listed.is_some() {
-            model.to_owned()
-        } else {
-            "_OTHER".to_owned()
-        };
+        let label = if listed.is_some() { model } else { "_OTHER" };
         let provider = match (provider, &self.endpoints) {
-            (Some(p), Some(feed)) if listed.is_some() && feed.price(model, p).is_some() => {
-                p.to_owned()
-            }
-            _ => "_OTHER".to_owned(),
+            (Some(p), Some(feed)) if listed.is_some() && feed.price(model, p).is_some() => p,
+            _ => "_OTHER",
         };
-        metrics::histogram!("llm_call_cost_usd", "gen_ai.request.model" => label.clone(), "source" => cost.source())
-            .record(cost.usd());
-        // A running sum in USD: `metrics` counters count integers, so it is a gauge that
-        // only goes up (`rate()` reads it as a counter; it restarts at 0 with the process).
-        metrics::gauge!(
-            "llm_cost_usd_total",
-            "gen_ai.request.model" => label,
-            "gen_ai.provider.name" => provider,
-            "tenant" => tenant.unwrap_or("").to_owned(),
-        )
-        .increment(cost.usd());
+        let tenant = tenant.unwrap_or("");
+        let key = [label, provider, tenant, cost.source()].join("\n");
+        let (histogram, total) = {
+            let mut handles = lock(&self.handles);
+            match handles.get(key.as_str()) {
+                Some(h) => h.clone(),
+                None => {
+                    let h = (
+                        metrics::histogram!("llm_call_cost_usd", "gen_ai.request.model" => label.to_owned(), "source" => cost.source()),
+                        // A running sum in USD: `metrics` counters count integers, so it is a
+                        // gauge that only goes up (`rate()` reads it as a counter; it restarts
+                        // at 0 with the process).
+                        metrics::gauge!(
+                            "llm_cost_usd_total",
+                            "gen_ai.request.model" => label.to_owned(),
+                            "gen_ai.provider.name" => provider.to_owned(),
+                            "tenant" => tenant.to_owned(),
+                        ),
+                    );
+                    handles.insert(key.into_boxed_str(), h.clone());
+                    h
+                }
+            }
+        };
+        histogram.record(cost.usd());
+        total.increment(cost.usd());
         Some(cost)
     }
 

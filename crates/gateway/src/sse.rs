@@ -60,7 +60,10 @@ pub(crate) fn response(
         HeaderValue::from_static("text/event-stream"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    h.insert(
+        crate::names::ACCEL_BUFFERING,
+        HeaderValue::from_static("no"),
+    );
     r
 }
 
