@@ -35,6 +35,10 @@ pub(crate) type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>,
 /// The most of an error body that is read (64 KiB).
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// OpenRouter's attribution headers: the app's site and its name.
+const HTTP_REFERER: http::HeaderName = http::HeaderName::from_static("http-referer");
+const OPENROUTER_TITLE: http::HeaderName = http::HeaderName::from_static("x-openrouter-title");
+
 /// The OpenRouter chat completions service. Cheap to clone: every clone shares one
 /// connection pool, one configuration and one catalog cache.
 ///
@@ -271,10 +275,10 @@ impl Shared {
             .header(AUTHORIZATION, self.keys.auth(self.any_key()).clone())
             .header(ACCEPT, "application/json");
         if let Some(r) = &self.referer {
-            b = b.header("http-referer", r.clone());
+            b = b.header(HTTP_REFERER, r.clone());
         }
         if let Some(t) = &self.title {
-            b = b.header("x-openrouter-title", t.clone());
+            b = b.header(OPENROUTER_TITLE, t.clone());
         }
         b.body(Full::new(Bytes::new()))
             .map_err(|e| LlmError::bad_request("could not build the request").with_source(e))
@@ -347,33 +351,33 @@ async fn send(shared: Arc<Shared>, req: ChatRequest) -> Result<ChatStream, LlmEr
             // The key's id (its name, or `…` and its last four characters), never the key.
             span.record("llm_layers.upstream_key", &**shared.keys.id(key));
         }
-        let mut b = http::Request::builder()
-            .method(Method::POST)
-            .uri(shared.chat_url.clone())
-            .header(AUTHORIZATION, shared.keys.auth(key).clone())
-            .header(CONTENT_TYPE, "application/json")
-            .header(
-                ACCEPT,
-                if upstream_stream {
-                    "text/event-stream"
-                } else {
-                    "application/json"
-                },
-            );
+        // Built in place: `http::request::Builder` moves the whole request head through
+        // every `.header(..)` and parses each name given as a `&str`.
+        let mut request = http::Request::new(Full::new(body.clone()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = shared.chat_url.clone();
+        let h = request.headers_mut();
+        h.insert(AUTHORIZATION, shared.keys.auth(key).clone());
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            ACCEPT,
+            HeaderValue::from_static(if upstream_stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            }),
+        );
         if openrouter {
             if let Some(r) = &shared.referer {
-                b = b.header("http-referer", r.clone());
+                h.insert(HTTP_REFERER, r.clone());
             }
             if let Some(t) = &shared.title {
-                b = b.header("x-openrouter-title", t.clone());
+                h.insert(OPENROUTER_TITLE, t.clone());
             }
         }
-        if let (Some(extra), Some(h)) = (&extra, b.headers_mut()) {
+        if let Some(extra) = &extra {
             h.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
-        let request = b
-            .body(Full::new(body.clone()))
-            .map_err(|e| LlmError::bad_request("could not build the request").with_source(e))?;
         let started = Instant::now();
         let resp = match shared.client.request(request).await {
             Ok(r) => r,
