@@ -254,16 +254,14 @@ where
                         // The first token is the provider's proof of life (or, when too late,
                         // a slow-call failure): record it now, not at the end of the stream,
                         // so slow successes are not outrun by fast failures.
-                        let ttft = Instant::now().saturating_duration_since(*start);
+                        let now = Instant::now();
+                        let ttft = now.saturating_duration_since(*start);
                         let slow = shared.is_slow(model, ttft);
                         let provider = stream.meta().provider.as_deref().map(|p| shared.slug(p));
                         if !*counted {
-                            shared.registry.record(
-                                model,
-                                provider.as_deref(),
-                                slow,
-                                Instant::now(),
-                            );
+                            shared
+                                .registry
+                                .record(model, provider.as_deref(), slow, now);
                         }
                         let watch = Watch {
                             shared: shared.clone(),

@@ -54,6 +54,8 @@ pin_project_lite::pin_project! {
         parser: SseParser,
         done: bool,
         first_byte: Option<Instant>,
+        // When the bytes being parsed arrived: every chunk read from them is stamped with it.
+        read_at: Option<Instant>,
         head: HeadCache,
     }
 }
@@ -80,6 +82,7 @@ impl<B> SseChatDecoder<B> {
             parser,
             done: false,
             first_byte: None,
+            read_at: None,
             head: HeadCache::default(),
         }
     }
@@ -216,10 +219,17 @@ where
                 return Poll::Ready(None);
             }
             if let Some(ev) = this.parser.next_event() {
+                let at = *this.read_at;
                 let out = ev.map_err(LlmError::from).and_then(|ev| {
-                    Ok(this.head.decode(ev.data())?.map(|d| match d {
-                        Decoded::Parsed(c) => StreamChunk::parsed(c, ev.into_data()),
-                        Decoded::Shaped(s) => StreamChunk::shaped(ev.into_data(), s),
+                    Ok(this.head.decode(ev.data())?.map(|d| {
+                        let chunk = match d {
+                            Decoded::Parsed(c) => StreamChunk::parsed(c, ev.into_data()),
+                            Decoded::Shaped(s) => StreamChunk::shaped(ev.into_data(), s),
+                        };
+                        match at {
+                            Some(at) => chunk.at(at),
+                            None => chunk,
+                        }
                     }))
                 });
                 match out {
@@ -237,8 +247,12 @@ where
             match ready!(this.body.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
+                        // The one clock read per network read: the layers after take it from
+                        // the chunks (`StreamChunk::received`).
+                        let now = Instant::now();
+                        *this.read_at = Some(now);
                         if this.first_byte.is_none() {
-                            *this.first_byte = Some(Instant::now());
+                            *this.first_byte = Some(now);
                         }
                         this.parser.push(data);
                     }

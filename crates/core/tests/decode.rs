@@ -709,3 +709,44 @@ async fn chunks_keep_their_bytes_even_with_numbers_out_of_range() {
     assert_eq!(extra["s"], "1e400 \"q\"");
     assert!(extra["x_int"].is_number());
 }
+
+/// Every chunk carries when the bytes it was read from arrived (one clock read per network
+/// read), however late it is taken: the layers after the decoder read that instead of the
+/// clock.
+#[tokio::test(start_paused = true)]
+async fn chunks_are_stamped_with_when_their_bytes_arrived() {
+    use std::time::Duration;
+    use tokio::time::Instant;
+    let bytes: &'static [u8] = Box::leak(openrouter_stream().into_boxed_slice());
+    let (first, rest) = bytes.split_at(bytes.len() / 2);
+    let frames = futures_util::stream::iter([first, rest]).then(|b| async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok::<_, Infallible>(Frame::data(Bytes::from_static(b)))
+    });
+    let t0 = Instant::now();
+    let mut decoder = std::pin::pin!(SseChatDecoder::new(StreamBody::new(frames)));
+    let mut stamps = Vec::new();
+    while let Some(chunk) = decoder.next().await {
+        let chunk = chunk.expect("a chunk");
+        // Taken well after it arrived: the stamp stays the arrival.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        stamps.push(chunk.received().expect("stamped") - t0);
+    }
+    // The first frame (read at 1 s) holds the first events; the second (read when the
+    // decoder next polls the body, 1 s after it asked) the rest.
+    assert!(stamps.len() >= 4, "{stamps:?}");
+    assert_eq!(stamps[0], Duration::from_secs(1), "{stamps:?}");
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
+    let later = stamps
+        .iter()
+        .filter(|s| **s > Duration::from_secs(1))
+        .count();
+    assert!(
+        later > 0 && later < stamps.len(),
+        "two reads, two stamps: {stamps:?}"
+    );
+    assert!(
+        stamps.iter().all(|s| *s < Duration::from_secs(40)),
+        "{stamps:?}"
+    );
+}

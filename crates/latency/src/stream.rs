@@ -364,7 +364,8 @@ impl Stream for RecordingStream {
                     crate::span::finish_reason(&this.labels.span, r);
                 }
                 if c.has_output() {
-                    let now = Instant::now();
+                    // When it arrived, as the decoder read the clock for it.
+                    let now = c.received_or_now();
                     if this.chunks > 0 {
                         let gap = now.saturating_duration_since(this.last);
                         this.handles.per_chunk.record(gap);

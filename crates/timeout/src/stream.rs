@@ -107,8 +107,9 @@ impl Stream for TimeoutStream {
         let polled = Pin::new(&mut *this.inner).poll_next(cx);
         if let Poll::Ready(item) = &polled {
             match item {
-                Some(Ok(_)) => {
-                    let now = Instant::now();
+                Some(Ok(chunk)) => {
+                    // When it arrived, as the decoder read the clock for it.
+                    let now = chunk.received_or_now();
                     *this.last = now;
                     // A stream that never pauses must still end at its total deadline: the
                     // timer below is only looked at while the upstream is pending.

@@ -457,3 +457,45 @@ async fn a_cold_stream_reads_its_idle_limit_again_as_it_waits() {
         "the look at 1.5 s"
     );
 }
+
+/// The idle gap is measured from when a chunk's bytes arrived (the decoder's stamp, one
+/// clock read per network read), not from when the caller got round to taking it: an
+/// upstream that sent two events at once and then nothing is idle from that read on.
+#[tokio::test(start_paused = true)]
+async fn the_idle_gap_runs_from_when_the_bytes_arrived() {
+    use bytes::Bytes;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use llm_layers_core::decode::SseChatDecoder;
+    use llm_layers_timeout::TimeoutStream;
+    const EVENTS: &[u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n\
+        data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"b\"}}]}\n\n";
+    // One read with both events, then an upstream that says nothing more.
+    let frames = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(
+        Bytes::from_static(EVENTS),
+    ))])
+    .chain(futures_util::stream::pending());
+    let start = Instant::now();
+    let stream = ChatStream::commit(
+        SseChatDecoder::new(StreamBody::new(frames)),
+        llm_layers_core::ResponseMeta::default(),
+    )
+    .await
+    .expect("committed");
+    let mut s = std::pin::pin!(TimeoutStream::new(
+        stream,
+        Some(Duration::from_secs(25)),
+        None
+    ));
+    assert!(matches!(s.next().await, Some(Ok(c)) if c.content() == Some("a")));
+    // The caller is slow to take the second event: it still arrived at 0 s.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(matches!(s.next().await, Some(Ok(c)) if c.content() == Some("b")));
+    let e = s.next().await.expect("an item").expect_err("idle");
+    assert_eq!(e.kind(), ErrorKind::Timeout(TimeoutKind::Idle));
+    assert_eq!(
+        Instant::now().saturating_duration_since(start),
+        Duration::from_secs(25),
+        "from the read, not from the take"
+    );
+}

@@ -6,6 +6,7 @@ use std::ops::{Deref, Range};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use super::{ChatChunk, ChunkChoice, ChunkWriter, Usage};
 
@@ -79,6 +80,8 @@ pub struct StreamChunk {
     raw: Option<Bytes>,
     /// A chunk the decoder did not parse (it has `raw`).
     shaped: Option<Shaped>,
+    /// When its bytes arrived, for the chunks a decoder read.
+    received: Option<Instant>,
 }
 
 impl StreamChunk {
@@ -88,6 +91,7 @@ impl StreamChunk {
             parsed: OnceLock::from(Box::new(chunk)),
             raw: None,
             shaped: None,
+            received: None,
         }
     }
 
@@ -98,6 +102,7 @@ impl StreamChunk {
             parsed: OnceLock::from(Box::new(chunk)),
             raw: Some(raw),
             shaped: None,
+            received: None,
         }
     }
 
@@ -107,6 +112,7 @@ impl StreamChunk {
             parsed: OnceLock::from(chunk),
             raw: Some(raw),
             shaped: None,
+            received: None,
         }
     }
 
@@ -116,7 +122,38 @@ impl StreamChunk {
             parsed: OnceLock::new(),
             raw: Some(raw),
             shaped: Some(shaped),
+            received: None,
         }
+    }
+
+    /// The chunk, stamped with when its bytes arrived.
+    pub(crate) fn at(mut self, received: Instant) -> StreamChunk {
+        self.received = Some(received);
+        self
+    }
+
+    /// When the chunk's bytes arrived from the upstream (read once per network read by the
+    /// decoder, which every layer after it may use instead of reading the clock again:
+    /// [`received_or_now`](Self::received_or_now)); `None` for a chunk built here.
+    pub fn received(&self) -> Option<Instant> {
+        self.received
+    }
+
+    /// [`received`](Self::received), or now for a chunk with no stamp: the time a layer takes
+    /// as the chunk's arrival.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?.block_on(async {
+    /// use llm_layers_core::{ChatChunk, StreamChunk};
+    /// use tokio::time::Instant;
+    /// let built = StreamChunk::new(ChatChunk::default());
+    /// assert_eq!(built.received(), None);
+    /// assert_eq!(built.received_or_now(), Instant::now());
+    /// # });
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn received_or_now(&self) -> Instant {
+        self.received.unwrap_or_else(Instant::now)
     }
 
     /// The upstream event's JSON, while the chunk is unchanged.
