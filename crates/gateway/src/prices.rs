@@ -8,7 +8,7 @@
 //! stream), in the access log, summed per model in the `llm_call_cost_usd` histogram and per
 //! model and provider in the `llm_cost_usd_total` counter.
 
-use std::collections::HashMap;
+use llm_layers_core::hash::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 

@@ -2,7 +2,9 @@
 //! has learned, per model and provider.
 
 use llm_layers_core::sync::lock;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use llm_layers_core::hash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 

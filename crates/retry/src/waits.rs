@@ -1,7 +1,7 @@
 //! The allowance for waiting out throttles, per model: a share of the model's recent
 //! successes and a small floor, as tower's retry budget counts them.
 
-use std::collections::HashMap;
+use llm_layers_core::hash::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ pub(crate) struct ThrottleWaits {
 impl ThrottleWaits {
     pub(crate) fn new() -> ThrottleWaits {
         ThrottleWaits {
-            models: Mutex::new(HashMap::new()),
+            models: Mutex::new(HashMap::default()),
         }
     }
 
