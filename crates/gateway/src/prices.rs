@@ -143,7 +143,7 @@ impl PriceBook {
             _ => "_OTHER",
         };
         let tenant = tenant.unwrap_or("");
-        let key = [label, provider, tenant, cost.source()].join("\n");
+        let key = labels_key(&[label, provider, tenant, cost.source()]);
         let (histogram, total) = {
             let mut handles = lock(&self.handles);
             match handles.get(key.as_str()) {
@@ -274,6 +274,17 @@ impl PriceBook {
 
 /// `model`'s entry in `prices`, or its base model's (`:nitro`, `:floor` ... route the same
 /// model).
+/// The labels of a metric as one map key, each part prefixed with its length: no two lists
+/// of parts give the same key, whatever the parts hold.
+fn labels_key(parts: &[&str]) -> String {
+    use std::fmt::Write;
+    let mut key = String::with_capacity(parts.iter().map(|p| p.len() + 4).sum());
+    for p in parts {
+        let _ = write!(key, "{}:{p}", p.len());
+    }
+    key
+}
+
 fn by_model(prices: &HashMap<String, Price>, model: &str) -> Option<Price> {
     prices.get(model).copied().or_else(|| {
         MODEL_VARIANTS
@@ -292,6 +303,13 @@ pub(crate) fn usd(c: Cost) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn label_keys_are_unambiguous() {
+        assert_ne!(labels_key(&["a\nb", "c"]), labels_key(&["a", "b\nc"]));
+        assert_ne!(labels_key(&["1:a", ""]), labels_key(&["", "1:a"]));
+        assert_eq!(labels_key(&["m", "p"]), labels_key(&["m", "p"]));
+    }
 
     fn model(id: &str, pricing: serde_json::Value) -> ModelInfo {
         serde_json::from_value(json!({"id": id, "pricing": pricing})).unwrap()
