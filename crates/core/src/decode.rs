@@ -14,6 +14,7 @@ use crate::error::{ApiError, BoxError, ErrorKind, LlmError, ProtocolKind};
 use crate::sse::SseParser;
 
 mod head;
+mod shape;
 use head::{Decoded, HeadCache};
 
 pin_project_lite::pin_project! {
