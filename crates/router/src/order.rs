@@ -35,6 +35,7 @@ use crate::tier::{Share, Sla};
 use crate::{Objective, OrderDecision};
 use llm_layers_core::price::Price;
 
+mod priced;
 mod trials;
 pub(crate) use trials::Trial;
 use trials::{MAX_TRIALS, OVERDUE, TrialState, Trials};
@@ -66,9 +67,6 @@ fn agrees_with_prior(store: &LatencyStore, model: &str, provider: &str) -> bool 
     // Faster than published is no risk to trust; slower than ×2 is a failed test.
     m.ttft_p50.as_secs_f64() <= 2.0 * published
 }
-
-/// The output a priced order assumes per choice when a call sets no limit.
-const PRICED_OUTPUT: u64 = 256;
 
 /// The quantile of the best provider after which an exploring call is raced.
 const RACE_QUANTILE: f64 = 0.75;
@@ -529,59 +527,6 @@ impl LearnedOrder {
             OrderDecision::Explore
         };
         (decision, trial)
-    }
-
-    /// Orders `arms` by a priced objective: those that meet `sla` (by one Thompson draw of
-    /// each one's belief, so one that may meet it is tried as often as it might) and do
-    /// not fail more than it allows, by the objective's score at this call's token
-    /// estimate; then the others, fastest first. The hedge races the same choice.
-    fn apply_priced(
-        &self,
-        req: &mut ChatRequest,
-        arms: &[&Arm],
-        objective: Objective,
-        sla: Option<Sla>,
-    ) {
-        let body = req.body();
-        let prompt = body.approx_prompt_tokens();
-        let output = body
-            .output_budget()
-            .unwrap_or_else(|| PRICED_OUTPUT.saturating_mul(body.choices()));
-        let z_rank = normal_quantile(self.cfg.quantile);
-        // (score, meets the SLA, drawn ln-quantile, arm): lower scores first.
-        let mut ranked: Vec<(f64, bool, f64, &Arm)> = arms
-            .iter()
-            .map(|a| {
-                let drawn = a.mu + a.se * self.normal();
-                let meets = sla.is_none_or(|sla| {
-                    let at_sla = drawn + a.sigma * (normal_quantile(sla.quantile) - z_rank);
-                    at_sla <= sla.ttft.as_secs_f64().max(1e-6).ln()
-                        && 1.0 - a.error_rate >= sla.min_success
-                });
-                let cost = a
-                    .price
-                    .map_or(f64::INFINITY, |p| p.of_tokens(prompt, output).max(1e-12));
-                let score = match objective {
-                    Objective::Weighted { latency_weight } => cost.ln() + latency_weight * drawn,
-                    _ => cost,
-                };
-                (score, meets, drawn, *a)
-            })
-            .collect();
-        ranked.sort_by(|x, y| {
-            y.1.cmp(&x.1).then_with(|| {
-                if x.1 {
-                    x.0.total_cmp(&y.0).then(x.2.total_cmp(&y.2))
-                } else {
-                    x.2.total_cmp(&y.2)
-                }
-            })
-        });
-        let order: Vec<String> = ranked.iter().map(|r| r.3.slug.to_string()).collect();
-        let first = ranked[0].3;
-        let plan = ProviderPlan::new(Some(first.name.clone())).hedge_order(order.clone().into());
-        req.body_mut().provider_mut().order = Some(order);
-        req.extensions_mut().insert(plan);
     }
 
     /// One Thompson draw over `arms` (leaving out `except`): the one whose draw is lowest.
