@@ -8,9 +8,12 @@ use serde::{Deserialize, Serialize};
 
 mod extensions;
 mod wire;
+pub use extensions::{
+    Alternatives, AttemptKind, Deadline, GivenUp, KeyId, Priority, ProviderPlan, Tenant,
+    UpstreamName, WholeAnswer,
+};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
-pub use extensions::{Deadline, WholeAnswer, AttemptKind, GivenUp, Tenant, Priority, Alternatives, ProviderPlan, KeyId, UpstreamName};
 pub use wire::OPENROUTER_ONLY_FIELDS;
 
 /// One chat completion request, as it flows through the stack.

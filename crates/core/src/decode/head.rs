@@ -222,8 +222,8 @@ impl Head {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::shape::PROBE;
     use crate::decode::decode_event_str;
+    use crate::decode::shape::PROBE;
 
     const HEAD: &str =
         r#"{"id":"gen-1","object":"chat.completion.chunk","created":1,"model":"m","provider":"P","#;

@@ -47,7 +47,11 @@ impl Shape {
     /// The last proves those bytes are the content and nothing else, for any string that
     /// needs no unescaping in their place: the tokens around it are the same bytes, so they
     /// parse the same. `scratch` is the head's buffer.
-    pub(super) fn learn(rest: &str, choices: &[ChunkChoice], scratch: &mut String) -> Option<Shape> {
+    pub(super) fn learn(
+        rest: &str,
+        choices: &[ChunkChoice],
+        scratch: &mut String,
+    ) -> Option<Shape> {
         let [choice] = choices else {
             return None;
         };
