@@ -99,15 +99,31 @@ pub(crate) fn finish_reason(span: &Span, reason: &str) {
     }
 }
 
-/// The end of a committed stream: its outcome, its usage, its error.
-pub(crate) fn ended(span: &Span, outcome: &str, usage: Option<&Usage>, error: Option<&str>) {
+/// An answer's token counts, from its usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tokens {
+    pub(crate) input: u64,
+    pub(crate) output: u64,
+}
+
+impl Tokens {
+    pub(crate) fn of(u: &Usage) -> Tokens {
+        Tokens {
+            input: u.prompt_tokens,
+            output: u.completion_tokens,
+        }
+    }
+}
+
+/// The end of a committed stream: its outcome, its token counts, its error.
+pub(crate) fn ended(span: &Span, outcome: &str, tokens: Option<Tokens>, error: Option<&str>) {
     if span.is_disabled() {
         return;
     }
     span.record("llm_layers.outcome", outcome);
-    if let Some(u) = usage {
-        span.record("gen_ai.usage.input_tokens", u.prompt_tokens);
-        span.record("gen_ai.usage.output_tokens", u.completion_tokens);
+    if let Some(t) = tokens {
+        span.record("gen_ai.usage.input_tokens", t.input);
+        span.record("gen_ai.usage.output_tokens", t.output);
     }
     if let Some(e) = error {
         span.record("error.type", e);

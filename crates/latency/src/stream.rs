@@ -4,12 +4,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
-use llm_layers_core::{ChatStream, ErrorKind, LlmError, StreamChunk, TimeoutKind, Usage};
+use llm_layers_core::{ChatStream, ErrorKind, LlmError, StreamChunk, TimeoutKind};
 use metrics::{Counter, Histogram, Label, counter, histogram};
 use tokio::time::Instant;
 
 use crate::layer::Shared;
 use crate::names::*;
+use crate::span::Tokens;
 use crate::store::Outcome;
 
 /// The metric handles of a committed call's label set, registered once per label set (see
@@ -211,7 +212,9 @@ pub(crate) struct RecordingStream {
     last: Instant,
     chunks: u64,
     max_gap: Duration,
-    usage: Option<Usage>,
+    /// The answer's token counts, from its usage: all that is read of it (a copy of the
+    /// whole usage would be its extras' map, cloned, and 56 bytes in every open stream).
+    tokens: Option<Tokens>,
     provider: Option<String>,
     done: bool,
 }
@@ -248,7 +251,7 @@ impl RecordingStream {
             last: now,
             chunks: 0,
             max_gap: Duration::ZERO,
-            usage: None,
+            tokens: None,
             provider,
             done: false,
         })
@@ -262,16 +265,13 @@ impl RecordingStream {
         let ttft = self.first_token.saturating_duration_since(self.start);
         let duration = now.saturating_duration_since(self.start);
         let generation = now.saturating_duration_since(self.first_token);
-        let output = self
-            .usage
-            .as_ref()
-            .map_or(self.chunks, |u| u.completion_tokens);
+        let output = self.tokens.map_or(self.chunks, |t| t.output);
         let tps = (generation > Duration::from_millis(1) && output > 1)
             .then(|| output as f64 / generation.as_secs_f64());
         crate::span::ended(
             &self.labels.span,
             outcome,
-            self.usage.as_ref(),
+            self.tokens,
             error.map(error_type),
         );
         match (error, outcome) {
@@ -281,9 +281,9 @@ impl RecordingStream {
                 if let Some(tps) = tps {
                     h.tps().record(tps);
                 }
-                if let Some(u) = &self.usage {
-                    h.tokens(true).record(u.prompt_tokens as f64);
-                    h.tokens(false).record(u.completion_tokens as f64);
+                if let Some(t) = self.tokens {
+                    h.tokens(true).record(t.input as f64);
+                    h.tokens(false).record(t.output as f64);
                 }
                 h.calls(outcome == "ok").increment(1);
             }
@@ -326,13 +326,13 @@ impl RecordingStream {
         if let Some(tps) = tps {
             histogram!(OUTPUT_TOKENS_PER_SECOND, labels.clone()).record(tps);
         }
-        if let Some(u) = &self.usage {
+        if let Some(t) = self.tokens {
             let mut l = labels.clone();
             l.push(Label::from_static_parts("gen_ai.token.type", "input"));
-            histogram!(TOKEN_USAGE, l).record(u.prompt_tokens as f64);
+            histogram!(TOKEN_USAGE, l).record(t.input as f64);
             let mut l = labels.clone();
             l.push(Label::from_static_parts("gen_ai.token.type", "output"));
-            histogram!(TOKEN_USAGE, l).record(u.completion_tokens as f64);
+            histogram!(TOKEN_USAGE, l).record(t.output as f64);
         }
         labels.push(Label::new("outcome", outcome.to_owned()));
         counter!(CALLS, labels).increment(1);
@@ -375,7 +375,7 @@ impl Stream for RecordingStream {
                     this.chunks += 1;
                 }
                 if let Some(u) = c.usage() {
-                    this.usage = Some(u.clone());
+                    this.tokens = Some(Tokens::of(u));
                 }
             }
             Some(Err(e)) => this.finish(error_type(e), Some(e)),
