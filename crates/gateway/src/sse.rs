@@ -48,7 +48,7 @@ pub(crate) fn response(
         given_up,
         cost: None,
         cancelled: None,
-        charge,
+        charge: charge.map(Box::new),
     };
     let mut r = Response::new(Body::empty());
     record.write_headers(r.headers_mut());
@@ -93,7 +93,8 @@ struct SseBody {
     /// Those attempts, and what they cost (estimated), once its usage came.
     cancelled: Option<(u32, f64)>,
     /// The tenant's budget reservation: settled to the cost, or on drop to what was spent.
-    charge: Option<crate::budget::Charge>,
+    /// Boxed: most calls have none, and it would be 144 bytes in every open stream.
+    charge: Option<Box<crate::budget::Charge>>,
 }
 
 /// The usage of the attempts that broke before a resume (none when nothing was resumed).
