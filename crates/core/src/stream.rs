@@ -102,7 +102,7 @@ impl Timings {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct ChatStream {
-    pending: VecDeque<StreamChunk>,
+    pending: Pending,
     inner: Option<BoxChunkStream>,
     /// Boxed, so the stream a layer wraps and each layer's future output stay small (they
     /// move through every layer); `None` once a wrapper took it.
@@ -129,7 +129,7 @@ impl ChatStream {
         S: Stream<Item = Result<StreamChunk, LlmError>> + Send + 'static,
     {
         ChatStream {
-            pending,
+            pending: Pending::from(pending),
             inner: Some(Box::pin(rest)),
             meta: Some(Box::new(meta)),
         }
@@ -148,7 +148,7 @@ impl ChatStream {
             }
         }
         ChatStream {
-            pending: chunks,
+            pending: Pending::from(chunks),
             inner: None,
             meta: Some(Box::new(meta)),
         }
@@ -263,7 +263,7 @@ impl ChatStream {
     {
         let meta = self.meta.take();
         ChatStream {
-            pending: VecDeque::new(),
+            pending: Pending::default(),
             inner: Some(Box::pin(f(self))),
             meta,
         }
@@ -289,11 +289,6 @@ impl Stream for ChatStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if let Some(c) = self.pending.pop_front() {
-            if self.pending.is_empty() {
-                // The chunks read before the commit are out: a stream that then idles for
-                // minutes should not hold room for four more (≈ 1 KiB).
-                self.pending = VecDeque::new();
-            }
             return Poll::Ready(Some(Ok(c)));
         }
         let Some(inner) = self.inner.as_mut() else {
@@ -314,6 +309,37 @@ impl Stream for ChatStream {
             Some(s) => (n + s.size_hint().0, None),
             None => (n, Some(n)),
         }
+    }
+}
+
+/// The chunks a stream received and has not yielded yet: only a stream's innermost has any
+/// (those read up to its commit), so every wrapper of it holds one pointer, not an empty
+/// `VecDeque` (8 bytes, not 32, in each of the half-dozen wrappers of an open stream).
+#[derive(Default)]
+struct Pending(Option<Box<VecDeque<StreamChunk>>>);
+
+impl Pending {
+    fn from(chunks: VecDeque<StreamChunk>) -> Pending {
+        Pending((!chunks.is_empty()).then(|| Box::new(chunks)))
+    }
+
+    /// The next chunk; once the last is out, the room goes too: a stream that then idles for
+    /// minutes should not hold room for four more (≈ 1 KiB).
+    fn pop_front(&mut self) -> Option<StreamChunk> {
+        let q = self.0.as_mut()?;
+        let c = q.pop_front();
+        if q.is_empty() {
+            self.0 = None;
+        }
+        c
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.len())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &StreamChunk> {
+        self.0.iter().flat_map(|q| q.iter())
     }
 }
 
@@ -392,7 +418,7 @@ where
         }
         meta.timings.first_byte.get_or_insert(now);
         ChatStream {
-            pending: std::mem::take(&mut self.pending),
+            pending: Pending::from(std::mem::take(&mut self.pending)),
             inner: if more {
                 source.map(|s| Box::pin(s) as BoxChunkStream)
             } else {
@@ -421,26 +447,37 @@ mod tests {
     use super::*;
     use futures_util::StreamExt;
 
+    fn chunk_of(t: &str) -> ChatChunk {
+        serde_json::from_value(serde_json::json!({
+            "choices": [{"index": 0, "delta": {"content": t}}]
+        }))
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn the_room_of_chunks_read_before_the_commit_is_freed_once_they_are_out() {
-        let chunk = |t: &str| -> ChatChunk {
-            serde_json::from_value(serde_json::json!({
-                "choices": [{"index": 0, "delta": {"content": t}}]
-            }))
-            .unwrap()
-        };
-        let pending: VecDeque<StreamChunk> = [chunk("a").into(), chunk("b").into()].into();
-        let rest = futures_util::stream::iter([Ok(chunk("c").into())]);
+        let pending: VecDeque<StreamChunk> = [chunk_of("a").into(), chunk_of("b").into()].into();
+        let rest = futures_util::stream::iter([Ok(chunk_of("c").into())]);
         let mut s = ChatStream::from_parts(pending, rest, ResponseMeta::default());
-        assert!(s.pending.capacity() >= 2);
+        assert_eq!(s.pending.len(), 2);
         let a = s.next().await.unwrap().unwrap();
         assert_eq!(a.content(), Some("a"));
-        assert!(s.pending.capacity() >= 1, "one chunk still waits");
+        assert!(s.pending.0.is_some(), "one chunk still waits");
         let b = s.next().await.unwrap().unwrap();
         assert_eq!(b.content(), Some("b"));
-        assert_eq!(s.pending.capacity(), 0, "an idle stream holds no room");
+        assert!(s.pending.0.is_none(), "an idle stream holds no room");
         let c = s.next().await.unwrap().unwrap();
         assert_eq!(c.content(), Some("c"));
         assert!(s.next().await.is_none());
+    }
+
+    #[test]
+    fn a_wrapper_of_a_stream_holds_one_pointer_for_the_chunks_it_never_has() {
+        assert_eq!(std::mem::size_of::<Pending>(), 8);
+        let wrapped = ChatStream::from_chunks([chunk_of("a")]).wrap(|s| s);
+        assert!(wrapped.pending.0.is_none());
+        let rest = futures_util::stream::empty();
+        let fresh = ChatStream::from_parts(VecDeque::new(), rest, ResponseMeta::default());
+        assert!(fresh.pending.0.is_none());
     }
 }
