@@ -155,9 +155,14 @@ pub(crate) struct AppInner {
 }
 
 /// The router, for embedding the gateway in another axum app.
+///
+/// Each of the API's routes gets its layers as one stack: axum boxes a route once per
+/// `layer` call and clones and boxes through each box on every request, so the hot route is
+/// two boxes deep (the handler, its stack), not four.
 fn router(state: AppState) -> Router {
     let keys = state.0.keys.clone();
     let config = state.load().config.clone();
+    let traced = tower_http::trace::TraceLayer::new_for_http;
     // The API wants a gateway key, the operator's pages an admin key (when keys are on);
     // /healthz and the status page's shell are open.
     let api = Router::new()
@@ -165,24 +170,34 @@ fn router(state: AppState) -> Router {
             "/v1/chat/completions",
             post(chat).layer::<_, Infallible>(
                 ServiceBuilder::new()
+                    .layer(traced())
+                    .layer(keys::KeyAuthLayer::new(keys.clone()))
                     .layer(RequestBodyTimeoutLayer::new(config.body_read_timeout))
                     .layer(DefaultBodyLimit::max(config.max_body_bytes)),
             ),
         )
-        .route("/v1/models", get(models))
-        .route_layer(keys::KeyAuthLayer::new(keys.clone()));
+        .route(
+            "/v1/models",
+            get(models).layer::<_, Infallible>(
+                ServiceBuilder::new()
+                    .layer(traced())
+                    .layer(keys::KeyAuthLayer::new(keys.clone())),
+            ),
+        );
     let admin = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/status.json", get(status_json))
         .route_layer(keys::KeyAuthLayer::admin(keys));
-    Router::new()
-        .merge(api)
+    let rest = Router::new()
         .merge(admin)
         .route("/healthz", get(healthz))
         .route("/status", get(status_page))
         .fallback(not_found)
+        .layer(traced());
+    Router::new()
+        .merge(api)
+        .merge(rest)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 
