@@ -316,6 +316,10 @@ impl Stream for ChatStream {
 /// (those read up to its commit), so every wrapper of it holds one pointer, not an empty
 /// `VecDeque` (8 bytes, not 32, in each of the half-dozen wrappers of an open stream).
 #[derive(Default)]
+#[allow(
+    clippy::box_collection,
+    reason = "the point: one pointer in every wrapper, not an empty 32-byte VecDeque"
+)]
 struct Pending(Option<Box<VecDeque<StreamChunk>>>);
 
 impl Pending {
