@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 mod item;
 mod json;
 pub use item::StreamChunk;
-pub(crate) use item::{HeadFields, Shaped};
+pub(crate) use item::{HeadFields, Shaped, Tailed};
 pub use json::ChunkWriter;
 pub(crate) use json::plain_bytes;
 
@@ -83,17 +83,13 @@ impl ChatChunk {
     /// Whether this chunk is the commit point: a delta with non-empty content, reasoning or
     /// tool calls, or a finish reason. Role-only and empty deltas are not.
     pub fn is_token(&self) -> bool {
-        self.has_output() || self.choices.iter().any(|c| c.finish_reason.is_some())
+        is_token(&self.choices)
     }
 
     /// Whether this chunk carries output: non-empty content, reasoning or tool calls (a
     /// finish-only or role-only chunk does not). Latency counts these as output chunks.
     pub fn has_output(&self) -> bool {
-        self.choices.iter().any(|c| {
-            c.delta.content.as_deref().is_some_and(|s| !s.is_empty())
-                || c.delta.reasoning.as_deref().is_some_and(|s| !s.is_empty())
-                || c.delta.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
-        })
+        has_output(&self.choices)
     }
 
     /// The content text of choice 0, if any.
@@ -105,6 +101,25 @@ impl ChatChunk {
     pub fn finish_reason(&self) -> Option<&str> {
         self.choices.first()?.finish_reason.as_deref()
     }
+}
+
+/// [`ChatChunk::is_token`] of a chunk with these choices.
+pub(crate) fn is_token(choices: &[ChunkChoice]) -> bool {
+    has_output(choices) || has_finish(choices)
+}
+
+/// [`ChatChunk::has_output`] of a chunk with these choices.
+pub(crate) fn has_output(choices: &[ChunkChoice]) -> bool {
+    choices.iter().any(|c| {
+        c.delta.content.as_deref().is_some_and(|s| !s.is_empty())
+            || c.delta.reasoning.as_deref().is_some_and(|s| !s.is_empty())
+            || c.delta.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
+    })
+}
+
+/// Whether some choice says why it finished.
+pub(crate) fn has_finish(choices: &[ChunkChoice]) -> bool {
+    choices.iter().any(|c| c.finish_reason.is_some())
 }
 
 /// One choice of a [`ChatChunk`].

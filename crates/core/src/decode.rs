@@ -226,6 +226,7 @@ where
                         let chunk = match d {
                             Decoded::Parsed(c) => StreamChunk::parsed(c, ev.into_data()),
                             Decoded::Shaped(s) => StreamChunk::shaped(ev.into_data(), s),
+                            Decoded::Tailed(t) => StreamChunk::tailed(ev.into_data(), t),
                         };
                         match at {
                             Some(at) => chunk.at(at),

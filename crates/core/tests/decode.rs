@@ -750,3 +750,52 @@ async fn chunks_are_stamped_with_when_their_bytes_arrived() {
         "{stamps:?}"
     );
 }
+
+/// The chunks after the head that no learned shape reads (the finish, the usage) are parsed
+/// past the head and share it: what every layer reads of them (finish reason, usage, head
+/// fields, whether a token) is answered without the typed chunk, which would copy the head's
+/// strings into each; built on demand, it is what parsing the event alone gives.
+#[tokio::test]
+async fn chunks_read_past_the_head_answer_without_being_typed() {
+    let bytes: &'static [u8] = Box::leak(openrouter_stream().into_boxed_slice());
+    let items: Vec<_> = SseChatDecoder::new(body(vec![bytes]))
+        .map(|r| r.expect("a chunk"))
+        .collect()
+        .await;
+    assert_eq!(items.len(), 5);
+    let finish = &items[3];
+    assert_eq!(finish.finish_reason(), Some("stop"));
+    assert!(finish.is_token() && finish.has_finish() && !finish.has_output());
+    assert_eq!(
+        (finish.id(), finish.model(), finish.provider()),
+        ("gen-1700000000-AbCd", "openai/gpt-4o", Some("OpenAI"))
+    );
+    let usage = &items[4];
+    assert_eq!(usage.usage().map(|u| u.completion_tokens), Some(3));
+    assert_eq!((usage.choice_count(), usage.content()), (0, None));
+    assert!(
+        !finish.is_parsed() && !usage.is_parsed(),
+        "read without a typed chunk"
+    );
+    // Typed on demand: the same chunk as the event parsed alone.
+    let text = std::str::from_utf8(usage.raw().expect("its bytes")).unwrap();
+    let alone: llm_layers_core::ChatChunk = serde_json::from_str(text).unwrap();
+    assert_eq!(usage.choices.len(), 0); // through Deref
+    assert!(usage.is_parsed());
+    assert_eq!(items[4].clone().into_chunk(), alone);
+}
+
+/// A chunk past the head that carries an error is still the error, not a chunk.
+#[tokio::test]
+async fn an_error_read_past_the_head_is_still_an_error() {
+    let text = format!(
+        "data: {{{ENVELOPE},\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"Hi\"}},\"finish_reason\":null}}]}}\n\n\
+         data: {{{ENVELOPE},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"\"}},\"finish_reason\":\"error\",\"error\":{{\"code\":502,\"message\":\"provider down\"}}}}]}}\n\n\
+         data: [DONE]\n\n"
+    );
+    let bytes: &'static [u8] = Box::leak(text.into_bytes().into_boxed_slice());
+    let items: Vec<_> = SseChatDecoder::new(body(vec![bytes])).collect().await;
+    assert!(items[0].is_ok());
+    let err = items[1].as_ref().expect_err("the error chunk is an error");
+    assert_eq!(err.provider(), Some("OpenAI"));
+}

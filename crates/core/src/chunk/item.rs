@@ -21,6 +21,23 @@ pub(crate) struct HeadFields {
     pub(crate) system_fingerprint: Option<String>,
 }
 
+impl HeadFields {
+    /// A typed chunk with this head and these choices and usage.
+    pub(crate) fn chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> ChatChunk {
+        ChatChunk {
+            id: self.id.clone(),
+            object: self.object.clone(),
+            created: self.created,
+            model: self.model.clone(),
+            provider: self.provider.clone(),
+            choices,
+            usage,
+            error: None,
+            system_fingerprint: self.system_fingerprint.clone(),
+        }
+    }
+}
+
 /// What the decoder knows of a chunk it did not parse: the stream's head, the choice its
 /// learned shape holds, and where the content is in the bytes.
 #[derive(Clone, Debug)]
@@ -32,6 +49,28 @@ pub(crate) struct Shaped {
     /// Whether the chunk carries output: content, or the reasoning or tool calls of the
     /// shape's choice.
     pub(crate) output: bool,
+}
+
+/// What the decoder knows of a chunk whose head it did not parse again: the stream's head
+/// (shared) and the fields after it, parsed. The typed chunk, which would copy the head's
+/// strings into every such chunk, is built only if something reads through [`Deref`].
+#[derive(Clone, Debug)]
+pub(crate) struct Tailed {
+    pub(crate) head: Arc<HeadFields>,
+    pub(crate) choices: Vec<ChunkChoice>,
+    pub(crate) usage: Option<Usage>,
+}
+
+/// What a chunk from the decoder is, short of its typed reading.
+#[derive(Clone, Debug, Default)]
+enum Known {
+    /// Nothing more than the typed chunk (built here, or parsed whole).
+    #[default]
+    Typed,
+    /// Read by the learned shape: not parsed.
+    Shaped(Shaped),
+    /// Its head is the stream's; what follows was parsed.
+    Tailed(Box<Tailed>),
 }
 
 /// One event of a chat completion stream: what a [`ChatStream`](crate::ChatStream) yields.
@@ -78,8 +117,8 @@ pub struct StreamChunk {
     parsed: OnceLock<Box<ChatChunk>>,
     /// The upstream event's data, while the chunk is still what it says.
     raw: Option<Bytes>,
-    /// A chunk the decoder did not parse (it has `raw`).
-    shaped: Option<Shaped>,
+    /// What the decoder knows of a chunk whose typed reading it did not build (it has `raw`).
+    known: Known,
     /// When its bytes arrived, for the chunks a decoder read.
     received: Option<Instant>,
 }
@@ -90,7 +129,7 @@ impl StreamChunk {
         StreamChunk {
             parsed: OnceLock::from(Box::new(chunk)),
             raw: None,
-            shaped: None,
+            known: Known::Typed,
             received: None,
         }
     }
@@ -101,7 +140,7 @@ impl StreamChunk {
         StreamChunk {
             parsed: OnceLock::from(Box::new(chunk)),
             raw: Some(raw),
-            shaped: None,
+            known: Known::Typed,
             received: None,
         }
     }
@@ -111,7 +150,7 @@ impl StreamChunk {
         StreamChunk {
             parsed: OnceLock::from(chunk),
             raw: Some(raw),
-            shaped: None,
+            known: Known::Typed,
             received: None,
         }
     }
@@ -121,7 +160,17 @@ impl StreamChunk {
         StreamChunk {
             parsed: OnceLock::new(),
             raw: Some(raw),
-            shaped: Some(shaped),
+            known: Known::Shaped(shaped),
+            received: None,
+        }
+    }
+
+    /// A chunk the decoder read past the stream's head: `raw` is its event data.
+    pub(crate) fn tailed(raw: Bytes, tailed: Box<Tailed>) -> StreamChunk {
+        StreamChunk {
+            parsed: OnceLock::new(),
+            raw: Some(raw),
+            known: Known::Tailed(tailed),
             received: None,
         }
     }
@@ -166,7 +215,7 @@ impl StreamChunk {
     pub fn make_mut(&mut self) -> &mut ChatChunk {
         let chunk = self.take_chunk();
         self.raw = None;
-        self.shaped = None;
+        self.known = Known::Typed;
         self.parsed = OnceLock::new();
         let parsed = &mut self.parsed;
         let _ = parsed.set(Box::new(chunk));
@@ -183,31 +232,37 @@ impl StreamChunk {
     }
 
     fn take_chunk(&mut self) -> ChatChunk {
-        match self.parsed.take() {
-            Some(c) => *c,
-            None => self.build(),
+        if let Some(c) = self.parsed.take() {
+            return *c;
+        }
+        match std::mem::take(&mut self.known) {
+            // Its parts moved, not copied.
+            Known::Tailed(t) => {
+                let Tailed {
+                    head,
+                    choices,
+                    usage,
+                } = *t;
+                head.chunk(choices, usage)
+            }
+            known => {
+                self.known = known;
+                self.build()
+            }
         }
     }
 
-    /// The typed chunk of a shaped one: the stream's head and the shape's choice with this
-    /// chunk's content.
+    /// The typed chunk of one the decoder did not type: the stream's head and, for a shaped
+    /// one, the shape's choice with this chunk's content, for a tailed one its parsed rest.
     fn build(&self) -> ChatChunk {
-        let (Some(s), Some(raw)) = (&self.shaped, &self.raw) else {
-            return ChatChunk::default();
-        };
-        let mut choice = ChunkChoice::clone(&s.choice);
-        choice.delta.content = Some(self.shaped_content(s, raw).to_owned());
-        let h = &*s.head;
-        ChatChunk {
-            id: h.id.clone(),
-            object: h.object.clone(),
-            created: h.created,
-            model: h.model.clone(),
-            provider: h.provider.clone(),
-            choices: vec![choice],
-            usage: None,
-            error: None,
-            system_fingerprint: h.system_fingerprint.clone(),
+        match (&self.known, &self.raw) {
+            (Known::Shaped(s), Some(raw)) => {
+                let mut choice = ChunkChoice::clone(&s.choice);
+                choice.delta.content = Some(self.shaped_content(s, raw).to_owned());
+                s.head.chunk(vec![choice], None)
+            }
+            (Known::Tailed(t), _) => t.head.chunk(t.choices.clone(), t.usage.clone()),
+            _ => ChatChunk::default(),
         }
     }
 
@@ -221,59 +276,58 @@ impl StreamChunk {
 
     /// Whether this chunk is the commit point (see [`ChatChunk::is_token`]).
     pub fn is_token(&self) -> bool {
-        match &self.shaped {
-            Some(s) => s.output,
-            None => self.chunk().is_token(),
+        match &self.known {
+            Known::Shaped(s) => s.output,
+            _ => super::is_token(self.choices()),
         }
     }
 
     /// A shaped chunk's parts: the stream's head, the shape's choice and this content.
     pub(crate) fn shaped_parts(&self) -> Option<(&HeadFields, &ChunkChoice, &str)> {
-        let (s, raw) = (self.shaped.as_ref()?, self.raw.as_ref()?);
+        let (Known::Shaped(s), Some(raw)) = (&self.known, self.raw.as_ref()) else {
+            return None;
+        };
         Some((&s.head, &s.choice, self.shaped_content(s, raw)))
     }
 
     /// Whether some choice says why it finished.
     pub fn has_finish(&self) -> bool {
-        match &self.shaped {
-            Some(s) => s.choice.finish_reason.is_some(),
-            None => self
-                .chunk()
-                .choices
-                .iter()
-                .any(|c| c.finish_reason.is_some()),
+        match &self.known {
+            Known::Shaped(s) => s.choice.finish_reason.is_some(),
+            _ => super::has_finish(self.choices()),
         }
     }
 
     /// Whether this chunk carries output (see [`ChatChunk::has_output`]).
     pub fn has_output(&self) -> bool {
-        match &self.shaped {
-            Some(s) => s.output,
-            None => self.chunk().has_output(),
+        match &self.known {
+            Known::Shaped(s) => s.output,
+            _ => super::has_output(self.choices()),
         }
     }
 
     /// The content text of choice 0, if any.
     pub fn content(&self) -> Option<&str> {
-        match (&self.shaped, &self.raw) {
-            (Some(s), Some(raw)) => Some(self.shaped_content(s, raw)),
-            _ => self.chunk().content(),
+        match (&self.known, &self.raw) {
+            (Known::Shaped(s), Some(raw)) => Some(self.shaped_content(s, raw)),
+            _ => self.choices().first()?.delta.content.as_deref(),
         }
     }
 
     /// The finish reason of choice 0, if any.
     pub fn finish_reason(&self) -> Option<&str> {
-        match &self.shaped {
-            Some(s) => s.choice.finish_reason.as_deref(),
-            None => self.chunk().finish_reason(),
+        match &self.known {
+            Known::Shaped(s) => s.choice.finish_reason.as_deref(),
+            _ => self.choices().first()?.finish_reason.as_deref(),
         }
     }
 
     /// The token usage, on the last chunk.
     pub fn usage(&self) -> Option<&Usage> {
-        match &self.shaped {
-            Some(_) => None,
-            None => self.chunk().usage.as_ref(),
+        match &self.known {
+            Known::Shaped(_) => None,
+            Known::Tailed(t) => t.usage.as_ref(),
+            Known::Typed => self.chunk().usage.as_ref(),
         }
     }
 
@@ -282,56 +336,73 @@ impl StreamChunk {
     /// reasoning, tool calls, finish reason, log probabilities), without building the typed
     /// chunk; its `delta.content` is the shape's, not this chunk's.
     pub fn choice_fields(&self) -> Option<&ChunkChoice> {
-        match &self.shaped {
-            Some(s) => Some(&s.choice),
-            None => self.chunk().choices.first(),
+        match &self.known {
+            Known::Shaped(s) => Some(&s.choice),
+            _ => self.choices().first(),
         }
     }
 
     /// How many choices the chunk holds (none on a usage-only chunk).
     pub fn choice_count(&self) -> usize {
-        match &self.shaped {
-            Some(_) => 1,
-            None => self.chunk().choices.len(),
+        match &self.known {
+            Known::Shaped(_) => 1,
+            _ => self.choices().len(),
+        }
+    }
+
+    /// The choices of a chunk that is not shaped: a tailed one's, without building it.
+    fn choices(&self) -> &[ChunkChoice] {
+        match &self.known {
+            Known::Tailed(t) => &t.choices,
+            _ => &self.chunk().choices,
+        }
+    }
+
+    /// The stream's head, for a chunk the decoder read past it.
+    fn head(&self) -> Option<&HeadFields> {
+        match &self.known {
+            Known::Shaped(s) => Some(&s.head),
+            Known::Tailed(t) => Some(&t.head),
+            Known::Typed => None,
         }
     }
 
     /// The generation id.
     pub fn id(&self) -> &str {
-        match &self.shaped {
-            Some(s) => &s.head.id,
+        match self.head() {
+            Some(h) => &h.id,
             None => &self.chunk().id,
         }
     }
 
     /// `chat.completion.chunk`, when sent.
     pub fn object(&self) -> &str {
-        match &self.shaped {
-            Some(s) => &s.head.object,
+        match self.head() {
+            Some(h) => &h.object,
             None => &self.chunk().object,
         }
     }
 
     /// Unix seconds, when sent.
     pub fn created(&self) -> u64 {
-        match &self.shaped {
-            Some(s) => s.head.created,
+        match self.head() {
+            Some(h) => h.created,
             None => self.chunk().created,
         }
     }
 
     /// The model that served.
     pub fn model(&self) -> &str {
-        match &self.shaped {
-            Some(s) => &s.head.model,
+        match self.head() {
+            Some(h) => &h.model,
             None => &self.chunk().model,
         }
     }
 
     /// The upstream provider's display name.
     pub fn provider(&self) -> Option<&str> {
-        match &self.shaped {
-            Some(s) => s.head.provider.as_deref(),
+        match self.head() {
+            Some(h) => h.provider.as_deref(),
             None => self.chunk().provider.as_deref(),
         }
     }

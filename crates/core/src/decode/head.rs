@@ -15,7 +15,7 @@ use memchr::memmem::Finder;
 
 use super::shape::{Shape, Tail};
 use super::{checked, parse_whole};
-use crate::chunk::{ChatChunk, HeadFields, Shaped};
+use crate::chunk::{ChatChunk, HeadFields, Shaped, Tailed};
 use crate::error::LlmError;
 
 /// What [`HeadCache::decode`] made of an event.
@@ -24,6 +24,8 @@ pub(super) enum Decoded {
     Parsed(Box<ChatChunk>),
     /// Read by its shape, not parsed: the facts every layer needs.
     Shaped(Shaped),
+    /// Parsed past the stream's head, which it shares: a chunk that is no error.
+    Tailed(Box<Tailed>),
 }
 
 /// The key that ends a head: what comes before it at the top level is the head.
@@ -76,7 +78,7 @@ impl HeadCache {
                 Decoded::Parsed(chunk) => {
                     checked(*chunk, text).map(|c| Some(Decoded::Parsed(Box::new(c))))
                 }
-                shaped => Ok(Some(shaped)),
+                known => Ok(Some(known)),
             };
         }
         let chunk = parse_whole(text)?;
@@ -204,18 +206,23 @@ impl Head {
                 }
             }
         }
-        let h = &*self.fields;
-        Some(Decoded::Parsed(Box::new(ChatChunk {
-            id: h.id.clone(),
-            object: h.object.clone(),
-            created: h.created,
-            model: h.model.clone(),
-            provider: h.provider.clone(),
-            choices,
-            usage,
-            error,
-            system_fingerprint: h.system_fingerprint.clone(),
-        })))
+        // What `checked` would pass as it is: choices or usage, no error carried. Such a
+        // chunk shares the head (no copy of its strings); any other is typed and checked.
+        let plain = error.is_none()
+            && (!choices.is_empty() || usage.is_some())
+            && !choices
+                .iter()
+                .any(|c| c.finish_reason.as_deref() == Some("error"));
+        if plain {
+            return Some(Decoded::Tailed(Box::new(Tailed {
+                head: self.fields.clone(),
+                choices,
+                usage,
+            })));
+        }
+        let mut chunk = self.fields.chunk(choices, usage);
+        chunk.error = error;
+        Some(Decoded::Parsed(Box::new(chunk)))
     }
 }
 
@@ -246,6 +253,10 @@ mod tests {
             Decoded::Shaped(s) => {
                 let raw = bytes::Bytes::copy_from_slice(text.as_bytes());
                 crate::StreamChunk::shaped(raw, s).into_chunk()
+            }
+            Decoded::Tailed(t) => {
+                let raw = bytes::Bytes::copy_from_slice(text.as_bytes());
+                crate::StreamChunk::tailed(raw, t).into_chunk()
             }
         }
     }
@@ -376,6 +387,7 @@ mod tests {
             match cache.decode(&plain) {
                 Ok(Some(Decoded::Shaped(s))) => assert!(!s.output, "an empty content alone"),
                 Ok(Some(Decoded::Parsed(c))) => assert!(!c.has_output()),
+                Ok(Some(Decoded::Tailed(t))) => assert!(!crate::chunk::has_output(&t.choices)),
                 _ => panic!("a chunk"),
             }
         }
