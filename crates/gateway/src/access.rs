@@ -207,7 +207,8 @@ impl CallRecord {
             value.push_str(name);
             push_ms(&mut value, d);
         }
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        // Its bytes taken as they are (`from_str` would copy them).
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
             headers.insert(names::SERVER_TIMING, v);
         }
         if let Some(p) = self.provider.as_deref().filter(|p| header_safe(p)) {
@@ -216,7 +217,7 @@ impl CallRecord {
             }
         }
         if self.attempts > 0 {
-            headers.insert(names::ATTEMPTS, HeaderValue::from(self.attempts));
+            headers.insert(names::ATTEMPTS, count_value(self.attempts));
         }
     }
 
@@ -258,10 +259,24 @@ impl Drop for CallRecord {
 
 /// `d` in milliseconds with three decimals (`12.345`), by integers: formatting an `f64` to a
 /// precision costs a thousand instructions a number.
+/// `n` as a header value: a static one for a single digit (the usual count of attempts),
+/// where `HeaderValue::from(u32)` allocates.
+fn count_value(n: u32) -> HeaderValue {
+    const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match DIGITS.get(n as usize) {
+        Some(d) => HeaderValue::from_static(d),
+        None => HeaderValue::from(n),
+    }
+}
+
 fn push_ms(out: &mut String, d: Duration) {
-    use std::fmt::Write;
     let us = d.as_micros();
-    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
+    out.push_str(itoa::Buffer::new().format(us / 1000));
+    out.push('.');
+    let frac = (us % 1000) as u16;
+    for digit in [frac / 100, frac / 10 % 10, frac % 10] {
+        out.push(char::from(b'0' + digit as u8));
+    }
 }
 
 /// A provider name fit for a header and a log line: short, visible ASCII (it comes from the
@@ -322,6 +337,15 @@ mod tests {
         assert_eq!(ms(Duration::from_micros(12_345)), "12.345");
         assert_eq!(ms(Duration::from_nanos(1_999_999)), "1.999");
         assert_eq!(ms(Duration::from_secs(90)), "90000.000");
+        assert_eq!(ms(Duration::from_micros(1_070)), "1.070");
+        assert_eq!(ms(Duration::from_micros(100)), "0.100");
+    }
+
+    #[test]
+    fn counts_are_written_as_integers() {
+        for n in [1, 9, 10, 12, 4_000_000_000] {
+            assert_eq!(count_value(n), n.to_string().as_str());
+        }
     }
 
     #[test]

@@ -277,10 +277,12 @@ impl PriceBook {
 /// The labels of a metric as one map key, each part prefixed with its length: no two lists
 /// of parts give the same key, whatever the parts hold.
 fn labels_key(parts: &[&str]) -> String {
-    use std::fmt::Write;
     let mut key = String::with_capacity(parts.iter().map(|p| p.len() + 4).sum());
+    let mut len = itoa::Buffer::new();
     for p in parts {
-        let _ = write!(key, "{}:{p}", p.len());
+        key.push_str(len.format(p.len()));
+        key.push(':');
+        key.push_str(p);
     }
     key
 }
