@@ -7,7 +7,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
-use http::{StatusCode, header};
+use http::{HeaderName, StatusCode, header};
 use llm_layers_core::{ChatCompletion, ChatRequest, Priority, Tenant, WholeAnswer};
 use llm_layers_resume::ResumeChoice;
 use llm_layers_router::TIER_PREFIX;
@@ -20,7 +20,7 @@ use crate::bounds::Bounds;
 use crate::error::ApiFailure;
 use crate::server::AppState;
 use crate::trace::{self, CallerTrace};
-use crate::{keys, now_secs, sse};
+use crate::{keys, names, now_secs, sse};
 
 mod operate;
 pub(crate) use operate::{healthz, metrics_text, status_json, status_page};
@@ -77,12 +77,13 @@ pub(crate) struct CallerHints {
 /// A header the gateway reads, refused when it is not one of `allowed` (or not text).
 fn one_of<'a>(
     parts: &'a Parts,
-    name: &str,
+    name: &HeaderName,
     allowed: &[&str],
 ) -> Result<Option<&'a str>, ApiFailure> {
     let Some(v) = parts.headers.get(name) else {
         return Ok(None);
     };
+    let name = name.as_str();
     match v.to_str() {
         Ok(t) if allowed.contains(&t) => Ok(Some(t)),
         _ => Err(ApiFailure::invalid(
@@ -107,7 +108,7 @@ impl FromRequestParts<AppState> for CallerHints {
             .get::<keys::Caller>()
             .and_then(|c| c.0.clone());
         let trusted = key.as_ref().is_none_or(|k| k.trusted);
-        let header_tenant = match parts.headers.get("x-tenant") {
+        let header_tenant = match parts.headers.get(names::TENANT) {
             None => None,
             Some(v) => {
                 let t = v.to_str().map_err(|_| {
@@ -127,7 +128,7 @@ impl FromRequestParts<AppState> for CallerHints {
             Some(k) => header_tenant.or_else(|| Some(Tenant(k.tenant.clone()))),
             None => header_tenant,
         };
-        let asked = match one_of(parts, "x-priority", &["low", "normal", "high"])? {
+        let asked = match one_of(parts, &names::PRIORITY, &["low", "normal", "high"])? {
             Some("low") => Some(Priority(0)),
             Some("high") => Some(Priority(2)),
             Some(_) => Some(Priority(1)),
@@ -139,13 +140,13 @@ impl FromRequestParts<AppState> for CallerHints {
             (_, Some(p)) => p,
             (None, None) => Priority(1),
         };
-        let resume = match one_of(parts, "x-llm-resume", &["on", "off"])? {
+        let resume = match one_of(parts, &names::RESUME, &["on", "off"])? {
             Some("on") => Some(ResumeChoice::On),
             Some(_) => Some(ResumeChoice::Off),
             None => None,
         };
-        let coalesce = one_of(parts, "x-llm-coalesce", &["on", "off"])? == Some("on");
-        let objective = match parts.headers.get("x-llm-objective") {
+        let coalesce = one_of(parts, &names::COALESCE, &["on", "off"])? == Some("on");
+        let objective = match parts.headers.get(names::OBJECTIVE) {
             None => None,
             Some(v) => Some(
                 v.to_str()

@@ -179,9 +179,9 @@ pub(crate) fn set_parent(span: &Span, caller: &CallerTrace) {
         return;
     }
     let mut h = HeaderMap::with_capacity(2);
-    h.insert("traceparent", caller.traceparent().clone());
+    h.insert(crate::names::TRACEPARENT, caller.traceparent().clone());
     if let Some(s) = caller.tracestate() {
-        h.insert("tracestate", s.clone());
+        h.insert(crate::names::TRACESTATE, s.clone());
     }
     let cx = TraceContextPropagator::new().extract(&HeaderExtractor(&h));
     let _ = span.set_parent(cx);

@@ -44,12 +44,12 @@ impl CallerTrace {
     /// assert!(CallerTrace::from_headers(&h).is_none());
     /// ```
     pub fn from_headers(headers: &HeaderMap) -> Option<CallerTrace> {
-        let parent = headers.get("traceparent")?;
+        let parent = headers.get(crate::names::TRACEPARENT)?;
         if !well_formed(parent.as_bytes()) {
             return None;
         }
         let state = headers
-            .get("tracestate")
+            .get(crate::names::TRACESTATE)
             .filter(|s| s.len() <= MAX_TRACESTATE && s.to_str().is_ok())
             .cloned();
         Some(CallerTrace {
@@ -70,9 +70,9 @@ impl CallerTrace {
 
     /// Adds both headers to `headers`.
     fn write(&self, headers: &mut HeaderMap) {
-        headers.insert("traceparent", self.parent.clone());
+        headers.insert(crate::names::TRACEPARENT, self.parent.clone());
         if let Some(s) = &self.state {
-            headers.insert("tracestate", s.clone());
+            headers.insert(crate::names::TRACESTATE, s.clone());
         }
     }
 }
