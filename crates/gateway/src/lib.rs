@@ -20,6 +20,7 @@ mod names;
 #[cfg(feature = "otel")]
 pub mod otel;
 mod prices;
+mod routes;
 mod server;
 mod sse;
 pub mod stack;

@@ -1,12 +1,9 @@
-//! Starting, serving and stopping the gateway: the routes, the metrics recorder, shutdown.
+//! Starting, serving and stopping the gateway: the metrics recorder, the state, shutdown
+//! (the routes are `routes.rs`).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use llm_layers_core::ConfigError;
 use llm_layers_core::heartbeat::Heartbeat;
 use llm_layers_mock::{MockServer, Scenario};
@@ -15,13 +12,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tower::ServiceBuilder;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::config::Config;
-use crate::handlers::{
-    chat, healthz, method_not_allowed, metrics_text, models, not_found, status_json, status_page,
-};
+use crate::routes::router;
 use crate::stack::{Parts, Stack, build_leaf, build_stack_reusing, endpoint_stats_of};
 use crate::{keys, status};
 use llm_layers_latency::LatencyStore;
@@ -119,6 +112,11 @@ impl AppState {
         }))
     }
 
+    /// The gateway keys in force (kept across reloads).
+    pub(crate) fn keys(&self) -> &keys::SharedKeys {
+        &self.0.keys
+    }
+
     /// A call starts (see [`Heartbeat`]).
     pub(crate) fn beat(&self) {
         self.0.heartbeat.beat();
@@ -152,53 +150,6 @@ pub(crate) struct AppInner {
     pub(crate) prices: Arc<crate::prices::PriceBook>,
     /// What budgeted tenants spent (kept across reloads).
     pub(crate) spend: Arc<crate::budget::Spend>,
-}
-
-/// The router, for embedding the gateway in another axum app.
-///
-/// Each of the API's routes gets its layers as one stack: axum boxes a route once per
-/// `layer` call and clones and boxes through each box on every request, so the hot route is
-/// two boxes deep (the handler, its stack), not four.
-fn router(state: AppState) -> Router {
-    let keys = state.0.keys.clone();
-    let config = state.load().config.clone();
-    let traced = tower_http::trace::TraceLayer::new_for_http;
-    // The API wants a gateway key, the operator's pages an admin key (when keys are on);
-    // /healthz and the status page's shell are open.
-    let api = Router::new()
-        .route(
-            "/v1/chat/completions",
-            post(chat).layer::<_, Infallible>(
-                ServiceBuilder::new()
-                    .layer(traced())
-                    .layer(keys::KeyAuthLayer::new(keys.clone()))
-                    .layer(RequestBodyTimeoutLayer::new(config.body_read_timeout))
-                    .layer(DefaultBodyLimit::max(config.max_body_bytes)),
-            ),
-        )
-        .route(
-            "/v1/models",
-            get(models).layer::<_, Infallible>(
-                ServiceBuilder::new()
-                    .layer(traced())
-                    .layer(keys::KeyAuthLayer::new(keys.clone())),
-            ),
-        );
-    let admin = Router::new()
-        .route("/metrics", get(metrics_text))
-        .route("/status.json", get(status_json))
-        .route_layer(keys::KeyAuthLayer::admin(keys));
-    let rest = Router::new()
-        .merge(admin)
-        .route("/healthz", get(healthz))
-        .route("/status", get(status_page))
-        .fallback(not_found)
-        .layer(traced());
-    Router::new()
-        .merge(api)
-        .merge(rest)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
 }
 
 /// Installs the process-wide Prometheus recorder, with the GenAI histograms' buckets, and
