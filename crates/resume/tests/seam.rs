@@ -5,14 +5,25 @@
 //! the caller's text is exactly the whole answer, or the stream ends with an error after a
 //! prefix of it. Never anything else.
 //!
+//! Half the cases take the upstream's chunks as the leaf does: written as SSE and read back
+//! by the stream decoder, so the layer sees chunks read by a learned shape or parsed past
+//! the stream's head (not typed), as it does in the gateway.
+//!
 //! `PROPTEST_CASES` sets the number of cases (default 10,000; about a second).
 
-use futures_util::StreamExt;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use http::StatusCode;
 use llm_layers_core::continuation::{
     ContinueMode, PREFILL_REFUSAL, continued, effective_mode, expected_start,
 };
-use llm_layers_core::{ChatRequest, LlmError, Message};
+use llm_layers_core::decode::SseChatDecoder;
+use llm_layers_core::{ChatRequest, ChatStream, LlmError, Message, StreamChunk};
 use llm_layers_mock::{MockChat, Script};
 use llm_layers_resume::ResumeLayer;
 use proptest::prelude::*;
@@ -124,6 +135,75 @@ fn continuation_text(full: &str, sent: &str, mode: ContinueMode, b: Behavior) ->
     }
 }
 
+/// The bytes the decoder reads: events written to it as they come, and whether the
+/// stream ended.
+#[derive(Clone, Default)]
+struct Feed(Arc<Mutex<(VecDeque<Bytes>, bool)>>);
+
+impl http_body::Body for Feed {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    // Pending when nothing was written yet: `OverTheWire` polls its source next, which
+    // registers the waker.
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let mut q = self.0.lock().unwrap();
+        match q.0.pop_front() {
+            Some(b) => Poll::Ready(Some(Ok(http_body::Frame::data(b)))),
+            None if q.1 => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// A stream's chunks as the leaf gives them: each written as an SSE event and read back by
+/// the stream decoder; an error passes as it is.
+struct OverTheWire {
+    source: ChatStream,
+    feed: Feed,
+    decoder: SseChatDecoder<Feed>,
+}
+
+impl Stream for OverTheWire {
+    type Item = Result<StreamChunk, LlmError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Poll::Ready(item) = Pin::new(&mut self.decoder).poll_next(cx) {
+                return Poll::Ready(item);
+            }
+            let mut event = b"data: ".to_vec();
+            match Pin::new(&mut self.source).poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    chunk.write_json(&mut event);
+                    event.extend_from_slice(b"\n\n");
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => {
+                    event.extend_from_slice(b"[DONE]\n\n");
+                    self.feed.0.lock().unwrap().1 = true;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+            self.feed.0.lock().unwrap().0.push_back(Bytes::from(event));
+        }
+    }
+}
+
+fn over_the_wire(stream: ChatStream) -> ChatStream {
+    stream.wrap(|source| {
+        let feed = Feed::default();
+        OverTheWire {
+            source,
+            decoder: SseChatDecoder::new(feed.clone()),
+            feed,
+        }
+    })
+}
+
 /// `text` as a script cut at `cuts` (char boundaries), ended by `ending`.
 fn script(text: &str, cuts: &[usize], ending: Ending) -> Script {
     let mut s = Script::new().provider("P");
@@ -159,6 +239,8 @@ struct Case {
     instruction: Behavior,
     ending: Ending,
     cuts: Vec<usize>,
+    /// The chunks written as SSE and read back by the decoder, as the leaf gives them.
+    wire: bool,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -170,19 +252,23 @@ fn case() -> impl Strategy<Value = Case> {
         behavior(),
         ending(),
         prop::collection::vec(any::<usize>(), 0..6),
+        any::<bool>(),
     )
-        .prop_map(|(tokens, k, mode, prefill, instruction, ending, cuts)| {
-            let broken_after = 1 + k.index(tokens.len() - 1);
-            Case {
-                tokens,
-                broken_after,
-                mode,
-                prefill,
-                instruction,
-                ending,
-                cuts,
-            }
-        })
+        .prop_map(
+            |(tokens, k, mode, prefill, instruction, ending, cuts, wire)| {
+                let broken_after = 1 + k.index(tokens.len() - 1);
+                Case {
+                    tokens,
+                    broken_after,
+                    mode,
+                    prefill,
+                    instruction,
+                    ending,
+                    cuts,
+                    wire,
+                }
+            },
+        )
 }
 
 /// Whether a continuation that repeats more or less than asked is, by chance, the very
@@ -247,6 +333,10 @@ fn run(c: &Case) -> Result<bool, TestCaseError> {
     if c.mode == 1 {
         layer = layer.pin("m", "P", ContinueMode::Instruction);
     }
+    let wire = c.wire;
+    let mock = tower::ServiceBuilder::new()
+        .map_response(move |s: ChatStream| if wire { over_the_wire(s) } else { s })
+        .service(mock);
     let svc = layer.build().unwrap().layer(mock);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -318,16 +408,21 @@ fn each_behavior_ends_as_it_should_on_plain_text() {
             .map(str::to_owned)
             .collect();
     let whole = |mode: u8, prefill: Behavior, instruction: Behavior, ending: Ending| {
-        let c = Case {
-            tokens: tokens.clone(),
-            broken_after: 6,
-            mode,
-            prefill,
-            instruction,
-            ending,
-            cuts: vec![3, 11],
-        };
-        run(&c).unwrap_or_else(|e| panic!("{c:?}: {e}"))
+        let outcomes = [false, true].map(|wire| {
+            let c = Case {
+                tokens: tokens.clone(),
+                broken_after: 6,
+                mode,
+                prefill,
+                instruction,
+                ending,
+                cuts: vec![3, 11],
+                wire,
+            };
+            run(&c).unwrap_or_else(|e| panic!("{c:?}: {e}"))
+        });
+        assert_eq!(outcomes[0], outcomes[1], "the same over the wire");
+        outcomes[0]
     };
     use Behavior::*;
     for ending in [
@@ -346,4 +441,39 @@ fn each_behavior_ends_as_it_should_on_plain_text() {
         assert!(whole(2, Paraphrase, Exact, ending), "{ending:?}");
         assert!(!whole(2, Exact, RepeatLess(2), ending), "{ending:?}");
     }
+}
+
+/// The wire cases draw what they are for: the decoder reads the tokens by their learned
+/// shape and the finish and usage past the stream's head, without typing them.
+#[test]
+fn over_the_wire_the_layer_sees_chunks_the_decoder_did_not_type() {
+    let script = script(
+        "Once upon a time there lived a fox",
+        &[5, 10, 15, 20],
+        Ending::FinishAndUsage,
+    );
+    let mock = MockChat::from_fn(move |_| script.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let chunks: Vec<StreamChunk> = rt.block_on(async move {
+        let req = ChatRequest::new("m", vec![Message::user("tell")]);
+        let s = mock.oneshot(req).await.unwrap();
+        over_the_wire(s).map(|c| c.unwrap()).collect().await
+    });
+    let untyped = |c: &StreamChunk| c.raw().is_some() && !c.is_parsed();
+    let tokens = chunks
+        .iter()
+        .filter(|c| c.has_output() && untyped(c))
+        .count();
+    assert!(
+        tokens >= 2,
+        "tokens read by their shape: {tokens} of {}",
+        chunks.len()
+    );
+    let finish = chunks.iter().find(|c| c.finish_reason().is_some()).unwrap();
+    let usage = chunks.iter().find(|c| c.usage().is_some()).unwrap();
+    assert!(untyped(finish) && untyped(usage));
 }
