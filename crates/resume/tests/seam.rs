@@ -150,7 +150,7 @@ impl http_body::Body for Feed {
         self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        let mut q = self.0.lock().unwrap();
+        let mut q = llm_layers_core::sync::lock(&self.0);
         match q.0.pop_front() {
             Some(b) => Poll::Ready(Some(Ok(http_body::Frame::data(b)))),
             None if q.1 => Poll::Ready(None),
@@ -184,11 +184,13 @@ impl Stream for OverTheWire {
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(None) => {
                     event.extend_from_slice(b"[DONE]\n\n");
-                    self.feed.0.lock().unwrap().1 = true;
+                    llm_layers_core::sync::lock(&self.feed.0).1 = true;
                 }
                 Poll::Pending => return Poll::Pending,
             }
-            self.feed.0.lock().unwrap().0.push_back(Bytes::from(event));
+            llm_layers_core::sync::lock(&self.feed.0)
+                .0
+                .push_back(Bytes::from(event));
         }
     }
 }
