@@ -167,6 +167,9 @@ fn in_range(text: &str) -> Option<String> {
 
 /// The chunk, or the error it is or carries.
 pub(crate) fn checked(chunk: ChatChunk, text: &str) -> Result<ChatChunk, LlmError> {
+    if passes_as_is(&chunk.choices, chunk.usage.is_some(), chunk.error.is_some()) {
+        return Ok(chunk);
+    }
     let data = text.as_bytes();
     if chunk.choices.is_empty()
         && chunk.usage.is_none()
@@ -186,6 +189,16 @@ pub(crate) fn checked(chunk: ChatChunk, text: &str) -> Result<ChatChunk, LlmErro
         return Err(choice_error(c.error.as_ref(), chunk.provider.as_deref()));
     }
     Ok(chunk)
+}
+
+/// Whether a chunk with these parts is one [`checked`] passes without a look at its bytes:
+/// choices or usage, and no error carried, in the chunk or a choice.
+pub(crate) fn passes_as_is(choices: &[crate::ChunkChoice], usage: bool, error: bool) -> bool {
+    !error
+        && (!choices.is_empty() || usage)
+        && !choices
+            .iter()
+            .any(|c| c.finish_reason.as_deref() == Some("error"))
 }
 
 /// The error for an event with neither `choices`, `usage` nor `error`: an

@@ -322,11 +322,13 @@ impl Stream for ChatStream {
 )]
 struct Pending(Option<Box<VecDeque<StreamChunk>>>);
 
-impl Pending {
+impl From<VecDeque<StreamChunk>> for Pending {
     fn from(chunks: VecDeque<StreamChunk>) -> Pending {
         Pending((!chunks.is_empty()).then(|| Box::new(chunks)))
     }
+}
 
+impl Pending {
     /// The next chunk; once the last is out, the room goes too: a stream that then idles for
     /// minutes should not hold room for four more (≈ 1 KiB).
     fn pop_front(&mut self) -> Option<StreamChunk> {

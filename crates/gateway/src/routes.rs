@@ -25,24 +25,23 @@ pub(crate) fn router(state: AppState) -> Router {
     let traced = tower_http::trace::TraceLayer::new_for_http;
     // The API wants a gateway key, the operator's pages an admin key (when keys are on);
     // /healthz and the status page's shell are open.
+    let api_layers = || {
+        ServiceBuilder::new()
+            .layer(traced())
+            .layer(keys::KeyAuthLayer::new(keys.clone()))
+    };
     let api = Router::new()
         .route(
             "/v1/chat/completions",
             post(chat).layer::<_, Infallible>(
-                ServiceBuilder::new()
-                    .layer(traced())
-                    .layer(keys::KeyAuthLayer::new(keys.clone()))
+                api_layers()
                     .layer(RequestBodyTimeoutLayer::new(config.body_read_timeout))
                     .layer(DefaultBodyLimit::max(config.max_body_bytes)),
             ),
         )
         .route(
             "/v1/models",
-            get(models).layer::<_, Infallible>(
-                ServiceBuilder::new()
-                    .layer(traced())
-                    .layer(keys::KeyAuthLayer::new(keys.clone())),
-            ),
+            get(models).layer::<_, Infallible>(api_layers()),
         );
     let admin = Router::new()
         .route("/metrics", get(metrics_text))

@@ -14,7 +14,7 @@ use std::sync::{Arc, LazyLock};
 use memchr::memmem::Finder;
 
 use super::shape::{Shape, Tail};
-use super::{checked, parse_whole};
+use super::{checked, parse_whole, passes_as_is};
 use crate::chunk::{ChatChunk, HeadFields, Shaped, Tailed};
 use crate::error::LlmError;
 
@@ -206,14 +206,9 @@ impl Head {
                 }
             }
         }
-        // What `checked` would pass as it is: choices or usage, no error carried. Such a
-        // chunk shares the head (no copy of its strings); any other is typed and checked.
-        let plain = error.is_none()
-            && (!choices.is_empty() || usage.is_some())
-            && !choices
-                .iter()
-                .any(|c| c.finish_reason.as_deref() == Some("error"));
-        if plain {
+        // A chunk `checked` passes as it is shares the head (no copy of its strings); any
+        // other is typed and checked.
+        if passes_as_is(&choices, usage.is_some(), error.is_some()) {
             return Some(Decoded::Tailed(Box::new(Tailed {
                 head: self.fields.clone(),
                 choices,
